@@ -1,0 +1,269 @@
+"""Tests of the test servers themselves (CPython only, no MicroPython).
+
+The library's tests trust these servers to misbehave exactly as asked, so each
+fault is checked here with plain http.client / raw sockets.
+"""
+
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # so `tools` imports however pytest is invoked
+
+from tools.testservers import (FaultServer, RealServer, make_certs, payload,  # noqa: E402
+                               sha256_of, text_payload)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(str(tmp_path_factory.mktemp("certs")))
+
+
+def _server_threads():
+    return [t for t in threading.enumerate() if t.name in ("FaultServer", "RealServer")]
+
+
+@pytest.fixture
+def srv():
+    with FaultServer() as s:
+        yield s
+    assert not _server_threads(), "a server thread outlived stop()"
+
+
+def get(srv, path, headers=None, method="GET"):
+    """One request on a fresh connection -> (response, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
+def raw(srv, request, timeout=5):
+    """Send raw bytes, read until the server closes -> everything received."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        s.sendall(request)
+        out = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            out.append(data)
+        return b"".join(out)
+
+
+def recv_until_error(srv, request):
+    """-> (bytes received, the exception that ended the connection or None)."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError as e:
+                return out, e
+            if not data:
+                return out, None
+            out += data
+
+
+def test_bytes_full_and_head(srv):
+    resp, body = get(srv, "/bytes/100000?seed=3")
+    assert resp.status == 200
+    assert body == payload(100000, 3)
+    assert hashlib.sha256(body).hexdigest() == sha256_of(100000, 3)
+    assert resp.getheader("Content-Length") == "100000"
+    assert resp.getheader("ETag") == '"100000-3"'
+    assert resp.getheader("Accept-Ranges") == "bytes"
+    resp, body = get(srv, "/bytes/100000", method="HEAD")
+    assert resp.status == 200 and body == b"" and resp.getheader("Content-Length") == "100000"
+
+
+@pytest.mark.parametrize("rng,first,last", [
+    ("bytes=10-19", 10, 19), ("bytes=999990-", 999990, 999999),
+    ("bytes=-5", 999995, 999999), ("bytes=5-5000000", 5, 999999)])
+def test_range(srv, rng, first, last):
+    resp, body = get(srv, "/bytes/1000000", {"Range": rng})
+    assert resp.status == 206
+    assert resp.getheader("Content-Range") == "bytes %d-%d/1000000" % (first, last)
+    assert body == payload(1000000)[first:last + 1]
+
+
+def test_range_unsatisfiable(srv):
+    resp, body = get(srv, "/bytes/100", {"Range": "bytes=100-"})
+    assert resp.status == 416
+    assert resp.getheader("Content-Range") == "bytes */100"
+    assert body == b""
+
+
+def test_if_range(srv):
+    resp, body = get(srv, "/bytes/1000", {"Range": "bytes=10-", "If-Range": '"old"'})
+    assert resp.status == 200 and body == payload(1000)
+    resp, body = get(srv, "/bytes/1000", {"Range": "bytes=10-", "If-Range": '"1000-0"'})
+    assert resp.status == 206 and body == payload(1000)[10:]
+    resp, body = get(srv, "/bytes/1000?norange=1", {"Range": "bytes=10-"})
+    assert resp.status == 200 and body == payload(1000)
+
+
+def test_chunked_ext_trailer_exact_bytes(srv):
+    out = raw(srv, b"GET /bytes/5000?chunked=1&chunks=7,1,300&ext=1&trailer=1 HTTP/1.1\r\n"
+                   b"Host: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+    # Decode by hand, checking the wire format the client must cope with.
+    body, sizes = b"", []
+    while True:
+        line, _, rest = rest.partition(b"\r\n")
+        size_s, sep, _ext = line.partition(b";")
+        assert sep, "every size line carries an extension"
+        size = int(size_s, 16)
+        if size == 0:
+            break
+        sizes.append(size)
+        body, rest = body + rest[:size], rest[size + 2:]
+    assert sizes[:4] == [7, 1, 300, 7]
+    assert body == payload(5000)
+    assert rest == b"X-Checksum: %s\r\n\r\n" % sha256_of(5000).encode()
+
+
+def test_chunked_via_http_client_and_nolast(srv):
+    resp, body = get(srv, "/json/50?chunked=1&chunks=13")
+    assert [o["id"] for o in json.loads(body)] == list(range(50))
+    out = raw(srv, b"GET /bytes/3000?chunked=1&nolast=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.endswith(b"\r\n") and not out.endswith(b"0\r\n\r\n")
+
+
+def test_truncate_closes_early(srv):
+    out, err = recv_until_error(srv, b"GET /bytes/10000?truncate=1234 HTTP/1.1\r\n\r\n")
+    assert err is None
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"Content-Length: 10000" in head
+    assert body == payload(10000)[:1234]  # and recv() saw EOF, or raw() would time out
+
+
+def test_keyed_drop_happens_once(srv):
+    out, err = recv_until_error(srv, b"GET /bytes/200000?drop=1000&key=k1 HTTP/1.1\r\n\r\n")
+    assert isinstance(err, ConnectionResetError)  # an RST, unlike truncate's FIN
+    assert out.partition(b"\r\n\r\n")[2] == payload(200000)[:1000]
+    resp, body = get(srv, "/bytes/200000?drop=1000&key=k1")
+    assert resp.status == 200 and body == payload(200000)
+    # times=2 with fail=: two failures, then success.
+    codes = [get(srv, "/bytes/10?fail=503&retry_after=1&key=k2&times=2")[0].status
+             for _ in range(3)]
+    assert codes == [503, 503, 200]
+
+
+def test_keep_alive_counts_one_connection(srv):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    for n in (10, 20):
+        conn.request("GET", "/bytes/%d" % n)
+        assert conn.getresponse().read() == payload(n)
+    conn.close()
+    assert (srv.connections, srv.requests) == (1, 2)
+    srv.reset()
+    assert json.loads(get(srv, "/stats")[1]) == {"connections": 1, "requests": 1}
+
+
+def test_echo_redirects_gzip_lower(srv):
+    body = json.loads(get(srv, "/echo?a=1", {"X-Mixed-Case": "v"}, method="PUT")[1])
+    assert body["method"] == "PUT" and body["path"] == "/echo?a=1"
+    assert ["X-Mixed-Case", "v"] in body["headers"]
+    resp, _ = get(srv, "/chain/2/bytes/100?code=301")
+    assert resp.status == 301 and resp.getheader("Location") == "/chain/1/bytes/100?code=301"
+    resp, _ = get(srv, "/chain/0/bytes/100?abs=1")
+    assert resp.getheader("Location") == srv.base + "/bytes/100?abs=1"
+    resp, body = get(srv, "/bytes/5000?text=1&gzip=1&lower=1")
+    assert resp.getheader("content-encoding") == "gzip" and b"\r\ncontent-length:" in \
+        raw(srv, b"GET /bytes/10?lower=1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert gzip.decompress(body) == text_payload(5000)
+
+
+def test_stop_does_not_hang_on_stall():
+    s = FaultServer().start()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    sock.sendall(b"GET /bytes/100000?stall=100&stall_s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    t0 = time.monotonic()
+    s.stop()
+    assert time.monotonic() - t0 < 2
+    assert not _server_threads()
+    sock.settimeout(2)
+    with pytest.raises((ConnectionError, AssertionError)):  # server side is gone
+        while sock.recv(65536):
+            pass
+        raise AssertionError("EOF")
+    sock.close()
+
+
+def test_tls_with_ca(certs):
+    with FaultServer(certs) as s:
+        assert s.base.startswith("https://")
+        for host in ("127.0.0.1", "localhost"):
+            conn = http.client.HTTPSConnection(host, s.port, timeout=5,
+                                               context=certs.client_ctx())
+            conn.request("GET", "/bytes/1000")
+            assert conn.getresponse().read() == payload(1000)
+            conn.close()
+        wrong = ssl.create_default_context(cafile=certs.other_ca_pem_path)
+        conn = http.client.HTTPSConnection("127.0.0.1", s.port, timeout=5, context=wrong)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            conn.request("GET", "/bytes/10")
+        conn.close()
+    assert certs.ca_der == ssl.PEM_cert_to_DER_cert(certs.ca_pem)
+    assert open(certs.ca_der_path, "rb").read() == certs.ca_der
+
+
+def test_real_server(tmp_path):
+    digest = RealServer.make_file(str(tmp_path), "f.bin", 300000, seed=5)
+    with RealServer(str(tmp_path)) as s:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+        conn.request("GET", "/files/f.bin", headers={"Range": "bytes=100-199"})
+        resp = conn.getresponse()
+        assert resp.status == 206 and resp.read() == payload(300000, 5)[100:200]
+        conn.request("GET", "/stream/100000")
+        resp = conn.getresponse()
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        assert resp.read() == payload(100000)
+        conn.request("GET", "/files/f.bin")
+        assert hashlib.sha256(conn.getresponse().read()).hexdigest() == digest
+        conn.close()
+        assert s.connections == 1
+    assert not _server_threads()
+
+
+def test_cli(tmp_path):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "testservers.py"),
+                             "--tls", str(tmp_path), "--real", str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["fault"].startswith("https://127.0.0.1:") and info["real"]
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        port = int(info["fault"].rsplit(":", 1)[1])
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+        conn.request("GET", "/json/3")
+        assert len(json.loads(conn.getresponse().read())) == 3
+        conn.close()
+        proc.stdin.close()  # closing stdin is the shutdown signal
+        assert proc.wait(5) == 0
+        assert proc.stdout.read() == b""  # one line, nothing else
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,647 @@
+"""HTTP test servers for the DownloadManager test suite (CPython only).
+
+FaultServer: a hand-written HTTP/1.1 server on raw asyncio streams that can
+misbehave on request (truncated bodies, resets, stalls, odd chunking, ...).
+RealServer: aiohttp.web, i.e. a well-behaved real-world HTTP/1.1 server.
+
+Each server runs its own event loop in a daemon thread, so synchronous code
+(pytest fixtures, benchmark scripts) can start and stop it. Run this file as a
+script to serve from a separate process (see main()).
+"""
+
+import asyncio
+import functools
+import gzip
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import ssl
+import stat
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qsl, urlsplit
+
+import trustme
+from aiohttp import web
+
+HOST = "127.0.0.1"
+LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"  # fixed, so If-Range tests can use it
+
+
+# ---------------------------------------------------------------- payloads
+
+@functools.lru_cache(maxsize=8)  # tests fetch the same 20 MB body many times
+def payload(n, seed=0):
+    """n deterministic pseudo-random (incompressible) bytes."""
+    return random.Random(seed).randbytes(n)
+
+
+@functools.lru_cache(maxsize=8)
+def text_payload(n):
+    """n bytes of compressible text, for the gzip/deflate endpoints."""
+    parts, size, i = [], 0, 0
+    while size < n:
+        line = b"line %d of the payload\n" % i
+        parts.append(line)
+        size += len(line)
+        i += 1
+    return b"".join(parts)[:n]
+
+
+def payload_sha256(n, seed=0):
+    return hashlib.sha256(payload(n, seed)).hexdigest()
+
+
+def sha256_of(n, seed=0, text=False):
+    """sha256 hex of what /bytes/N sends (decoded, before any Range)."""
+    return hashlib.sha256(text_payload(n) if text else payload(n, seed)).hexdigest()
+
+
+# ---------------------------------------------------------------- TLS
+
+@dataclass
+class Certs:
+    ca_der: bytes
+    ca_pem: str
+    ca_der_path: str
+    ca_pem_path: str
+    other_ca_der_path: str  # an unrelated CA: verifying against it must fail
+    other_ca_pem_path: str
+    _server_cert: object = None
+
+    def server_ctx(self):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_cert.configure_cert(ctx)
+        return ctx
+
+    def client_ctx(self):
+        """A CPython client context that trusts our CA (handy in tests)."""
+        return ssl.create_default_context(cadata=self.ca_pem)
+
+
+def make_certs(dirpath, key_type=trustme.KeyType.ECDSA):
+    """Make a CA, a server cert for localhost/127.0.0.1 and an unrelated CA."""
+    os.makedirs(dirpath, exist_ok=True)
+    ca, other = trustme.CA(key_type=key_type), trustme.CA(key_type=key_type)
+    leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=key_type)
+
+    def write(name, data):
+        path = os.path.join(dirpath, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    ca_pem = ca.cert_pem.bytes().decode()
+    ca_der = ssl.PEM_cert_to_DER_cert(ca_pem)
+    other_pem = other.cert_pem.bytes().decode()
+    return Certs(
+        ca_der=ca_der, ca_pem=ca_pem,
+        ca_der_path=write("ca.der", ca_der),
+        ca_pem_path=write("ca.pem", ca_pem.encode()),
+        other_ca_der_path=write("other_ca.der", ssl.PEM_cert_to_DER_cert(other_pem)),
+        other_ca_pem_path=write("other_ca.pem", other_pem.encode()),
+        _server_cert=leaf,
+    )
+
+
+# ---------------------------------------------------------------- thread host
+
+class _LoopThread:
+    """Runs a server on a private event loop in a daemon thread.
+
+    Subclasses implement _astart() (must set self.port) and _astop(); both run
+    on the server's loop. start()/stop() are the synchronous entry points.
+    """
+
+    def __init__(self, certs=None):
+        self.certs = certs
+        self.port = None
+        self._loop = self._thread = None
+
+    def start(self):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=type(self).__name__)
+        self._thread.start()
+        # Returns only once the socket listens, so callers can connect at once.
+        asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(10)
+        return self
+
+    def _run(self):
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Cancel leftovers (e.g. a TLS handshake still in progress) so the loop
+        # closes without "Task was destroyed but it is pending" noise.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+
+    def stop(self):
+        if self._thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._astop(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def base(self):
+        return "%s://%s:%d" % ("https" if self.certs else "http", HOST, self.port)
+
+    def url(self, path):
+        return self.base + path
+
+    def _ssl(self):
+        return self.certs.server_ctx() if self.certs else None
+
+
+# ---------------------------------------------------------------- FaultServer
+
+class _Request:
+    def __init__(self, method, target, version, headers, body):
+        self.method, self.target, self.version = method, target, version
+        self.raw_headers = headers  # [(name, value)] as received, in order
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+        parts = urlsplit(target)
+        self.path = parts.path
+        self.query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self.rawquery = parts.query
+
+    def q(self, name, default=None, conv=str):
+        v = self.query.get(name)
+        return default if v is None else conv(v)
+
+
+class _Close(Exception):
+    """Raised by a handler when the connection must end after this response."""
+
+    def __init__(self, abort=False):
+        self.abort = abort
+
+
+class FaultServer(_LoopThread):
+    """Hand-written HTTP/1.1 server whose misbehaviour is chosen per request
+    (path + query string; see _dispatch() and _entity())."""
+
+    def __init__(self, certs=None):
+        super().__init__(certs)
+        self.connections = self.requests = 0
+        self._keys = {}  # fault key -> number of requests seen with it
+
+    def reset(self):
+        self.connections = self.requests = 0
+        self._keys.clear()
+
+    # -- lifecycle (on the loop)
+
+    async def _astart(self):
+        self._tasks = set()
+
+        def protocol():  # what start_server() does, plus counting at TCP accept
+            # time (start_server's callback would only run after a TLS handshake)
+            self.connections += 1
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(1 << 20), self._client)
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, HOST, 0, ssl=self._ssl())
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _astop(self):
+        self._server.close()
+        # Cancelling the handlers also ends stalls/delays at once; abort() the
+        # transports so clients see the connection go away right now.
+        for task, writer in list(self._tasks):
+            _reset(writer)
+            task.cancel()
+        await asyncio.gather(*(t for t, _ in self._tasks), return_exceptions=True)
+
+    # -- connection loop
+
+    async def _client(self, reader, writer):
+        entry = (asyncio.current_task(), writer)
+        self._tasks.add(entry)
+        try:
+            while True:
+                req = await self._read_request(reader)
+                if req is None:
+                    break
+                self.requests += 1
+                keep = (req.version == "HTTP/1.1"
+                        and req.headers.get("connection", "").lower() != "close")
+                try:
+                    await self._dispatch(req, writer, keep)
+                    await writer.drain()
+                except _Close as c:
+                    if c.abort:
+                        _reset(writer)
+                    break
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            pass  # stop(); ending normally avoids a spurious error log on 3.11
+        except ValueError:  # malformed request
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+        finally:
+            self._tasks.discard(entry)
+            if not writer.transport.is_closing():
+                writer.close()
+
+    async def _read_request(self, reader):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None  # clean close between requests (keep-alive idle end)
+        except asyncio.LimitOverrunError:
+            raise ValueError("header too large")
+        lines = head.decode("latin-1").split("\r\n")[:-2]
+        method, target, version = lines[0].split(" ", 2)
+        headers = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("bad header line")
+            headers.append((name, value.strip()))
+        h = {k.lower(): v for k, v in headers}
+        body = b""
+        if "chunked" in h.get("transfer-encoding", "").lower():
+            body = await self._read_chunked(reader)
+        elif "content-length" in h:
+            body = await reader.readexactly(int(h["content-length"]))
+        return _Request(method, target, version, headers, body)
+
+    @staticmethod
+    async def _read_chunked(reader):
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                break
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # skip trailers
+            pass
+        return b"".join(parts)
+
+    # -- response helpers
+
+    def _head(self, writer, req, status, headers, keep=True):
+        if not keep:
+            headers = list(headers) + [("Connection", "close")]
+        if req.q("lower") == "1":
+            headers = [(k.lower(), v) for k, v in headers]
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = ["HTTP/1.1 %d %s" % (status, reason)]
+        lines += ["%s: %s" % kv for kv in headers]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _simple(self, writer, req, status, body=b"", ctype="text/plain", extra=(), keep=True):
+        headers = list(extra)
+        has_body = status >= 200 and status not in (204, 304)  # these never have one
+        if has_body:
+            headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))] + headers
+        self._head(writer, req, status, headers, keep)
+        if has_body and req.method != "HEAD":
+            writer.write(body)
+        if not keep:
+            raise _Close()
+
+    def _json(self, writer, req, obj, keep):
+        self._simple(writer, req, 200, json.dumps(obj).encode(), "application/json", keep=keep)
+
+    def _redirect(self, writer, req, code, location, keep):
+        self._simple(writer, req, code, extra=[("Location", location)], keep=keep)
+
+    def _faulty(self, req):
+        """Do the fault options apply to this request? (key/times gating)"""
+        key = req.q("key")
+        if key is None:
+            return True
+        self._keys[key] = self._keys.get(key, 0) + 1
+        return self._keys[key] <= req.q("times", 1, int)
+
+    # -- routing
+
+    async def _dispatch(self, req, writer, keep):
+        parts = req.path.strip("/").split("/")
+        route, args = parts[0], parts[1:]
+        if route in ("bytes", "json") and len(args) == 1 and args[0].isdigit():
+            await self._entity(req, writer, keep, route, int(args[0]))
+        elif route == "echo":
+            self._json(writer, req, {
+                "method": req.method, "path": req.target,
+                "headers": [list(kv) for kv in req.raw_headers],
+                "body_len": len(req.body),
+                "body_sha256": hashlib.sha256(req.body).hexdigest()}, keep)
+        elif route == "status" and len(args) == 1 and args[0].isdigit():
+            code = int(args[0])
+            extra = [("Retry-After", req.q("retry_after"))] if "retry_after" in req.query else []
+            self._simple(writer, req, code, b"status %d" % code, extra=extra, keep=keep)
+        elif route == "redirect":
+            self._redirect(writer, req, req.q("code", 302, int), req.q("to", "/"), keep)
+        elif route == "chain" and args and args[0].isdigit():
+            k, rest = int(args[0]), "/".join(args[1:])
+            loc = ("/chain/%d/%s" % (k - 1, rest)) if k > 0 else "/" + rest
+            if req.rawquery:
+                loc += "?" + req.rawquery
+            if req.q("abs") == "1":
+                loc = self.base + loc
+            self._redirect(writer, req, req.q("code", 302, int), loc, keep)
+        elif route == "loop":
+            self._redirect(writer, req, 302, "/loop", keep)
+        elif route == "stats":
+            self._json(writer, req, {"connections": self.connections,
+                                     "requests": self.requests}, keep)
+        else:
+            self._simple(writer, req, 404, b"not found", keep=keep)
+
+    async def _entity(self, req, writer, keep, kind, n):
+        """/bytes/N and /json/N, with all fault options."""
+        q = req.q
+        if "delay" in req.query:  # before anything, so even fail= answers are late
+            await asyncio.sleep(q("delay", conv=float))
+        faulty = self._faulty(req)
+        if faulty and "fail" in req.query:
+            extra = [("Retry-After", q("retry_after"))] if "retry_after" in req.query else []
+            code = q("fail", conv=int)
+            return self._simple(writer, req, code, b"status %d" % code, extra=extra, keep=keep)
+
+        status = 200
+        if kind == "json":
+            body = json.dumps([{"id": i, "name": "item %d" % i} for i in range(n)]).encode()
+            headers = [("Content-Type", "application/json")]
+        else:
+            seed = q("seed", 0, int)
+            body = text_payload(n) if q("text") == "1" else payload(n, seed)
+            etag = q("etag", '"%d-%d"' % (n, seed))
+            headers = [("Content-Type", "application/octet-stream"), ("ETag", etag),
+                       ("Last-Modified", LAST_MODIFIED)]
+        # Content coding first: a Range then addresses the encoded bytes, as in HTTP.
+        if q("gzip") == "1" or q("gztrunc") == "1":
+            body = gzip.compress(body, mtime=0)
+            if q("gztrunc") == "1":
+                body = body[:len(body) // 2]  # a gzip stream that never ends
+            headers.append(("Content-Encoding", "gzip"))
+        elif q("deflate") == "1":
+            body = zlib.compress(body)
+            headers.append(("Content-Encoding", "deflate"))
+
+        if kind == "bytes" and q("norange") != "1":
+            headers.append(("Accept-Ranges", "bytes"))
+            rng = req.headers.get("range")
+            if_range = req.headers.get("if-range")
+            if rng and (if_range is None or if_range in (etag, LAST_MODIFIED)):
+                span = _parse_range(rng, len(body))
+                if span == "unsatisfiable":
+                    return self._simple(writer, req, 416, extra=[
+                        ("Content-Range", "bytes */%d" % len(body))], keep=keep)
+                if span:
+                    a, b = span
+                    headers.append(("Content-Range", "bytes %d-%d/%d" % (a, b, len(body))))
+                    body, status = body[a:b + 1], 206
+
+        # Framing: chunked, close-delimited, or Content-Length (the default).
+        chunked = q("chunked") == "1"
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+            if q("trailer") == "1":
+                headers.append(("Trailer", "X-Checksum"))
+        elif q("cl") == "0":
+            keep = False  # the close is what ends the body
+        else:
+            headers.append(("Content-Length", str(len(body))))
+        if q("close") == "1":
+            keep = False
+
+        # Faults that cut the body short: send only `limit` bytes, then end.
+        # (All parsing happens before the head goes out: a bad value is a 400.)
+        cut = None
+        if faulty:
+            cut = next((f for f in ("drop", "stall", "truncate") if f in req.query), None)
+        limit = q(cut, conv=int) if cut else len(body)
+        sizes = [int(s) for s in q("chunks", "1000").split(",")] if chunked else [65536]
+        rate, stall_s = q("rate", conv=float), q("stall_s", 30.0, float)
+
+        self._head(writer, req, status, headers, keep)
+        if req.method == "HEAD":
+            return
+        await self._send_body(writer, body[:limit], sizes, chunked, q("ext") == "1", rate)
+        await writer.drain()
+
+        if cut == "drop":
+            raise _Close(abort=True)
+        if cut == "stall":
+            await asyncio.sleep(stall_s)  # cancelled by stop()
+            raise _Close()
+        if cut == "truncate":
+            raise _Close()
+        if chunked:
+            if q("nolast") == "1":
+                raise _Close()
+            last = b"0;final=yes\r\n" if q("ext") == "1" else b"0\r\n"
+            trailer = b""
+            if q("trailer") == "1":
+                trailer = b"X-Checksum: %s\r\n" % hashlib.sha256(body).hexdigest().encode()
+            writer.write(last + trailer + b"\r\n")
+        if not keep:
+            raise _Close()
+        if q("closeafter") == "1":
+            # Looks like a normal keep-alive response; the close comes a bit
+            # later, as when a server times out an idle pooled connection.
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            raise _Close()
+
+    @staticmethod
+    async def _send_body(writer, data, sizes, chunked, ext, rate):
+        loop = asyncio.get_running_loop()
+        t0, sent, i = loop.time(), 0, 0
+        if rate:  # small pieces so the throttle is smooth
+            sizes = [max(256, min(16384, int(rate) // 20))] if not chunked else sizes
+        while sent < len(data):
+            piece = data[sent:sent + sizes[i % len(sizes)]]
+            i += 1
+            if chunked:
+                size_line = b"%x;piece=%d\r\n" % (len(piece), i) if ext else b"%x\r\n" % len(piece)
+                writer.write(size_line + piece + b"\r\n")
+            else:
+                writer.write(piece)
+            sent += len(piece)
+            await writer.drain()  # back-pressure; also a cancellation point
+            if rate:
+                ahead = sent / rate - (loop.time() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+
+
+def _reset(writer):
+    """Abort the connection with a TCP RST (SO_LINGER 0), not a FIN, so the
+    client sees ECONNRESET as with a crashed server or a dropped link."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+def _parse_range(value, size):
+    """(first, last) for a single satisfiable byte range, 'unsatisfiable', or
+    None when the header is to be ignored (malformed or multi-range)."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash:
+            return None
+        if first == "":  # suffix range: the last N bytes
+            n = int(last)
+            return (max(0, size - n), size - 1) if n > 0 and size > 0 else "unsatisfiable"
+        a = int(first)
+        b = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if a >= size:  # before the b < a check: "bytes=N-" on N bytes is a 416
+        return "unsatisfiable"
+    if b < a:
+        return None
+    return a, min(b, size - 1)
+
+
+# ---------------------------------------------------------------- RealServer
+
+class RealServer(_LoopThread):
+    """aiohttp.web: keep-alive, Range, If-Range, ETag all done by aiohttp."""
+
+    def __init__(self, root_dir, certs=None):
+        super().__init__(certs)
+        self.root_dir = root_dir
+        self.connections = 0
+
+    @staticmethod
+    def make_file(root_dir, name, n, seed=0):
+        data = payload(n, seed)
+        with open(os.path.join(root_dir, name), "wb") as f:
+            f.write(data)
+        return hashlib.sha256(data).hexdigest()
+
+    async def _astart(self):
+        app = web.Application()
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/stream/{n:\\d+}", self._stream)
+        app.router.add_get("/json", self._json)
+        # Short shutdown timeout: stop() must not wait for slow clients (aiohttp
+        # waits up to twice this for a response still being sent).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        handler_factory = self._runner.server
+
+        def counting_factory():  # one protocol instance per accepted connection
+            self.connections += 1
+            return handler_factory()
+
+        # Our own listener instead of a TCPSite, so we can count connections.
+        self._listener = await asyncio.get_running_loop().create_server(
+            counting_factory, HOST, 0, ssl=self._ssl())
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def _astop(self):
+        self._listener.close()
+        await self._runner.cleanup()  # also closes the open keep-alive connections
+
+    async def _file(self, request):
+        name = request.match_info["name"]
+        path = os.path.join(self.root_dir, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    async def _stream(self, request):
+        data = payload(int(request.match_info["n"]))
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        sizes, pos, i = (1, 7, 300, 4096, 65536, 1000), 0, 0
+        while pos < len(data):  # uneven pieces exercise the client's chunk parser
+            await resp.write(data[pos:pos + sizes[i % len(sizes)]])
+            pos += sizes[i % len(sizes)]
+            i += 1
+        await resp.write_eof()
+        return resp
+
+    async def _json(self, request):
+        return web.json_response({"ok": True, "items": [1, 2, 3], "name": "real"})
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv=None):
+    """Serve until SIGTERM/SIGINT or stdin closes; print one JSON line of URLs."""
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tls", metavar="DIR", help="serve HTTPS; write CA files to DIR")
+    ap.add_argument("--real", metavar="ROOTDIR", help="also run a RealServer on ROOTDIR")
+    args = ap.parse_args(argv)
+
+    certs = make_certs(args.tls) if args.tls else None
+    fault = FaultServer(certs).start()
+    real = RealServer(args.real, certs).start() if args.real else None
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+
+    def watch_stdin():  # the parent closing our stdin pipe (or dying) ends us too
+        try:  # os.read, not sys.stdin: a buffered read holds a lock that makes
+            # interpreter exit abort while this daemon thread is blocked in it
+            while os.read(fd, 4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        done.set()
+    # Only a pipe/socket/tty can "close"; /dev/null (stdin=DEVNULL) would read as
+    # EOF at once and stop the server immediately, so it is not watched.
+    fd = 0
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:  # no stdin at all
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (mode and os.isatty(fd)):
+        threading.Thread(target=watch_stdin, daemon=True).start()
+
+    print(json.dumps({"fault": fault.base, "real": real.base if real else None,
+                      "ca_der": certs.ca_der_path if certs else None}), flush=True)
+    try:
+        while not done.wait(0.5):  # a timed wait keeps signal handlers responsive
+            pass
+    finally:
+        fault.stop()
+        if real:
+            real.stop()
+
+
+if __name__ == "__main__":
+    main()

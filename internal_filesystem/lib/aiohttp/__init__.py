@@ -1,0 +1,947 @@
+# An aiohttp-compatible async HTTP/1.1 client for MicroPython.
+#
+# The names follow CPython's aiohttp (ClientSession, resp.status, resp.content.read(n)) so code reads the same.
+# What it adds over a one-shot HTTP/1.0 client: keep-alive with a per-session connection pool, chunked and
+# close-delimited bodies that fail loudly when cut short, redirects done right, timeouts that cost nothing per
+# read, and sockets that are always closed, also when a request is cancelled.
+#
+# The path of a body byte: socket -> _Conn.recv() -> StreamReader.readinto(buf) -> the caller's buffer.
+# Bytes that arrived together with the response head wait in _Conn.buf and are handed out first.
+
+import asyncio
+import io
+import socket
+from asyncio import core
+from micropython import const
+from time import ticks_add, ticks_diff, ticks_ms
+
+__version__ = "1.0.0"
+
+_BUF = const(512)  # per-connection buffer for heads and chunk-size lines; grows for long header lines
+_HEAD_MAX = const(8192)  # a status line or header line longer than this is refused
+_HEADERS_MAX = const(100)
+_FAIR = const(15)  # yield to other tasks every 16 reads, even when data is always ready
+_TICK = const(100)  # watchdog period, ms
+_UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
+
+
+class ClientError(Exception):
+    pass
+
+
+class ClientConnectionError(ClientError):
+    # .errno carries the socket's error number when there is one, as a plain OSError would.
+    def __init__(self, msg, errno=None):
+        super().__init__(msg)
+        self.errno = errno
+
+
+class ServerDisconnectedError(ClientConnectionError):
+    pass
+
+
+class ServerTimeoutError(ClientConnectionError):
+    pass
+
+
+class ClientPayloadError(ClientError):
+    pass
+
+
+class ClientResponseError(ClientError):
+    def __init__(self, status, message="", headers=None):
+        super().__init__("%d, message=%r" % (status, message))
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class TooManyRedirects(ClientResponseError):
+    pass
+
+
+class InvalidURL(ValueError):
+    pass
+
+
+class ClientTimeout:
+    # total: whole request incl. body; connect: DNS+TCP+TLS; sock_read: each wait for data (head and body).
+    def __init__(self, total=None, connect=None, sock_read=None, sock_connect=None):
+        self.total = total
+        self.connect = connect if connect is not None else sock_connect
+        self.sock_read = sock_read
+
+
+DEFAULT_TIMEOUT = ClientTimeout(connect=30, sock_read=60)
+
+
+def _ms(t):
+    return None if t is None else int(t * 1000)
+
+
+class CIMultiDict:
+    # Response/request headers with case-insensitive lookup; repeated fields are joined with ", ".
+    def __init__(self, items=None):
+        self._d = {}
+        if items:
+            for k, v in items.items() if hasattr(items, "items") else items:
+                self[k] = v
+
+    def __setitem__(self, k, v):
+        self._d[k.lower()] = (k, v)
+
+    def add(self, k, v):
+        old = self._d.get(k.lower())
+        self._d[k.lower()] = (k, v) if old is None else (old[0], old[1] + ", " + v)
+
+    def __getitem__(self, k):
+        return self._d[k.lower()][1]
+
+    def get(self, k, default=None):
+        kv = self._d.get(k.lower())
+        return default if kv is None else kv[1]
+
+    def __contains__(self, k):
+        return k.lower() in self._d
+
+    def __delitem__(self, k):
+        del self._d[k.lower()]
+
+    def pop(self, k, default=None):
+        kv = self._d.pop(k.lower(), None)
+        return default if kv is None else kv[1]
+
+    def __len__(self):
+        return len(self._d)
+
+    def __iter__(self):
+        return (kv[0] for kv in self._d.values())
+
+    def keys(self):
+        return list(self)
+
+    def items(self):
+        return list(self._d.values())
+
+    def values(self):
+        return [kv[1] for kv in self._d.values()]
+
+    def __repr__(self):
+        return "<CIMultiDict %r>" % dict(self.items())
+
+
+def _check_text(what, s):
+    if not isinstance(s, str):
+        raise TypeError("%s must be str, not %s" % (what, type(s).__name__))
+    for c in "\r\n\0":
+        if c in s:
+            raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, s))
+
+
+def check_headers(headers):
+    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
+    if not headers:
+        return
+    for k, v in headers.items():
+        _check_text("header name", k)
+        if not k or " " in k or ":" in k or "\t" in k:
+            raise ValueError("invalid header name: %r" % k)
+        _check_text("header %s" % k, v if isinstance(v, str) else str(v))
+
+
+def split_url(url):
+    """-> (scheme, host, port, target). Raises InvalidURL naming the problem."""
+    if not isinstance(url, str):
+        raise InvalidURL("URL must be str, not %s" % type(url).__name__)
+    for c in url:
+        if c <= " " or c == "\x7f":
+            raise InvalidURL("URL contains whitespace or a control character: %r" % url)
+    i = url.find("://")
+    if i < 0:
+        raise InvalidURL("URL has no scheme: %r" % url)
+    scheme = url[:i].lower()
+    if scheme not in ("http", "https"):
+        raise InvalidURL("unsupported URL scheme %r (only http and https)" % scheme)
+    rest = url[i + 3 :]
+    j = len(rest)
+    for c in "/?#":
+        k = rest.find(c)
+        if 0 <= k < j:
+            j = k
+    netloc, target = rest[:j], rest[j:]
+    target = target.split("#", 1)[0]
+    if not target.startswith("/"):
+        target = "/" + target
+    if "@" in netloc:
+        raise InvalidURL("credentials in the URL are not supported: %r" % url)
+    port = 443 if scheme == "https" else 80
+    if netloc.startswith("["):  # IPv6 literal
+        k = netloc.find("]")
+        if k < 0:
+            raise InvalidURL("bad IPv6 address in %r" % url)
+        host, tail = netloc[1:k], netloc[k + 1 :]
+    else:
+        host, _, p = netloc.partition(":")
+        tail = ":" + p if _ else ""
+    if tail:
+        p = tail[1:]
+        if tail[0] != ":" or not p.isdigit() or not 0 < int(p) < 65536:
+            raise InvalidURL("bad port in URL: %r" % url)
+        port = int(p)
+    if not host:
+        raise InvalidURL("URL has no host: %r" % url)
+    return scheme, host, port, target
+
+
+def join_url(base, loc):
+    """Resolve a Location header against the URL it came from (absolute, //host, /path, relative)."""
+    if "://" in loc.split("?", 1)[0]:
+        return loc
+    scheme, host, port, target = split_url(base)
+    if loc.startswith("//"):
+        return scheme + ":" + loc
+    origin = "%s://%s" % (scheme, _hostport(scheme, host, port))
+    if loc.startswith("/"):
+        return origin + loc
+    path = target.split("?", 1)[0]
+    if loc.startswith("?"):
+        return origin + path + loc
+    return origin + path[: path.rfind("/") + 1] + loc
+
+
+def _hostport(scheme, host, port):
+    h = "[%s]" % host if ":" in host else host
+    return h if port == (443 if scheme == "https" else 80) else "%s:%d" % (h, port)
+
+
+def tls_context(ca=None):
+    """A client SSLContext. Without `ca` the server is not verified (MicroPythonOS devices carry no CA bundle);
+    with `ca` (DER bytes, PEM text, or a path to either) verification is required."""
+    import tls
+
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    if ca is None:
+        ctx.verify_mode = tls.CERT_NONE
+        return ctx
+    if isinstance(ca, str) and "-----BEGIN" not in ca:
+        with open(ca, "rb") as f:
+            ca = f.read()
+    if isinstance(ca, str):
+        ca = ca.encode()
+    if b"-----BEGIN" in ca:  # mbedTLS here wants DER: decode the first PEM block
+        import binascii
+
+        body = ca.split(b"-----", 3)[2] if ca.count(b"-----") >= 4 else b""
+        ca = binascii.a2b_base64(body.replace(b"\n", b"").replace(b"\r", b""))
+    ctx.load_verify_locations(ca)  # positional: this port takes no keywords here
+    ctx.verify_mode = tls.CERT_REQUIRED
+    return ctx
+
+
+# Host name -> address. getaddrinfo blocks the whole event loop, so each host is resolved once and reused;
+# an entry is dropped when connecting to it fails.
+_dns = {}
+
+
+def _resolve(host, port):
+    key = (host, port)
+    ai = _dns.get(key)
+    if ai is None:
+        try:
+            res = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except OSError as e:
+            raise ClientConnectionError("cannot resolve %s: %s" % (host, e), e.errno if e.errno else e.args[0])
+        if not res:
+            raise ClientConnectionError("cannot resolve %s" % host)
+        ai = res[0]
+        for r in res:  # prefer IPv4: test servers and most device networks listen there
+            if r[0] == socket.AF_INET:
+                ai = r
+                break
+        if len(_dns) >= 8:
+            _dns.clear()
+        _dns[key] = ai
+    return ai
+
+
+class _Conn:
+    # One TCP (or TLS) connection. recv() is the hot path: try the non-blocking socket first and only park the
+    # task in the event loop's poller when there is nothing to read. While parked, `dl` holds a deadline that
+    # the session's watchdog enforces, so a timeout costs nothing when data keeps coming.
+    def __init__(self, key):
+        self.key = key
+        self.s = None
+        self.buf = bytearray(_BUF)
+        self.mv = memoryview(self.buf)
+        self.p = 0  # buffered, unread bytes are buf[p:e]
+        self.e = 0
+        self.tmo = None  # ms allowed for the current wait (connect or read phase)
+        self.dl = None  # deadline of the wait in progress
+        self.end = None  # deadline of the whole request (ClientTimeout.total)
+        self.task = None
+        self.expired = False
+        self.k = 0
+        self.idle_since = 0
+        self.reused = False
+
+    def open(self, ctx):
+        scheme, host, port = self.key
+        ai = _resolve(host, port)
+        s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
+        self.s = s  # registered before anything can fail, so close() always finds it
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != 115:  # EINPROGRESS: the connect finishes in the background
+                _dns.pop((host, port), None)
+                raise
+        if scheme == "https":
+            self.s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
+            self.s.setblocking(False)
+
+    def close(self):
+        s = self.s
+        if s is not None:
+            self.s = None
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _park(self, write):
+        # async (a generator, like asyncio's own streams): wait until the socket is ready
+        end = self.end
+        if self.tmo is not None or end is not None:
+            dl = end if self.tmo is None else ticks_add(ticks_ms(), self.tmo)
+            if end is not None and ticks_diff(end, dl) < 0:
+                dl = end
+            self.dl = dl
+            self.task = core.cur_task
+        try:
+            if write:
+                yield core._io_queue.queue_write(self.s)
+            else:
+                yield core._io_queue.queue_read(self.s)
+        except core.CancelledError:
+            if self.expired:
+                raise ServerTimeoutError("timed out", 110)
+            raise
+        finally:
+            self.dl = None
+
+    def recv(self, mv):
+        # async: read at most len(mv) bytes from the socket; 0 means the peer closed.
+        s = self.s
+        self.k += 1
+        if not self.k & _FAIR:
+            # Data may always be ready on a fast link: let other tasks (UI, watchdog) run now and then,
+            # and enforce the whole-request deadline here, since no wait may ever arm it.
+            yield from core.sleep_ms(0)
+            if self.end is not None and ticks_diff(ticks_ms(), self.end) >= 0:
+                raise ServerTimeoutError("request took longer than its total timeout", 110)
+            s = self.s
+        while True:
+            if s is None:
+                raise ServerDisconnectedError("connection closed")
+            n = s.readinto(mv)
+            if n is not None:
+                return n
+            yield from self._park(False)
+            s = self.s
+
+    def send(self, data):
+        # async: write all of data (this also completes a pending connect or TLS handshake)
+        mv = memoryview(data)
+        off = 0
+        while off < len(mv):
+            if self.s is None:
+                raise ServerDisconnectedError("connection closed")
+            n = self.s.write(mv[off:])
+            if n is None:
+                yield from self._park(True)
+            else:
+                off += n
+
+    def fill(self):
+        # async: read more bytes into buf (compacting or growing it); returns how many arrived
+        buf, p, e = self.buf, self.p, self.e
+        if p:
+            buf[: e - p] = self.mv[p:e]
+            self.e = e = e - p
+            self.p = 0
+        if e == len(buf):
+            if e >= _HEAD_MAX:
+                raise ClientResponseError(0, "header or chunk line longer than %d bytes" % _HEAD_MAX)
+            nb = bytearray(2 * e)
+            nb[:e] = buf
+            self.buf, self.mv = nb, memoryview(nb)
+        n = yield from self.recv(self.mv[e:])
+        self.e += n
+        return n
+
+    def readline(self):
+        # async: one line (bytes, with its line ending), or b"" at EOF
+        scan = 0  # bytes already searched, relative to p
+        while True:
+            i = bytes(self.mv[self.p + scan : self.e]).find(b"\n")
+            if i >= 0:
+                end = self.p + scan + i + 1
+                line = bytes(self.mv[self.p : end])
+                self.p = end
+                return line
+            scan = self.e - self.p
+            if not (yield from self.fill()):
+                if self.e > self.p:
+                    raise ServerDisconnectedError("connection closed inside a line")
+                return b""
+
+
+class StreamReader:
+    # resp.content: the body, framed by Content-Length, chunked encoding, or the end of the connection.
+    def __init__(self, resp, conn, length, chunked):
+        self._r = resp
+        self._c = conn
+        self._chunked = chunked
+        self._close = length is None and not chunked
+        self._left = _UNBOUNDED if self._close else (0 if chunked else length)
+        self._eof = not chunked and not self._close and length == 0
+        self._dec = None
+        self.total_bytes = 0
+
+    def at_eof(self):
+        return self._eof
+
+    async def _next_chunk(self):
+        # Called when the current frame is used up: parse the next chunk-size line, or end the body.
+        c = self._c
+        if self._left == -1:  # CRLF after the previous chunk's data
+            if (await c.readline()) not in (b"\r\n", b"\n"):
+                raise ClientPayloadError("malformed chunked encoding")
+        line = await c.readline()
+        if not line:
+            raise ClientPayloadError("response payload is not completed (chunked body cut short)")
+        try:
+            n = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ClientPayloadError("bad chunk size line %r" % line[:40])
+        if n:
+            self._left = n
+            return n
+        while True:  # trailers, up to the empty line
+            line = await c.readline()
+            if not line:
+                raise ClientPayloadError("response payload is not completed (no end of trailers)")
+            if line in (b"\r\n", b"\n"):
+                break
+        self._finish(True)
+        return 0
+
+    def _finish(self, reusable):
+        self._eof = True
+        self._left = 0
+        self._r._done(reusable)
+
+    async def readinto(self, buf):
+        """Read up to len(buf) bytes of body into buf; 0 at the end. Allocates nothing in the common case."""
+        if self._dec is not None:
+            return await self._dec.readinto(buf)
+        return await self._raw_readinto(buf)
+
+    async def _raw_readinto(self, buf):
+        left = self._left
+        if left <= 0:
+            if self._eof or not self._chunked:
+                return 0
+            left = await self._next_chunk()
+            if not left:
+                return 0
+        c = self._c
+        if c.p < c.e:  # bytes that arrived with the head or a chunk-size line
+            n = min(len(buf), left, c.e - c.p)
+            buf[:n] = c.mv[c.p : c.p + n]
+            c.p += n
+        else:
+            if c.s is None:
+                raise ServerDisconnectedError("connection closed")
+            n = await c.recv(buf if len(buf) <= left else memoryview(buf)[:left])
+            if not n:
+                if self._close:
+                    self._finish(False)
+                    return 0
+                self._eof = True
+                self._r._done(False)
+                raise ClientPayloadError("response payload is not completed (connection closed early)")
+        self.total_bytes += n
+        if self._chunked:
+            self._left = left - n or -1  # -1: the chunk's CRLF comes next
+        elif not self._close:
+            self._left = left - n
+            if not self._left:
+                self._finish(True)
+        return n
+
+    async def read(self, n=-1):
+        """Up to n bytes (all of the rest if n < 0); b"" at the end."""
+        if n < 0:
+            return await self._r.read()
+        b = bytearray(n)
+        k = await self.readinto(b)
+        return bytes(b) if k == n else bytes(memoryview(b)[:k])
+
+    async def readany(self):
+        return await self.read(1024)
+
+
+class _Inflate(io.IOBase):
+    # Content-Encoding gzip/deflate, decoded while streaming with MicroPython's `deflate` module.
+    # DeflateIO pulls its input synchronously and cannot resume after running dry, so input is kept
+    # well ahead of what one small output step can consume; at the end of the body it may drain freely.
+    def __init__(self, reader, gzip):
+        import deflate
+
+        self._r = reader
+        self._in = bytearray(2048)
+        self._p = 0
+        self._e = 0
+        self._end = False
+        self._z = deflate.DeflateIO(self, deflate.GZIP if gzip else deflate.ZLIB)
+        self._done = False
+
+    def readinto(self, buf, *args):  # called by DeflateIO
+        n = min(len(buf), self._e - self._p)
+        buf[:n] = memoryview(self._in)[self._p : self._p + n]
+        self._p += n
+        return n
+
+    async def _top_up(self):
+        b, p, e = self._in, self._p, self._e
+        if p:
+            b[: e - p] = memoryview(b)[p:e]
+            self._e = e = e - p
+            self._p = 0
+        while not self._end and e < len(b):
+            n = await self._r._raw_readinto(memoryview(b)[e:])
+            if not n:
+                self._end = True
+            e += n
+            self._e = e
+
+    async def readinto(self, buf):
+        if self._done:
+            return 0
+        if not self._end and self._e - self._p < 1536:
+            await self._top_up()
+        # With >= 1.5 KB of input in hand, <= 256 bytes of output can never starve the decoder (worst case:
+        # two dynamic Huffman block headers of ~290 bytes and 256 literals of 15 bits).
+        mv = buf if self._end or len(buf) <= 256 else memoryview(buf)[:256]
+        try:
+            n = self._z.readinto(mv)
+        except (OSError, EOFError, ValueError) as e:
+            raise ClientPayloadError("compressed body is corrupt or cut short (%s)" % (e,))
+        if not n:
+            if not self._end or self._e > self._p:
+                raise ClientPayloadError("compressed body is corrupt or cut short")
+            self._done = True
+        return n
+
+
+class ClientResponse:
+    def __init__(self, session, method, url, conn):
+        self._s = session
+        self.method = method
+        self.url = url
+        self._c = conn
+        self.status = 0
+        self.reason = ""
+        self.version = None
+        self.headers = None
+        self.content = None
+        self._keep = True
+        self._released = False
+
+    async def _start(self):
+        c = self._c
+        line = await c.readline()
+        if not line:
+            raise ServerDisconnectedError("server closed the connection without a response")
+        parts = line.decode().rstrip("\r\n").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ClientResponseError(0, "bad status line %r" % line[:80])
+        self.version = parts[0]
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        h = CIMultiDict()
+        while True:
+            line = await c.readline()
+            if not line:
+                raise ServerDisconnectedError("connection closed inside the response head")
+            if line in (b"\r\n", b"\n"):
+                break
+            if len(h) >= _HEADERS_MAX:
+                raise ClientResponseError(self.status, "too many header fields")
+            k, sep, v = line.decode().partition(":")
+            if not sep:
+                raise ClientResponseError(self.status, "bad header line %r" % line[:80])
+            h.add(k.strip(), v.strip())
+        self.headers = h
+        conn_hdr = h.get("Connection", "").lower()
+        self._keep = self.version == "HTTP/1.1" and "close" not in conn_hdr
+        te = h.get("Transfer-Encoding", "").lower()
+        length = h.get("Content-Length")
+        if self.method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
+            length, chunked = 0, False
+        elif "chunked" in te:
+            length, chunked = None, True
+        else:
+            chunked = False
+            if length is not None:
+                try:
+                    length = int(length.split(",")[0])
+                except ValueError:
+                    raise ClientResponseError(self.status, "bad Content-Length %r" % length)
+        self.content = StreamReader(self, c, length, chunked)
+        enc = h.get("Content-Encoding", "").lower()
+        if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self.content._eof:
+            self.content._dec = _Inflate(self.content, enc != "deflate")
+        if self.content._eof:
+            self._done(True)
+
+    @property
+    def content_length(self):
+        n = self.headers.get("Content-Length")
+        return int(n) if n and n.isdigit() else None
+
+    @property
+    def ok(self):
+        return self.status < 400
+
+    def _done(self, reusable):
+        # The body was read to its end (reusable) or the connection can no longer be trusted.
+        if self._released:
+            return
+        self._released = True
+        c, self._c = self._c, None
+        if c is not None:
+            self._s._release(c, reusable and self._keep)
+
+    def release(self):
+        # Closing is the only safe choice for a body that was not read to its end.
+        self._done(False)
+
+    close = release
+
+    @property
+    def closed(self):
+        return self._released
+
+    async def read(self):
+        """The whole body as bytes: one preallocated buffer when the length is known."""
+        n = self.content_length
+        if n is not None and self.content._dec is None and not self.content._chunked:
+            b = bytearray(n)
+            mv = memoryview(b)
+            got = 0
+            while got < n:
+                k = await self.content.readinto(mv[got:])
+                if not k:
+                    break
+                got += k
+            return bytes(b)
+        parts = []
+        b = bytearray(1024)
+        while True:
+            k = await self.content.readinto(b)
+            if not k:
+                break
+            parts.append(bytes(memoryview(b)[:k]))
+        return b"".join(parts)
+
+    async def text(self, encoding="utf-8"):
+        return (await self.read()).decode(encoding)
+
+    async def json(self):
+        import json
+
+        return json.loads(await self.read())
+
+    def raise_for_status(self):
+        if self.status >= 400:
+            self.release()
+            raise ClientResponseError(self.status, self.reason, self.headers)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.release()
+
+    def __repr__(self):
+        return "<ClientResponse(%s) [%d %s]>" % (self.url, self.status, self.reason)
+
+
+class _RequestContext:
+    # `await session.get(url)` and `async with session.get(url) as resp:` both work.
+    def __init__(self, coro):
+        self._coro = coro
+        self._resp = None
+
+    def __iter__(self):
+        return (yield from self._coro)
+
+    __await__ = __iter__
+
+    async def __aenter__(self):
+        self._resp = await self._coro
+        return self._resp
+
+    async def __aexit__(self, *exc):
+        self._resp.release()
+
+
+class ClientSession:
+    def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
+                 allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True):
+        check_headers(headers)
+        self._base = base_url
+        self._headers = headers or {}
+        self._timeout = timeout or DEFAULT_TIMEOUT
+        self._ssl = ssl
+        self._ctx = None
+        self._max_redirects = max_redirects
+        self._downgrade = allow_downgrade
+        self._pool_size = pool_size
+        self._keepalive_ms = int(keepalive_timeout * 1000)
+        self._auto_decompress = auto_decompress
+        self._idle = []  # pooled connections, oldest first
+        self._busy = []  # connections serving a request
+        self._wd = None
+        self.closed = False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self):
+        self.shutdown()
+        await asyncio.sleep(0)
+
+    def shutdown(self):
+        # close() without awaiting: safe in a `finally` of a cancelled task
+        self.closed = True
+        for c in self._idle + self._busy:
+            c.close()
+        self._idle = []
+        self._busy = []
+        self._stop_watchdog()
+
+    def _stop_watchdog(self):
+        wd, self._wd = self._wd, None
+        if wd is not None and wd is not core.cur_task:
+            wd.cancel()
+
+    # --- connections -------------------------------------------------------------------------------------
+    def _tls(self, ssl):
+        if ssl is None or ssl is True:
+            ssl = self._ssl
+        if ssl is None or ssl is True or ssl is False:
+            if self._ctx is None:
+                self._ctx = tls_context()
+            return self._ctx
+        return ssl
+
+    def _take_idle(self, key):
+        import select
+
+        now = ticks_ms()
+        keep = []
+        found = None
+        for c in self._idle:
+            if ticks_diff(now, c.idle_since) > self._keepalive_ms or (found is None and c.key == key and _stale(select, c)):
+                c.close()
+            elif found is None and c.key == key:
+                found = c
+            else:
+                keep.append(c)
+        self._idle = keep
+        return found
+
+    def _release(self, c, reusable):
+        try:
+            self._busy.remove(c)
+        except ValueError:
+            pass
+        c.task = None
+        c.dl = c.end = None
+        if reusable and not self.closed and c.s is not None and c.p == c.e and self._pool_size > 0:
+            c.idle_since = ticks_ms()
+            self._idle.append(c)
+            if len(self._idle) > self._pool_size:
+                self._idle.pop(0).close()
+        else:
+            c.close()
+        if not self._busy:
+            self._stop_watchdog()
+
+    async def _watchdog(self):
+        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read.
+        try:
+            while self._busy:
+                await asyncio.sleep_ms(_TICK)
+                now = ticks_ms()
+                for c in self._busy:
+                    t = c.task
+                    if t is not None and c.dl is not None and ticks_diff(now, c.dl) >= 0:
+                        c.expired = True
+                        c.dl = c.end = c.task = None
+                        t.cancel()
+        finally:
+            if self._wd is core.cur_task:
+                self._wd = None
+
+    async def _connect(self, key, ssl, timeout):
+        c = self._take_idle(key)
+        if c is not None:
+            c.reused = True
+        else:
+            c = _Conn(key)
+        self._busy.append(c)
+        c.expired = False
+        c.end = ticks_add(ticks_ms(), _ms(timeout.total)) if timeout.total else None
+        if self._wd is None and (timeout.total or timeout.connect or timeout.sock_read):
+            self._wd = asyncio.create_task(self._watchdog())
+        if c.s is None:
+            try:
+                c.open(self._tls(ssl) if key[0] == "https" else None)
+            except OSError as e:
+                self._release(c, False)
+                raise ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
+            except BaseException:
+                self._release(c, False)
+                raise
+        return c
+
+    # --- requests ----------------------------------------------------------------------------------------
+    def request(self, method, url, **kw):
+        return _RequestContext(self._request(method, url, **kw))
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def put(self, url, **kw):
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+    def head(self, url, **kw):
+        kw.setdefault("allow_redirects", False)
+        return self.request("HEAD", url, **kw)
+
+    async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
+                       timeout=None, allow_redirects=True, max_redirects=None):
+        if self.closed:
+            raise RuntimeError("session is closed")
+        if self._base and "://" not in url:
+            url = join_url(self._base, url)
+        if params:
+            url += ("&" if "?" in url else "?") + "&".join("%s=%s" % kv for kv in params.items())
+        split_url(url)
+        check_headers(headers)
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError("invalid HTTP method %r" % (method,))
+        method = method.upper()
+        hdrs = CIMultiDict(self._headers)
+        if headers:
+            for k, v in headers.items():
+                hdrs[k] = v if isinstance(v, str) else str(v)
+        if json is not None:
+            import json as _json
+
+            data = _json.dumps(json)
+            if "Content-Type" not in hdrs:
+                hdrs["Content-Type"] = "application/json"
+        if isinstance(data, dict):
+            data = "&".join("%s=%s" % kv for kv in data.items())
+            if "Content-Type" not in hdrs:
+                hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+        if isinstance(data, str):
+            data = data.encode()
+        timeout = timeout if isinstance(timeout, ClientTimeout) else (
+            ClientTimeout(total=timeout) if timeout else self._timeout)
+        hops = self._max_redirects if max_redirects is None else max_redirects
+        seen = []
+        while True:
+            resp = await self._send(method, url, hdrs, data, ssl, timeout)
+            if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                return resp
+            n = resp.content_length
+            if n is not None and n <= 2048:
+                await resp.read()  # a short body: read it so the connection can serve the next hop
+            resp.release()
+            new = join_url(url, resp.headers["Location"])
+            n_scheme, n_host, n_port, _ = split_url(new)
+            o_scheme, o_host, o_port, _ = split_url(url)
+            if o_scheme == "https" and n_scheme == "http" and not self._downgrade:
+                raise ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
+            seen.append((method, url))
+            if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
+                method, data = "GET", None
+                hdrs.pop("Content-Type")
+            if (method, new) in seen:
+                raise TooManyRedirects(resp.status, "redirect loop at %s" % new)
+            if len(seen) > hops:
+                raise TooManyRedirects(resp.status, "more than %d redirects" % hops)
+            if (n_scheme, n_host, n_port) != (o_scheme, o_host, o_port):
+                hdrs.pop("Authorization")
+                hdrs.pop("Cookie")
+            url = new
+
+    async def _send(self, method, url, hdrs, data, ssl, timeout):
+        scheme, host, port, target = split_url(url)
+        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, _hostport(scheme, host, port))]
+        for k, v in hdrs.items():
+            if k.lower() not in ("host", "content-length"):
+                head.append("%s: %s\r\n" % (k, v))
+        if data is not None or method in ("POST", "PUT", "PATCH"):
+            head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
+        head.append("\r\n")
+        head = "".join(head).encode()
+        key = (scheme, host, port)
+        while True:
+            c = await self._connect(key, ssl, timeout)
+            reused = c.reused
+            resp = ClientResponse(self, method, url, c)
+            try:
+                c.tmo = _ms(timeout.connect)
+                await c.send(head)
+                if data:
+                    await c.send(data)
+                c.tmo = _ms(timeout.sock_read)
+                await resp._start()
+                return resp
+            except BaseException as e:
+                self._release(c, False)
+                # A pooled connection the server closed meanwhile: send once more on a fresh one,
+                # but only if not a byte of the response had arrived.
+                if reused and resp.status == 0 and isinstance(e, (OSError, ServerDisconnectedError)):
+                    continue
+                if isinstance(e, OSError):
+                    raise ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
+                raise
+
+
+def _stale(select, c):
+    # An idle connection with something to read has been closed by the server (or sent junk): don't reuse it.
+    try:
+        p = select.poll()
+        p.register(c.s, select.POLLIN)
+        return bool(p.poll(0))
+    except Exception:
+        return True
+

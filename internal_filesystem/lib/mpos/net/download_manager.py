@@ -1,0 +1,814 @@
+# DownloadManager: MicroPythonOS's shared HTTP download service (a module-level singleton).
+#
+#   data = await DownloadManager.download_url(url)                    # memory mode -> bytes or None
+#   ok = await DownloadManager.download_url(url, outfile="/sd/a.mpk") # file mode   -> True/False
+#   ok = await DownloadManager.download_url(url, chunk_callback=cb)   # stream mode -> True/False
+#
+# The path of a byte: aiohttp's resp.content.readinto(buf) fills one preallocated chunk buffer (1 KB by
+# default), which goes to the partial file, the memory buffer or the chunk callback (see _Job._read_body).
+#
+# What it guarantees beyond the documented contract:
+# - File mode writes OUTFILE.part and renames it over OUTFILE only after a complete (and, with sha256=,
+#   verified) body, so a failed download never leaves a broken file where a good one was.
+# - A dropped or stalled connection is resumed with Range (+ If-Range) from the byte where it stopped; the
+#   answer is checked (206 + matching Content-Range) before a single byte is appended.
+# - Transient HTTP/network failures are retried with exponential backoff and jitter, within a small budget.
+# - Failures return None/False as documented; raise_errors=True raises a DownloadError subclass instead.
+
+import asyncio
+import sys
+from micropython import const
+from time import ticks_add, ticks_diff, ticks_ms
+
+from ..task_manager import TaskManager
+
+_CHUNK = const(1024)
+_TRIES = const(3)  # failed attempts in a row (no byte gained) before giving up: the spec's "3 tries"
+_READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
+_ASSUMED_SIZE = const(102400)  # progress denominator when no size is known (the spec's 100 KB)
+_RETRY_AFTER_MAX = const(10)  # seconds: cap on a server's Retry-After (an app is waiting)
+_SPEED_MS = const(1000)
+
+# Tunables (plain module attributes, like the other MicroPythonOS managers):
+session_idle_ms = 2000  # keep the idle session (and its pooled connections) this long; 0 = close at once
+max_connections = 3  # downloads in flight at once; the rest wait, highest priority first
+user_agent = None  # default "MicroPythonOS/<version>"; a caller's User-Agent header always wins
+
+_TRANSIENT = (408, 429, 500, 502, 503, 504)
+
+
+class DownloadError(Exception):
+    """Why a download failed. reason: "http", "network", "timeout", "integrity", "file" or "memory"."""
+
+    reason = "error"
+    retry = False
+
+    def __init__(self, msg, status=None, retry=None, after=None):
+        super().__init__(msg)
+        self.status = status
+        if retry is not None:
+            self.retry = retry
+        self.after = after  # server's Retry-After, seconds
+
+
+class HTTPError(DownloadError):
+    reason = "http"
+
+
+class NetworkError(DownloadError):
+    reason = "network"
+    retry = True
+
+
+class DownloadTimeout(NetworkError):
+    reason = "timeout"
+
+
+class IntegrityError(DownloadError):
+    reason = "integrity"
+
+
+class LocalFileError(DownloadError):
+    reason = "file"
+
+
+class OutOfMemory(DownloadError):
+    reason = "memory"
+
+
+# --- the shared session --------------------------------------------------------------------------------------
+# Guarded by a _thread lock (apps may call from threads); the lock is never held across an await.
+
+try:
+    import _thread
+
+    _lock = _thread.allocate_lock()
+except ImportError:  # a port without threads
+
+    class _NoLock:
+        def __enter__(self):
+            pass
+
+        def __exit__(self, *a):
+            pass
+
+    _lock = _NoLock()
+
+_session = None
+_refs = 0
+_closer = None  # the task that closes the session after session_idle_ms
+_jobs = []  # downloads queued or in flight, for downloads()
+_queue = []  # admission: [-priority, seq, event, granted] of waiting downloads
+_active = 0
+_seq = 0
+
+
+def _acquire():
+    global _session, _refs, _closer
+    with _lock:
+        if _session is None:
+            try:
+                import aiohttp
+            except ImportError:
+                return None
+            _session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(connect=_READ_TIMEOUT, sock_read=_READ_TIMEOUT))
+        _refs += 1
+        closer, _closer = _closer, None
+    if closer is not None:
+        closer.cancel()
+    return _session
+
+
+def _release():
+    global _session, _refs, _closer
+    with _lock:
+        _refs -= 1
+        if _refs or _session is None:
+            return
+        if session_idle_ms <= 0:
+            s, _session = _session, None
+        else:
+            s = None
+            _closer = TaskManager.create_task(_close_when_idle(_session))
+    if s is not None:
+        s.shutdown()
+
+
+async def _close_when_idle(s):
+    global _session, _closer
+    await TaskManager.sleep_ms(session_idle_ms)
+    with _lock:
+        if _session is not s or _refs:
+            return
+        _session = None
+        _closer = None
+    s.shutdown()
+
+
+def is_session_active():
+    """True while the shared session exists (during downloads and its short idle window)."""
+    with _lock:
+        return _session is not None
+
+
+def _drop_session():
+    global _session, _closer
+    with _lock:
+        s, _session = _session, None
+        closer, _closer = _closer, None
+    if closer is not None:
+        closer.cancel()
+    if s is not None:
+        s.shutdown()
+
+
+async def close_session():
+    """Close the shared session and every connection now. Rarely needed: sessions close when idle."""
+    _drop_session()
+    await asyncio.sleep(0)
+
+
+# --- admission control --------------------------------------------------------------------------------------
+
+
+async def _admit(priority):
+    global _active, _seq
+    if _active < max_connections and not _queue:
+        _active += 1
+        return
+    _seq += 1
+    entry = [-priority, _seq, asyncio.Event(), False]
+    _queue.append(entry)
+    _queue.sort()  # highest priority first, FIFO within a level (seq)
+    try:
+        await entry[2].wait()
+    except BaseException:
+        if entry[3]:  # granted a slot while being cancelled: pass it on
+            _leave()
+        else:
+            _queue.remove(entry)
+        raise
+
+
+def _leave():
+    global _active
+    if _queue and _active <= max_connections:
+        entry = _queue.pop(0)
+        entry[3] = True
+        entry[2].set()  # the slot passes straight to the next download
+    else:
+        _active -= 1
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _log(msg):
+    # Failures only, once each, with the reason. `logging` is absent on some ports (the unix port from PyPI).
+    try:
+        import logging
+
+        logging.getLogger("DownloadManager").warning(msg)
+    except ImportError:
+        sys.stderr.write("DownloadManager: %s\n" % msg)
+
+
+def _redact(url):
+    # scheme://host/… : paths and queries may carry keys (wallet apps)
+    i = url.find("://")
+    j = url.find("/", i + 3) if i >= 0 else -1
+    return url if j < 0 else url[:j] + "/…"
+
+
+async def _call(cb, arg):
+    # Callbacks may be `async def` (as documented) or plain functions.
+    r = cb(arg)
+    if r is not None and hasattr(r, "send"):
+        await r
+
+
+def _size(path):
+    import os
+
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def get_resume_position(outfile):
+    """Bytes of partial data a Range request could continue from: OUTFILE.part if a failed download left
+    one, else OUTFILE itself (a file written by an older version or by the app); 0 if neither exists."""
+    n = _size(outfile + ".part")
+    if n < 0:
+        n = _size(outfile)
+    return max(n, 0)
+
+
+_NET_ERRNOS = (110, 104, 103, 113, 116, 118, 101, 32, 107, 202)
+_NET_WORDS = ("connection reset", "connection aborted", "broken pipe", "network unreachable",
+              "host unreachable", "failed to download chunk", "timed out", "timeout", "etimedout",
+              "econnreset", "econnaborted", "ehostunreach")
+
+
+def is_network_error(e):
+    """True for errors worth retrying later: dropped, reset, timed-out or unreachable connections and DNS
+    failures (unix and ESP32 errno numbers, also negated, as the network stack reports some)."""
+    if isinstance(e, NetworkError) or isinstance(e, asyncio.TimeoutError):
+        return True
+    if isinstance(e, DownloadError):
+        return False
+    try:
+        import aiohttp
+
+        if isinstance(e, (aiohttp.ServerTimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+            return True
+    except ImportError:
+        pass
+    code = getattr(e, "errno", None)
+    if code is None and e.args and isinstance(e.args[0], int):
+        code = e.args[0]
+    if isinstance(code, int) and abs(code) in _NET_ERRNOS:
+        return True
+    msg = str(e).lower()
+    for w in _NET_WORDS:
+        if w in msg:
+            return True
+    return False
+
+
+def _classify(e):
+    # Turn what an attempt raised into a DownloadError that says whether another try may help.
+    import aiohttp
+
+    if isinstance(e, DownloadError):
+        return e
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        return DownloadTimeout("no data for %ds" % _READ_TIMEOUT)
+    if isinstance(e, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return NetworkError("connection lost: %s" % (e,))
+    if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
+        code = getattr(e, "errno", None)
+        refused = code is not None and abs(code) in (111, 61, 23)  # ECONNREFUSED (unix, BSD, lwIP)
+        return NetworkError("connection failed: %s" % (e,), retry=not refused)
+    if isinstance(e, aiohttp.ClientResponseError):
+        return HTTPError("bad response: %s" % (e,), e.status)
+    if isinstance(e, MemoryError):
+        return OutOfMemory("out of memory")
+    return None
+
+
+def _content_range(v):
+    # "bytes a-b/N" -> (a, b, N or None); anything else -> None
+    try:
+        unit, _, spec = v.partition(" ")
+        rng, _, total = spec.partition("/")
+        a, _, b = rng.partition("-")
+        return int(a), int(b), (None if total == "*" else int(total))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _range(v):
+    # A caller's "bytes=a-" or "bytes=a-b" -> (a, b or None); other forms are passed through untouched.
+    v = v.strip()
+    if not v.startswith("bytes=") or "," in v:
+        return None
+    a, _, b = v[6:].partition("-")
+    if not a.strip().isdigit() or (b.strip() and not b.strip().isdigit()):
+        return None
+    return int(a), (int(b) if b.strip() else None)
+
+
+def _version():
+    try:
+        from mpos import info
+
+        return info.CURRENT_OS_VERSION
+    except (ImportError, AttributeError):
+        return "0.0.0"
+
+
+# --- one download -------------------------------------------------------------------------------------------
+
+
+class _Job:
+    # State of one download; downloads() reports these same fields, so listing costs nothing extra.
+
+    def __init__(self, url, outfile, chunk_callback, total_size, headers, opts):
+        self.url = url
+        self.shown = _redact(url) if opts.get("redact_url") else url
+        self.outfile = outfile
+        self.chunk_cb = chunk_callback
+        self.mode = "file" if outfile else ("stream" if chunk_callback else "memory")
+        self.user_total = total_size
+        self.progress_cb = opts.get("progress_callback")
+        self.speed_cb = opts.get("speed_callback")
+        self.chunk = opts.get("chunk_size") or _CHUNK
+        self.sha = opts.get("sha256")
+        self.max_size = opts.get("max_size")
+        self.raise_errors = opts.get("raise_errors")
+        self.deadline = opts.get("deadline")
+        self.priority = opts.get("priority") or 0
+        self.tries = opts.get("tries") or _TRIES
+        self.timeout = opts.get("timeout") or _READ_TIMEOUT
+        self.headers = {}
+        self.lo, self.hi = 0, None  # resource bytes the caller wants: [lo, hi]
+        for k, v in (headers or {}).items():
+            if k.lower() == "range":
+                r = _range(v)
+                if r is not None:
+                    self.lo, self.hi = r
+                    continue
+            self.headers[k] = v
+        if not any(k.lower() == "user-agent" for k in self.headers):
+            self.headers["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
+        self.have = 0  # bytes of the resource already in the partial file when this job began
+        self.done = 0  # bytes delivered by this job
+        self.size = None  # full resource size, once a response told it
+        self.validator = None  # ETag or Last-Modified, for If-Range on a resume
+        self.state = "queued"
+        self.speed = 0
+        self.f = None
+        self.mem = None
+        self.hash = None
+        self.pct = -1
+
+    @property
+    def fail(self):
+        return None if self.mode == "memory" else False
+
+    # -- sinks --
+    def _open_file(self):
+        part = self.outfile + ".part"
+        mode = "wb"
+        if self.lo and self.hi is None:
+            # A resume ("Range: bytes=N-", N = get_resume_position()): continue the partial data if it is
+            # exactly N bytes long, whether it sits in OUTFILE.part or in OUTFILE itself.
+            n = _size(part)
+            if n == self.lo:
+                mode = "ab"
+            elif n < 0 and _size(self.outfile) == self.lo:
+                self._copy(self.outfile, part)
+                mode = "ab"
+            if mode == "ab":
+                self.have, self.lo = self.lo, 0
+        try:
+            self.f = open(part, mode)
+        except OSError as e:
+            raise LocalFileError("cannot write %s: %s" % (part, e))
+        if self.have and self.sha:
+            self._hash_file(part)
+
+    def _copy(self, src, dst):
+        try:
+            with open(src, "rb") as a, open(dst, "wb") as b:
+                buf = bytearray(self.chunk)
+                while True:
+                    n = a.readinto(buf)
+                    if not n:
+                        break
+                    b.write(memoryview(buf)[:n])
+        except OSError as e:
+            raise LocalFileError("cannot copy %s to %s: %s" % (src, dst, e))
+
+    def _hash_file(self, path):
+        # sha256= over a resumed file: the bytes already on disk are hashed once, before new ones arrive
+        with open(path, "rb") as f:
+            buf = bytearray(self.chunk)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                self.hash.update(memoryview(buf)[:n])
+
+    def _restart(self):
+        # The server sent the whole resource where we asked for a part: throw away what we had.
+        if self.mode == "stream" and self.done:
+            raise NetworkError("server ignored Range after %d bytes were handed out" % self.done, retry=False)
+        if self.f is not None:
+            self.f.close()
+            self.f = open(self.outfile + ".part", "wb")
+        self.have = self.done = 0
+        self.pct = -1
+        if self.sha:
+            import hashlib
+
+            self.hash = hashlib.sha256()
+
+    def _mem_room(self, n):
+        # Memory mode keeps one buffer; when the size is known it is allocated once, exactly.
+        m = self.mem
+        if m is None or len(m) < n:
+            new = bytearray(n)
+            if m is not None and self.done:
+                new[: self.done] = memoryview(m)[: self.done]
+            self.mem = new
+
+    # -- the engine --
+    async def run(self, sess):
+        if self.sha:
+            import hashlib
+
+            self.hash = hashlib.sha256()
+        if self.mode == "file":
+            self._open_file()
+        t0 = ticks_ms()
+        end = None if self.deadline is None else ticks_add(t0, int(self.deadline * 1000))
+        fails = 0
+        self.speed_t, self.speed_n = t0, 0
+        while True:
+            gained = self.done
+            try:
+                if await self._attempt(sess, end):
+                    return await self._finish()
+                err = NetworkError("connection lost")
+            except Exception as e:
+                err = _classify(e)
+                if err is None:
+                    raise
+            if not err.retry:
+                raise err
+            if self.done > gained:
+                fails = 0  # progress was made: resume at once with a fresh budget
+                continue
+            fails += 1
+            if fails >= self.tries:
+                raise err
+            # exponential backoff with jitter, or the server's Retry-After (capped)
+            import random
+
+            delay = err.after if err.after is not None else (250 << (fails - 1)) / 1000 * (0.5 + random.random())
+            delay = min(delay, _RETRY_AFTER_MAX)
+            if end is not None:
+                left = ticks_diff(end, ticks_ms()) / 1000
+                if left <= delay:
+                    raise DownloadTimeout("deadline reached")
+            await TaskManager.sleep(delay)
+
+    async def _attempt(self, sess, end):
+        # One request. True when the wanted bytes are all delivered; raises on failure.
+        import aiohttp
+
+        pos = self.lo + self.have + self.done
+        h = dict(self.headers)
+        if pos or self.hi is not None:
+            h["Range"] = "bytes=%d-%s" % (pos, "" if self.hi is None else self.hi)
+            if self.validator and (self.have or self.done):
+                h["If-Range"] = self.validator
+        total = None
+        if end is not None:
+            total = ticks_diff(end, ticks_ms()) / 1000
+            if total <= 0:
+                raise DownloadTimeout("deadline reached")
+        tmo = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)
+        self.state = "connecting"
+        async with sess.get(self.url, headers=h, timeout=tmo) as resp:
+            st = resp.status
+            hd = resp.headers
+            skip = 0
+            strict = True  # body length announced by the server (vs. a cap we chose)
+            if st == 206:
+                cr = _content_range(hd.get("Content-Range"))
+                if cr is None or cr[0] != pos:
+                    # not the bytes we asked for: start over (stream mode can't take chunks back)
+                    self._restart()
+                    raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, hd.get("Content-Range")))
+                if cr[2] is not None:
+                    self.size = cr[2]
+                body = cr[1] - cr[0] + 1
+            elif 200 <= st < 300:
+                if pos:
+                    # Range ignored (or If-Range says the resource changed): start over from byte 0
+                    self._restart()
+                    skip = self.lo
+                body = resp.content_length
+                if st == 200 and body is not None and not hd.get("Content-Encoding"):
+                    self.size = body
+                if self.hi is not None and (body is None or body > self.hi + 1):
+                    body, strict = self.hi + 1, body is not None
+            elif st == 416 and self.have and not self.done:
+                cr = hd.get("Content-Range", "")
+                if cr.endswith("/%d" % self.have):
+                    return True  # the partial file is already the whole resource
+                raise HTTPError("HTTP 416 (range not satisfiable)", st)
+            else:
+                after = None
+                ra = hd.get("Retry-After")
+                if ra and ra.strip().isdigit():
+                    after = int(ra)
+                raise HTTPError("HTTP %d %s" % (st, resp.reason), st, retry=st in _TRANSIENT, after=after)
+            if self.validator is None:
+                self.validator = hd.get("ETag") or hd.get("Last-Modified")
+            if self.max_size is not None and body is not None and self.have + self.done + body - skip > self.max_size:
+                raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
+            if self.mode == "memory" and body is not None:
+                self._mem_room(self.done + body - skip)
+            self.state = "downloading"
+            await self._read_body(resp, skip, body, strict)
+        return True
+
+    async def _read_body(self, resp, skip, body, strict):
+        # The hot path: one buffer, readinto, hand the bytes on. Nothing here allocates per chunk
+        # except stream mode's bytes for the callback and a short tail slice.
+        content = resp.content
+        f = self.f
+        buf = bytearray(self.chunk)
+        mv = memoryview(buf)
+        size = len(buf)
+        chunk_cb = self.chunk_cb
+        progress = self.progress_cb is not None or self.speed_cb is not None
+        h = self.hash
+        left = body  # bytes of this response still to read, skipped ones included (None: until the end)
+        while True:
+            n = await content.readinto(buf if left is None or left >= size else mv[:left])
+            if not n:
+                if left and strict:  # the server announced more than it sent
+                    raise NetworkError("response ended %d bytes early" % left)
+                return
+            if left is not None:
+                left -= n
+            data = buf if n == size else mv[:n]
+            if skip:  # a 200 answer to a range request: drop the bytes before the range
+                k = min(skip, n)
+                skip -= k
+                if k == n:
+                    if not left and left is not None:
+                        return
+                    continue
+                data = mv[k:n]
+                n -= k
+            if f is not None:
+                try:
+                    f.write(data)
+                except OSError as e:
+                    raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+            elif chunk_cb is not None:
+                await _call(chunk_cb, bytes(data))
+            else:
+                d = self.done
+                if len(self.mem) < d + n:
+                    self._mem_room(max(2 * len(self.mem), d + n, 4096))
+                self.mem[d : d + n] = data
+                if self.max_size is not None and d + n > self.max_size:
+                    raise DownloadError("body exceeds max_size=%d" % self.max_size)
+            if h is not None:
+                h.update(data)
+            self.done += n
+            if left is not None and not left:
+                return
+            if progress:
+                await self._report()
+
+    async def _report(self):
+        if self.progress_cb is not None:
+            total = self.user_total or self.size or _ASSUMED_SIZE
+            if self.user_total is None and self.size is not None and self.lo:
+                total = (self.size if self.hi is None else self.hi + 1) - self.lo
+            # 100 is said once, at the very end; an unknown or wrong size never overshoots
+            pct = min((self.have + self.done) * 100 // max(total, 1), 99)
+            if pct > self.pct:
+                self.pct = pct
+                await _call(self.progress_cb, pct)
+        if self.speed_cb is not None:
+            now = ticks_ms()
+            dt = ticks_diff(now, self.speed_t)
+            if dt >= _SPEED_MS:
+                self.speed = (self.done - self.speed_n) * 1000 // dt
+                self.speed_t, self.speed_n = now, self.done
+                await _call(self.speed_cb, self.speed)
+
+    async def _finish(self):
+        if self.hash is not None:
+            import binascii
+
+            got = binascii.hexlify(self.hash.digest()).decode()
+            if got != self.sha.lower():
+                if self.f is not None:
+                    self.f.close()
+                    self.f = None
+                    _remove(self.outfile + ".part")  # wrong bytes are no base for a resume
+                raise IntegrityError("sha256 mismatch: got %s" % got)
+        if self.f is not None:
+            try:
+                self.f.close()
+                self.f = None
+                _replace(self.outfile + ".part", self.outfile)
+            except OSError as e:
+                raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
+        if self.progress_cb is not None:
+            self.pct = 100
+            await _call(self.progress_cb, 100)
+        self.state = "done"
+        if self.mode == "memory":
+            m, self.mem = self.mem, None
+            if m is None:
+                return b""
+            return bytes(m) if len(m) == self.done else bytes(memoryview(m)[: self.done])
+        return True
+
+    def close(self):
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            self.f = None
+        self.mem = None
+
+
+def _remove(path):
+    import os
+
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _replace(src, dst):
+    import os
+
+    try:
+        os.rename(src, dst)
+    except OSError:  # some filesystems (FAT) won't rename over an existing file
+        _remove(dst)
+        os.rename(src, dst)
+
+
+# --- the public API -----------------------------------------------------------------------------------------
+
+
+def _check(url, outfile, total_size, progress_callback, chunk_callback, headers, opts):
+    # Programmer errors are raised before any network traffic.
+    if outfile is not None and chunk_callback is not None:
+        raise ValueError("use either outfile (save to a file) or chunk_callback (stream), not both")
+    if not isinstance(url, str) or not url:
+        raise ValueError("url must be a non-empty str, got %r" % (url,))
+    if not (url[:7].lower() == "http://" or url[:8].lower() == "https://"):
+        raise ValueError("url must start with http:// or https://: %r" % url)
+    if outfile is not None and (not isinstance(outfile, str) or not outfile):
+        raise ValueError("outfile must be a non-empty str path")
+    for name, v in (("total_size", total_size), ("max_size", opts.get("max_size")),
+                    ("chunk_size", opts.get("chunk_size"))):
+        if v is not None:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError("%s must be an int, got %r" % (name, v))
+            if v < 0 or (v == 0 and name == "chunk_size"):
+                raise ValueError("%s must be positive, got %d" % (name, v))
+    for name, cb in (("progress_callback", progress_callback), ("chunk_callback", chunk_callback),
+                     ("speed_callback", opts.get("speed_callback"))):
+        if cb is not None and not callable(cb):
+            raise TypeError("%s must be callable, got %r" % (name, cb))
+    if headers is not None and not hasattr(headers, "items"):
+        raise TypeError("headers must be a dict")
+    sha = opts.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+        raise ValueError("sha256 must be 64 hex characters")
+    try:
+        import aiohttp
+    except ImportError:
+        return
+    aiohttp.split_url(url)  # malformed URL, bad port: InvalidURL (a ValueError) naming the problem
+    aiohttp.check_headers(headers)  # CR/LF/NUL: ValueError
+
+
+def _sync_or_async(coro):
+    # From synchronous code or the REPL (no event loop running) the download runs to completion and the
+    # result is returned; under a running loop the coroutine is returned for the caller to await.
+    from asyncio import core
+
+    if core.cur_task is not None:
+        return coro
+    r = asyncio.run(coro)
+    if not _refs:
+        _drop_session()  # no loop will run the idle timer: close now rather than leave sockets open
+    return r
+
+
+def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None,
+                 headers=None, **opts):
+    """Download url to memory (-> bytes|None), to outfile (-> True|False) or to chunk_callback (-> True|False).
+
+    Keywords beyond the documented ones (all optional): chunk_size=1024, sha256="hex", max_size=int,
+    deadline=seconds, timeout=seconds (per read, default 10), tries=3, raise_errors=False, redact_url=False,
+    speed_callback=f, priority=0.
+    """
+    opts["progress_callback"] = progress_callback
+    _check(url, outfile, total_size, progress_callback, chunk_callback, headers, opts)
+    job = _Job(url, outfile, chunk_callback, total_size, headers, opts)
+    return _sync_or_async(_run(job))
+
+
+async def _run(job):
+    sess = _acquire()
+    if sess is None:
+        _log("aiohttp is not available, cannot download %s" % job.shown)
+        return job.fail
+    _jobs.append(job)
+    try:
+        await _admit(job.priority)
+        try:
+            return await job.run(sess)
+        finally:
+            _leave()
+    except DownloadError as e:
+        job.state = "failed"
+        _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
+        if job.raise_errors:
+            raise
+        return job.fail
+    except MemoryError:
+        job.state = "failed"
+        job.close()
+        _log("download of %s failed (memory): out of memory" % job.shown)
+        if job.raise_errors:
+            raise OutOfMemory("out of memory")
+        return job.fail
+    except Exception as e:
+        # a callback's own exception: the download failed, the caller's code raised
+        job.state = "failed"
+        _log("download of %s failed: %r" % (job.shown, e))
+        if job.raise_errors:
+            raise
+        return job.fail
+    finally:
+        job.close()  # also on cancellation: the partial file stays for a resume
+        _jobs.remove(job)
+        _release()
+
+
+def downloads():
+    """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked)."""
+    return [
+        {"url": j.shown, "state": j.state, "done": j.have + j.done,
+         "total": j.user_total or j.size, "speed": j.speed}
+        for j in _jobs
+    ]
+
+
+async def _post(url, data, headers):
+    sess = _acquire()
+    if sess is None:
+        _log("aiohttp is not available, cannot post to %s" % url)
+        return None
+    try:
+        h = dict(headers or {})
+        if not any(k.lower() == "user-agent" for k in h):
+            h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
+        async with sess.post(url, data=data, headers=h) as resp:
+            body = await resp.read()
+            if 200 <= resp.status < 300:
+                return body
+            _log("post to %s failed: HTTP %d" % (url, resp.status))
+    except Exception as e:
+        _log("post to %s failed: %r" % (url, e))
+    finally:
+        _release()
+    return None
+
+
+def post_url(url, data=None, headers=None):
+    """POST data (bytes, str or dict as form fields) and return the response body, or None on failure."""
+    _check(url, None, None, None, None, headers, {})
+    return _sync_or_async(_post(url, data, headers))

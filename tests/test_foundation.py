@@ -50,7 +50,8 @@ def _frozen_by_manifest():
 
     def package(name, files=None, base_path=".", opt=None):
         for f in (ROOT / base_path / name).rglob("*.py"):
-            frozen.add(str(f.relative_to(ROOT / base_path).with_suffix("")).replace("/", "."))
+            mod = str(f.relative_to(ROOT / base_path).with_suffix("")).replace("/", ".")
+            frozen.add(mod[: -len(".__init__")] if mod.endswith(".__init__") else mod)
 
     def module(name, base_path=".", opt=None):
         frozen.add(name[:-3].replace("/", "."))

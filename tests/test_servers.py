@@ -30,15 +30,13 @@ def certs(tmp_path_factory):
     return make_certs(str(tmp_path_factory.mktemp("certs")))
 
 
-def _server_threads():
-    return [t for t in threading.enumerate() if t.name in ("FaultServer", "RealServer")]
-
-
 @pytest.fixture
 def srv():
+    # only this server's thread is checked: other tests keep session-scoped servers running
     with FaultServer() as s:
+        thread = s._thread
         yield s
-    assert not _server_threads(), "a server thread outlived stop()"
+    assert not thread.is_alive(), "a server thread outlived stop()"
 
 
 def get(srv, path, headers=None, method="GET"):
@@ -200,9 +198,10 @@ def test_stop_does_not_hang_on_stall():
     sock.sendall(b"GET /bytes/100000?stall=100&stall_s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     t0 = time.monotonic()
+    thread = s._thread
     s.stop()
     assert time.monotonic() - t0 < 2
-    assert not _server_threads()
+    assert not thread.is_alive()
     sock.settimeout(2)
     with pytest.raises((ConnectionError, AssertionError)):  # server side is gone
         while sock.recv(65536):
@@ -232,6 +231,7 @@ def test_tls_with_ca(certs):
 def test_real_server(tmp_path):
     digest = RealServer.make_file(str(tmp_path), "f.bin", 300000, seed=5)
     with RealServer(str(tmp_path)) as s:
+        thread = s._thread
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
         conn.request("GET", "/files/f.bin", headers={"Range": "bytes=100-199"})
         resp = conn.getresponse()
@@ -244,7 +244,7 @@ def test_real_server(tmp_path):
         assert hashlib.sha256(conn.getresponse().read()).hexdigest() == digest
         conn.close()
         assert s.connections == 1
-    assert not _server_threads()
+    assert not thread.is_alive()
 
 
 def test_cli(tmp_path):

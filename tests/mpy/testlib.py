@@ -54,3 +54,59 @@ def run(coro):
     import asyncio
 
     return asyncio.run(coro)
+
+
+# --- helpers for the HTTP client tests (tests/test_http_*.py) ---
+
+def new_sha():
+    import hashlib
+
+    return hashlib.sha256()
+
+
+def hexdigest(h):
+    import binascii
+
+    return binascii.hexlify(h.digest()).decode()
+
+
+async def sha_readinto(resp, size=4096):
+    # Body through resp.content.readinto(buf): -> (sha256 hex, bytes, number of reads).
+    h = new_sha()
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    total = reads = 0
+    while True:
+        n = await resp.content.readinto(buf)
+        if not n:
+            break
+        assert 0 < n <= size, n
+        h.update(mv[:n])
+        total += n
+        reads += 1
+    return hexdigest(h), total, reads
+
+
+async def sha_read_n(resp, n):
+    # Body through resp.content.read(n): each piece at most n bytes, b"" at the end (and after it).
+    h = new_sha()
+    total = 0
+    while True:
+        piece = await resp.content.read(n)
+        assert isinstance(piece, bytes), type(piece)
+        assert len(piece) <= n, (len(piece), n)
+        if not piece:
+            break
+        h.update(piece)
+        total += len(piece)
+    assert await resp.content.read(n) == b""
+    return hexdigest(h), total
+
+
+async def error_of(coro):
+    # Await coro; -> the name of the exception it raised (None if none) and its message.
+    try:
+        await coro
+    except Exception as e:
+        return type(e).__name__, str(e)
+    return None, None

@@ -1,0 +1,275 @@
+"""aiohttp client on MicroPython: every body framing delivers exact bytes, a short body is always an error, TLS.
+
+Each test is a small aiohttp program run on the unix port against the fault server on 127.0.0.1.
+"""
+import gzip
+import hashlib
+import zlib
+
+import pytest
+
+from tools.testservers import sha256_of, text_payload
+
+CHUNKS = "chunked=1&chunks=1,7,300,4096"
+FRAMINGS = {
+    "content-length": "",
+    "chunked": CHUNKS,
+    "chunked-ext-trailer": CHUNKS + "&ext=1&trailer=1",
+    "close-delimited": "cl=0",
+}
+
+FETCH = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            if MODE == "read":
+                body = await resp.read()
+                sha, total = sha256(body), len(body)
+            elif MODE == "readinto":
+                sha, total, reads = await sha_readinto(resp, BUF)
+            else:
+                sha, total = await sha_read_n(resp, BUF)
+            result(status=resp.status, sha=sha, total=total, eof=resp.content.at_eof())
+
+run(main())
+"""
+
+
+def fetch(mpy, url, mode="read", buf=1000, **kw):
+    return mpy.run(FETCH, URL=url, MODE=mode, BUF=buf, **kw).value
+
+
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n"])
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_every_framing_gives_exact_bytes(mpy, fault, framing, mode):
+    url = fault.url("/bytes/100000?seed=3&" + FRAMINGS[framing])
+    # odd buffer sizes, so reads straddle chunk boundaries
+    got = fetch(mpy, url, mode, buf=777 if mode == "read_n" else 1000)
+    assert got == {"status": 200, "sha": sha256_of(100000, seed=3), "total": 100000, "eof": True}
+
+
+def test_tiny_and_empty_bodies_in_every_framing_on_one_session(mpy, fault):
+    code = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            async with session.get(url) as resp:
+                body = await resp.read()
+                result(url=url, status=resp.status, sha=sha256(body))
+
+run(main())
+"""
+    urls = [fault.url("/bytes/%d?%s" % (n, q)) for q in FRAMINGS.values() for n in (0, 1, 4096)]
+    r = mpy.run(code, URLS=urls)
+    assert [(d["url"], d["status"], d["sha"]) for d in r.results] == [
+        (u, 200, sha256_of(int(u.split("/bytes/")[1].split("?")[0]))) for u in urls]
+
+
+def test_one_byte_reads_of_a_chunked_body(mpy, fault):
+    got = fetch(mpy, fault.url("/bytes/3000?" + CHUNKS + "&ext=1&trailer=1"), "read_n", buf=1)
+    assert got == {"status": 200, "sha": sha256_of(3000), "total": 3000, "eof": True}
+
+
+@pytest.mark.parametrize("coding", ["gzip=1", "deflate=1"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "close-delimited"])
+def test_gzip_and_deflate_are_decoded_to_the_exact_text(mpy, fault, coding, framing):
+    url = fault.url("/bytes/60000?text=1&%s&%s" % (coding, FRAMINGS[framing]))
+    assert fetch(mpy, url, "read") == {
+        "status": 200, "sha": sha256_of(60000, text=True), "total": 60000, "eof": True}
+
+
+@pytest.mark.parametrize("buf", [1, 100, 4096])
+def test_gzip_through_readinto_with_any_buffer_size(mpy, fault, buf):
+    n = 5000 if buf == 1 else 60000
+    got = fetch(mpy, fault.url("/bytes/%d?text=1&gzip=1" % n), "readinto", buf=buf)
+    assert got == {"status": 200, "sha": sha256_of(n, text=True), "total": n, "eof": True}
+
+
+def test_gzip_of_incompressible_data(mpy, fault):
+    # compressed is bigger than the plain body: stored deflate blocks
+    got = fetch(mpy, fault.url("/bytes/50000?gzip=1&" + CHUNKS), "read_n", buf=3000)
+    assert got == {"status": 200, "sha": sha256_of(50000), "total": 50000, "eof": True}
+
+
+def test_auto_decompress_off_gives_the_raw_gzip_bytes(mpy, fault):
+    code = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(URL) as resp:
+            result(enc=resp.headers["Content-Encoding"], sha=sha256(await resp.read()))
+
+run(main())
+"""
+    r = mpy.run(code, URL=fault.url("/bytes/20000?text=1&gzip=1"))
+    raw = gzip.compress(text_payload(20000), mtime=0)
+    assert r.value == {"enc": "gzip", "sha": hashlib.sha256(raw).hexdigest()}
+
+
+def test_lowercase_header_names_and_case_insensitive_lookup(mpy, fault):
+    code = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            h = resp.headers
+            result(names=sorted(h.keys()), ctype=h["CONTENT-TYPE"], etag=h.get("Etag"),
+                   te=h["Transfer-Encoding"], has=("transfer-ENCODING" in h), missing=h.get("X-Nope", "-"),
+                   sha=sha256(await resp.read()))
+
+run(main())
+"""
+    r = mpy.run(code, URL=fault.url("/bytes/9000?lower=1&" + CHUNKS))
+    assert r.value == {
+        "names": ["accept-ranges", "content-type", "etag", "last-modified", "transfer-encoding"],
+        "ctype": "application/octet-stream", "etag": '"9000-0"', "te": "chunked", "has": True,
+        "missing": "-", "sha": sha256_of(9000)}
+
+
+def test_lowercase_content_length_frames_the_body(mpy, fault):
+    got = fetch(mpy, fault.url("/bytes/30000?lower=1"), "readinto", buf=4096)
+    assert got == {"status": 200, "sha": sha256_of(30000), "total": 30000, "eof": True}
+
+
+# ---------------------------------------------------------------- bodies that end early
+
+SHORT = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        got = 0
+        try:
+            async with session.get(URL) as resp:
+                if MODE == "read":
+                    await resp.read()
+                elif MODE == "readinto":
+                    buf = bytearray(1000)
+                    while True:
+                        n = await resp.content.readinto(buf)
+                        if not n:
+                            break
+                        got += n
+                else:
+                    while await resp.content.read(BUF):
+                        pass
+        except aiohttp.ClientError as e:
+            result(error=type(e).__name__, got=got)
+            # the connection is not reused after a broken body: the next request is exact
+            async with session.get(NEXT) as resp:
+                result(error=None, sha=sha256(await resp.read()))
+            return
+        result(error=None, got=got, status=resp.status)
+
+run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n"])
+@pytest.mark.parametrize("fault_q", [
+    "truncate=50000",
+    "truncate=0",
+    CHUNKS + "&truncate=50000",
+    CHUNKS + "&nolast=1",
+    CHUNKS + "&ext=1&trailer=1&nolast=1",
+    "text=1&gztrunc=1",
+    "text=1&gztrunc=1&" + CHUNKS,
+])
+def test_a_body_cut_short_is_a_payload_error(mpy, fault, fault_q, mode):
+    r = mpy.run(SHORT, URL=fault.url("/bytes/100000?" + fault_q), MODE=mode, BUF=500,
+                NEXT=fault.url("/bytes/2000"))
+    assert r.results[0]["error"] == "ClientPayloadError", r.results
+    if mode == "readinto" and "truncate" in fault_q:
+        # every byte that did arrive was handed out, and nothing more
+        assert r.results[0]["got"] == int(fault_q.split("truncate=")[1])
+    assert r.results[1] == {"error": None, "sha": sha256_of(2000)}
+    # a cut in the HTTP framing closes the connection; a cut gzip stream inside a complete HTTP body
+    # leaves the connection clean, so it may serve the next request
+    assert fault.connections == (1 if "gztrunc" in fault_q else 2)
+
+
+def test_a_connection_reset_mid_body_is_a_client_error(mpy, fault):
+    r = mpy.run(SHORT, URL=fault.url("/bytes/100000?drop=30000"), MODE="readinto", BUF=500,
+                NEXT=fault.url("/bytes/2000"))
+    # an RST is a body cut short like any other, and an aiohttp.ClientError (not a bare OSError)
+    assert r.results[0]["error"] == "ClientPayloadError", r.results
+    assert r.results[0]["got"] <= 30000
+    assert r.results[1] == {"error": None, "sha": sha256_of(2000)}
+
+
+def test_close_delimited_body_ends_cleanly_at_close(mpy, fault):
+    # the counterpart: with no length at all, the close IS the end, so no error
+    got = fetch(mpy, fault.url("/bytes/70001?cl=0"), "readinto", buf=4096)
+    assert got == {"status": 200, "sha": sha256_of(70001), "total": 70001, "eof": True}
+
+
+# ---------------------------------------------------------------- TLS
+
+TLS = """
+import aiohttp
+
+def ca():
+    if CA is None:
+        return None
+    if CA == "PEM-TEXT":
+        return aiohttp.tls_context(PEM)
+    return aiohttp.tls_context(CA)
+
+async def main():
+    session_ssl = ca() if WHERE == "session" else None
+    async with aiohttp.ClientSession(ssl=session_ssl) as session:
+        for url in URLS:
+            try:
+                kw = {"ssl": ca()} if WHERE == "request" else {}
+                async with session.get(url, **kw) as resp:
+                    sha, total, reads = await sha_readinto(resp, 2048)
+                    result(status=resp.status, sha=sha)
+            except aiohttp.ClientError as e:
+                result(error=type(e).__name__, msg=str(e))  # caught as aiohttp.ClientError
+
+run(main())
+"""
+
+
+def tls_urls(srv):
+    return [srv.url("/bytes/200000?seed=5"), srv.url("/bytes/50000?" + CHUNKS + "&trailer=1"),
+            srv.url("/bytes/40000?text=1&gzip=1")]
+
+
+TLS_OK = [{"status": 200, "sha": sha256_of(200000, seed=5)}, {"status": 200, "sha": sha256_of(50000)},
+          {"status": 200, "sha": sha256_of(40000, text=True)}]
+
+
+@pytest.mark.parametrize("where", ["session", "request"])
+@pytest.mark.parametrize("ca", ["der", "pem", "pem-text", "none"])
+def test_tls_exact_bytes(mpy, fault_tls, certs, ca, where):
+    path = {"der": certs.ca_der_path, "pem": certs.ca_pem_path, "pem-text": "PEM-TEXT", "none": None}[ca]
+    r = mpy.run(TLS, URLS=tls_urls(fault_tls), CA=path, PEM=certs.ca_pem, WHERE=where)
+    assert r.results == TLS_OK
+    assert fault_tls.connections == 1  # keep-alive over TLS too
+
+
+@pytest.mark.parametrize("other", ["other_ca_der_path", "other_ca_pem_path"])
+def test_tls_with_the_wrong_ca_is_an_error(mpy, fault_tls, certs, other):
+    r = mpy.run(TLS, URLS=[fault_tls.url("/bytes/1000")], CA=getattr(certs, other), PEM=None, WHERE="session")
+    assert r.value["error"] == "ClientConnectionError"
+    assert "certificate" in r.value["msg"].lower() or "verif" in r.value["msg"].lower(), r.value
+    assert fault_tls.requests == 0  # no request went out over an unverified connection
+
+
+def test_plain_http_to_a_tls_port_is_an_error_not_a_hang(mpy, fault_tls):
+    url = fault_tls.url("/bytes/10").replace("https://", "http://")
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        result(err=(await error_of(session.get(URL)))[0])
+run(main())
+""", URL=url)
+    assert r.value["err"] in ("ClientResponseError", "ServerDisconnectedError", "ClientConnectionError")

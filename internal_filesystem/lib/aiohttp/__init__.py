@@ -20,6 +20,7 @@ __version__ = "1.0.0"
 _BUF = const(512)  # per-connection buffer for heads and chunk-size lines; grows for long header lines
 _HEAD_MAX = const(8192)  # a status line or header line longer than this is refused
 _HEADERS_MAX = const(100)
+_HEAD_TOTAL = const(32768)  # a whole response head larger than this is refused (100 lines of 8 KB won't fit a heap)
 _FAIR = const(15)  # yield to other tasks every 16 reads, even when data is always ready
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
@@ -138,13 +139,27 @@ def _check_text(what, s):
             raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, s))
 
 
+_TCHAR = "!#$%&'*+-.^_`|~"
+
+
+def _latin1(line):
+    # Header bytes that are not UTF-8 (a latin-1 filename, say) raised UnicodeError and lost the whole
+    # response; MicroPython has no latin-1 codec, so map bytes to code points by hand. Rare path.
+    try:
+        return line.decode()
+    except UnicodeError:
+        return "".join(chr(b) for b in line)
+
+
 def check_headers(headers):
     """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
     if not headers:
         return
     for k, v in headers.items():
         _check_text("header name", k)
-        if not k or " " in k or ":" in k or "\t" in k:
+        # A name must be an RFC 9110 token: besides space, ":" and tab, other control characters (\x01, DEL)
+        # and separators like "(" went out as they were.
+        if not k or any(not (c.isalpha() or c.isdigit()) and c not in _TCHAR or ord(c) > 126 for c in k):
             raise ValueError("invalid header name: %r" % k)
         _check_text("header %s" % k, v if isinstance(v, str) else str(v))
 
@@ -357,7 +372,12 @@ class _Conn:
         while off < len(mv):
             if self.s is None:
                 raise ServerDisconnectedError("connection closed")
-            n = self.s.write(mv[off:])
+            try:
+                n = self.s.write(mv[off:])
+            except ValueError as e:
+                # mbedTLS reports a failed handshake (e.g. "certificate is not correctly signed by the trusted
+                # CA") as ValueError: make it the ClientError callers catch, not an "invalid argument" look-alike.
+                raise ClientConnectionError("TLS handshake failed: %s" % e)
             if n is None:
                 yield from self._park(True)
             else:
@@ -384,9 +404,11 @@ class _Conn:
         # async: one line (bytes, with its line ending), or b"" at EOF
         scan = 0  # bytes already searched, relative to p
         while True:
-            i = bytes(self.mv[self.p + scan : self.e]).find(b"\n")
+            # Search in place: copying the buffered rest with bytes(mv[...]) to find "\n" cost up to a whole
+            # buffer of garbage per line, i.e. twice per chunk of a chunked body.
+            i = self.buf.find(b"\n", self.p + scan, self.e)
             if i >= 0:
-                end = self.p + scan + i + 1
+                end = i + 1
                 line = bytes(self.mv[self.p : end])
                 self.p = end
                 return line
@@ -442,44 +464,53 @@ class StreamReader:
         self._left = 0
         self._r._done(reusable)
 
-    async def readinto(self, buf):
+    def readinto(self, buf):
         """Read up to len(buf) bytes of body into buf; 0 at the end. Allocates nothing in the common case."""
+        # Awaitable, but a plain function handing out the coroutine that does the work: an `async def` here
+        # was one more generator frame (~100 bytes of garbage) per call.
         if self._dec is not None:
-            return await self._dec.readinto(buf)
-        return await self._raw_readinto(buf)
+            return self._dec.decode_into(buf)
+        return self._raw_readinto(buf)
 
     async def _raw_readinto(self, buf):
-        left = self._left
-        if left <= 0:
-            if self._eof or not self._chunked:
-                return 0
-            left = await self._next_chunk()
-            if not left:
-                return 0
-        c = self._c
-        if c.p < c.e:  # bytes that arrived with the head or a chunk-size line
-            n = min(len(buf), left, c.e - c.p)
-            buf[:n] = c.mv[c.p : c.p + n]
-            c.p += n
-        else:
-            if c.s is None:
-                raise ServerDisconnectedError("connection closed")
-            n = await c.recv(buf if len(buf) <= left else memoryview(buf)[:left])
-            if not n:
-                if self._close:
-                    self._finish(False)
+        try:
+            left = self._left
+            if left <= 0:
+                if self._eof or not self._chunked:
                     return 0
-                self._eof = True
-                self._r._done(False)
-                raise ClientPayloadError("response payload is not completed (connection closed early)")
-        self.total_bytes += n
-        if self._chunked:
-            self._left = left - n or -1  # -1: the chunk's CRLF comes next
-        elif not self._close:
-            self._left = left - n
-            if not self._left:
-                self._finish(True)
-        return n
+                left = await self._next_chunk()
+                if not left:
+                    return 0
+            c = self._c
+            if c.p < c.e:  # bytes that arrived with the head or a chunk-size line
+                n = min(len(buf), left, c.e - c.p)
+                buf[:n] = c.mv[c.p : c.p + n]
+                c.p += n
+            else:
+                if c.s is None:
+                    raise ServerDisconnectedError("connection closed")
+                n = await c.recv(buf if len(buf) <= left else memoryview(buf)[:left])
+                if not n:
+                    if self._close:
+                        self._finish(False)
+                        return 0
+                    self._eof = True
+                    self._r._done(False)
+                    raise ClientPayloadError("response payload is not completed (connection closed early)")
+            self.total_bytes += n
+            if self._chunked:
+                self._left = left - n or -1  # -1: the chunk's CRLF comes next
+            elif not self._close:
+                self._left = left - n
+                if not self._left:
+                    self._finish(True)
+            return n
+        except OSError as e:
+            # A reset (ECONNRESET...) mid-body escaped as a bare OSError, past `except aiohttp.ClientError`.
+            # It is a body cut short like any other: drop the connection and say so.
+            self._eof = True
+            self._r._done(False)
+            raise ClientPayloadError("response payload is not completed (%s)" % (e,))
 
     async def read(self, n=-1):
         """Up to n bytes (all of the rest if n < 0); b"" at the end."""
@@ -527,7 +558,10 @@ class _Inflate(io.IOBase):
             e += n
             self._e = e
 
-    async def readinto(self, buf):
+    # Not named readinto: that name is the synchronous input side DeflateIO calls (defined above). An async
+    # readinto here replaced it, so DeflateIO got a generator instead of a byte count and every gzip/deflate
+    # body failed with "TypeError: can't convert generator to int".
+    async def decode_into(self, buf):
         if self._done:
             return 0
         if not self._end and self._e - self._p < 1536:
@@ -565,13 +599,14 @@ class ClientResponse:
         line = await c.readline()
         if not line:
             raise ServerDisconnectedError("server closed the connection without a response")
-        parts = line.decode().rstrip("\r\n").split(" ", 2)
+        parts = _latin1(line).rstrip("\r\n").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ClientResponseError(0, "bad status line %r" % line[:80])
         self.version = parts[0]
         self.status = int(parts[1])
         self.reason = parts[2] if len(parts) > 2 else ""
         h = CIMultiDict()
+        total = len(line)
         while True:
             line = await c.readline()
             if not line:
@@ -580,7 +615,11 @@ class ClientResponse:
                 break
             if len(h) >= _HEADERS_MAX:
                 raise ClientResponseError(self.status, "too many header fields")
-            k, sep, v = line.decode().partition(":")
+            # Each line was capped, their sum was not: many long lines ended in MemoryError.
+            total += len(line)
+            if total > _HEAD_TOTAL:
+                raise ClientResponseError(self.status, "response head larger than %d bytes" % _HEAD_TOTAL)
+            k, sep, v = _latin1(line).partition(":")
             if not sep:
                 raise ClientResponseError(self.status, "bad header line %r" % line[:80])
             h.add(k.strip(), v.strip())
@@ -637,17 +676,21 @@ class ClientResponse:
 
     async def read(self):
         """The whole body as bytes: one preallocated buffer when the length is known."""
-        n = self.content_length
-        if n is not None and self.content._dec is None and not self.content._chunked:
+        c = self.content
+        if c._dec is None and not c._chunked and not c._close:
+            # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response
+            # has a Content-Length but no body, and part of the body may have been read already; both
+            # came back padded with zero bytes up to Content-Length.
+            n = c._left
             b = bytearray(n)
             mv = memoryview(b)
             got = 0
             while got < n:
-                k = await self.content.readinto(mv[got:])
+                k = await c.readinto(mv[got:])
                 if not k:
                     break
                 got += k
-            return bytes(b)
+            return bytes(b) if got == n else bytes(mv[:got])
         parts = []
         b = bytearray(1024)
         while True:
@@ -690,6 +733,17 @@ class _RequestContext:
         return (yield from self._coro)
 
     __await__ = __iter__
+
+    # The coroutine protocol too, so asyncio.wait_for(session.get(url), t) and create_task(session.get(url))
+    # work as with aiohttp (MicroPython's create_task wants an object with send(); it refused this one).
+    def send(self, v):
+        return self._coro.send(v)
+
+    def throw(self, *exc):
+        return self._coro.throw(*exc)
+
+    def close(self):
+        return self._coro.close()
 
     async def __aenter__(self):
         self._resp = await self._coro

@@ -1,0 +1,253 @@
+"""aiohttp client on MicroPython: what it refuses to send, and what it refuses to receive.
+
+Bad URLs and header injection fail with ValueError before a single byte goes out; malformed or oversized
+response heads are a ClientResponseError (never a MemoryError, never a hang).
+"""
+import socket
+import threading
+
+import pytest
+
+from tools.testservers import sha256_of
+
+
+# ---------------------------------------------------------------- refused before any byte is sent
+
+REFUSE = """
+import aiohttp
+
+async def attempt(make):
+    try:
+        async with aiohttp.ClientSession(**make.get("session", {})) as session:
+            async with session.request(make.get("method", "GET"), make["url"], **make.get("kw", {})) as resp:
+                await resp.read()
+                return "sent", resp.status
+    except ValueError as e:
+        return type(e).__name__, None
+    except aiohttp.ClientError as e:
+        return type(e).__name__, None
+
+async def main():
+    for case in CASES:
+        err, status = await attempt(case)
+        result(case=case, err=err, status=status,
+               is_value_error=err in ("ValueError", "InvalidURL"))
+
+run(main())
+"""
+
+
+def refused(mpy, fault, cases):
+    r = mpy.run(REFUSE, CASES=cases)
+    assert len(r.results) == len(cases)
+    bad = [x for x in r.results if not x["is_value_error"]]
+    assert not bad, bad
+    assert fault.connections == 0 and fault.requests == 0  # not a byte went out
+
+
+def test_header_injection_is_refused(mpy, fault):
+    url = fault.url("/echo")
+    values = ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b", "\r\n\r\nGET / HTTP/1.1"]
+    names = ["X-A\r\nX-B", "X\nY", "X\0Y", "", "Bad Name", "Bad:Name", "Bad\tName", "X-\x01", "X(y)", "X\x7f"]
+    cases = [{"url": url, "kw": {"headers": {"X-Test": v}}} for v in values]
+    cases += [{"url": url, "kw": {"headers": {n: "v"}}} for n in names]
+    # the same through session-wide headers
+    cases += [{"url": url, "session": {"headers": {"X-Test": values[0]}}},
+              {"url": url, "session": {"headers": {names[0]: "v"}}}]
+    refused(mpy, fault, cases)
+
+
+def test_bad_methods_are_refused(mpy, fault):
+    url = fault.url("/echo")
+    refused(mpy, fault, [{"url": url, "method": m} for m in ["GET /x HTTP/1.1\r\n", "GE T", "", "G\r\nET"]])
+
+
+def test_bad_urls_are_refused(mpy, fault):
+    p = fault.port
+    urls = [
+        "ftp://127.0.0.1:%d/x" % p, "file:///etc/passwd", "javascript:alert(1)", "ws://127.0.0.1:%d/" % p,
+        "127.0.0.1:%d/x" % p, "//127.0.0.1:%d/x" % p, "/bytes/10", "", "http://", "http:///x", "http://:%d/" % p,
+        "http://127.0.0.1:0/", "http://127.0.0.1:65536/", "http://127.0.0.1:-1/", "http://127.0.0.1:8o/",
+        "http://127.0.0.1:/x", "http://127.0.0.1:%d:1/" % p, "http://[::1/x", "http://u:pw@127.0.0.1:%d/" % p,
+        "http://127.0.0.1:%d/a b" % p, "http://127.0.0.1:%d/a\r\nX: y" % p, "http://127.0.0.1:%d/\0" % p,
+        "http://127.0.0.1:%d/\t" % p,
+    ]
+    cases = [{"url": u} for u in urls]
+    # query parameters can't smuggle a line break in either
+    cases.append({"url": fault.url("/echo"), "kw": {"params": {"q": "1 HTTP/1.1\r\nX-Injected: 1"}}})
+    refused(mpy, fault, cases)
+
+
+def test_invalid_url_is_a_value_error_subclass(mpy):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            await session.get("gopher://example.org/")
+        except ValueError as e:  # catching ValueError is enough
+            result(err=type(e).__name__, sub=issubclass(aiohttp.InvalidURL, ValueError))
+run(main())
+""")
+    assert r.value == {"err": "InvalidURL", "sub": True}
+
+
+def test_good_requests_still_go_out(mpy, fault):
+    # the counterpart of the refusals: ordinary headers, query strings and ports are fine
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(headers={"User-Agent": "mpos/1.0"}) as session:
+        async with session.get(URL, params={"b": "2"}, headers={"X-Num": 5, "Accept": "*/*"}) as resp:
+            e = await resp.json()
+            result(path=e["path"], headers=e["headers"])
+run(main())
+""", URL=fault.url("/echo?a=1"))
+    h = dict((k.lower(), v) for k, v in r.value["headers"])
+    assert r.value["path"] == "/echo?a=1&b=2"
+    assert (h["user-agent"], h["x-num"], h["accept"]) == ("mpos/1.0", "5", "*/*")
+    assert fault.requests == 1
+
+
+# ---------------------------------------------------------------- malformed and oversized response heads
+
+BIG = 20000
+RESPONSES = {
+    "/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/long-header": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * BIG + b"\r\nContent-Length: 2\r\n\r\nok",
+    "/long-status": b"HTTP/1.1 200 " + b"O" * BIG + b"\r\nContent-Length: 2\r\n\r\nok",
+    "/no-newline": b"HTTP/1.1 200 OK" + b"x" * BIG,
+    "/many-headers": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(1000))
+                     + b"Content-Length: 2\r\n\r\nok",
+    # each line under the per-line limit, but together far more than a small device's heap can hold
+    "/huge-head": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(99))
+                  + b"Content-Length: 2\r\n\r\nok",
+    "/garbage": b"SSH-2.0-OpenSSH_9.0\r\n\r\n",
+    "/http09": b"<html>hello</html>\r\n",
+    "/bad-status": b"HTTP/1.1 OK 200\r\nContent-Length: 2\r\n\r\nok",
+    "/bad-header": b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 2\r\n\r\nok",
+    "/bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\nok",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+    "/empty": b"",
+}
+
+
+class RawServer:
+    """Answers each connection with one canned byte string chosen by the request path, then closes."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn):
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    part = conn.recv(4096)
+                    if not part:
+                        return
+                    head += part
+                path = head.split(b" ", 2)[1].decode()
+                conn.sendall(RESPONSES[path])
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(4096):  # let the client close first: no RST over unread data
+                    pass
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def raw():
+    srv = RawServer()
+    yield srv
+    srv.close()
+
+
+HEAD = """
+import aiohttp, gc
+
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for path in PATHS:
+            try:
+                async with session.get(URL + path) as resp:
+                    body = await resp.read()
+                    result(path=path, status=resp.status, body=body.decode(), n=len(resp.headers))
+            except Exception as e:  # MemoryError too: it must not be one
+                result(path=path, err=type(e).__name__, status=getattr(e, "status", None))
+
+run(main())
+"""
+
+
+def heads(mpy, raw, paths, heapsize=None):
+    r = mpy.run(HEAD, URL=raw.url(""), PATHS=paths, heapsize=heapsize)
+    return {x["path"]: x for x in r.results}
+
+
+def test_well_formed_raw_response(mpy, raw):
+    assert heads(mpy, raw, ["/ok"])["/ok"] == {"path": "/ok", "status": 200, "body": "ok", "n": 1}
+
+
+@pytest.mark.parametrize("path", ["/long-header", "/long-status", "/no-newline", "/many-headers",
+                                  "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length"])
+def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
+    assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
+
+
+def test_huge_head_is_refused_on_a_small_heap(mpy, raw):
+    # 99 lines of 8 KB each: every line is allowed, their sum (800 KB) is not
+    got = heads(mpy, raw, ["/huge-head", "/ok"], heapsize="256K")
+    assert got["/huge-head"].get("err") == "ClientResponseError", got
+    assert got["/ok"]["body"] == "ok"  # and the client goes on working
+
+
+def test_bad_chunk_size_is_a_payload_error(mpy, raw):
+    assert heads(mpy, raw, ["/bad-chunk"])["/bad-chunk"]["err"] == "ClientPayloadError"
+
+
+def test_closed_without_a_response(mpy, raw):
+    assert heads(mpy, raw, ["/empty"])["/empty"]["err"] == "ServerDisconnectedError"
+
+
+def test_non_utf8_header_value_does_not_break_the_response(mpy, raw):
+    got = heads(mpy, raw, ["/latin1-header"])["/latin1-header"]
+    assert got == {"path": "/latin1-header", "status": 200, "body": "ok", "n": 2}
+
+
+def test_oversized_head_then_normal_download_from_the_fault_server(mpy, raw, fault):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        result(err=(await error_of(session.get(BAD)))[0])
+        async with session.get(GOOD) as resp:
+            result(sha=sha256(await resp.read()))
+run(main())
+""", BAD=raw.url("/long-header"), GOOD=fault.url("/bytes/100000"))
+    assert r.results == [{"err": "ClientResponseError"}, {"sha": sha256_of(100000)}]

@@ -1,0 +1,273 @@
+"""aiohttp client on MicroPython: keep-alive pool, concurrency, cancellation without leaks, heap per request."""
+import pytest
+
+from tools.testservers import sha256_of
+
+CHUNKS = "chunked=1&chunks=1,7,300,4096"
+
+SEQUENTIAL = """
+import aiohttp, asyncio
+
+async def main():
+    async with aiohttp.ClientSession(**SESSION) as session:
+        for url in URLS:
+            async with session.request(METHOD, url) as resp:
+                result(status=resp.status, sha=sha256(await resp.read()))
+            if PAUSE:
+                await asyncio.sleep(PAUSE)
+
+run(main())
+"""
+
+
+def sequential(mpy, urls, method="GET", pause=0, **session):
+    return mpy.run(SEQUENTIAL, URLS=urls, METHOD=method, PAUSE=pause, SESSION=session).results
+
+
+def test_ten_sequential_gets_share_one_connection(mpy, fault):
+    # every framing that ends by itself leaves the connection reusable
+    queries = ["", CHUNKS, CHUNKS + "&ext=1&trailer=1", "text=1&gzip=1", "text=1&deflate=1&" + CHUNKS, "lower=1"]
+    urls = [fault.url("/bytes/%d?seed=%d&%s" % (1000 * i + 1, i, queries[i % len(queries)])) for i in range(10)]
+    got = sequential(mpy, urls)
+    want = [{"status": 200, "sha": sha256_of(1000 * i + 1, seed=i, text="text=1" in u)}
+            for i, u in enumerate(urls)]
+    assert got == want
+    assert (fault.connections, fault.requests) == (1, 10)
+
+
+def test_head_then_get_on_one_connection(mpy, fault):
+    got = sequential(mpy, [fault.url("/bytes/5000")] * 2, method="HEAD") + \
+        sequential(mpy, [fault.url("/bytes/5000")], method="GET")
+    assert got == [{"status": 200, "sha": sha256_of(0)}] * 2 + [{"status": 200, "sha": sha256_of(5000)}]
+    assert fault.connections == 2  # one per MicroPython process: the two HEADs shared theirs
+
+
+def test_connection_close_is_not_reused(mpy, fault):
+    got = sequential(mpy, [fault.url("/bytes/100?close=1"), fault.url("/bytes/100?cl=0"), fault.url("/bytes/100")])
+    assert got == [{"status": 200, "sha": sha256_of(100)}] * 3
+    assert fault.connections == 3
+
+
+def test_pool_size_zero_never_reuses(mpy, fault):
+    got = sequential(mpy, [fault.url("/bytes/100")] * 3, pool_size=0)
+    assert got == [{"status": 200, "sha": sha256_of(100)}] * 3
+    assert fault.connections == 3
+
+
+def test_idle_connection_past_keepalive_timeout_is_not_reused(mpy, fault):
+    got = sequential(mpy, [fault.url("/bytes/100")] * 2, pause=0.3, keepalive_timeout=0.1)
+    assert got == [{"status": 200, "sha": sha256_of(100)}] * 2
+    assert fault.connections == 2
+
+
+def test_pooled_connection_closed_by_the_server_is_replaced(mpy, fault):
+    # closeafter=1: a normal keep-alive response, then the server closes the idle connection 50 ms later
+    got = sequential(mpy, [fault.url("/bytes/3000?closeafter=1"), fault.url("/bytes/4000")], pause=0.2)
+    assert got == [{"status": 200, "sha": sha256_of(3000)}, {"status": 200, "sha": sha256_of(4000)}]
+    assert (fault.connections, fault.requests) == (2, 2)
+
+
+def test_partly_read_body_closes_its_connection(mpy, fault):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL1) as resp:
+            first = await resp.content.read(100)
+        async with session.get(URL2) as resp:
+            result(first=sha256(first), sha=sha256(await resp.read()))
+run(main())
+""", URL1=fault.url("/bytes/200000"), URL2=fault.url("/bytes/3000?seed=1"))
+    from tools.testservers import payload
+    import hashlib
+    assert r.value == {"first": hashlib.sha256(payload(200000)[:100]).hexdigest(), "sha": sha256_of(3000, seed=1)}
+    assert fault.connections == 2  # the unread rest must never be taken for the next response
+
+
+def test_four_concurrent_requests_each_on_its_own_connection(mpy, fault):
+    r = mpy.run("""
+import aiohttp, asyncio
+
+async def fetch(session, url):
+    async with session.get(url) as resp:
+        sha, total, reads = await sha_readinto(resp, 1500)
+        return sha
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        shas = await asyncio.gather(*[fetch(session, u) for u in URLS])
+        result(shas=shas)
+        # afterwards the pool holds all four: another round opens nothing new
+        shas = await asyncio.gather(*[fetch(session, u) for u in URLS])
+        result(shas=shas)
+
+run(main())
+""", URLS=[fault.url("/bytes/%d?seed=%d&%s" % (150000 + i, i, "" if i % 2 else CHUNKS)) for i in range(4)])
+    want = [sha256_of(150000 + i, seed=i) for i in range(4)]
+    assert r.results == [{"shas": want}, {"shas": want}]
+    assert (fault.connections, fault.requests) == (4, 8)
+
+
+# ---------------------------------------------------------------- cancellation
+
+CANCEL = """
+import aiohttp, asyncio, gc
+
+async def partial(session, url, n):
+    async with session.get(url) as resp:
+        await resp.content.read(n)
+        await asyncio.sleep(10)  # cancelled in here, inside `async with`, part of the body read
+
+async def body(session, url):
+    resp = await session.get(url)
+    await resp.read()  # stalls mid-body; cancelled without `async with`
+
+async def main():
+    fd0 = fd_count()
+    session = aiohttp.ClientSession()
+    outcomes = {}
+    for i in range(100):
+        kind = i % 4
+        if kind == 0:  # before the head arrives
+            coro = asyncio.wait_for(session.get(HEAD_LATE), 0.01 + (i % 5) * 0.005)
+        elif kind == 1:  # mid-body, stalled server
+            coro = asyncio.wait_for(body(session, STALL), 0.02 + (i % 5) * 0.005)
+        elif kind == 2:  # inside async with, after part of the body
+            coro = asyncio.wait_for(partial(session, BIG, 1 + i * 97), 0.05)
+        else:  # task.cancel() at a varying point, from the connect to the body
+            t = asyncio.create_task(partial(session, BIG, 5000))
+            await asyncio.sleep_ms(i % 7)
+            t.cancel()
+            coro = t
+        try:
+            await coro
+            outcome = "completed"
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    # the session is fine afterwards, and exact
+    async with session.get(AFTER) as resp:
+        sha = sha256(await resp.read())
+    await session.close()
+    gc.collect()
+    result(fd0=fd0, fd1=fd_count(), sha=sha, outcomes=outcomes)
+
+run(main())
+"""
+
+
+def test_hundred_cancellations_leak_no_fd(mpy, fault):
+    r = mpy.run(CANCEL, HEAD_LATE=fault.url("/bytes/1000?delay=1"),
+                STALL=fault.url("/bytes/100000?stall=1000&stall_s=2"),
+                BIG=fault.url("/bytes/200000?rate=400000"), AFTER=fault.url("/bytes/70000?" + CHUNKS))
+    v = r.value
+    assert v["sha"] == sha256_of(70000)
+    assert v["fd1"] == v["fd0"], v
+    assert v["outcomes"].get("completed", 0) == 0, v["outcomes"]  # every one was really cut off
+    assert sum(v["outcomes"].values()) == 100
+    assert fault.connections >= 75  # a cancelled request's connection is never reused
+
+
+def test_cancelled_requests_leave_the_pool_clean(mpy, fault):
+    # cancel while a pooled connection is mid-body; the next request on the session must get a fresh one
+    r = mpy.run("""
+import aiohttp, asyncio
+async def stalled(session):
+    async with session.get(STALL) as resp:
+        await resp.read()
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(OK) as resp:
+            await resp.read()
+        try:
+            await asyncio.wait_for(stalled(session), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        async with session.get(OK) as resp:
+            result(sha=sha256(await resp.read()), busy=len(session._busy), idle=len(session._idle))
+run(main())
+""", STALL=fault.url("/bytes/50000?stall=20000&stall_s=2"), OK=fault.url("/bytes/20000"))
+    assert r.value == {"sha": sha256_of(20000), "busy": 0, "idle": 1}
+    assert fault.connections == 2  # the stalled one was closed, not put back
+
+
+# ---------------------------------------------------------------- heap
+
+HEAP = """
+import aiohttp, gc
+
+def used():
+    gc.collect()
+    return gc.mem_alloc()
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(WARM) as resp:  # import-time and first-use allocations out of the way
+            await resp.read()
+        del resp
+        buf = bytearray(4096)
+        sha = new_sha()
+        got = 0
+        base = used()
+        async with session.get(URL) as resp:
+            head = used() - base
+            while got < TOTAL // 2:
+                n = await resp.content.readinto(buf)
+                sha.update(memoryview(buf)[:n])
+                got += n
+            mid = used() - base
+            # 100 readinto calls with the collector off: everything they allocate stays counted
+            gc.collect()
+            gc.disable()
+            a0 = gc.mem_alloc()
+            for _ in range(100):
+                n = await resp.content.readinto(buf)
+                sha.update(buf if n == 4096 else memoryview(buf)[:n])  # no slice, no allocation
+                got += n
+            grow = gc.mem_alloc() - a0
+            gc.enable()
+            while True:
+                n = await resp.content.readinto(buf)
+                if not n:
+                    break
+                sha.update(memoryview(buf)[:n])
+                got += n
+        del resp
+        after = used() - base
+        result(head=head, mid=mid, per_chunk=grow / 100, after=after, sha=hexdigest(sha), got=got)
+
+run(main())
+"""
+
+
+def heap(mpy, fault, framing):
+    q = "" if framing == "content-length" else "chunked=1&chunks=4096"
+    n = 1 << 20
+    r = mpy.run(HEAP, URL=fault.url("/bytes/%d?%s" % (n, q)), WARM=fault.url("/bytes/100?" + q), TOTAL=n)
+    v = r.value
+    print("heap %s: %r" % (framing, v))
+    assert v["sha"] == sha256_of(n) and v["got"] == n
+    return v
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_heap_held_by_a_request(mpy, fault, framing):
+    v = heap(mpy, fault, framing)
+    assert v["head"] < 4096, v  # a live request (response, headers, connection buffer) costs < 4 KB
+    assert v["mid"] < 4096, v  # and reading half a megabyte adds nothing that stays
+    assert v["after"] < 1024, v  # once released, the pooled connection keeps little
+
+
+@pytest.mark.parametrize("framing", [
+    "content-length",
+    pytest.param("chunked", marks=pytest.mark.xfail(strict=True, reason=(
+        "~1 KB of garbage per 4 KB readinto on chunked bodies: coroutine frames of _next_chunk/readline/"
+        "fill/recv plus the size line's bytes/split/strip; measured 1024 B/call (see report)"))),
+])
+def test_readinto_garbage_per_chunk(mpy, fault, framing):
+    v = heap(mpy, fault, framing)
+    # garbage, not a leak (the collector gets it back), but it sets how often a device collects:
+    # keep it under an eighth of the bytes moved
+    assert v["per_chunk"] < 512, v

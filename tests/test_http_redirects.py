@@ -1,0 +1,222 @@
+"""aiohttp client on MicroPython: redirects (codes, chains, loops, method rewriting, downgrade, credentials)."""
+import hashlib
+from urllib.parse import quote
+
+import pytest
+
+from tools.testservers import FaultServer, sha256_of
+
+
+@pytest.fixture(scope="module")
+def twin():
+    """A second fault server: same host, another port, i.e. another origin."""
+    with FaultServer() as srv:
+        yield srv
+
+
+GET = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession(**SESSION) as session:
+        try:
+            async with session.request(METHOD, URL, **KW) as resp:
+                body = await resp.read()
+                result(status=resp.status, url=resp.url, sha=sha256(body))
+        except aiohttp.ClientError as e:
+            result(error=type(e).__name__, status=getattr(e, "status", None), msg=str(e))
+
+run(main())
+"""
+
+
+def chain(srv, redirects, target, query=""):
+    """A URL that answers with exactly `redirects` redirects before `target` (/chain/0/ still redirects once)."""
+    return srv.url("/chain/%d/%s%s" % (redirects - 1, target, query))
+
+
+def go(mpy, url, method="GET", session=None, **kw):
+    return mpy.run(GET, URL=url, METHOD=method, SESSION=session or {}, KW=kw).value
+
+
+def hdrs(echo):
+    return {k.lower(): v for k, v in echo["headers"]}
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_each_redirect_code_is_followed(mpy, fault, code):
+    got = go(mpy, fault.url("/redirect?code=%d&to=/bytes/5000" % code))
+    assert got == {"status": 200, "url": fault.url("/bytes/5000"), "sha": sha256_of(5000)}
+    assert fault.requests == 2
+    assert fault.connections == 1  # the redirect's empty body was read, so the hop reused the connection
+
+
+def test_absolute_location(mpy, fault):
+    to = quote(fault.url("/bytes/3000?seed=2"), safe="")
+    got = go(mpy, fault.url("/redirect?code=301&to=" + to))
+    assert got == {"status": 200, "url": fault.url("/bytes/3000?seed=2"), "sha": sha256_of(3000, seed=2)}
+
+
+def test_path_relative_location(mpy, fault):
+    # resolved against the redirecting URL's directory, like a browser does
+    got = go(mpy, fault.url("/redirect?to=4000"))  # resolves against /redirect -> /4000 (a 404 here)
+    assert got["status"] == 404 and got["url"] == fault.url("/4000")
+    got = go(mpy, fault.url("/redirect?to=bytes/4000"))
+    assert got == {"status": 200, "url": fault.url("/bytes/4000"), "sha": sha256_of(4000)}
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_a_chain_of_ten_is_followed_by_default(mpy, fault, absolute):
+    got = go(mpy, chain(fault, 10, "bytes/7000", "?abs=1" if absolute else ""))
+    assert got["status"] == 200 and got["sha"] == sha256_of(7000)
+    assert fault.requests == 11  # 10 redirects + the target
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_eleven_redirects_are_too_many(mpy, fault, absolute):
+    got = go(mpy, chain(fault, 11, "bytes/7000", "?abs=1" if absolute else ""))
+    assert got["error"] == "TooManyRedirects"
+    assert fault.requests == 11  # gave up at the 11th redirect, without fetching the target
+
+
+def test_max_redirects_per_session_and_per_request(mpy, fault):
+    three = {"max_redirects": 3}
+    assert go(mpy, chain(fault, 3, "bytes/100"), session=three)["sha"] == sha256_of(100)
+    assert go(mpy, chain(fault, 4, "bytes/100"), session=three)["error"] == "TooManyRedirects"
+    assert go(mpy, chain(fault, 2, "bytes/100"), max_redirects=2)["sha"] == sha256_of(100)
+    assert go(mpy, chain(fault, 3, "bytes/100"), max_redirects=2)["error"] == "TooManyRedirects"
+    assert go(mpy, chain(fault, 1, "bytes/100"), max_redirects=0)["error"] == "TooManyRedirects"
+
+
+def test_allow_redirects_false_returns_the_redirect(mpy, fault):
+    got = go(mpy, fault.url("/redirect?code=307&to=/bytes/10"), allow_redirects=False)
+    assert got == {"status": 307, "url": fault.url("/redirect?code=307&to=/bytes/10"),
+                   "sha": hashlib.sha256(b"").hexdigest()}
+
+
+def test_a_redirect_loop_fails_fast(mpy, fault):
+    r = mpy.run("""
+import aiohttp, time
+async def main():
+    async with aiohttp.ClientSession() as session:
+        t = time.ticks_ms()
+        err = await error_of(session.get(URL))
+        result(err=err[0], ms=time.ticks_diff(time.ticks_ms(), t))
+run(main())
+""", URL=fault.url("/loop"))
+    assert r.value["err"] == "TooManyRedirects"
+    assert r.value["ms"] < 1000
+    assert fault.requests <= 11
+
+
+# ---------------------------------------------------------------- methods and bodies across a redirect
+
+BODY = bytes(range(256)) * 40
+
+
+@pytest.mark.parametrize("code,method,kept", [
+    (301, "GET", False), (302, "GET", False), (303, "GET", False),  # POST becomes a body-less GET
+    (307, "POST", True), (308, "POST", True),  # method and body are kept
+])
+def test_post_across_redirects(mpy, fault, code, method, kept):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.post(URL, data=bytes(range(256)) * 40, headers={"Content-Type": "x/y"}) as resp:
+            result(status=resp.status, echo=await resp.json())
+run(main())
+""", URL=fault.url("/redirect?code=%d&to=/echo" % code))
+    echo = r.value["echo"]
+    assert r.value["status"] == 200
+    assert echo["method"] == method
+    assert echo["body_len"] == (len(BODY) if kept else 0)
+    assert echo["body_sha256"] == hashlib.sha256(BODY if kept else b"").hexdigest()
+    h = hdrs(echo)
+    assert h.get("content-type") == ("x/y" if kept else None)
+    assert ("content-length" in h) == kept
+
+
+def test_303_turns_put_into_get_and_307_keeps_put(mpy, fault):
+    code = """
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            async with session.put(url, data=b"abc") as resp:
+                e = await resp.json()
+                result(method=e["method"], n=e["body_len"])
+run(main())
+"""
+    r = mpy.run(code, URLS=[fault.url("/redirect?code=303&to=/echo"), fault.url("/redirect?code=307&to=/echo")])
+    assert r.results == [{"method": "GET", "n": 0}, {"method": "PUT", "n": 3}]
+
+
+# ---------------------------------------------------------------- https -> http
+
+def test_https_to_http_redirect_is_refused(mpy, fault_tls, fault):
+    to = quote(fault.url("/bytes/100"), safe="")
+    got = go(mpy, fault_tls.url("/redirect?to=" + to))
+    assert got["error"] == "ClientResponseError" and got["status"] == 302
+    assert fault.connections == 0  # not even connected to the http side
+
+
+def test_https_to_http_redirect_with_allow_downgrade(mpy, fault_tls, fault):
+    to = quote(fault.url("/bytes/100"), safe="")
+    got = go(mpy, fault_tls.url("/redirect?to=" + to), session={"allow_downgrade": True})
+    assert got == {"status": 200, "url": fault.url("/bytes/100"), "sha": sha256_of(100)}
+
+
+def test_http_to_https_redirect_is_fine(mpy, fault_tls, fault):
+    to = quote(fault_tls.url("/bytes/100"), safe="")
+    got = go(mpy, fault.url("/redirect?to=" + to))
+    assert got == {"status": 200, "url": fault_tls.url("/bytes/100"), "sha": sha256_of(100)}
+
+
+# ---------------------------------------------------------------- credentials and Host across origins
+
+ECHO = """
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(headers={"Cookie": "sid=1"}) as session:
+        async with session.get(URL, headers={"Authorization": "Bearer t0k", "X-Other": "kept"}) as resp:
+            result(status=resp.status, echo=await resp.json())
+run(main())
+"""
+
+
+def test_credentials_kept_on_a_same_origin_redirect(mpy, fault):
+    r = mpy.run(ECHO, URL=chain(fault, 3, "echo"))
+    h = hdrs(r.value["echo"])
+    assert (h["authorization"], h["cookie"], h["x-other"]) == ("Bearer t0k", "sid=1", "kept")
+    assert h["host"] == "127.0.0.1:%d" % fault.port
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_credentials_dropped_when_the_origin_changes(mpy, fault, twin, hops):
+    twin.reset()
+    # /chain/K/... on the twin, reached from the fault server: port changes, host does not
+    to = quote(chain(twin, hops - 1, "echo") if hops > 1 else twin.url("/echo"), safe="")
+    r = mpy.run(ECHO, URL=fault.url("/redirect?to=" + to))
+    h = hdrs(r.value["echo"])
+    assert "authorization" not in h and "cookie" not in h
+    assert h["x-other"] == "kept"
+    assert h["host"] == "127.0.0.1:%d" % twin.port  # Host names the new, non-default port
+    assert twin.requests == hops
+
+
+def test_credentials_dropped_when_the_host_name_changes(mpy, fault):
+    # same port, different host name: another origin too
+    to = quote("http://localhost:%d/echo" % fault.port, safe="")
+    r = mpy.run(ECHO, URL=fault.url("/redirect?to=" + to))
+    h = hdrs(r.value["echo"])
+    assert "authorization" not in h and "cookie" not in h
+    assert h["host"] == "localhost:%d" % fault.port
+
+
+def test_host_header_carries_the_port(mpy, fault):
+    r = mpy.run(ECHO, URL=fault.url("/echo?a=1"))
+    echo = r.value["echo"]
+    assert echo["path"] == "/echo?a=1"
+    assert hdrs(echo)["host"] == "127.0.0.1:%d" % fault.port
+    assert [k for k, _ in echo["headers"]].count("Host") == 1

@@ -1,0 +1,98 @@
+"""aiohttp client on MicroPython: timeouts fire on a stalled server, on time, and leave the session usable."""
+import pytest
+
+from tools.testservers import sha256_of
+
+TIMED = """
+import aiohttp, time
+
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(**SESSION_TIMEOUT)) as session:
+        t0 = time.ticks_ms()
+        phase = "connect"
+        got = 0
+        try:
+            kw = {"timeout": aiohttp.ClientTimeout(**REQUEST_TIMEOUT)} if REQUEST_TIMEOUT else {}
+            if NUMBER:
+                kw = {"timeout": NUMBER}  # a plain number is a total timeout
+            async with session.get(URL, **kw) as resp:
+                phase = "body"
+                t0 = time.ticks_ms() if FROM_BODY else t0
+                buf = bytearray(2048)
+                while True:
+                    n = await resp.content.readinto(buf)
+                    if not n:
+                        break
+                    got += n
+            result(error=None, got=got)
+        except aiohttp.ClientError as e:
+            result(error=type(e).__name__, phase=phase, got=got, ms=time.ticks_diff(time.ticks_ms(), t0),
+                   connection_error=isinstance(e, aiohttp.ClientConnectionError))
+        # the session is still good, and exact
+        async with session.get(AFTER) as resp:
+            result(sha=sha256(await resp.read()))
+
+run(main())
+"""
+
+
+def timed(mpy, fault, path, session=None, request=None, number=None, from_body=False):
+    r = mpy.run(TIMED, URL=fault.url(path), AFTER=fault.url("/bytes/5000"), SESSION_TIMEOUT=session or {},
+                REQUEST_TIMEOUT=request, NUMBER=number, FROM_BODY=from_body, timeout=20)
+    assert r.results[1] == {"sha": sha256_of(5000)}
+    return r.results[0]
+
+
+def test_sock_read_fires_mid_body(mpy, fault):
+    v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 0.5}, from_body=True)
+    assert (v["error"], v["phase"], v["got"], v["connection_error"]) == ("ServerTimeoutError", "body", 1000, True)
+    assert 450 <= v["ms"] <= 1500, v
+
+
+def test_sock_read_fires_before_the_head(mpy, fault):
+    v = timed(mpy, fault, "/bytes/1000?delay=3", session={"sock_read": 0.5})
+    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "connect")
+    assert 450 <= v["ms"] <= 1500, v
+
+
+def test_per_request_timeout_overrides_the_session(mpy, fault):
+    v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 30},
+              request={"sock_read": 0.3}, from_body=True)
+    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "body")
+    assert 250 <= v["ms"] <= 1200, v
+
+
+def test_total_fires_even_while_data_keeps_coming(mpy, fault):
+    # 200 KB at 100 KB/s: every read gets data within sock_read, only the total deadline can stop it
+    v = timed(mpy, fault, "/bytes/200000?rate=100000", session={"sock_read": 5, "total": 0.8})
+    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "body")
+    assert 0 < v["got"] < 200000
+    assert 700 <= v["ms"] <= 1800, v
+
+
+def test_total_as_a_plain_number_covers_the_head(mpy, fault):
+    v = timed(mpy, fault, "/bytes/1000?delay=3", number=0.6)
+    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "connect")
+    assert 550 <= v["ms"] <= 1600, v
+
+
+def test_no_timeout_fires_on_a_slow_but_steady_body(mpy, fault):
+    # the counterpart: sock_read bounds each wait, not the whole body
+    v = timed(mpy, fault, "/bytes/100000?rate=200000", session={"sock_read": 0.3})
+    assert v == {"error": None, "got": 100000}
+
+
+def test_timeout_over_tls(mpy, fault_tls, certs):
+    r = mpy.run("""
+import aiohttp, time
+async def main():
+    async with aiohttp.ClientSession(ssl=aiohttp.tls_context(CA),
+                                     timeout=aiohttp.ClientTimeout(sock_read=0.4)) as session:
+        async with session.get(URL) as resp:
+            t0 = time.ticks_ms()
+            err = await error_of(resp.read())
+            result(err=err[0], ms=time.ticks_diff(time.ticks_ms(), t0))
+run(main())
+""", URL=fault_tls.url("/bytes/100000?stall=3000&stall_s=5"), CA=certs.ca_der_path)
+    assert r.value["err"] == "ServerTimeoutError"
+    assert 350 <= r.value["ms"] <= 1400, r.value

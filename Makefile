@@ -20,3 +20,15 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
+
+# Speed and memory, each figure side by side with its baseline in one run (see README).
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py
+
+# The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py
+
+# Any URL: make download URL=https://... OUT=/tmp/file
+download: $(STAMP)
+	$(BIN)/python tools/demo.py --url "$(URL)" --out "$(OUT)"

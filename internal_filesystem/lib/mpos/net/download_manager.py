@@ -33,6 +33,7 @@ _SPEED_MS = const(1000)
 session_idle_ms = 2000  # keep the idle session (and its pooled connections) this long; 0 = close at once
 max_connections = 3  # downloads in flight at once; the rest wait, highest priority first
 user_agent = None  # default "MicroPythonOS/<version>"; a caller's User-Agent header always wins
+ca = None  # a CA (DER bytes, PEM text or a file path): when set, servers must present a certificate it signed
 
 _TRANSIENT = (408, 429, 500, 502, 503, 504)
 
@@ -111,7 +112,8 @@ def _acquire():
                 import aiohttp
             except ImportError:
                 return None
-            _session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(connect=_READ_TIMEOUT, sock_read=_READ_TIMEOUT))
+            # Without a CA the server is not verified, as on today's MicroPythonOS (devices carry no CA bundle).
+            _session = aiohttp.ClientSession(ssl=aiohttp.tls_context(ca) if ca is not None else None)
         _refs += 1
         closer, _closer = _closer, None
     if closer is not None:
@@ -367,6 +369,7 @@ class _Job:
         self.done = 0  # bytes delivered by this job
         self.size = None  # full resource size, once a response told it
         self.validator = None  # ETag or Last-Modified, for If-Range on a resume
+        self.coded = False  # a response came gzip/deflate-coded: retries start over (see _attempt)
         self.state = "queued"
         self.speed = 0
         self.f = None
@@ -490,6 +493,11 @@ class _Job:
         # One request. True when the wanted bytes are all delivered; raises on failure.
         import aiohttp
 
+        if self.coded and self.done:
+            # A content-coded body can't be resumed: Range counts encoded bytes, self.done decoded ones.
+            if self.mode == "stream":
+                raise NetworkError("coded body cut short after %d bytes were handed out" % self.done, retry=False)
+            self._restart()
         pos = self.lo + self.have + self.done
         h = dict(self.headers)
         if pos or self.hi is not None:
@@ -523,7 +531,12 @@ class _Job:
                     self._restart()
                     skip = self.lo
                 body = resp.content_length
-                if st == 200 and body is not None and not hd.get("Content-Encoding"):
+                # Content-Length counts encoded bytes, readinto() hands out decoded ones: with a content coding
+                # the decoded length is unknown (taking it as the limit cut gzip bodies short and called that
+                # success). The client still fails a coded body that does not end.
+                if hd.get("Content-Encoding", "").lower() in ("gzip", "x-gzip", "deflate"):
+                    body, self.coded = None, True
+                elif st == 200 and body is not None:
                     self.size = body
                 if self.hi is not None and (body is None or body > self.hi + 1):
                     body, strict = self.hi + 1, body is not None
@@ -578,6 +591,10 @@ class _Job:
                     continue
                 data = mv[k:n]
                 n -= k
+            # max_size in every mode, also when no Content-Length announced the size (it used to be checked in
+            # memory mode only, so file and stream mode took any chunked body), before a byte goes out.
+            if self.max_size is not None and self.have + self.done + n > self.max_size:
+                raise DownloadError("body exceeds max_size=%d" % self.max_size)
             if f is not None:
                 try:
                     f.write(data)
@@ -587,11 +604,12 @@ class _Job:
                 await _call(chunk_cb, bytes(data))
             else:
                 d = self.done
-                if len(self.mem) < d + n:
-                    self._mem_room(max(2 * len(self.mem), d + n, 4096))
+                # No buffer yet when the length is unknown (chunked or close-delimited body): start one here
+                # (len(None) used to raise TypeError, failing every memory download without Content-Length).
+                have = 0 if self.mem is None else len(self.mem)
+                if have < d + n:
+                    self._mem_room(max(2 * have, d + n, 4096))
                 self.mem[d : d + n] = data
-                if self.max_size is not None and d + n > self.max_size:
-                    raise DownloadError("body exceeds max_size=%d" % self.max_size)
             if h is not None:
                 h.update(data)
             self.done += n
@@ -654,6 +672,10 @@ class _Job:
             except OSError:
                 pass
             self.f = None
+            # A failure before the first byte (a 404, say) leaves no empty .part behind: it would hide OUTFILE
+            # from get_resume_position(). A partial with data stays for a resume.
+            if not self.have and _size(self.outfile + ".part") == 0:
+                _remove(self.outfile + ".part")
         self.mem = None
 
 

@@ -465,12 +465,43 @@ class StreamReader:
         self._r._done(reusable)
 
     def readinto(self, buf):
-        """Read up to len(buf) bytes of body into buf; 0 at the end. Allocates nothing in the common case."""
-        # Awaitable, but a plain function handing out the coroutine that does the work: an `async def` here
-        # was one more generator frame (~100 bytes of garbage) per call.
+        """Read up to len(buf) bytes of body into buf; 0 at the end. (async)
+
+        The hot path: inside a length-framed body or a chunk, with nothing buffered, the socket is read right
+        here, so this call's own generator is the only object allocated. Waiting, chunk framing, the end of the
+        body and decoding take the slow path.
+        """
+        c = self._c
+        left = self._left
+        if left > 0 and self._dec is None and c.p == c.e and c.k & _FAIR and c.s is not None:
+            try:
+                n = c.s.readinto(buf if len(buf) <= left else memoryview(buf)[:left])
+            except OSError as e:
+                self._cut(e)
+            if n:
+                c.k += 1
+                return self._took(n, left)
         if self._dec is not None:
-            return self._dec.decode_into(buf)
-        return self._raw_readinto(buf)
+            return (yield from self._dec.decode_into(buf))
+        return (yield from self._raw_readinto(buf))
+
+    def _took(self, n, left):
+        # n body bytes were read out of `left` in the current frame
+        self.total_bytes += n
+        if self._chunked:
+            self._left = left - n or -1  # -1: the chunk's CRLF comes next
+        elif not self._close:
+            self._left = left - n
+            if not self._left:
+                self._finish(True)
+        return n
+
+    def _cut(self, e):
+        # A reset (ECONNRESET...) mid-body must not escape as a bare OSError, past `except aiohttp.ClientError`:
+        # it is a body cut short like any other. Drop the connection and say so.
+        self._eof = True
+        self._r._done(False)
+        raise ClientPayloadError("response payload is not completed (%s)" % (e,))
 
     async def _raw_readinto(self, buf):
         try:
@@ -497,20 +528,9 @@ class StreamReader:
                     self._eof = True
                     self._r._done(False)
                     raise ClientPayloadError("response payload is not completed (connection closed early)")
-            self.total_bytes += n
-            if self._chunked:
-                self._left = left - n or -1  # -1: the chunk's CRLF comes next
-            elif not self._close:
-                self._left = left - n
-                if not self._left:
-                    self._finish(True)
-            return n
+            return self._took(n, left)
         except OSError as e:
-            # A reset (ECONNRESET...) mid-body escaped as a bare OSError, past `except aiohttp.ClientError`.
-            # It is a body cut short like any other: drop the connection and say so.
-            self._eof = True
-            self._r._done(False)
-            raise ClientPayloadError("response payload is not completed (%s)" % (e,))
+            self._cut(e)
 
     async def read(self, n=-1):
         """Up to n bytes (all of the rest if n < 0); b"" at the end."""

@@ -117,8 +117,16 @@ def _acquire():
         _refs += 1
         closer, _closer = _closer, None
     if closer is not None:
-        closer.cancel()
+        _cancel(closer)
     return _session
+
+
+def _cancel(t):
+    t.cancel()
+    # A task cancelled before it first ran never enters TaskManager's cleanup (its `finally`), so it stayed in
+    # TaskManager.task_list for good: one leaked entry per download that reused the idle session.
+    if t in TaskManager.task_list:
+        TaskManager.task_list.remove(t)
 
 
 def _release():
@@ -159,7 +167,7 @@ def _drop_session():
         s, _session = _session, None
         closer, _closer = _closer, None
     if closer is not None:
-        closer.cancel()
+        _cancel(closer)
     if s is not None:
         s.shutdown()
 
@@ -439,13 +447,14 @@ class _Job:
 
             self.hash = hashlib.sha256()
 
-    def _mem_room(self, n):
+    def _mem_room(self, n, keep):
         # Memory mode keeps one buffer; when the size is known it is allocated once, exactly.
+        # The first `keep` bytes are carried over when it has to grow.
         m = self.mem
         if m is None or len(m) < n:
             new = bytearray(n)
-            if m is not None and self.done:
-                new[: self.done] = memoryview(m)[: self.done]
+            if m is not None and keep:
+                new[:keep] = memoryview(m)[:keep]
             self.mem = new
 
     # -- the engine --
@@ -556,7 +565,7 @@ class _Job:
             if self.max_size is not None and body is not None and self.have + self.done + body - skip > self.max_size:
                 raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
             if self.mode == "memory" and body is not None:
-                self._mem_room(self.done + body - skip)
+                self._mem_room(self.done + body - skip, self.done)
             self.state = "downloading"
             await self._read_body(resp, skip, body, strict)
         return True
@@ -595,6 +604,10 @@ class _Job:
             # memory mode only, so file and stream mode took any chunked body), before a byte goes out.
             if self.max_size is not None and self.have + self.done + n > self.max_size:
                 raise DownloadError("body exceeds max_size=%d" % self.max_size)
+            if h is not None:
+                h.update(data)
+            d = self.done
+            self.done = d + n  # counted before a callback sees it, so downloads() inside one includes it
             if f is not None:
                 try:
                     f.write(data)
@@ -603,16 +616,12 @@ class _Job:
             elif chunk_cb is not None:
                 await _call(chunk_cb, bytes(data))
             else:
-                d = self.done
                 # No buffer yet when the length is unknown (chunked or close-delimited body): start one here
                 # (len(None) used to raise TypeError, failing every memory download without Content-Length).
                 have = 0 if self.mem is None else len(self.mem)
                 if have < d + n:
-                    self._mem_room(max(2 * have, d + n, 4096))
+                    self._mem_room(max(2 * have, d + n, 4096), d)
                 self.mem[d : d + n] = data
-            if h is not None:
-                h.update(data)
-            self.done += n
             if left is not None and not left:
                 return
             if progress:

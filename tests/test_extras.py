@@ -1,0 +1,314 @@
+"""DownloadManager extras, run on MicroPython against the fault server: admission control (max_connections,
+priority, cancellation while queued), speed_callback, downloads(), the User-Agent header, post_url and the
+synchronous use of download_url with no event loop running.
+"""
+import json
+import re
+
+import pytest
+
+from tools.testservers import sha256_of
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Admission control
+
+# Shared MicroPython scaffolding: streaming downloads that hash their chunks and note when their first chunk
+# came, plus a sampler that counts downloads in flight (connecting or downloading) every few ms.
+ADMISSION_HEAD = """
+from mpos import DownloadManager, TaskManager
+import asyncio
+import hashlib, binascii
+from time import ticks_ms, ticks_diff
+
+T0 = ticks_ms()
+FIRST = {}     # name -> ms of the first chunk
+ORDER = []     # names in the order their first chunk came
+DONE_AT = {}   # name -> ms when download_url returned
+HASH = {}
+STOP = [False]
+MAX = {"inflight": 0, "downloading": 0}
+
+def now():
+    return ticks_diff(ticks_ms(), T0)
+
+def streamer(name):
+    h = hashlib.sha256()
+    HASH[name] = h
+    def cb(chunk):
+        if name not in FIRST:
+            FIRST[name] = now()
+            ORDER.append(name)
+        h.update(chunk)
+    return cb
+
+def hexof(name):
+    return binascii.hexlify(HASH[name].digest()).decode()
+
+async def fetch(name, url, **kw):
+    try:
+        return await DownloadManager.download_url(url, chunk_callback=streamer(name), **kw)
+    finally:
+        DONE_AT[name] = now()
+
+async def sampler():
+    while not STOP[0]:
+        ds = DownloadManager.downloads()
+        inflight = len([d for d in ds if d["state"] in ("connecting", "downloading")])
+        down = len([d for d in ds if d["state"] == "downloading"])
+        MAX["inflight"] = max(MAX["inflight"], inflight)
+        MAX["downloading"] = max(MAX["downloading"], down)
+        await asyncio.sleep_ms(3)
+"""
+
+
+def test_admission_cap_and_priority_order(mpy, fault):
+    # Two blockers take both slots; they end at clearly different times (0.1 s and 0.6 s at 100 kB/s), so the
+    # queued downloads (0.2 s each) start one at a time, >= 100 ms apart: the first-chunk order is their
+    # admission order. Queued in the order p1, p5, p1, p5, p0: expected start D, F, C, E, G.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 2
+async def main():
+    s = asyncio.create_task(sampler())
+    jobs = [("A", URLA, 0), ("B", URLB, 0), ("C", URLC, 1), ("D", URLD, 5), ("E", URLE, 1), ("F", URLF, 5),
+            ("G", URLG, 0)]
+    rs = await asyncio.gather(*[fetch(n, u, priority=p) for n, u, p in jobs])
+    STOP[0] = True
+    await s
+    result(results=list(rs), order=ORDER, first=FIRST, done=DONE_AT, max=MAX,
+           hashes={n: hexof(n) for n, u, p in jobs}, left=DownloadManager.downloads(),
+           queue=len(DownloadManager._queue), active=DownloadManager._active)
+run(main())
+""", URLA=fault.url("/bytes/10000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),
+        URLC=fault.url("/bytes/20000?rate=100000&seed=3"), URLD=fault.url("/bytes/20000?rate=100000&seed=4"),
+        URLE=fault.url("/bytes/20000?rate=100000&seed=5"), URLF=fault.url("/bytes/20000?rate=100000&seed=6"),
+        URLG=fault.url("/bytes/20000?rate=100000&seed=7"))
+    v = r.value
+    assert v["results"] == [True] * 7
+    sizes = {"A": 10000, "B": 60000, "C": 20000, "D": 20000, "E": 20000, "F": 20000, "G": 20000}
+    seeds = {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5, "F": 6, "G": 7}
+    for n in sizes:
+        assert v["hashes"][n] == sha256_of(sizes[n], seed=seeds[n]), n
+    assert v["max"]["inflight"] <= 2 and v["max"]["downloading"] <= 2, v["max"]
+    assert v["max"]["downloading"] == 2, v["max"]  # the sampler did see the cap reached
+    assert sorted(v["order"][:2]) == ["A", "B"]
+    assert v["order"][2:] == ["D", "F", "C", "E", "G"], v
+    # nobody queued started before a slot was free: the first queued one waited for A
+    assert v["first"]["D"] >= v["done"]["A"] - 20, v
+    assert v["left"] == [] and v["queue"] == 0 and v["active"] == 0
+    assert fault.requests == 7
+
+
+def test_admission_cancel_while_queued_and_failure_releases_slot(mpy, fault):
+    # max 2: A (0.3 s) and B (0.6 s) take the slots; C1 (cancelled by a wait_for timeout) and C2
+    # (task.cancel()) wait in the queue, then X (a 404), D and E. The cancelled ones never start and leave the
+    # queue; when A ends X gets its slot, fails at once and hands the slot on to D, which therefore starts long
+    # before B ends; the cap holds throughout and everything else completes.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 2
+async def main():
+    s = asyncio.create_task(sampler())
+    ta = asyncio.create_task(fetch("A", URLA))
+    tb = asyncio.create_task(fetch("B", URLB))
+    await asyncio.sleep_ms(0)
+    tc1 = asyncio.create_task(TaskManager.wait_for(fetch("C1", URLC), 0.05))
+    tc2 = asyncio.create_task(fetch("C2", URLC))
+    tx = asyncio.create_task(fetch("X", URLX))
+    td = asyncio.create_task(fetch("D", URLD))
+    te = asyncio.create_task(fetch("E", URLE))
+    await asyncio.sleep_ms(20)
+    states_before = [d["state"] for d in DownloadManager.downloads()]
+    tc2.cancel()
+    await asyncio.sleep_ms(60)
+    queued_after_cancel = len(DownloadManager._queue)
+    states_after = [d["state"] for d in DownloadManager.downloads()]
+    outcomes = {}
+    for name, t in (("A", ta), ("B", tb), ("C1", tc1), ("C2", tc2), ("X", tx), ("D", td), ("E", te)):
+        try:
+            outcomes[name] = await t
+        except asyncio.TimeoutError:
+            outcomes[name] = "timeout"
+        except asyncio.CancelledError:
+            outcomes[name] = "cancelled"
+    STOP[0] = True
+    await s
+    result(outcomes=outcomes, first=FIRST, done=DONE_AT, max=MAX, order=ORDER,
+           hashes={n: hexof(n) for n in ("A", "B", "D", "E")}, left=DownloadManager.downloads(),
+           queue=len(DownloadManager._queue), active=DownloadManager._active, before=states_before,
+           after=states_after, queued_after_cancel=queued_after_cancel)
+run(main())
+""", URLA=fault.url("/bytes/30000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),
+        URLC=fault.url("/bytes/20000?rate=100000&seed=9"), URLX=fault.url("/status/404"),
+        URLD=fault.url("/bytes/20000?rate=100000&seed=4"), URLE=fault.url("/bytes/20000?rate=100000&seed=5"))
+    v = r.value
+    assert v["outcomes"] == {"A": True, "B": True, "C1": "timeout", "C2": "cancelled", "X": False, "D": True,
+                             "E": True}, v
+    assert v["before"].count("queued") == 5, v
+    assert v["queued_after_cancel"] == 3 and v["after"].count("queued") == 3, v
+    assert "C1" not in v["first"] and "C2" not in v["first"] and "X" not in v["first"], v
+    assert v["hashes"]["A"] == sha256_of(30000, seed=1)
+    assert v["hashes"]["B"] == sha256_of(60000, seed=2)
+    assert v["hashes"]["D"] == sha256_of(20000, seed=4)
+    assert v["hashes"]["E"] == sha256_of(20000, seed=5)
+    assert v["max"]["inflight"] <= 2 and v["max"]["downloading"] <= 2, v["max"]
+    assert v["first"]["D"] >= v["done"]["A"] - 20, v  # D waited for a slot ...
+    assert v["first"]["D"] < v["done"]["B"] - 100, v  # ... but not for B: the 404 released the one it had
+    assert v["order"][2:] == ["D", "E"], v
+    assert v["left"] == [] and v["queue"] == 0 and v["active"] == 0
+    assert fault.requests == 5  # A, B, X, D, E: the cancelled ones never reached the server
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. speed_callback
+
+
+def test_speed_callback_once_per_second_with_plausible_speed(mpy, fault):
+    r = mpy.run("""
+from mpos import DownloadManager
+from time import ticks_ms, ticks_diff
+CALLS = []
+T0 = ticks_ms()
+def speed(bps):
+    CALLS.append([ticks_diff(ticks_ms(), T0), bps])
+async def main():
+    data = await DownloadManager.download_url(URL, speed_callback=speed)
+    result(data=sha256(data) if data else None, calls=CALLS, ms=ticks_diff(ticks_ms(), T0))
+run(main())
+""", URL=fault.url("/bytes/300000?rate=100000"))
+    v = r.value
+    assert v["data"] == sha256_of(300000)
+    calls = v["calls"]
+    assert 2 <= len(calls) <= 4, v
+    assert calls[0][0] >= 950, v
+    times = [t for t, _ in calls]
+    assert all(b - a >= 950 for a, b in zip(times, times[1:])), v
+    assert len(calls) <= v["ms"] // 950, v
+    for _, bps in calls:
+        assert isinstance(bps, int) and 50_000 <= bps <= 200_000, v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. downloads()
+
+
+DOWNLOADS = """
+from mpos import DownloadManager
+SEEN = {}
+def spy(key):
+    n = [0]
+    def cb(chunk):
+        n[0] += 1
+        if key not in SEEN and n[0] >= WHICH:
+            SEEN[key] = DownloadManager.downloads()
+    return cb
+async def main():
+    ok1 = await DownloadManager.download_url(URL, chunk_callback=spy("plain"))
+    after1 = DownloadManager.downloads()
+    ok2 = await DownloadManager.download_url(URL, chunk_callback=spy("redacted"), redact_url=True)
+    after2 = DownloadManager.downloads()
+    result(ok=[ok1, ok2], seen=SEEN, after=[after1, after2])
+run(main())
+"""
+
+
+def test_downloads_lists_running_download(mpy, fault):
+    # Sampled in the second chunk callback: the first chunk is counted by then.
+    check_downloads_listing(mpy, fault, which=2)
+
+
+def test_downloads_counts_the_chunk_being_handed_out(mpy, fault):
+    check_downloads_listing(mpy, fault, which=1)
+
+
+def check_downloads_listing(mpy, fault, which):
+    r = mpy.run(DOWNLOADS, URL=fault.url("/bytes/50000?rate=200000"), WHICH=which)
+    v = r.value
+    assert v["ok"] == [True, True]
+    assert v["after"] == [[], []]
+    for key in ("plain", "redacted"):
+        ds = v["seen"][key]
+        assert len(ds) == 1, ds
+        d = ds[0]
+        assert d["state"] == "downloading" and d["done"] > 0 and d["total"] == 50000, d
+    assert v["seen"]["plain"][0]["url"] == fault.url("/bytes/50000?rate=200000")
+    red = v["seen"]["redacted"][0]["url"]
+    assert red.startswith(fault.base) and "/bytes" not in red and "rate" not in red, red
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. User-Agent
+
+
+def test_user_agent_default_caller_override_and_setting(mpy, fault):
+    r = mpy.run("""
+from mpos import DownloadManager
+import json
+def uas(body):
+    return [v for k, v in json.loads(body)["headers"] if k.lower() == "user-agent"]
+async def main():
+    out = {}
+    out["default"] = uas(await DownloadManager.download_url(URL))
+    out["lower"] = uas(await DownloadManager.download_url(URL, headers={"user-agent": "Mine/2"}))
+    out["upper"] = uas(await DownloadManager.download_url(URL, headers={"USER-AGENT": "Mine/3"}))
+    out["post_default"] = uas(await DownloadManager.post_url(URL, data=b"x"))
+    out["post_caller"] = uas(await DownloadManager.post_url(URL, data=b"x", headers={"User-agent": "P/1"}))
+    DownloadManager.user_agent = "X/1"
+    out["set"] = uas(await DownloadManager.download_url(URL))
+    out["set_caller"] = uas(await DownloadManager.download_url(URL, headers={"User-Agent": "Mine/4"}))
+    out["post_set"] = uas(await DownloadManager.post_url(URL, data=b"x"))
+    result(**out)
+run(main())
+""", URL=fault.url("/echo"))
+    v = r.value
+    assert len(v["default"]) == 1 and re.fullmatch(r"MicroPythonOS/\S+", v["default"][0]), v
+    assert v["post_default"] == v["default"]
+    assert v["lower"] == ["Mine/2"] and v["upper"] == ["Mine/3"] and v["post_caller"] == ["P/1"]
+    assert v["set"] == ["X/1"] and v["post_set"] == ["X/1"]
+    assert v["set_caller"] == ["Mine/4"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. post_url
+
+
+def test_post_url_returns_body_or_none(mpy, fault):
+    body = b"hello post " * 300
+    r = mpy.run("""
+from mpos import DownloadManager
+import json
+async def main():
+    echoed = await DownloadManager.post_url(ECHO, data=BODY)
+    e = json.loads(echoed)
+    result(type=type(echoed).__name__, method=e["method"], sha=e["body_sha256"], n=e["body_len"],
+           s500=await DownloadManager.post_url(S500, data=b"x"),
+           s404=await DownloadManager.post_url(S404, data=b"x"))
+run(main())
+""", ECHO=fault.url("/echo"), S500=fault.url("/status/500"), S404=fault.url("/status/404"), BODY=body)
+    import hashlib
+
+    v = r.value
+    assert v["type"] == "bytes" and v["method"] == "POST"
+    assert v["sha"] == hashlib.sha256(body).hexdigest() and v["n"] == len(body)
+    assert v["s500"] is None and v["s404"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. Synchronous use
+
+
+def test_sync_download_without_event_loop_and_inside_one(mpy, fault):
+    r = mpy.run("""
+from mpos import DownloadManager
+data = DownloadManager.download_url(URL)
+ok = DownloadManager.download_url(URL, outfile=OUT)
+session = DownloadManager.is_session_active()
+async def main():
+    return await DownloadManager.download_url(URL2)
+inner = run(main())
+result(type=type(data).__name__, data=sha256(data) if isinstance(data, bytes) else repr(data), ok=ok,
+       out=sha256_file(OUT), session=session, inner=sha256(inner) if isinstance(inner, bytes) else repr(inner))
+""", URL=fault.url("/bytes/30000"), URL2=fault.url("/bytes/12345?seed=3"), OUT="sync_out.bin")
+    v = r.value
+    assert v["type"] == "bytes" and v["data"] == sha256_of(30000)
+    assert v["ok"] is True and v["out"] == sha256_of(30000)
+    assert v["session"] is False
+    assert v["inner"] == sha256_of(12345, seed=3)

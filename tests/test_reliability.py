@@ -1,0 +1,764 @@
+"""DownloadManager loses nothing: integrity, atomic files, self-recovery, failing well, cancellation, low memory,
+concurrency and security, each proven on the unix port against the fault server (exact hashes or an untouched
+outfile)."""
+import http.server
+import socket
+import threading
+
+import pytest
+
+from tools.testservers import payload, sha256_of, text_payload
+
+# --- snippets -------------------------------------------------------------------------------------------------
+
+PRE = """
+import asyncio, os, time
+import aiohttp
+from mpos import DownloadManager, TaskManager
+
+def since(t0):
+    return time.ticks_diff(time.ticks_ms(), t0)
+
+def size(p):
+    try:
+        return os.stat(p)[6]
+    except OSError:
+        return -1
+
+def slurp(p):
+    try:
+        with open(p, 'rb') as f:
+            return f.read()
+    except OSError:
+        return None
+
+# Record the Range/If-Range of every request the DownloadManager sends.
+SENT = []
+_get = aiohttp.ClientSession.get
+def _rec_get(self, url, **kw):
+    h = {k.lower(): v for k, v in (kw.get('headers') or {}).items()}
+    SENT.append([h.get('range'), h.get('if-range')])
+    return _get(self, url, **kw)
+aiohttp.ClientSession.get = _rec_get
+
+def describe(e):
+    return [type(e).__name__, getattr(e, 'reason', None), getattr(e, 'status', None), str(e)]
+"""
+
+# One download in MODE ("memory", "file", "stream"); OLD (bytes or None) is the outfile's previous content.
+ONE = PRE + """
+async def main():
+    if OLD is not None:
+        with open(OUT, 'wb') as f:
+            f.write(OLD)
+    if PART is not None:
+        with open(OUT + '.part', 'wb') as f:
+            f.write(PART)
+    h = new_sha()
+    got = [0]
+    def cb(chunk):
+        h.update(chunk)
+        got[0] += len(chunk)
+    kw = dict(KW)
+    if MODE == 'file':
+        kw['outfile'] = OUT
+    elif MODE == 'stream':
+        kw['chunk_callback'] = cb
+    if RESUME:  # the spec's "Resume Partial Download" recipe
+        pos = DownloadManager.get_resume_position(OUT)
+        kw['headers'] = {'Range': 'bytes=%d-' % pos} if pos > 0 else None
+    t0 = time.ticks_ms()
+    err = None
+    try:
+        r = await DownloadManager.download_url(URL, **kw)
+    except Exception as e:
+        r, err = 'raised', describe(e)
+    res = {'ms': since(t0), 'err': err, 'sent': SENT}
+    if MODE == 'memory':
+        res['ret'] = 'bytes' if isinstance(r, bytes) else r
+        res['sha'] = sha256(r) if isinstance(r, bytes) else None
+        res['len'] = len(r) if isinstance(r, bytes) else None
+    else:
+        res['ret'] = r
+        res['sha'] = hexdigest(h) if MODE == 'stream' else sha256_file(OUT)
+        res['len'] = got[0] if MODE == 'stream' else size(OUT)
+    res['part'] = size(OUT + '.part')
+    res['resume_pos'] = DownloadManager.get_resume_position(OUT)
+    await DownloadManager.close_session()
+    res['session'] = DownloadManager.is_session_active()
+    result(**res)
+
+run(main())
+"""
+
+OLD = b"previous content of the outfile\n" * 10
+OLD_SHA = __import__("hashlib").sha256(OLD).hexdigest()
+FAIL = {"memory": None, "file": False, "stream": False}
+MODES = ["memory", "file", "stream"]
+
+
+def dl(mpy, url, mode="memory", old=None, part=None, resume=False, **kw):
+    r = mpy.run(ONE, URL=url, MODE=mode, OUT="out.bin", OLD=old, PART=part, RESUME=resume, KW=kw)
+    v = dict(r.value)
+    v["stderr"] = r.stderr
+    return v
+
+
+def ok(v, n, seed=0, text=False):
+    """The download succeeded with exactly the n bytes of /bytes/n?seed=."""
+    assert v["err"] is None, v
+    assert v["ret"] in ("bytes", True), v
+    assert (v["sha"], v["len"]) == (sha256_of(n, seed, text), n), v
+
+
+def failed(v, mode):
+    """The download failed the documented way and left the previous outfile untouched."""
+    assert v["err"] is None, v
+    assert v["ret"] is FAIL[mode], v
+    if mode == "file":
+        assert v["sha"] == OLD_SHA, "outfile changed on failure: %r" % v
+
+
+def resumed_at(sent, upto):
+    """The second request continued the first with "Range: bytes=K-", 0 < K <= upto (a TCP reset may discard
+    the last bytes the server sent); -> K."""
+    rng = sent[1][0]
+    assert rng.startswith("bytes=") and rng.endswith("-"), sent
+    k = int(rng[6:-1])
+    assert 0 < k <= upto, sent
+    return k
+
+
+def prefix_sha(n, k):
+    return __import__("hashlib").sha256(payload(n)[:k]).hexdigest()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --- integrity ------------------------------------------------------------------------------------------------
+
+# Every attempt cuts the body short and the server ignores Range, so no retry can complete it.
+SHORT_BODIES = {
+    "short-content-length": "/bytes/20000?truncate=7000&norange=1",
+    "chunked-without-last-chunk": "/bytes/20000?chunked=1&nolast=1",
+    "gzip-stream-without-end": "/bytes/20000?gztrunc=1&text=1",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", sorted(SHORT_BODIES))
+def test_incomplete_body_is_a_failure_in_every_mode(mpy, fault, kind, mode):
+    v = dl(mpy, fault.url(SHORT_BODIES[kind]), mode, old=OLD, timeout=2)
+    failed(v, mode)
+    assert v["ms"] < 5000, v
+
+
+def test_truncated_body_with_raise_errors_is_not_success(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/20000?truncate=7000&norange=1"), "file", old=OLD, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][1] in ("network", "integrity"), v
+    assert v["sha"] == OLD_SHA
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gzip_body_is_decoded_whole(mpy, fault, mode):
+    # Content-Length counts the compressed bytes: it must not cut the decoded body short
+    v = dl(mpy, fault.url("/bytes/200000?gzip=1&text=1"), mode, old=OLD)
+    ok(v, 200000, text=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gzip_body_cut_short_starts_over_or_fails(mpy, fault, mode):
+    # Range would count compressed bytes: a coded body is never resumed, file and memory mode start over
+    v = dl(mpy, fault.url("/bytes/200000?gzip=1&text=1&truncate=3000&key=g"), mode, old=OLD)
+    if mode == "stream":
+        failed(v, mode)
+        assert v["sha"] == __import__("hashlib").sha256(text_payload(200000)[:v["len"]]).hexdigest(), v
+    else:
+        ok(v, 200000, text=True)
+        assert v["sent"] == [[None, None], [None, None]], v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sha256_verified_while_streaming(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/30000"), mode, old=OLD, sha256=sha256_of(30000))
+    ok(v, 30000)
+    v = dl(mpy, fault.url("/bytes/30000"), mode, old=OLD, sha256=sha256_of(30000, seed=1))
+    failed(v, mode)
+    v = dl(mpy, fault.url("/bytes/30000"), mode, old=OLD, sha256=sha256_of(30000, seed=1), raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][:2] == ["IntegrityError", "integrity"], v
+    if mode == "file":
+        assert v["sha"] == OLD_SHA
+
+
+def test_sha256_checked_across_a_resume(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/50000?truncate=20000&key=a"), "file", sha256=sha256_of(50000))
+    ok(v, 50000)
+    assert v["sent"][1][0] == "bytes=20000-", v
+    v = dl(mpy, fault.url("/bytes/50000?truncate=20000&key=b"), "file", old=OLD, sha256=sha256_of(50000, seed=3))
+    failed(v, "file")
+
+
+# --- files are atomic -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/status/404", "/bytes/20000?truncate=5000&norange=1", "/bytes/20000?drop=0"])
+def test_failure_keeps_previous_outfile(mpy, fault, path):
+    v = dl(mpy, fault.url(path), "file", old=OLD)
+    failed(v, "file")
+
+
+def test_failure_without_previous_outfile_leaves_none(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/20000?truncate=5000&norange=1"), "file")
+    assert v["ret"] is False and v["err"] is None, v
+    assert v["sha"] is None and v["len"] == -1, v
+    assert v["part"] == 5000 and v["resume_pos"] == 5000, v  # the partial stays for a resume
+
+
+def test_resume_recipe_from_partial_file(mpy, fault):
+    # A first attempt dies after 5000 bytes; the spec's recipe then completes it with a Range request.
+    v = dl(mpy, fault.url("/bytes/20000?truncate=5000&norange=1"), "file", old=OLD)
+    failed(v, "file")
+    assert v["part"] == 5000 and v["resume_pos"] == 5000
+    # same tmp dir: the .part is still there
+    v = dl(mpy, fault.url("/bytes/20000"), "file", resume=True)
+    ok(v, 20000)
+    assert v["sent"] == [["bytes=5000-", None]], v
+    assert v["part"] == -1 and v["resume_pos"] == 20000
+
+
+def test_resume_recipe_from_partial_outfile_itself(mpy, fault):
+    # The partial bytes sit in outfile (an older version of the app wrote it directly).
+    v = dl(mpy, fault.url("/bytes/40000"), "file", old=payload(40000)[:12345], resume=True)
+    ok(v, 40000)
+    assert v["sent"] == [["bytes=12345-", None]], v
+
+
+def test_resume_recipe_memory_mode_gives_the_rest(mpy, fault):
+    v = mpy.run(PRE + """
+async def main():
+    r = await DownloadManager.download_url(URL, headers={'Range': 'bytes=1000-'})
+    result(sha=sha256(r), n=len(r))
+run(main())
+""", URL=fault.url("/bytes/5000")).value
+    assert v == {"sha": __import__("hashlib").sha256(payload(5000)[1000:]).hexdigest(), "n": 4000}
+
+
+def test_resume_when_server_answers_200_starts_over_cleanly(mpy, fault):
+    # The partial holds wrong bytes; the server ignores Range (200): the file must be the full, exact body.
+    v = dl(mpy, fault.url("/bytes/20000?norange=1"), "file", old=OLD, part=b"x" * 3000, resume=True)
+    ok(v, 20000)
+    assert v["sent"][0] == ["bytes=3000-", None]
+
+
+def test_resume_of_complete_file_416_is_success(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/8000"), "file", old=payload(8000), resume=True)
+    ok(v, 8000)
+    assert v["sent"] == [["bytes=8000-", None]] and fault.requests == 1, v
+
+
+class _Bad206(http.server.BaseHTTPRequestHandler):
+    """Answers a Range request with 206 and a Content-Range that does not start where asked (or none)."""
+    protocol_version = "HTTP/1.1"
+    body = payload(10000)
+
+    def do_GET(self):
+        rng = self.headers.get("Range")
+        self.server.ranges.append(rng)
+        if rng:
+            self.send_response(206)
+            if "nocr" not in self.path:
+                self.send_header("Content-Range", "bytes 0-%d/%d" % (len(self.body) - 1, len(self.body)))
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def bad206():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Bad206)
+    srv.ranges = []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("path", ["/wrong-start", "/nocr"])
+def test_206_with_wrong_content_range_is_never_appended(mpy, bad206, path):
+    url = "http://127.0.0.1:%d%s" % (bad206.server_address[1], path)
+    # file mode: the partial's 4000 bytes are not followed by the 206's bytes 0..; it starts over, exact
+    v = dl(mpy, url, "file", part=payload(10000)[:4000], resume=True)
+    ok(v, 10000)
+    assert bad206.ranges[0] == "bytes=4000-" and bad206.ranges[-1] is None, bad206.ranges
+    # stream mode: a resume after a drop is impossible here; the bytes handed out must never be wrong
+    v = dl(mpy, url, "stream", headers={"Range": "bytes=4000-"})
+    assert v["ret"] is False or v["sha"] == __import__("hashlib").sha256(payload(10000)[4000:]).hexdigest(), v
+
+
+# --- recovering by itself -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropped_connection_resumes_with_range_and_if_range(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/100000?drop=30000&key=d"), mode, old=OLD)
+    ok(v, 100000)
+    resumed_at(v["sent"], 30000)
+    assert v["sent"][0] == [None, None] and v["sent"][1][1] == '"100000-0"' and len(v["sent"]) == 2, v
+    assert fault.requests == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_body_closed_early_resumes_exactly_where_it_stopped(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/100000?truncate=30000&key=t"), mode, old=OLD)
+    ok(v, 100000)
+    assert v["sent"] == [[None, None], ["bytes=30000-", '"100000-0"']], v
+
+
+def test_dropped_connection_without_etag_uses_last_modified(mpy, fault):
+    # etag= empty: the server still sends Last-Modified, which then validates the resume
+    v = dl(mpy, fault.url("/bytes/50000?drop=10000&key=d&etag="), "file")
+    ok(v, 50000)
+    resumed_at(v["sent"], 10000)
+    assert v["sent"][1][1] == "Wed, 21 Oct 2015 07:28:00 GMT", v
+
+
+def test_several_drops_all_recovered(mpy, fault):
+    # each attempt gains bytes, so each drop gets a fresh budget
+    v = dl(mpy, fault.url("/bytes/60000?drop=9000"), "file", old=OLD)
+    ok(v, 60000)
+    assert 7 <= fault.requests <= 14
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+def test_server_ignoring_range_restarts_from_zero(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/50000?drop=20000&key=n&norange=1"), mode, old=OLD)
+    ok(v, 50000)
+    assert fault.requests == 2
+
+
+def test_server_ignoring_range_fails_stream_mode(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/50000?drop=20000&key=n&norange=1"), "stream")
+    failed(v, "stream")
+    # what was handed out is exactly the start of the body, nothing repeated
+    assert 0 < v["len"] <= 20000 and v["sha"] == prefix_sha(50000, v["len"]), v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stalled_read_is_a_try_and_is_resumed(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/80000?stall=25000&stall_s=5&key=s"), mode, old=OLD, timeout=0.5)
+    ok(v, 80000)
+    assert v["sent"][1][0] == "bytes=25000-" and len(v["sent"]) == 2, v
+    assert 400 < v["ms"] < 2500, v
+
+
+def test_stalls_every_time_fail_within_the_budget(mpy, fault):
+    # no byte ever: 3 tries, each 0.5 s, plus backoff
+    v = dl(mpy, fault.url("/bytes/80000?stall=0&stall_s=5"), "file", old=OLD, timeout=0.5, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][1] == "timeout", v
+    assert fault.requests == 3 and v["ms"] < 4000, v
+    assert v["sha"] == OLD_SHA
+
+
+@pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 504])
+def test_transient_status_is_retried(mpy, fault, code):
+    v = dl(mpy, fault.url("/bytes/10000?fail=%d&key=t&times=1" % code), "file", old=OLD)
+    ok(v, 10000)
+    assert fault.requests == 2
+
+
+def test_transient_failures_within_a_budget_of_3_tries(mpy, fault):
+    v = dl(mpy, fault.url("/bytes/10000?fail=503&key=t&times=2"), "memory")
+    ok(v, 10000)
+    assert fault.requests == 3
+    fault.reset()
+    v = dl(mpy, fault.url("/bytes/10000?fail=503&key=t&times=3"), "file", old=OLD, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][1:3] == ["http", 503], v
+    assert fault.requests == 3 and v["sha"] == OLD_SHA
+
+
+def test_backoff_is_exponential_with_jitter(mpy, fault):
+    # two failed tries wait ~0.25 s then ~0.5 s (each scaled by a random 0.5..1.5)
+    v = dl(mpy, fault.url("/bytes/1000?fail=500&key=b&times=2"), "memory")
+    ok(v, 1000)
+    assert 300 <= v["ms"] <= 1300, v
+
+
+def test_retry_after_is_honoured_and_capped(mpy, fault):
+    v = mpy.run(PRE + """
+async def one(url, **kw):
+    t0 = time.ticks_ms()
+    r = await DownloadManager.download_url(url, **kw)
+    return [sha256(r) if r else None, since(t0)]
+async def main():
+    a, b, c = await asyncio.gather(one(URL1), one(URL2), one(URL3, deadline=2))
+    result(a=a, b=b, c=c)
+run(main())
+""", URL1=fault.url("/bytes/1000?fail=503&retry_after=2&key=a&times=1"),
+        URL2=fault.url("/bytes/1000?fail=429&retry_after=86400&key=b&times=1"),
+        URL3=fault.url("/bytes/1000?fail=503&retry_after=86400&key=c&times=1"), timeout=40).value
+    assert v["a"][0] == sha256_of(1000) and 1900 <= v["a"][1] < 3000, v  # waited as told
+    assert v["b"][0] == sha256_of(1000) and 9000 <= v["b"][1] < 13000, v  # a day capped to seconds
+    assert v["c"][0] is None and v["c"][1] < 2500, v  # a wait past the deadline is not even started
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 410])
+def test_permanent_status_fails_at_once(mpy, fault, code):
+    v = dl(mpy, fault.url("/bytes/10000?fail=%d" % code), "file", old=OLD, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][:3] == ["HTTPError", "http", code], v
+    assert fault.requests == 1 and v["ms"] < 500, v
+    assert v["sha"] == OLD_SHA and v["part"] <= 0, v
+
+
+def test_refused_connection_fails_at_once(mpy):
+    url = "http://127.0.0.1:%d/x.bin" % free_port()
+    v = dl(mpy, url, "file", old=OLD, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][1] == "network", v
+    assert v["ms"] < 500 and v["sha"] == OLD_SHA, v
+    v = dl(mpy, url, "memory")
+    failed(v, "memory")
+    assert v["ms"] < 500
+
+
+def test_deadline_bounds_the_whole_download(mpy, fault):
+    # a slow body (50 KB/s for 1 MB = 20 s) and a stall, each with a 1 s deadline
+    v = dl(mpy, fault.url("/bytes/1000000?rate=50000"), "file", old=OLD, deadline=1, raise_errors=True)
+    assert v["ret"] == "raised" and v["err"][1] == "timeout", v
+    assert 900 <= v["ms"] < 1600 and v["sha"] == OLD_SHA, v
+    v = dl(mpy, fault.url("/bytes/1000?stall=10&stall_s=5"), "memory", deadline=1)
+    failed(v, "memory")
+    assert 900 <= v["ms"] < 1600, v
+
+
+# --- failing well ---------------------------------------------------------------------------------------------
+
+def test_raise_errors_reasons(mpy, fault, tmp_path):
+    v = mpy.run(PRE + """
+async def why(url, **kw):
+    try:
+        r = await DownloadManager.download_url(url, raise_errors=True, **kw)
+        return ['returned', repr(r)]
+    except DownloadManager.DownloadError as e:
+        return describe(e)
+async def main():
+    res = {}
+    res['http'] = await why(BASE + '/status/404')
+    res['network'] = await why(REFUSED)
+    res['timeout'] = await why(BASE + '/bytes/1000?stall=0&stall_s=5', timeout=0.3, tries=1)
+    res['deadline'] = await why(BASE + '/bytes/1000?stall=0&stall_s=5', deadline=0.5)
+    res['integrity'] = await why(BASE + '/bytes/1000', sha256='0' * 64)
+    res['file'] = await why(BASE + '/bytes/1000', outfile='no/such/dir/x.bin')
+    res['default'] = await DownloadManager.download_url(BASE + '/status/404')
+    res['default_file'] = await DownloadManager.download_url(BASE + '/status/404', outfile='x.bin')
+    result(**res)
+run(main())
+""", BASE=fault.base, REFUSED="http://127.0.0.1:%d/" % free_port()).value
+    assert v["http"][1:3] == ["http", 404], v
+    assert v["network"][1] == "network"
+    assert v["timeout"][1] == "timeout"
+    assert v["deadline"][1] == "timeout"
+    assert v["integrity"][1] == "integrity"
+    assert v["file"][1] == "file"
+    assert v["default"] is None and v["default_file"] is False
+
+
+PROGRAMMER_ERRORS = {
+    "url-none": "dict(url=None)",
+    "url-empty": "dict(url='')",
+    "url-ftp": "dict(url='ftp://127.0.0.1/x')",
+    "url-no-scheme": "dict(url='127.0.0.1/x')",
+    "header-crlf": "dict(url=U, headers={'X-A': 'a\\r\\nX-Evil: 1'})",
+    "header-lf-name": "dict(url=U, headers={'X\\nB': 'a'})",
+    "total-size-negative": "dict(url=U, total_size=-1)",
+    "progress-not-callable": "dict(url=U, progress_callback='nope')",
+    "chunk-not-callable": "dict(url=U, chunk_callback=42)",
+    "outfile-and-chunk": "dict(url=U, outfile='x.bin', chunk_callback=print)",
+}
+
+
+def test_programmer_errors_raise_before_any_traffic(mpy, fault):
+    v = mpy.run(PRE + """
+U = BASE + '/bytes/100'
+async def main():
+    res = {}
+    for name, src in CASES.items():
+        kw = eval(src)
+        try:
+            r = await DownloadManager.download_url(**kw)
+            res[name] = ['returned', repr(r)]
+        except (ValueError, TypeError) as e:
+            res[name] = [type(e).__name__, exists('x.bin')]
+    result(**res)
+run(main())
+""", BASE=fault.base, CASES=PROGRAMMER_ERRORS).value
+    for name in PROGRAMMER_ERRORS:
+        assert v[name][0] in ("ValueError", "TypeError") or issubclass(
+            {"InvalidURL": ValueError}.get(v[name][0], object), ValueError), (name, v[name])
+        assert v[name][1] is False, name
+    assert fault.connections == 0
+
+
+@pytest.mark.parametrize("outfile", ["missing/dir/out.bin", "/proc/self/nope/out.bin", "/proc/out.bin"])
+def test_unwritable_outfile_fails_quickly_and_leaves_nothing(mpy, fault, outfile):
+    v = mpy.run(PRE + """
+async def main():
+    t0 = time.ticks_ms()
+    r = await DownloadManager.download_url(URL, outfile=OUT)
+    result(r=r, ms=since(t0), out=exists(OUT), part=exists(OUT + '.part'))
+run(main())
+""", URL=fault.url("/bytes/50000"), OUT=outfile).value
+    assert v["r"] is False and v["ms"] < 500 and not v["out"] and not v["part"], v
+
+
+# --- cancellation ---------------------------------------------------------------------------------------------
+
+CANCEL = PRE + """
+async def main():
+    DownloadManager.session_idle_ms = 300
+    base = fd_count()
+    cancelled = kept = 0
+    for rnd in range(10):
+        tasks = []
+        for i in range(10):
+            n = rnd * 10 + i
+            # cancel at any moment: queued, connecting, in the head, mid-body (stalled after 3000 bytes)
+            t = (n % 10) * 0.035
+            out = 'c%d.bin' % n
+            kw = {'outfile': out} if n % 3 else {}
+            if n % 3 == 2:
+                kw = {'chunk_callback': lambda b: None}
+            tasks.append(TaskManager.wait_for(DownloadManager.download_url(URL, **kw), t))
+        for r in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(r, asyncio.TimeoutError):
+                cancelled += 1
+            else:
+                raise AssertionError('not cancelled: %r' % (r,))
+    for n in range(100):
+        if n % 3 == 1 and size('c%d.bin.part' % n) == 3000:
+            kept += 1
+    assert not DownloadManager.downloads(), DownloadManager.downloads()
+    await asyncio.sleep(0.6)  # the idle window
+    idle_closed = not DownloadManager.is_session_active()
+    await DownloadManager.close_session()
+    after = fd_count()
+    tasks_left = len(TaskManager.task_list)
+    # the next download works
+    r = await DownloadManager.download_url(GOOD, outfile='good.bin')
+    await DownloadManager.close_session()
+    result(cancelled=cancelled, kept=kept, base=base, after=after, idle_closed=idle_closed,
+           tasks=tasks_left, good=r, sha=sha256_file('good.bin'), outs=[exists('c%d.bin' % n) for n in range(100)],
+           end=fd_count(), session=DownloadManager.is_session_active())
+run(main())
+"""
+
+
+def test_100_cancellations_leak_nothing(mpy, fault):
+    v = mpy.run(CANCEL, URL=fault.url("/bytes/100000?stall=3000&stall_s=2"), GOOD=fault.url("/bytes/30000")).value
+    assert v["cancelled"] == 100
+    assert v["kept"] >= 10, v  # partials of cancelled file downloads stay for a resume
+    assert not any(v["outs"]), v  # a cancelled download never creates outfile
+    assert v["after"] == v["base"] and v["end"] == v["base"], v
+    assert v["idle_closed"] and v["tasks"] == 0 and not v["session"], v
+    assert v["good"] is True and v["sha"] == sha256_of(30000), v
+
+
+def test_cancelled_resume_keeps_partial_and_previous_outfile(mpy, fault):
+    v = mpy.run(PRE + """
+async def main():
+    with open('o.bin', 'wb') as f:
+        f.write(OLD)
+    try:
+        await TaskManager.wait_for(DownloadManager.download_url(STALL, outfile='o.bin'), 0.5)
+    except asyncio.TimeoutError:
+        pass
+    pos = DownloadManager.get_resume_position('o.bin')
+    same = slurp('o.bin') == OLD
+    r = await DownloadManager.download_url(GOOD, outfile='o.bin', headers={'Range': 'bytes=%d-' % pos})
+    await DownloadManager.close_session()
+    result(pos=pos, same=same, r=r, sha=sha256_file('o.bin'), sent=SENT)
+run(main())
+""", OLD=OLD, STALL=fault.url("/bytes/50000?stall=21000&stall_s=3"), GOOD=fault.url("/bytes/50000")).value
+    assert v["pos"] == 21000 and v["same"], v
+    assert v["r"] is True and v["sha"] == sha256_of(50000) and v["sent"][-1] == ["bytes=21000-", None], v
+
+
+# --- low memory -----------------------------------------------------------------------------------------------
+
+# Loading the library from .mpy files puts its bytecode in the heap: aiohttp + DownloadManager take ~62 KB of it
+# on the unix port (a frozen ESP32 build keeps that in flash). Measured: 3 MB in file mode works from an 84 KB
+# heap up (22 KB free after the imports); at 64 KB the imports themselves fail.
+LEAN_FILE = """
+import gc
+from mpos import DownloadManager
+import aiohttp
+gc.collect()
+free = gc.mem_free()
+async def main():
+    r = await DownloadManager.download_url(URL, outfile='big.bin')
+    await DownloadManager.close_session()
+    result(r=r, free=free, part=exists('big.bin.part'))
+run(main())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="64 KB heap: importing the .mpy library alone exhausts it (see LEAN_FILE)")
+def test_file_mode_streams_3mb_in_a_64k_heap(mpy, fault):
+    v = mpy.run(LEAN_FILE, URL=fault.url("/bytes/3000000"), heapsize="64k", compiled=True).value
+    assert v["r"] is True and sha256_file_of(mpy.tmpdir / "big.bin") == sha256_of(3000000)
+
+
+def sha256_file_of(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_file_mode_streams_3mb_with_little_heap_left(mpy, fault):
+    v = mpy.run(LEAN_FILE, URL=fault.url("/bytes/3000000"), heapsize="96k", compiled=True).value
+    assert v["free"] < 36 * 1024, v  # what the app has left once the code is loaded: device-sized
+    assert v["r"] is True and not v["part"], v
+    assert sha256_file_of(mpy.tmpdir / "big.bin") == sha256_of(3000000)
+
+
+@pytest.mark.parametrize("framing", ["", "&chunked=1"])
+def test_memory_mode_larger_than_heap_returns_none(mpy, fault, framing):
+    v = mpy.run("""
+import gc, asyncio
+from mpos import DownloadManager
+ticks = [0]
+async def ticker():
+    while True:
+        ticks[0] += 1
+        await asyncio.sleep_ms(5)
+async def main():
+    t = asyncio.create_task(ticker())
+    try:
+        r = await DownloadManager.download_url(URL)
+    except BaseException as e:  # nothing may escape, MemoryError least of all
+        r = repr(e)
+    before = ticks[0]
+    await asyncio.sleep_ms(100)
+    alive = ticks[0] > before
+    t.cancel()
+    small = await DownloadManager.download_url(SMALL)  # and the next download works
+    await DownloadManager.close_session()
+    result(r=r, alive=alive, small=sha256(small) if small else None)
+run(main())
+""", URL=fault.url("/bytes/200000?x=1" + framing), SMALL=fault.url("/bytes/2000"),
+        heapsize="96k", compiled=True).value
+    assert v == {"r": None, "alive": True, "small": sha256_of(2000)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_size_refuses_early_by_content_length(mpy, fault, mode):
+    # 2 MB at 100 KB/s would take 20 s: refusing must not read the body
+    v = dl(mpy, fault.url("/bytes/2000000?rate=100000"), mode, old=OLD, max_size=100000)
+    failed(v, mode)
+    assert v["ms"] < 500 and (mode != "stream" or v["len"] == 0), v
+    assert v["part"] <= 0, v
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+def test_max_size_also_bounds_a_body_of_unknown_length(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/300000?chunked=1"), mode, old=OLD, max_size=100000)
+    failed(v, mode)
+    v = dl(mpy, fault.url("/bytes/100000?chunked=1"), mode, old=OLD, max_size=100000)
+    ok(v, 100000)
+
+
+# --- concurrency ----------------------------------------------------------------------------------------------
+
+CONCURRENT = PRE + """
+async def one(url, out, cancel):
+    coro = DownloadManager.download_url(url, outfile=out)
+    if cancel:
+        try:
+            return await TaskManager.wait_for(coro, 0.3)
+        except asyncio.TimeoutError:
+            return 'cancelled'
+    return await coro
+
+async def main():
+    DownloadManager.session_idle_ms = 200
+    base = fd_count()
+    for i, (url, cancel) in enumerate(JOBS):
+        with open('f%d.bin' % i, 'wb') as f:
+            f.write(OLD)
+    rs = await asyncio.gather(*[one(url, 'f%d.bin' % i, c) for i, (url, c) in enumerate(JOBS)])
+    await asyncio.sleep(0.5)
+    idle_closed = not DownloadManager.is_session_active()
+    await DownloadManager.close_session()
+    result(rs=rs, shas=[sha256_file('f%d.bin' % i) for i in range(len(JOBS))], base=base, after=fd_count(),
+           idle_closed=idle_closed, session=DownloadManager.is_session_active(), tasks=len(TaskManager.task_list))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("max_connections", [3, 16])
+def test_many_simultaneous_downloads(mpy, fault, max_connections):
+    good = [(20000 + 7000 * i, i) for i in range(10)]
+    jobs = [(fault.url("/bytes/%d?seed=%d" % g), False) for g in good]
+    jobs[3] = (jobs[3][0] + "&drop=9000&key=d3", False)  # recovered on the way
+    jobs[6] = (jobs[6][0] + "&fail=503&key=f6&times=1", False)
+    jobs += [(fault.url("/status/404"), False), (fault.url("/bytes/30000?truncate=1000&norange=1"), False),
+             (fault.url("/bytes/30000?stall=2000&stall_s=2"), True), (fault.url("/bytes/30000?stall=0&stall_s=2"), True)]
+    code = CONCURRENT.replace("DownloadManager.session_idle_ms = 200",
+                              "DownloadManager.session_idle_ms = 200\n    DownloadManager.max_connections = %d"
+                              % max_connections)
+    v = mpy.run(code, JOBS=jobs, OLD=OLD).value
+    assert v["rs"] == [True] * 10 + [False, False, "cancelled", "cancelled"], v
+    assert v["shas"] == [sha256_of(n, s) for n, s in good] + [OLD_SHA] * 4
+    assert v["after"] == v["base"] and v["idle_closed"] and not v["session"] and v["tasks"] == 0, v
+
+
+# --- security -------------------------------------------------------------------------------------------------
+
+TLS = PRE + """
+async def main():
+    res = {}
+    for name, ca in CAS:
+        DownloadManager.ca = ca
+        try:
+            r = await DownloadManager.download_url(URL, raise_errors=True)
+            res[name] = sha256(r)
+        except DownloadManager.DownloadError as e:
+            res[name] = describe(e)[:2]
+        await DownloadManager.close_session()  # the CA applies to the next session
+    result(**res)
+run(main())
+"""
+
+
+def test_tls_verified_when_a_ca_is_configured(mpy, fault_tls, certs):
+    v = mpy.run(TLS, URL=fault_tls.url("/bytes/20000"), CAS=[
+        ("none", None), ("right", certs.ca_der_path), ("right_pem", certs.ca_pem_path),
+        ("wrong", certs.other_ca_der_path)]).value
+    assert v["none"] == sha256_of(20000)  # no CA configured: not verified, as documented for devices
+    assert v["right"] == v["right_pem"] == sha256_of(20000)
+    assert v["wrong"][1] == "network", v  # a server the CA did not sign: refused, never retried into success
+
+
+def test_redact_url_keeps_path_and_query_out_of_the_log(mpy, fault):
+    code = PRE + """
+async def main():
+    r = await DownloadManager.download_url(URL, redact_url=REDACT)
+    result(r=r)
+run(main())
+"""
+    url = fault.url("/status/404?apikey=SECRET123&path=wallet")
+    r = mpy.run(code, URL=url, REDACT=True)
+    assert r.value == {"r": None}
+    assert "127.0.0.1" in r.stderr and "404" in r.stderr, r.stderr
+    assert "SECRET123" not in r.stdout + r.stderr and "/status" not in r.stderr and "wallet" not in r.stderr
+    r = mpy.run(code, URL=url, REDACT=False)  # control: the same failure, logged in full
+    assert "SECRET123" in r.stderr

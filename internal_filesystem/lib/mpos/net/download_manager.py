@@ -571,8 +571,8 @@ class _Job:
         return True
 
     async def _read_body(self, resp, skip, body, strict):
-        # The hot path: one buffer, readinto, hand the bytes on. Nothing here allocates per chunk
-        # except stream mode's bytes for the callback and a short tail slice.
+        # The hot path: one buffer, readinto, hand the bytes on. Nothing here allocates per chunk in file and
+        # memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
         content = resp.content
         f = self.f
         buf = bytearray(self.chunk)
@@ -581,9 +581,16 @@ class _Job:
         chunk_cb = self.chunk_cb
         progress = self.progress_cb is not None or self.speed_cb is not None
         h = self.hash
+        cap = None if self.max_size is None else self.max_size - self.have
+        d = self.done
         left = body  # bytes of this response still to read, skipped ones included (None: until the end)
+        nowait = getattr(content, "readinto_nowait", None)  # our client's; any aiohttp-like one works too
         while True:
-            n = await content.readinto(buf if left is None or left >= size else mv[:left])
+            b = buf if left is None or left >= size else mv[:left]
+            # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
+            n = nowait(b) if nowait is not None else None
+            if n is None:
+                n = await content.readinto(b)
             if not n:
                 if left and strict:  # the server announced more than it sent
                     raise NetworkError("response ended %d bytes early" % left)
@@ -600,40 +607,50 @@ class _Job:
                     continue
                 data = mv[k:n]
                 n -= k
-            # max_size in every mode, also when no Content-Length announced the size (it used to be checked in
-            # memory mode only, so file and stream mode took any chunked body), before a byte goes out.
-            if self.max_size is not None and self.have + self.done + n > self.max_size:
+            # max_size in every mode, also when no Content-Length announced the size, before a byte goes out
+            if cap is not None and d + n > cap:
                 raise DownloadError("body exceeds max_size=%d" % self.max_size)
             if h is not None:
                 h.update(data)
-            d = self.done
-            self.done = d + n  # counted before a callback sees it, so downloads() inside one includes it
+            at = d
+            d += n
+            self.done = d  # counted before a callback sees it, so downloads() inside one includes it
             if f is not None:
                 try:
                     f.write(data)
                 except OSError as e:
                     raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
             elif chunk_cb is not None:
-                await _call(chunk_cb, bytes(data))
+                r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                if r is not None and hasattr(r, "send"):  # an async def callback
+                    await r
             else:
-                # No buffer yet when the length is unknown (chunked or close-delimited body): start one here
-                # (len(None) used to raise TypeError, failing every memory download without Content-Length).
+                # No buffer yet when the length is unknown (chunked or close-delimited body): start one here.
                 have = 0 if self.mem is None else len(self.mem)
-                if have < d + n:
-                    self._mem_room(max(2 * have, d + n, 4096), d)
-                self.mem[d : d + n] = data
+                if have < d:
+                    self._mem_room(max(2 * have, d, 4096), at)
+                self.mem[at:d] = data
             if left is not None and not left:
                 return
-            if progress:
+            if progress and self._due():
                 await self._report()
+
+    def _due(self):
+        # Cheap check per chunk; the coroutine _report() is only created when a callback is really due.
+        if self.progress_cb is not None and self._pct() > self.pct:
+            return True
+        return self.speed_cb is not None and ticks_diff(ticks_ms(), self.speed_t) >= _SPEED_MS
+
+    def _pct(self):
+        total = self.user_total or self.size or _ASSUMED_SIZE
+        if self.user_total is None and self.size is not None and self.lo:
+            total = (self.size if self.hi is None else self.hi + 1) - self.lo
+        # 100 is said once, at the very end; an unknown or wrong size never overshoots
+        return min((self.have + self.done) * 100 // max(total, 1), 99)
 
     async def _report(self):
         if self.progress_cb is not None:
-            total = self.user_total or self.size or _ASSUMED_SIZE
-            if self.user_total is None and self.size is not None and self.lo:
-                total = (self.size if self.hi is None else self.hi + 1) - self.lo
-            # 100 is said once, at the very end; an unknown or wrong size never overshoots
-            pct = min((self.have + self.done) * 100 // max(total, 1), 99)
+            pct = self._pct()
             if pct > self.pct:
                 self.pct = pct
                 await _call(self.progress_cb, pct)
@@ -785,13 +802,15 @@ async def _run(job):
             _leave()
     except DownloadError as e:
         job.state = "failed"
+        if isinstance(e, OutOfMemory):
+            _reclaim(job)
         _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
         if job.raise_errors:
             raise
         return job.fail
     except MemoryError:
         job.state = "failed"
-        job.close()
+        _reclaim(job)
         _log("download of %s failed (memory): out of memory" % job.shown)
         if job.raise_errors:
             raise OutOfMemory("out of memory")
@@ -807,6 +826,17 @@ async def _run(job):
         job.close()  # also on cancellation: the partial file stays for a resume
         _jobs.remove(job)
         _release()
+
+
+def _reclaim(job):
+    # After running out of memory, give the heap back now, from a shallow frame: the collector scans the C stack
+    # conservatively, and a stale word left there by the failed deep call chain could keep the buffer that did
+    # not fit alive through the next download's collections (seen at -X heapsize=96k: the next 2 KB download
+    # failed too).
+    import gc
+
+    job.close()
+    gc.collect()
 
 
 def downloads():

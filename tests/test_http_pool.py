@@ -260,12 +260,7 @@ def test_heap_held_by_a_request(mpy, fault, framing):
     assert v["after"] < 1024, v  # once released, the pooled connection keeps little
 
 
-@pytest.mark.parametrize("framing", [
-    "content-length",
-    pytest.param("chunked", marks=pytest.mark.xfail(strict=True, reason=(
-        "~1 KB of garbage per 4 KB readinto on chunked bodies: coroutine frames of _next_chunk/readline/"
-        "fill/recv plus the size line's bytes/split/strip; measured 1024 B/call (see report)"))),
-])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_readinto_garbage_per_chunk(mpy, fault, framing):
     v = heap(mpy, fault, framing)
     # garbage, not a leak (the collector gets it back), but it sets how often a device collects:

@@ -479,23 +479,75 @@ class StreamReader:
         self._r._done(reusable)
 
     def readinto_nowait(self, buf):
-        """Body bytes that are already waiting, read into buf without waiting: n > 0, or None when the next
-        read has to wait, or meets chunk framing, the end of the body or a content coding (then use
-        `await readinto(buf)`). Allocates nothing: DownloadManager's hot loop calls it before awaiting."""
+        """Body bytes that are already here, read into buf without waiting: n > 0, or None when the next read
+        has to wait, or meets the end of the body, a trailer or a content coding (then `await readinto(buf)`).
+        DownloadManager's hot loop calls it before awaiting. Allocates nothing, except a small view when
+        bytes buffered with a chunk-size line are copied out."""
         c = self._c
-        left = self._left
-        # every 64th read goes the slow way, which lets other tasks run (see _Conn.recv). Not more often: the
+        # Every 64th read goes the slow way, which lets other tasks run (see _Conn.recv). Not more often: the
         # slow way allocates two generators, and in a loop that allocates nothing else each allocation rescans
         # the heap from MicroPython's stale free-memory hint (see readinto); every 16th read cost 40% here.
-        if left > 0 and self._dec is None and c.p == c.e and c.k & _FAIR and c.s is not None:
+        if self._dec is not None or not c.k & _FAIR:
+            return None
+        left = self._left
+        if left <= 0:
+            if not self._chunked or self._eof:
+                return None
+            left = self._size_line()
+            if not left:
+                return None
+        if c.p < c.e:  # bytes that came in with the head or a chunk-size line
+            n = min(len(buf), left, c.e - c.p)
+            buf[:n] = c.mv[c.p : c.p + n]
+            c.p += n
+        else:
+            if c.s is None:
+                return None
             try:
                 n = c.s.readinto(buf if len(buf) <= left else memoryview(buf)[:left])
             except OSError as e:
                 self._cut(e)
-            if n:
-                c.k += 1
-                return self._took(n, left)
-        return None
+            if not n:
+                return None
+        c.k += 1
+        return self._took(n, left)
+
+    def _size_line(self):
+        # The next chunk's size, parsed in place from a "[CRLF]hex[;ext]CRLF" line that is already buffered
+        # (or arrives with one non-blocking read), so chunked bodies allocate nothing per chunk either.
+        # 0 when the line is not all here, is the last chunk, or looks unusual in any way: _next_chunk then
+        # reads it the slow way and does the full checks.
+        c = self._c
+        if c.p == c.e and c.s is not None:
+            c.p = c.e = 0
+            try:
+                c.e = c.s.readinto(c.buf) or 0
+            except OSError:
+                return 0  # the slow path reads again and reports it
+        b, i, e = c.buf, c.p, c.e
+        if self._left == -1:  # the CRLF after the previous chunk's data
+            if e - i < 2 or b[i] != 13 or b[i + 1] != 10:
+                return 0
+            i += 2
+        j = b.find(b"\n", i, e)
+        if j < 0 or j - i > 9:
+            return 0
+        n = 0
+        k = i
+        while k < j:
+            ch = b[k] | 32  # lower case
+            if 48 <= ch <= 57:
+                n = n * 16 + ch - 48
+            elif 97 <= ch <= 102:
+                n = n * 16 + ch - 87
+            else:
+                break
+            k += 1
+        if not n or b[k] not in (13, 59):  # 0 is the last chunk (trailers follow); then CR or ";" extension
+            return 0
+        c.p = j + 1
+        self._left = n
+        return n
 
     def readinto(self, buf):
         """Read up to len(buf) bytes of body into buf; 0 at the end. (awaitable)

@@ -130,6 +130,8 @@ RESPONSES = {
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
     "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
     "/empty": b"",
+    "/fields": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nX-Odd:  spaced value \r\n"
+               b"set-cookie: b=2\r\nETag: \"v1:x\"\r\nContent-Length: 2\r\n\r\nok",
 }
 
 
@@ -251,3 +253,30 @@ async def main():
 run(main())
 """, BAD=raw.url("/long-header"), GOOD=fault.url("/bytes/100000"))
     assert r.results == [{"err": "ClientResponseError"}, {"sha": sha256_of(100000)}]
+
+
+def test_response_headers_read_like_aiohttps(mpy, raw):
+    # any case to look up; repeated fields joined by get() and listed by getall(); names listed in lower case
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            h = resp.headers
+            try:
+                h["X-Missing"]
+                missing = "no KeyError"
+            except KeyError:
+                missing = "KeyError"
+            result(ct=h["CONTENT-TYPE"], odd=h.get("x-odd"), cookie=h.get("Set-Cookie"), all=h.getall("set-cookie"),
+                   etag=h["etag"], has=["etag" in h, "ETAG" in h, "Nope" in h], missing=missing,
+                   default=h.get("nope", "d"), n=len(h), items=h.items(), keys=list(h),
+                   body=await resp.text())
+run(main())
+""", URL=raw.url("/fields"))
+    v = r.value
+    assert v["ct"] == "text/plain" and v["odd"] == "spaced value" and v["etag"] == '"v1:x"'
+    assert v["cookie"] == "a=1, b=2" and v["all"] == ["a=1", "b=2"]
+    assert v["has"] == [True, True, False] and v["missing"] == "KeyError" and v["default"] == "d"
+    assert v["n"] == 6 and v["keys"] == ["content-type", "set-cookie", "x-odd", "set-cookie", "etag", "content-length"]
+    assert v["items"][0] == ["content-type", "text/plain"] and v["body"] == "ok"

@@ -131,6 +131,59 @@ class CIMultiDict:
         return "<CIMultiDict %r>" % dict(self.items())
 
 
+class CIMultiDictProxy:
+    # Response headers, read-only, with case-insensitive lookup: the whole head kept as one string,
+    # "\nname:value\n..." with names in lower case (as HTTP/2 sends them). A dict of fields held 5 KB for a
+    # typical CDN response on the unix port (a key, a name, a value and a tuple per field); this is its size
+    # in text, about 800 bytes. Lookups scan it; a response is asked for a handful of fields.
+    def __init__(self, text):
+        self._t = text
+
+    def getall(self, k):
+        t = self._t
+        key = "\n%s:" % k.lower()
+        out = []
+        i = t.find(key)
+        while i >= 0:
+            j = i + len(key)
+            i = t.find("\n", j)
+            out.append(t[j:i])
+            i = t.find(key, i)
+        return out
+
+    def get(self, k, default=None):
+        # repeated fields come back joined with ", " (their meaning in HTTP, Set-Cookie aside)
+        v = self.getall(k)
+        return default if not v else v[0] if len(v) == 1 else ", ".join(v)
+
+    def __getitem__(self, k):
+        v = self.get(k)
+        if v is None:
+            raise KeyError(k)
+        return v
+
+    def __contains__(self, k):
+        return ("\n%s:" % k.lower()) in self._t
+
+    def items(self):
+        return [tuple(f.split(":", 1)) for f in self._t.strip("\n").split("\n")] if len(self._t) > 2 else []
+
+    def keys(self):
+        return [k for k, v in self.items()]
+
+    def values(self):
+        return [v for k, v in self.items()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return self._t.count("\n") - 1
+
+    def __repr__(self):
+        return "<CIMultiDictProxy %r>" % self.items()
+
+
 def _check_text(what, s):
     if not isinstance(s, str):
         raise TypeError("%s must be str, not %s" % (what, type(s).__name__))
@@ -286,8 +339,7 @@ class _Conn:
     def __init__(self, key):
         self.key = key
         self.s = None
-        self.buf = bytearray(_BUF)
-        self.mv = memoryview(self.buf)
+        self.buf = self.mv = None  # for heads and chunk-size lines; made when needed, see took()
         self.p = 0  # buffered, unread bytes are buf[p:e]
         self.e = 0
         self.tmo = None  # ms allowed for the current wait (connect or read phase)
@@ -298,6 +350,7 @@ class _Conn:
         self.k = 0
         self.idle_since = 0
         self.reused = False
+        self.keep_buf = True  # False while a length-framed body streams
 
     def open(self, ctx):
         scheme, host, port = self.key
@@ -384,8 +437,19 @@ class _Conn:
             else:
                 off += n
 
+    def took(self, n):
+        # n buffered bytes were handed out. Once a length-framed body has nothing buffered left, the buffer is
+        # let go: a download then holds no head buffer while its body streams (the next head makes a new one).
+        self.p += n
+        if self.p == self.e and not self.keep_buf:
+            self.buf = self.mv = None
+            self.p = self.e = 0
+
     def fill(self):
         # async: read more bytes into buf (compacting or growing it); returns how many arrived
+        if self.buf is None:
+            self.buf = bytearray(_BUF)
+            self.mv = memoryview(self.buf)
         buf, p, e = self.buf, self.p, self.e
         if p:
             buf[: e - p] = self.mv[p:e]
@@ -407,7 +471,7 @@ class _Conn:
         while True:
             # Search in place: copying the buffered rest with bytes(mv[...]) to find "\n" cost up to a whole
             # buffer of garbage per line, i.e. twice per chunk of a chunked body.
-            i = self.buf.find(b"\n", self.p + scan, self.e)
+            i = self.buf.find(b"\n", self.p + scan, self.e) if self.buf is not None else -1
             if i >= 0:
                 end = i + 1
                 line = bytes(self.mv[self.p : end])
@@ -499,7 +563,7 @@ class StreamReader:
         if c.p < c.e:  # bytes that came in with the head or a chunk-size line
             n = min(len(buf), left, c.e - c.p)
             buf[:n] = c.mv[c.p : c.p + n]
-            c.p += n
+            c.took(n)
         else:
             if c.s is None:
                 return None
@@ -518,6 +582,8 @@ class StreamReader:
         # 0 when the line is not all here, is the last chunk, or looks unusual in any way: _next_chunk then
         # reads it the slow way and does the full checks.
         c = self._c
+        if c.buf is None:
+            return 0
         if c.p == c.e and c.s is not None:
             c.p = c.e = 0
             try:
@@ -598,7 +664,7 @@ class StreamReader:
             if c.p < c.e:  # bytes that arrived with the head or a chunk-size line
                 n = min(len(buf), left, c.e - c.p)
                 buf[:n] = c.mv[c.p : c.p + n]
-                c.p += n
+                c.took(n)
             else:
                 if c.s is None:
                     raise ServerDisconnectedError("connection closed")
@@ -707,7 +773,7 @@ class ClientResponse:
         self.version = parts[0]
         self.status = int(parts[1])
         self.reason = parts[2] if len(parts) > 2 else ""
-        h = CIMultiDict()
+        h = []
         total = len(line)
         while True:
             line = await c.readline()
@@ -724,8 +790,9 @@ class ClientResponse:
             k, sep, v = _latin1(line).partition(":")
             if not sep:
                 raise ClientResponseError(self.status, "bad header line %r" % line[:80])
-            h.add(k.strip(), v.strip())
-        self.headers = h
+            h.append("%s:%s" % (k.strip().lower(), v.strip()))
+        h.append("")
+        self.headers = h = CIMultiDictProxy("\n" + "\n".join(h))
         conn_hdr = h.get("Connection", "").lower()
         self._keep = self.version == "HTTP/1.1" and "close" not in conn_hdr
         te = h.get("Transfer-Encoding", "").lower()
@@ -742,6 +809,8 @@ class ClientResponse:
                 except ValueError:
                     raise ClientResponseError(self.status, "bad Content-Length %r" % length)
         self.content = StreamReader(self, c, length, chunked)
+        c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
+        c.took(0)
         enc = h.get("Content-Encoding", "").lower()
         if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self.content._eof:
             self.content._dec = _Inflate(self.content, enc != "deflate")
@@ -848,7 +917,10 @@ class _RequestContext:
         return self._coro.close()
 
     async def __aenter__(self):
-        self._resp = await self._coro
+        # Let go of the coroutine once it is done: a finished one still holds its frame and everything its
+        # locals pointed to (the request headers, the redirect list...) for as long as the response lives.
+        coro, self._coro = self._coro, None
+        self._resp = await coro
         return self._resp
 
     async def __aexit__(self, *exc):

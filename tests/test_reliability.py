@@ -32,14 +32,7 @@ def slurp(p):
     except OSError:
         return None
 
-# Record the Range/If-Range of every request the DownloadManager sends.
-SENT = []
-_get = aiohttp.ClientSession.get
-def _rec_get(self, url, **kw):
-    h = {k.lower(): v for k, v in (kw.get('headers') or {}).items()}
-    SENT.append([h.get('range'), h.get('if-range')])
-    return _get(self, url, **kw)
-aiohttp.ClientSession.get = _rec_get
+SENT = record_ranges()  # [Range, If-Range] of every request the DownloadManager sends
 
 def describe(e):
     return [type(e).__name__, getattr(e, 'reason', None), getattr(e, 'status', None), str(e)]

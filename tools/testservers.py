@@ -204,10 +204,14 @@ class FaultServer(_LoopThread):
         super().__init__(certs)
         self.connections = self.requests = 0
         self._keys = {}  # fault key -> number of requests seen with it
+        self.served = 0  # body bytes /bytes and /json responses set out to send (after Range and cut faults)
+        self.force = {}  # query options forced on /bytes and /json: the resource changes, its URL does not
 
     def reset(self):
         self.connections = self.requests = 0
         self._keys.clear()
+        self.served = 0
+        self.force = {}
 
     # -- lifecycle (on the loop)
 
@@ -339,7 +343,8 @@ class FaultServer(_LoopThread):
         if key is None:
             return True
         self._keys[key] = self._keys.get(key, 0) + 1
-        return self._keys[key] <= req.q("times", 1, int)
+        k = self._keys[key] - req.q("skip", 0, int)  # skip=K: the key's first K requests are served normally
+        return 0 < k <= req.q("times", 1, int)
 
     # -- routing
 
@@ -378,6 +383,8 @@ class FaultServer(_LoopThread):
 
     async def _entity(self, req, writer, keep, kind, n):
         """/bytes/N and /json/N, with all fault options."""
+        if self.force:
+            req.query = dict(req.query, **self.force)
         q = req.q
         if "delay" in req.query:  # before anything, so even fail= answers are late
             await asyncio.sleep(q("delay", conv=float))
@@ -418,6 +425,8 @@ class FaultServer(_LoopThread):
                         ("Content-Range", "bytes */%d" % len(body))], keep=keep)
                 if span:
                     a, b = span
+                    if "rangemax" in req.query:  # rangemax=K: 206 parts of at most K bytes (a server may send less)
+                        b = min(b, a + q("rangemax", conv=int) - 1)
                     headers.append(("Content-Range", "bytes %d-%d/%d" % (a, b, len(body))))
                     body, status = body[a:b + 1], 206
 
@@ -446,6 +455,7 @@ class FaultServer(_LoopThread):
         self._head(writer, req, status, headers, keep)
         if req.method == "HEAD":
             return
+        self.served += len(body[:limit])
         await self._send_body(writer, body[:limit], sizes, chunked, q("ext") == "1", rate)
         await writer.drain()
 

@@ -110,3 +110,19 @@ async def error_of(coro):
     except Exception as e:
         return type(e).__name__, str(e)
     return None, None
+
+
+def record_ranges():
+    # Patch the client so every GET's Range and If-Range headers are noted: -> the list they go into.
+    import aiohttp
+
+    sent = []
+    get = aiohttp.ClientSession.get
+
+    def rec(self, url, **kw):
+        h = {k.lower(): v for k, v in (kw.get("headers") or {}).items()}
+        sent.append([h.get("range"), h.get("if-range")])
+        return get(self, url, **kw)
+
+    aiohttp.ClientSession.get = rec
+    return sent

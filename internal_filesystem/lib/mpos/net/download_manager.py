@@ -250,6 +250,8 @@ def get_resume_position(outfile):
     """Bytes of partial data a Range request could continue from: OUTFILE.part if a failed download left
     one, else OUTFILE itself (a file written by an older version or by the app); 0 if neither exists."""
     n = _size(outfile + ".part")
+    if n > 0 and _size(outfile + ".part.state") >= 0:
+        return 0  # a segmented partial (segments=) has holes: only segments= resumes it, by its state file
     if n < 0:
         n = _size(outfile)
     return max(n, 0)
@@ -397,7 +399,7 @@ class _Job:
             # A resume ("Range: bytes=N-", N = get_resume_position()): continue the partial data if it is
             # exactly N bytes long, whether it sits in OUTFILE.part or in OUTFILE itself.
             n = _size(part)
-            if n == self.lo:
+            if n == self.lo and _size(part + ".state") < 0:  # a segmented partial has holes: never appended to
                 mode = "ab"
             elif n < 0 and _size(self.outfile) == self.lo:
                 self._copy(self.outfile, part)
@@ -753,6 +755,12 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
     sha = opts.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise ValueError("sha256 must be 64 hex characters")
+    seg = opts.get("segments")
+    if seg is not None:
+        if not isinstance(seg, int) or isinstance(seg, bool) or seg < 1:
+            raise ValueError("segments must be an int >= 1, got %r" % (seg,))
+        if outfile is None:
+            raise ValueError("segments= needs file mode (outfile=)")
     try:
         import aiohttp
     except ImportError:
@@ -780,11 +788,14 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
 
     Keywords beyond the documented ones (all optional): chunk_size=1024, sha256="hex", max_size=int,
     deadline=seconds, timeout=seconds (per read, default 10), tries=3, raise_errors=False, redact_url=False,
-    speed_callback=f, priority=0.
+    speed_callback=f, priority=0, segments=1 (file mode: up to N ranged connections, see segments.py).
     """
     opts["progress_callback"] = progress_callback
     _check(url, outfile, total_size, progress_callback, chunk_callback, headers, opts)
-    job = _Job(url, outfile, chunk_callback, total_size, headers, opts)
+    cls = _Job
+    if (opts.get("segments") or 1) > 1:
+        from .segments import Segmented as cls  # only then: on the device every module costs heap
+    job = cls(url, outfile, chunk_callback, total_size, headers, opts)
     return _sync_or_async(_run(job))
 
 

@@ -1,0 +1,681 @@
+"""Segmented downloads (download_url(..., outfile=..., segments=N)), run on MicroPython against the fault server:
+exact files for any N and size, every fallback to one plain stream, resume after cancellation and after the
+process is killed (proven with the server's byte accounting), failing and recovering segments, callbacks, the
+connection cap, programmer errors, no leaks, and segments=1 being the plain download.
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tools.mpy import LIB, micropypath, micropython
+from tools.testservers import payload, sha256_of
+
+PRE = """
+import asyncio, os, sys, time, json
+import aiohttp
+from mpos import DownloadManager, TaskManager
+
+SENT = record_ranges()  # [Range, If-Range] of every request the DownloadManager sends
+
+def size(p):
+    try:
+        return os.stat(p)[6]
+    except OSError:
+        return -1
+
+def state(out):
+    try:
+        with open(out + '.part.state') as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+# Every segmented download made, to check that none has a segment task still running once the call returned.
+MASTERS = []
+def _keep(cls):
+    init = cls.__init__
+    def wrapped(self, *a):
+        init(self, *a)
+        MASTERS.append(self)
+    cls.__init__ = wrapped
+def running_segments():
+    return sum(getattr(m, 'live', 0) for m in MASTERS)
+import mpos.net.download_manager as _dm
+_orig_check = _dm._check
+def _check_and_keep(*a):
+    _orig_check(*a)
+    if (a[-1].get('segments') or 1) > 1 and not MASTERS:
+        from mpos.net import segments
+        _keep(segments.Segmented)
+_dm._check = _check_and_keep
+
+def leaks(base):
+    # what a download may leave behind: fds, tasks, slots, queue entries, listed downloads, the session
+    return {'fds': fd_count() - base, 'tasks': len(TaskManager.task_list), 'active': DownloadManager._active,
+            'queue': len(DownloadManager._queue), 'listed': len(DownloadManager.downloads()),
+            'session': DownloadManager.is_session_active(), 'segments': running_segments()}
+"""
+
+NO_LEAKS = {"fds": 0, "tasks": 0, "active": 0, "queue": 0, "listed": 0, "session": False, "segments": 0}
+
+# One segmented download of URL into OUT with KW; reports the outcome, the files and the requests.
+ONE = PRE + """
+async def main():
+    DownloadManager.max_connections = MAXC
+    if MIN is not None:
+        from mpos.net import segments
+        segments.min_segment = MIN
+    base = fd_count()
+    err = None
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, **KW)
+    except Exception as e:
+        r, err = 'raised', [type(e).__name__, getattr(e, 'status', None), str(e)]
+    await DownloadManager.close_session()
+    result(r=r, err=err, sha=sha256_file(OUT), part=exists(OUT + '.part'), state=state(OUT),
+           sent=SENT, leaks=leaks(base))
+run(main())
+"""
+
+
+def one(mpy, url, out="out.bin", maxc=8, min_segment=None, **kw):
+    return mpy.run(ONE, URL=url, OUT=out, MAXC=maxc, MIN=min_segment, KW=kw).value
+
+
+def done_cleanly(v, n, seed=0, text=False):
+    assert v["err"] is None and v["r"] is True, v
+    assert v["sha"] == sha256_of(n, seed, text), v
+    assert not v["part"] and v["state"] is None, v  # .part renamed, state file gone
+    assert v["leaks"] == NO_LEAKS, v
+
+
+def ranges(sent):
+    """The byte ranges the segments asked for (after the bytes=0-0 probe), sorted."""
+    assert sent[0][0] == "bytes=0-0", sent
+    out = []
+    for rng, _ in sent[1:]:
+        a, _, b = rng[6:].partition("-")
+        out.append((int(a), int(b)))
+    return sorted(out)
+
+
+def missing(st):
+    return sum(b - a + 1 for a, b in st["todo"])
+
+
+# --- exact files ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize("size", [1 << 20, 1000003])
+def test_n_segments_give_the_exact_file(mpy, fault, n, size):
+    v = one(mpy, fault.url("/bytes/%d" % size), segments=n)
+    done_cleanly(v, size)
+    # the probe, then n ranges that tile the file exactly once, evenly, each with If-Range from the first request
+    rs = ranges(v["sent"])
+    assert len(rs) == n, rs
+    assert rs[0][0] == 0 and rs[-1][1] == size - 1 and all(b + 1 == c for (_, b), (c, _) in zip(rs, rs[1:])), rs
+    assert max(b - a for a, b in rs) - min(b - a for a, b in rs) <= 1, rs
+    assert all(ir == '"%d-0"' % size for _, ir in v["sent"][1:]), v["sent"]
+    assert fault.requests == n + 1 and fault.served == size + 1  # every byte once, plus the probe's
+    assert fault.connections <= n  # the probe's connection serves a segment
+
+
+@pytest.mark.parametrize("size,n", [(3, 8), (8, 8), (9, 8), (1, 2)])
+def test_files_smaller_than_n_bytes(mpy, fault, size, n):
+    # min_segment=1 lets even 1-byte pieces be segments: at most one segment per byte
+    v = one(mpy, fault.url("/bytes/%d" % size), min_segment=1, segments=n)
+    done_cleanly(v, size)
+    if size > 1:
+        assert len(ranges(v["sent"])) == min(size, n) and fault.served == size + 1, v
+    else:  # a single piece is not split: one plain stream after the probe
+        assert v["sent"] == [["bytes=0-0", None], [None, None]], v
+
+
+def test_small_file_is_one_plain_stream_by_default(mpy, fault):
+    # below 2 x min_segment (16 KB) a second connection is not worth its request (or TLS handshake)
+    v = one(mpy, fault.url("/bytes/20000"), segments=4)
+    done_cleanly(v, 20000)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v
+
+
+# --- fallbacks --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query,size,text", [
+    ("norange=1", 300000, False),  # 200 to the ranged probe
+    ("chunked=1&norange=1", 300000, False),  # no size at all
+    ("gzip=1&text=1", 300000, True),  # ranges of gzip bytes are no part of the file
+])
+def test_odd_servers_fall_back_to_one_plain_stream(mpy, fault, query, size, text):
+    v = one(mpy, fault.url("/bytes/%d?%s" % (size, query)), segments=4)
+    done_cleanly(v, size, text=text)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v  # the probe, then one plain GET
+    assert fault.requests == 2
+
+
+def test_empty_resource_falls_back(mpy, fault):
+    # bytes=0-0 of 0 bytes is a 416: no size to split; the plain stream makes the empty file
+    v = one(mpy, fault.url("/bytes/0"), segments=4)
+    done_cleanly(v, 0)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v
+
+
+def test_chunked_206_parts_still_segment(mpy, fault):
+    # chunked framing but Range honoured: the probe's Content-Range gives the size, so segments work
+    v = one(mpy, fault.url("/bytes/300000?chunked=1&chunks=777,4096"), segments=3)
+    done_cleanly(v, 300000)
+    assert len(ranges(v["sent"])) == 3 and fault.served == 300001
+
+
+def test_callers_range_is_the_plain_engines_job(mpy, fault):
+    v = one(mpy, fault.url("/bytes/300000"), segments=4, headers={"Range": "bytes=1000-"})
+    assert v["r"] is True and v["sent"] == [["bytes=1000-", None]], v
+    assert v["sha"] == hashlib.sha256(payload(300000)[1000:]).hexdigest()
+
+
+@pytest.mark.parametrize("if_range", ["honoured", "ignored"])
+def test_resource_changing_under_the_segments_restarts_plain(mpy, fault, if_range):
+    # The probe and the first segment see seed 0; the other segments (and the plain GET after) get another
+    # resource (seed 5, another ETag) at the same size. If-Range makes the server answer them 200; a server
+    # ignoring If-Range (here: the header stripped) answers 206 with the new bytes, caught by their ETag. Either
+    # way the segments give up for one plain stream; a mix of both versions would match neither hash.
+    v = mpy.run(PRE + """
+_get2 = aiohttp.ClientSession.get
+def switch(self, url, **kw):
+    h = dict(kw.get('headers') or {})
+    if not (h.get('Range') or '').startswith('bytes=0-'):
+        url = URL2
+        if STRIP:
+            h.pop('If-Range', None)
+            kw['headers'] = h
+    return _get2(self, url, **kw)
+aiohttp.ClientSession.get = switch
+async def main():
+    DownloadManager.max_connections = 4
+    r = await DownloadManager.download_url(URL, outfile=OUT, segments=4)
+    result(r=r, sha=sha256_file(OUT), sent=SENT, state=state(OUT), part=exists(OUT + '.part'))
+run(main())
+""", URL=fault.url("/bytes/400000"), URL2=fault.url("/bytes/400000?seed=5"), OUT="out.bin",
+        STRIP=if_range == "ignored").value
+    assert v["r"] is True and v["sha"] == sha256_of(400000, seed=5), v
+    assert v["sent"][-1] == [None, None] and len(v["sent"]) >= 3, v  # segments tried, then one plain GET
+    assert v["state"] is None and not v["part"]
+
+
+# --- state files ------------------------------------------------------------------------------------------------
+
+
+def url_key(url):
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+STATEFUL = PRE + """
+async def main():
+    DownloadManager.max_connections = 4
+    with open(OUT + '.part', 'wb') as f:
+        f.write(PART)
+    with open(OUT + '.part.state', 'w') as f:
+        f.write(STATE)
+    r = await DownloadManager.download_url(URL, outfile=OUT, segments=4)
+    result(r=r, sha=sha256_file(OUT), sent=SENT, state=state(OUT), part=exists(OUT + '.part'))
+run(main())
+"""
+
+
+def test_valid_state_fetches_only_what_is_missing(mpy, fault):
+    n = 300000
+    url = fault.url("/bytes/%d" % n)
+    good = payload(n)
+    todo = [[1000, 99999], [200000, 299999]]
+    part = bytearray(good)
+    for a, b in todo:
+        part[a:b + 1] = b"\0" * (b - a + 1)
+    st = json.dumps({"url": url_key(url), "size": n, "v": '"%d-0"' % n, "todo": todo})
+    v = mpy.run(STATEFUL, URL=url, OUT="out.bin", PART=bytes(part[:250000]), STATE=st).value
+    assert v["r"] is True and v["sha"] == sha256_of(n), v
+    assert fault.served == missing({"todo": todo}) + 1, v  # the missing bytes and the probe's
+    assert v["state"] is None and not v["part"]
+
+
+BAD_STATES = {
+    "corrupt": lambda url, n: '{"url": "%s", "size": %d, "todo": [[1' % (url_key(url), n),
+    "other-url": lambda url, n: json.dumps({"url": url_key(url + "x"), "size": n, "v": '"%d-0"' % n,
+                                            "todo": [[0, 99]]}),
+    "other-size": lambda url, n: json.dumps({"url": url_key(url), "size": n + 1, "v": '"%d-0"' % n,
+                                             "todo": [[0, 99]]}),
+    "other-etag": lambda url, n: json.dumps({"url": url_key(url), "size": n, "v": '"old"', "todo": [[0, 99]]}),
+    "overlapping": lambda url, n: json.dumps({"url": url_key(url), "size": n, "v": '"%d-0"' % n,
+                                              "todo": [[0, 99], [50, 150]]}),
+    "beyond-part": lambda url, n: json.dumps({"url": url_key(url), "size": n, "v": '"%d-0"' % n,
+                                              "todo": [[0, 99]]}),  # claims bytes past the short .part
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_STATES))
+def test_state_that_does_not_match_is_never_trusted(mpy, fault, kind):
+    # The .part holds junk where the record claims the bytes are done: trusting it would give a wrong file.
+    n = 300000
+    url = fault.url("/bytes/%d" % n)
+    junk = b"\xAA" * (n if kind != "beyond-part" else n // 2)
+    v = mpy.run(STATEFUL, URL=url, OUT="out.bin", PART=junk, STATE=BAD_STATES[kind](url, n)).value
+    assert v["r"] is True and v["sha"] == sha256_of(n), v
+    assert fault.served == n + 1, v  # everything fetched afresh
+    assert v["state"] is None and not v["part"]
+
+
+def test_changed_etag_between_runs_restarts_cleanly(mpy, fault):
+    # Run 1 is cancelled half-way (its .part and state stay); then the resource behind the same URL changes
+    # (seed 7: other bytes, another ETag). Run 2 must not reuse a byte of the old partial.
+    n = 800000
+    code = PRE + """
+async def main():
+    DownloadManager.max_connections = 4
+    from mpos.net import segments
+    segments.save_ms = 50
+    try:
+        r = await TaskManager.wait_for(DownloadManager.download_url(URL, outfile=OUT, segments=4), CANCEL)
+    except asyncio.TimeoutError:
+        r = 'cancelled'
+    await DownloadManager.close_session()
+    result(r=r, sha=sha256_file(OUT), state=state(OUT), part=size(OUT + '.part'))
+run(main())
+"""
+    v1 = mpy.run(code, URL=fault.url("/bytes/%d?rate=200000" % n), OUT="out.bin", CANCEL=0.5).value
+    assert v1["r"] == "cancelled" and v1["state"] and 0 < missing(v1["state"]) < n, v1
+    fault.reset()
+    fault.force = {"seed": "7"}
+    v2 = mpy.run(code, URL=fault.url("/bytes/%d?rate=200000" % n), OUT="out.bin", CANCEL=30).value
+    assert v2["r"] is True and v2["sha"] == sha256_of(n, seed=7), v2
+    assert fault.served == n + 1, fault.served  # nothing of the old partial was kept
+    assert v2["state"] is None and v2["part"] == -1
+
+
+# --- resume -----------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_cancellation_in_two_calls(mpy, fault):
+    # Cancelled after 0.6 s at 200 kB/s per connection (4 connections): outfile keeps its old content, the .part
+    # and its state stay, nothing leaks. The second call asks the server for exactly the missing bytes.
+    n = 600000
+    v1 = mpy.run(PRE + """
+OLD = b'the previous outfile'
+async def main():
+    DownloadManager.max_connections = 4
+    with open(OUT, 'wb') as f:
+        f.write(OLD)
+    base = fd_count()
+    t0 = time.ticks_ms()
+    try:
+        await TaskManager.wait_for(DownloadManager.download_url(URL, outfile=OUT, segments=4), 0.6)
+        r = 'finished'
+    except asyncio.TimeoutError:
+        r = 'cancelled'
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    inflight = {'listed': DownloadManager.downloads(), 'active': DownloadManager._active,
+                'queue': len(DownloadManager._queue), 'segments': running_segments(), 'masters': len(MASTERS)}
+    with open(OUT, 'rb') as f:
+        old_kept = f.read() == OLD
+    pos = DownloadManager.get_resume_position(OUT)
+    await DownloadManager.close_session()
+    result(r=r, ms=ms, st=state(OUT), old_kept=old_kept, pos=pos, inflight=inflight, leaks=leaks(base),
+           part=size(OUT + '.part'))
+run(main())
+""", URL=fault.url("/bytes/%d?rate=200000" % n), OUT="out.bin").value
+    assert v1["r"] == "cancelled" and v1["ms"] < 900, v1
+    assert v1["old_kept"] and v1["part"] > 0, v1
+    # right when the call returned (the TaskManager's idle-session timer is checked after close_session below)
+    assert v1["inflight"] == {"listed": [], "active": 0, "queue": 0, "segments": 0, "masters": 1}, v1
+    assert v1["leaks"] == NO_LEAKS, v1
+    assert v1["pos"] == 0, v1  # the spec's resume recipe must not append to a partial with holes
+    st = v1["st"]
+    assert st and st["size"] == n and st["v"] == '"%d-0"' % n, st
+    left = missing(st)
+    assert 0 < left < n - 4 * 50000, st  # each connection got well over 50 KB in 0.6 s
+    fault.reset()
+    v2 = one(mpy, fault.url("/bytes/%d?rate=200000" % n), maxc=4, segments=4)
+    done_cleanly(v2, n)
+    assert fault.served == left + 1, (fault.served, left)  # exactly what was missing, plus the probe's byte
+    for rng, if_range in v2["sent"][1:]:  # every range request is one the record listed (or a piece of one)
+        a, _, b = rng[6:].partition("-")
+        assert any(x <= int(a) <= int(b) <= y for x, y in st["todo"]), (rng, st)
+        assert if_range == '"%d-0"' % n
+
+
+KILLME = """
+from mpos import DownloadManager
+from mpos.net import segments
+segments.save_ms = 50
+DownloadManager.max_connections = 4
+DownloadManager.download_url(URL, outfile=OUT, segments=4)
+"""
+
+
+def test_resume_after_the_process_is_killed(mpy, fault, tmp_path):
+    # A MicroPython process is killed (SIGKILL: no cleanup at all, as in a reboot) once its state file shows
+    # progress; a second process finishes the file and asks the server for exactly what the record says is missing.
+    n = 1000000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    out = str(tmp_path / "killed.bin")
+    script = tmp_path / "killme.py"
+    script.write_text("URL = %r\nOUT = %r\n" % (url, out) + KILLME)
+    env = dict(os.environ, MICROPYPATH=micropypath(LIB))
+    proc = subprocess.Popen([micropython(), str(script)], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 20:
+            try:
+                with open(out + ".part.state") as f:
+                    if missing(json.load(f)) < n * 0.7:
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with open(out + ".part.state") as f:
+        st = json.load(f)  # the record as the killed process left it
+    left = missing(st)
+    assert 0 < left < n * 0.7, st
+    assert not os.path.exists(out)
+    fault.reset()
+    v = one(mpy, url, out=out, maxc=4, segments=4)
+    done_cleanly(v, n)
+    assert fault.served == left + 1, (fault.served, left)
+    assert fault.served < n
+
+
+# --- failing and recovering segments ----------------------------------------------------------------------------
+
+
+def test_dropped_segment_connections_resume_inside_their_range(mpy, fault):
+    # skip=1: the probe is served normally; the two segments' first requests are reset after 30000 bytes each
+    n = 400000
+    v = one(mpy, fault.url("/bytes/%d?key=d&skip=1&times=2&drop=30000" % n), segments=2)
+    done_cleanly(v, n)
+    assert fault.requests == 5, v["sent"]  # probe, 2 segments, 2 resumes
+    firsts = [(0, n // 2 - 1), (n // 2, n - 1)]
+    resumed = ranges(v["sent"])
+    assert [r for r in resumed if r in firsts] == firsts, resumed
+    # the two faulty requests may hit either segment (or one twice): each resume continues inside its segment,
+    # 30000 bytes (less what the reset swallowed) after where that segment's previous request started, to its end
+    starts = {y: x for x, y in firsts}
+    for a, b in sorted(r for r in resumed if r not in firsts):
+        assert b in starts and starts[b] < a <= starts[b] + 30000, resumed
+        starts[b] = a
+    assert all(ir == '"%d-0"' % n for _, ir in v["sent"][1:]), v["sent"]
+
+
+FAIL_THEN_RESUME = PRE + """
+OLD = b'the previous outfile'
+async def main():
+    DownloadManager.max_connections = 4
+    if FIRST:
+        with open(OUT, 'wb') as f:
+            f.write(OLD)
+    base = fd_count()
+    t0 = time.ticks_ms()
+    err = None
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, **KW)
+    except Exception as e:
+        r, err = 'raised', [type(e).__name__, getattr(e, 'reason', None), getattr(e, 'status', None)]
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    with open(OUT, 'rb') as f:
+        content = f.read()
+    await DownloadManager.close_session()
+    result(r=r, err=err, ms=ms, old_kept=content == OLD, sha=sha256_file(OUT), st=state(OUT),
+           part=size(OUT + '.part'), leaks=leaks(base))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("raise_errors", [False, True])
+def test_segment_failing_for_good_fails_the_download_then_resumes(mpy, fault, raise_errors):
+    # skip=2: the probe and one segment are served; the other segment gets 503 three times (the engine's budget,
+    # with backoff) while the healthy one is still streaming at 50 kB/s. The download fails, outfile keeps its old
+    # content, .part + state keep what arrived; the next call (the key's faults are used up) fetches the rest.
+    n = 400000
+    url = fault.url("/bytes/%d?rate=50000&key=f&skip=2&times=3&fail=503" % n)
+    kw = {"raise_errors": True} if raise_errors else {}
+    v = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=True, KW=kw).value
+    if raise_errors:
+        assert v["r"] == "raised" and v["err"] == ["HTTPError", "http", 503], v
+    else:
+        assert v["r"] is False and v["err"] is None, v
+    assert v["old_kept"] and v["part"] > 0 and v["ms"] < 3000, v
+    assert v["leaks"] == NO_LEAKS, v
+    assert fault.requests == 5, fault.requests  # probe, 2 segments, 2 retries of the failing one
+    left = missing(v["st"])
+    assert left < n, v["st"]  # the healthy segment's progress was recorded when the download stopped
+    fault.reset()
+    fault._keys["f"] = 5  # as if the same server went on: the faults are used up
+    v2 = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=False, KW={}).value
+    assert v2["r"] is True and v2["sha"] == sha256_of(n) and v2["st"] is None and v2["part"] == -1, v2
+    assert fault.served == left + 1, (fault.served, left)
+
+
+def test_short_206_parts_are_continued(mpy, fault):
+    # rangemax: every 206 carries at most 30000 bytes, less than a segment asked for; the rest is asked for next
+    n = 100000
+    v = one(mpy, fault.url("/bytes/%d?rangemax=30000" % n), segments=2)
+    done_cleanly(v, n)
+    assert ranges(v["sent"]) == [(0, 49999), (30000, 49999), (50000, 99999), (80000, 99999)], v["sent"]
+    assert fault.served == n + 1
+
+
+def test_permanent_error_on_a_segment(mpy, fault):
+    # a 404 to a segment (the probe was fine) is not retried: the download fails at once, nothing leaks
+    v = one(mpy, fault.url("/bytes/400000?rate=100000&key=g&skip=1&times=1&fail=404"), segments=4)
+    assert v["r"] is False and v["leaks"] == NO_LEAKS, v
+    assert v["sha"] is None  # no outfile
+
+
+def test_sha256_verified_over_the_assembled_file(mpy, fault):
+    n = 300000
+    good = one(mpy, fault.url("/bytes/%d" % n), segments=3, sha256=sha256_of(n))
+    done_cleanly(good, n)
+    bad = one(mpy, fault.url("/bytes/%d?seed=1" % n), segments=3, sha256="0" * 64)
+    assert bad["r"] is False and bad["sha"] == sha256_of(n), bad  # the previous outfile, untouched
+    assert not bad["part"] and bad["state"] is None, bad  # wrong bytes are no base for a resume
+
+
+# --- callbacks, options, the cap --------------------------------------------------------------------------------
+
+
+def test_progress_and_speed_aggregate_all_segments(mpy, fault):
+    n = 2 * 1024 * 1024
+    v = mpy.run(PRE + """
+P = []
+S = []
+SEEN = []
+async def progress(p):  # async, as documented: awaited by the segment that reported
+    P.append(p)
+    if p == 50:
+        SEEN.append(DownloadManager.downloads())
+def speed(bps):
+    S.append(bps)
+async def main():
+    DownloadManager.max_connections = 4
+    t0 = time.ticks_ms()
+    r = await DownloadManager.download_url(URL, outfile=OUT, segments=4, progress_callback=progress,
+                                           speed_callback=speed)
+    result(r=r, ms=time.ticks_diff(time.ticks_ms(), t0), sha=sha256_file(OUT), p=P, s=S, seen=SEEN)
+run(main())
+""", URL=fault.url("/bytes/%d?rate=400000" % n), OUT="out.bin").value
+    assert v["r"] is True and v["sha"] == sha256_of(n), v
+    p = v["p"]
+    assert p == sorted(set(p)) and p.count(100) == 1 and p[-1] == 100, p  # strictly increasing, one 100
+    assert len(p) >= 90 and p[0] <= 2, p  # every percent or nearly, from the start
+    assert 1 <= len(v["s"]) <= v["ms"] // 950, v
+    assert all(1_000_000 <= s <= 2_400_000 for s in v["s"]), v  # 4 x 400 kB/s, not one connection's rate
+    assert v["ms"] < 2500, v  # 5.2 s on one connection
+    (d,), = v["seen"]
+    assert d["state"] == "downloading" and d["total"] == n and n // 2 <= d["done"] < n, d
+
+
+def test_connection_cap_limits_the_segments(mpy, fault):
+    # max_connections=3 (the default) with segments=8: 3 connections, the file split in 3
+    v = one(mpy, fault.url("/bytes/600000"), maxc=3, segments=8)
+    done_cleanly(v, 600000)
+    assert len(ranges(v["sent"])) == 3 and fault.connections <= 3, v
+    # all slots busy but ours: one plain stream
+    v = one(mpy, fault.url("/bytes/600000"), maxc=1, segments=8)
+    done_cleanly(v, 600000)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v
+
+
+def test_cap_and_priority_with_other_downloads(mpy, fault):
+    # max 4: a plain download B holds one slot; the segmented one S takes the 3 free ones. While S runs, L (p0)
+    # and H (p5) queue; the slots S's segments give back go to H first. The cap holds throughout.
+    v = mpy.run(PRE + """
+QUEUES = []
+MAX = [0]
+STOP = [False]
+async def sampler():
+    while not STOP[0]:
+        MAX[0] = max(MAX[0], DownloadManager._active)
+        q = [e[0] for e in DownloadManager._queue]
+        if not QUEUES or QUEUES[-1] != q:
+            QUEUES.append(q)
+        await asyncio.sleep_ms(1)
+async def main():
+    DownloadManager.max_connections = 4
+    s = asyncio.create_task(sampler())
+    b = asyncio.create_task(DownloadManager.download_url(URLB, outfile='b.bin'))
+    await asyncio.sleep_ms(50)
+    seg = asyncio.create_task(DownloadManager.download_url(URLS, outfile='s.bin', segments=8))
+    await asyncio.sleep_ms(100)
+    low = asyncio.create_task(DownloadManager.download_url(URLL, outfile='l.bin'))
+    high = asyncio.create_task(DownloadManager.download_url(URLH, outfile='h.bin', priority=5))
+    await asyncio.sleep_ms(20)
+    queued = len(DownloadManager._queue)
+    rs = []
+    for t in (b, seg, low, high):
+        rs.append(await t)
+    STOP[0] = True
+    await s
+    result(rs=rs, queued=queued, max=MAX[0], queues=QUEUES, active=DownloadManager._active,
+           shas=[sha256_file(f) for f in ('b.bin', 's.bin', 'l.bin', 'h.bin')], sent=SENT)
+run(main())
+""", URLB=fault.url("/bytes/400000?rate=200000&seed=1"), URLS=fault.url("/bytes/300000?rate=200000&seed=2"),
+        URLL=fault.url("/bytes/50000?seed=3"), URLH=fault.url("/bytes/50000?seed=4")).value
+    assert v["rs"] == [True] * 4, v
+    assert v["shas"] == [sha256_of(400000, 1), sha256_of(300000, 2), sha256_of(50000, 3), sha256_of(50000, 4)]
+    assert v["queued"] == 2 and v["max"] == 4 and v["active"] == 0, v
+    assert [-5, 0] in v["queues"] and [-5] not in v["queues"], v  # H never waited alone: it went first
+    segs = [r for r, _ in v["sent"] if r and r != "bytes=0-0"]
+    assert len(segs) == 3, v  # S split over the 3 free connections
+
+
+def test_deadline_and_redact_url(mpy, fault):
+    v = mpy.run(PRE + """
+async def main():
+    DownloadManager.max_connections = 4
+    t0 = time.ticks_ms()
+    try:
+        await DownloadManager.download_url(URL, outfile=OUT, segments=4, deadline=0.5, raise_errors=True,
+                                           redact_url=True)
+        r = None
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    result(r=r, ms=time.ticks_diff(time.ticks_ms(), t0), st=state(OUT), part=size(OUT + '.part'))
+run(main())
+""", URL=fault.url("/bytes/1000000?rate=100000&secret=k3y"), OUT="out.bin")
+    val = v.value
+    assert val["r"] == ["DownloadTimeout", "timeout"] and 450 <= val["ms"] < 1200, val
+    assert val["st"] and val["part"] > 0, val  # kept for a resume
+    assert v.stderr.count("failed") == 1 and "k3y" not in v.stderr and "/bytes" not in v.stderr, v.stderr
+
+
+def test_synchronous_call(mpy, fault):
+    v = mpy.run("""
+from mpos import DownloadManager
+DownloadManager.max_connections = 4
+ok = DownloadManager.download_url(URL, outfile=OUT, segments=4)
+result(ok=ok, sha=sha256_file(OUT), session=DownloadManager.is_session_active())
+""", URL=fault.url("/bytes/500000"), OUT="out.bin").value
+    assert v == {"ok": True, "sha": sha256_of(500000), "session": False}
+    assert fault.requests == 5
+
+
+# --- programmer errors, segments=1, the hot path ----------------------------------------------------------------
+
+
+def test_bad_segments_raise_before_any_traffic(mpy, fault):
+    v = mpy.run(PRE + """
+CASES = [dict(segments=0), dict(segments=-2), dict(segments=1.5), dict(segments='2'), dict(segments=True),
+         dict(segments=[2]), dict(segments=2, outfile=None), dict(segments=1, outfile=None),
+         dict(segments=2, outfile=None, chunk_callback=print)]
+async def main():
+    res = []
+    for kw in CASES:
+        kw.setdefault('outfile', 'x.bin')
+        try:
+            r = await DownloadManager.download_url(URL, **kw)
+            res.append(['returned', repr(r)])
+        except ValueError as e:
+            res.append(['ValueError', str(e)])
+    result(res=res, imported='mpos.net.segments' in sys.modules, x=exists('x.bin') or exists('x.bin.part'))
+run(main())
+""", URL=fault.url("/bytes/100")).value
+    assert all(r[0] == "ValueError" and "segments" in r[1] for r in v["res"]), v
+    assert not v["imported"] and not v["x"], v
+    assert fault.connections == 0
+
+
+def test_segments_1_is_the_plain_download(mpy, fault):
+    # the same requests, the same progress, the same file, and the segments module never loaded
+    v = mpy.run(PRE + """
+async def main():
+    out = {}
+    for name, kw in (('default', {}), ('one', {'segments': 1}), ('none', {'segments': None})):
+        SENT.clear()
+        P = []
+        r = await DownloadManager.download_url(URL, outfile=name + '.bin', progress_callback=P.append, **kw)
+        out[name] = [r, sha256_file(name + '.bin'), list(SENT), P, exists(name + '.bin.part.state')]
+    result(out=out, imported='mpos.net.segments' in sys.modules)
+run(main())
+""", URL=fault.url("/bytes/300000")).value
+    d = v["out"]["default"]
+    assert d[0] is True and d[1] == sha256_of(300000) and d[2] == [[None, None]] and d[3][-1] == 100, d
+    assert v["out"]["one"] == d and v["out"]["none"] == d, v
+    assert not v["imported"]
+    assert fault.requests == 3
+
+
+def test_segmented_chunk_path_allocates_nothing_per_chunk(mpy, fault):
+    # The marginal heap use of 2048 more chunks (4 MB vs 2 MB, 4 segments): a generator or a slice per chunk
+    # would be > 100 KB; what remains is per tick (one per file percent) and per request.
+    v = mpy.run(PRE + """
+import gc
+DownloadManager.session_idle_ms = 0
+async def main():
+    DownloadManager.max_connections = 4
+    await DownloadManager.download_url(URL2, outfile=OUT, segments=4)  # imports, first-use allocations
+    used = {}
+    for name, url in (('2', URL2), ('4', URL4)):
+        gc.collect()
+        gc.disable()
+        a0 = gc.mem_alloc()
+        ok = await DownloadManager.download_url(url, outfile=OUT, segments=4)
+        used[name] = gc.mem_alloc() - a0
+        gc.enable()
+        used[name + 'sha'] = sha256_file(OUT)
+    result(**used)
+run(main())
+""", heapsize="16M", URL2=fault.url("/bytes/%d" % (2 << 20)), URL4=fault.url("/bytes/%d" % (4 << 20)),
+        OUT="out.bin").value
+    assert v["2sha"] == sha256_of(2 << 20) and v["4sha"] == sha256_of(4 << 20)
+    assert v["4"] - v["2"] < 8 * 2048, v

@@ -344,48 +344,56 @@ def _version():
 # --- one download -------------------------------------------------------------------------------------------
 
 
+# download_url keyword -> _Job attribute, set only when given (see _Job)
+_OPTS = (("progress_callback", "progress_cb"), ("speed_callback", "speed_cb"), ("chunk_size", "chunk"),
+         ("sha256", "sha"), ("max_size", "max_size"), ("raise_errors", "raise_errors"), ("deadline", "deadline"),
+         ("priority", "priority"), ("tries", "tries"), ("timeout", "timeout"))
+
+
 class _Job:
     # State of one download; downloads() reports these same fields, so listing costs nothing extra.
+    # Defaults live here, on the class: MicroPython has no __slots__, and an instance's attribute table grows in
+    # steps (32 attributes took 640 bytes per download on the unix port), so __init__ sets only what differs.
+    user_total = progress_cb = speed_cb = sha = max_size = raise_errors = deadline = None
+    priority = 0
+    chunk = _CHUNK
+    tries = _TRIES
+    timeout = _READ_TIMEOUT
+    lo = 0  # resource bytes the caller wants: [lo, hi]
+    hi = None
+    have = 0  # bytes of the resource already in the partial file when this job began
+    done = 0  # bytes delivered by this job
+    size = None  # full resource size, once a response told it
+    validator = None  # ETag or Last-Modified, for If-Range on a resume
+    coded = False  # a response came gzip/deflate-coded: retries start over (see _attempt)
+    state = "queued"
+    speed = 0
+    f = mem = hash = None
+    pct = -1
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, opts):
-        self.url = url
-        self.shown = _redact(url) if opts.get("redact_url") else url
+        self.url = self.shown = url
+        if opts.get("redact_url"):
+            self.shown = _redact(url)
         self.outfile = outfile
         self.chunk_cb = chunk_callback
         self.mode = "file" if outfile else ("stream" if chunk_callback else "memory")
-        self.user_total = total_size
-        self.progress_cb = opts.get("progress_callback")
-        self.speed_cb = opts.get("speed_callback")
-        self.chunk = opts.get("chunk_size") or _CHUNK
-        self.sha = opts.get("sha256")
-        self.max_size = opts.get("max_size")
-        self.raise_errors = opts.get("raise_errors")
-        self.deadline = opts.get("deadline")
-        self.priority = opts.get("priority") or 0
-        self.tries = opts.get("tries") or _TRIES
-        self.timeout = opts.get("timeout") or _READ_TIMEOUT
-        self.headers = {}
-        self.lo, self.hi = 0, None  # resource bytes the caller wants: [lo, hi]
+        if total_size is not None:
+            self.user_total = total_size
+        for key, attr in _OPTS:
+            v = opts.get(key)
+            if v is not None and (v or attr not in ("tries", "timeout")):  # 0 tries or seconds: the default
+                setattr(self, attr, v)
+        self.headers = h = {}
         for k, v in (headers or {}).items():
             if k.lower() == "range":
                 r = _range(v)
                 if r is not None:
                     self.lo, self.hi = r
                     continue
-            self.headers[k] = v
-        if not any(k.lower() == "user-agent" for k in self.headers):
-            self.headers["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
-        self.have = 0  # bytes of the resource already in the partial file when this job began
-        self.done = 0  # bytes delivered by this job
-        self.size = None  # full resource size, once a response told it
-        self.validator = None  # ETag or Last-Modified, for If-Range on a resume
-        self.coded = False  # a response came gzip/deflate-coded: retries start over (see _attempt)
-        self.state = "queued"
-        self.speed = 0
-        self.f = None
-        self.mem = None
-        self.hash = None
-        self.pct = -1
+            h[k] = v
+        if not any(k.lower() == "user-agent" for k in h):
+            h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
 
     @property
     def fail(self):

@@ -1,0 +1,43 @@
+"""Every Python example in the README's "Using it" section runs on MicroPython, with URL, PATH and SHA filled in."""
+import re
+from pathlib import Path
+
+import pytest
+
+from tools.testservers import sha256_of
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+USING = README[README.index("## Using it"):README.index("### Decisions")]
+EXAMPLES = re.findall(r"```python\n(.*?)```", USING, re.S)
+SIZE = 100000
+# after the example: let tasks it created run to their end (the event loop is MicroPythonOS's own on a device)
+SETTLE = """
+import asyncio
+from mpos import TaskManager
+async def _settle():
+    while any(not t.done() for t in TaskManager.task_list):
+        await asyncio.sleep_ms(20)
+asyncio.run(_settle())
+result(done=True)
+"""
+
+
+def test_the_readme_has_its_examples():
+    assert len(EXAMPLES) >= 8
+
+
+@pytest.mark.parametrize("code", EXAMPLES, ids=[c.splitlines()[-1][:40] for c in EXAMPLES])
+def test_readme_example_runs(mpy, fault, files, code):
+    path = files / ("readme-%d.bin" % EXAMPLES.index(code))
+    r = mpy.run(code + SETTLE,
+                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE))
+    assert r.value == {"done": True}
+    assert "Traceback" not in r.stdout + r.stderr
+    if "PATH" in code and "fail=" not in code:
+        assert sha256_file_of(path) == sha256_of(SIZE)
+
+
+def sha256_file_of(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -37,14 +37,48 @@ def micropypath(lib=LIB):
     return ".frozen:%s:%s" % (lib, TESTLIB)
 
 
-def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), **values):
-    """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts])."""
+def _echoing(cmd, env, cwd):
+    # Like subprocess.run(capture_output=True, text=True), but the snippet's output also appears as it comes
+    # (make demo's progress bar), except the @@RESULT lines meant for us.
+    import sys
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
+    out = bytearray()
+    pending = b""
+    while True:
+        b = p.stdout.read1(4096)
+        if not b:
+            break
+        out += b
+        pending += b
+        while pending:
+            if pending.startswith(b"@@"):
+                i = pending.find(b"\n")
+                if i < 0:
+                    break
+                pending = pending[i + 1:]
+                continue
+            i = pending.find(b"@@")
+            shown, pending = (pending, b"") if i < 0 else (pending[:i], pending[i:])
+            sys.stdout.write(shown.decode(errors="replace"))
+            sys.stdout.flush()
+    err = p.stderr.read()
+    p.wait()
+    return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, **values):
+    """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts]).
+    echo=True also shows the snippet's output while it runs (no timeout then)."""
     head = "".join("%s = %r\n" % kv for kv in values.items())
     fd, script = tempfile.mkstemp(suffix=".py", dir=workdir)
     with os.fdopen(fd, "w") as f:
         f.write("from testlib import *\n" + head + code)
     cmd = [micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
     env = dict(os.environ, MICROPYPATH=micropypath(lib))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+    if echo:
+        proc = _echoing(cmd, env, workdir)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
     results = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("@@RESULT ")]
     return proc, results

@@ -128,6 +128,11 @@ RESPONSES = {
     "/bad-header": b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 2\r\n\r\nok",
     "/bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\nok",
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    # size lines that look almost right; they arrive with the head, so the in-place parser sees them first
+    "/chunk-ctl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\x15\r\nhello\r\n0\r\n\r\n",
+    "/chunk-cr-junk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\rX\nhello\r\n0\r\n\r\n",
+    "/chunk-digit-ctl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\x10\r\nhello\r\n0\r\n\r\n",
+    "/chunk-upper": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA;x=1\r\n0123456789\r\n0\r\n\r\n",
     "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
     "/empty": b"",
     "/fields": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nX-Odd:  spaced value \r\n"
@@ -229,8 +234,13 @@ def test_huge_head_is_refused_on_a_small_heap(mpy, raw):
     assert got["/ok"]["body"] == "ok"  # and the client goes on working
 
 
-def test_bad_chunk_size_is_a_payload_error(mpy, raw):
-    assert heads(mpy, raw, ["/bad-chunk"])["/bad-chunk"]["err"] == "ClientPayloadError"
+@pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl"])
+def test_bad_chunk_size_is_a_payload_error(mpy, raw, path):
+    assert heads(mpy, raw, [path])[path]["err"] == "ClientPayloadError"
+
+
+def test_upper_case_chunk_size_with_an_extension(mpy, raw):
+    assert heads(mpy, raw, ["/chunk-upper"])["/chunk-upper"]["body"] == "0123456789"
 
 
 def test_closed_without_a_response(mpy, raw):

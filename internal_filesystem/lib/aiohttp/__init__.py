@@ -21,7 +21,7 @@ _BUF = const(512)  # per-connection buffer for heads and chunk-size lines; grows
 _HEAD_MAX = const(8192)  # a status line or header line longer than this is refused
 _HEADERS_MAX = const(100)
 _HEAD_TOTAL = const(32768)  # a whole response head larger than this is refused (100 lines of 8 KB won't fit a heap)
-_FAIR = const(63)  # yield to other tasks every 64 reads, even when data is always ready
+_FAIR = const(65536)  # bytes read without a wait, after which other tasks get a turn anyway
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
 
@@ -347,7 +347,7 @@ class _Conn:
         self.end = None  # deadline of the whole request (ClientTimeout.total)
         self.task = None
         self.expired = False
-        self.k = 0
+        self.k = 0  # bytes read since this task last let others run (see recv)
         self.idle_since = 0
         self.reused = False
         self.keep_buf = True  # False while a length-framed body streams
@@ -401,12 +401,12 @@ class _Conn:
     def recv(self, mv):
         # async: read at most len(mv) bytes from the socket; 0 means the peer closed.
         s = self.s
-        k = self.k
-        self.k = k + 1
-        if not k & _FAIR:
-            # Data may always be ready on a fast link: let other tasks (UI, watchdog) run now and then,
-            # and enforce the whole-request deadline here, since no wait may ever arm it.
+        if self.k >= _FAIR:
+            # Data may always be ready on a fast link: let other tasks (UI, watchdog) run every 64 KB, and
+            # enforce the whole-request deadline here, since no wait may ever arm it. By bytes, not reads: a
+            # 64 KB chunk_size would otherwise hold the loop for megabytes.
             yield from core.sleep_ms(0)
+            self.k = 0
             if self.end is not None and ticks_diff(ticks_ms(), self.end) >= 0:
                 raise ServerTimeoutError("request took longer than its total timeout", 110)
             s = self.s
@@ -415,8 +415,10 @@ class _Conn:
                 raise ServerDisconnectedError("connection closed")
             n = s.readinto(mv)
             if n is not None:
+                self.k += n
                 return n
             yield from self._park(False)
+            self.k = 0  # others ran while this task waited
             s = self.s
 
     def send(self, data):
@@ -486,7 +488,9 @@ class _Conn:
 
 class _Now:
     # An awaitable whose result is already known: awaiting it raises StopIteration(n), which is how an
-    # iterator hands a value to `await`/`yield from`. One per StreamReader, reused by every readinto call.
+    # iterator hands a value to `await`/`yield from`. One per StreamReader, reused by every readinto call
+    # (a stream is read by one task at a time). send/throw/close make it a coroutine too, so wait_for(),
+    # create_task() and gather() take it, as they take the generator it stands in for.
     n = 0
 
     def __iter__(self):
@@ -494,6 +498,15 @@ class _Now:
 
     def __next__(self):
         raise StopIteration(self.n)
+
+    def send(self, v):
+        raise StopIteration(self.n)
+
+    def throw(self, *exc):
+        raise exc[0] if len(exc) == 1 else exc[1]
+
+    def close(self):
+        pass
 
 
 class StreamReader:
@@ -548,10 +561,10 @@ class StreamReader:
         DownloadManager's hot loop calls it before awaiting. Allocates nothing, except a small view when
         bytes buffered with a chunk-size line are copied out."""
         c = self._c
-        # Every 64th read goes the slow way, which lets other tasks run (see _Conn.recv). Not more often: the
+        # After 64 KB without a wait, the slow way lets other tasks run (see _Conn.recv). Not more often: the
         # slow way allocates two generators, and in a loop that allocates nothing else each allocation rescans
-        # the heap from MicroPython's stale free-memory hint (see readinto); every 16th read cost 40% here.
-        if self._dec is not None or not c.k & _FAIR:
+        # the heap from MicroPython's stale free-memory hint (see readinto); every 16 KB cost 40% here.
+        if self._dec is not None or c.k >= _FAIR:
             return None
         left = self._left
         if left <= 0:
@@ -573,7 +586,7 @@ class StreamReader:
                 self._cut(e)
             if not n:
                 return None
-        c.k += 1
+        c.k += n
         return self._took(n, left)
 
     def _size_line(self):
@@ -601,15 +614,19 @@ class StreamReader:
         n = 0
         k = i
         while k < j:
-            ch = b[k] | 32  # lower case
+            ch = b[k]
             if 48 <= ch <= 57:
                 n = n * 16 + ch - 48
             elif 97 <= ch <= 102:
                 n = n * 16 + ch - 87
+            elif 65 <= ch <= 70:
+                n = n * 16 + ch - 55
             else:
                 break
             k += 1
-        if not n or b[k] not in (13, 59):  # 0 is the last chunk (trailers follow); then CR or ";" extension
+        # 0 is the last chunk (trailers follow). The digits must end the line ("...\r\n") or start an extension
+        # (";..."); anything else, however harmless it looks, goes to the slow path's checks.
+        if not n or b[j - 1] != 13 or not (k == j - 1 or b[k] == 59):
             return 0
         c.p = j + 1
         self._left = n

@@ -418,6 +418,8 @@ class _Job:
             self.f = open(part, mode)
         except OSError as e:
             raise LocalFileError("cannot write %s: %s" % (part, e))
+        if mode == "wb":
+            _remove(part + ".state")  # a segmented run's record (segments.py) describes a .part that is gone
         if self.have and self.sha:
             self._hash_file(part)
 
@@ -544,6 +546,8 @@ class _Job:
                 if cr[2] is not None:
                     self.size = cr[2]
                 body = cr[1] - cr[0] + 1
+                if self.hi is not None and cr[1] > self.hi:
+                    body = self.hi - pos + 1  # more than asked for: take only the range (a segment's neighbour)
             elif 200 <= st < 300:
                 if pos:
                     # Range ignored (or If-Range says the resource changed): start over from byte 0
@@ -688,6 +692,7 @@ class _Job:
                 self.f.close()
                 self.f = None
                 _replace(self.outfile + ".part", self.outfile)
+                _remove(self.outfile + ".part.state")
             except OSError as e:
                 raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
         if self.progress_cb is not None:

@@ -137,24 +137,45 @@ class Segmented(_Job):
 
     async def _probe(self, sess):
         # -> (size, validator) when the server serves ranges of this resource as it is; None otherwise.
+        # With a segmented partial on disk, a failed probe (Wi-Fi not up yet after a reboot, a 503) must not send
+        # the download down the plain path, which would truncate the .part: try again, then fail and keep it.
+        keep = _size(self.outfile + ".part.state") >= 0
+        fails = 0
+        while True:
+            try:
+                return await self._ask(sess)
+            except Exception as e:
+                err = dm._classify(e)
+                if not keep:
+                    return None  # nothing to lose: the plain engine retries it or fails it and says why
+                if err is None:
+                    raise
+                fails += 1
+                if not err.retry or fails >= self.tries:
+                    raise err
+                await asyncio.sleep_ms(250 << fails)
+
+    async def _ask(self, sess):
         import aiohttp
 
         h = dict(self.headers)
         h["Range"] = "bytes=0-0"
         self.state = "connecting"
-        try:
-            tmo = aiohttp.ClientTimeout(total=self._left(), connect=self.timeout, sock_read=self.timeout)
-            async with sess.get(self.url, headers=h, timeout=tmo) as r:
-                hd = r.headers
-                cr = dm._content_range(hd.get("Content-Range"))
-                if r.status != 206 or cr is None or cr[0] or not cr[2]:
-                    return None
-                if hd.get("Content-Encoding", "identity").lower() != "identity":
-                    return None  # ranges of coded bytes do not make the file
-                await r.read()  # the one byte, so the connection can serve a segment
-                return cr[2], hd.get("ETag") or hd.get("Last-Modified")  # the engine's If-Range choice
-        except Exception:  # a network or HTTP error: the plain engine retries it or fails it and says why
-            return None
+        tmo = aiohttp.ClientTimeout(total=self._left(), connect=self.timeout, sock_read=self.timeout)
+        async with sess.get(self.url, headers=h, timeout=tmo) as r:
+            hd = r.headers
+            if r.status >= 400:  # a failure, not an answer about ranges
+                raise dm.HTTPError("HTTP %d" % r.status, r.status, retry=r.status in dm._TRANSIENT)
+            cr = dm._content_range(hd.get("Content-Range"))
+            if r.status != 206 or cr is None or cr[0] or not cr[2]:
+                return None
+            if hd.get("Content-Encoding", "identity").lower() != "identity":
+                return None  # ranges of coded bytes do not make the file
+            v = hd.get("ETag") or hd.get("Last-Modified")  # the engine's If-Range choice
+            if v and v.startswith("W/"):
+                return None  # a weak ETag: If-Range must then answer 200, every segment would start over
+            await r.read()  # the one byte, so the connection can serve a segment
+            return cr[2], v
 
     def _load(self, sf, part):
         # The missing ranges an earlier try recorded, if it was about this very resource; else None.
@@ -190,6 +211,7 @@ class Segmented(_Job):
             import json
 
             todo = [[s.w.pos, s.w.end] for s in self.run_segs if s.w.pos <= s.w.end] + self.todo
+            todo.sort()  # _load wants them in file order (requeued and restarted ranges come in any order)
             with open(sf + ".tmp", "w") as f:
                 f.write(json.dumps({"url": _key(self.url), "size": self.size, "v": self.validator, "todo": todo}))
             _replace(sf + ".tmp", sf)

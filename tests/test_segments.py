@@ -698,35 +698,41 @@ run(main())
 """
 
 
+def cancelled(mpy, url, seg, after):
+    """A segmented download of url cancelled after `after` s -> its state record."""
+    v = mpy.run(CANCEL, URL=url, OUT="out.bin", SEG=seg, AFTER=after).value
+    assert v["st"] and v["part"] > 0, v
+    return v["st"]
+
+
+def resumed(mpy, fault, url, seg, n, st):
+    """The next call completes the file, fetching exactly what the record said was missing (+ the probe's byte)."""
+    time.sleep(0.3)  # requests the cancelled run had just sent are still being answered: let them be counted first
+    fault.reset()
+    v = one(mpy, url, maxc=seg, segments=seg)
+    done_cleanly(v, n)
+    assert fault.served == missing(st) + 1, (fault.served, st)
+
+
 def test_a_failing_probe_keeps_the_segmented_partial(mpy, fault):
     # Right after a reboot the network may not be up, or the server answers 503 for a while: the download fails,
     # but the .part and its record stay, and the next call still fetches only what is missing.
     n = 600000
     url = fault.url("/bytes/%d?rate=200000" % n)
-    v1 = mpy.run(CANCEL, URL=url, OUT="out.bin", SEG=4, AFTER=0.6).value
-    st = v1["st"]
-    assert st and v1["part"] > 0, v1
+    st = cancelled(mpy, url, 4, 0.6)
     fault.force = {"fail": "503"}
     v2 = one(mpy, url, maxc=4, segments=4, tries=2)
     assert v2["r"] is False and v2["state"] == st and v2["part"], v2
-    fault.reset()
-    v3 = one(mpy, url, maxc=4, segments=4)
-    done_cleanly(v3, n)
-    assert fault.served == missing(st) + 1, (fault.served, st)
+    resumed(mpy, fault, url, 4, n, st)
 
 
 def test_the_record_lists_ranges_in_file_order_and_is_trusted(mpy, fault):
     # Short 206 parts put remainders back in the queue out of order; the record must still be usable.
     n = 600000
     url = fault.url("/bytes/%d?rate=200000&rangemax=30000" % n)
-    v1 = mpy.run(CANCEL, URL=url, OUT="out.bin", SEG=3, AFTER=0.9).value
-    st = v1["st"]
-    assert st and st["todo"] == sorted(st["todo"]), st
-    time.sleep(0.3)  # requests the cancelled run had just sent are still being answered: let them be counted first
-    fault.reset()
-    v2 = one(mpy, url, maxc=3, segments=3)
-    done_cleanly(v2, n)
-    assert fault.served == missing(st) + 1, (fault.served, st)
+    st = cancelled(mpy, url, 3, 0.9)
+    assert st["todo"] == sorted(st["todo"]), st
+    resumed(mpy, fault, url, 3, n, st)
 
 
 def test_a_plain_download_removes_a_stale_record(mpy, fault):
@@ -734,8 +740,7 @@ def test_a_plain_download_removes_a_stale_record(mpy, fault):
     # get_resume_position() would keep answering 0 and the spec's resume recipe would stop working.
     n = 300000
     url = fault.url("/bytes/%d?rate=100000" % n)
-    v1 = mpy.run(CANCEL, URL=url, OUT="out.bin", SEG=4, AFTER=0.4).value
-    assert v1["st"], v1
+    cancelled(mpy, url, 4, 0.4)
     fault.reset()
     v2 = one(mpy, fault.url("/bytes/%d" % n))  # plain: no segments=
     done_cleanly(v2, n)

@@ -425,25 +425,25 @@ class _Job:
 
     def _copy(self, src, dst):
         try:
-            with open(src, "rb") as a, open(dst, "wb") as b:
-                buf = bytearray(self.chunk)
-                while True:
-                    n = a.readinto(buf)
-                    if not n:
-                        break
-                    b.write(memoryview(buf)[:n])
+            with open(dst, "wb") as b:
+                self._each_block(src, b.write)
         except OSError as e:
             raise LocalFileError("cannot copy %s to %s: %s" % (src, dst, e))
 
     def _hash_file(self, path):
         # sha256= over a resumed file: the bytes already on disk are hashed once, before new ones arrive
+        self._each_block(path, self.hash.update)
+
+    def _each_block(self, path, fn):
+        # fn(block) for the file's content, a chunk-sized buffer at a time
         with open(path, "rb") as f:
             buf = bytearray(self.chunk)
+            mv = memoryview(buf)
             while True:
                 n = f.readinto(buf)
                 if not n:
                     break
-                self.hash.update(memoryview(buf)[:n])
+                fn(buf if n == len(buf) else mv[:n])
 
     def _restart(self):
         # The server sent the whole resource where we asked for a part: throw away what we had.

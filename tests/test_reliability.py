@@ -19,12 +19,6 @@ from mpos import DownloadManager, TaskManager
 def since(t0):
     return time.ticks_diff(time.ticks_ms(), t0)
 
-def size(p):
-    try:
-        return os.stat(p)[6]
-    except OSError:
-        return -1
-
 def slurp(p):
     try:
         with open(p, 'rb') as f:

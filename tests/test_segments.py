@@ -22,12 +22,6 @@ from mpos import DownloadManager, TaskManager
 
 SENT = record_ranges()  # [Range, If-Range] of every request the DownloadManager sends
 
-def size(p):
-    try:
-        return os.stat(p)[6]
-    except OSError:
-        return -1
-
 def state(out):
     try:
         with open(out + '.part.state') as f:

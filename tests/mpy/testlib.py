@@ -44,6 +44,16 @@ def exists(path):
         return False
 
 
+def size(path):
+    # bytes in the file, -1 when it does not exist
+    import os
+
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
 def fd_count():
     import os
 

@@ -710,6 +710,38 @@ def test_many_simultaneous_downloads(mpy, fault, max_connections):
     assert v["after"] == v["base"] and v["idle_closed"] and not v["session"] and v["tasks"] == 0, v
 
 
+MIXED = PRE + """
+async def one(i, url, mode):
+    if mode == "memory":
+        got = await DownloadManager.download_url(url)
+        return sha256(got) if got else None
+    if mode == "file":
+        ok = await DownloadManager.download_url(url, outfile="m%d.bin" % i)
+        return sha256_file("m%d.bin" % i) if ok else None
+    h = new_sha()
+    async def cb(chunk):
+        await asyncio.sleep_ms(0)  # the others run while this chunk is in the callback's hands
+        h.update(chunk)
+    ok = await DownloadManager.download_url(url, chunk_callback=cb)
+    return hexdigest(h) if ok else None
+
+async def main():
+    DownloadManager.max_connections = 16
+    rs = await asyncio.gather(*[one(i, url, mode) for i, (url, mode) in enumerate(JOBS)])
+    result(rs=rs)
+run(main())
+"""
+
+
+def test_simultaneous_downloads_in_every_mode_never_mix_bytes(mpy, fault):
+    # Downloads on one event loop share one read buffer. Different bytes per download, a server that sends in
+    # small paced pieces (every read waits, so the downloads take turns), every mode at once: each exact.
+    good = [(30000 + 1000 * i, i) for i in range(9)]
+    jobs = [(fault.url("/bytes/%d?seed=%d&rate=100000" % g), MODES[i % 3]) for i, g in enumerate(good)]
+    v = mpy.run(MIXED, JOBS=jobs).value
+    assert v["rs"] == [sha256_of(n, s) for n, s in good], v
+
+
 # --- security -------------------------------------------------------------------------------------------------
 
 TLS = PRE + """

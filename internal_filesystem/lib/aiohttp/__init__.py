@@ -1070,6 +1070,10 @@ class ClientSession:
         if c is not None:
             c.reused = True
         else:
+            for o in self._busy:  # connections to one host share one key (tuple and host string)
+                if o.key == key:
+                    key = o.key
+                    break
             c = _Conn(key)
         self._busy.append(c)
         c.expired = False

@@ -158,7 +158,7 @@ class Segmented(_Job):
     async def _ask(self, sess):
         import aiohttp
 
-        h = dict(self.headers)
+        h = self._request_headers()
         h["Range"] = "bytes=0-0"
         self.state = "connecting"
         tmo = aiohttp.ClientTimeout(total=self._left(), connect=self.timeout, sock_read=self.timeout)

@@ -746,3 +746,32 @@ def test_a_weak_etag_means_one_plain_stream(mpy, fault):
     v = one(mpy, fault.url("/bytes/%d?etag=W/%%22x%%22" % n), segments=4)
     done_cleanly(v, n)
     assert v["sent"][0][0] == "bytes=0-0" and all(rng is None for rng, _ in v["sent"][1:]), v["sent"]
+
+
+def test_a_second_cancel_during_the_cleanup_gives_every_slot_back(mpy, fault):
+    # The cleanup of a cancelled segmented download awaits its segments' tasks; a second cancel may land there.
+    # Whenever it lands, the extra connections' slots, the job and the session reference all come back.
+    v = mpy.run(PRE + """
+from mpos.net import download_manager as dm
+
+async def main():
+    DownloadManager.max_connections = 4
+    left = []
+    for gap in (0, 1, 2, 5, 10, 20):
+        t = asyncio.create_task(DownloadManager.download_url(URL, outfile=OUT, segments=4))
+        await asyncio.sleep(0.3)
+        t.cancel()
+        await asyncio.sleep_ms(gap)
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(0.2)
+        left.append([dm._active, len(dm._queue), len(dm._jobs), dm._refs])
+    ok = await DownloadManager.download_url(URL2, outfile=OUT)  # and the next download still gets going
+    result(left=left, ok=ok, sha=sha256_file(OUT))
+run(main())
+""", URL=fault.url("/bytes/2000000?rate=200000"), URL2=fault.url("/bytes/100000"), OUT="out.bin").value
+    assert v["left"] == [[0, 0, 0, 0]] * 6, v
+    assert v["ok"] is True and v["sha"] == sha256_of(100000), v

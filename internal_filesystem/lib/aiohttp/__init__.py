@@ -538,7 +538,7 @@ class StreamReader:
         self._left = _UNBOUNDED if self._close else (0 if chunked else length)
         self._eof = not chunked and not self._close and length == 0
         self._dec = None
-        self._now = _Now()
+        self._now = None  # made on the first awaited readinto (DownloadManager never needs it)
         self.total_bytes = 0
 
     def at_eof(self):
@@ -666,6 +666,8 @@ class StreamReader:
                 return self._dec.decode_into(buf)
             return self._raw_readinto(buf)
         now = self._now
+        if now is None:
+            now = self._now = _Now()
         now.n = n
         return now
 

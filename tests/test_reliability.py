@@ -648,6 +648,20 @@ run(main())
     assert v == {"r": None, "alive": True, "small": sha256_of(2000)}
 
 
+
+def test_many_bodies_held_in_memory_fit_a_heap_with_room_for_them(mpy, fault):
+    # The App Store keeps every icon it fetched. Ten 100 KB bodies (1 MB) held at once, three fetched at a time,
+    # in a 1.6 MB heap: each result needs a 100 KB hole while its buffer is alive, and the holes earlier buffers
+    # leave must fit later results (they were one block too small: 3 of 10 failed with 0.8 MB free).
+    v = mpy.run(PRE + """
+async def main():
+    DownloadManager.max_connections = 3
+    got = await asyncio.gather(*[DownloadManager.download_url(URL) for i in range(10)])
+    result(shas=[sha256(g) if g else None for g in got])
+run(main())
+""", URL=fault.url("/bytes/100000"), heapsize="1600k").value
+    assert v["shas"] == [sha256_of(100000)] * 10, v
+
 @pytest.mark.parametrize("mode", MODES)
 def test_max_size_refuses_early_by_content_length(mpy, fault, mode):
     # 2 MB at 100 KB/s would take 20 s: refusing must not read the body

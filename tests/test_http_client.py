@@ -97,8 +97,9 @@ def test_good_requests_still_go_out(mpy, fault):
     r = mpy.run("""
 import aiohttp
 async def main():
-    async with aiohttp.ClientSession(headers={"User-Agent": "mpos/1.0"}) as session:
-        async with session.get(URL, params={"b": "2"}, headers={"X-Num": 5, "Accept": "*/*"}) as resp:
+    async with aiohttp.ClientSession(headers={"User-Agent": "mpos/1.0", "X-Over": "session"}) as session:
+        hs = {"X-Num": 5, "Accept": "*/*", "x-over": "request"}
+        async with session.get(URL, params={"b": "2"}, headers=hs) as resp:
             e = await resp.json()
             result(path=e["path"], headers=e["headers"])
 run(main())
@@ -106,6 +107,8 @@ run(main())
     h = dict((k.lower(), v) for k, v in r.value["headers"])
     assert r.value["path"] == "/echo?a=1&b=2"
     assert (h["user-agent"], h["x-num"], h["accept"]) == ("mpos/1.0", "5", "*/*")
+    # a request's header replaces the session's of the same name, whatever its case: sent once
+    assert [v for k, v in r.value["headers"] if k.lower() == "x-over"] == ["request"]
     assert fault.requests == 1
 
 

@@ -85,57 +85,6 @@ def _ms(t):
     return None if t is None else int(t * 1000)
 
 
-class CIMultiDict:
-    # Response/request headers with case-insensitive lookup; repeated fields are joined with ", ".
-    def __init__(self, items=None):
-        self._d = {}
-        if items:
-            for k, v in items.items() if hasattr(items, "items") else items:
-                self[k] = v
-
-    def __setitem__(self, k, v):
-        self._d[k.lower()] = (k, v)
-
-    def add(self, k, v):
-        old = self._d.get(k.lower())
-        self._d[k.lower()] = (k, v) if old is None else (old[0], old[1] + ", " + v)
-
-    def __getitem__(self, k):
-        return self._d[k.lower()][1]
-
-    def get(self, k, default=None):
-        kv = self._d.get(k.lower())
-        return default if kv is None else kv[1]
-
-    def __contains__(self, k):
-        return k.lower() in self._d
-
-    def __delitem__(self, k):
-        del self._d[k.lower()]
-
-    def pop(self, k, default=None):
-        kv = self._d.pop(k.lower(), None)
-        return default if kv is None else kv[1]
-
-    def __len__(self):
-        return len(self._d)
-
-    def __iter__(self):
-        return (kv[0] for kv in self._d.values())
-
-    def keys(self):
-        return list(self)
-
-    def items(self):
-        return list(self._d.values())
-
-    def values(self):
-        return [kv[1] for kv in self._d.values()]
-
-    def __repr__(self):
-        return "<CIMultiDict %r>" % dict(self.items())
-
-
 class CIMultiDictProxy:
     # Response headers, read-only, with case-insensitive lookup: the whole head kept as one string,
     # "\nname:value\n..." with names in lower case (as HTTP/2 sends them). A dict of fields held 5 KB for a
@@ -1126,20 +1075,18 @@ class ClientSession:
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError("invalid HTTP method %r" % (method,))
         method = method.upper()
-        hdrs = CIMultiDict(self._headers)
-        if headers:
-            for k, v in headers.items():
-                hdrs[k] = v if isinstance(v, str) else str(v)
+        hdrs = {}  # lower-cased name -> (name as given, value): a request's header wins over the session's
+        for src in (self._headers, headers):
+            for k, v in src.items() if src else ():
+                hdrs[k.lower()] = (k, v if isinstance(v, str) else str(v))
         if json is not None:
             import json as _json
 
             data = _json.dumps(json)
-            if "Content-Type" not in hdrs:
-                hdrs["Content-Type"] = "application/json"
+            hdrs.setdefault("content-type", ("Content-Type", "application/json"))
         if isinstance(data, dict):
             data = "&".join("%s=%s" % kv for kv in data.items())
-            if "Content-Type" not in hdrs:
-                hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+            hdrs.setdefault("content-type", ("Content-Type", "application/x-www-form-urlencoded"))
         if isinstance(data, str):
             data = data.encode()
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
@@ -1162,22 +1109,22 @@ class ClientSession:
             seen.append((method, url))
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
-                hdrs.pop("Content-Type")
+                hdrs.pop("content-type", None)
             if (method, new) in seen:
                 raise TooManyRedirects(resp.status, "redirect loop at %s" % new)
             if len(seen) > hops:
                 raise TooManyRedirects(resp.status, "more than %d redirects" % hops)
             if (n_scheme, n_host, n_port) != (o_scheme, o_host, o_port):
-                hdrs.pop("Authorization")
-                hdrs.pop("Cookie")
+                hdrs.pop("authorization", None)
+                hdrs.pop("cookie", None)
             url = new
 
     async def _send(self, method, url, hdrs, data, ssl, timeout):
         scheme, host, port, target = split_url(url)
         head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, _hostport(scheme, host, port))]
-        for k, v in hdrs.items():
-            if k.lower() not in ("host", "content-length"):
-                head.append("%s: %s\r\n" % (k, v))
+        for lk, kv in hdrs.items():
+            if lk not in ("host", "content-length"):
+                head.append("%s: %s\r\n" % kv)
         if data is not None or method in ("POST", "PUT", "PATCH"):
             head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")

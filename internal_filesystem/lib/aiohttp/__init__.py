@@ -404,7 +404,10 @@ class _Conn:
     def fill(self):
         # async: read more bytes into buf (compacting or growing it); returns how many arrived
         if self.buf is None:
-            self.buf = bytearray(_BUF)
+            try:
+                self.buf = bytearray(_BUF)
+            except MemoryError:  # no free run that long in a fragmented heap: start small, grow per long line
+                self.buf = bytearray(64)
             self.mv = memoryview(self.buf)
         buf, p, e = self.buf, self.p, self.e
         if p:

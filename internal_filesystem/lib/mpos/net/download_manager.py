@@ -24,6 +24,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 from ..task_manager import TaskManager
 
 _CHUNK = const(1024)
+_MIN_READ = const(128)  # the smallest read buffer taken when the heap has no room for a whole chunk
 _TRIES = const(3)  # failed attempts in a row (no byte gained) before giving up: the spec's "3 tries"
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # progress denominator when no size is known (the spec's 100 KB)
@@ -132,8 +133,21 @@ def _buffer(size):
     with _lock:
         b = _bufs.get(me)
         if b is None or len(b) != size:
-            b = _bufs[me] = bytearray(size)
+            b = _bufs[me] = _bytearray(size)
     return b
+
+
+def _bytearray(size):
+    # A heap cut into small pieces (imports leave it so on a small device) may have no free run of `size` bytes
+    # while holding plenty in total: smaller reads are slower, but the download still works (chunk callbacks are
+    # promised at most chunk_size bytes, not exactly that many).
+    while True:
+        try:
+            return bytearray(size)
+        except MemoryError:
+            if size <= _MIN_READ:
+                raise
+            size >>= 1
 
 
 def _cancel(t):
@@ -620,7 +634,7 @@ class _Job:
         content = resp.content
         nowait = getattr(content, "readinto_nowait", None)  # our client's; any aiohttp-like one works too
         f = self.f
-        buf = bytearray(self.chunk) if nowait is None else _buffer(self.chunk)  # shared with our client
+        buf = _bytearray(self.chunk) if nowait is None else _buffer(self.chunk)  # shared with our client
         mv = memoryview(buf)
         size = len(buf)
         chunk_cb = self.chunk_cb

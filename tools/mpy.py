@@ -32,6 +32,51 @@ def compile_lib(dest, arch=None):
     return errors
 
 
+def romfs_image(root):
+    """A ROMFS image (the format of MicroPython's vfs.VfsRom) of the .mpy files under root. Imported from a mounted
+    image, bytecode runs in place instead of being copied into the heap, as it does on a device from a romfs
+    partition or frozen firmware, where it stays in flash."""
+    def uint(n):  # groups of 7 bits, most significant first; the high bit marks "more follows"
+        out = bytearray([n & 0x7F])
+        n >>= 7
+        while n:
+            out.insert(0, 0x80 | n & 0x7F)
+            n >>= 7
+        return bytes(out)
+
+    def record(kind, payload):
+        return uint(kind) + uint(len(payload)) + payload
+
+    def tree(folder):
+        out = b""
+        for p in sorted(folder.iterdir()):
+            name = uint(len(p.name)) + p.name.encode()
+            if p.is_dir():
+                out += record(4, name + tree(p))  # a directory: its entries nested inside
+            elif p.suffix == ".mpy":
+                out += record(5, name + record(2, p.read_bytes()))  # a file: its bytes stored verbatim
+        return out
+
+    body = tree(Path(root))
+    size = uint(len(body))
+    if (3 + len(size) + len(body)) % 2:
+        size = b"\x80" + size  # an empty leading group keeps the image's length even
+    return b"\xd2\xcd\x31" + size + body
+
+
+# Mounts IMAGE (made by romfs_image) first on the module path. The image is read into one bytearray of its exact
+# size before anything else, so it sits in one piece at the bottom of the heap: a heap of N + len(image) bytes
+# then leaves the program what an N-byte heap leaves it on a device that keeps the image in flash.
+ROMFS_PRELUDE = """
+import os, sys, vfs
+_img = bytearray(os.stat(IMAGE)[6])
+with open(IMAGE, "rb") as _f:
+    _f.readinto(_img)
+vfs.mount(vfs.VfsRom(_img), "/rom")
+sys.path.insert(0, "/rom")
+"""
+
+
 def micropypath(lib=LIB):
     # .frozen first, or `import asyncio` fails (MICROPYPATH replaces the whole path)
     return ".frozen:%s:%s" % (lib, TESTLIB)

@@ -43,7 +43,7 @@ asyncio.run(main())
 """
 
 
-# A device-sized heap. On the unix port it also holds the library's bytecode (about 62 KB, which frozen firmware
+# A device-sized heap. On the unix port it also holds the library's bytecode (about 61 KB, which frozen firmware
 # keeps in flash) and, for https, mbedTLS's buffers.
 HEAP = "256k"
 

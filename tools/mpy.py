@@ -65,8 +65,9 @@ def romfs_image(root):
 
 
 # Mounts IMAGE (made by romfs_image) first on the module path. The image is read into one bytearray of its exact
-# size before anything else, so it sits in one piece at the bottom of the heap: a heap of N + len(image) bytes
-# then leaves the program what an N-byte heap leaves it on a device that keeps the image in flash.
+# size before the program allocates anything else, so it sits in one piece low in the heap: a heap of
+# N + len(image) bytes then leaves the program what an N-byte heap leaves it on a device that keeps the image in
+# flash (less, if anything: the script's own bytecode, compiled from source, is in the heap too).
 ROMFS_PRELUDE = """
 import os, sys, vfs
 _img = bytearray(os.stat(IMAGE)[6])

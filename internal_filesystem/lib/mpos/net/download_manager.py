@@ -6,7 +6,7 @@
 #
 # The path of a byte: aiohttp's resp.content.readinto(buf) fills the chunk buffer (1 KB by default, one shared
 # by a thread's downloads), whose bytes go to the partial file, the memory buffer or the chunk callback before the
-# next await (see _Job._read_body).
+# next await (see _Job._attempt).
 #
 # What it guarantees beyond the documented contract:
 # - File mode writes OUTFILE.part and renames it over OUTFILE only after a complete (and, with sha256=,
@@ -127,7 +127,7 @@ def _acquire():
 
 def _buffer(size):
     # Downloads on one thread (one event loop) share one read buffer: our client writes into it only once back
-    # from its last wait, and _read_body hands the bytes on before it awaits anything, so no two downloads ever
+    # from its last wait, and _attempt hands the bytes on before it awaits anything, so no two downloads ever
     # have bytes in it at once. With 8 in flight that is 7 KB less. Let go when the last download ends.
     me = _thread.get_ident() if _thread else 0
     with _lock:
@@ -402,14 +402,17 @@ class _Job:
     speed = 0
     f = mem = hash = None
     pct = -1
+    outfile = chunk_cb = None
+    redact = False
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, opts):
-        self.url = self.shown = url
+        self.url = url
         if opts.get("redact_url"):
-            self.shown = _redact(url)
-        self.outfile = outfile
-        self.chunk_cb = chunk_callback
-        self.mode = "file" if outfile else ("stream" if chunk_callback else "memory")
+            self.redact = True
+        if outfile is not None:
+            self.outfile = outfile
+        if chunk_callback is not None:
+            self.chunk_cb = chunk_callback
         if total_size is not None:
             self.user_total = total_size
         for key, attr in _OPTS:
@@ -434,6 +437,15 @@ class _Job:
         if not any(k.lower() == "user-agent" for k in h):
             h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
         return h
+
+    @property
+    def mode(self):
+        return "file" if self.outfile else ("stream" if self.chunk_cb else "memory")
+
+    @property
+    def shown(self):
+        # the URL as logs and downloads() show it
+        return _redact(self.url) if self.redact else self.url
 
     @property
     def fail(self):
@@ -523,7 +535,8 @@ class _Job:
         t0 = ticks_ms()
         end = None if self.deadline is None else ticks_add(t0, int(self.deadline * 1000))
         fails = 0
-        self.speed_t, self.speed_n = t0, 0
+        if self.speed_cb is not None:
+            self.speed_t, self.speed_n = t0, 0
         while True:
             gained = self.done
             try:
@@ -553,8 +566,8 @@ class _Job:
                     raise DownloadTimeout("deadline reached")
             await TaskManager.sleep(delay)
 
-    async def _attempt(self, sess, end):
-        # One request. True when the wanted bytes are all delivered; raises on failure.
+    def _request(self, end):
+        # -> the keywords of this attempt's GET: our headers, a Range from where we stopped, the timeouts
         import aiohttp
 
         if self.coded and self.done:
@@ -573,125 +586,137 @@ class _Job:
             total = ticks_diff(end, ticks_ms()) / 1000
             if total <= 0:
                 raise DownloadTimeout("deadline reached")
-        tmo = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)
-        self.state = "connecting"
-        async with sess.get(self.url, headers=h, timeout=tmo) as resp:
-            h = tmo = None  # sent: not kept for the length of the body
-            st = resp.status
-            hd = resp.headers
-            skip = 0
-            strict = True  # body length announced by the server (vs. a cap we chose)
-            if st == 206:
-                cr = _content_range(hd.get("Content-Range"))
-                if cr is None or cr[0] != pos:
-                    # not the bytes we asked for: start over (stream mode can't take chunks back)
-                    self._restart()
-                    raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, hd.get("Content-Range")))
-                if cr[2] is not None:
-                    self.size = cr[2]
-                body = cr[1] - cr[0] + 1
-                if self.hi is not None and cr[1] > self.hi:
-                    body = self.hi - pos + 1  # more than asked for: take only the range (a segment's neighbour)
-            elif 200 <= st < 300:
-                if pos:
-                    # Range ignored (or If-Range says the resource changed): start over from byte 0
-                    self._restart()
-                    skip = self.lo
-                body = resp.content_length
-                # Content-Length counts encoded bytes, readinto() hands out decoded ones: with a content coding
-                # the decoded length is unknown (taking it as the limit cut gzip bodies short and called that
-                # success). The client still fails a coded body that does not end.
-                if hd.get("Content-Encoding", "").lower() in ("gzip", "x-gzip", "deflate"):
-                    body, self.coded = None, True
-                elif st == 200 and body is not None:
-                    self.size = body
-                if self.hi is not None and (body is None or body > self.hi + 1):
-                    body, strict = self.hi + 1, body is not None
-            elif st == 416 and self.have and not self.done:
-                cr = hd.get("Content-Range", "")
-                if cr.endswith("/%d" % self.have):
-                    return True  # the partial file is already the whole resource
-                raise HTTPError("HTTP 416 (range not satisfiable)", st)
-            else:
-                after = None
-                ra = hd.get("Retry-After")
-                if ra and ra.strip().isdigit():
-                    after = int(ra)
-                raise HTTPError("HTTP %d %s" % (st, resp.reason), st, retry=st in _TRANSIENT, after=after)
-            if self.validator is None:
-                self.validator = hd.get("ETag") or hd.get("Last-Modified")
-            if self.max_size is not None and body is not None and self.have + self.done + body - skip > self.max_size:
-                raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
-            if self.mode == "memory" and body is not None:
-                self._mem_room(self.done + body - skip, self.done)
-            self.state = "downloading"
-            await self._read_body(resp, skip, body, strict)
-        return True
+        return {"headers": h, "timeout": aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)}
 
-    async def _read_body(self, resp, skip, body, strict):
-        # The hot path: one buffer, readinto, hand the bytes on. Nothing here allocates per chunk in file and
-        # memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
-        content = resp.content
-        nowait = getattr(content, "readinto_nowait", None)  # our client's; any aiohttp-like one works too
-        f = self.f
-        buf = _bytearray(self.chunk) if nowait is None else _buffer(self.chunk)  # shared with our client
-        mv = memoryview(buf)
-        size = len(buf)
-        chunk_cb = self.chunk_cb
-        progress = self.progress_cb is not None or self.speed_cb is not None
-        h = self.hash
-        cap = None if self.max_size is None else self.max_size - self.have
-        d = self.done
-        left = body  # bytes of this response still to read, skipped ones included (None: until the end)
-        while True:
-            b = buf if left is None or left >= size else mv[:left]
-            # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-            n = nowait(b) if nowait is not None else None
-            if n is None:
-                n = await content.readinto(b)
-            if not n:
-                if left and strict:  # the server announced more than it sent
-                    raise NetworkError("response ended %d bytes early" % left)
-                return
-            if left is not None:
-                left -= n
-            data = buf if n == size else mv[:n]
-            if skip:  # a 200 answer to a range request: drop the bytes before the range
-                k = min(skip, n)
-                skip -= k
-                if k == n:
-                    if not left and left is not None:
-                        return
-                    continue
-                data = mv[k:n]
-                n -= k
-            # max_size in every mode, also when no Content-Length announced the size, before a byte goes out
-            if cap is not None and d + n > cap:
-                raise DownloadError("body exceeds max_size=%d" % self.max_size)
-            if h is not None:
-                h.update(data)
-            at = d
-            d += n
-            self.done = d  # counted before a callback sees it, so downloads() inside one includes it
-            if f is not None:
-                try:
-                    f.write(data)
-                except OSError as e:
-                    raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
-            elif chunk_cb is not None:
-                r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
-                if r is not None and hasattr(r, "send"):  # an async def callback
-                    await r
-            else:
-                # No buffer yet when the length is unknown (chunked or close-delimited body): start one here.
-                have = 0 if self.mem is None else len(self.mem)
-                if have < d:
-                    self._mem_room(max(2 * have, d, 4096), at)
-                self.mem[at:d] = data
-            if left is not None and not left:
-                return
-            if progress and self._due():
-                await self._report()
+    def _accept(self, resp):
+        # A response's status and headers, checked before a byte of its body is taken -> (skip, body, strict):
+        # bytes to drop before the wanted ones, bytes to read (None: until the end), whether the server announced
+        # that length (vs. a cap we chose). None when the partial file turns out to be the whole resource.
+        pos = self.lo + self.have + self.done  # as asked for in _request: nothing arrived in between
+        st = resp.status
+        hd = resp.headers
+        skip = 0
+        strict = True
+        if st == 206:
+            cr = _content_range(hd.get("Content-Range"))
+            if cr is None or cr[0] != pos:
+                # not the bytes we asked for: start over (stream mode can't take chunks back)
+                self._restart()
+                raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, hd.get("Content-Range")))
+            if cr[2] is not None:
+                self.size = cr[2]
+            body = cr[1] - cr[0] + 1
+            if self.hi is not None and cr[1] > self.hi:
+                body = self.hi - pos + 1  # more than asked for: take only the range (a segment's neighbour)
+        elif 200 <= st < 300:
+            if pos:
+                # Range ignored (or If-Range says the resource changed): start over from byte 0
+                self._restart()
+                skip = self.lo
+            body = resp.content_length
+            # Content-Length counts encoded bytes, readinto() hands out decoded ones: with a content coding
+            # the decoded length is unknown (taking it as the limit cut gzip bodies short and called that
+            # success). The client still fails a coded body that does not end.
+            if hd.get("Content-Encoding", "").lower() in ("gzip", "x-gzip", "deflate"):
+                body, self.coded = None, True
+            elif st == 200 and body is not None:
+                self.size = body
+            if self.hi is not None and (body is None or body > self.hi + 1):
+                body, strict = self.hi + 1, body is not None
+        elif st == 416 and self.have and not self.done:
+            if hd.get("Content-Range", "").endswith("/%d" % self.have):
+                return None  # the partial file is already the whole resource
+            raise HTTPError("HTTP 416 (range not satisfiable)", st)
+        else:
+            after = None
+            ra = hd.get("Retry-After")
+            if ra and ra.strip().isdigit():
+                after = int(ra)
+            raise HTTPError("HTTP %d %s" % (st, resp.reason), st, retry=st in _TRANSIENT, after=after)
+        if self.validator is None:
+            v = hd.get("ETag") or hd.get("Last-Modified")
+            if v is not None:  # an attribute set is a slot in this job's table: only when there is one
+                self.validator = v
+        if self.max_size is not None and body is not None and self.have + self.done + body - skip > self.max_size:
+            raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
+        if self.mode == "memory" and body is not None:
+            self._mem_room(self.done + body - skip, self.done)
+        return skip, body, strict
+
+    async def _attempt(self, sess, end):
+        # One request and its body: True when the wanted bytes are all delivered; raises on failure.
+        # The hot path is the loop: one buffer, readinto, hand the bytes on. Nothing in it allocates per chunk in
+        # file and memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
+        # Request and checks are plain methods, so this is the only coroutine frame a download in flight keeps
+        # below run(): each frame costs heap for as long as the body streams.
+        self.state = "connecting"
+        async with sess.get(self.url, **self._request(end)) as resp:
+            skip = self._accept(resp)
+            if skip is None:
+                return True
+            skip, left, strict = skip  # left: bytes of this response still to read, skipped ones included
+            self.state = "downloading"
+            content = resp.content
+            nowait = getattr(content, "readinto_nowait", None)  # our client's; any aiohttp-like one works too
+            f = self.f
+            buf = _bytearray(self.chunk) if nowait is None else _buffer(self.chunk)  # shared with our client
+            mv = memoryview(buf)
+            size = len(buf)
+            chunk_cb = self.chunk_cb
+            progress = self.progress_cb is not None or self.speed_cb is not None
+            h = self.hash
+            cap = None if self.max_size is None else self.max_size - self.have
+            d = self.done
+            while True:
+                b = buf if left is None or left >= size else mv[:left]
+                # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
+                n = nowait(b) if nowait is not None else None
+                if n is None:
+                    n = await content.readinto(b)
+                if not n:
+                    if left and strict:  # the server announced more than it sent
+                        raise NetworkError("response ended %d bytes early" % left)
+                    return True
+                if left is not None:
+                    left -= n
+                data = buf if n == size else mv[:n]
+                if skip:  # a 200 answer to a range request: drop the bytes before the range
+                    k = min(skip, n)
+                    skip -= k
+                    if k == n:
+                        if not left and left is not None:
+                            return True
+                        continue
+                    data = mv[k:n]
+                    n -= k
+                # max_size in every mode, also when no Content-Length announced the size, before a byte goes out
+                if cap is not None and d + n > cap:
+                    raise DownloadError("body exceeds max_size=%d" % self.max_size)
+                if h is not None:
+                    h.update(data)
+                at = d
+                d += n
+                self.done = d  # counted before a callback sees it, so downloads() inside one includes it
+                if f is not None:
+                    try:
+                        f.write(data)
+                    except OSError as e:
+                        raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+                elif chunk_cb is not None:
+                    r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                    if r is not None and hasattr(r, "send"):  # an async def callback
+                        await r
+                        r = None
+                else:
+                    # No buffer yet when the length is unknown (chunked or close-delimited body): start one here.
+                    have = 0 if self.mem is None else len(self.mem)
+                    if have < d:
+                        self._mem_room(max(2 * have, d, 4096), at)
+                    self.mem[at:d] = data
+                if left is not None and not left:
+                    return True
+                if progress and self._due():
+                    await self._report()
 
     def _due(self):
         # Cheap check per chunk; the coroutine _report() is only created when a callback is really due.
@@ -868,32 +893,29 @@ async def _run(job):
             return await job.run(sess)
         finally:
             _leave()
-    except DownloadError as e:
-        job.state = "failed"
-        if isinstance(e, OutOfMemory):
-            _reclaim(job)
-        _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
-        if job.raise_errors:
-            raise
-        return job.fail
-    except MemoryError:
-        job.state = "failed"
-        _reclaim(job)
-        _log("download of %s failed (memory): out of memory" % job.shown)
-        if job.raise_errors:
-            raise OutOfMemory("out of memory")
-        return job.fail
     except Exception as e:
-        # a callback's own exception: the download failed, the caller's code raised
-        job.state = "failed"
-        _log("download of %s failed: %r" % (job.shown, e))
-        if job.raise_errors:
-            raise
-        return job.fail
+        return _failed(job, e)
     finally:
         job.close()  # also on cancellation: the partial file stays for a resume
         _jobs.remove(job)
         _release()
+
+
+def _failed(job, e):
+    # A plain function, not a branch of _run: its locals would be slots in every download's coroutine frame.
+    job.state = "failed"
+    if isinstance(e, MemoryError):
+        e = OutOfMemory("out of memory")
+    if isinstance(e, DownloadError):
+        if isinstance(e, OutOfMemory):
+            _reclaim(job)
+        _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
+    else:
+        # a callback's own exception: the download failed, the caller's code raised
+        _log("download of %s failed: %r" % (job.shown, e))
+    if job.raise_errors:
+        raise e
+    return job.fail
 
 
 def _reclaim(job):

@@ -290,21 +290,23 @@ class _Conn:
     # One TCP (or TLS) connection. recv() is the hot path: try the non-blocking socket first and only park the
     # task in the event loop's poller when there is nothing to read. While parked, `dl` holds a deadline that
     # the session's watchdog enforces, so a timeout costs nothing when data keeps coming.
+    # Defaults live on the class (here and in StreamReader, ClientResponse): MicroPython has no __slots__, every
+    # attribute an instance sets takes a slot in its own table, and these objects live as long as a request.
+    s = None
+    buf = mv = None  # for heads and chunk-size lines; made when needed, see took()
+    p = e = 0  # buffered, unread bytes are buf[p:e]
+    tmo = None  # ms allowed for the current wait (connect or read phase)
+    dl = None  # deadline of the wait in progress
+    end = None  # deadline of the whole request (ClientTimeout.total)
+    task = None
+    expired = False
+    k = 0  # bytes read since this task last let others run (see recv)
+    idle_since = 0
+    reused = False
+    keep_buf = True  # False while a length-framed body streams
+
     def __init__(self, key):
         self.key = key
-        self.s = None
-        self.buf = self.mv = None  # for heads and chunk-size lines; made when needed, see took()
-        self.p = 0  # buffered, unread bytes are buf[p:e]
-        self.e = 0
-        self.tmo = None  # ms allowed for the current wait (connect or read phase)
-        self.dl = None  # deadline of the wait in progress
-        self.end = None  # deadline of the whole request (ClientTimeout.total)
-        self.task = None
-        self.expired = False
-        self.k = 0  # bytes read since this task last let others run (see recv)
-        self.idle_since = 0
-        self.reused = False
-        self.keep_buf = True  # False while a length-framed body streams
 
     def open(self, ctx):
         scheme, host, port = self.key
@@ -482,16 +484,24 @@ class _Now:
 
 class StreamReader:
     # resp.content: the body, framed by Content-Length, chunked encoding, or the end of the connection.
+    _chunked = _close = _eof = False
+    _dec = None  # the decoder of a gzip/deflate body
+    _now = None  # made on the first awaited readinto (DownloadManager never needs it)
+    total_bytes = 0
+
     def __init__(self, resp, conn, length, chunked):
         self._r = resp
         self._c = conn
-        self._chunked = chunked
-        self._close = length is None and not chunked
-        self._left = _UNBOUNDED if self._close else (0 if chunked else length)
-        self._eof = not chunked and not self._close and length == 0
-        self._dec = None
-        self._now = None  # made on the first awaited readinto (DownloadManager never needs it)
-        self.total_bytes = 0
+        if chunked:
+            self._chunked = True
+            self._left = 0
+        elif length is None:
+            self._close = True
+            self._left = _UNBOUNDED
+        else:
+            self._left = length
+            if not length:
+                self._eof = True
 
     def at_eof(self):
         return self._eof
@@ -739,18 +749,20 @@ class _Inflate(io.IOBase):
 
 
 class ClientResponse:
+    method = "GET"
+    status = 0
+    reason = ""
+    version = "HTTP/1.1"  # as the status line says (an instance attribute only when it says otherwise)
+    headers = content = None
+    _keep = True
+    _released = False
+
     def __init__(self, session, method, url, conn):
         self._s = session
-        self.method = method
+        if method != "GET":
+            self.method = method
         self.url = url
         self._c = conn
-        self.status = 0
-        self.reason = ""
-        self.version = None
-        self.headers = None
-        self.content = None
-        self._keep = True
-        self._released = False
 
     async def _start(self):
         c = self._c
@@ -760,7 +772,8 @@ class ClientResponse:
         parts = _latin1(line).rstrip("\r\n").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ClientResponseError(0, "bad status line %r" % line[:80])
-        self.version = parts[0]
+        if parts[0] != "HTTP/1.1":
+            self.version = parts[0]
         self.status = int(parts[1])
         self.reason = parts[2] if len(parts) > 2 else ""
         h = []
@@ -784,7 +797,8 @@ class ClientResponse:
         h.append("")
         self.headers = h = CIMultiDictProxy("\n" + "\n".join(h))
         conn_hdr = h.get("Connection", "").lower()
-        self._keep = self.version == "HTTP/1.1" and "close" not in conn_hdr
+        if self.version != "HTTP/1.1" or "close" in conn_hdr:
+            self._keep = False
         te = h.get("Transfer-Encoding", "").lower()
         length = h.get("Content-Length")
         if self.method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
@@ -799,7 +813,8 @@ class ClientResponse:
                 except ValueError:
                     raise ClientResponseError(self.status, "bad Content-Length %r" % length)
         self.content = StreamReader(self, c, length, chunked)
-        c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
+        if c.keep_buf != chunked:
+            c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
         c.took(0)
         enc = h.get("Content-Encoding", "").lower()
         if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self.content._eof:
@@ -1030,8 +1045,10 @@ class ClientSession:
                     break
             c = _Conn(key)
         self._busy.append(c)
-        c.expired = False
-        c.end = ticks_add(ticks_ms(), _ms(timeout.total)) if timeout.total else None
+        if c.expired:
+            c.expired = False
+        if timeout.total or c.end is not None:
+            c.end = ticks_add(ticks_ms(), _ms(timeout.total)) if timeout.total else None
         if self._wd is None and (timeout.total or timeout.connect or timeout.sock_read):
             self._wd = asyncio.create_task(self._watchdog())
         if c.s is None:

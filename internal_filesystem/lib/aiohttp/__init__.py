@@ -303,7 +303,7 @@ class _Conn:
     k = 0  # bytes read since this task last let others run (see recv)
     idle_since = 0
     reused = False
-    keep_buf = True  # False while a length-framed body streams
+    keep_buf = False  # True while a chunked body streams: its size lines need the buffer
 
     def __init__(self, key):
         self.key = key

@@ -105,7 +105,7 @@ _jobs = []  # downloads queued or in flight, for downloads()
 _queue = []  # admission: [-priority, seq, event, granted] of waiting downloads
 _active = 0
 _seq = 0
-_bufs = {}  # thread id -> the read buffer that thread's downloads share (see _buffer)
+_bufs = {}  # thread id -> (read buffer, its memoryview) that thread's downloads share (see _buffer)
 
 
 def _acquire():
@@ -129,11 +129,13 @@ def _buffer(size):
     # Downloads on one thread (one event loop) share one read buffer: our client writes into it only once back
     # from its last wait, and _attempt hands the bytes on before it awaits anything, so no two downloads ever
     # have bytes in it at once. With 8 in flight that is 7 KB less. Let go when the last download ends.
+    # -> (buffer, a memoryview of it): the view is shared too.
     me = _thread.get_ident() if _thread else 0
     with _lock:
         b = _bufs.get(me)
-        if b is None or len(b) != size:
-            b = _bufs[me] = _bytearray(size)
+        if b is None or len(b[0]) != size:
+            buf = _bytearray(size)
+            b = _bufs[me] = (buf, memoryview(buf))
     return b
 
 
@@ -341,6 +343,17 @@ def _classify(e):
     return None
 
 
+def _backoff(err, fails, end):
+    # Seconds before the next try: exponential with jitter, or the server's Retry-After (capped).
+    import random
+
+    delay = err.after if err.after is not None else (250 << (fails - 1)) / 1000 * (0.5 + random.random())
+    delay = min(delay, _RETRY_AFTER_MAX)
+    if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
+        raise DownloadTimeout("deadline reached")
+    return delay
+
+
 def _content_range(v):
     # "bytes a-b/N" -> (a, b, N or None); anything else -> None
     try:
@@ -526,23 +539,14 @@ class _Job:
 
     # -- the engine --
     async def run(self, sess):
-        if self.sha:
-            import hashlib
-
-            self.hash = hashlib.sha256()
-        if self.mode == "file":
-            self._open_file()
-        t0 = ticks_ms()
-        end = None if self.deadline is None else ticks_add(t0, int(self.deadline * 1000))
+        # Attempts until the body is complete; a failed one is retried while it may help (see _classify).
+        end = self._begin()
         fails = 0
-        if self.speed_cb is not None:
-            self.speed_t, self.speed_n = t0, 0
         while True:
             gained = self.done
             try:
-                if await self._attempt(sess, end):
-                    return await self._finish()
-                err = NetworkError("connection lost")
+                await self._attempt(sess, end)
+                return await self._finish()
             except Exception as e:
                 err = _classify(e)
                 if err is None:
@@ -555,19 +559,25 @@ class _Job:
             fails += 1
             if fails >= self.tries:
                 raise err
-            # exponential backoff with jitter, or the server's Retry-After (capped)
-            import random
+            await TaskManager.sleep(_backoff(err, fails, end))
 
-            delay = err.after if err.after is not None else (250 << (fails - 1)) / 1000 * (0.5 + random.random())
-            delay = min(delay, _RETRY_AFTER_MAX)
-            if end is not None:
-                left = ticks_diff(end, ticks_ms()) / 1000
-                if left <= delay:
-                    raise DownloadTimeout("deadline reached")
-            await TaskManager.sleep(delay)
+    def _begin(self):
+        # Set up the sinks once, before the first attempt -> the deadline (ticks) or None.
+        if self.sha:
+            import hashlib
 
-    def _request(self, end):
-        # -> the keywords of this attempt's GET: our headers, a Range from where we stopped, the timeouts
+            self.hash = hashlib.sha256()
+        if self.mode == "file":
+            self._open_file()
+        t0 = ticks_ms()
+        if self.speed_cb is not None:
+            self.speed_t, self.speed_n = t0, 0
+        return None if self.deadline is None else ticks_add(t0, int(self.deadline * 1000))
+
+    def _request(self, sess, end):
+        # -> this attempt's GET: our headers, a Range from where we stopped, the timeouts. Built in a plain
+        # function: a coroutine frame keeps what its expressions left in its stack slots (the headers, the
+        # timeouts) alive until later code overwrites them, here for as long as the body streams.
         import aiohttp
 
         if self.coded and self.done:
@@ -586,7 +596,8 @@ class _Job:
             total = ticks_diff(end, ticks_ms()) / 1000
             if total <= 0:
                 raise DownloadTimeout("deadline reached")
-        return {"headers": h, "timeout": aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)}
+        return sess.get(self.url, headers=h,
+                        timeout=aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout))
 
     def _accept(self, resp):
         # A response's status and headers, checked before a byte of its body is taken -> (skip, body, strict):
@@ -644,23 +655,28 @@ class _Job:
         return skip, body, strict
 
     async def _attempt(self, sess, end):
-        # One request and its body: True when the wanted bytes are all delivered; raises on failure.
+        # One request and its body: returns once the wanted bytes are all delivered; raises on failure.
         # The hot path is the loop: one buffer, readinto, hand the bytes on. Nothing in it allocates per chunk in
         # file and memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
         # Request and checks are plain methods, so this is the only coroutine frame a download in flight keeps
         # below run(): each frame costs heap for as long as the body streams.
         self.state = "connecting"
-        async with sess.get(self.url, **self._request(end)) as resp:
+        async with self._request(sess, end) as resp:
             skip = self._accept(resp)
             if skip is None:
-                return True
+                return
             skip, left, strict = skip  # left: bytes of this response still to read, skipped ones included
             self.state = "downloading"
             content = resp.content
-            nowait = getattr(content, "readinto_nowait", None)  # our client's; any aiohttp-like one works too
+            # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a bound
+            # method kept in a local would be one more object held for the length of the body.
+            ours = hasattr(content, "readinto_nowait")
             f = self.f
-            buf = _bytearray(self.chunk) if nowait is None else _buffer(self.chunk)  # shared with our client
-            mv = memoryview(buf)
+            if ours:
+                buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
+            else:
+                buf = _bytearray(self.chunk)
+                mv = memoryview(buf)
             size = len(buf)
             chunk_cb = self.chunk_cb
             progress = self.progress_cb is not None or self.speed_cb is not None
@@ -670,31 +686,30 @@ class _Job:
             while True:
                 b = buf if left is None or left >= size else mv[:left]
                 # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-                n = nowait(b) if nowait is not None else None
+                n = content.readinto_nowait(b) if ours else None
                 if n is None:
                     n = await content.readinto(b)
                 if not n:
                     if left and strict:  # the server announced more than it sent
                         raise NetworkError("response ended %d bytes early" % left)
-                    return True
+                    return
                 if left is not None:
                     left -= n
                 data = buf if n == size else mv[:n]
                 if skip:  # a 200 answer to a range request: drop the bytes before the range
-                    k = min(skip, n)
-                    skip -= k
-                    if k == n:
+                    if skip >= n:
+                        skip -= n
                         if not left and left is not None:
-                            return True
+                            return
                         continue
-                    data = mv[k:n]
-                    n -= k
+                    data = mv[skip:n]
+                    n -= skip
+                    skip = 0
                 # max_size in every mode, also when no Content-Length announced the size, before a byte goes out
                 if cap is not None and d + n > cap:
                     raise DownloadError("body exceeds max_size=%d" % self.max_size)
                 if h is not None:
                     h.update(data)
-                at = d
                 d += n
                 self.done = d  # counted before a callback sees it, so downloads() inside one includes it
                 if f is not None:
@@ -708,15 +723,19 @@ class _Job:
                         await r
                         r = None
                 else:
-                    # No buffer yet when the length is unknown (chunked or close-delimited body): start one here.
-                    have = 0 if self.mem is None else len(self.mem)
-                    if have < d:
-                        self._mem_room(max(2 * have, d, 4096), at)
-                    self.mem[at:d] = data
+                    self._store(data, d)
                 if left is not None and not left:
-                    return True
+                    return
                 if progress and self._due():
                     await self._report()
+
+    def _store(self, data, end):
+        # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first
+        # chunk when the length is unknown (chunked or close-delimited body) and doubles as needed.
+        have = 0 if self.mem is None else len(self.mem)
+        if have < end:
+            self._mem_room(max(2 * have, end, 4096), end - len(data))
+        self.mem[end - len(data) : end] = data
 
     def _due(self):
         # Cheap check per chunk; the coroutine _report() is only created when a callback is really due.

@@ -300,13 +300,15 @@ class _Conn:
     end = None  # deadline of the whole request (ClientTimeout.total)
     task = None
     expired = False
-    k = 0  # bytes read since this task last let others run (see recv)
     idle_since = 0
     reused = False
     keep_buf = False  # True while a chunked body streams: its size lines need the buffer
 
     def __init__(self, key):
         self.key = key
+        # bytes read since this task last let others run (see recv). Every read sets it: set here, or the first
+        # read of a body would grow the table, an allocation on the hot path.
+        self.k = 0
 
     def open(self, ctx):
         scheme, host, port = self.key
@@ -487,11 +489,11 @@ class StreamReader:
     _chunked = _close = _eof = False
     _dec = None  # the decoder of a gzip/deflate body
     _now = None  # made on the first awaited readinto (DownloadManager never needs it)
-    total_bytes = 0
 
     def __init__(self, resp, conn, length, chunked):
         self._r = resp
         self._c = conn
+        self.total_bytes = 0  # as _Conn.k: every read sets it
         if chunked:
             self._chunked = True
             self._left = 0

@@ -675,6 +675,7 @@ async def main():
     pieces, chopped = chop()  # everything global exists by now: the module's dict need not grow
     r = await DownloadManager.download_url(URL, chunk_callback=take)
     await DownloadManager.close_session()
+    gc.collect()  # garbage is room too: without this, free said when the collector last ran
     free = gc.mem_free()
     pieces = None
     result(r=r, chopped=chopped, free=free, sha=binascii.hexlify(h.digest()).decode(), longest=longest[0])

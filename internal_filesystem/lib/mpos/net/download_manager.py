@@ -673,6 +673,9 @@ class _Job:
             ours = hasattr(content, "readinto_nowait")
             f = self.f
             if ours:
+                # What the download needs of the head is copied (size, validator): let the text go. A CDN's head
+                # is often 1 KB or more, held for as long as the body streams.
+                resp.headers = None
                 buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
             else:
                 buf = _bytearray(self.chunk)

@@ -80,8 +80,11 @@ async def main():
                 if AWAITED:  # the aiohttp way
                     step = r.content.readinto(buf)
                     n = await step
-                    # bytes were waiting (no generator) and the read size is the one before
-                    ready = type(step).__name__ == "_Now" and n == last
+                    # bytes were waiting (no generator) and the size is that of the last such read
+                    now = type(step).__name__ == "_Now"
+                    ready = now and n == last
+                    if now:
+                        last = n
                 else:
                     n = r.content.readinto_nowait(buf)
                     ready = n is not None
@@ -94,7 +97,6 @@ async def main():
                 if ready and not r.content.at_eof():  # the read that ends the body also pools the connection
                     free += 1
                     spent += used
-                last = n
                 sha.update(memoryview(buf)[:n])
                 got += n
     result(sha=hexdigest(sha), got=got, free=free, spent=spent)

@@ -6,7 +6,7 @@
 #
 # The path of a byte: aiohttp's resp.content.readinto(buf) fills the chunk buffer (1 KB by default, one shared
 # by a thread's downloads), whose bytes go to the partial file, the memory buffer or the chunk callback before the
-# next await (see _Job._attempt).
+# next await (see _Job.run).
 #
 # What it guarantees beyond the documented contract:
 # - File mode writes OUTFILE.part and renames it over OUTFILE only after a complete (and, with sha256=,
@@ -127,7 +127,7 @@ def _acquire():
 
 def _buffer(size):
     # Downloads on one thread (one event loop) share one read buffer: our client writes into it only once back
-    # from its last wait, and _attempt hands the bytes on before it awaits anything, so no two downloads ever
+    # from its last wait, and _Job.run hands the bytes on before it awaits anything, so no two downloads ever
     # have bytes in it at once. With 8 in flight that is 7 KB less. Let go when the last download ends.
     # -> (buffer, a memoryview of it): the view is shared too.
     me = _thread.get_ident() if _thread else 0
@@ -409,7 +409,7 @@ class _Job:
     done = 0  # bytes delivered by this job
     size = None  # full resource size, once a response told it
     validator = None  # ETag or Last-Modified, for If-Range on a resume
-    coded = False  # a response came gzip/deflate-coded: retries start over (see _attempt)
+    coded = False  # a response came gzip/deflate-coded: retries start over (see _request)
     state = "queued"
     headers = {}  # the caller's, Range taken out (never changed in place: shared by jobs that have none)
     speed = 0
@@ -540,12 +540,81 @@ class _Job:
     # -- the engine --
     async def run(self, sess):
         # Attempts until the body is complete; a failed one is retried while it may help (see _classify).
+        # The hot path is the inner loop: one buffer, readinto, hand the bytes on. Nothing in it allocates per chunk
+        # in file and memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
+        # Request and checks are plain methods and the body loop is not a coroutine of its own: each coroutine
+        # frame costs heap for as long as the body streams, and this one is the only frame a download keeps
+        # below _run().
         end = self._begin()
         fails = 0
         while True:
             gained = self.done
             try:
-                await self._attempt(sess, end)
+                self.state = "connecting"
+                async with self._request(sess, end) as resp:
+                    skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
+                    self.state = "downloading"
+                    content = resp.content
+                    # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
+                    # bound method kept in a local would be one more object held for the length of the body.
+                    ours = hasattr(content, "readinto_nowait")
+                    f = self.f
+                    if ours:
+                        # What the download needs of the head is copied (size, validator): let the text go. A
+                        # CDN's head is often 1 KB or more, held for as long as the body streams.
+                        resp.headers = None
+                        buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
+                    else:
+                        buf = _bytearray(self.chunk)
+                        mv = memoryview(buf)
+                    size = len(buf)
+                    chunk_cb = self.chunk_cb
+                    progress = self.progress_cb is not None or self.speed_cb is not None
+                    h = self.hash
+                    cap = None if self.max_size is None else self.max_size - self.have
+                    d = self.done
+                    while left != 0:  # None: until the server closes or ends the chunked body
+                        b = buf if left is None or left >= size else mv[:left]
+                        # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
+                        n = content.readinto_nowait(b) if ours else None
+                        if n is None:
+                            n = await content.readinto(b)
+                        if not n:
+                            if left and strict:  # the server announced more than it sent
+                                raise NetworkError("response ended %d bytes early" % left)
+                            break
+                        if left is not None:
+                            left -= n
+                        data = buf if n == size else mv[:n]
+                        if skip:  # a 200 answer to a range request: drop the bytes before the range
+                            if skip >= n:
+                                skip -= n
+                                continue
+                            data = mv[skip:n]
+                            n -= skip
+                            skip = 0
+                        # max_size in every mode, also when no Content-Length announced the size, before a byte
+                        # goes out
+                        if cap is not None and d + n > cap:
+                            raise DownloadError("body exceeds max_size=%d" % self.max_size)
+                        if h is not None:
+                            h.update(data)
+                        d += n
+                        self.done = d  # counted before a callback sees it, so downloads() inside one includes it
+                        if f is not None:
+                            try:
+                                f.write(data)
+                            except OSError as e:
+                                raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+                        elif chunk_cb is not None:
+                            r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                            if r is not None and hasattr(r, "send"):  # an async def callback
+                                await r
+                                r = None
+                        else:
+                            self._store(data, d)
+                        if progress and left != 0 and self._due():
+                            await self._report()
                 return await self._finish()
             except Exception as e:
                 err = _classify(e)
@@ -602,7 +671,7 @@ class _Job:
     def _accept(self, resp):
         # A response's status and headers, checked before a byte of its body is taken -> (skip, body, strict):
         # bytes to drop before the wanted ones, bytes to read (None: until the end), whether the server announced
-        # that length (vs. a cap we chose). None when the partial file turns out to be the whole resource.
+        # that length (vs. a cap we chose). Nothing to read when the partial file is already the whole resource.
         pos = self.lo + self.have + self.done  # as asked for in _request: nothing arrived in between
         st = resp.status
         hd = resp.headers
@@ -636,7 +705,7 @@ class _Job:
                 body, strict = self.hi + 1, body is not None
         elif st == 416 and self.have and not self.done:
             if hd.get("Content-Range", "").endswith("/%d" % self.have):
-                return None  # the partial file is already the whole resource
+                return 0, 0, True  # the partial file is already the whole resource: nothing to read
             raise HTTPError("HTTP 416 (range not satisfiable)", st)
         else:
             after = None
@@ -653,84 +722,6 @@ class _Job:
         if self.mode == "memory" and body is not None:
             self._mem_room(self.done + body - skip, self.done)
         return skip, body, strict
-
-    async def _attempt(self, sess, end):
-        # One request and its body: returns once the wanted bytes are all delivered; raises on failure.
-        # The hot path is the loop: one buffer, readinto, hand the bytes on. Nothing in it allocates per chunk in
-        # file and memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
-        # Request and checks are plain methods, so this is the only coroutine frame a download in flight keeps
-        # below run(): each frame costs heap for as long as the body streams.
-        self.state = "connecting"
-        async with self._request(sess, end) as resp:
-            skip = self._accept(resp)
-            if skip is None:
-                return
-            skip, left, strict = skip  # left: bytes of this response still to read, skipped ones included
-            self.state = "downloading"
-            content = resp.content
-            # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a bound
-            # method kept in a local would be one more object held for the length of the body.
-            ours = hasattr(content, "readinto_nowait")
-            f = self.f
-            if ours:
-                # What the download needs of the head is copied (size, validator): let the text go. A CDN's head
-                # is often 1 KB or more, held for as long as the body streams.
-                resp.headers = None
-                buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
-            else:
-                buf = _bytearray(self.chunk)
-                mv = memoryview(buf)
-            size = len(buf)
-            chunk_cb = self.chunk_cb
-            progress = self.progress_cb is not None or self.speed_cb is not None
-            h = self.hash
-            cap = None if self.max_size is None else self.max_size - self.have
-            d = self.done
-            while True:
-                b = buf if left is None or left >= size else mv[:left]
-                # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-                n = content.readinto_nowait(b) if ours else None
-                if n is None:
-                    n = await content.readinto(b)
-                if not n:
-                    if left and strict:  # the server announced more than it sent
-                        raise NetworkError("response ended %d bytes early" % left)
-                    return
-                if left is not None:
-                    left -= n
-                data = buf if n == size else mv[:n]
-                if skip:  # a 200 answer to a range request: drop the bytes before the range
-                    if skip >= n:
-                        skip -= n
-                        if not left and left is not None:
-                            return
-                        continue
-                    data = mv[skip:n]
-                    n -= skip
-                    skip = 0
-                # max_size in every mode, also when no Content-Length announced the size, before a byte goes out
-                if cap is not None and d + n > cap:
-                    raise DownloadError("body exceeds max_size=%d" % self.max_size)
-                if h is not None:
-                    h.update(data)
-                d += n
-                self.done = d  # counted before a callback sees it, so downloads() inside one includes it
-                if f is not None:
-                    try:
-                        f.write(data)
-                    except OSError as e:
-                        raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
-                elif chunk_cb is not None:
-                    r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
-                    if r is not None and hasattr(r, "send"):  # an async def callback
-                        await r
-                        r = None
-                else:
-                    self._store(data, d)
-                if left is not None and not left:
-                    return
-                if progress and self._due():
-                    await self._report()
 
     def _store(self, data, end):
         # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first

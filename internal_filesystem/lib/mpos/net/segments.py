@@ -70,7 +70,7 @@ class _Seg(_Job):
         pass  # the shared .part is open already
 
     def _restart(self):
-        raise _Odd()  # other bytes than the range asked for (see _Job._attempt): the server changed its mind
+        raise _Odd()  # other bytes than the range asked for (see _Job.run): the server changed its mind
 
     async def _finish(self):
         self.state = "done"

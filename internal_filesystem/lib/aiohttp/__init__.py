@@ -777,7 +777,10 @@ class ClientResponse:
         if parts[0] != "HTTP/1.1":
             self.version = parts[0]
         self.status = int(parts[1])
-        self.reason = parts[2] if len(parts) > 2 else ""
+        reason = parts[2] if len(parts) > 2 else ""
+        # Nearly every answer says "OK": keep the constant, not a copy that each response would hold (64 bytes
+        # of heap on the unix port) for as long as its body streams.
+        self.reason = "OK" if reason == "OK" else reason
         h = []
         total = len(line)
         while True:

@@ -538,97 +538,116 @@ class _Job:
             self.mem = new
 
     # -- the engine --
-    async def run(self, sess):
-        # Attempts until the body is complete; a failed one is retried while it may help (see _classify).
+    segmented = False  # Segmented: try its ranged connections first (see segments.py)
+
+    async def run(self, sess=None):
+        # The whole download as download_url() starts it (sess None): the shared session, an admission slot,
+        # attempts until the body is complete (a failed one is retried while it may help, see _classify) and the
+        # cleanup, also on cancellation. A segment of a Segmented download brings its session and only attempts.
         # The hot path is the inner loop: one buffer, readinto, hand the bytes on. Nothing in it allocates per chunk
         # in file and memory mode (stream mode allocates the bytes it hands out, and a short tail needs a slice).
-        # Request and checks are plain methods and the body loop is not a coroutine of its own: each coroutine
-        # frame costs heap for as long as the body streams, and this one is the only frame a download keeps
-        # below _run().
-        end = self._begin()
-        fails = 0
-        while True:
-            gained = self.done
-            try:
-                self.state = "connecting"
-                async with self._request(sess, end) as resp:
-                    skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
-                    self.state = "downloading"
-                    content = resp.content
-                    # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
-                    # bound method kept in a local would be one more object held for the length of the body.
-                    ours = hasattr(content, "readinto_nowait")
-                    f = self.f
-                    if ours:
-                        # What the download needs of the head is copied (size, validator): let the text go. A
-                        # CDN's head is often 1 KB or more, held for as long as the body streams.
-                        resp.headers = None
-                        buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
-                    else:
-                        buf = _bytearray(self.chunk)
-                        mv = memoryview(buf)
-                    size = len(buf)
-                    chunk_cb = self.chunk_cb
-                    progress = self.progress_cb is not None or self.speed_cb is not None
-                    h = self.hash
-                    cap = None if self.max_size is None else self.max_size - self.have
-                    d = self.done
-                    while left != 0:  # None: until the server closes or ends the chunked body
-                        b = buf if left is None or left >= size else mv[:left]
-                        # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-                        n = content.readinto_nowait(b) if ours else None
-                        if n is None:
-                            n = await content.readinto(b)
-                        if not n:
-                            if left and strict:  # the server announced more than it sent
-                                raise NetworkError("response ended %d bytes early" % left)
-                            break
-                        if left is not None:
-                            left -= n
-                        data = buf if n == size else mv[:n]
-                        if skip:  # a 200 answer to a range request: drop the bytes before the range
-                            if skip >= n:
-                                skip -= n
-                                continue
-                            data = mv[skip:n]
-                            n -= skip
-                            skip = 0
-                        # max_size in every mode, also when no Content-Length announced the size, before a byte
-                        # goes out
-                        if cap is not None and d + n > cap:
-                            raise DownloadError("body exceeds max_size=%d" % self.max_size)
-                        if h is not None:
-                            h.update(data)
-                        d += n
-                        self.done = d  # counted before a callback sees it, so downloads() inside one includes it
-                        if f is not None:
-                            try:
-                                f.write(data)
-                            except OSError as e:
-                                raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
-                        elif chunk_cb is not None:
-                            r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
-                            if r is not None and hasattr(r, "send"):  # an async def callback
-                                await r
-                                r = None
+        # All of it is this one coroutine frame, the request, checks and bookkeeping being plain functions: each
+        # frame is heap held for as long as the body streams.
+        admitted = None  # None: a segment, no bookkeeping; a whole download: False, then True once it has a slot
+        if sess is None:
+            sess = _enter(self)
+            if sess is None:
+                return self.fail
+            admitted = False
+        try:
+            if admitted is False:
+                await _admit(self.priority)
+                admitted = True
+                if self.segmented and await self._segments(sess):
+                    return True
+            end = self._begin()
+            fails = 0
+            while True:
+                gained = self.done
+                try:
+                    self.state = "connecting"
+                    async with self._request(sess, end) as resp:
+                        skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
+                        self.state = "downloading"
+                        content = resp.content
+                        # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
+                        # bound method kept in a local would be one more object held for the length of the body.
+                        ours = hasattr(content, "readinto_nowait")
+                        f = self.f
+                        if ours:
+                            # What the download needs of the head is copied (size, validator): let the text go. A
+                            # CDN's head is often 1 KB or more, held for as long as the body streams.
+                            resp.headers = None
+                            buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
                         else:
-                            self._store(data, d)
-                        if progress and left != 0 and self._due():
-                            await self._report()
-                return await self._finish()
-            except Exception as e:
-                err = _classify(e)
-                if err is None:
-                    raise
-            if not err.retry:
-                raise err
-            if self.done > gained:
-                fails = 0  # progress was made: resume at once with a fresh budget
-                continue
-            fails += 1
-            if fails >= self.tries:
-                raise err
-            await TaskManager.sleep(_backoff(err, fails, end))
+                            buf = _bytearray(self.chunk)
+                            mv = memoryview(buf)
+                        size = len(buf)
+                        chunk_cb = self.chunk_cb
+                        progress = self.progress_cb is not None or self.speed_cb is not None
+                        h = self.hash
+                        cap = None if self.max_size is None else self.max_size - self.have
+                        d = self.done
+                        while left != 0:  # None: until the server closes or ends the chunked body
+                            b = buf if left is None or left >= size else mv[:left]
+                            # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
+                            n = content.readinto_nowait(b) if ours else None
+                            if n is None:
+                                n = await content.readinto(b)
+                            if not n:
+                                if left and strict:  # the server announced more than it sent
+                                    raise NetworkError("response ended %d bytes early" % left)
+                                break
+                            if left is not None:
+                                left -= n
+                            data = buf if n == size else mv[:n]
+                            if skip:  # a 200 answer to a range request: drop the bytes before the range
+                                if skip >= n:
+                                    skip -= n
+                                    continue
+                                data = mv[skip:n]
+                                n -= skip
+                                skip = 0
+                            # max_size in every mode, also when no Content-Length announced the size, before a byte
+                            # goes out
+                            if cap is not None and d + n > cap:
+                                raise DownloadError("body exceeds max_size=%d" % self.max_size)
+                            if h is not None:
+                                h.update(data)
+                            d += n
+                            self.done = d  # counted before a callback sees it, so downloads() inside one includes it
+                            if f is not None:
+                                self._write(data)
+                            elif chunk_cb is not None:
+                                r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                                if r is not None and hasattr(r, "send"):  # an async def callback
+                                    await r
+                                    r = None
+                            else:
+                                self._store(data, d)
+                            if progress and left != 0 and self._due():
+                                await self._report()
+                    return await self._finish()
+                except Exception as e:
+                    err = _classify(e)
+                    if err is None:
+                        raise
+                if not err.retry:
+                    raise err
+                if self.done > gained:
+                    fails = 0  # progress was made: resume at once with a fresh budget
+                    continue
+                fails += 1
+                if fails >= self.tries:
+                    raise err
+                await TaskManager.sleep(_backoff(err, fails, end))
+        except Exception as e:
+            if admitted is None:
+                raise
+            return _failed(self, e)
+        finally:
+            if admitted is not None:
+                _exit(self, admitted)
 
     def _begin(self):
         # Set up the sinks once, before the first attempt -> the deadline (ticks) or None.
@@ -722,6 +741,14 @@ class _Job:
         if self.mode == "memory" and body is not None:
             self._mem_room(self.done + body - skip, self.done)
         return skip, body, strict
+
+    def _write(self, data):
+        # File mode's sink. Its `try` is here, not in run(): one exception level more there made every download's
+        # frame 64 bytes bigger (512 on the unix port), too big for a heap chopped into 448-byte pieces.
+        try:
+            self.f.write(data)
+        except OSError as e:
+            raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
 
     def _store(self, data, end):
         # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first
@@ -891,31 +918,29 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
     if (opts.get("segments") or 1) > 1:
         from .segments import Segmented as cls  # only then: on the device every module costs heap
     job = cls(url, outfile, chunk_callback, total_size, headers, opts)
-    return _sync_or_async(_run(job))
+    return _sync_or_async(job.run())
 
 
-async def _run(job):
+# What _Job.run does before and after a whole download, as plain functions: their locals would otherwise be slots
+# in every download's coroutine frame.
+def _enter(job):
     sess = _acquire()
     if sess is None:
         _log("aiohttp is not available, cannot download %s" % job.shown)
-        return job.fail
-    _jobs.append(job)
-    try:
-        await _admit(job.priority)
-        try:
-            return await job.run(sess)
-        finally:
-            _leave()
-    except Exception as e:
-        return _failed(job, e)
-    finally:
-        job.close()  # also on cancellation: the partial file stays for a resume
-        _jobs.remove(job)
-        _release()
+    else:
+        _jobs.append(job)
+    return sess
+
+
+def _exit(job, admitted):
+    if admitted:
+        _leave()
+    job.close()  # also on cancellation: the partial file stays for a resume
+    _jobs.remove(job)
+    _release()
 
 
 def _failed(job, e):
-    # A plain function, not a branch of _run: its locals would be slots in every download's coroutine frame.
     job.state = "failed"
     if isinstance(e, MemoryError):
         e = OutOfMemory("out of memory")

@@ -122,7 +122,11 @@ class Segmented(_Job):
         # seconds left of deadline= (None: no deadline)
         return None if self.end is None else max(ticks_diff(self.end, ticks_ms()), 1) / 1000
 
-    async def run(self, sess):
+    segmented = True  # _Job.run calls _segments first, once admitted
+
+    async def _segments(self, sess):
+        # -> True when the download was done over ranged connections; otherwise _Job.run goes on with one plain
+        # stream from scratch.
         if self.deadline is not None:
             self.end = ticks_add(ticks_ms(), int(self.deadline * 1000))
         # A caller's Range asks for part of the resource: that is the plain engine's job.
@@ -130,10 +134,10 @@ class Segmented(_Job):
             got = await self._probe(sess)
             if got is not None and await self._segmented(sess, got[0], got[1]):
                 return True
-        # One plain stream from scratch; it truncates the .part, so first drop the record that described it.
+        # The plain stream truncates the .part: first drop the record that described it.
         _remove(self.outfile + ".part.state")
         self.deadline = self._left()
-        return await _Job.run(self, sess)
+        return False
 
     async def _probe(self, sess):
         # -> (size, validator) when the server serves ranges of this resource as it is; None otherwise.

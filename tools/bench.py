@@ -9,7 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from tools import mpy  # noqa: E402
 from tools.testservers import FaultServer, make_certs, sha256_of  # noqa: E402
@@ -173,15 +174,74 @@ async def main():
 asyncio.run(main())
 """
 
-HEAP = """
-import asyncio, gc, aiohttp
+# Heap held with n requests in flight, read inside a chunk callback once every one holds a full 1 KB chunk (the
+# first chunk is often the short rest of the head's packet), minus what the same harness holds around a stand-in
+# that hands a ready-made 1 KB chunk to the callback: what is left is the library's share, including the chunk
+# copy a download hands out. at(name) reads the heap, each port its own way (HEAP, HEAP32); bench.py subtracts.
+HELD = """
+import asyncio, aiohttp
 from mpos import DownloadManager
 
-async def main():
+CHUNK = bytes(1024)
+
+async def stand_in(url, chunk_callback):
+    await chunk_callback(CHUNK)
+    return True
+
+async def held(n, download, tag):
+    await at(tag + "-base")
+    full = []
+    go = asyncio.Event()
+    async def one(i):
+        async def cb(chunk):
+            if len(chunk) == 1024 and i not in full:
+                full.append(i)
+                if len(full) == n:
+                    await at(tag)
+                    go.set()
+                await go.wait()
+        return await download(URL, chunk_callback=cb)
+    ok = await asyncio.gather(*[one(i) for i in range(n)])
+    assert all(ok), ok
+    await DownloadManager.close_session()
+
+async def rounds():
     # warm up: import everything and run one download so that only per-request memory is counted
     await DownloadManager.download_url(URL)
     await DownloadManager.close_session()
 
+    # The client alone, the same way: a request whose body is read into one buffer all requests share and
+    # handed to the callback as it is (no copy), on a session made beforehand.
+    s = aiohttp.ClientSession()
+    buf = bytearray(1024)
+
+    async def client(url, chunk_callback):
+        async with s.get(url) as r:
+            while True:
+                n = await r.content.readinto(buf)
+                if not n:
+                    return True
+                await chunk_callback(buf if n == 1024 else memoryview(buf)[:n])
+
+    DownloadManager.max_connections = 8
+    await held(2, stand_in, "warm")  # asyncio.Event and gather load on first use: not per download
+    for n in (1, 8):
+        await held(n, stand_in, "harness-client%d" % n)
+        await held(n, client, "client%d" % n)
+    await s.close()
+    for n in (1, 8):
+        await held(n, stand_in, "harness%d" % n)
+        await held(n, DownloadManager.download_url, "download%d" % n)
+"""
+
+HEAP = HELD + """
+import gc
+
+async def at(name):
+    gc.collect()
+    result(mark=name, heap=gc.mem_alloc())
+
+async def main():
     # 100 readinto calls: what the hot path allocates per chunk (garbage, collected later)
     buf = bytearray(1024)
     s = aiohttp.ClientSession()
@@ -196,64 +256,31 @@ async def main():
         gc.enable()
     await s.close()
     result(readinto_per_chunk=(b1 - b0) / 100)
-
-    # The DownloadManager: heap held with 1 and with 8 downloads in flight, measured inside a chunk callback once
-    # every download holds a full 1 KB chunk (the first chunk is often the short rest of the head's packet), minus
-    # what the same harness holds around a stand-in download that hands a ready-made 1 KB chunk to the callback:
-    # what is left is the library's share, including the chunk copy it hands out.
-    CHUNK = bytes(1024)
-
-    async def stand_in(url, chunk_callback):
-        await chunk_callback(CHUNK)
-        return True
-
-    async def held(n, download):
-        gc.collect()
-        base = gc.mem_alloc()
-        full = []
-        go = asyncio.Event()
-        out = []
-        async def one(i):
-            async def cb(chunk):
-                if len(chunk) == 1024 and i not in full:
-                    full.append(i)
-                    if len(full) == n:
-                        gc.collect()
-                        out.append(gc.mem_alloc() - base)
-                        go.set()
-                    await go.wait()
-            return await download(URL, chunk_callback=cb)
-        ok = await asyncio.gather(*[one(i) for i in range(n)])
-        assert all(ok), ok
-        await DownloadManager.close_session()
-        return out[0]
-
-    # The client alone, the same way: a request whose body is read into one buffer all requests share and
-    # handed to the callback as it is (no copy), on a session made beforehand.
-    s = aiohttp.ClientSession()
-
-    async def client(url, chunk_callback):
-        async with s.get(url) as r:
-            while True:
-                n = await r.content.readinto(buf)
-                if not n:
-                    return True
-                await chunk_callback(buf if n == 1024 else memoryview(buf)[:n])
-
-    DownloadManager.max_connections = 8
-    await held(2, stand_in)  # asyncio.Event and gather load on first use: not per download
-    for n in (1, 8):
-        harness = await held(n, stand_in)
-        lib = await held(n, client)
-        result(client=n, held=lib - harness, per_request=(lib - harness) / n)
-    await s.close()
-    for n in (1, 8):
-        harness = await held(n, stand_in)
-        lib = await held(n, DownloadManager.download_url)
-        result(inflight=n, held=lib - harness, per_download=(lib - harness) / n, harness=harness)
+    await rounds()
 
 asyncio.run(main())
 """
+
+# The same on a 32-bit MicroPython (tools/wasm32.mjs: its mark() reads the heap; top-level await runs it)
+HEAP32 = 'URL = "http://127.0.0.1/bytes/200000"\nat = mark\n' + HELD + "await rounds()\n"
+
+
+def heap_rows(marks, bits):
+    # {tag: heap, tag-base: heap} -> table rows: per request (client alone) and per download, 1 and 8 in flight
+    def held(tag):
+        return marks[tag] - marks[tag + "-base"]
+
+    rows, figures = [], {}
+    for kind, what in (("client", "heap per client request (aiohttp alone), %d in flight, %s"),
+                       ("download", "heap per download (stream mode), %d in flight, %s")):
+        for n in (1, 8):
+            harness = "harness-client%d" % n if kind == "client" else "harness%d" % n
+            lib = held(kind + str(n)) - held(harness)
+            figures["%s%d" % (kind, n)] = lib
+            target = "report" if kind == "client" else "target <= 2048" if n > 1 else "(+ the session)"
+            rows.append((what % (n, bits), "%d bytes (%d held)" % (lib // n, lib), "", target))
+    return rows, figures
+
 
 # Segmented downloads against a server that limits each connection's rate (as a slow link or a busy mirror
 # does): segments=4 vs segments=1, and segments=1 vs no keyword (the same code path: it must cost nothing). The
@@ -337,6 +364,25 @@ def measure_smallest_heap(work, url, size):
     return in_ram, in_place, code
 
 
+def heap_32bit(work):
+    """The heap figures on MicroPython's webassembly port (32-bit, like the ESP32; installed by `make bench`),
+    the socket replaced by tools/standin_socket.py. -> (rows, figures); a row saying why when it cannot run."""
+    import shutil
+    import subprocess
+
+    port = ROOT / ".wasm" / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
+    if not port.exists() or not shutil.which("node"):
+        return [("heap per download, webassembly, 32-bit", "not measured: needs node (make bench installs the port)",
+                 "", "")], {}
+    script = Path(work) / "heap32.py"
+    script.write_text(HEAP32)
+    proc = subprocess.run(["node", str(ROOT / "tools" / "wasm32.mjs"), str(port), str(mpy.LIB), str(script)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        sys.exit("bench heap (32-bit) failed:\n%s\n%s" % (proc.stdout, proc.stderr))
+    return heap_rows(json.loads(proc.stdout.splitlines()[-1]), "webassembly, 32-bit")
+
+
 def check(proc, res, what):
     if proc.returncode != 0 or not res:
         sys.exit("bench %s failed:\n%s\n%s" % (what, proc.stdout, proc.stderr))
@@ -370,16 +416,12 @@ def main(argv):
                          "%.1fx faster" % (r["fresh_us"] / r["reuse_us"]), "target >= 3x"))
             proc, res = mpy.run(HEAP, work, heapsize="4M", timeout=120, URL=srv.url("/bytes/200000"))
             res = check(proc, res, "heap")
-            raw["heap"] = res
             rows.append(("allocated per content.readinto call (garbage)",
                          "%.0f bytes" % res[0]["readinto_per_chunk"], "", "report"))
-            for r in res[1:3]:
-                rows.append(("heap per client request, %d in flight (aiohttp alone, new connections)" % r["client"],
-                             "%d bytes (%d held)" % (r["per_request"], r["held"]), "", "report"))
-            for r in res[3:]:
-                rows.append(("heap per download, %d in flight (stream mode, full chunk, harness subtracted)"
-                             % r["inflight"], "%d bytes (%d held)" % (r["per_download"], r["held"]), "",
-                             "target <= 2048"))
+            more, raw["heap"] = heap_rows({r["mark"]: r["heap"] for r in res[1:]}, "unix, 64-bit")
+            rows += more
+            more, raw["heap32"] = heap_32bit(work)
+            rows += more
             seg_size, seg_rate = 2 * 2**20, 2**20
             proc, res = mpy.run(SEGMENTS, work, timeout=300, URL=srv.url("/bytes/%d?rate=%d" % (seg_size, seg_rate)),
                                 SHA=sha256_of(seg_size), OUT=str(Path(work) / "seg.bin"), ROUNDS=1)

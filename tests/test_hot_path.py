@@ -64,7 +64,7 @@ def test_chunked_bodies_are_exact_and_allocate_little(mpy, fault, files, query):
         assert used["file"] < 24 * 1024 + 64 * (SIZE // 1024), used
 
 READS = """
-import asyncio, gc, aiohttp
+import asyncio, gc, aiohttp, micropython
 
 async def main():
     buf = bytearray(1024)
@@ -77,6 +77,7 @@ async def main():
                 gc.collect()
                 gc.disable()
                 a0 = gc.mem_alloc()
+                t0 = micropython.mem_total()  # every byte allocated, even what is freed at once
                 if AWAITED:  # the aiohttp way
                     step = r.content.readinto(buf)
                     n = await step
@@ -88,7 +89,8 @@ async def main():
                 else:
                     n = r.content.readinto_nowait(buf)
                     ready = n is not None
-                used = gc.mem_alloc() - a0
+                # readinto_nowait: all allocation, frames included; awaited: what stays allocated (see below)
+                used = micropython.mem_total() - t0 if not AWAITED else gc.mem_alloc() - a0
                 gc.enable()
                 if n is None:
                     n = await r.content.readinto(buf)
@@ -105,7 +107,7 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("awaited, most", [(False, 64), (True, 0)])
+@pytest.mark.parametrize("awaited, most", [(False, 256), (True, 0)])
 def test_readinto_of_waiting_bytes_allocates_nothing(mpy, fault, awaited, most):
     # readinto_nowait(buf) takes bytes that are already here without allocating; `await readinto(buf)` does the
     # same while the read size repeats (a full buffer). Only a read that waits for the network makes a generator.
@@ -113,8 +115,12 @@ def test_readinto_of_waiting_bytes_allocates_nothing(mpy, fault, awaited, most):
     v = mpy.run(READS, URL=fault.url("/bytes/%d" % n), AWAITED=awaited).value
     assert v["sha"] == sha256_of(n) and v["got"] == n
     assert v["free"] > 100, v  # most reads found bytes waiting
-    # nowait: a view to copy the bytes that came with the head is all it allocates; awaited, counting repeats
-    # only, nothing at all. The read that ends the body is not counted: it hands the connection back to the pool.
+    # nowait: the careful path once, for the bytes that came with the head (a view, and its frame: MicroPython
+    # puts the frame of a function needing more than 11 words on the heap at every call), and nothing per chunk,
+    # not even a frame (176 bytes per chunk here until readinto_nowait's common case lost its `try`; over 250
+    # reads that is 44 KB against this bound of 256 bytes). Awaited, counting repeats only: nothing
+    # that stays (its careful path's frame is such a heap frame, freed as it returns). The read that ends the
+    # body is not counted: it hands the connection back to the pool.
     assert v["spent"] <= most, v
 
 

@@ -29,13 +29,14 @@ class socket:
         return len(data)
 
     def readinto(self, buf, size=-1):
+        room = len(buf) if size < 0 else min(size, len(buf))
         h = self.head
         if h:
-            k = min(len(h), len(buf))
+            k = min(len(h), room)
             buf[:k] = h[:k]
             self.head = h[k:]
             return k
-        k = min(self.left, len(buf), len(_BODY))
+        k = min(self.left, room, len(_BODY))
         buf[:k] = _BODY[:k]
         self.left -= k
         return k

@@ -343,6 +343,17 @@ def _classify(e):
     return None
 
 
+def _retry_in(e, fails, tries, end):
+    # What an attempt raised -> seconds to wait before the next one (0: progress was made, resume at once), or
+    # the DownloadError that ends the download. A plain function: its locals would be slots in run()'s frame.
+    err = _classify(e)
+    if err is None:
+        raise e  # not ours to retry: a callback's own exception
+    if not err.retry or fails >= tries:
+        raise err
+    return _backoff(err, fails, end) if fails else 0
+
+
 def _backoff(err, fails, end):
     # Seconds before the next try: exponential with jitter, or the server's Retry-After (capped).
     import random
@@ -569,10 +580,9 @@ class _Job:
                     async with self._request(sess, end) as resp:
                         skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
                         self.state = "downloading"
-                        content = resp.content
                         # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
                         # bound method kept in a local would be one more object held for the length of the body.
-                        ours = hasattr(content, "readinto_nowait")
+                        ours = hasattr(resp.content, "readinto_nowait")
                         f = self.f
                         if ours:
                             # What the download needs of the head is copied (size, validator): let the text go. A
@@ -582,18 +592,17 @@ class _Job:
                         else:
                             buf = _bytearray(self.chunk)
                             mv = memoryview(buf)
-                        size = len(buf)
-                        chunk_cb = self.chunk_cb
+                        # Few locals: each is a slot in this frame, held as long as the download, and the frame must
+                        # fit a hole in a fragmented heap (test_a_chopped_heap...).
                         progress = self.progress_cb is not None or self.speed_cb is not None
-                        h = self.hash
-                        cap = None if self.max_size is None else self.max_size - self.have
+                        size = len(buf)  # per chunk, `len` would be a search of the builtins: ~1000 instructions
                         d = self.done
                         while left != 0:  # None: until the server closes or ends the chunked body
-                            b = buf if left is None or left >= size else mv[:left]
+                            data = buf if left is None or left >= size else mv[:left]
                             # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-                            n = content.readinto_nowait(b) if ours else None
+                            n = resp.content.readinto_nowait(data) if ours else None
                             if n is None:
-                                n = await content.readinto(b)
+                                n = await resp.content.readinto(data)
                             if not n:
                                 if left and strict:  # the server announced more than it sent
                                     raise NetworkError("response ended %d bytes early" % left)
@@ -610,37 +619,30 @@ class _Job:
                                 skip = 0
                             # max_size in every mode, also when no Content-Length announced the size, before a byte
                             # goes out
-                            if cap is not None and d + n > cap:
+                            if self.max_size is not None and self.have + d + n > self.max_size:
                                 raise DownloadError("body exceeds max_size=%d" % self.max_size)
-                            if h is not None:
-                                h.update(data)
+                            if self.hash is not None:
+                                self.hash.update(data)
                             d += n
                             self.done = d  # counted before a callback sees it, so downloads() inside one includes it
                             if f is not None:
-                                self._write(data)
-                            elif chunk_cb is not None:
-                                r = chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
-                                if r is not None and hasattr(r, "send"):  # an async def callback
-                                    await r
-                                    r = None
+                                try:
+                                    f.write(data)
+                                except OSError as e:
+                                    raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+                            elif self.chunk_cb is not None:
+                                data = self.chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                                if data is not None and hasattr(data, "send"):  # what an async def callback returns
+                                    await data
+                                data = None
                             else:
                                 self._store(data, d)
                             if progress and left != 0 and self._due():
                                 await self._report()
                     return await self._finish()
                 except Exception as e:
-                    err = _classify(e)
-                    if err is None:
-                        raise
-                if not err.retry:
-                    raise err
-                if self.done > gained:
-                    fails = 0  # progress was made: resume at once with a fresh budget
-                    continue
-                fails += 1
-                if fails >= self.tries:
-                    raise err
-                await TaskManager.sleep(_backoff(err, fails, end))
+                    fails = 0 if self.done > gained else fails + 1  # progress was made: a fresh budget
+                    await TaskManager.sleep(_retry_in(e, fails, self.tries, end))  # or raises: no more tries
         except Exception as e:
             if admitted is None:
                 raise
@@ -741,14 +743,6 @@ class _Job:
         if self.mode == "memory" and body is not None:
             self._mem_room(self.done + body - skip, self.done)
         return skip, body, strict
-
-    def _write(self, data):
-        # File mode's sink. Its `try` is here, not in run(): one exception level more there made every download's
-        # frame 64 bytes bigger (512 on the unix port), too big for a heap chopped into 448-byte pieces.
-        try:
-            self.f.write(data)
-        except OSError as e:
-            raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
 
     def _store(self, data, end):
         # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first

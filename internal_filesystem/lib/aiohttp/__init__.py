@@ -642,7 +642,16 @@ class StreamReader:
         rescans all earlier garbage on every call (measured: 15x slower with a 16 MB heap). Waiting for the
         network, chunk framing, the end of the body and decoding take the generator path.
         """
-        n = self._nowait(buf)
+        # Shaped to keep its frame on the C stack (see readinto_nowait): the try only returns, the handler binds
+        # no name (`as e` alone is enough for a heap frame) and its work comes after it.
+        try:
+            return self._then(buf, self.readinto_nowait(buf))
+        except OSError:
+            pass
+        self._cut("connection error")
+
+    def _then(self, buf, n):
+        # readinto's awaitable for what readinto_nowait said: n bytes already read, or None (wait, or framing)
         if n is None:
             if self._dec is not None:
                 return self._dec.decode_into(buf)

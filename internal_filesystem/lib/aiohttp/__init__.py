@@ -546,7 +546,8 @@ class StreamReader:
         (readinto makes it a ClientPayloadError); release() then closes the connection."""
         # The common case only, a whole buffer straight from the socket, with no try: MicroPython gives a function
         # whose arguments, locals, stack and handlers need more than 11 words its frame from the heap at every
-        # call, and one `except ... as e` is enough for that (measured on an ESP32 elsewhere: 244 us against 19).
+        # call, and one `except ... as e` is enough for that (here: 176 bytes allocated and freed per chunk, and the
+        # allocator's search each time was 9% of a file download's instructions).
         # No len(buf) either: a builtin's name is searched for at every call. The stream's own limit (its second
         # argument) keeps the read inside the body.
         c = self._c

@@ -577,7 +577,8 @@ class _Job:
                 gained = self.done
                 try:
                     self.state = "connecting"
-                    async with self._request(sess, end) as resp:
+                    resp = await self._request(sess, end)  # no `async with`: its context object would be held too
+                    try:
                         skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
                         self.state = "downloading"
                         # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
@@ -642,6 +643,8 @@ class _Job:
                                 self._store(data, d)
                             if extra and left != 0 and self._due():
                                 await self._report()
+                    finally:
+                        resp.release()
                     return await self._finish()
                 except Exception as e:
                     fails = 0 if self.done > gained else fails + 1  # progress was made: a fresh budget

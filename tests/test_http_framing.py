@@ -30,7 +30,7 @@ async def main():
             elif MODE == "readinto":
                 sha, total, reads = await sha_readinto(resp, BUF)
             else:
-                sha, total = await sha_read_n(resp, BUF)
+                sha, total = await sha_read_n(resp, BUF, MODE == "read_nowait")
             result(status=resp.status, sha=sha, total=total, eof=resp.content.at_eof())
 
 run(main())
@@ -41,12 +41,12 @@ def fetch(mpy, url, mode="read", buf=1000, **kw):
     return mpy.run(FETCH, URL=url, MODE=mode, BUF=buf, **kw).value
 
 
-@pytest.mark.parametrize("mode", ["read", "readinto", "read_n"])
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n", "read_nowait"])
 @pytest.mark.parametrize("framing", list(FRAMINGS))
 def test_every_framing_gives_exact_bytes(mpy, fault, framing, mode):
     url = fault.url("/bytes/100000?seed=3&" + FRAMINGS[framing])
     # odd buffer sizes, so reads straddle chunk boundaries
-    got = fetch(mpy, url, mode, buf=777 if mode == "read_n" else 1000)
+    got = fetch(mpy, url, mode, buf=777 if mode.startswith("read_n") else 1000)
     assert got == {"status": 200, "sha": sha256_of(100000, seed=3), "total": 100000, "eof": True}
 
 
@@ -89,9 +89,10 @@ def test_gzip_through_readinto_with_any_buffer_size(mpy, fault, buf):
     assert got == {"status": 200, "sha": sha256_of(n, text=True), "total": n, "eof": True}
 
 
-def test_gzip_of_incompressible_data(mpy, fault):
+@pytest.mark.parametrize("mode", ["read_n", "read_nowait"])
+def test_gzip_of_incompressible_data(mpy, fault, mode):
     # compressed is bigger than the plain body: stored deflate blocks
-    got = fetch(mpy, fault.url("/bytes/50000?gzip=1&" + CHUNKS), "read_n", buf=3000)
+    got = fetch(mpy, fault.url("/bytes/50000?gzip=1&" + CHUNKS), mode, buf=3000)
     assert got == {"status": 200, "sha": sha256_of(50000), "total": 50000, "eof": True}
 
 
@@ -156,6 +157,9 @@ async def main():
                         if not n:
                             break
                         got += n
+                elif MODE == "read_nowait":  # the bytes already here, else a wait: a cut shows on the wait
+                    while resp.content.read_nowait(BUF) or await resp.content.read(BUF):
+                        pass
                 else:
                     while await resp.content.read(BUF):
                         pass
@@ -171,7 +175,7 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("mode", ["read", "readinto", "read_n"])
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n", "read_nowait"])
 @pytest.mark.parametrize("fault_q", [
     "truncate=50000",
     "truncate=0",

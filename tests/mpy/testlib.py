@@ -97,12 +97,15 @@ async def sha_readinto(resp, size=4096):
     return hexdigest(h), total, reads
 
 
-async def sha_read_n(resp, n):
-    # Body through resp.content.read(n): each piece at most n bytes, b"" at the end (and after it).
+async def sha_read_n(resp, n, nowait=False):
+    # Body through resp.content.read(n): each piece at most n bytes, b"" at the end (and after it). nowait: the
+    # bytes already here first, through read_nowait(n), as DownloadManager's stream mode reads.
     h = new_sha()
     total = 0
     while True:
-        piece = await resp.content.read(n)
+        piece = resp.content.read_nowait(n) if nowait else b""
+        if not piece:
+            piece = await resp.content.read(n)
         assert isinstance(piece, bytes), type(piece)
         assert len(piece) <= n, (len(piece), n)
         if not piece:

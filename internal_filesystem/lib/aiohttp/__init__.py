@@ -29,6 +29,7 @@ _HEAD_TOTAL = const(32768)  # a whole response head larger than this is refused 
 _FAIR = const(65536)  # bytes read without a wait, after which other tasks get a turn anyway
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
+_len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
 
 
 class ClientError(Exception):
@@ -557,6 +558,34 @@ class StreamReader:
         if n:  # None: nothing waiting; 0: the peer closed, which the awaited path reports
             c.k += n
             return self._took(n)
+
+    def read_nowait(self, n=-1):
+        """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the
+        next read has to wait or the body is over (`await read(n)` then waits, or says which). DownloadManager's
+        stream mode hands these very bytes to its chunk callback: the socket makes the bytes object, and no
+        buffer is filled and copied. A connection reset raises the socket's OSError, as readinto_nowait."""
+        c = self._c
+        left = self._left
+        if n <= 0 or left <= 0 or c.p < c.e or c.k >= _FAIR or self._dec is not None or c.s is None:
+            return self._read_nowait(n)
+        b = c.s.read(n if n < left else left)  # None: nothing waiting; b"": the peer closed (read() reports it)
+        if not b:
+            return b""
+        n = _len(b)
+        c.k += n
+        self._took(n)
+        return b
+
+    def _read_nowait(self, n):
+        # read_nowait's other cases, through _nowait: into a new buffer, copied out (only a frame's first or
+        # last bytes, a chunk's size line, a decoder or the end come this way)
+        if not n:
+            return b""
+        b = bytearray(n if n > 0 else _BUF)
+        n = self._nowait(b)
+        if not n:
+            return b""
+        return bytes(b) if n == len(b) else bytes(memoryview(b)[:n])
 
     def _nowait(self, buf):
         # readinto_nowait's other cases: the rest of a frame shorter than buf, bytes buffered with the head or a

@@ -125,6 +125,9 @@ def _acquire():
     return _session
 
 
+_len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
+
+
 def _buffer(size):
     # Downloads on one thread (one event loop) share one read buffer: our client writes into it only once back
     # from its last wait, and _Job.run hands the bytes on before it awaits anything, so no two downloads ever
@@ -150,6 +153,12 @@ def _bytearray(size):
             if size <= _MIN_READ:
                 raise
             size >>= 1
+
+
+def _fits(size):
+    # Stream mode's read size: each read makes a bytes object of up to size bytes (plus a NUL), one free run a
+    # heap cut into small pieces may not have. The largest that fits now, found once per attempt.
+    return len(_bytearray(size + 1)) - 1
 
 
 def _cancel(t):
@@ -421,6 +430,8 @@ class _Job:
     size = None  # full resource size, once a response told it
     validator = None  # ETag or Last-Modified, for If-Range on a resume
     coded = False  # a response came gzip/deflate-coded: retries start over (see _request)
+    skip = 0  # bytes of this response to drop before the wanted ones (a 200 answer to a range request)
+    capped = False  # this response's body length is our range cap: the server announced none (see _accept)
     state = "queued"
     headers = {}  # the caller's, Range taken out (never changed in place: shared by jobs that have none)
     speed = 0
@@ -579,68 +590,82 @@ class _Job:
                     self.state = "connecting"
                     resp = await self._request(sess, end)  # no `async with`: its context object would be held too
                     try:
-                        skip, left, strict = self._accept(resp)  # left: bytes still to read, skipped ones included
+                        left = self._accept(resp)  # bytes still to read, skipped ones included
                         self.state = "downloading"
                         # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
                         # bound method kept in a local would be one more object held for the length of the body.
                         ours = hasattr(resp.content, "readinto_nowait")
-                        f = self.f
                         if ours:
                             # What the download needs of the head is copied (size, validator): let the text go. A
                             # CDN's head is often 1 KB or more, held for as long as the body streams.
                             resp.headers = None
-                            buf, mv = _buffer(self.chunk)  # shared with the thread's other downloads
+                        f = self.f
+                        size = self.chunk
+                        # Stream mode reads no buffer: the bytes object the socket makes is the chunk handed out
+                        # (a callback may keep it), so nothing is filled and copied, and no buffer is held.
+                        buf = mv = None
+                        if self.chunk_cb is None:
+                            if ours:
+                                buf, mv = _buffer(size)  # shared with the thread's other downloads
+                            else:
+                                buf = _bytearray(size)
+                                mv = memoryview(buf)
+                            size = len(buf)  # smaller in a fragmented heap (see _bytearray)
                         else:
-                            buf = _bytearray(self.chunk)
-                            mv = memoryview(buf)
+                            size = _fits(size)
                         # Few locals: each is a slot in this frame, held as long as the download, and the frame must
                         # fit a hole in a fragmented heap (test_a_chopped_heap...). One flag says whether a chunk has
                         # more to do than reach its sink, so a plain download looks none of that up per chunk.
-                        extra = (self.max_size is not None or self.hash is not None or self.progress_cb is not None
-                                 or self.speed_cb is not None)
-                        size = len(buf)  # per chunk, `len` would be a search of the builtins: ~1000 instructions
-                        d = self.done
+                        extra = (self.skip or self.max_size is not None or self.hash is not None
+                                 or self.progress_cb is not None or self.speed_cb is not None)
                         while left != 0:  # None: until the server closes or ends the chunked body
-                            data = buf if left is None or left >= size else mv[:left]
+                            n = size if left is None or left >= size else left
                             # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
-                            n = resp.content.readinto_nowait(data) if ours else None
-                            if n is None:
-                                n = await resp.content.readinto(data)
+                            if buf is None:
+                                data = resp.content.read_nowait(n) if ours else None
+                                if not data:
+                                    data = await resp.content.read(n)
+                                n = _len(data)
+                            else:
+                                data = buf if n == size else mv[:n]
+                                n = resp.content.readinto_nowait(data) if ours else None
+                                if n is None:
+                                    n = await resp.content.readinto(data)
                             if not n:
-                                if left and strict:  # the server announced more than it sent
+                                if left and not self.capped:  # the server announced more than it sent
                                     raise NetworkError("response ended %d bytes early" % left)
                                 break
                             if left is not None:
                                 left -= n
-                            data = buf if n == size else mv[:n]
-                            if skip:  # a 200 answer to a range request: drop the bytes before the range
-                                if skip >= n:
-                                    skip -= n
-                                    continue
-                                data = mv[skip:n]
-                                n -= skip
-                                skip = 0
+                            if mv is not None and n != size:
+                                data = mv[:n]
                             if extra:
+                                if self.skip:  # a 200 answer to a range request: drop the bytes before the range
+                                    if self.skip >= n:
+                                        self.skip -= n
+                                        continue
+                                    data = data[self.skip :] if mv is None else mv[self.skip : n]
+                                    n -= self.skip
+                                    self.skip = 0
                                 # max_size in every mode, also when no Content-Length announced the size, before a
                                 # byte goes out
-                                if self.max_size is not None and self.have + d + n > self.max_size:
+                                if self.max_size is not None and self.have + self.done + n > self.max_size:
                                     raise DownloadError("body exceeds max_size=%d" % self.max_size)
                                 if self.hash is not None:
                                     self.hash.update(data)
-                            d += n
-                            self.done = d  # counted before a callback sees it, so downloads() inside one includes it
+                            self.done += n  # counted before a callback sees it, so downloads() inside one includes it
                             if f is not None:
                                 try:
                                     f.write(data)
                                 except OSError as e:
                                     raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
                             elif self.chunk_cb is not None:
-                                data = self.chunk_cb(bytes(data))  # a copy: the callback may keep it, buf is refilled
+                                data = self.chunk_cb(data)  # bytes of its own (see above): the callback may keep them
                                 if data is not None and hasattr(data, "send"):  # what an async def callback returns
                                     await data
                                 data = None
                             else:
-                                self._store(data, d)
+                                self._store(data, self.done)
                             if extra and left != 0 and self._due():
                                 await self._report()
                     finally:
@@ -696,14 +721,15 @@ class _Job:
                         timeout=aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout))
 
     def _accept(self, resp):
-        # A response's status and headers, checked before a byte of its body is taken -> (skip, body, strict):
-        # bytes to drop before the wanted ones, bytes to read (None: until the end), whether the server announced
-        # that length (vs. a cap we chose). Nothing to read when the partial file is already the whole resource.
+        # A response's status and headers, checked before a byte of its body is taken -> the bytes to read (None:
+        # until the end; self.capped: a cap we chose, not a length the server announced), self.skip of them to
+        # drop before the wanted ones. Nothing to read when the partial file is already the whole resource.
         pos = self.lo + self.have + self.done  # as asked for in _request: nothing arrived in between
         st = resp.status
         hd = resp.headers
         skip = 0
-        strict = True
+        if self.capped:
+            self.capped = False
         if st == 206:
             cr = _content_range(hd.get("Content-Range"))
             if cr is None or cr[0] != pos:
@@ -729,10 +755,12 @@ class _Job:
             elif st == 200 and body is not None:
                 self.size = body
             if self.hi is not None and (body is None or body > self.hi + 1):
-                body, strict = self.hi + 1, body is not None
+                if body is None:  # hi + 1 is our cap, not the server's promise: the body may end before it
+                    self.capped = True
+                body = self.hi + 1
         elif st == 416 and self.have and not self.done:
             if hd.get("Content-Range", "").endswith("/%d" % self.have):
-                return 0, 0, True  # the partial file is already the whole resource: nothing to read
+                return 0  # the partial file is already the whole resource: nothing to read
             raise HTTPError("HTTP 416 (range not satisfiable)", st)
         else:
             after = None
@@ -748,7 +776,9 @@ class _Job:
             raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
         if self.mode == "memory" and body is not None:
             self._mem_room(self.done + body - skip, self.done)
-        return skip, body, strict
+        if skip != self.skip:
+            self.skip = skip
+        return body
 
     def _store(self, data, end):
         # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first

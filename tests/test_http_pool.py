@@ -35,6 +35,30 @@ def test_ten_sequential_gets_share_one_connection(mpy, fault):
     assert (fault.connections, fault.requests) == (1, 10)
 
 
+def test_a_finished_response_leaves_its_pooled_connection_alone(mpy, fault):
+    # A response read to its end gave its connection to the pool; reading it again (every way) must say "end"
+    # and take nothing from the next response now on that connection.
+    code = """
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for query in ("", CHUNKS):
+            first = await session.get(URL + query)
+            whole = await first.read()
+            second = await session.get(URL + query)
+            again = [await first.content.read(100), first.content.read_nowait(100),
+                     await first.content.readinto(bytearray(100)), await first.read()]
+            result(first=sha256(whole), again=[len(x) if isinstance(x, bytes) else x for x in again],
+                   second=sha256(await second.read()))
+
+run(main())
+"""
+    r = mpy.run(code, URL=fault.url("/bytes/5000?"), CHUNKS=CHUNKS)
+    assert r.results == [{"first": sha256_of(5000), "again": [0, 0, 0, 0], "second": sha256_of(5000)}] * 2
+    assert (fault.requests, fault.connections) == (4, 1)
+
+
 def test_head_then_get_on_one_connection(mpy, fault):
     got = sequential(mpy, [fault.url("/bytes/5000")] * 2, method="HEAD") + \
         sequential(mpy, [fault.url("/bytes/5000")], method="GET")

@@ -5,7 +5,7 @@
 # close-delimited bodies that fail loudly when cut short, redirects done right, timeouts that cost nothing per
 # read, and sockets that are always closed, also when a request is cancelled.
 #
-# The path of a body byte: socket -> _Conn.recv() -> StreamReader.readinto(buf) -> the caller's buffer.
+# The path of a body byte: socket -> _Conn.recv() -> resp.content.readinto(buf) -> the caller's buffer.
 # Bytes that arrived together with the response head wait in _Conn.buf and are handed out first.
 
 import asyncio
@@ -453,7 +453,7 @@ class _Now:
     # new one per call is ~100 B of garbage (a cached one raised from Python grows its traceback instead).
     # Where asyncio's Task is native, awaiting this hands over a finished Task that raises its stored
     # StopIteration(n) from C: no traceback grows, so one exception serves every call while n repeats (a
-    # full buffer) and only a new n allocates. One per StreamReader (a stream is read by one task at a time).
+    # full buffer) and only a new n allocates. One per response (a body is read by one task at a time).
     # send/throw/close make it a coroutine too, so wait_for(), create_task() and gather() take it, as they
     # take the generator it stands in for.
     n = 0
@@ -486,14 +486,14 @@ class _Now:
 
 
 class StreamReader:
-    # resp.content: the body, framed by Content-Length, chunked encoding, or the end of the connection.
+    # resp.content: the body, framed by Content-Length, chunked encoding, or the end of the connection. A response
+    # is its own content (ClientResponse below): one object per request, not two, for as long as the body streams.
     _chunked = _close = _eof = False
     _dec = None  # the decoder of a gzip/deflate body
     _now = None  # made on the first awaited readinto (DownloadManager never needs it)
 
-    def __init__(self, resp, conn, length, chunked):
-        self._r = resp
-        self._c = conn
+    def _body(self, length, chunked):
+        # the framing the head announced (self._c is the connection)
         self.total_bytes = 0  # as _Conn.k: every read sets it
         if chunked:
             self._chunked = True
@@ -537,7 +537,7 @@ class StreamReader:
     def _finish(self, reusable):
         self._eof = True
         self._left = 0
-        self._r._done(reusable)
+        self._done(reusable)
 
     def readinto_nowait(self, buf):
         """Body bytes that are already here, read into buf without waiting: n > 0, or None when the next read
@@ -707,7 +707,7 @@ class StreamReader:
         # A reset (ECONNRESET...) mid-body must not escape as a bare OSError, past `except aiohttp.ClientError`:
         # it is a body cut short like any other. Drop the connection and say so.
         self._eof = True
-        self._r._done(False)
+        self._done(False)
         raise ClientPayloadError("response payload is not completed (%s)" % (e,))
 
     async def _raw_readinto(self, buf):
@@ -733,19 +733,11 @@ class StreamReader:
                         self._finish(False)
                         return 0
                     self._eof = True
-                    self._r._done(False)
+                    self._done(False)
                     raise ClientPayloadError("response payload is not completed (connection closed early)")
             return self._took(n)
         except OSError as e:
             self._cut(e)
-
-    async def read(self, n=-1):
-        """Up to n bytes (all of the rest if n < 0); b"" at the end."""
-        if n < 0:
-            return await self._r.read()
-        b = bytearray(n)
-        k = await self.readinto(b)
-        return bytes(b) if k == n else bytes(memoryview(b)[:k])
 
     async def readany(self):
         return await self.read(1024)
@@ -807,12 +799,12 @@ class _Inflate(io.IOBase):
         return n
 
 
-class ClientResponse:
+class ClientResponse(StreamReader):
     method = "GET"
     status = 0
     reason = ""
     version = "HTTP/1.1"  # as the status line says (an instance attribute only when it says otherwise)
-    headers = content = None
+    headers = None
     _keep = True
     _released = False
 
@@ -874,15 +866,19 @@ class ClientResponse:
                     length = int(length.split(",")[0])
                 except ValueError:
                     raise ClientResponseError(self.status, "bad Content-Length %r" % length)
-        self.content = StreamReader(self, c, length, chunked)
+        self._body(length, chunked)
         if c.keep_buf != chunked:
             c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
         c.took(0)
         enc = h.get("Content-Encoding", "").lower()
-        if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self.content._eof:
-            self.content._dec = _Inflate(self.content, enc != "deflate")
-        if self.content._eof:
+        if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self._eof:
+            self._dec = _Inflate(self, enc != "deflate")
+        if self._eof:
             self._done(True)
+
+    @property
+    def content(self):
+        return self
 
     @property
     def content_length(self):
@@ -897,10 +893,9 @@ class ClientResponse:
         # The body was read to its end (reusable) or the connection can no longer be trusted.
         if self._released:
             return
+        # The connection stays referenced: a body read to its end (or cut) never touches it again.
         self._released = True
-        c, self._c = self._c, None
-        if c is not None:
-            self._s._release(c, reusable and self._keep)
+        self._s._release(self._c, reusable and self._keep)
 
     def release(self):
         # Closing is the only safe choice for a body that was not read to its end.
@@ -912,19 +907,23 @@ class ClientResponse:
     def closed(self):
         return self._released
 
-    async def read(self):
-        """The whole body as bytes: one preallocated buffer when the length is known."""
-        c = self.content
-        if c._dec is None and not c._chunked and not c._close:
+    async def read(self, n=-1):
+        """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.
+        The whole body fills one preallocated buffer when its length is known."""
+        if n >= 0:
+            b = bytearray(n)
+            k = await self.readinto(b)
+            return bytes(b) if k == n else bytes(memoryview(b)[:k])
+        if self._dec is None and not self._chunked and not self._close:
             # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response
             # has a Content-Length but no body, and part of the body may have been read already; both
             # came back padded with zero bytes up to Content-Length.
-            n = c._left
+            n = self._left
             b = bytearray(n)
             mv = memoryview(b)
             got = 0
             while got < n:
-                k = await c.readinto(mv[got:])
+                k = await self.readinto(mv[got:])
                 if not k:
                     break
                 got += k
@@ -932,7 +931,7 @@ class ClientResponse:
         parts = []
         b = bytearray(1024)
         while True:
-            k = await self.content.readinto(b)
+            k = await self.readinto(b)
             if not k:
                 break
             parts.append(bytes(memoryview(b)[:k]))
@@ -995,23 +994,29 @@ class _RequestContext:
 
 
 class ClientSession:
+    # The defaults live on the class, and __init__ sets only what differs: a session lives as long as its
+    # downloads, and its attribute table grows with every attribute set (14 of them took 288 bytes).
+    _base = _ssl = _ctx = _wd = None
+    _headers = {}  # never changed in place
+    _timeout = DEFAULT_TIMEOUT
+    _max_redirects = 10
+    _downgrade = False
+    _pool_size = 4
+    _keepalive_ms = 15000
+    _auto_decompress = True
+    closed = False
+
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True):
         check_headers(headers)
-        self._base = base_url
-        self._headers = headers or {}
-        self._timeout = timeout or DEFAULT_TIMEOUT
-        self._ssl = ssl
-        self._ctx = None
-        self._max_redirects = max_redirects
-        self._downgrade = allow_downgrade
-        self._pool_size = pool_size
-        self._keepalive_ms = int(keepalive_timeout * 1000)
-        self._auto_decompress = auto_decompress
+        for name, v in (("_base", base_url), ("_headers", headers or {}), ("_timeout", timeout or DEFAULT_TIMEOUT),
+                        ("_ssl", ssl), ("_max_redirects", max_redirects), ("_downgrade", allow_downgrade),
+                        ("_pool_size", pool_size), ("_keepalive_ms", int(keepalive_timeout * 1000)),
+                        ("_auto_decompress", auto_decompress)):
+            if v != getattr(ClientSession, name):
+                setattr(self, name, v)
         self._idle = []  # pooled connections, oldest first
         self._busy = []  # connections serving a request
-        self._wd = None
-        self.closed = False
 
     async def __aenter__(self):
         return self

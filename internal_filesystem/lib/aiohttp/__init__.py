@@ -27,6 +27,10 @@ _HEAD_MAX = const(8192)  # a status line or header line longer than this is refu
 _HEADERS_MAX = const(100)
 _HEAD_TOTAL = const(32768)  # a whole response head larger than this is refused (100 lines of 8 KB won't fit a heap)
 _FAIR = const(65536)  # bytes read without a wait, after which other tasks get a turn anyway
+# Body bytes read since the running task last let others run (see _Conn.recv). One count serves every
+# connection: tasks take turns only where they wait, and each wait starts it again. (Event loops on several
+# threads would share it too: there it is a rough bound.)
+_k = 0
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
 _len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
@@ -294,22 +298,20 @@ class _Conn:
     # Defaults live on the class (here and in StreamReader, ClientResponse): MicroPython has no __slots__, every
     # attribute an instance sets takes a slot in its own table, and these objects live as long as a request.
     s = None
-    buf = mv = None  # for heads and chunk-size lines; made when needed, see took()
+    buf = None  # for heads and chunk-size lines; made when needed, see took(). Views of it are made per use: a
+    # view kept here would be one more attribute, and the table grows in steps of two (see __init__)
     p = e = 0  # buffered, unread bytes are buf[p:e]
     tmo = None  # ms allowed for the current wait (connect or read phase)
     dl = None  # deadline of the wait in progress
     end = None  # deadline of the whole request (ClientTimeout.total)
     task = None
     expired = False
-    idle_since = 0
-    reused = False
     keep_buf = False  # True while a chunked body streams: its size lines need the buffer
 
     def __init__(self, key):
+        # A fresh connection ends up with 8 attributes (key, s, buf, p, e, tmo, dl, task): the table MicroPython
+        # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
         self.key = key
-        # bytes read since this task last let others run (see recv). Every read sets it: set here, or the first
-        # read of a body would grow the table, an allocation on the hot path.
-        self.k = 0
 
     def open(self, ctx):
         scheme, host, port = self.key
@@ -359,13 +361,14 @@ class _Conn:
 
     def recv(self, mv):
         # async: read at most len(mv) bytes from the socket; 0 means the peer closed.
+        global _k
         s = self.s
-        if self.k >= _FAIR:
+        if _k >= _FAIR:
             # Data may always be ready on a fast link: let other tasks (UI, watchdog) run every 64 KB, and
             # enforce the whole-request deadline here, since no wait may ever arm it. By bytes, not reads: a
             # 64 KB chunk_size would otherwise hold the loop for megabytes.
             yield from core.sleep_ms(0)
-            self.k = 0
+            _k = 0
             if self.end is not None and ticks_diff(ticks_ms(), self.end) >= 0:
                 raise ServerTimeoutError("request took longer than its total timeout", 110)
             s = self.s
@@ -374,10 +377,10 @@ class _Conn:
                 raise ServerDisconnectedError("connection closed")
             n = s.readinto(mv)
             if n is not None:
-                self.k += n
+                _k += n
                 return n
             yield from self._park(False)
-            self.k = 0  # others ran while this task waited
+            _k = 0  # others ran while this task waited
             s = self.s
 
     def send(self, data):
@@ -403,7 +406,7 @@ class _Conn:
         # let go: a download then holds no head buffer while its body streams (the next head makes a new one).
         self.p += n
         if self.p == self.e and not self.keep_buf:
-            self.buf = self.mv = None
+            self.buf = None
             self.p = self.e = 0
 
     def fill(self):
@@ -413,10 +416,9 @@ class _Conn:
                 self.buf = bytearray(_BUF)
             except MemoryError:  # no free run that long in a fragmented heap: start small, grow per long line
                 self.buf = bytearray(64)
-            self.mv = memoryview(self.buf)
         buf, p, e = self.buf, self.p, self.e
         if p:
-            buf[: e - p] = self.mv[p:e]
+            buf[: e - p] = memoryview(buf)[p:e]
             self.e = e = e - p
             self.p = 0
         if e == len(buf):
@@ -424,8 +426,8 @@ class _Conn:
                 raise ClientResponseError(0, "header or chunk line longer than %d bytes" % _HEAD_MAX)
             nb = bytearray(2 * e)
             nb[:e] = buf
-            self.buf, self.mv = nb, memoryview(nb)
-        n = yield from self.recv(self.mv[e:])
+            self.buf = buf = nb
+        n = yield from self.recv(memoryview(buf)[e:])
         self.e += n
         return n
 
@@ -438,7 +440,7 @@ class _Conn:
             i = self.buf.find(b"\n", self.p + scan, self.e) if self.buf is not None else -1
             if i >= 0:
                 end = i + 1
-                line = bytes(self.mv[self.p : end])
+                line = bytes(memoryview(self.buf)[self.p : end])
                 self.p = end
                 return line
             scan = self.e - self.p
@@ -551,12 +553,13 @@ class StreamReader:
         # allocator's search each time was 9% of a file download's instructions).
         # No len(buf) either: a builtin's name is searched for at every call. The stream's own limit (its second
         # argument) keeps the read inside the body.
+        global _k
         c = self._c
-        if self._left <= 0 or c.p < c.e or c.k >= _FAIR or self._dec is not None or c.s is None:
+        if self._left <= 0 or c.p < c.e or _k >= _FAIR or self._dec is not None or c.s is None:
             return self._nowait(buf)
         n = c.s.readinto(buf, self._left)
         if n:  # None: nothing waiting; 0: the peer closed, which the awaited path reports
-            c.k += n
+            _k += n
             return self._took(n)
 
     def read_nowait(self, n=-1):
@@ -564,15 +567,16 @@ class StreamReader:
         next read has to wait or the body is over (`await read(n)` then waits, or says which). DownloadManager's
         stream mode hands these very bytes to its chunk callback: the socket makes the bytes object, and no
         buffer is filled and copied. A connection reset raises the socket's OSError, as readinto_nowait."""
+        global _k
         c = self._c
         left = self._left
-        if n <= 0 or left <= 0 or c.p < c.e or c.k >= _FAIR or self._dec is not None or c.s is None:
+        if n <= 0 or left <= 0 or c.p < c.e or _k >= _FAIR or self._dec is not None or c.s is None:
             return self._read_nowait(n)
         b = c.s.read(n if n < left else left)  # None: nothing waiting; b"": the peer closed (read() reports it)
         if not b:
             return b""
         n = _len(b)
-        c.k += n
+        _k += n
         self._took(n)
         return b
 
@@ -591,11 +595,12 @@ class StreamReader:
         # readinto_nowait's other cases: the rest of a frame shorter than buf, bytes buffered with the head or a
         # chunk-size line, the next chunk's size line, and everything that must take the awaited path. Socket
         # errors become ClientPayloadError here (readinto takes this way).
+        global _k
         c = self._c
         # After 64 KB without a wait, the slow way lets other tasks run (see _Conn.recv). Not more often: the
         # slow way allocates two generators, and in a loop that allocates nothing else each allocation rescans
         # the heap from MicroPython's stale free-memory hint (see readinto); every 16 KB cost 40% here.
-        if self._dec is not None or c.k >= _FAIR:
+        if self._dec is not None or _k >= _FAIR:
             return None
         left = self._left
         if left <= 0:
@@ -606,7 +611,7 @@ class StreamReader:
                 return None
         if c.p < c.e:  # bytes that came in with the head or a chunk-size line
             n = min(len(buf), left, c.e - c.p)
-            buf[:n] = c.mv[c.p : c.p + n]
+            buf[:n] = memoryview(c.buf)[c.p : c.p + n]
             c.took(n)
         else:
             if c.s is None:
@@ -617,7 +622,7 @@ class StreamReader:
                 self._cut(e)
             if not n:
                 return None
-        c.k += n
+        _k += n
         return self._took(n)
 
     def _size_line(self):
@@ -722,7 +727,7 @@ class StreamReader:
             c = self._c
             if c.p < c.e:  # bytes that arrived with the head or a chunk-size line
                 n = min(len(buf), left, c.e - c.p)
-                buf[:n] = c.mv[c.p : c.p + n]
+                buf[:n] = memoryview(c.buf)[c.p : c.p + n]
                 c.took(n)
             else:
                 if c.s is None:
@@ -1031,7 +1036,9 @@ class ClientSession:
     def shutdown(self):
         # close() without awaiting: safe in a `finally` of a cancelled task
         self.closed = True
-        for c in self._idle + self._busy:
+        for c in self._busy:
+            c.close()
+        for c, _ in self._idle:
             c.close()
         self._idle = []
         self._busy = []
@@ -1058,13 +1065,13 @@ class ClientSession:
         now = ticks_ms()
         keep = []
         found = None
-        for c in self._idle:
-            if ticks_diff(now, c.idle_since) > self._keepalive_ms or (found is None and c.key == key and _stale(select, c)):
+        for c, since in self._idle:  # (connection, when it went idle): no attribute of its own for that
+            if ticks_diff(now, since) > self._keepalive_ms or (found is None and c.key == key and _stale(select, c)):
                 c.close()
             elif found is None and c.key == key:
                 found = c
             else:
-                keep.append(c)
+                keep.append((c, since))
         self._idle = keep
         return found
 
@@ -1073,13 +1080,13 @@ class ClientSession:
             self._busy.remove(c)
         except ValueError:
             pass
-        c.task = None
-        c.dl = c.end = None
+        c.task = c.dl = None
+        if c.end is not None:  # (set only if ever needed: see __init__)
+            c.end = None
         if reusable and not self.closed and c.s is not None and c.p == c.e and self._pool_size > 0:
-            c.idle_since = ticks_ms()
-            self._idle.append(c)
+            self._idle.append((c, ticks_ms()))
             if len(self._idle) > self._pool_size:
-                self._idle.pop(0).close()
+                self._idle.pop(0)[0].close()
         else:
             c.close()
         if not self._busy:
@@ -1102,10 +1109,10 @@ class ClientSession:
                 self._wd = None
 
     async def _connect(self, key, ssl, timeout):
+        # -> (a connection, whether it served a request before)
         c = self._take_idle(key)
-        if c is not None:
-            c.reused = True
-        else:
+        reused = c is not None
+        if not reused:
             for o in self._busy:  # connections to one host share one key (tuple and host string)
                 if o.key == key:
                     key = o.key
@@ -1127,7 +1134,7 @@ class ClientSession:
             except BaseException:
                 self._release(c, False)
                 raise
-        return c
+        return c, reused
 
     # --- requests ----------------------------------------------------------------------------------------
     def request(self, method, url, **kw):
@@ -1218,8 +1225,7 @@ class ClientSession:
         head = "".join(head).encode()
         key = (scheme, host, port)
         while True:
-            c = await self._connect(key, ssl, timeout)
-            reused = c.reused
+            c, reused = await self._connect(key, ssl, timeout)
             resp = ClientResponse(self, method, url, c)
             try:
                 c.tmo = _ms(timeout.connect)

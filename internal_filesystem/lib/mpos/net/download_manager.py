@@ -592,10 +592,11 @@ class _Job:
                     try:
                         left = self._accept(resp)  # bytes still to read, skipped ones included
                         self.state = "downloading"
-                        # readinto_nowait is our client's; any aiohttp-like one works too. It is looked up per call: a
-                        # bound method kept in a local would be one more object held for the length of the body.
-                        ours = hasattr(resp.content, "readinto_nowait")
-                        if ours:
+                        # The reads that never wait are our client's (its response is its own content, so this holds
+                        # nothing more); any aiohttp-like client works too, through the awaited reads alone. A bound
+                        # method kept in a local would be one more object held for the length of the body.
+                        rd = resp.content if hasattr(resp.content, "readinto_nowait") else None
+                        if rd is not None:
                             # What the download needs of the head is copied (size, validator): let the text go. A
                             # CDN's head is often 1 KB or more, held for as long as the body streams.
                             resp.headers = None
@@ -605,7 +606,7 @@ class _Job:
                         # (a callback may keep it), so nothing is filled and copied, and no buffer is held.
                         buf = mv = None
                         if self.chunk_cb is None:
-                            if ours:
+                            if rd is not None:
                                 buf, mv = _buffer(size)  # shared with the thread's other downloads
                             else:
                                 buf = _bytearray(size)
@@ -622,13 +623,13 @@ class _Job:
                             n = size if left is None or left >= size else left
                             # Bytes already waiting are taken without an await: no generator, no garbage per chunk.
                             if buf is None:
-                                data = resp.content.read_nowait(n) if ours else None
+                                data = rd.read_nowait(n) if rd is not None else None
                                 if not data:
                                     data = await resp.content.read(n)
                                 n = _len(data)
                             else:
                                 data = buf if n == size else mv[:n]
-                                n = resp.content.readinto_nowait(data) if ours else None
+                                n = rd.readinto_nowait(data) if rd is not None else None
                                 if n is None:
                                     n = await resp.content.readinto(data)
                             if not n:

@@ -50,6 +50,18 @@ def test_every_framing_gives_exact_bytes(mpy, fault, framing, mode):
     assert got == {"status": 200, "sha": sha256_of(100000, seed=3), "total": 100000, "eof": True}
 
 
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n", "read_nowait"])
+@pytest.mark.parametrize("framing", list(FRAMINGS) + ["gzip"])
+def test_every_framing_gives_exact_bytes_when_the_bytes_trickle_in(mpy, fault, framing, mode):
+    # The response arrives in pieces of 1 to 1500 bytes with pauses between them, so most reads wait for the
+    # network, and a wait begins inside the head, a chunk-size line, its CRLF and the data alike.
+    q = "text=1&gzip=1&" + CHUNKS if framing == "gzip" else FRAMINGS[framing]
+    url = fault.url("/bytes/20000?seed=3&trickle=1&" + q)
+    got = fetch(mpy, url, mode, buf=777 if mode.startswith("read_n") else 1000)
+    want = sha256_of(20000, text=True) if framing == "gzip" else sha256_of(20000, seed=3)
+    assert got == {"status": 200, "sha": want, "total": 20000, "eof": True}
+
+
 def test_tiny_and_empty_bodies_in_every_framing_on_one_session(mpy, fault):
     code = """
 import aiohttp
@@ -243,11 +255,11 @@ run(main())
 
 def tls_urls(srv):
     return [srv.url("/bytes/200000?seed=5"), srv.url("/bytes/50000?" + CHUNKS + "&trailer=1"),
-            srv.url("/bytes/40000?text=1&gzip=1")]
+            srv.url("/bytes/40000?text=1&gzip=1"), srv.url("/bytes/20000?trickle=1&" + CHUNKS)]  # TLS records split
 
 
 TLS_OK = [{"status": 200, "sha": sha256_of(200000, seed=5)}, {"status": 200, "sha": sha256_of(50000)},
-          {"status": 200, "sha": sha256_of(40000, text=True)}]
+          {"status": 200, "sha": sha256_of(40000, text=True)}, {"status": 200, "sha": sha256_of(20000)}]
 
 
 @pytest.mark.parametrize("where", ["session", "request"])

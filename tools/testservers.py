@@ -248,10 +248,13 @@ class FaultServer(_LoopThread):
                 self.requests += 1
                 keep = (req.version == "HTTP/1.1"
                         and req.headers.get("connection", "").lower() != "close")
+                out = _Trickle(writer) if "trickle" in req.query else writer
                 try:
-                    await self._dispatch(req, writer, keep)
-                    await writer.drain()
+                    await self._dispatch(req, out, keep)
+                    await out.drain()
                 except _Close as c:
+                    if out is not writer:
+                        await out.flush()  # what was kept, before the close
                     if c.abort:
                         _reset(writer)
                     break
@@ -503,6 +506,37 @@ class FaultServer(_LoopThread):
                 ahead = sent / rate - (loop.time() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+
+
+class _Trickle:
+    """trickle=1: the whole response (head, chunk lines, body, trailers) goes out in pieces of 1, 2, 3, 5... and
+    1500 bytes with a pause after each, so a client's reads end at every kind of place: inside the head, a
+    chunk-size line, its CRLF, the data. Writes are kept until drain() (or flush())."""
+
+    SIZES = (1, 2, 3, 5, 8, 13, 21, 400, 1500)
+
+    def __init__(self, writer):
+        self._w = writer
+        self._out = bytearray()
+        self._i = 0
+
+    def write(self, data):
+        self._out += data
+
+    async def drain(self):
+        await self.flush()
+
+    async def flush(self):
+        while self._out:
+            n = self.SIZES[self._i % len(self.SIZES)]
+            self._i += 1
+            self._w.write(bytes(self._out[:n]))
+            del self._out[:n]
+            await self._w.drain()
+            await asyncio.sleep(0.001)
+
+    def __getattr__(self, name):  # transport, get_extra_info...
+        return getattr(self._w, name)
 
 
 def _reset(writer):

@@ -20,7 +20,7 @@ async def main():
                 t0 = time.ticks_ms() if FROM_BODY else t0
                 buf = bytearray(2048)
                 while True:
-                    n = await resp.content.readinto(buf)
+                    n = len(await resp.content.read(2048)) if READ_N else await resp.content.readinto(buf)
                     if not n:
                         break
                     got += n
@@ -36,15 +36,17 @@ run(main())
 """
 
 
-def timed(mpy, fault, path, session=None, request=None, number=None, from_body=False):
+def timed(mpy, fault, path, session=None, request=None, number=None, from_body=False, read_n=False):
     r = mpy.run(TIMED, URL=fault.url(path), AFTER=fault.url("/bytes/5000"), SESSION_TIMEOUT=session or {},
-                REQUEST_TIMEOUT=request, NUMBER=number, FROM_BODY=from_body, timeout=20)
+                REQUEST_TIMEOUT=request, NUMBER=number, FROM_BODY=from_body, READ_N=read_n, timeout=20)
     assert r.results[1] == {"sha": sha256_of(5000)}
     return r.results[0]
 
 
-def test_sock_read_fires_mid_body(mpy, fault):
-    v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 0.5}, from_body=True)
+@pytest.mark.parametrize("read_n", [False, True])
+def test_sock_read_fires_mid_body(mpy, fault, read_n):
+    v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 0.5}, from_body=True,
+              read_n=read_n)
     assert (v["error"], v["phase"], v["got"], v["connection_error"]) == ("ServerTimeoutError", "body", 1000, True)
     assert 450 <= v["ms"] <= 1500, v
 

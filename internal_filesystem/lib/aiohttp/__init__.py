@@ -5,8 +5,11 @@
 # close-delimited bodies that fail loudly when cut short, redirects done right, timeouts that cost nothing per
 # read, and sockets that are always closed, also when a request is cancelled.
 #
-# The path of a body byte: socket -> _Conn.recv() -> resp.content.readinto(buf) -> the caller's buffer.
-# Bytes that arrived together with the response head wait in _Conn.buf and are handed out first.
+# The path of a body byte: socket -> resp.content.readinto(buf) -> the caller's buffer. readinto reads the
+# non-blocking socket at once (readinto_nowait) and, when it has nothing, returns the response's one _Read,
+# which waits for the socket in the event loop's poller and then reads the same way: no generator per read.
+# Bytes that arrived together with the response head or a chunk-size line wait in _Conn.buf and are handed out
+# first; heads, chunk lines that come in pieces, decoders and the end of a body go through _Conn.recv().
 
 import asyncio
 import io
@@ -16,7 +19,7 @@ from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
 try:
-    from _asyncio import Task as _Task  # the native Task (see _Now)
+    from _asyncio import Task as _Task  # the native Task (see _Read.__iter__)
 except ImportError:
     _Task = None
 
@@ -291,10 +294,33 @@ def _resolve(host, port):
     return ai
 
 
+def _hex(b, k, j):
+    # The chunk size in the line b[k:j+1] ("hex\r\n" or "hex;ext\r\n"), or 0 if it is the last chunk or looks
+    # unusual in any way: the slow path then reads the line again and does the full checks.
+    if j < 0 or j - k > 9:
+        return 0
+    n = 0
+    while k < j:
+        ch = b[k]
+        if 48 <= ch <= 57:
+            n = n * 16 + ch - 48
+        elif 97 <= ch <= 102:
+            n = n * 16 + ch - 87
+        elif 65 <= ch <= 70:
+            n = n * 16 + ch - 55
+        else:
+            break
+        k += 1
+    # The digits must end the line ("...\r\n") or start an extension (";...")
+    if b[j - 1] != 13 or not (k == j - 1 or b[k] == 59):
+        return 0
+    return n
+
+
 class _Conn:
-    # One TCP (or TLS) connection. recv() is the hot path: try the non-blocking socket first and only park the
-    # task in the event loop's poller when there is nothing to read. While parked, `dl` holds a deadline that
-    # the session's watchdog enforces, so a timeout costs nothing when data keeps coming.
+    # One TCP (or TLS) connection. recv() tries the non-blocking socket first and only parks the task in the
+    # event loop's poller when there is nothing to read (arm(), also used by _Read). While parked, `dl` holds a
+    # deadline that the session's watchdog enforces, so a timeout costs nothing when data keeps coming.
     # Defaults live on the class (here and in StreamReader, ClientResponse): MicroPython has no __slots__, every
     # attribute an instance sets takes a slot in its own table, and these objects live as long as a request.
     s = None
@@ -338,8 +364,9 @@ class _Conn:
             except OSError:
                 pass
 
-    def _park(self, write):
-        # async (a generator, like asyncio's own streams): wait until the socket is ready
+    def arm(self, write):
+        # Before a wait: the deadline the watchdog enforces, and the socket in the event loop's poller for the
+        # running task. Then the task yields, and woke() follows if the wait ends in an exception.
         end = self.end
         if self.tmo is not None or end is not None:
             dl = end if self.tmo is None else ticks_add(ticks_ms(), self.tmo)
@@ -347,17 +374,27 @@ class _Conn:
                 dl = end
             self.dl = dl
             self.task = core.cur_task
+        if write:
+            core._io_queue.queue_write(self.s)
+        else:
+            core._io_queue.queue_read(self.s)
+
+    def woke(self, e):
+        # A wait ended in e: the watchdog's cancellation is a timeout
+        self.dl = None
+        # (asyncio throws the class CancelledError, a generator gets an instance)
+        if self.expired and (e is core.CancelledError or isinstance(e, core.CancelledError)):
+            raise ServerTimeoutError("timed out", 110)
+        raise e
+
+    def _park(self, write):
+        # async (a generator, like asyncio's own streams): wait until the socket is ready
+        self.arm(write)
         try:
-            if write:
-                yield core._io_queue.queue_write(self.s)
-            else:
-                yield core._io_queue.queue_read(self.s)
-        except core.CancelledError:
-            if self.expired:
-                raise ServerTimeoutError("timed out", 110)
-            raise
-        finally:
-            self.dl = None
+            yield
+        except BaseException as e:
+            self.woke(e)
+        self.dl = None
 
     def recv(self, mv):
         # async: read at most len(mv) bytes from the socket; 0 means the peer closed.
@@ -450,41 +487,108 @@ class _Conn:
                 return b""
 
 
-class _Now:
-    # An awaitable whose result is already known. `await` takes a value only from a StopIteration, and a
-    # new one per call is ~100 B of garbage (a cached one raised from Python grows its traceback instead).
-    # Where asyncio's Task is native, awaiting this hands over a finished Task that raises its stored
-    # StopIteration(n) from C: no traceback grows, so one exception serves every call while n repeats (a
-    # full buffer) and only a new n allocates. One per response (a body is read by one task at a time).
-    # send/throw/close make it a coroutine too, so wait_for(), create_task() and gather() take it, as they
-    # take the generator it stands in for.
-    n = 0
-    _t = None  # the finished Task, made on first use
-    _tn = -1  # the n its StopIteration carries
+class _Read:
+    # The awaitable readinto(buf) and read(n) return unless the read needs a generator: one per response, reused
+    # by every read. A generator per read (three while it waits: the read, recv and _park) was garbage at every
+    # chunk, and read(n) filled a buffer of n bytes and copied it out as well.
+    # - The bytes were read at once: awaiting it raises StopIteration(n). A new one per call would be ~100 B of
+    #   garbage, and one kept and raised again grows its traceback: it is kept while n repeats (a full buffer)
+    #   and its traceback is reset before each raise, as asyncio's own sleep_ms() does (or it is raised from C).
+    # - Nothing was waiting on the socket: it registers with the event loop's poller from the task that awaits
+    #   it (not the one that called readinto: wait_for() and create_task() await in a task of their own), yields,
+    #   and once woken reads like readinto_nowait (read_nowait). Anything else after a wait (the end of the body,
+    #   a chunk line split across reads, a closed connection) continues in the generator readinto would have made.
+    # send/throw/close make it a coroutine too, so wait_for(), create_task() and gather() take it.
+    n = -1  # the value exc carries
+    exc = None
+    st = 0  # 0: result in exc; 1: wait for the socket; 2: waiting; 3: continuing in g; 4: bytes in exc
+    g = None
+    buf = None  # the caller's buffer while readinto(buf) waits; None while read(want) waits
+    want = 0
+    _t = None  # the finished Task (see __iter__)
+
+    def __init__(self, r):
+        self.r = r
 
     def __iter__(self):
-        if _Task is None:
+        # A result awaited where asyncio's Task is native: hand over a finished Task holding exc, which raises it
+        # from C, twice as fast as __next__ (readinto on a fast link is mostly this). Otherwise this does it all.
+        if self.st or _Task is None:
             return self
         t = self._t
         if t is None:
             t = self._t = _Task(self)
             t.state = False  # done, its waiter told: awaiting it only raises t.data
-        if self._tn != self.n:
-            self._tn = self.n
-            t.data = StopIteration(self.n)
+        t.data = self.exc
         return t
 
-    def __next__(self):
-        raise StopIteration(self.n)
+    def send(self, v=None):
+        if self.st == 2:
+            self._woken()
+        if self.st == 1:
+            self.r._c.arm(False)
+            self.st = 2
+            return None
+        if self.st == 3:
+            return self._on(None)
+        e = self.exc
+        if self.st:  # 4: bytes from read(n), which this must not keep alive once they are handed out
+            self._drop()
+        e.__traceback__ = None
+        raise e
 
-    def send(self, v):
-        raise StopIteration(self.n)
+    __next__ = send
 
     def throw(self, *exc):
-        raise exc[0] if len(exc) == 1 else exc[1]
+        e = exc[0] if len(exc) == 1 else exc[1]
+        if self.g is not None:
+            return self._on(e)
+        st = self.st
+        self._drop()
+        if st == 2:
+            self.r._c.woke(e)
+        raise e
 
     def close(self):
-        pass
+        g = self.g
+        self.g = None
+        if self.st == 2:
+            self.r._c.dl = None
+        self._drop()
+        if g is not None:
+            g.close()
+
+    def _drop(self):
+        # back to rest, holding nothing: no buffer, no bytes (the next result makes its StopIteration anew)
+        self.st = 0
+        self.buf = self.exc = None
+        self.n = -1
+
+    def _woken(self):
+        # The socket has something (bytes, or its end): read again. readinto returns this _Read with the result
+        # in it, or, seeing st == 3, a generator for whatever else it is. No try here, so this frame stays off
+        # the heap (see readinto_nowait): readinto itself turns a reset into a ClientPayloadError.
+        global _k
+        _k = 0  # others ran while this task waited
+        r = self.r
+        r._c.dl = None
+        self.st = 3
+        buf = self.buf
+        self.buf = None
+        a = r.readinto(buf) if buf is not None else r.read(self.want)
+        if a is not self:
+            self.g = a
+
+    def _on(self, e):
+        # one step of the generator a read continues in
+        try:
+            if e is None:
+                return self.g.send(None)
+            return self.g.throw(e)
+        except BaseException:  # its result (StopIteration) or its error: this read is over
+            self.g = None
+            self.st = 0
+            raise
 
 
 class StreamReader:
@@ -492,7 +596,7 @@ class StreamReader:
     # is its own content (ClientResponse below): one object per request, not two, for as long as the body streams.
     _chunked = _close = _eof = False
     _dec = None  # the decoder of a gzip/deflate body
-    _now = None  # made on the first awaited readinto (DownloadManager never needs it)
+    _now = None  # the _Read that readinto returns, made on first use
 
     def _body(self, length, chunked):
         # the framing the head announced (self._c is the connection)
@@ -581,20 +685,29 @@ class StreamReader:
         return b
 
     def _read_nowait(self, n):
-        # read_nowait's other cases, through _nowait: into a new buffer, copied out (only a frame's first or
-        # last bytes, a chunk's size line, a decoder or the end come this way)
-        if not n:
+        # read_nowait's other cases: the next chunk's size line, and bytes that came with the head or a size line
+        # (copied out, at most n). No buffer is made before there are bytes for it: at every chunk boundary a
+        # read may find nothing yet. A decoder, the end, and 64 KB without a wait take the awaited way (b"").
+        global _k
+        c = self._c
+        if not n or self._dec is not None or _k >= _FAIR or c.s is None:
             return b""
-        b = bytearray(n if n > 0 else _BUF)
-        n = self._nowait(b)
-        if not n:
+        if n < 0:
+            n = _BUF
+        if self._left <= 0 and (not self._chunked or self._eof or not self._size_line()):
             return b""
-        return bytes(b) if n == len(b) else bytes(memoryview(b)[:n])
+        if c.p == c.e:
+            return self.read_nowait(n)  # the size line came alone: the rest is the socket's
+        n = min(n, self._left, c.e - c.p)
+        b = bytes(memoryview(c.buf)[c.p : c.p + n])
+        c.took(n)
+        _k += n
+        self._took(n)
+        return b
 
     def _nowait(self, buf):
         # readinto_nowait's other cases: the rest of a frame shorter than buf, bytes buffered with the head or a
-        # chunk-size line, the next chunk's size line, and everything that must take the awaited path. Socket
-        # errors become ClientPayloadError here (readinto takes this way).
+        # chunk-size line, the next chunk's size line, and everything that must take the awaited path.
         global _k
         c = self._c
         # After 64 KB without a wait, the slow way lets other tasks run (see _Conn.recv). Not more often: the
@@ -616,10 +729,7 @@ class StreamReader:
         else:
             if c.s is None:
                 return None
-            try:
-                n = c.s.readinto(buf if len(buf) <= left else memoryview(buf)[:left])
-            except OSError as e:
-                self._cut(e)
+            n = c.s.readinto(buf if len(buf) <= left else memoryview(buf)[:left])  # a reset: see readinto_nowait
             if not n:
                 return None
         _k += n
@@ -629,53 +739,37 @@ class StreamReader:
         # The next chunk's size, parsed in place from a "[CRLF]hex[;ext]CRLF" line that is already buffered
         # (or arrives with one non-blocking read), so chunked bodies allocate nothing per chunk either.
         # 0 when the line is not all here, is the last chunk, or looks unusual in any way: _next_chunk then
-        # reads it the slow way and does the full checks.
+        # reads it the slow way and does the full checks. Few locals and no try keep this frame off the heap
+        # (see readinto_nowait); a reset raises the socket's OSError, which readinto reports.
         c = self._c
         if c.buf is None:
             return 0
         if c.p == c.e and c.s is not None:
             c.p = c.e = 0
-            try:
-                c.e = c.s.readinto(c.buf) or 0
-            except OSError:
-                return 0  # the slow path reads again and reports it
-        b, i, e = c.buf, c.p, c.e
+            c.e = c.s.readinto(c.buf) or 0
+        i = c.p
         if self._left == -1:  # the CRLF after the previous chunk's data
-            if e - i < 2 or b[i] != 13 or b[i + 1] != 10:
+            if c.e - i < 2 or c.buf[i] != 13 or c.buf[i + 1] != 10:
                 return 0
-            i += 2
-        j = b.find(b"\n", i, e)
-        if j < 0 or j - i > 9:
-            return 0
-        n = 0
-        k = i
-        while k < j:
-            ch = b[k]
-            if 48 <= ch <= 57:
-                n = n * 16 + ch - 48
-            elif 97 <= ch <= 102:
-                n = n * 16 + ch - 87
-            elif 65 <= ch <= 70:
-                n = n * 16 + ch - 55
-            else:
-                break
-            k += 1
-        # 0 is the last chunk (trailers follow). The digits must end the line ("...\r\n") or start an extension
-        # (";..."); anything else, however harmless it looks, goes to the slow path's checks.
-        if not n or b[j - 1] != 13 or not (k == j - 1 or b[k] == 59):
-            return 0
-        c.p = j + 1
-        self._left = n
+            # Taken now, whatever follows: servers send it with the data, and the size line often comes later.
+            # Then nothing is left buffered, and readinto waits for the socket without a generator.
+            c.p = i = i + 2
+            self._left = 0
+        j = c.buf.find(b"\n", i, c.e)
+        n = _hex(c.buf, i, j)
+        if n:
+            c.p = j + 1
+            self._left = n
         return n
 
     def readinto(self, buf):
         """Read up to len(buf) bytes of body into buf; 0 at the end. (awaitable)
 
-        When bytes are already waiting this returns an awaitable that is already done (_Now), not a generator,
-        and allocates nothing while the read size repeats: MicroPython's allocator only moves its "free memory
-        starts here" hint on one-block allocations, so a loop whose only garbage is a generator per call
-        rescans all earlier garbage on every call (measured: 15x slower with a 16 MB heap). Waiting for the
-        network, chunk framing, the end of the body and decoding take the generator path.
+        The awaitable is the response's one _Read, not a new generator, whether bytes are already waiting or the
+        read has to wait for the socket, and it allocates nothing while the read size repeats: MicroPython's
+        allocator only moves its "free memory starts here" hint on one-block allocations, so a loop whose only
+        garbage is a generator per call rescans all earlier garbage on every call (measured: 15x slower with a
+        16 MB heap). Chunk framing that is not all here, the end of the body and decoding take a generator.
         """
         # Shaped to keep its frame on the C stack (see readinto_nowait): the try only returns, the handler binds
         # no name (`as e` alone is enough for a heap frame) and its work comes after it.
@@ -687,15 +781,40 @@ class StreamReader:
 
     def _then(self, buf, n):
         # readinto's awaitable for what readinto_nowait said: n bytes already read, or None (wait, or framing)
-        if n is None:
-            if self._dec is not None:
-                return self._dec.decode_into(buf)
-            return self._raw_readinto(buf)
-        now = self._now
-        if now is None:
-            now = self._now = _Now()
-        now.n = n
-        return now
+        if n is not None:
+            return self._ready(n)
+        if self._dec is not None:
+            return self._dec.decode_into(buf)
+        return self._wait(buf, 0) or self._raw_readinto(buf)
+
+    def _ready(self, v, st=0):
+        # the _Read that gives v: a count (its StopIteration serves again while it repeats), or bytes (st 4)
+        w = self._now
+        if w is None:
+            w = self._now = _Read(self)
+        w.st = st
+        if st or v != w.n:
+            w.exc = StopIteration(v)
+            w.n = -1 if st else v
+        return w
+
+    def _wait(self, buf, n):
+        # The _Read that waits for the socket, then reads into buf (or, with buf None, reads n bytes), if that is
+        # all this read needs: nothing buffered, and the socket had nothing, or its end (the read after the wait
+        # sees that). None otherwise, and the read takes a generator: after 64 KB without a wait (the generator
+        # lets others run), and when a wait has just ended (st == 3), as then nothing means the end of the
+        # connection or framing.
+        c = self._c
+        w = self._now
+        if c.p < c.e or c.s is None or self._eof or _k >= _FAIR or (self._left <= 0 and not self._chunked) or (
+                w is not None and w.st == 3):
+            return None
+        if w is None:
+            w = self._now = _Read(self)
+        w.buf = buf
+        w.want = n
+        w.st = 1
+        return w
 
     def _took(self, n):
         # n body bytes were read out of the current frame (chunk, or the whole body)
@@ -912,10 +1031,25 @@ class ClientResponse(StreamReader):
     def closed(self):
         return self._released
 
-    async def read(self, n=-1):
+    def read(self, n=-1):
         """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.
-        The whole body fills one preallocated buffer when its length is known."""
-        if n >= 0:
+        (awaitable) Up to n bytes: the bytes the socket makes, with no buffer filled and copied, when they are
+        already here or the read only waits for them (as readinto, the awaitable is the response's _Read)."""
+        if n <= 0:
+            return self._read_all() if n else self._ready(b"")
+        try:
+            b = self.read_nowait(n)
+            if b:
+                return self._ready(b, 4)
+            return (self._wait(None, n) if self._dec is None else None) or self._read_all(n)
+        except OSError:
+            pass
+        self._cut("connection error")
+
+    async def _read_all(self, n=-1):
+        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body,
+        # which fills one preallocated buffer when its length is known
+        if n > 0:
             b = bytearray(n)
             k = await self.readinto(b)
             return bytes(b) if k == n else bytes(memoryview(b)[:k])

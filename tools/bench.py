@@ -505,11 +505,10 @@ def main(argv):
             rows.append(("allocated per content.readinto call (garbage)",
                          "%.0f bytes" % res[0]["readinto_per_chunk"], "", "report"))
             for how in ("readinto", "read"):
-                proc, res = mpy.run(WAITS, work, URL=srv.url("/bytes/16384?rate=40960"), HOW=how)
-                bare, client = check(proc, res, "waits")
+                bare, client = check(*mpy.run(WAITS, work, URL=srv.url("/bytes/16384?rate=40960"), HOW=how), "waits")
                 raw["wait_" + how] = {"bare": bare["per_wait"], "client": client["per_wait"]}
-                rows.append(("garbage per %s that waits for the network (vs asyncio's own socket wait)"
-                             % ("content.readinto" if how == "readinto" else "content.read(1024), beyond its bytes"),
+                rows.append(("garbage per %s that waits for data, vs a bare asyncio socket wait"
+                             % ("content.readinto" if how == "readinto" else "content.read(1024), its bytes aside,"),
                              "%d bytes vs %d bytes" % (client["per_wait"], bare["per_wait"]), "", "report"))
             more, raw["heap"] = heap_rows({r["mark"]: r["heap"] for r in res[1:]}, "unix, 64-bit")
             rows += more

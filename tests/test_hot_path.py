@@ -65,7 +65,7 @@ def test_chunked_bodies_are_exact_and_allocate_little(mpy, fault, files, query):
         assert used["file"] < 24 * 1024 + 64 * (SIZE // 1024), used
 
 READS = """
-import asyncio, aiohttp, micropython
+import asyncio, aiohttp, micropython, select
 
 async def main():
     buf = bytearray(1024)
@@ -74,13 +74,15 @@ async def main():
     last = -1
     async with aiohttp.ClientSession() as s:
         async with s.get(URL) as r:
+            poll = select.poll()  # (asks the socket whether bytes wait, before the count starts)
+            poll.register(r.content._c.s, select.POLLIN)
             while True:
+                # bytes wait, and this is not the read after 64 KB that lets other tasks run (a generator)
+                now = HOW == "awaited" and bool(poll.poll(0)) and aiohttp._k + 1024 < 65536
                 t0 = micropython.mem_total()  # every byte allocated, even what is freed at once
                 if HOW == "awaited":  # the aiohttp way
-                    step = r.content.readinto(buf)
-                    now = getattr(step, "st", None) == 0  # the bytes were waiting: the result is in it
-                    n = await step
-                    ready = now and n == last  # and the size is that of the last such read
+                    n = await r.content.readinto(buf)
+                    ready = now and n == last  # bytes were waiting, and the size is that of the last such read
                     if now:
                         last = n
                 elif HOW == "bytes":  # DownloadManager's stream mode: the socket's bytes object, handed on
@@ -275,3 +277,61 @@ def test_read_n_keeps_no_bytes_it_handed_out(mpy, fault):
     v = mpy.run(KEEPS, URL=fault.url("/bytes/200000?rate=320000")).value
     assert len(v["kept"]) >= 4, v
     assert max(abs(k) for k in v["kept"][:-1]) < 1024, v  # the last read ends the body: the connection is pooled
+
+
+LATER = """
+import aiohttp, asyncio
+
+async def main():
+    out = {}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(URL) as r:
+            await asyncio.sleep_ms(50)  # the whole body is here: every read below finds its bytes at once
+            parts = []
+            # a read that is cancelled before it ever ran takes nothing from the body
+            t = asyncio.create_task(r.content.read(2))
+            t.cancel()
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            # reads made before either is awaited each get their own bytes, in order
+            parts += await asyncio.gather(r.content.read(2), r.content.read(3))
+            # an awaitable awaited twice says so (the second await would have nothing to give)
+            aw = r.content.read(4)
+            parts.append(await aw)
+            out["again"] = (await error_of(aw))[0]
+            parts.append(await r.read())
+            out["sha"] = sha256(b"".join(parts))
+            # the body is over before a read made earlier runs: it says so (0), it does not wait
+            out["after"] = await asyncio.create_task(r.content.readinto(bytearray(10)))
+        # the connection is let go before a read made earlier runs: bytes that had arrived, then an error, not a
+        # wait on a closed socket
+        async with s.get(URL) as r:
+            await r.content.read(100)
+            read = lambda: r.content.read(100) if READ_N else r.content.readinto(bytearray(100))
+            t = asyncio.create_task(read())
+            r.release()
+
+            async def rest():
+                n = await t
+                while n:
+                    n = await read()
+
+            out["released"] = (await error_of(rest()))[0]
+    result(**out)
+
+run(main())
+"""
+
+
+@pytest.mark.parametrize("read_n", [False, True])
+def test_a_read_does_nothing_until_it_runs(mpy, fault, read_n):
+    # readinto() and read(n) hand out one reusable awaitable; like a coroutine it reads only when it runs, so
+    # what happens between the call and the first run (a cancel, another read, the end of the body, a release)
+    # is what it sees. Reading at the call lost bytes to a read cancelled before it ran, gave gather()'s first
+    # read the second one's bytes, waited forever on a finished body's pooled socket, and crashed MicroPython
+    # (a closed socket handed to the poller).
+    v = mpy.run(LATER, URL=fault.url("/bytes/5000"), READ_N=read_n).value
+    assert v == {"again": "RuntimeError", "sha": sha256_of(5000), "after": 0,
+                 "released": "ServerDisconnectedError"}, v

@@ -488,22 +488,23 @@ class _Conn:
 
 
 class _Read:
-    # The awaitable readinto(buf) and read(n) return unless the read needs a generator: one per response, reused
-    # by every read. A generator per read (three while it waits: the read, recv and _park) was garbage at every
-    # chunk, and read(n) filled a buffer of n bytes and copied it out as well.
-    # - The bytes were read at once: awaiting it raises StopIteration(n). A new one per call would be ~100 B of
-    #   garbage, and one kept and raised again grows its traceback: it is kept while n repeats (a full buffer)
-    #   and its traceback is reset before each raise, as asyncio's own sleep_ms() does (or it is raised from C).
-    # - Nothing was waiting on the socket: it registers with the event loop's poller from the task that awaits
-    #   it (not the one that called readinto: wait_for() and create_task() await in a task of their own), yields,
-    #   and once woken reads like readinto_nowait (read_nowait). Anything else after a wait (the end of the body,
-    #   a chunk line split across reads, a closed connection) continues in the generator readinto would have made.
-    # send/throw/close make it a coroutine too, so wait_for(), create_task() and gather() take it.
-    n = -1  # the value exc carries
+    # The awaitable readinto(buf) and read(n) return: one per response, reused by every read. A generator per
+    # read (three while it waits: the read, recv and _park) was garbage at every chunk, and read(n) filled a
+    # buffer of n bytes and copied it out as well. Like a coroutine it does nothing until it runs (awaited, or
+    # by the task create_task() or wait_for() made for it): then it reads what the socket holds, and
+    # - has the result: awaiting it raises StopIteration(n). A new one per call would be ~100 B of garbage, and
+    #   one kept and raised again grows its traceback: it is kept while n repeats (a full buffer) and raised
+    #   from C by a finished Task where asyncio's Task is native, or from here with its traceback reset first,
+    #   as asyncio's own sleep_ms() does. read(n)'s bytes get a StopIteration of their own, let go once raised.
+    # - found nothing: it registers the socket with the event loop's poller for the task it runs in, yields, and
+    #   reads again once woken.
+    # - or meets anything else (the end of the body, a chunk line split across reads, a decoder, 64 KB without a
+    #   wait, nothing after a wait: the end of the connection) and continues in the generator that handles it.
+    n = -1  # the count exc carries; -1: exc carries bytes
     exc = None
-    st = 0  # 0: result in exc; 1: wait for the socket; 2: waiting; 3: continuing in g; 4: bytes in exc
+    st = 0  # 0: idle; 5: to run; 1: to wait; 2: waiting; 3: continuing in g; 4: result in exc
     g = None
-    buf = None  # the caller's buffer while readinto(buf) waits; None while read(want) waits
+    buf = None  # the caller's buffer for readinto(buf); None for read(want)
     want = 0
     _t = None  # the finished Task (see __iter__)
 
@@ -511,10 +512,13 @@ class _Read:
         self.r = r
 
     def __iter__(self):
-        # A result awaited where asyncio's Task is native: hand over a finished Task holding exc, which raises it
-        # from C, twice as fast as __next__ (readinto on a fast link is mostly this). Otherwise this does it all.
-        if self.st or _Task is None:
+        if self.st == 5:
+            self._go(False)
+        if self.st != 4 or self.n < 0 or _Task is None:
             return self
+        # A count awaited where asyncio's Task is native: hand over a finished Task holding exc, which raises it
+        # from C, twice as fast as send() (readinto on a fast link is mostly this)
+        self.st = 0
         t = self._t
         if t is None:
             t = self._t = _Task(self)
@@ -523,17 +527,22 @@ class _Read:
         return t
 
     def send(self, v=None):
-        if self.st == 2:
-            self._woken()
-        if self.st == 1:
+        st = self.st
+        if st == 5 or st == 2:
+            self._go(st == 2)
+            st = self.st
+        if st == 1:
             self.r._c.arm(False)
             self.st = 2
             return None
-        if self.st == 3:
+        if st == 3:
             return self._on(None)
+        if st != 4:
+            raise RuntimeError("this read was awaited already")
         e = self.exc
-        if self.st:  # 4: bytes from read(n), which this must not keep alive once they are handed out
-            self._drop()
+        self.st = 0
+        if self.n < 0:
+            self.exc = None  # bytes, which this must not keep alive once handed out
         e.__traceback__ = None
         raise e
 
@@ -559,25 +568,36 @@ class _Read:
             g.close()
 
     def _drop(self):
-        # back to rest, holding nothing: no buffer, no bytes (the next result makes its StopIteration anew)
+        # back to idle, holding no buffer and no bytes
         self.st = 0
-        self.buf = self.exc = None
-        self.n = -1
-
-    def _woken(self):
-        # The socket has something (bytes, or its end): read again. readinto returns this _Read with the result
-        # in it, or, seeing st == 3, a generator for whatever else it is. No try here, so this frame stays off
-        # the heap (see readinto_nowait): readinto itself turns a reset into a ClientPayloadError.
-        global _k
-        _k = 0  # others ran while this task waited
-        r = self.r
-        r._c.dl = None
-        self.st = 3
-        buf = self.buf
         self.buf = None
-        a = r.readinto(buf) if buf is not None else r.read(self.want)
-        if a is not self:
-            self.g = a
+        if self.n < 0:
+            self.exc = None
+
+    def _go(self, woken):
+        # The read, when this first runs or the poller woke it: a result (st 4), a wait (st 1) or the generator
+        # for whatever else it is (st 3). No try here, so this frame stays off the heap (see readinto_nowait).
+        global _k
+        r = self.r
+        c = r._c
+        if woken:
+            _k = 0  # others ran while this task waited
+            c.dl = None
+        buf = self.buf
+        v = r._try(self)
+        if v:
+            self.st = 4
+            self.buf = None
+            if buf is None or v != self.n:
+                self.exc = StopIteration(v)
+                self.n = -1 if buf is None else v
+        elif not woken and c.p == c.e and c.s is not None and not r._eof and _k < _FAIR and r._dec is None and (
+                r._left > 0 or r._chunked):
+            self.st = 1
+        else:
+            self.g = r._slow(buf) if buf is not None else r._read_all(self.want)
+            self.st = 3
+            self.buf = None
 
     def _on(self, e):
         # one step of the generator a read continues in
@@ -596,7 +616,7 @@ class StreamReader:
     # is its own content (ClientResponse below): one object per request, not two, for as long as the body streams.
     _chunked = _close = _eof = False
     _dec = None  # the decoder of a gzip/deflate body
-    _now = None  # the _Read that readinto returns, made on first use
+    _now = None  # the _Read that readinto and read(n) return, made on first use
 
     def _body(self, length, chunked):
         # the framing the head announced (self._c is the connection)
@@ -771,50 +791,33 @@ class StreamReader:
         garbage is a generator per call rescans all earlier garbage on every call (measured: 15x slower with a
         16 MB heap). Chunk framing that is not all here, the end of the body and decoding take a generator.
         """
-        # Shaped to keep its frame on the C stack (see readinto_nowait): the try only returns, the handler binds
-        # no name (`as e` alone is enough for a heap frame) and its work comes after it.
+        return self._due(buf, 0)
+
+    def _due(self, buf, n):
+        # the _Read for a read into buf (or, buf None, of n bytes) to be done when it runs: the response's own,
+        # unless that one is still out (made and not yet awaited, as with gather()): then one of its own
+        w = self._now
+        if w is None or w.st:
+            w = self._now = _Read(self)
+        w.buf = buf
+        w.want = n
+        w.st = 5
+        return w
+
+    def _try(self, w):
+        # _Read w's read, which never waits (readinto_nowait(w.buf), or read_nowait(w.want)); a reset is a
+        # ClientPayloadError. Shaped to keep its frame on the C stack (see readinto_nowait): two arguments, the
+        # try only returns, the handler binds no name (`as e` alone is enough for a heap frame) and its work
+        # comes after it.
         try:
-            return self._then(buf, self.readinto_nowait(buf))
+            return self.readinto_nowait(w.buf) if w.buf is not None else self.read_nowait(w.want)
         except OSError:
             pass
         self._cut("connection error")
 
-    def _then(self, buf, n):
-        # readinto's awaitable for what readinto_nowait said: n bytes already read, or None (wait, or framing)
-        if n is not None:
-            return self._ready(n)
-        if self._dec is not None:
-            return self._dec.decode_into(buf)
-        return self._wait(buf, 0) or self._raw_readinto(buf)
-
-    def _ready(self, v, st=0):
-        # the _Read that gives v: a count (its StopIteration serves again while it repeats), or bytes (st 4)
-        w = self._now
-        if w is None:
-            w = self._now = _Read(self)
-        w.st = st
-        if st or v != w.n:
-            w.exc = StopIteration(v)
-            w.n = -1 if st else v
-        return w
-
-    def _wait(self, buf, n):
-        # The _Read that waits for the socket, then reads into buf (or, with buf None, reads n bytes), if that is
-        # all this read needs: nothing buffered, and the socket had nothing, or its end (the read after the wait
-        # sees that). None otherwise, and the read takes a generator: after 64 KB without a wait (the generator
-        # lets others run), and when a wait has just ended (st == 3), as then nothing means the end of the
-        # connection or framing.
-        c = self._c
-        w = self._now
-        if c.p < c.e or c.s is None or self._eof or _k >= _FAIR or (self._left <= 0 and not self._chunked) or (
-                w is not None and w.st == 3):
-            return None
-        if w is None:
-            w = self._now = _Read(self)
-        w.buf = buf
-        w.want = n
-        w.st = 1
-        return w
+    def _slow(self, buf):
+        # the generator for a read into buf that needs one: a decoder, framing, the end of the body
+        return self._dec.decode_into(buf) if self._dec is not None else self._raw_readinto(buf)
 
     def _took(self, n):
         # n body bytes were read out of the current frame (chunk, or the whole body)
@@ -1035,23 +1038,16 @@ class ClientResponse(StreamReader):
         """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.
         (awaitable) Up to n bytes: the bytes the socket makes, with no buffer filled and copied, when they are
         already here or the read only waits for them (as readinto, the awaitable is the response's _Read)."""
-        if n <= 0:
-            return self._read_all() if n else self._ready(b"")
-        try:
-            b = self.read_nowait(n)
-            if b:
-                return self._ready(b, 4)
-            return (self._wait(None, n) if self._dec is None else None) or self._read_all(n)
-        except OSError:
-            pass
-        self._cut("connection error")
+        return self._due(None, n) if n > 0 else self._read_all(n)
 
     async def _read_all(self, n=-1):
         # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body,
         # which fills one preallocated buffer when its length is known
-        if n > 0:
+        if n >= 0:
+            if not n:
+                return b""
             b = bytearray(n)
-            k = await self.readinto(b)
+            k = await self._slow(b)
             return bytes(b) if k == n else bytes(memoryview(b)[:k])
         if self._dec is None and not self._chunked and not self._close:
             # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response

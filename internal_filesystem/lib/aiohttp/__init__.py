@@ -707,18 +707,19 @@ class StreamReader:
     def _read_nowait(self, n):
         # read_nowait's other cases: the next chunk's size line, and bytes that came with the head or a size line
         # (copied out, at most n). No buffer is made before there are bytes for it: at every chunk boundary a
-        # read may find nothing yet. A decoder, the end, and 64 KB without a wait take the awaited way (b"").
+        # read may find nothing yet.
         global _k
         c = self._c
-        if not n or self._dec is not None or _k >= _FAIR or c.s is None:
+        if not n or c.s is None:
+            return b""
+        left = self._frame()
+        if not left:
             return b""
         if n < 0:
             n = _BUF
-        if self._left <= 0 and (not self._chunked or self._eof or not self._size_line()):
-            return b""
         if c.p == c.e:
             return self.read_nowait(n)  # the size line came alone: the rest is the socket's
-        n = min(n, self._left, c.e - c.p)
+        n = min(n, left, c.e - c.p)
         b = bytes(memoryview(c.buf)[c.p : c.p + n])
         c.took(n)
         _k += n
@@ -729,19 +730,10 @@ class StreamReader:
         # readinto_nowait's other cases: the rest of a frame shorter than buf, bytes buffered with the head or a
         # chunk-size line, the next chunk's size line, and everything that must take the awaited path.
         global _k
-        c = self._c
-        # After 64 KB without a wait, the slow way lets other tasks run (see _Conn.recv). Not more often: the
-        # slow way allocates two generators, and in a loop that allocates nothing else each allocation rescans
-        # the heap from MicroPython's stale free-memory hint (see readinto); every 16 KB cost 40% here.
-        if self._dec is not None or _k >= _FAIR:
+        left = self._frame()
+        if not left:
             return None
-        left = self._left
-        if left <= 0:
-            if not self._chunked or self._eof:
-                return None
-            left = self._size_line()
-            if not left:
-                return None
+        c = self._c
         if c.p < c.e:  # bytes that came in with the head or a chunk-size line
             n = min(len(buf), left, c.e - c.p)
             buf[:n] = memoryview(c.buf)[c.p : c.p + n]
@@ -754,6 +746,21 @@ class StreamReader:
                 return None
         _k += n
         return self._took(n)
+
+    def _frame(self):
+        # The body bytes the current frame (chunk, or whole body) can still hand out without waiting, past the
+        # next chunk-size line if that is due and here; 0 when the read must take the awaited way: a decoder,
+        # the end of the body, a size line not all here, or 64 KB without a wait. After those 64 KB the slow
+        # way lets other tasks run (see _Conn.recv). Not more often: it allocates generators, and in a loop that
+        # allocates nothing else each allocation rescans the heap from MicroPython's stale free-memory hint (see
+        # readinto); every 16 KB cost 40% here.
+        if self._dec is not None or _k >= _FAIR:
+            return 0
+        if self._left > 0:
+            return self._left
+        if not self._chunked or self._eof:
+            return 0
+        return self._size_line()
 
     def _size_line(self):
         # The next chunk's size, parsed in place from a "[CRLF]hex[;ext]CRLF" line that is already buffered

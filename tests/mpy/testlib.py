@@ -60,6 +60,27 @@ def fd_count():
     return len(os.listdir("/proc/self/fd"))
 
 
+def leave_free(n):
+    # Fill the heap but for n bytes in one piece: a test then sees what a device with n bytes free would,
+    # whatever the imports before it cost and however many holes they left. The n bytes are taken first (first
+    # fit puts them at the free end), everything else is filled with ever smaller blocks, then they are let go.
+    # A chain of pairs, not a list: a growing list would leave holes of its own. Keep the returned chain alive.
+    import gc
+
+    gc.collect()
+    spare = bytearray(n)
+    keep = None
+    size = 4096
+    while size >= 16:
+        try:
+            while True:
+                keep = (bytearray(size - 16), keep)
+        except MemoryError:
+            size //= 4
+    spare = None
+    return keep
+
+
 def run(coro):
     import asyncio
 

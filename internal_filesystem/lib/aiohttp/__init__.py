@@ -655,20 +655,25 @@ class StreamReader:
 
     async def _next_chunk(self):
         # Called when the current frame is used up: parse the next chunk-size line, or end the body.
+        # Each step is recorded as soon as its line is taken: a read cancelled while it waits for the next line
+        # (an app's own timeout) leaves a state the next read goes on from.
         c = self._c
         if self._left == -1:  # CRLF after the previous chunk's data
             if (await c.readline()) not in (b"\r\n", b"\n"):
                 raise ClientPayloadError("malformed chunked encoding")
-        line = await c.readline()
-        if not line:
-            raise ClientPayloadError("response payload is not completed (chunked body cut short)")
-        try:
-            n = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ClientPayloadError("bad chunk size line %r" % line[:40])
-        if n:
-            self._left = n
-            return n
+            self._left = 0
+        if not self._left:
+            line = await c.readline()
+            if not line:
+                raise ClientPayloadError("response payload is not completed (chunked body cut short)")
+            try:
+                n = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ClientPayloadError("bad chunk size line %r" % line[:40])
+            if n:
+                self._left = n
+                return n
+            self._left = -2  # the last chunk: trailers follow
         while True:  # trailers, up to the empty line
             line = await c.readline()
             if not line:
@@ -787,7 +792,7 @@ class StreamReader:
         # reads it the slow way and does the full checks. Few locals and no try keep this frame off the heap
         # (see readinto_nowait); a reset raises the socket's OSError, which readinto reports.
         c = self._c
-        if c.buf is None:
+        if c.buf is None or self._left < -1:  # -2: in the trailers, which _next_chunk reads
             return 0
         if c.p == c.e and c.s is not None:
             c.p = c.e = 0

@@ -650,8 +650,8 @@ run(main())
 
 
 def test_segmented_chunk_path_allocates_nothing_per_chunk(mpy, fault):
-    # The marginal heap use of 2048 more chunks (4 MB vs 2 MB, 4 segments): a generator or a slice per chunk
-    # would be > 100 KB; what remains is per tick (one per file percent) and per request.
+    # The marginal heap use of 2048 more chunks (4 MB vs 2 MB, 4 segments): a generator per chunk would be
+    # > 200 KB, a memoryview slice 64 KB; what remains is per tick (one per file percent), per wait and per request.
     v = mpy.run(PRE + """
 import gc
 DownloadManager.session_idle_ms = 0
@@ -672,7 +672,8 @@ run(main())
 """, heapsize="16M", URL2=fault.url("/bytes/%d" % (2 << 20)), URL4=fault.url("/bytes/%d" % (4 << 20)),
         OUT="out.bin").value
     assert v["2sha"] == sha256_of(2 << 20) and v["4sha"] == sha256_of(4 << 20)
-    assert v["4"] - v["2"] < 8 * 2048, v
+    # 24 bytes per chunk: the waits for the network (~150 bytes each, asyncio's own) are more on a busy machine
+    assert v["4"] - v["2"] < 24 * 2048, v
 
 
 # --- what a review found --------------------------------------------------------------------------------------

@@ -1222,6 +1222,57 @@ run(main())
     assert got["listed"] is False  # a finished task leaves TaskManager.task_list
 
 
+def test_wait_for_never_reports_a_finished_awaitable_as_timed_out(mpy):
+    # Work that finishes in the same turn as its timeout: asyncio.wait_for on MicroPython raises TimeoutError
+    # for most of these although the work returned (a completed download's bytes gone). TaskManager.wait_for
+    # returns what finished, times out what did not, and passes an outside cancellation on to the work.
+    r = mpy.run("""
+import asyncio
+from mpos import TaskManager
+state = {"finished": 0, "cancelled": 0}
+
+async def work(ms):
+    try:
+        await asyncio.sleep_ms(ms)
+    except asyncio.CancelledError:
+        state["cancelled"] += 1
+        raise
+    state["finished"] += 1
+    return 42
+
+async def tally(wait_for):
+    out = {"returned": 0, "timed_out": 0, "lost": 0}
+    for ms, limit in ((4, 5), (5, 6), (15, 5)) * 100:  # the last: late by far, must time out
+        before = state["finished"]
+        try:
+            out["returned"] += await wait_for(work(ms), limit / 1000) == 42
+        except asyncio.TimeoutError:
+            out["timed_out"] += 1
+            out["lost"] += state["finished"] > before
+    return out
+
+async def main():
+    ours = await tally(TaskManager.wait_for)
+    plain = await tally(asyncio.wait_for)
+    outer = asyncio.create_task(TaskManager.wait_for(work(10000), 10))
+    await asyncio.sleep_ms(20)
+    state["cancelled"] = 0
+    outer.cancel()
+    try:
+        await outer
+        how = "returned"
+    except asyncio.CancelledError:
+        how = "cancelled"
+    result(ours=ours, plain=plain, outer=how, inner_cancelled=state["cancelled"])
+run(main())
+""")
+    v = r.value
+    assert v["ours"]["lost"] == 0 and v["ours"]["returned"] + v["ours"]["timed_out"] == 300, v
+    assert v["ours"]["timed_out"] >= 100 and v["ours"]["returned"] >= 100, v
+    assert v["plain"]["lost"] > 0, v  # the race this guards against happens here too
+    assert (v["outer"], v["inner_cancelled"]) == ("cancelled", 1), v
+
+
 def test_a_timed_out_download_leaves_no_session_behind(mpy, fault):
     r = mpy.run("""
 import asyncio

@@ -50,8 +50,32 @@ class TaskManager:
         return t
 
     @staticmethod
-    def wait_for(awaitable, timeout):
-        return asyncio.wait_for(awaitable, timeout)
+    async def wait_for(awaitable, timeout):
+        # asyncio.wait_for, except that what finished is never reported as timed out. MicroPython's cancels the
+        # task it runs the awaitable in when the time is up, and cancelling a task also overwrites the result of
+        # the one it waits on when that one has just finished: a download that completed in the same turn raised
+        # TimeoutError and its bytes were gone. Here the awaitable's task is cancelled only if it is not done.
+        if timeout is None:
+            return await awaitable
+        task = awaitable if isinstance(awaitable, asyncio.Task) else asyncio.create_task(awaitable)
+        fired = False
+
+        async def alarm():
+            nonlocal fired
+            await asyncio.sleep(timeout)
+            if not task.done():
+                fired = True
+                task.cancel()
+
+        a = asyncio.create_task(alarm())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if fired:
+                raise asyncio.TimeoutError
+            raise
+        finally:
+            a.cancel()
 
     @staticmethod
     def sleep(s):

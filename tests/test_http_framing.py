@@ -81,6 +81,30 @@ run(main())
         (u, 200, sha256_of(int(u.split("/bytes/")[1].split("?")[0]))) for u in urls]
 
 
+@pytest.mark.parametrize("framing", list(FRAMINGS) + ["gzip"])
+def test_readinto_an_empty_buffer_reads_nothing_and_takes_nothing(mpy, fault, framing):
+    # 0, as io's readinto: a loop that fills a buffer through memoryview(buf)[got:] ends with one. Before the
+    # first byte (the bytes trickle in, so the read would wait) and between reads; the body is still whole.
+    q = "text=1&gzip=1" if framing == "gzip" else FRAMINGS[framing]
+    v = mpy.run("""
+import aiohttp
+
+async def main():
+    empty = bytearray(0)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            first = await resp.content.readinto(empty)
+            head = await resp.content.read(100)
+            again = await resp.content.readinto(empty)
+            rest = await resp.read()
+            result(got=[first, again], sha=sha256(head + rest), n=len(head + rest))
+
+run(main())
+""", URL=fault.url("/bytes/20000?trickle=1&" + q)).value
+    want = sha256_of(20000, text=True) if framing == "gzip" else sha256_of(20000)
+    assert v == {"got": [0, 0], "sha": want, "n": 20000}
+
+
 def test_one_byte_reads_of_a_chunked_body(mpy, fault):
     got = fetch(mpy, fault.url("/bytes/3000?" + CHUNKS + "&ext=1&trailer=1"), "read_n", buf=1)
     assert got == {"status": 200, "sha": sha256_of(3000), "total": 3000, "eof": True}

@@ -603,7 +603,8 @@ class _Read:
             c.dl = None
         buf = self.buf
         v = r._try(self)
-        if v:
+        if v or buf is not None and not len(buf):  # an empty buffer reads 0 bytes, as io's readinto does
+            v = v or 0
             self.st = 4
             self.buf = None
             if buf is None or v != self.n:

@@ -149,6 +149,7 @@ run(main())
 def test_a_cancelled_read_takes_no_byte(mpy, fault, query, read_n):
     text = "gzip" in query
     n = 60000 if text else 6000  # text compresses 20 to 1: enough of it to be cancelled inside
-    v = mpy.run(RETRIED, URL=fault.url("/bytes/%d?trickle=1%s%s" % (n, query, "&text=1" if text else "")),
+    # 20 KB/s, slower than any reader here even on a busy machine: most reads wait, and some are cancelled
+    v = mpy.run(RETRIED, URL=fault.url("/bytes/%d?trickle=1&rate=20000%s%s" % (n, query, "&text=1" if text else "")),
                 READ_N=read_n).value
     assert v["cancelled"] > 0 and (v["sha"], v["got"]) == (sha256_of(n, text=text), n), v

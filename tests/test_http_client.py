@@ -140,6 +140,12 @@ RESPONSES = {
     "/chunk-digit-ctl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\x10\r\nhello\r\n0\r\n\r\n",
     "/chunk-upper": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA;x=1\r\n0123456789\r\n0\r\n\r\n",
     "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+    # one field in UTF-8, one in latin-1 (value and name): each is decoded on its own
+    "/mixed-header": b"HTTP/1.1 200 OK\r\nX-Utf: caf\xc3\xa9\r\nX-Lat: caf\xe9\r\nX-Caf\xe9: 1\r\n"
+                     b"Content-Length: 2\r\n\r\nok",
+    # only whitespace is trimmed from a value: a control byte makes the length unreadable
+    "/ctl-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n\r\nok",
+    "/chunk-negative": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1;x\r\nabc\r\n0\r\n\r\n",
     "/empty": b"",
     "/fields": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nX-Odd:  spaced value \r\n"
                b"set-cookie: b=2\r\nETag: \"v1:x\"\r\nContent-Length: 2\r\n\r\nok",
@@ -229,7 +235,7 @@ def test_well_formed_raw_response(mpy, raw):
 
 
 @pytest.mark.parametrize("path", ["/long-header", "/long-status", "/no-newline", "/many-headers",
-                                  "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length"])
+                                  "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length"])
 def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
 
@@ -246,6 +252,36 @@ def test_heads_up_to_32_kb_are_read_in_80_kb_of_heap_and_bigger_ones_refused(mpy
 @pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl"])
 def test_bad_chunk_size_is_a_payload_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientPayloadError"
+
+
+@pytest.mark.parametrize("how", ["read", "read_n", "readinto"])
+def test_a_negative_chunk_size_is_a_payload_error_however_the_body_is_read(mpy, raw, how):
+    # int(b"-1", 16) is -1: read(n) took it for a count, and ended the body early as if it were complete
+    v = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            got = b""
+            try:
+                if HOW == "read":
+                    got = await resp.read()
+                else:
+                    buf = bytearray(4)
+                    while True:
+                        if HOW == "read_n":
+                            b = await resp.content.read(4)
+                        else:
+                            b = bytes(buf[:await resp.content.readinto(buf)])
+                        if not b:
+                            break
+                        got += b
+                result(err=None, got=got.decode())
+            except aiohttp.ClientError as e:
+                result(err=type(e).__name__, got=got.decode())
+run(main())
+""", URL=raw.url("/chunk-negative"), HOW=how).value
+    assert v["err"] == "ClientPayloadError", v
 
 
 def test_upper_case_chunk_size_with_an_extension(mpy, raw):
@@ -291,9 +327,15 @@ async def main():
                    etag=h["etag"], has=["etag" in h, "ETAG" in h, "Nope" in h], missing=missing,
                    default=h.get("nope", "d"), n=len(h), items=h.items(), keys=list(h),
                    body=await resp.text())
+        async with session.get(MIXED) as resp:  # one field in UTF-8, one in latin-1: each decoded on its own
+            h = resp.headers
+            result(items=h.items(), utf=h["x-utf"], lat=h["X-LAT"], values=[h[k] for k in h])
 run(main())
-""", URL=raw.url("/fields"))
-    v = r.value
+""", URL=raw.url("/fields"), MIXED=raw.url("/mixed-header"))
+    v, mixed = r.results
+    cafe = "caf\u00e9"
+    assert mixed["items"] == [["x-utf", cafe], ["x-lat", cafe], ["x-" + cafe, "1"], ["content-length", "2"]]
+    assert (mixed["utf"], mixed["lat"], mixed["values"]) == (cafe, cafe, [cafe, cafe, "1", "2"])
     assert v["ct"] == "text/plain" and v["odd"] == "spaced value" and v["etag"] == '"v1:x"'
     assert v["cookie"] == "a=1, b=2" and v["all"] == ["a=1", "b=2"]
     assert v["has"] == [True, True, False] and v["missing"] == "KeyError" and v["default"] == "d"

@@ -131,8 +131,13 @@ class CIMultiDictProxy:
         return self._key(k) in self._t
 
     def items(self):
-        t = _latin1(self._t).strip("\n")
-        return [tuple(f.split(":", 1)) for f in t.split("\n")] if t else []
+        # each name and value decoded on its own, as get() does: one latin-1 field must not change the others
+        out = []
+        for f in bytes(self._t).split(b"\n"):
+            if f:
+                k, _, v = f.partition(b":")
+                out.append((_latin1(k), _latin1(v)))
+        return out
 
     def keys(self):
         return [k for k, v in self.items()]
@@ -670,6 +675,8 @@ class StreamReader:
             try:
                 n = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
+                n = -1
+            if n < 0:  # int() takes "-1" too: a size below zero read as a count cut the body short
                 raise ClientPayloadError("bad chunk size line %r" % line[:40])
             if n:
                 self._left = n
@@ -1014,13 +1021,18 @@ class ClientResponse(StreamReader):
                 raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
             mv = memoryview(buf)
             t += b"\n"
-            t += bytes(mv[p:i]).strip().lower()
+            k = bytes(mv[p:i]).strip().lower()
+            try:
+                k.decode()
+            except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
+                k = _latin1(k).encode()
+            t += k
             t += b":"
             i += 1
             j = end
-            while i < j and buf[i] <= 32:  # the value without the blanks around it (and the line ending)
+            while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
                 i += 1
-            while j > i and buf[j - 1] <= 32:
+            while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
                 j -= 1
             t += mv[i:j]
             c.p = end

@@ -54,28 +54,45 @@ class TaskManager:
         # asyncio.wait_for, except that what finished is never reported as timed out. MicroPython's cancels the
         # task it runs the awaitable in when the time is up, and cancelling a task also overwrites the result of
         # the one it waits on when that one has just finished: a download that completed in the same turn raised
-        # TimeoutError and its bytes were gone. Here the awaitable's task is cancelled only if it is not done.
+        # TimeoutError and its bytes were gone. Here the awaitable runs in a task of its own that the alarm
+        # cancels only while it is not done, and this task waits on an Event: a cancellation that reaches it
+        # comes from outside (never turned into TimeoutError) and is passed on to the awaitable.
         if timeout is None:
             return await awaitable
-        task = awaitable if isinstance(awaitable, asyncio.Task) else asyncio.create_task(awaitable)
+        done = asyncio.Event()
+        out = [None, None]  # the result, or the exception
         fired = False
+
+        async def run():
+            try:
+                out[0] = await awaitable
+            except BaseException as e:  # its own error, or the alarm's cancellation
+                out[1] = e
+            done.set()
+
+        runner = asyncio.create_task(run())
 
         async def alarm():
             nonlocal fired
             await asyncio.sleep(timeout)
-            if not task.done():
+            # (a Task passed in may have finished while the runner has not yet taken its result)
+            if not done.is_set() and not (isinstance(awaitable, asyncio.Task) and awaitable.done()):
                 fired = True
-                task.cancel()
+                runner.cancel()
 
         a = asyncio.create_task(alarm())
         try:
-            return await task
+            await done.wait()
         except asyncio.CancelledError:
-            if fired:
-                raise asyncio.TimeoutError
+            runner.cancel()
             raise
         finally:
             a.cancel()
+        if out[1] is None:
+            return out[0]
+        if fired and isinstance(out[1], asyncio.CancelledError):
+            raise asyncio.TimeoutError
+        raise out[1]
 
     @staticmethod
     def sleep(s):

@@ -84,7 +84,8 @@ run(main())
 @pytest.mark.parametrize("framing", list(FRAMINGS) + ["gzip"])
 def test_readinto_an_empty_buffer_reads_nothing_and_takes_nothing(mpy, fault, framing):
     # 0, as io's readinto: a loop that fills a buffer through memoryview(buf)[got:] ends with one. Before the
-    # first byte (the bytes trickle in, so the read would wait) and between reads; the body is still whole.
+    # first byte (the bytes trickle in, so the read would wait), between reads and at the end, awaited or not
+    # (readinto_nowait's None would mean "wait", for a read that has nothing to wait for); the body is whole.
     q = "text=1&gzip=1" if framing == "gzip" else FRAMINGS[framing]
     v = mpy.run("""
 import aiohttp
@@ -93,16 +94,17 @@ async def main():
     empty = bytearray(0)
     async with aiohttp.ClientSession() as session:
         async with session.get(URL) as resp:
-            first = await resp.content.readinto(empty)
+            got = [resp.content.readinto_nowait(empty), await resp.content.readinto(empty)]
             head = await resp.content.read(100)
-            again = await resp.content.readinto(empty)
+            got += [resp.content.readinto_nowait(empty), await resp.content.readinto(empty)]
             rest = await resp.read()
-            result(got=[first, again], sha=sha256(head + rest), n=len(head + rest))
+            got += [resp.content.readinto_nowait(empty), await resp.content.readinto(empty)]
+            result(got=got, sha=sha256(head + rest), n=len(head + rest))
 
 run(main())
 """, URL=fault.url("/bytes/20000?trickle=1&" + q)).value
     want = sha256_of(20000, text=True) if framing == "gzip" else sha256_of(20000)
-    assert v == {"got": [0, 0], "sha": want, "n": 20000}
+    assert v == {"got": [0] * 6, "sha": want, "n": 20000}
 
 
 def test_one_byte_reads_of_a_chunked_body(mpy, fault):

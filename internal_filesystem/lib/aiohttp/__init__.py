@@ -697,11 +697,11 @@ class StreamReader:
         self._done(reusable)
 
     def readinto_nowait(self, buf):
-        """Body bytes that are already here, read into buf without waiting: n > 0, or None when the next read
-        has to wait, or meets the end of the body, a trailer or a content coding (then `await readinto(buf)`).
-        DownloadManager's hot loop calls it before awaiting. Allocates nothing, except a small view when
-        bytes buffered with a chunk-size line are copied out. A connection reset raises the socket's OSError
-        (readinto makes it a ClientPayloadError); release() then closes the connection."""
+        """Body bytes that are already here, read into buf without waiting: n > 0 (0 for an empty buf), or None
+        when the next read has to wait, or meets the end of the body, a trailer or a content coding (then
+        `await readinto(buf)`). DownloadManager's hot loop calls it before awaiting. Allocates nothing, except a
+        small view when bytes buffered with a chunk-size line are copied out. A connection reset raises the
+        socket's OSError (readinto makes it a ClientPayloadError); release() then closes the connection."""
         # The common case only, a whole buffer straight from the socket, with no try: MicroPython gives a function
         # whose arguments, locals, stack and handlers need more than 11 words its frame from the heap at every
         # call, and one `except ... as e` is enough for that (here: 176 bytes allocated and freed per chunk, and the
@@ -716,6 +716,8 @@ class StreamReader:
         if n:  # None: nothing waiting; 0: the peer closed, which the awaited path reports
             _k += n
             return self._took(n)
+        if not buf:
+            return 0  # an empty buffer: nothing to wait for
 
     def read_nowait(self, n=-1):
         """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the
@@ -761,6 +763,8 @@ class StreamReader:
         # readinto_nowait's other cases: the rest of a frame shorter than buf, bytes buffered with the head or a
         # chunk-size line, the next chunk's size line, and everything that must take the awaited path.
         global _k
+        if not buf:
+            return 0  # as io's readinto, whatever the body's state: there was nothing to read into
         left = self._frame()
         if not left:
             return None

@@ -3,12 +3,12 @@
 Bad URLs and header injection fail with ValueError before a single byte goes out; malformed or oversized
 response heads are a ClientResponseError (never a MemoryError, never a hang).
 """
-import socket
-import threading
+
+import hashlib
 
 import pytest
 
-from tools.testservers import sha256_of
+from tools.testservers import ScriptServer, sha256_of
 
 
 # ---------------------------------------------------------------- refused before any byte is sent
@@ -72,10 +72,7 @@ def test_bad_urls_are_refused(mpy, fault):
         "http://127.0.0.1:%d/a b" % p, "http://127.0.0.1:%d/a\r\nX: y" % p, "http://127.0.0.1:%d/\0" % p,
         "http://127.0.0.1:%d/\t" % p,
     ]
-    cases = [{"url": u} for u in urls]
-    # query parameters can't smuggle a line break in either
-    cases.append({"url": fault.url("/echo"), "kw": {"params": {"q": "1 HTTP/1.1\r\nX-Injected: 1"}}})
-    refused(mpy, fault, cases)
+    refused(mpy, fault, [{"url": u} for u in urls])
 
 
 def test_invalid_url_is_a_value_error_subclass(mpy):
@@ -110,6 +107,47 @@ run(main())
     # a request's header replaces the session's of the same name, whatever its case: sent once
     assert [v for k, v in r.value["headers"] if k.lower() == "x-over"] == ["request"]
     assert fault.requests == 1
+
+
+def test_params_and_form_data_are_encoded(mpy, fault):
+    # what a value holds stays in it: "&" adds no field, CR LF no header line, "#" ends nothing
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        params = {"q": "1 HTTP/1.1\\r\\nX-Injected: 1", "a&b": "c=d#\\u00e9"}
+        async with session.get(URL + "#part", params=params) as resp:
+            e = await resp.json()
+            result(path=e["path"], injected=[k for k, v in e["headers"] if k == "X-Injected"], url=resp.url)
+        async with session.get(URL, params=[("n", 1), ("n", 2.5)]) as resp:
+            result(path=(await resp.json())["path"])
+        async with session.post(URL, data={"msg": "a&admin=1 b", "x": "/"}) as resp:
+            e = await resp.json()
+            result(sha=e["body_sha256"], ct=[v for k, v in e["headers"] if k.lower() == "content-type"])
+run(main())
+""", URL=fault.url("/echo"))
+    get, pairs, post = r.results
+    assert get == {"path": "/echo?q=1+HTTP%2F1.1%0D%0AX-Injected%3A+1&a%26b=c%3Dd%23%C3%A9", "injected": [],
+                   "url": fault.url("/echo") + "?q=1+HTTP%2F1.1%0D%0AX-Injected%3A+1&a%26b=c%3Dd%23%C3%A9"}
+    assert pairs == {"path": "/echo?n=1&n=2.5"}
+    assert post == {"sha": hashlib.sha256(b"msg=a%26admin%3D1+b&x=%2F").hexdigest(),
+                    "ct": ["application/x-www-form-urlencoded"]}
+
+
+def test_session_headers_are_copied_and_a_host_header_of_ones_own_is_sent(mpy, fault):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    h = {"X-A": "1"}
+    async with aiohttp.ClientSession(headers=h) as session:
+        h["X-A"] = "1\\r\\nX-Injected: yes"  # changed after the session checked it: not what it sends
+        async with session.get(URL, headers={"host": "virtual.example"}) as resp:
+            result(headers=(await resp.json())["headers"])
+run(main())
+""", URL=fault.url("/echo"))
+    sent = r.value["headers"]
+    assert [v for k, v in sent if k == "X-A"] == ["1"] and "X-Injected" not in [k for k, v in sent]
+    assert [v for k, v in sent if k.lower() == "host"] == ["virtual.example"]
 
 
 # ---------------------------------------------------------------- malformed and oversized response heads
@@ -147,62 +185,32 @@ RESPONSES = {
     "/ctl-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n\r\nok",
     "/chunk-negative": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1;x\r\nabc\r\n0\r\n\r\n",
     "/empty": b"",
+    # Content-Length as RFC 9112 section 6.3 has it: digits, and one number however often it is repeated
+    "/negative-length": b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+    "/plus-length": b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+    "/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 4\r\n\r\nokok",
+    "/two-in-one-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 4\r\n\r\nokok",
+    "/same-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok",
+    "/long-code": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+    # obs-fold: a line that starts with a space or tab goes on the field above
+    "/fold": b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\n\tthree \r\n Content-Length: 99\r\nContent-Length: 2\r\n\r\nok",
+    "/fold-first": b"HTTP/1.1 200 OK\r\n X-A: one\r\nContent-Length: 2\r\n\r\nok",
+    # informational heads before the answer: skipped, whatever they carry
+    "/informational": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/latin1-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Length: 5\r\n\r\n"
+                    b"caf\xe9!",
+    "/quoted-utf8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=\"utf-8\"\r\nContent-Length: 6\r\n\r\n"
+                         b"caf\xc3\xa9!",
     "/fields": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nX-Odd:  spaced value \r\n"
                b"set-cookie: b=2\r\nETag: \"v1:x\"\r\nContent-Length: 2\r\n\r\nok",
 }
 
 
-class RawServer:
-    """Answers each connection with one canned byte string chosen by the request path, then closes."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _answer(conn):
-        with conn:
-            conn.settimeout(5)
-            head = b""
-            try:
-                while b"\r\n\r\n" not in head:
-                    part = conn.recv(4096)
-                    if not part:
-                        return
-                    head += part
-                path = head.split(b" ", 2)[1].decode()
-                conn.sendall(RESPONSES[path])
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(4096):  # let the client close first: no RST over unread data
-                    pass
-            except OSError:
-                pass
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def raw():
-    srv = RawServer()
+    """Answers each path with its canned response, then closes."""
+    srv = ScriptServer({path: [answer, "close"] for path, answer in RESPONSES.items()})
     yield srv
     srv.close()
 
@@ -235,9 +243,48 @@ def test_well_formed_raw_response(mpy, raw):
 
 
 @pytest.mark.parametrize("path", ["/long-header", "/long-status", "/no-newline", "/many-headers",
-                                  "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length"])
+                                  "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length",
+                                  "/negative-length", "/plus-length", "/two-lengths", "/two-in-one-length",
+                                  "/long-code", "/fold-first"])
 def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
+
+
+def test_a_length_repeated_with_one_value_is_fine(mpy, raw):
+    assert heads(mpy, raw, ["/same-lengths"])["/same-lengths"] == {
+        "path": "/same-lengths", "status": 200, "body": "ok", "n": 2}
+
+
+def test_informational_heads_are_skipped_and_folded_lines_join_their_field(mpy, raw):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in ("/informational", "/fold"):
+            async with session.get(URL + path) as resp:
+                h = resp.headers
+                result(status=resp.status, body=await resp.text(), a=h.get("X-A"), link=h.get("Link"),
+                       length=resp.content_length, lengths=h.getall("Content-Length"))
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [
+        {"status": 200, "body": "ok", "a": None, "link": None, "length": 2, "lengths": ["2"]},
+        # the folded "Content-Length: 99" is text of X-A, not a field: it must not frame the body
+        {"status": 200, "body": "ok", "a": "one two three Content-Length: 99", "link": None, "length": 2,
+         "lengths": ["2"]}]
+
+
+def test_text_decodes_the_charset_the_content_type_names(mpy, raw):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path, enc in (("/latin1-text", None), ("/quoted-utf8-text", None), ("/latin1-header", "latin-1")):
+            async with session.get(URL + path) as resp:
+                result(text=await resp.text(enc), again=await resp.text(enc))  # the body is kept for a second
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [{"text": "caf\u00e9!", "again": "caf\u00e9!"}] * 2 + [{"text": "ok", "again": "ok"}]
 
 
 def test_heads_up_to_32_kb_are_read_in_80_kb_of_heap_and_bigger_ones_refused(mpy, raw):
@@ -311,7 +358,7 @@ run(main())
 
 
 def test_response_headers_read_like_aiohttps(mpy, raw):
-    # any case to look up; repeated fields joined by get() and listed by getall(); names listed in lower case
+    # any case to look up; a repeated field: its first value from get(), all from getall(); names in lower case
     r = mpy.run("""
 import aiohttp
 async def main():
@@ -337,7 +384,7 @@ run(main())
     assert mixed["items"] == [["x-utf", cafe], ["x-lat", cafe], ["x-" + cafe, "1"], ["content-length", "2"]]
     assert (mixed["utf"], mixed["lat"], mixed["values"]) == (cafe, cafe, [cafe, cafe, "1", "2"])
     assert v["ct"] == "text/plain" and v["odd"] == "spaced value" and v["etag"] == '"v1:x"'
-    assert v["cookie"] == "a=1, b=2" and v["all"] == ["a=1", "b=2"]
+    assert v["cookie"] == "a=1" and v["all"] == ["a=1", "b=2"]  # get(): the first, as aiohttp's CIMultiDict
     assert v["has"] == [True, True, False] and v["missing"] == "KeyError" and v["default"] == "d"
     assert v["n"] == 6 and v["keys"] == ["content-type", "set-cookie", "x-odd", "set-cookie", "etag", "content-length"]
     assert v["items"][0] == ["content-type", "text/plain"] and v["body"] == "ok"

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from tools.testservers import sha256_of, text_payload
+from tools.testservers import ScriptServer, sha256_of, text_payload
 
 CHUNKS = "chunked=1&chunks=1,7,300,4096"
 FRAMINGS = {
@@ -202,7 +202,7 @@ async def main():
                     while await resp.content.read(BUF):
                         pass
         except aiohttp.ClientError as e:
-            result(error=type(e).__name__, got=got)
+            result(error=type(e).__name__, got=got, busy=len(session._busy))  # busy: 0 once the body failed
             # the connection is not reused after a broken body: the next request is exact
             async with session.get(NEXT) as resp:
                 result(error=None, sha=sha256(await resp.read()))
@@ -227,6 +227,7 @@ def test_a_body_cut_short_is_a_payload_error(mpy, fault, fault_q, mode):
     r = mpy.run(SHORT, URL=fault.url("/bytes/100000?" + fault_q), MODE=mode, BUF=500,
                 NEXT=fault.url("/bytes/2000"))
     assert r.results[0]["error"] == "ClientPayloadError", r.results
+    assert r.results[0]["busy"] == 0
     if mode == "readinto" and "truncate" in fault_q:
         # every byte that did arrive was handed out, and nothing more
         assert r.results[0]["got"] == int(fault_q.split("truncate=")[1])
@@ -234,6 +235,23 @@ def test_a_body_cut_short_is_a_payload_error(mpy, fault, fault_q, mode):
     # a cut in the HTTP framing closes the connection; a cut gzip stream inside a complete HTTP body
     # leaves the connection clean, so it may serve the next request
     assert fault.connections == (1 if "gztrunc" in fault_q else 2)
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc"
+
+
+@pytest.mark.parametrize("mode", ["read", "readinto", "read_n", "read_nowait"])
+@pytest.mark.parametrize("cut", [b"\r", b"\r\n1", b"\r\n1;ext", b"\r\n0\r\nX-T: 1", b"\r\n0\r\nX-T: 1\r\n"])
+def test_a_chunked_body_cut_inside_a_line_is_a_payload_error(mpy, fault, cut, mode):
+    # inside the CRLF after a chunk, a chunk-size line or the trailers: the same error as a cut in the data,
+    # and the connection is let go at once
+    srv = ScriptServer({"/cut": [CHUNKED_HEAD + cut, "close"]})
+    try:
+        r = mpy.run(SHORT, URL=srv.url("/cut"), MODE=mode, BUF=500, NEXT=fault.url("/bytes/2000"))
+    finally:
+        srv.close()
+    assert r.results[0]["error"] == "ClientPayloadError" and r.results[0]["busy"] == 0, r.results
+    assert r.results[1] == {"error": None, "sha": sha256_of(2000)}
 
 
 def test_a_connection_reset_mid_body_is_a_client_error(mpy, fault):
@@ -264,11 +282,11 @@ def ca():
     return aiohttp.tls_context(CA)
 
 async def main():
-    session_ssl = ca() if WHERE == "session" else None
-    async with aiohttp.ClientSession(ssl=session_ssl) as session:
+    ctx = ca()  # made once: connections are pooled per TLS context, as in aiohttp
+    async with aiohttp.ClientSession(ssl=ctx if WHERE == "session" else None) as session:
         for url in URLS:
             try:
-                kw = {"ssl": ca()} if WHERE == "request" else {}
+                kw = {"ssl": ctx} if WHERE == "request" else {}
                 async with session.get(url, **kw) as resp:
                     sha, total, reads = await sha_readinto(resp, 2048)
                     result(status=resp.status, sha=sha)

@@ -4,7 +4,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tools.testservers import FaultServer, sha256_of
+from tools.testservers import FaultServer, ScriptServer, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +220,77 @@ def test_host_header_carries_the_port(mpy, fault):
     assert echo["path"] == "/echo?a=1"
     assert hdrs(echo)["host"] == "127.0.0.1:%d" % fault.port
     assert [k for k, _ in echo["headers"]].count("Host") == 1
+
+
+# ---------------------------------------------------------------- how a Location is read
+
+def test_locations_resolve_as_rfc_3986_says(mpy):
+    r = mpy.run("""
+import aiohttp
+for loc in LOCS:
+    result(loc=loc, url=aiohttp.join_url("http://h:81/a/b/c?x=1#f", loc))
+""", LOCS=list(RESOLVED))
+    assert {x["loc"]: x["url"] for x in r.results} == RESOLVED
+
+
+RESOLVED = {
+    "d": "http://h:81/a/b/d", "./d": "http://h:81/a/b/d", "../d": "http://h:81/a/d", "../../../d": "http://h:81/d",
+    "..": "http://h:81/a/", "/x/./y/../z": "http://h:81/x/z", "/x//y/../z": "http://h:81/x//z",
+    "?q=2": "http://h:81/a/b/c?q=2", "g?y/./x": "http://h:81/a/b/g?y/./x",
+    "#top": "http://h:81/a/b/c?x=1", "d#top": "http://h:81/a/b/d",  # a fragment is never sent
+    "//o:9/p#z": "http://o:9/p", "https://o/p": "https://o/p",
+    "/e/http://x.org/": "http://h:81/e/http://x.org/",  # a path, not a scheme
+}
+
+
+def test_dot_segments_and_a_url_inside_the_path(mpy, fault):
+    got = go(mpy, fault.url("/redirect/sub?to=../bytes/300%23top"))
+    assert got == {"status": 200, "url": fault.url("/bytes/300"), "sha": sha256_of(300)}
+    r = mpy.run(ECHO, URL=fault.url("/redirect?to=" + quote("/echo/http://x.org/", safe="")))
+    assert r.value["echo"]["path"] == "/echo/http://x.org/"
+
+
+@pytest.mark.parametrize("to", ["ftp://127.0.0.1/x", "/a b", "http://127.0.0.1:99999/"])
+def test_a_location_that_is_no_url_is_a_client_error(mpy, fault, to):
+    # the server's mistake, not the caller's: caught by `except aiohttp.ClientError`, with the status
+    got = go(mpy, fault.url("/redirect?code=301&to=" + quote(to, safe="")))
+    assert (got["error"], got["status"]) == ("InvalidUrlRedirectClientError", 301)
+    assert fault.requests == 1
+
+
+def test_a_host_header_of_ones_own_stays_with_its_origin(mpy, fault, twin):
+    twin.reset()
+    code = """
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            async with session.get(url, headers={"Host": "virtual.example"}) as resp:
+                result(host=[v for k, v in (await resp.json())["headers"] if k.lower() == "host"])
+run(main())
+"""
+    r = mpy.run(code, URLS=[fault.url("/redirect?to=/echo"), fault.url("/redirect?to=" + quote(twin.url("/echo")))])
+    assert r.results == [{"host": ["virtual.example"]}, {"host": ["127.0.0.1:%d" % twin.port]}]
+
+
+def test_a_redirect_whose_body_stalls_leaves_no_connection_behind(mpy):
+    srv = ScriptServer({"/r": [b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 10\r\n\r\nabc", 3]})
+    try:
+        r = mpy.run("""
+import aiohttp, asyncio, gc
+async def main():
+    fd0 = fd_count()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.3)) as session:
+        err = (await error_of(session.get(URL)))[0]
+        try:  # and cancelled from outside while it reads that body
+            await asyncio.wait_for(session.get(URL), 0.1)
+        except asyncio.TimeoutError:
+            pass
+        gc.collect()
+        result(err=err, busy=len(session._busy), idle=len(session._idle), fds=fd_count() - fd0)
+run(main())
+""", URL=srv.url("/r"))
+    finally:
+        srv.close()
+    assert r.value == {"err": "ServerTimeoutError", "busy": 0, "idle": 0, "fds": 0}
+    assert len(srv.requests) == 2

@@ -22,6 +22,7 @@ import ssl
 import stat
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -638,6 +639,77 @@ class RealServer(_LoopThread):
 
     async def _json(self, request):
         return web.json_response({"ok": True, "items": [1, 2, 3], "name": "real"})
+
+
+# ---------------------------------------------------------------- scripted raw server
+
+class ScriptServer:
+    """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
+
+    scripts[path] is a list of steps: bytes are sent, a number is a pause in seconds, "close" ends the
+    connection (after the client has closed its side, so unread data causes no RST). Without "close" the
+    connection reads its next request: keep-alive. `requests` records (connection number, method, path).
+    """
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+        self.requests = []
+        self.connections = 0
+        self.sock = socket.create_server((HOST, 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path):
+        return "http://%s:%d%s" % (HOST, self.port, path)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, self.connections), daemon=True).start()
+
+    def _answer(self, conn, number):
+        conn.settimeout(10)
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    part = conn.recv(4096)
+                    if not part:
+                        return
+                    data += part
+                head, data = data.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(data) < length:
+                    data += conn.recv(4096)
+                data = data[length:]
+                method, path = lines[0].split(" ")[:2]
+                self.requests.append((number, method, path))
+                for step in self.scripts[path]:
+                    if step == "close":
+                        conn.shutdown(socket.SHUT_WR)
+                        while conn.recv(4096):
+                            pass
+                        return
+                    if isinstance(step, bytes):
+                        conn.sendall(step)
+                    else:
+                        time.sleep(step)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
 
 
 # ---------------------------------------------------------------- CLI

@@ -36,6 +36,7 @@ _FAIR = const(65536)  # bytes read without a wait, after which other tasks get a
 _k = 0
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
+_IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
 _len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
 
 
@@ -75,6 +76,14 @@ class TooManyRedirects(ClientResponseError):
 
 
 class InvalidURL(ValueError):
+    # A bad URL given by the caller: a ValueError, as bad input is. (aiohttp makes it a ClientError too;
+    # MicroPython refuses a class with two built-in exception bases, so here it is a ValueError only.)
+    pass
+
+
+class InvalidUrlRedirectClientError(ClientResponseError):
+    # A redirect whose Location is no URL we can follow (another scheme, a space, two of them...): the
+    # server's answer was bad, so this is the ClientError callers catch, with the status it came with.
     pass
 
 
@@ -117,9 +126,18 @@ class CIMultiDictProxy:
         return out
 
     def get(self, k, default=None):
-        # repeated fields come back joined with ", " (their meaning in HTTP, Set-Cookie aside)
-        v = self.getall(k)
-        return default if not v else v[0] if len(v) == 1 else ", ".join(v)
+        # the first value of a repeated field, as aiohttp's CIMultiDict answers (getall() gives them all)
+        t = self._t
+        key = self._key(k)
+        i = t.find(key)
+        if i < 0:
+            return default
+        i += len(key)
+        return _latin1(t[i : t.find(b"\n", i)])
+
+    def _joined(self, k):
+        # a list-valued field (Connection, Transfer-Encoding) that may come in several lines, as one value
+        return ", ".join(self.getall(k))
 
     def __getitem__(self, k):
         v = self.get(k)
@@ -172,7 +190,10 @@ def _latin1(line):
     try:
         return line.decode()
     except UnicodeError:
-        pass
+        return _from_latin1(line)
+
+
+def _from_latin1(line):
     out = bytearray()  # each byte from 0x80 up becomes its code point's two UTF-8 bytes
     for b in line:
         if b < 0x80:
@@ -241,19 +262,64 @@ def split_url(url):
 
 
 def join_url(base, loc):
-    """Resolve a Location header against the URL it came from (absolute, //host, /path, relative)."""
-    if "://" in loc.split("?", 1)[0]:
-        return loc
+    """Resolve a Location header against the URL it came from, as RFC 3986 section 5.2 does: absolute,
+    //host, /path, relative, ?query, with "." and ".." segments taken out. The fragment is dropped: it is
+    never sent, and a Location of "#part" alone means the same resource."""
+    loc = loc.split("#", 1)[0]
+    if _absolute(loc):
+        return loc  # split_url says whether it is a scheme we speak
     scheme, host, port, target = split_url(base)
     if loc.startswith("//"):
         return scheme + ":" + loc
-    origin = "%s://%s" % (scheme, _hostport(scheme, host, port))
-    if loc.startswith("/"):
-        return origin + loc
     path = target.split("?", 1)[0]
-    if loc.startswith("?"):
-        return origin + path + loc
-    return origin + path[: path.rfind("/") + 1] + loc
+    if not loc:
+        loc = target
+    elif loc.startswith("?"):
+        loc = path + loc
+    elif not loc.startswith("/"):
+        loc = path[: path.rfind("/") + 1] + loc
+    path, q, query = loc.partition("?")
+    return "%s://%s%s%s%s" % (scheme, _hostport(scheme, host, port), _dots(path), q, query)
+
+
+def _absolute(url):
+    # whether url starts with a scheme, "http:" or "mailto:" ("/a/http://b" does not)
+    i = url.find(":")
+    return i > 0 and url[0].isalpha() and all(c.isalpha() or c.isdigit() or c in "+-." for c in url[1:i])
+
+
+def _dots(path):
+    # "/a/b/../c/./d" -> "/a/c/d" (RFC 3986 remove_dot_segments, for a path that starts with "/")
+    segs = path.split("/")
+    if "." not in segs and ".." not in segs:
+        return path
+    out = []
+    for seg in segs[1:]:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    if segs[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(out)
+
+
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+
+
+def _quote(v):
+    # one name or value, form-encoded: letters, digits and -._~ as they are, space as "+", every other byte of
+    # its UTF-8 as %XX, so no value can add a field ("&"), end the query ("#") or a line (CR LF)
+    v = (v if isinstance(v, str) else str(v)).encode()
+    return "".join(chr(b) if b in _SAFE else "+" if b == 32 else "%%%02X" % b for b in v)
+
+
+def _form(pairs):
+    # data= or params= (a dict, or (name, value) pairs) as application/x-www-form-urlencoded text
+    if hasattr(pairs, "items"):
+        pairs = pairs.items()
+    return "&".join("%s=%s" % (_quote(k), _quote(v)) for k, v in pairs)
 
 
 def _hostport(scheme, host, port):
@@ -263,7 +329,8 @@ def _hostport(scheme, host, port):
 
 def tls_context(ca=None):
     """A client SSLContext. Without `ca` the server is not verified (MicroPythonOS devices carry no CA bundle);
-    with `ca` (DER bytes, PEM text, or a path to either) verification is required."""
+    with `ca` (DER bytes, PEM text, or a path to either) verification is required. Make it once and pass that
+    one (ClientSession(ssl=...) or each request's ssl=): connections are pooled per context, as in aiohttp."""
     import tls
 
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
@@ -356,8 +423,8 @@ class _Conn:
         # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
         self.key = key
 
-    def open(self, ctx):
-        scheme, host, port = self.key
+    def open(self):
+        scheme, host, port, ctx = self.key
         ai = _resolve(host, port)
         s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
         self.s = s  # registered before anything can fail, so close() always finds it
@@ -380,6 +447,9 @@ class _Conn:
                 s.close()
             except OSError:
                 pass
+        if self.buf is not None:  # bytes that came before the close are not handed out after it (release())
+            self.buf = None
+            self.p = self.e = 0
 
     def arm(self, write):
         # Before a wait: the deadline the watchdog enforces, and the socket in the event loop's poller for the
@@ -907,6 +977,10 @@ class StreamReader:
             return self._took(n)
         except OSError as e:
             self._cut(e)
+        except ServerDisconnectedError as e:  # the body ended inside a chunk-size line or the trailers
+            if self._c.s is None:
+                raise  # no: this response was released, or its session closed
+            self._cut(e)
 
     async def readany(self):
         return await self.read(1024)
@@ -968,6 +1042,21 @@ class _Inflate(io.IOBase):
         return n
 
 
+def _length(h, status):
+    # Content-Length: digits only, and one number however often it is repeated (RFC 9112 section 6.3): "-2"
+    # asked for a buffer of 2**64 bytes, and "2, 4" is a body that can't be framed safely.
+    vals = h.getall("Content-Length")
+    if not vals:
+        return None
+    n = None
+    for v in ",".join(vals).split(","):
+        v = v.strip()
+        if not v.isdigit() or n is not None and int(v) != n:
+            raise ClientResponseError(status, "bad Content-Length %r" % ", ".join(vals))
+        n = int(v)
+    return n
+
+
 class ClientResponse(StreamReader):
     method = "GET"
     status = 0
@@ -976,6 +1065,7 @@ class ClientResponse(StreamReader):
     headers = None
     _keep = True
     _released = False
+    _all = None  # the whole body, once read() has read it
 
     def __init__(self, session, method, url, conn):
         self._s = session
@@ -986,78 +1076,80 @@ class ClientResponse(StreamReader):
 
     async def _start(self):
         c = self._c
-        line = await c.readline()
-        if not line:
-            raise ServerDisconnectedError("server closed the connection without a response")
-        parts = _latin1(line).rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ClientResponseError(0, "bad status line %r" % line[:80])
-        if parts[0] != "HTTP/1.1":
-            self.version = parts[0]
-        self.status = int(parts[1])
-        reason = parts[2] if len(parts) > 2 else ""
-        # Nearly every answer says "OK": keep the constant, not a copy that each response would hold (64 bytes
-        # of heap on the unix port) for as long as its body streams.
-        self.reason = "OK" if reason == "OK" else reason
-        # The fields go straight from the connection's buffer into one bytearray, "\nname:value" each: a str per
-        # line, another per field and their join held three copies of the head at once (a 32 KB head needed
-        # 195 KB of free heap; now 64 KB, the bytearray and its copy while it grows).
-        t = bytearray()
-        total = len(line)
-        n = 0
-        while True:
-            end = await c.line_end()
-            if not end:
-                raise ServerDisconnectedError("connection closed inside the response head")
-            buf, p = c.buf, c.p
-            if buf[p] in (10, 13) and end - p <= 2:  # the blank line
+        total = 0
+        while True:  # once more after each 1xx (100 Continue, 103 Early Hints): the answer is the head that follows
+            line = await c.readline()
+            if not line:
+                raise ServerDisconnectedError("server closed the connection without a response")
+            parts = _latin1(line).rstrip("\r\n").split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+                raise ClientResponseError(0, "bad status line %r" % line[:80])
+            if parts[0] != "HTTP/1.1":
+                self.version = parts[0]
+            self.status = int(parts[1])
+            reason = parts[2] if len(parts) > 2 else ""
+            # Nearly every answer says "OK": keep the constant, not a copy that each response would hold (64
+            # bytes of heap on the unix port) for as long as its body streams.
+            self.reason = "OK" if reason == "OK" else reason
+            # The fields go straight from the connection's buffer into one bytearray, "\nname:value" each: a str
+            # per line, another per field and their join held three copies of the head at once (a 32 KB head
+            # needed 195 KB of free heap; now 64 KB, the bytearray and its copy while it grows).
+            t = bytearray()
+            total += len(line)
+            n = 0
+            while True:
+                end = await c.line_end()
+                if not end:
+                    raise ServerDisconnectedError("connection closed inside the response head")
+                buf, p = c.buf, c.p
+                if buf[p] in (10, 13) and end - p <= 2:  # the blank line
+                    c.p = end
+                    break
+                n += 1
+                if n > _HEADERS_MAX:
+                    raise ClientResponseError(self.status, "too many header fields")
+                # Each line was capped, their sum was not: many long lines ended in MemoryError.
+                total += end - p
+                if total > _HEAD_TOTAL:
+                    raise ClientResponseError(self.status, "response head larger than %d bytes" % _HEAD_TOTAL)
+                # A line that starts with a space or tab goes on the field above (obs-fold, RFC 9112 section 5.2):
+                # read as a field of its own, its text became a header the server never sent.
+                fold = buf[p] in (32, 9)
+                i = (p if t else -1) if fold else buf.find(b":", p, end)
+                if i < 0:
+                    raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
+                mv = memoryview(buf)
+                if not fold:
+                    t += b"\n"
+                    k = bytes(mv[p:i]).strip().lower()
+                    try:
+                        k.decode()
+                    except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
+                        k = _latin1(k).encode()
+                    t += k
+                    t += b":"
+                    i += 1
+                j = end
+                while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
+                    i += 1
+                while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
+                    j -= 1
+                if fold and i < j:
+                    t += b" "
+                t += mv[i:j]
                 c.p = end
-                break
-            n += 1
-            if n > _HEADERS_MAX:
-                raise ClientResponseError(self.status, "too many header fields")
-            # Each line was capped, their sum was not: many long lines ended in MemoryError.
-            total += end - p
-            if total > _HEAD_TOTAL:
-                raise ClientResponseError(self.status, "response head larger than %d bytes" % _HEAD_TOTAL)
-            i = buf.find(b":", p, end)
-            if i < 0:
-                raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
-            mv = memoryview(buf)
             t += b"\n"
-            k = bytes(mv[p:i]).strip().lower()
-            try:
-                k.decode()
-            except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
-                k = _latin1(k).encode()
-            t += k
-            t += b":"
-            i += 1
-            j = end
-            while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
-                i += 1
-            while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
-                j -= 1
-            t += mv[i:j]
-            c.p = end
-        t += b"\n"
+            if not 100 <= self.status < 200 or self.status == 101:
+                break
         self.headers = h = CIMultiDictProxy(t)
-        conn_hdr = h.get("Connection", "").lower()
-        if self.version != "HTTP/1.1" or "close" in conn_hdr:
-            self._keep = False
-        te = h.get("Transfer-Encoding", "").lower()
-        length = h.get("Content-Length")
-        if self.method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
+        if self.version != "HTTP/1.1" or "close" in h._joined("Connection").lower() or self.status == 101:
+            self._keep = False  # (101: the connection now speaks another protocol)
+        if self.method == "HEAD" or self.status in (204, 304) or self.status == 101:
             length, chunked = 0, False
-        elif "chunked" in te:
+        elif "chunked" in h._joined("Transfer-Encoding").lower():
             length, chunked = None, True
         else:
-            chunked = False
-            if length is not None:
-                try:
-                    length = int(length.split(",")[0])
-                except ValueError:
-                    raise ClientResponseError(self.status, "bad Content-Length %r" % length)
+            length, chunked = _length(h, self.status), False
         self._body(length, chunked)
         if c.keep_buf != chunked:
             c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
@@ -1107,13 +1199,19 @@ class ClientResponse(StreamReader):
 
     async def _read_all(self, n=-1):
         # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body,
-        # which fills one preallocated buffer when its length is known
+        # kept: read(), text() and json() answer it again, as aiohttp's do
         if n >= 0:
             if not n:
                 return b""
             b = bytearray(n)
             k = await self._slow(b)
             return bytes(b) if k == n else bytes(memoryview(b)[:k])
+        if self._all is None:
+            self._all = await self._rest()
+        return self._all
+
+    async def _rest(self):
+        # the body still to come, in one preallocated buffer when its length is known
         if self._dec is None and not self._chunked and not self._close:
             # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response
             # has a Content-Length but no body, and part of the body may have been read already; both
@@ -1137,8 +1235,17 @@ class ClientResponse(StreamReader):
             parts.append(bytes(memoryview(b)[:k]))
         return b"".join(parts)
 
-    async def text(self, encoding="utf-8"):
-        return (await self.read()).decode(encoding)
+    async def text(self, encoding=None):
+        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
+        # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
+        b = await self.read()
+        if encoding is None:
+            ct = self.headers.get("Content-Type", "").lower()
+            i = ct.find("charset=")
+            encoding = ct[i + 8 :].split(";", 1)[0].strip(" \"'") if i >= 0 else "utf-8"
+        if encoding.lower() in ("iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"):
+            return _from_latin1(b)
+        return b.decode()
 
     async def json(self):
         import json
@@ -1209,6 +1316,8 @@ class ClientSession:
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True):
         check_headers(headers)
+        if headers:
+            headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request
         for name, v in (("_base", base_url), ("_headers", headers or {}), ("_timeout", timeout or DEFAULT_TIMEOUT),
                         ("_ssl", ssl), ("_max_redirects", max_redirects), ("_downgrade", allow_downgrade),
                         ("_pool_size", pool_size), ("_keepalive_ms", int(keepalive_timeout * 1000)),
@@ -1303,7 +1412,7 @@ class ClientSession:
             if self._wd is core.cur_task:
                 self._wd = None
 
-    async def _connect(self, key, ssl, timeout):
+    async def _connect(self, key, timeout):
         # -> (a connection, whether it served a request before)
         c = self._take_idle(key)
         reused = c is not None
@@ -1322,7 +1431,7 @@ class ClientSession:
             self._wd = asyncio.create_task(self._watchdog())
         if c.s is None:
             try:
-                c.open(self._tls(ssl) if key[0] == "https" else None)
+                c.open()
             except OSError as e:
                 self._release(c, False)
                 raise ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
@@ -1355,10 +1464,14 @@ class ClientSession:
                        timeout=None, allow_redirects=True, max_redirects=None):
         if self.closed:
             raise RuntimeError("session is closed")
-        if self._base and "://" not in url:
+        if not isinstance(url, str):
+            split_url(url)  # InvalidURL, naming the type
+        if self._base and not _absolute(url):
             url = join_url(self._base, url)
+        if "#" in url:
+            url = url.split("#", 1)[0]  # never sent, and not part of resp.url (as in aiohttp)
         if params:
-            url += ("&" if "?" in url else "?") + "&".join("%s=%s" % kv for kv in params.items())
+            url += ("&" if "?" in url else "?") + _form(params)
         split_url(url)
         check_headers(headers)
         if not isinstance(method, str) or not method.isalpha():
@@ -1374,7 +1487,7 @@ class ClientSession:
             data = _json.dumps(json)
             hdrs.setdefault("content-type", ("Content-Type", "application/json"))
         if isinstance(data, dict):
-            data = "&".join("%s=%s" % kv for kv in data.items())
+            data = _form(data)
             hdrs.setdefault("content-type", ("Content-Type", "application/x-www-form-urlencoded"))
         if isinstance(data, str):
             data = data.encode()
@@ -1386,12 +1499,17 @@ class ClientSession:
             resp = await self._send(method, url, hdrs, data, ssl, timeout)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                 return resp
-            n = resp.content_length
-            if n is not None and n <= 2048:
-                await resp.read()  # a short body: read it so the connection can serve the next hop
-            resp.release()
-            new = join_url(url, resp.headers["Location"])
-            n_scheme, n_host, n_port, _ = split_url(new)
+            try:
+                n = resp.content_length
+                if n is not None and n <= 2048:
+                    await resp.read()  # a short body: read it so the connection can serve the next hop
+            finally:
+                resp.release()  # also when that read fails or times out: the caller never sees this response
+            try:
+                new = join_url(url, resp.headers["Location"])
+                n_scheme, n_host, n_port, _ = split_url(new)
+            except InvalidURL as e:  # the server's URL, not the caller's: a bad response
+                raise InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
             o_scheme, o_host, o_port, _ = split_url(url)
             if o_scheme == "https" and n_scheme == "http" and not self._downgrade:
                 raise ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
@@ -1404,13 +1522,15 @@ class ClientSession:
             if len(seen) > hops:
                 raise TooManyRedirects(resp.status, "more than %d redirects" % hops)
             if (n_scheme, n_host, n_port) != (o_scheme, o_host, o_port):
-                hdrs.pop("authorization", None)
-                hdrs.pop("cookie", None)
+                for k in ("authorization", "cookie", "host"):  # meant for the origin they were given for
+                    hdrs.pop(k, None)
             url = new
 
     async def _send(self, method, url, hdrs, data, ssl, timeout):
         scheme, host, port, target = split_url(url)
-        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, _hostport(scheme, host, port))]
+        kv = hdrs.get("host")  # a Host of the caller's own (a virtual host on an address) wins
+        kv = kv[1] if kv else _hostport(scheme, host, port)
+        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, kv)]
         for lk, kv in hdrs.items():
             if lk not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % kv)
@@ -1418,9 +1538,11 @@ class ClientSession:
             head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")
         head = "".join(head).encode()
-        key = (scheme, host, port)
+        # The TLS context is part of the key: a connection opened unverified must not serve a request that asks
+        # for verification (or for another CA).
+        key = (scheme, host, port, self._tls(ssl) if scheme == "https" else None)
         while True:
-            c, reused = await self._connect(key, ssl, timeout)
+            c, reused = await self._connect(key, timeout)
             resp = ClientResponse(self, method, url, c)
             try:
                 c.tmo = _ms(timeout.connect)
@@ -1431,10 +1553,12 @@ class ClientSession:
                 await resp._start()
                 return resp
             except BaseException as e:
+                # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if
+                # not a byte of the response had arrived (a status line cut short leaves its bytes in c.buf)
+                # and the request may be sent twice (aiohttp's idempotent methods: a POST may have been acted on).
+                again = reused and c.p == c.e and not resp.status and method in _IDEMPOTENT
                 self._release(c, False)
-                # A pooled connection the server closed meanwhile: send once more on a fresh one,
-                # but only if not a byte of the response had arrived.
-                if reused and resp.status == 0 and isinstance(e, (OSError, ServerDisconnectedError)):
+                if again and isinstance(e, (OSError, ServerDisconnectedError)):
                     continue
                 if isinstance(e, OSError):
                     raise ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)

@@ -1065,7 +1065,6 @@ class ClientResponse(StreamReader):
     headers = None
     _keep = True
     _released = False
-    _all = None  # the whole body, once read() has read it
 
     def __init__(self, session, method, url, conn):
         self._s = session
@@ -1199,19 +1198,15 @@ class ClientResponse(StreamReader):
 
     async def _read_all(self, n=-1):
         # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body,
-        # kept: read(), text() and json() answer it again, as aiohttp's do
+        # which fills one preallocated buffer when its length is known. Not kept: resp.content is the response
+        # itself, so content.read() must answer b"" at the end, and a second read() (or text() after read())
+        # answers b"" too.
         if n >= 0:
             if not n:
                 return b""
             b = bytearray(n)
             k = await self._slow(b)
             return bytes(b) if k == n else bytes(memoryview(b)[:k])
-        if self._all is None:
-            self._all = await self._rest()
-        return self._all
-
-    async def _rest(self):
-        # the body still to come, in one preallocated buffer when its length is known
         if self._dec is None and not self._chunked and not self._close:
             # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response
             # has a Content-Length but no body, and part of the body may have been read already; both

@@ -1114,7 +1114,10 @@ class ClientResponse(StreamReader):
                 # A line that starts with a space or tab goes on the field above (obs-fold, RFC 9112 section 5.2):
                 # read as a field of its own, its text became a header the server never sent.
                 fold = buf[p] in (32, 9)
-                i = (p if t else -1) if fold else buf.find(b":", p, end)
+                if not fold:
+                    i = buf.find(b":", p, end)
+                else:
+                    i = p if t else -1  # (no field above to go on)
                 if i < 0:
                     raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
                 mv = memoryview(buf)
@@ -1523,9 +1526,8 @@ class ClientSession:
 
     async def _send(self, method, url, hdrs, data, ssl, timeout):
         scheme, host, port, target = split_url(url)
-        kv = hdrs.get("host")  # a Host of the caller's own (a virtual host on an address) wins
-        kv = kv[1] if kv else _hostport(scheme, host, port)
-        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, kv)]
+        own = hdrs.get("host")  # a Host of the caller's own (a virtual host on an address) wins
+        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, own[1] if own else _hostport(scheme, host, port))]
         for lk, kv in hdrs.items():
             if lk not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % kv)

@@ -127,13 +127,8 @@ class CIMultiDictProxy:
 
     def get(self, k, default=None):
         # the first value of a repeated field, as aiohttp's CIMultiDict answers (getall() gives them all)
-        t = self._t
-        key = self._key(k)
-        i = t.find(key)
-        if i < 0:
-            return default
-        i += len(key)
-        return _latin1(t[i : t.find(b"\n", i)])
+        v = self.getall(k)
+        return v[0] if v else default
 
     def _joined(self, k):
         # a list-valued field (Connection, Transfer-Encoding) that may come in several lines, as one value
@@ -678,8 +673,7 @@ class _Read:
             c.dl = None
         buf = self.buf
         v = r._try(self)
-        if v or buf is not None and not len(buf):  # an empty buffer reads 0 bytes, as io's readinto does
-            v = v or 0
+        if v or v == 0:  # bytes, a count, or 0 for an empty buffer (None and b"": wait)
             self.st = 4
             self.buf = None
             if buf is None or v != self.n:
@@ -1042,6 +1036,39 @@ class _Inflate(io.IOBase):
         return n
 
 
+def _field(t, buf, p, end):
+    # One header line, buf[p:end], onto the head t as "\nname:value"; False if it is no field. A line that starts
+    # with a space or tab goes on the field above, after a space (obs-fold, RFC 9112 section 5.2): read as a
+    # field of its own, its text became a header the server never sent.
+    fold = buf[p] in (32, 9)
+    if not fold:
+        i = buf.find(b":", p, end)
+    else:
+        i = p if t else -1  # (no field above to go on)
+    if i < 0:
+        return False
+    mv = memoryview(buf)
+    if not fold:
+        t += b"\n"
+        k = bytes(mv[p:i]).strip().lower()
+        try:
+            k.decode()
+        except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
+            k = _latin1(k).encode()
+        t += k
+        t += b":"
+        i += 1
+    j = end
+    while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
+        i += 1
+    while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
+        j -= 1
+    if fold and i < j:
+        t += b" "
+    t += mv[i:j]
+    return True
+
+
 def _length(h, status):
     # Content-Length: digits only, and one number however often it is repeated (RFC 9112 section 6.3): "-2"
     # asked for a buffer of 2**64 bytes, and "2, 4" is a body that can't be framed safely.
@@ -1111,34 +1138,8 @@ class ClientResponse(StreamReader):
                 total += end - p
                 if total > _HEAD_TOTAL:
                     raise ClientResponseError(self.status, "response head larger than %d bytes" % _HEAD_TOTAL)
-                # A line that starts with a space or tab goes on the field above (obs-fold, RFC 9112 section 5.2):
-                # read as a field of its own, its text became a header the server never sent.
-                fold = buf[p] in (32, 9)
-                if not fold:
-                    i = buf.find(b":", p, end)
-                else:
-                    i = p if t else -1  # (no field above to go on)
-                if i < 0:
+                if not _field(t, buf, p, end):
                     raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
-                mv = memoryview(buf)
-                if not fold:
-                    t += b"\n"
-                    k = bytes(mv[p:i]).strip().lower()
-                    try:
-                        k.decode()
-                    except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
-                        k = _latin1(k).encode()
-                    t += k
-                    t += b":"
-                    i += 1
-                j = end
-                while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
-                    i += 1
-                while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
-                    j -= 1
-                if fold and i < j:
-                    t += b" "
-                t += mv[i:j]
                 c.p = end
             t += b"\n"
             if not 100 <= self.status < 200 or self.status == 101:

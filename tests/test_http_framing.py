@@ -318,7 +318,7 @@ def test_tls_exact_bytes(mpy, fault_tls, certs, ca, where):
 @pytest.mark.parametrize("other", ["other_ca_der_path", "other_ca_pem_path"])
 def test_tls_with_the_wrong_ca_is_an_error(mpy, fault_tls, certs, other):
     r = mpy.run(TLS, URLS=[fault_tls.url("/bytes/1000")], CA=getattr(certs, other), PEM=None, WHERE="session")
-    assert r.value["error"] == "ClientConnectionError"
+    assert r.value["error"] == "ClientConnectorCertificateError"  # a ClientConnectionError that says why
     assert "certificate" in r.value["msg"].lower() or "verif" in r.value["msg"].lower(), r.value
     assert fault_tls.requests == 0  # no request went out over an unverified connection
 

@@ -309,7 +309,7 @@ async def main():
 run(main())
 """, URL=fault_tls.url("/bytes/1000"), RIGHT=certs.ca_der_path, WRONG=certs.other_ca_der_path)
     ok = {"sha": sha256_of(1000)}
-    assert r.results == [ok, {"err": "ClientConnectionError"}, ok, ok, ok]
+    assert r.results == [ok, {"err": "ClientConnectorCertificateError"}, ok, ok, ok]
     assert fault_tls.requests == 4 and fault_tls.connections == 3  # unverified, wrong CA, right CA (reused)
 
 

@@ -14,6 +14,8 @@
 import asyncio
 import io
 import socket
+import sys
+from errno import EINPROGRESS, ETIMEDOUT
 from asyncio import core
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
@@ -37,6 +39,7 @@ _k = 0
 _TICK = const(100)  # watchdog period, ms
 _UNBOUNDED = const(0x3FFFFFFF)  # "read until EOF" for close-delimited bodies
 _IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
+_DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings _Inflate reads
 _len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
 
 
@@ -56,6 +59,15 @@ class ServerDisconnectedError(ClientConnectionError):
 
 
 class ServerTimeoutError(ClientConnectionError):
+    pass
+
+
+class ClientSSLError(ClientConnectionError):
+    pass
+
+
+class ClientConnectorCertificateError(ClientSSLError):
+    # the server's certificate did not verify against the configured CA: trying again cannot help
     pass
 
 
@@ -130,9 +142,16 @@ class CIMultiDictProxy:
         v = self.getall(k)
         return v[0] if v else default
 
-    def _joined(self, k):
-        # a list-valued field (Connection, Transfer-Encoding) that may come in several lines, as one value
-        return ", ".join(self.getall(k))
+    def tokens(self, k):
+        # a list-valued field (Connection, Transfer-Encoding...), which may come in several lines, as its lower-case
+        # tokens without parameters: "gzip, Chunked" -> ["gzip", "chunked"]; so "chunkeda" is not "chunked"
+        out = []
+        for v in self.getall(k):
+            for t in v.split(","):
+                t = t.split(";", 1)[0].strip().lower()
+                if t:
+                    out.append(t)
+        return out
 
     def __getitem__(self, k):
         v = self.get(k)
@@ -177,6 +196,11 @@ def _check_text(what, s):
 
 
 _TCHAR = "!#$%&'*+-.^_`|~"
+
+
+def _one_line(e):
+    # an exception's text on one line: mbedTLS's reasons come with line breaks around them
+    return " ".join(str(e).split())
 
 
 def _latin1(line):
@@ -359,7 +383,8 @@ def _resolve(host, port):
         try:
             res = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
         except OSError as e:
-            raise ClientConnectionError("cannot resolve %s: %s" % (host, e), e.errno if e.errno else e.args[0])
+            # (the unix port's errno here is a str, "[addrinfo error -3]"; the ESP32's a number, -202)
+            raise ClientConnectionError("cannot resolve %s: %s" % (host, e), e.errno if isinstance(e.errno, int) else None)
         if not res:
             raise ClientConnectionError("cannot resolve %s" % host)
         ai = res[0]
@@ -412,6 +437,7 @@ class _Conn:
     task = None
     expired = False
     keep_buf = False  # True while a chunked body streams: its size lines need the buffer
+    raw = None  # under TLS, the TCP socket: a failed handshake lets go of it without closing it
 
     def __init__(self, key):
         # A fresh connection ends up with 8 attributes (key, s, buf, p, e, tmo, dl, task): the table MicroPython
@@ -427,21 +453,24 @@ class _Conn:
         try:
             s.connect(ai[-1])
         except OSError as e:
-            if e.errno != 115:  # EINPROGRESS: the connect finishes in the background
+            if e.errno != EINPROGRESS:  # the connect finishes in the background
                 _dns.pop((host, port), None)
                 raise
         if scheme == "https":
+            self.raw = s
             self.s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
             self.s.setblocking(False)
 
     def close(self):
-        s = self.s
-        if s is not None:
-            self.s = None
-            try:
-                s.close()
-            except OSError:
-                pass
+        for s in (self.s, self.raw):  # closing a socket twice is harmless; leaving one open is not
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.s = None
+        if self.raw is not None:
+            self.raw = None
         if self.buf is not None:  # bytes that came before the close are not handed out after it (release())
             self.buf = None
             self.p = self.e = 0
@@ -466,7 +495,7 @@ class _Conn:
         self.dl = None
         # (asyncio throws the class CancelledError, a generator gets an instance)
         if self.expired and (e is core.CancelledError or isinstance(e, core.CancelledError)):
-            raise ServerTimeoutError("timed out", 110)
+            raise ServerTimeoutError("timed out", ETIMEDOUT)
         raise e
 
     def _park(self, write):
@@ -478,18 +507,22 @@ class _Conn:
             self.woke(e)
         self.dl = None
 
+    def take_turn(self):
+        # async: data may always be ready on a fast link (or a decoder may never run dry): let other tasks (UI,
+        # watchdog) run after every _FAIR bytes, and enforce the whole-request deadline here, since no wait may
+        # ever arm it. By bytes, not reads: a 64 KB chunk_size would otherwise hold the loop for megabytes.
+        global _k
+        yield from core.sleep_ms(0)
+        _k = 0
+        if self.end is not None and ticks_diff(ticks_ms(), self.end) >= 0:
+            raise ServerTimeoutError("request took longer than its total timeout", ETIMEDOUT)
+
     def recv(self, mv):
         # async: read at most len(mv) bytes from the socket; 0 means the peer closed.
         global _k
         s = self.s
         if _k >= _FAIR:
-            # Data may always be ready on a fast link: let other tasks (UI, watchdog) run every 64 KB, and
-            # enforce the whole-request deadline here, since no wait may ever arm it. By bytes, not reads: a
-            # 64 KB chunk_size would otherwise hold the loop for megabytes.
-            yield from core.sleep_ms(0)
-            _k = 0
-            if self.end is not None and ticks_diff(ticks_ms(), self.end) >= 0:
-                raise ServerTimeoutError("request took longer than its total timeout", 110)
+            yield from self.take_turn()
             s = self.s
         while True:
             if s is None:
@@ -512,9 +545,8 @@ class _Conn:
             try:
                 n = self.s.write(mv[off:])
             except ValueError as e:
-                # mbedTLS reports a failed handshake (e.g. "certificate is not correctly signed by the trusted
-                # CA") as ValueError: make it the ClientError callers catch, not an "invalid argument" look-alike.
-                raise ClientConnectionError("TLS handshake failed: %s" % e)
+                # mbedTLS reports a certificate that did not verify as ValueError, with the reason as its text
+                raise ClientConnectorCertificateError("TLS certificate verification failed: %s" % _one_line(e))
             if n is None:
                 yield from self._park(True)
             else:
@@ -758,7 +790,8 @@ class StreamReader:
     def _finish(self, reusable):
         self._eof = True
         self._left = 0
-        self._done(reusable)
+        if self._dec is None or not reusable:  # (a decoder ends the request once it has decoded the last byte)
+            self._done(reusable)
 
     def readinto_nowait(self, buf):
         """Body bytes that are already here, read into buf without waiting: n > 0 (0 for an empty buf), or None
@@ -984,16 +1017,15 @@ class _Inflate(io.IOBase):
     # Content-Encoding gzip/deflate, decoded while streaming with MicroPython's `deflate` module.
     # DeflateIO pulls its input synchronously and cannot resume after running dry, so input is kept
     # well ahead of what one small output step can consume; at the end of the body it may drain freely.
-    def __init__(self, reader, gzip):
-        import deflate
+    # The request lasts until the last byte is decoded: its connection, and so its deadline, is let go then.
+    _z = None  # the DeflateIO, made once the first input shows which format a "deflate" body has
+    _p = _e = 0  # the input not yet decoded is _in[_p:_e]
+    _end = _done = False
 
+    def __init__(self, reader, coding):
         self._r = reader
+        self._gzip = coding != "deflate"
         self._in = bytearray(2048)
-        self._p = 0
-        self._e = 0
-        self._end = False
-        self._z = deflate.DeflateIO(self, deflate.GZIP if gzip else deflate.ZLIB)
-        self._done = False
 
     def readinto(self, buf, *args):  # called by DeflateIO
         n = min(len(buf), self._e - self._p)
@@ -1014,25 +1046,45 @@ class _Inflate(io.IOBase):
             e += n
             self._e = e
 
-    # Not named readinto: that name is the synchronous input side DeflateIO calls (defined above). An async
-    # readinto here replaced it, so DeflateIO got a generator instead of a byte count and every gzip/deflate
-    # body failed with "TypeError: can't convert generator to int".
+    def _format(self):
+        # "deflate" is meant to be zlib (RFC 9110), yet some servers send a bare deflate stream: a zlib stream
+        # starts with a header whose method is 8 and whose two bytes are a multiple of 31
+        import deflate
+
+        if self._gzip:
+            return deflate.GZIP
+        b = self._in
+        zlib = self._e - self._p >= 2 and b[self._p] & 0x0F == 8 and (b[self._p] << 8 | b[self._p + 1]) % 31 == 0
+        return deflate.ZLIB if zlib else deflate.RAW
+
+    # Not named readinto: that name is the synchronous input side DeflateIO calls (defined above).
     async def decode_into(self, buf):
+        global _k
         if self._done:
             return 0
+        if _k >= _FAIR:  # a small body may inflate to megabytes: other tasks get their turns, the deadline holds
+            await self._r._c.take_turn()
         if not self._end and self._e - self._p < 1536:
             await self._top_up()
+        if self._z is None:
+            import deflate
+
+            self._z = deflate.DeflateIO(self, self._format())
         # With >= 1.5 KB of input in hand, <= 256 bytes of output can never starve the decoder (worst case:
         # two dynamic Huffman block headers of ~290 bytes and 256 literals of 15 bits).
         mv = buf if self._end or len(buf) <= 256 else memoryview(buf)[:256]
         try:
             n = self._z.readinto(mv)
         except (OSError, EOFError, ValueError) as e:
+            self._r._done(self._end)  # (a body whose HTTP framing ended cleanly leaves its connection reusable)
             raise ClientPayloadError("compressed body is corrupt or cut short (%s)" % (e,))
         if not n:
             if not self._end or self._e > self._p:
+                self._r._done(self._end)
                 raise ClientPayloadError("compressed body is corrupt or cut short")
             self._done = True
+            self._r._done(True)
+        _k += n
         return n
 
 
@@ -1070,18 +1122,42 @@ def _field(t, buf, p, end):
 
 
 def _length(h, status):
-    # Content-Length: digits only, and one number however often it is repeated (RFC 9112 section 6.3): "-2"
-    # asked for a buffer of 2**64 bytes, and "2, 4" is a body that can't be framed safely.
+    # Content-Length: digits only, one number however often it is repeated (RFC 9112 section 6.3), and no more
+    # than a machine word holds (socket reads take the count as one)
     vals = h.getall("Content-Length")
     if not vals:
         return None
     n = None
     for v in ",".join(vals).split(","):
         v = v.strip()
-        if not v.isdigit() or n is not None and int(v) != n:
-            raise ClientResponseError(status, "bad Content-Length %r" % ", ".join(vals))
+        if not v.isdigit() or n is not None and int(v) != n or int(v) > sys.maxsize:
+            raise ClientResponseError(status, "bad Content-Length %r" % ", ".join(vals)[:40])
         n = int(v)
     return n
+
+
+def _framing(h, status, bodyless):
+    # -> (Content-Length or None, chunked) as the head frames the body. Transfer codings other than chunked are
+    # refused: their bytes are not the resource.
+    if bodyless:
+        return 0, False
+    te = [t for t in h.tokens("Transfer-Encoding") if t != "identity"]
+    if not te:
+        return _length(h, status), False
+    if te != ["chunked"]:
+        raise ClientResponseError(status, "unsupported Transfer-Encoding %r" % ", ".join(te)[:40])
+    return None, True
+
+
+def _coding(h, status):
+    # -> the Content-Encoding _Inflate must undo, or None. One that it can't undo is refused: coded bytes handed
+    # on as the body would be wrong bytes reported as success.
+    ce = [t for t in h.tokens("Content-Encoding") if t != "identity"]
+    if not ce:
+        return None
+    if len(ce) > 1 or ce[0] not in _DECODABLE:
+        raise ClientResponseError(status, "cannot decode Content-Encoding %r" % ", ".join(ce)[:40])
+    return ce[0]
 
 
 class ClientResponse(StreamReader):
@@ -1100,7 +1176,8 @@ class ClientResponse(StreamReader):
         self.url = url
         self._c = conn
 
-    async def _start(self):
+    async def _start(self, deadline):
+        # deadline: the request's own (ClientTimeout.total), back in force once the head is read
         c = self._c
         total = 0
         while True:  # once more after each 1xx (100 Continue, 103 Early Hints): the answer is the head that follows
@@ -1144,22 +1221,23 @@ class ClientResponse(StreamReader):
             t += b"\n"
             if not 100 <= self.status < 200 or self.status == 101:
                 break
+        if c.end is not deadline:
+            c.end = deadline
         self.headers = h = CIMultiDictProxy(t)
-        if self.version != "HTTP/1.1" or "close" in h._joined("Connection").lower() or self.status == 101:
+        st = self.status
+        if self.version != "HTTP/1.1" or "close" in h.tokens("Connection") or st == 101:
             self._keep = False  # (101: the connection now speaks another protocol)
-        if self.method == "HEAD" or self.status in (204, 304) or self.status == 101:
-            length, chunked = 0, False
-        elif "chunked" in h._joined("Transfer-Encoding").lower():
-            length, chunked = None, True
-        else:
-            length, chunked = _length(h, self.status), False
+        length, chunked = _framing(h, st, self.method == "HEAD" or st in (204, 304) or st == 101)
+        if chunked and "content-length" in h:
+            self._keep = False  # chunked wins (RFC 9112 section 6.3), but the sender is not to be trusted further
         self._body(length, chunked)
         if c.keep_buf != chunked:
             c.keep_buf = chunked  # chunk-size lines need the buffer; other bodies let it go when it is empty
         c.took(0)
-        enc = h.get("Content-Encoding", "").lower()
-        if enc in ("gzip", "x-gzip", "deflate") and self._s._auto_decompress and not self._eof:
-            self._dec = _Inflate(self, enc != "deflate")
+        if self._s._auto_decompress and not self._eof:
+            enc = _coding(h, st)
+            if enc is not None:
+                self._dec = _Inflate(self, enc)
         if self._eof:
             self._done(True)
 
@@ -1169,8 +1247,9 @@ class ClientResponse(StreamReader):
 
     @property
     def content_length(self):
+        # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
         n = self.headers.get("Content-Length")
-        return int(n) if n and n.isdigit() else None
+        return int(n) if n and n.isdigit() and not self._chunked else None
 
     @property
     def ok(self):
@@ -1211,7 +1290,7 @@ class ClientResponse(StreamReader):
             b = bytearray(n)
             k = await self._slow(b)
             return bytes(b) if k == n else bytes(memoryview(b)[:k])
-        if self._dec is None and not self._chunked and not self._close:
+        if self._dec is None and not self._chunked and not self._close and _fits(self._left):
             # Size the buffer by what is still to come, not by Content-Length: a HEAD (or 204/304) response
             # has a Content-Length but no body, and part of the body may have been read already; both
             # came back padded with zero bytes up to Content-Length.
@@ -1548,7 +1627,12 @@ class ClientSession:
                 if data:
                     await c.send(data)
                 c.tmo = _ms(timeout.sock_read)
-                await resp._start()
+                whole = c.end
+                if c.tmo is not None:  # the whole head within one read timeout: a head trickled byte by byte ends
+                    head_end = ticks_add(ticks_ms(), c.tmo)
+                    if whole is None or ticks_diff(whole, head_end) > 0:
+                        c.end = head_end
+                await resp._start(whole)
                 return resp
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if
@@ -1561,6 +1645,17 @@ class ClientSession:
                 if isinstance(e, OSError):
                     raise ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
                 raise
+
+
+def _fits(n):
+    # Whether n bytes can be had in one piece, or may be: a length the server announced is only allocated up
+    # front when the heap holds that much; otherwise the body grows as it really arrives.
+    import gc
+
+    if n <= gc.mem_free():
+        return True
+    gc.collect()
+    return n <= gc.mem_free()
 
 
 def _stale(select, c):

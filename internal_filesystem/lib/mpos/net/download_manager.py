@@ -18,6 +18,7 @@
 
 import asyncio
 import sys
+from errno import ECONNREFUSED
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
@@ -28,7 +29,6 @@ _MIN_READ = const(128)  # the smallest read buffer taken when the heap has no ro
 _TRIES = const(3)  # failed attempts in a row (no byte gained) before giving up: the spec's "3 tries"
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # progress denominator when no size is known (the spec's 100 KB)
-_RETRY_AFTER_MAX = const(10)  # seconds: cap on a server's Retry-After (an app is waiting)
 _SPEED_MS = const(1000)
 
 # Tunables (plain module attributes, like the other MicroPythonOS managers):
@@ -36,6 +36,9 @@ session_idle_ms = 2000  # keep the idle session (and its pooled connections) thi
 max_connections = 3  # downloads in flight at once; the rest wait, highest priority first
 user_agent = None  # default "MicroPythonOS/<version>"; a caller's User-Agent header always wins
 ca = None  # a CA (DER bytes, PEM text or a file path): when set, servers must present a certificate it signed
+max_reconnects = 10  # new requests one download may make after failures, whatever it gained in between
+retry_base_ms = 250  # the first retry waits about this long, each further one twice as long (with jitter)
+retry_max_ms = 10000  # no wait between tries is longer, a server's Retry-After included (an app is waiting)
 
 _TRANSIENT = (408, 429, 500, 502, 503, 504)
 
@@ -79,6 +82,19 @@ class OutOfMemory(DownloadError):
     reason = "memory"
 
 
+class TLSError(DownloadError):
+    # the server's certificate did not verify against DownloadManager.ca: trying again cannot help
+    reason = "tls"
+
+
+class _CallbackError(Exception):
+    # What an app's callback raised, carried past the retry logic: it is the app's, never retried, and reaches
+    # the caller unchanged (see _failed)
+    def __init__(self, error):
+        super().__init__(error)
+        self.error = error
+
+
 # --- the shared session --------------------------------------------------------------------------------------
 # Guarded by a _thread lock (apps may call from threads); the lock is never held across an await.
 
@@ -99,6 +115,7 @@ except ImportError:  # a port without threads
     _lock = _NoLock()
 
 _session = None
+_tls = None  # (the value of `ca` it was made for, its SSLContext): see _context
 _refs = 0
 _closer = None  # the task that closes the session after session_idle_ms
 _jobs = []  # downloads queued or in flight, for downloads()
@@ -116,8 +133,7 @@ def _acquire():
                 import aiohttp
             except ImportError:
                 return None
-            # Without a CA the server is not verified, as on today's MicroPythonOS (devices carry no CA bundle).
-            _session = aiohttp.ClientSession(ssl=aiohttp.tls_context(ca) if ca is not None else None)
+            _session = aiohttp.ClientSession()
         _refs += 1
         closer, _closer = _closer, None
     if closer is not None:
@@ -169,6 +185,23 @@ def _cancel(t):
         TaskManager.task_list.remove(t)
 
 
+def _context():
+    # The TLS context every request is made with: None (the session's own, unverified, as on today's
+    # MicroPythonOS, whose devices carry no CA bundle) while `ca` is unset, else one that verifies against it,
+    # made once per value. Connections are pooled per context, so setting `ca` applies to every connection made
+    # after it, and one made under another setting never serves a request made under this one.
+    global _tls
+    now = ca
+    if now is None:
+        return None
+    made = _tls
+    if made is None or made[0] is not now:
+        import aiohttp
+
+        made = _tls = (now, aiohttp.tls_context(now))
+    return made[1]
+
+
 def _release():
     global _session, _refs, _closer
     with _lock:
@@ -177,13 +210,23 @@ def _release():
             _bufs.clear()
         if _refs or _session is None:
             return
-        if session_idle_ms <= 0:
-            s, _session = _session, None
-        else:
-            s = None
-            _closer = TaskManager.create_task(_close_when_idle(_session))
-    if s is not None:
-        s.shutdown()
+        idle = _session
+        now = session_idle_ms <= 0
+        if now:
+            _session = None
+    if now:
+        idle.shutdown()
+        return
+    # Made outside the lock: a create_task that runs the coroutine's first step at once must not find it held
+    closer = TaskManager.create_task(_close_when_idle(idle))
+    if closer is None:  # TaskManager is disabled: nothing would close it later
+        _drop_session()
+        return
+    with _lock:
+        if _session is idle and not _refs and _closer is None:
+            _closer, closer = closer, None
+    if closer is not None:  # a download came (or the session went) meanwhile
+        _cancel(closer)
 
 
 async def _close_when_idle(s):
@@ -273,10 +316,13 @@ def _redact(url):
 
 
 async def _call(cb, arg):
-    # Callbacks may be `async def` (as documented) or plain functions.
-    r = cb(arg)
-    if r is not None and hasattr(r, "send"):
-        await r
+    # Callbacks may be `async def` (as documented) or plain functions. What one raises is the app's (see run).
+    try:
+        r = cb(arg)
+        if r is not None and hasattr(r, "send"):
+            await r
+    except Exception as e:
+        raise e if isinstance(e, _CallbackError) else _CallbackError(e)
 
 
 def _size(path):
@@ -291,38 +337,91 @@ def _size(path):
 def get_resume_position(outfile):
     """Bytes of partial data a Range request could continue from: OUTFILE.part if a failed download left
     one, else OUTFILE itself (a file written by an older version or by the app); 0 if neither exists."""
-    n = _size(outfile + ".part")
-    if n > 0 and _size(outfile + ".part.state") >= 0:
-        return 0  # a segmented partial (segments=) has holes: only segments= resumes it, by its state file
+    part = outfile + ".part"
+    n = _size(part)
+    if n > 0:
+        record = read_record(part)
+        if record is None or "todo" in record:
+            return 0  # a segmented partial (segments=) has holes: only segments= resumes it, by its record
     if n < 0:
         n = _size(outfile)
     return max(n, 0)
 
 
+# --- what a .part is a part of -----------------------------------------------------------------------------
+# OUTFILE.part.state, a small JSON record beside the .part: the URL's identity (a hash: URLs may carry keys),
+# the resource's validator (ETag or Last-Modified) and size, and, for a segmented download, the ranges still
+# missing ("todo"). A resume sends If-Range with the validator, so a resource that changed starts over.
+
+
+def url_key(url):
+    import binascii
+    import hashlib
+
+    return binascii.hexlify(hashlib.sha256(url.encode()).digest()[:8]).decode()
+
+
+def read_record(part):
+    # -> the record of `part`: {} when there is none, None when it can't be read (then nothing is vouched for)
+    path = part + ".state"
+    if _size(path) < 0:
+        return {}
+    try:
+        import json
+
+        with open(path) as f:
+            record = json.loads(f.read())
+        return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(part, record):
+    # Written aside and renamed, so a kill leaves the old record or the new one, never half of one.
+    path = part + ".state"
+    try:
+        import json
+
+        with open(path + ".tmp", "w") as f:
+            f.write(json.dumps(record))
+        _replace(path + ".tmp", path)
+    except OSError as e:
+        raise LocalFileError("cannot write %s: %s" % (path, e))
+
+
 _NET_ERRNOS = (110, 104, 103, 113, 116, 118, 101, 32, 107, 202)
 _NET_WORDS = ("connection reset", "connection aborted", "broken pipe", "network unreachable",
               "host unreachable", "failed to download chunk", "timed out", "timeout", "etimedout",
-              "econnreset", "econnaborted", "ehostunreach")
+              "econnreset", "econnaborted", "ehostunreach", "addrinfo")
+
+
+def _errno(e):
+    # An exception's error number as an int, or None: an OSError's comes as a number, a negative one (ESP32,
+    # mbedTLS), a str (the unix port's failed lookups: "[addrinfo error -3]") or not at all
+    code = getattr(e, "errno", None)
+    if code is None and e.args:
+        code = e.args[0]
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def is_network_error(e):
     """True for errors worth retrying later: dropped, reset, timed-out or unreachable connections and DNS
     failures (unix and ESP32 errno numbers, also negated, as the network stack reports some)."""
-    if isinstance(e, NetworkError) or isinstance(e, asyncio.TimeoutError):
-        return True
     if isinstance(e, DownloadError):
-        return False
+        return isinstance(e, NetworkError)
+    if isinstance(e, asyncio.TimeoutError):
+        return True
     try:
         import aiohttp
 
-        if isinstance(e, (aiohttp.ServerTimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
-            return True
+        if isinstance(e, aiohttp.ClientSSLError):
+            return False
+        if isinstance(e, aiohttp.ClientConnectionError) or isinstance(e, aiohttp.ClientPayloadError):
+            return not _refused(e)
     except ImportError:
         pass
-    code = getattr(e, "errno", None)
-    if code is None and e.args and isinstance(e.args[0], int):
-        code = e.args[0]
-    if isinstance(code, int) and abs(code) in _NET_ERRNOS:
+    code = _errno(e)
+    if code is not None and abs(code) in _NET_ERRNOS:
         return True
     msg = str(e).lower()
     for w in _NET_WORDS:
@@ -331,20 +430,26 @@ def is_network_error(e):
     return False
 
 
-def _classify(e):
-    # Turn what an attempt raised into a DownloadError that says whether another try may help.
+def _refused(e):
+    code = _errno(e)
+    return code is not None and abs(code) == ECONNREFUSED
+
+
+def _classify(e, timeout):
+    # Turn what an attempt raised into a DownloadError that says whether another try may help; None for what is
+    # not ours to judge (an app's callback, a defect).
     import aiohttp
 
     if isinstance(e, DownloadError):
         return e
     if isinstance(e, aiohttp.ServerTimeoutError):
-        return DownloadTimeout("no data for %ds" % _READ_TIMEOUT)
+        return DownloadTimeout("no answer within timeout=%ss (%s)" % (timeout, e))
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return TLSError(str(e))
     if isinstance(e, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         return NetworkError("connection lost: %s" % (e,))
     if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
-        code = getattr(e, "errno", None)
-        refused = code is not None and abs(code) in (111, 61, 23)  # ECONNREFUSED (unix, BSD, lwIP)
-        return NetworkError("connection failed: %s" % (e,), retry=not refused)
+        return NetworkError("connection failed: %s" % (e,), retry=not _refused(e))
     if isinstance(e, aiohttp.ClientResponseError):
         return HTTPError("bad response: %s" % (e,), e.status)
     if isinstance(e, MemoryError):
@@ -352,37 +457,43 @@ def _classify(e):
     return None
 
 
-def _retry_in(e, fails, tries, end):
-    # What an attempt raised -> seconds to wait before the next one (0: progress was made, resume at once), or
-    # the DownloadError that ends the download. A plain function: its locals would be slots in run()'s frame.
-    err = _classify(e)
+def _retry_in(job, e, fails, end):
+    # What an attempt raised -> seconds to wait before the next one, or the DownloadError that ends the download.
+    # fails: attempts in a row that gained no byte (the spec's 3 tries); every attempt counts towards
+    # max_reconnects and lengthens the wait, so a link that keeps dropping after a little progress ends too.
+    err = _classify(e, job.timeout)
     if err is None:
-        raise e  # not ours to retry: a callback's own exception
-    if not err.retry or fails >= tries:
+        raise e
+    job.reconnects += 1
+    if not err.retry or fails >= job.tries or job.reconnects > max_reconnects:
         raise err
-    return _backoff(err, fails, end) if fails else 0
+    return _backoff(err, job.reconnects, end)
 
 
-def _backoff(err, fails, end):
-    # Seconds before the next try: exponential with jitter, or the server's Retry-After (capped).
+def _backoff(err, n, end):
+    # Seconds before try n + 1: exponential with jitter, or the server's Retry-After; never over retry_max_ms.
     import random
 
-    delay = err.after if err.after is not None else (250 << (fails - 1)) / 1000 * (0.5 + random.random())
-    delay = min(delay, _RETRY_AFTER_MAX)
+    delay = err.after if err.after is not None else (retry_base_ms * (1 << min(n - 1, 16))) / 1000 * (0.5 + random.random())
+    delay = min(delay, retry_max_ms / 1000)
     if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
         raise DownloadTimeout("deadline reached")
     return delay
 
 
 def _content_range(v):
-    # "bytes a-b/N" -> (a, b, N or None); anything else -> None
+    # "bytes a-b/N" -> (a, b, N or None for "*"); None for anything else, a range that ends before it starts or
+    # past its total, and numbers no machine word holds
     try:
-        unit, _, spec = v.partition(" ")
+        unit, _, spec = v.strip().partition(" ")
         rng, _, total = spec.partition("/")
         a, _, b = rng.partition("-")
-        return int(a), int(b), (None if total == "*" else int(total))
+        a, b, n = int(a), int(b), (None if total.strip() == "*" else int(total))
     except (ValueError, AttributeError):
         return None
+    if unit.lower() != "bytes" or not 0 <= a <= b or n is not None and b >= n or b > sys.maxsize:
+        return None
+    return a, b, n
 
 
 def _range(v):
@@ -439,6 +550,8 @@ class _Job:
     pct = -1
     outfile = chunk_cb = None
     redact = False
+    reconnects = 0  # requests made again after a failure (see _retry_in)
+    recorded = False  # the .part's record names this download's resource (see _note_part)
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, opts):
         self.url = url
@@ -494,9 +607,10 @@ class _Job:
             # A resume ("Range: bytes=N-", N = get_resume_position()): continue the partial data if it is
             # exactly N bytes long, whether it sits in OUTFILE.part or in OUTFILE itself.
             n = _size(part)
-            if n == self.lo and _size(part + ".state") < 0:  # a segmented partial has holes: never appended to
-                mode = "ab"
+            if n == self.lo:
+                mode = "ab" if self._resumable(read_record(part)) else "wb"
             elif n < 0 and _size(self.outfile) == self.lo:
+                _remove(part + ".state")  # (it described a .part that is gone)
                 self._copy(self.outfile, part)
                 mode = "ab"
             if mode == "ab":
@@ -506,9 +620,27 @@ class _Job:
         except OSError as e:
             raise LocalFileError("cannot write %s: %s" % (part, e))
         if mode == "wb":
-            _remove(part + ".state")  # a segmented run's record (segments.py) describes a .part that is gone
+            _remove(part + ".state")  # it describes a .part that is gone
         if self.have and self.sha:
             self._hash_file(part)
+
+    def _resumable(self, record):
+        # Whether a .part with this record may be continued: not a segmented one (it has holes), not another
+        # URL's. What it knows of the resource goes into If-Range and the checks of every answer.
+        key = url_key(self.url)
+        if record is None or "todo" in record or record.get("url", key) != key:
+            return False
+        for attr, key in (("validator", "v"), ("size", "size")):
+            if record.get(key) is not None:
+                setattr(self, attr, record[key])
+        self.recorded = "url" in record
+        return True
+
+    def _note_part(self):
+        # File mode, once its resource is known: the record beside the .part, before a byte goes into it
+        if not self.recorded:
+            write_record(self.outfile + ".part", {"url": url_key(self.url), "v": self.validator, "size": self.size})
+            self.recorded = True
 
     def _copy(self, src, dst):
         try:
@@ -533,12 +665,20 @@ class _Job:
                 fn(buf if n == len(buf) else mv[:n])
 
     def _restart(self):
-        # The server sent the whole resource where we asked for a part: throw away what we had.
+        # The bytes we have are no part of the resource the server now sends (it ignored Range, or the resource
+        # changed): throw them away, and what we knew of the resource with them.
         if self.mode == "stream" and self.done:
-            raise NetworkError("server ignored Range after %d bytes were handed out" % self.done, retry=False)
+            raise NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
+                               % self.done, retry=False)
         if self.f is not None:
             self.f.close()
             self.f = open(self.outfile + ".part", "wb")
+        if self.recorded:
+            self.recorded = False
+        if self.validator is not None:
+            self.validator = None
+        if self.size is not None:
+            self.size = None
         self.have = self.done = 0
         self.pct = -1
         if self.sha:
@@ -554,6 +694,8 @@ class _Job:
         # at once, 3 failed in a 1.6 MB heap with 0.8 MB free.
         m = self.mem
         if m is None or len(m) < n:
+            if not _heap_holds(n + 1):  # (a length a server announced is not allocated blindly)
+                raise OutOfMemory("a body of %d bytes does not fit in the heap" % n)
             new = bytearray(n + 1)
             if m is not None and keep:
                 new[:keep] = memoryview(m)[:keep]
@@ -654,19 +796,23 @@ class _Job:
                                     raise DownloadError("body exceeds max_size=%d" % self.max_size)
                                 if self.hash is not None:
                                     self.hash.update(data)
-                            self.done += n  # counted before a callback sees it, so downloads() inside one includes it
+                            # A chunk counts once it is where it goes (a callback returned), never before
                             if f is not None:
                                 try:
                                     f.write(data)
                                 except OSError as e:
                                     raise LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
                             elif self.chunk_cb is not None:
-                                data = self.chunk_cb(data)  # bytes of its own (see above): the callback may keep them
-                                if data is not None and hasattr(data, "send"):  # what an async def callback returns
-                                    await data
+                                try:
+                                    data = self.chunk_cb(data)  # bytes of its own (see above): it may keep them
+                                    if data is not None and hasattr(data, "send"):  # an async def callback's
+                                        await data
+                                except Exception as e:
+                                    raise _CallbackError(e)
                                 data = None
                             else:
-                                self._store(data, self.done)
+                                self._store(data, self.done + n)
+                            self.done += n
                             if extra and left != 0 and self._due():
                                 await self._report()
                     finally:
@@ -674,7 +820,7 @@ class _Job:
                     return await self._finish()
                 except Exception as e:
                     fails = 0 if self.done > gained else fails + 1  # progress was made: a fresh budget
-                    await TaskManager.sleep(_retry_in(e, fails, self.tries, end))  # or raises: no more tries
+                    await TaskManager.sleep(_retry_in(self, e, fails, end))  # or raises: no more tries
         except Exception as e:
             if admitted is None:
                 raise
@@ -702,6 +848,8 @@ class _Job:
         # timeouts) alive until later code overwrites them, here for as long as the body streams.
         import aiohttp
 
+        if sess.closed:
+            raise NetworkError("the session was closed (close_session) during the download", retry=False)
         if self.coded and self.done:
             # A content-coded body can't be resumed: Range counts encoded bytes, self.done decoded ones.
             if self.mode == "stream":
@@ -718,7 +866,7 @@ class _Job:
             total = ticks_diff(end, ticks_ms()) / 1000
             if total <= 0:
                 raise DownloadTimeout("deadline reached")
-        return sess.get(self.url, headers=h,
+        return sess.get(self.url, headers=h, ssl=_context(),
                         timeout=aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout))
 
     def _accept(self, resp):
@@ -732,16 +880,7 @@ class _Job:
         if self.capped:
             self.capped = False
         if st == 206:
-            cr = _content_range(hd.get("Content-Range"))
-            if cr is None or cr[0] != pos:
-                # not the bytes we asked for: start over (stream mode can't take chunks back)
-                self._restart()
-                raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, hd.get("Content-Range")))
-            if cr[2] is not None:
-                self.size = cr[2]
-            body = cr[1] - cr[0] + 1
-            if self.hi is not None and cr[1] > self.hi:
-                body = self.hi - pos + 1  # more than asked for: take only the range (a segment's neighbour)
+            body = self._partial(hd, pos)
         elif 200 <= st < 300:
             if pos:
                 # Range ignored (or If-Range says the resource changed): start over from byte 0
@@ -751,7 +890,7 @@ class _Job:
             # Content-Length counts encoded bytes, readinto() hands out decoded ones: with a content coding
             # the decoded length is unknown (taking it as the limit cut gzip bodies short and called that
             # success). The client still fails a coded body that does not end.
-            if hd.get("Content-Encoding", "").lower() in ("gzip", "x-gzip", "deflate"):
+            if any(t != "identity" for t in hd.tokens("Content-Encoding")):
                 body, self.coded = None, True
             elif st == 200 and body is not None:
                 self.size = body
@@ -777,9 +916,42 @@ class _Job:
             raise DownloadError("body of %d bytes exceeds max_size=%d" % (body, self.max_size))
         if self.mode == "memory" and body is not None:
             self._mem_room(self.done + body - skip, self.done)
+        elif self.outfile is not None:
+            self._note_part()
         if skip != self.skip:
             self.skip = skip
         return body
+
+    def _partial(self, hd, pos):
+        # A 206 answer -> the bytes to read. Its Content-Range must start where we asked, and it must be of the
+        # resource we have the rest of: another validator or total means the resource changed (a server that
+        # ignores If-Range sends the new one's bytes), so start over.
+        cr = _content_range(hd.get("Content-Range"))
+        if not pos and self.hi is None:  # we asked for no range: only the whole resource is an answer
+            if cr is None or cr[0] or cr[2] is None or cr[1] != cr[2] - 1:
+                raise HTTPError("206 to a request for the whole resource: %s" % hd.get("Content-Range"), 206)
+        if cr is None or cr[0] != pos:
+            # not the bytes we asked for: start over (stream mode can't take chunks back)
+            self._restart()
+            raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, hd.get("Content-Range")))
+        v = hd.get("ETag") or hd.get("Last-Modified")
+        if (v is not None and self.validator is not None and v != self.validator
+                or cr[2] is not None and self.size is not None and cr[2] != self.size):
+            self._restart()
+            raise NetworkError("the resource changed during the download (now %s, %s bytes)" % (v, cr[2]))
+        if cr[2] is not None:
+            self.size = cr[2]
+        if self.hi is not None and cr[1] > self.hi:
+            return self.hi - pos + 1  # more than asked for: take only the range (a segment's neighbour)
+        return cr[1] - cr[0] + 1
+
+    def _missing(self):
+        # Bytes of the wanted range that complete answers left out (a 206 shorter than asked); 0 when the size is
+        # unknown: then what the server framed is all there is.
+        if self.size is None or self.coded:
+            return 0
+        end = self.size if self.hi is None else min(self.hi + 1, self.size)
+        return end - (self.lo + self.have + self.done)
 
     def _store(self, data, end):
         # Memory mode: data becomes bytes [end - len(data), end) of the result. The buffer is made on the first
@@ -817,6 +989,9 @@ class _Job:
                 await _call(self.speed_cb, self.speed)
 
     async def _finish(self):
+        missing = self._missing()
+        if missing > 0:  # (the next attempt asks for the rest)
+            raise NetworkError("the answer ended %d bytes before the end of what was asked for" % missing)
         if self.hash is not None:
             import binascii
 
@@ -827,6 +1002,9 @@ class _Job:
                     self.f = None
                     _remove(self.outfile + ".part")  # wrong bytes are no base for a resume
                 raise IntegrityError("sha256 mismatch: got %s" % got)
+        if self.progress_cb is not None:  # before OUTFILE is replaced: the callback may still stop the download
+            self.pct = 100
+            await _call(self.progress_cb, 100)
         if self.f is not None:
             try:
                 self.f.close()
@@ -835,9 +1013,6 @@ class _Job:
                 _remove(self.outfile + ".part.state")
             except OSError as e:
                 raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
-        if self.progress_cb is not None:
-            self.pct = 100
-            await _call(self.progress_cb, 100)
         self.state = "done"
         if self.mode == "memory":
             m, self.mem = self.mem, None
@@ -857,7 +1032,17 @@ class _Job:
             # from get_resume_position(). A partial with data stays for a resume.
             if not self.have and _size(self.outfile + ".part") == 0:
                 _remove(self.outfile + ".part")
+                _remove(self.outfile + ".part.state")
         self.mem = None
+
+
+def _heap_holds(n):
+    import gc
+
+    if n <= gc.mem_free():
+        return True
+    gc.collect()
+    return n <= gc.mem_free()
 
 
 def _remove(path):
@@ -972,16 +1157,20 @@ def _exit(job, admitted):
 
 
 def _failed(job, e):
+    # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
+    # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
     job.state = "failed"
+    if isinstance(e, _CallbackError):
+        _log("download of %s stopped by its callback: %r" % (job.shown, e.error))
+        raise e.error
     if isinstance(e, MemoryError):
         e = OutOfMemory("out of memory")
-    if isinstance(e, DownloadError):
-        if isinstance(e, OutOfMemory):
-            _reclaim(job)
-        _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
-    else:
-        # a callback's own exception: the download failed, the caller's code raised
+    if not isinstance(e, DownloadError):
         _log("download of %s failed: %r" % (job.shown, e))
+        raise e
+    if isinstance(e, OutOfMemory):
+        _reclaim(job)
+    _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
     if job.raise_errors:
         raise e
     return job.fail
@@ -1016,7 +1205,7 @@ async def _post(url, data, headers):
         h = dict(headers or {})
         if not any(k.lower() == "user-agent" for k in h):
             h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
-        async with sess.post(url, data=data, headers=h) as resp:
+        async with sess.post(url, data=data, headers=h, ssl=_context()) as resp:
             body = await resp.read()
             if 200 <= resp.status < 300:
                 return body

@@ -23,7 +23,7 @@ import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
 
 from . import download_manager as dm
-from .download_manager import _Job, _remove, _replace, _size
+from .download_manager import _Job, _remove, _size, read_record, url_key, write_record
 
 min_segment = 16384  # bytes: a smaller piece is not worth a request (and a TLS handshake) of its own
 save_ms = 1000  # state file rewrites while data comes in, at most this often (flash wear vs. bytes refetched)
@@ -65,24 +65,29 @@ class _Seg(_Job):
             "timeout": m.timeout, "tries": m.tries, "deadline": m._left(), "chunk_size": m.chunk,
             "progress_callback": m._tick, "speed_callback": m._tick})
         self.f = self.w = _Place(m, a, b)
+        self.m = m
 
     def _open_file(self):
         pass  # the shared .part is open already
 
+    def _note_part(self):
+        pass  # the download's record is the Segmented's to write
+
     def _restart(self):
         raise _Odd()  # other bytes than the range asked for (see _Job.run): the server changed its mind
+
+    async def _report(self):
+        # The download's bookkeeping, called directly: what it raises (_Odd, a record that can't be written) is
+        # the download's own, not an app callback's
+        self.pct = self._pct()
+        self.speed_t = ticks_ms()
+        r = self.m._tick()
+        if r is not None:
+            await r
 
     async def _finish(self):
         self.state = "done"
         return True
-
-
-def _key(url):
-    # The state file names the URL by a hash: URLs may carry keys.
-    import binascii
-    import hashlib
-
-    return binascii.hexlify(hashlib.sha256(url.encode()).digest()[:8]).decode()
 
 
 def _split(todo, k):
@@ -149,7 +154,7 @@ class Segmented(_Job):
             try:
                 return await self._ask(sess)
             except Exception as e:
-                err = dm._classify(e)
+                err = dm._classify(e, self.timeout)
                 if not keep:
                     return None  # nothing to lose: the plain engine retries it or fails it and says why
                 if err is None:
@@ -166,7 +171,7 @@ class Segmented(_Job):
         h["Range"] = "bytes=0-0"
         self.state = "connecting"
         tmo = aiohttp.ClientTimeout(total=self._left(), connect=self.timeout, sock_read=self.timeout)
-        async with sess.get(self.url, headers=h, timeout=tmo) as r:
+        async with sess.get(self.url, headers=h, timeout=tmo, ssl=dm._context()) as r:
             hd = r.headers
             if r.status >= 400:  # a failure, not an answer about ranges
                 raise dm.HTTPError("HTTP %d" % r.status, r.status, retry=r.status in dm._TRANSIENT)
@@ -181,15 +186,12 @@ class Segmented(_Job):
             await r.read()  # the one byte, so the connection can serve a segment
             return cr[2], v
 
-    def _load(self, sf, part):
+    def _load(self, part):
         # The missing ranges an earlier try recorded, if it was about this very resource; else None.
         try:
-            import json
-
-            with open(sf) as f:
-                s = json.loads(f.read())
+            s = read_record(part)
             todo = s["todo"]
-            if s["url"] != _key(self.url) or s["size"] != self.size or not self.validator or s["v"] != self.validator:
+            if s["url"] != url_key(self.url) or s["size"] != self.size or not self.validator or s["v"] != self.validator:
                 return None
             prev = -1
             for a, b in todo:
@@ -207,20 +209,15 @@ class Segmented(_Job):
             return None
 
     def _save(self):
-        # The data first, then the record that vouches for it; written aside and renamed, so a kill leaves the
-        # old record or the new one.
-        sf = self.outfile + ".part.state"
+        # The data first, then the record that vouches for it
+        part = self.outfile + ".part"
         try:
             self.f.flush()
-            import json
-
-            todo = [[s.w.pos, s.w.end] for s in self.run_segs if s.w.pos <= s.w.end] + self.todo
-            todo.sort()  # _load wants them in file order (requeued and restarted ranges come in any order)
-            with open(sf + ".tmp", "w") as f:
-                f.write(json.dumps({"url": _key(self.url), "size": self.size, "v": self.validator, "todo": todo}))
-            _replace(sf + ".tmp", sf)
         except OSError as e:
-            raise dm.LocalFileError("cannot write %s: %s" % (sf, e))
+            raise dm.LocalFileError("cannot write %s: %s" % (part, e))
+        todo = [[s.w.pos, s.w.end] for s in self.run_segs if s.w.pos <= s.w.end] + self.todo
+        todo.sort()  # _load wants them in file order (requeued and restarted ranges come in any order)
+        write_record(part, {"url": url_key(self.url), "size": self.size, "v": self.validator, "todo": todo})
 
     def _same(self, s):
         # Did segment s get bytes of the resource the probe saw? (no: start over with one plain stream)
@@ -228,7 +225,7 @@ class Segmented(_Job):
                 s.validator and self.validator and s.validator != self.validator):
             raise _Odd()
 
-    def _tick(self, _):
+    def _tick(self):
         # Each segment's engine calls this when its percent moves or a second passed: the sum goes to the caller's
         # callbacks (monotonic: _report only passes a higher percent), and now and then to the state file. Not
         # async: a coroutine is made only when a caller's callback is due (the engine awaits what this returns).
@@ -252,7 +249,7 @@ class Segmented(_Job):
         part = self.outfile + ".part"
         sf = part + ".state"
         self.size, self.validator = size, v
-        todo = self._load(sf, part)
+        todo = self._load(part)
         fresh = todo is None
         k = 1 if dm._queue else 1 + max(0, min(self.nseg - 1, dm.max_connections - dm._active))
         plan = _split([[0, size - 1]] if fresh else todo, k)

@@ -31,6 +31,7 @@ _BUF = const(512)  # per-connection buffer for heads and chunk-size lines; grows
 _HEAD_MAX = const(8192)  # a status line or header line longer than this is refused
 _HEADERS_MAX = const(100)
 _HEAD_TOTAL = const(32768)  # a whole response head larger than this is refused (100 lines of 8 KB won't fit a heap)
+_BLOCK = const(1024)  # a head is kept in blocks of about this size (see CIMultiDictProxy)
 _FAIR = const(65536)  # bytes read without a wait, after which other tasks get a turn anyway
 # Body bytes read since the running task last let others run (see _Conn.recv). One count serves every
 # connection: tasks take turns only where they wait, and each wait starts it again. (Event loops on several
@@ -115,26 +116,26 @@ def _ms(t):
 
 
 class CIMultiDictProxy:
-    # Response headers, read-only, with case-insensitive lookup: the whole head kept as the bytes it arrived in,
-    # "\nname:value\n..." with names in lower case (as HTTP/2 sends them). A dict of fields held 5 KB for a
-    # typical CDN response on the unix port (a key, a name, a value and a tuple per field); this is its size
-    # in text, about 800 bytes. Lookups scan it and decode what they find; a response is asked for a handful.
-    def __init__(self, text):
-        self._t = text
+    # Response headers, read-only, with case-insensitive lookup: the head kept as the bytes it arrived in,
+    # "\nname:value\n...\n" with names in lower case (as HTTP/2 sends them), in blocks of about _BLOCK bytes that
+    # hold whole fields, so that no head needs one long free run of the heap. A typical head is one block.
+    # Lookups scan it and decode what they find; a response is asked for a handful.
+    def __init__(self, blocks):
+        self._blocks = blocks
 
     def _key(self, k):
         return ("\n%s:" % k.lower()).encode()
 
     def getall(self, k):
-        t = self._t
         key = self._key(k)
         out = []
-        i = t.find(key)
-        while i >= 0:
-            j = i + len(key)
-            i = t.find(b"\n", j)
-            out.append(_latin1(t[j:i]))
-            i = t.find(key, i)
+        for t in self._blocks:
+            i = t.find(key)
+            while i >= 0:
+                j = i + len(key)
+                i = t.find(b"\n", j)
+                out.append(_latin1(t[j:i]))
+                i = t.find(key, i)
         return out
 
     def get(self, k, default=None):
@@ -160,15 +161,20 @@ class CIMultiDictProxy:
         return v
 
     def __contains__(self, k):
-        return self._key(k) in self._t
+        key = self._key(k)
+        for t in self._blocks:
+            if key in t:
+                return True
+        return False
 
     def items(self):
         # each name and value decoded on its own, as get() does: one latin-1 field must not change the others
         out = []
-        for f in bytes(self._t).split(b"\n"):
-            if f:
-                k, _, v = f.partition(b":")
-                out.append((_latin1(k), _latin1(v)))
+        for t in self._blocks:
+            for f in bytes(t).split(b"\n"):
+                if f:
+                    k, _, v = f.partition(b":")
+                    out.append((_latin1(k), _latin1(v)))
         return out
 
     def keys(self):
@@ -181,7 +187,7 @@ class CIMultiDictProxy:
         return iter(self.keys())
 
     def __len__(self):
-        return self._t.count(b"\n") - 1
+        return sum(t.count(b"\n") - 1 for t in self._blocks)
 
     def __repr__(self):
         return "<CIMultiDictProxy %r>" % self.items()
@@ -1088,34 +1094,40 @@ class _Inflate(io.IOBase):
         return n
 
 
-def _field(t, buf, p, end):
-    # One header line, buf[p:end], onto the head t as "\nname:value"; False if it is no field. A line that starts
-    # with a space or tab goes on the field above, after a space (obs-fold, RFC 9112 section 5.2): read as a
-    # field of its own, its text became a header the server never sent.
+def _field(blocks, buf, p, end):
+    # One header line, buf[p:end], onto the head's last block as "\nname:value" (see CIMultiDictProxy); False if
+    # it is no field. A line that starts with a space or tab goes on the field above, after a space (obs-fold,
+    # RFC 9112 section 5.2): read as a field of its own, its text became a header the server never sent.
     fold = buf[p] in (32, 9)
     if not fold:
         i = buf.find(b":", p, end)
     else:
-        i = p if t else -1  # (no field above to go on)
+        i = p if blocks[-1] else -1  # (no field above to go on)
     if i < 0:
         return False
     mv = memoryview(buf)
+    j = end
     if not fold:
-        t += b"\n"
         k = bytes(mv[p:i]).strip().lower()
         try:
             k.decode()
         except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
             k = _latin1(k).encode()
-        t += k
-        t += b":"
         i += 1
-    j = end
     while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
         i += 1
     while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
         j -= 1
-    if fold and i < j:
+    t = blocks[-1]
+    if not fold:
+        if t and len(t) + len(k) + j - i > _BLOCK:  # a new block, the last one closed by its "\n"
+            t += b"\n"
+            t = bytearray()
+            blocks.append(t)
+        t += b"\n"
+        t += k
+        t += b":"
+    elif i < j:
         t += b" "
     t += mv[i:j]
     return True
@@ -1194,10 +1206,9 @@ class ClientResponse(StreamReader):
             # Nearly every answer says "OK": keep the constant, not a copy that each response would hold (64
             # bytes of heap on the unix port) for as long as its body streams.
             self.reason = "OK" if reason == "OK" else reason
-            # The fields go straight from the connection's buffer into one bytearray, "\nname:value" each: a str
-            # per line, another per field and their join held three copies of the head at once (a 32 KB head
-            # needed 195 KB of free heap; now 64 KB, the bytearray and its copy while it grows).
-            t = bytearray()
+            # Each field is copied from the connection's buffer once, into blocks: a head that grew as one
+            # bytearray moved through the heap at every line, leaving holes none of its later sizes fit.
+            blocks = [bytearray()]
             total += len(line)
             n = 0
             while True:
@@ -1215,15 +1226,15 @@ class ClientResponse(StreamReader):
                 total += end - p
                 if total > _HEAD_TOTAL:
                     raise ClientResponseError(self.status, "response head larger than %d bytes" % _HEAD_TOTAL)
-                if not _field(t, buf, p, end):
+                if not _field(blocks, buf, p, end):
                     raise ClientResponseError(self.status, "bad header line %r" % bytes(buf[p : min(end, p + 80)]))
                 c.p = end
-            t += b"\n"
             if not 100 <= self.status < 200 or self.status == 101:
                 break
         if c.end is not deadline:
             c.end = deadline
-        self.headers = h = CIMultiDictProxy(t)
+        blocks[-1] += b"\n"
+        self.headers = h = CIMultiDictProxy(blocks)
         st = self.status
         if self.version != "HTTP/1.1" or "close" in h.tokens("Connection") or st == 101:
             self._keep = False  # (101: the connection now speaks another protocol)

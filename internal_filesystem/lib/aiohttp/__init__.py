@@ -24,6 +24,10 @@ try:
     from _asyncio import Task as _Task  # the native Task (see _Read.__iter__)
 except ImportError:
     _Task = None
+try:
+    import _thread  # host names are looked up on a worker thread where there is one
+except ImportError:
+    _thread = None
 
 __version__ = "1.0.0"
 
@@ -69,6 +73,11 @@ class ClientSSLError(ClientConnectionError):
 
 class ClientConnectorCertificateError(ClientSSLError):
     # the server's certificate did not verify against the configured CA: trying again cannot help
+    pass
+
+
+class ClientConnectorDNSError(ClientConnectionError):
+    # A host name that could not be looked up; .errno is the resolver's code when it gave one
     pass
 
 
@@ -377,31 +386,135 @@ def tls_context(ca=None):
     return ctx
 
 
-# Host name -> address. getaddrinfo blocks the whole event loop, so each host is resolved once and reused;
-# an entry is dropped when connecting to it fails.
-_dns = {}
+# --- Host names -> addresses --------------------------------------------------------------------------------
+# (All of it here, in one place: it moves into a `connection` module.) socket.getaddrinfo blocks its thread for
+# as long as a lookup takes, seconds for a name that does not exist, and on an ESP32 the event loop's thread is
+# the UI's. Where _thread exists a worker thread looks the name up while the loop polls; where it does not, the
+# loop does. An address is kept for _DNS_TTL_MS and dropped when connecting to it fails.
+
+_getaddrinfo = socket.getaddrinfo  # tests put a slow resolver here: the built-in socket module can't be patched
+# A minute: a device that moves to another network follows its hosts' new addresses within one, and a batch of
+# downloads (the App Store's icons) costs one lookup. getaddrinfo does not say the record's own TTL.
+_DNS_TTL_MS = 60000
+_DNS_WORKERS = const(2)  # lookup threads at once: an ESP32 runs only a few threads, and a stuck one can't be killed
+_DNS_POLL_MS = const(10)  # how often the event loop looks whether a lookup has finished
+# glibc's resolver loads NSS modules (mdns4_minimal takes about 80 KB of stack) and segfaults on a small stack
+_DNS_STACK = 256 * 1024 if sys.platform in ("linux", "darwin") else 16 * 1024
+_dns = {}  # (host, port) -> (addrinfo, ticks_ms when looked up)
+_lookups = []  # lookups whose thread the event loop has not yet seen finish
 
 
-def _resolve(host, port):
-    key = (host, port)
-    ai = _dns.get(key)
-    if ai is None:
+class _Lookup:
+    # One getaddrinfo on a worker thread. Every attribute is set here, so the thread only replaces values and never
+    # grows the table the event loop reads meanwhile (the unix port runs threads without a global lock).
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+        self.answer = None
+        self.error = None
+        self.done = False
+
+    def run(self):
         try:
-            res = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        except OSError as e:
-            # (the unix port's errno here is a str, "[addrinfo error -3]"; the ESP32's a number, -202)
-            raise ClientConnectionError("cannot resolve %s: %s" % (host, e), e.errno if isinstance(e.errno, int) else None)
-        if not res:
-            raise ClientConnectionError("cannot resolve %s" % host)
-        ai = res[0]
-        for r in res:  # prefer IPv4: test servers and most device networks listen there
-            if r[0] == socket.AF_INET:
-                ai = r
-                break
-        if len(_dns) >= 8:
+            self.answer = _getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except Exception as e:
+            self.error = e
+        finally:
+            self.done = True
+
+
+def _cached(host, port):
+    hit = _dns.get((host, port))
+    if hit is not None and ticks_diff(ticks_ms(), hit[1]) < _DNS_TTL_MS:
+        return hit[0]
+    return None
+
+
+def _finish(lookup):
+    # A lookup's thread is done: its worker is free again and its address remembered, also when nobody waits for
+    # it any more. -> the address to connect to, or None
+    if lookup in _lookups:
+        _lookups.remove(lookup)
+    answer = lookup.answer or ()
+    ai = answer[0] if answer else None
+    for r in answer:
+        if r[0] == socket.AF_INET:  # IPv4 first: test servers and most device networks listen there
+            ai = r
+            break
+    if ai is not None:
+        if _len(_dns) >= 8:
             _dns.clear()
-        _dns[key] = ai
+        _dns[(lookup.host, lookup.port)] = (ai, ticks_ms())
     return ai
+
+
+def _start_lookup(host, port):
+    # -> the lookup of host:port: the one under way, a new one on a free worker thread (or done at once where
+    # there are no threads, or for an address, which needs no lookup), or None while every worker is busy
+    for lookup in _lookups[:]:
+        if lookup.host == host and lookup.port == port:
+            return lookup
+        if lookup.done:
+            _finish(lookup)  # nobody waits for it any more
+    lookup = _Lookup(host, port)
+    if _thread is None or ":" in host or host.replace(".", "").isdigit():
+        lookup.run()
+    elif _len(_lookups) >= _DNS_WORKERS:
+        return None
+    else:
+        stack = _thread.stack_size(_DNS_STACK)  # the setting is global: put it back after
+        try:
+            _thread.start_new_thread(lookup.run, ())
+            _lookups.append(lookup)
+        except (OSError, MemoryError):  # no thread to be had: better a lookup here than none
+            lookup.run()
+        finally:
+            _thread.stack_size(stack)
+    return lookup
+
+
+def _dns_error(host, e):
+    # A failed lookup. Its code: ESP32 raises OSError(-202), the unix port OSError("[addrinfo error -3]").
+    code = e.args[0] if e.args else None
+    if isinstance(code, str):
+        try:
+            code = int(code.rstrip("]").rsplit(" ", 1)[-1])
+        except ValueError:
+            code = None
+    return ClientConnectorDNSError("cannot resolve %s: %s" % (host, e), code)
+
+
+async def _resolve(host, port, connect_ms, end):
+    # -> the addrinfo of host:port, known within connect_ms and before the ticks_ms end (None: no limit)
+    ai = _cached(host, port)
+    if ai is not None:
+        return ai
+    if connect_ms is not None:
+        limit = ticks_add(ticks_ms(), connect_ms)
+        end = limit if end is None or ticks_diff(limit, end) < 0 else end
+    lookup = _start_lookup(host, port)
+    while lookup is None or not lookup.done:
+        if end is not None and ticks_diff(ticks_ms(), end) >= 0:
+            # its thread finishes on its own; what it finds is kept for the next request
+            raise ServerTimeoutError("looking up %s took longer than the connect timeout" % host, ETIMEDOUT)
+        await asyncio.sleep_ms(_DNS_POLL_MS)
+        if lookup is None:
+            lookup = _start_lookup(host, port)
+    ai = _finish(lookup)
+    if isinstance(lookup.error, OSError):
+        raise _dns_error(host, lookup.error)
+    if lookup.error is not None:
+        raise lookup.error
+    if ai is None:
+        raise ClientConnectorDNSError("cannot resolve %s: no address" % host)
+    return ai
+
+
+def _forget(host, port):
+    _dns.pop((host, port), None)
+
+
+# --- end of host names -> addresses ------------------------------------------------------------------------------
 
 
 def _hex(b, k, j):
@@ -450,9 +563,8 @@ class _Conn:
         # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
         self.key = key
 
-    def open(self):
+    def open(self, ai):
         scheme, host, port, ctx = self.key
-        ai = _resolve(host, port)
         s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
         self.s = s  # registered before anything can fail, so close() always finds it
         s.setblocking(False)
@@ -460,7 +572,7 @@ class _Conn:
             s.connect(ai[-1])
         except OSError as e:
             if e.errno != EINPROGRESS:  # the connect finishes in the background
-                _dns.pop((host, port), None)
+                _forget(host, port)
                 raise
         if scheme == "https":
             self.raw = s
@@ -1520,7 +1632,7 @@ class ClientSession:
             self._wd = asyncio.create_task(self._watchdog())
         if c.s is None:
             try:
-                c.open()
+                c.open(await _resolve(key[1], key[2], _ms(timeout.connect), c.end))
             except OSError as e:
                 self._release(c, False)
                 raise ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
@@ -1651,6 +1763,8 @@ class ClientSession:
                 # and the request may be sent twice (aiohttp's idempotent methods: a POST may have been acted on).
                 again = reused and c.p == c.e and not resp.status and method in _IDEMPOTENT
                 self._release(c, False)
+                if not reused and isinstance(e, (OSError, ClientConnectionError)):
+                    _forget(host, port)  # a new connection failed: its address may be out of date
                 if again and isinstance(e, (OSError, ServerDisconnectedError)):
                     continue
                 if isinstance(e, OSError):

@@ -1,24 +1,41 @@
-# TaskManager: MicroPythonOS's one door to asyncio for apps (create tasks, sleep, time out).
+# TaskManager: MicroPythonOS's one door to asyncio for apps and the OS: tasks, sleeps, timeouts, the event loop.
 import asyncio
+import sys
+from micropython import const
+
+from ._log import warning
+
+_IDLE_MS = const(10)  # the event loop wakes at least this often while the OS runs (MicroPythonOS's UI lags at 100)
 
 
 class TaskManager:
     task_list = []  # tasks made by create_task() that have not finished yet
     keep_running = None
     disabled = False
+    _idler = None  # the task start() runs the event loop for
 
     @classmethod
-    async def _idle(cls, ms):
-        # Keeps the event loop alive while the OS runs (LVGL and apps schedule their own tasks).
-        while cls.keep_running:
-            await asyncio.sleep_ms(ms)
+    async def _idle(cls):
+        # Keeps the event loop running until stop(), or until a newer one replaces it (see start())
+        me = cls._idler = asyncio.current_task()
+        while cls.keep_running and cls._idler is me:
+            await asyncio.sleep_ms(_IDLE_MS)
 
     @classmethod
     def start(cls):
+        """Run the event loop until stop() (MicroPythonOS's main calls it last). A KeyboardInterrupt raised in a
+        task ends that task and leaves asyncio's loop, which catches Exception only: the loop is entered again,
+        and every other task goes on where it was."""
         if cls.disabled:
+            warning("TaskManager", "start() while disabled: the event loop does not run")
             return
         cls.keep_running = True
-        asyncio.run(cls._idle(10))
+        while cls.keep_running:
+            try:
+                asyncio.run(cls._idle())
+            except KeyboardInterrupt:
+                warning("TaskManager", "KeyboardInterrupt in the event loop; the other tasks go on (stop() ends it)")
+        cls._idler = None
 
     @classmethod
     def stop(cls):
@@ -30,6 +47,7 @@ class TaskManager:
 
     @classmethod
     def disable(cls):
+        # While disabled, create_task() and create_supervised_task() start nothing and return None
         cls.disabled = True
 
     @classmethod
@@ -48,6 +66,34 @@ class TaskManager:
         t = asyncio.create_task(cls._tracked(coro))
         cls.task_list.append(t)
         return t
+
+    @classmethod
+    def create_supervised_task(cls, factory, restart_delay_ms=200, restart_on_return=False):
+        """A task that runs factory() (a new coroutine each time) and runs it again restart_delay_ms after it
+        raised, KeyboardInterrupt included, and also after it returned if restart_on_return (a console that must
+        never go away). Cancelling the task ends it for good. None while disabled, as create_task()."""
+        return cls.create_task(cls._supervise(factory, restart_delay_ms, restart_on_return))
+
+    @staticmethod
+    async def _supervise(factory, restart_delay_ms, restart_on_return):
+        while True:
+            try:
+                result = await factory()
+                if not restart_on_return:
+                    return result
+                why = "returned"
+            except asyncio.CancelledError:
+                raise
+            except (Exception, KeyboardInterrupt) as e:
+                why = "failed: %r" % (e,)
+            warning("TaskManager", "supervised task %s %s; restarting it in %d ms" % (
+                getattr(factory, "__name__", factory), why, restart_delay_ms))
+            await asyncio.sleep_ms(restart_delay_ms)
+
+    @classmethod
+    def list_tasks(cls):
+        """The tasks create_task() made that have not finished yet (a new list)."""
+        return list(cls.task_list)
 
     @staticmethod
     async def wait_for(awaitable, timeout):
@@ -105,3 +151,24 @@ class TaskManager:
     @staticmethod
     def notify_event():
         return asyncio.Event()
+
+    @staticmethod
+    def good_stack_size():
+        """Bytes of stack for a thread that runs app code: _thread.stack_size(TaskManager.good_stack_size())."""
+        # an ESP32 has little RAM for thread stacks; on the desktop, heavy apps crash below about 20 KB
+        return 16 * 1024 if sys.platform == "esp32" else 24 * 1024
+
+    @staticmethod
+    def start_new_thread(function=None, args=()):
+        """Run function(*args) on a new thread with good_stack_size() of stack; returns what _thread returns.
+        Threads are few (an ESP32 runs a handful) and can only end themselves: a task is the better choice.
+        Without a function it starts nothing, as MicroPythonOS's own placeholder of this name."""
+        if function is None:
+            return None
+        import _thread
+
+        stack = _thread.stack_size(TaskManager.good_stack_size())  # the setting is global: put it back after
+        try:
+            return _thread.start_new_thread(function, args)
+        finally:
+            _thread.stack_size(stack)

@@ -22,6 +22,7 @@ from errno import ECONNREFUSED
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
+from .._log import warning
 from ..task_manager import TaskManager
 
 _CHUNK = const(1024)
@@ -299,13 +300,8 @@ def _leave():
 
 
 def _log(msg):
-    # Failures only, once each, with the reason. `logging` is absent on some ports (the unix port from PyPI).
-    try:
-        import logging
-
-        logging.getLogger("DownloadManager").warning(msg)
-    except ImportError:
-        sys.stderr.write("DownloadManager: %s\n" % msg)
+    # Failures only, once each, with the reason
+    warning("DownloadManager", msg)
 
 
 def _redact(url):

@@ -1069,11 +1069,12 @@ def test_concurrent_downloads_share_one_session(mpy, fault):
     r = mpy.run("""
 import asyncio
 from mpos import DownloadManager
+import mpos.net.download_manager as _dm  # to tell sessions apart
 sessions = set()
 async def main():
     async def one(url):
         async def chunk(data):
-            sessions.add(id(DownloadManager._session))
+            sessions.add(id(_dm._session))
             parts.append(data)
         parts = []
         assert await DownloadManager.download_url(url, chunk_callback=chunk)

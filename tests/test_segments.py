@@ -50,8 +50,8 @@ _dm._check = _check_and_keep
 
 def leaks(base):
     # what a download may leave behind: fds, tasks, slots, queue entries, listed downloads, the session
-    return {'fds': fd_count() - base, 'tasks': len(TaskManager.task_list), 'active': DownloadManager._active,
-            'queue': len(DownloadManager._queue), 'listed': len(DownloadManager.downloads()),
+    return {'fds': fd_count() - base, 'tasks': len(TaskManager.task_list), 'active': _dm._active,
+            'queue': len(_dm._queue), 'listed': len(DownloadManager.downloads()),
             'session': DownloadManager.is_session_active(), 'segments': running_segments()}
 """
 
@@ -311,8 +311,8 @@ async def main():
     except asyncio.TimeoutError:
         r = 'cancelled'
     ms = time.ticks_diff(time.ticks_ms(), t0)
-    inflight = {'listed': DownloadManager.downloads(), 'active': DownloadManager._active,
-                'queue': len(DownloadManager._queue), 'segments': running_segments(), 'masters': len(MASTERS)}
+    inflight = {'listed': DownloadManager.downloads(), 'active': _dm._active,
+                'queue': len(_dm._queue), 'segments': running_segments(), 'masters': len(MASTERS)}
     with open(OUT, 'rb') as f:
         old_kept = f.read() == OLD
     pos = DownloadManager.get_resume_position(OUT)
@@ -539,8 +539,8 @@ MAX = [0]
 STOP = [False]
 async def sampler():
     while not STOP[0]:
-        MAX[0] = max(MAX[0], DownloadManager._active)
-        q = [e[0] for e in DownloadManager._queue]
+        MAX[0] = max(MAX[0], _dm._active)
+        q = [e[0] for e in _dm._queue]
         if not QUEUES or QUEUES[-1] != q:
             QUEUES.append(q)
         await asyncio.sleep_ms(1)
@@ -554,13 +554,13 @@ async def main():
     low = asyncio.create_task(DownloadManager.download_url(URLL, outfile='l.bin'))
     high = asyncio.create_task(DownloadManager.download_url(URLH, outfile='h.bin', priority=5))
     await asyncio.sleep_ms(20)
-    queued = len(DownloadManager._queue)
+    queued = len(_dm._queue)
     rs = []
     for t in (b, seg, low, high):
         rs.append(await t)
     STOP[0] = True
     await s
-    result(rs=rs, queued=queued, max=MAX[0], queues=QUEUES, active=DownloadManager._active,
+    result(rs=rs, queued=queued, max=MAX[0], queues=QUEUES, active=_dm._active,
            shas=[sha256_file(f) for f in ('b.bin', 's.bin', 'l.bin', 'h.bin')], sent=SENT)
 run(main())
 """, URLB=fault.url("/bytes/400000?rate=200000&seed=1"), URLS=fault.url("/bytes/300000?rate=200000&seed=2"),

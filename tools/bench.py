@@ -403,7 +403,8 @@ SMALL_HEAP = """
 from mpos import DownloadManager
 ok = DownloadManager.download_url(URL, outfile=OUT)  # no event loop running: runs to completion
 # the file is checked from CPython: hashing it here would need heap of its own
-print('@@RESULT {"ok": %s, "file": "%s"}' % ("true" if ok is True else "false", DownloadManager.__file__))
+import mpos.net.download_manager as module
+print('@@RESULT {"ok": %s, "file": "%s"}' % ("true" if ok is True else "false", module.__file__))
 """
 
 CODE_RAM = """

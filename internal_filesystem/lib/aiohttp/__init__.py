@@ -1657,6 +1657,12 @@ class ClientSession:
     def delete(self, url, **kw):
         return self.request("DELETE", url, **kw)
 
+    def patch(self, url, **kw):
+        return self.request("PATCH", url, **kw)
+
+    def options(self, url, **kw):
+        return self.request("OPTIONS", url, **kw)
+
     def head(self, url, **kw):
         kw.setdefault("allow_redirects", False)
         return self.request("HEAD", url, **kw)

@@ -1,3 +1,3 @@
 # MicroPythonOS services used by apps: `from mpos import DownloadManager, TaskManager`.
 from .task_manager import TaskManager
-from .net import download_manager as DownloadManager
+from .net.download_manager import DownloadManager

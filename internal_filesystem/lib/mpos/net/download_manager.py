@@ -32,15 +32,6 @@ _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as 
 _ASSUMED_SIZE = const(102400)  # progress denominator when no size is known (the spec's 100 KB)
 _SPEED_MS = const(1000)
 
-# Tunables (plain module attributes, like the other MicroPythonOS managers):
-session_idle_ms = 2000  # keep the idle session (and its pooled connections) this long; 0 = close at once
-max_connections = 3  # downloads in flight at once; the rest wait, highest priority first
-user_agent = None  # default "MicroPythonOS/<version>"; a caller's User-Agent header always wins
-ca = None  # a CA (DER bytes, PEM text or a file path): when set, servers must present a certificate it signed
-max_reconnects = 10  # new requests one download may make after failures, whatever it gained in between
-retry_base_ms = 250  # the first retry waits about this long, each further one twice as long (with jitter)
-retry_max_ms = 10000  # no wait between tries is longer, a server's Retry-After included (an app is waiting)
-
 _TRANSIENT = (408, 429, 500, 502, 503, 504)
 
 
@@ -118,7 +109,7 @@ except ImportError:  # a port without threads
 _session = None
 _tls = None  # (the value of `ca` it was made for, its SSLContext): see _context
 _refs = 0
-_closer = None  # the task that closes the session after session_idle_ms
+_closer = None  # the task that closes the session after DownloadManager.session_idle_ms
 _jobs = []  # downloads queued or in flight, for downloads()
 _queue = []  # admission: [-priority, seq, event, granted] of waiting downloads
 _active = 0
@@ -192,7 +183,7 @@ def _context():
     # made once per value. Connections are pooled per context, so setting `ca` applies to every connection made
     # after it, and one made under another setting never serves a request made under this one.
     global _tls
-    now = ca
+    now = DownloadManager.ca
     if now is None:
         return None
     made = _tls
@@ -212,7 +203,7 @@ def _release():
         if _refs or _session is None:
             return
         idle = _session
-        now = session_idle_ms <= 0
+        now = DownloadManager.session_idle_ms <= 0
         if now:
             _session = None
     if now:
@@ -232,7 +223,7 @@ def _release():
 
 async def _close_when_idle(s):
     global _session, _closer
-    await TaskManager.sleep_ms(session_idle_ms)
+    await TaskManager.sleep_ms(DownloadManager.session_idle_ms)
     with _lock:
         if _session is not s or _refs:
             return
@@ -269,7 +260,7 @@ async def close_session():
 
 async def _admit(priority):
     global _active, _seq
-    if _active < max_connections and not _queue:
+    if _active < DownloadManager.max_connections and not _queue:
         _active += 1
         return
     _seq += 1
@@ -288,7 +279,7 @@ async def _admit(priority):
 
 def _leave():
     global _active
-    if _queue and _active <= max_connections:
+    if _queue and _active <= DownloadManager.max_connections:
         entry = _queue.pop(0)
         entry[3] = True
         entry[2].set()  # the slot passes straight to the next download
@@ -461,7 +452,7 @@ def _retry_in(job, e, fails, end):
     if err is None:
         raise e
     job.reconnects += 1
-    if not err.retry or fails >= job.tries or job.reconnects > max_reconnects:
+    if not err.retry or fails >= job.tries or job.reconnects > DownloadManager.max_reconnects:
         raise err
     return _backoff(err, job.reconnects, end)
 
@@ -470,8 +461,10 @@ def _backoff(err, n, end):
     # Seconds before try n + 1: exponential with jitter, or the server's Retry-After; never over retry_max_ms.
     import random
 
-    delay = err.after if err.after is not None else (retry_base_ms * (1 << min(n - 1, 16))) / 1000 * (0.5 + random.random())
-    delay = min(delay, retry_max_ms / 1000)
+    delay = err.after
+    if delay is None:
+        delay = DownloadManager.retry_base_ms * (1 << min(n - 1, 16)) / 1000 * (0.5 + random.random())
+    delay = min(delay, DownloadManager.retry_max_ms / 1000)
     if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
         raise DownloadTimeout("deadline reached")
     return delay
@@ -501,6 +494,13 @@ def _range(v):
     if not a.strip().isdigit() or (b.strip() and not b.strip().isdigit()):
         return None
     return int(a), (int(b) if b.strip() else None)
+
+
+def _with_user_agent(h):
+    # the User-Agent is ours unless the caller gave one
+    if not any(k.lower() == "user-agent" for k in h):
+        h["User-Agent"] = DownloadManager.user_agent or "MicroPythonOS/" + _version()
+    return h
 
 
 def _version():
@@ -578,9 +578,7 @@ class _Job:
         # What is sent: the caller's headers, and ours as the User-Agent unless the caller gave one. Built per
         # request and dropped once it is sent, so a download in flight holds no header dict.
         h = dict(self.headers)
-        if not any(k.lower() == "user-agent" for k in h):
-            h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
-        return h
+        return _with_user_agent(h)
 
     @property
     def mode(self):
@@ -594,6 +592,10 @@ class _Job:
     @property
     def fail(self):
         return None if self.mode == "memory" else False
+
+    def log(self, what):
+        # one line about this download; the URL redacted if asked, also inside the reason (errors quote it)
+        _log(("download of %s %s" % (self.url, what)).replace(self.url, self.shown))
 
     # -- sinks --
     def _open_file(self):
@@ -1138,7 +1140,7 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
 def _enter(job):
     sess = _acquire()
     if sess is None:
-        _log("aiohttp is not available, cannot download %s" % job.shown)
+        job.log("cannot start: aiohttp is not available")
     else:
         _jobs.append(job)
     return sess
@@ -1157,16 +1159,16 @@ def _failed(job, e):
     # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
     job.state = "failed"
     if isinstance(e, _CallbackError):
-        _log("download of %s stopped by its callback: %r" % (job.shown, e.error))
+        job.log("stopped by its callback: %r" % (e.error,))
         raise e.error
     if isinstance(e, MemoryError):
         e = OutOfMemory("out of memory")
     if not isinstance(e, DownloadError):
-        _log("download of %s failed: %r" % (job.shown, e))
+        job.log("failed: %r" % (e,))
         raise e
     if isinstance(e, OutOfMemory):
         _reclaim(job)
-    _log("download of %s failed (%s): %s" % (job.shown, e.reason, e))
+    job.log("failed (%s): %s" % (e.reason, e))
     if job.raise_errors:
         raise e
     return job.fail
@@ -1192,28 +1194,57 @@ def downloads():
     ]
 
 
-async def _post(url, data, headers):
+async def _post(url, data, headers, redact):
+    shown = _redact(url) if redact else url
     sess = _acquire()
     if sess is None:
-        _log("aiohttp is not available, cannot post to %s" % url)
+        _log("aiohttp is not available, cannot post to %s" % shown)
         return None
     try:
-        h = dict(headers or {})
-        if not any(k.lower() == "user-agent" for k in h):
-            h["User-Agent"] = user_agent or "MicroPythonOS/" + _version()
-        async with sess.post(url, data=data, headers=h, ssl=_context()) as resp:
+        async with sess.post(url, data=data, headers=_with_user_agent(dict(headers or {})), ssl=_context()) as resp:
             body = await resp.read()
             if 200 <= resp.status < 300:
                 return body
-            _log("post to %s failed: HTTP %d" % (url, resp.status))
+            _log("post to %s failed: HTTP %d" % (shown, resp.status))
     except Exception as e:
-        _log("post to %s failed: %r" % (url, e))
+        _log(("post to %s failed: %r" % (url, e)).replace(url, shown))
     finally:
         _release()
     return None
 
 
-def post_url(url, data=None, headers=None):
-    """POST data (bytes, str or dict as form fields) and return the response body, or None on failure."""
+def post_url(url, data=None, headers=None, redact_url=False):
+    """POST data (bytes, str or dict as form fields) and return the response body, or None on failure.
+    redact_url=True: logs show only scheme://host/… (the path and query may carry keys)."""
     _check(url, None, None, None, None, headers, {})
-    return _sync_or_async(_post(url, data, headers))
+    return _sync_or_async(_post(url, data, headers, redact_url))
+
+
+class DownloadManager:
+    """MicroPythonOS's download service (`from mpos import DownloadManager`): a module-level singleton, as the
+    other managers are. Its tunables are its attributes; set them on the class."""
+
+    session_idle_ms = 2000  # keep the idle session (and its pooled connections) this long; 0 = close at once
+    max_connections = 3  # downloads in flight at once; the rest wait, highest priority first
+    user_agent = None  # default "MicroPythonOS/<version>"; a caller's User-Agent header always wins
+    ca = None  # a CA (DER bytes, PEM text or a file path): when set, servers must present a certificate it signed
+    max_reconnects = 10  # new requests one download may make after failures, whatever it gained in between
+    retry_base_ms = 250  # the first retry waits about this long, each further one twice as long (with jitter)
+    retry_max_ms = 10000  # no wait between tries is longer, a server's Retry-After included (an app is waiting)
+
+    download_url = staticmethod(download_url)
+    post_url = staticmethod(post_url)
+    downloads = staticmethod(downloads)
+    is_network_error = staticmethod(is_network_error)
+    get_resume_position = staticmethod(get_resume_position)
+    is_session_active = staticmethod(is_session_active)
+    close_session = staticmethod(close_session)
+
+    DownloadError = DownloadError
+    HTTPError = HTTPError
+    NetworkError = NetworkError
+    DownloadTimeout = DownloadTimeout
+    IntegrityError = IntegrityError
+    LocalFileError = LocalFileError
+    OutOfMemory = OutOfMemory
+    TLSError = TLSError

@@ -251,7 +251,7 @@ class Segmented(_Job):
         self.size, self.validator = size, v
         todo = self._load(part)
         fresh = todo is None
-        k = 1 if dm._queue else 1 + max(0, min(self.nseg - 1, dm.max_connections - dm._active))
+        k = 1 if dm._queue else 1 + max(0, min(self.nseg - 1, dm.DownloadManager.max_connections - dm._active))
         plan = _split([[0, size - 1]] if fresh else todo, k)
         if fresh and len(plan) < 2:
             return False  # too small to split, or no connection free: one plain stream is cheaper

@@ -543,7 +543,7 @@ class FaultServer(_LoopThread):
             body = _encode(body, q("ce"))
             headers.append(("Content-Encoding", q("ce")))
         elif "bomb" in req.query:
-            body = _bomb(q("bomb", conv=int))
+            body = gzip_bomb(q("bomb", conv=int))
             headers.append(("Content-Encoding", "gzip"))
 
         if kind == "bytes" and q("norange") != "1":
@@ -678,7 +678,7 @@ def _encode(body, codings):
 
 
 @functools.lru_cache(maxsize=2)
-def _bomb(megabytes):
+def gzip_bomb(megabytes):
     """A gzip stream of megabytes MB of zeros: about 1 KB per MB."""
     z = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip wrapper
     zeros = bytes(1 << 20)

@@ -60,7 +60,7 @@ run(main())
     for got in v.results:
         connections = untrusted[got["leaf"]].connections
         if not (got["got"][0] != "returned" and names_the_certificate(got["got"][3]) and got["leaked"] == 0
-                and connections == 1 and got["ms"] < 500):
+                and connections == 1 and got["ms"] < 1000):
             wrong.append((got, "connections: %d" % connections))
     assert len(v.results) == len(LEAVES) and not wrong, "\n".join(map(repr, wrong))
 

@@ -19,7 +19,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations) | /chain/3/bytes/10?abs=1 |
 | /loop | redirects to itself, for ever | /loop |
 | /stats | JSON {connections, requests} as the server counted them | /stats |
-| key, skip, times | the fault options below apply only to the key's requests skip+1 .. skip+times (default: its first); the key also numbers the requests for newer= and churn= | drop=1000&key=a&times=2 |
+| key, skip, times | faults hit only the key's requests skip+1 .. skip+times (default: its first); newer=, churn= count by key | drop=1000&key=a&times=2 |
 | delay=S | wait S seconds before answering (even a fail=) | delay=0.5 |
 | fail=CODE | answer status CODE instead (retry_after=S adds Retry-After) | fail=503&retry_after=1 |
 | seed=S | other bytes (and ETag "N-S") for the same N | seed=3 |
@@ -27,22 +27,22 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
 | gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib); a Range then counts coded bytes | gzip=1 |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
-| ce=V | Content-Encoding: V, each coding of the list applied in order: gzip, x-gzip, deflate for real, identity not at all, any other name (br, compress, ...) as an XOR 0xFF of every byte, so a client that ignores it gets wrong bytes | ce=identity, gzip |
+| ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
 | bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
 | norange=1 | Range is ignored: always 200 and the whole resource | norange=1 |
 | rangemax=K | a 206 carries at most K bytes of the range asked (its Content-Range says so: a short 206) | rangemax=20000 |
-| ifrange=ignore | Range is served whatever If-Range says (h2o, twisted): a 206 with the current validator | ifrange=ignore&newer=2 |
-| newer=N | from the key's N-th request on, the resource is its next version: other bytes (seed+1), ETag and Last-Modified | drop=30000&key=a&newer=2 |
+| ifrange=ignore | Range served whatever If-Range says (h2o, twisted): a 206 with the current validator | ifrange=ignore |
+| newer=N | from the key's N-th request on, the next version: other bytes (seed+1), ETag, Last-Modified | key=a&newer=2 |
 | churn=1 | every request with the key sees a newer version than the one before | churn=1&key=a&drop=30000 |
 | grow=D | each version is D bytes longer than the one before (the Content-Range total changes) | newer=2&grow=5000 |
-| tagonly=1 | a new version changes only the ETag and Last-Modified, not the bytes (servers behind a load balancer) | newer=2&tagonly=1 |
+| tagonly=1 | a new version changes the ETag and Last-Modified, not the bytes (as behind a load balancer) | newer=2&tagonly=1 |
 | unasked=A-B | a request without Range gets a 206 for bytes A-B (B empty: to the end) | unasked=0-999 |
 | crange=V | a 206's Content-Range header says V instead (the body is unchanged) | crange=bytes 0-99/4611686018427387904 |
-| length=V | Content-Length: V whatever the body is (the connection then closes); with chunked=1 or te=, sent beside Transfer-Encoding and the connection stays open | length=4611686018427387904 |
+| length=V | Content-Length: V whatever the body, then a close; with chunked=1 or te= beside it, kept alive | length=4611686018427387904 |
 | chunked=1 | Transfer-Encoding: chunked; chunks=a,b,.. sizes the chunks in turn (default 1000) | chunked=1&chunks=1,7,300 |
 | trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line | chunked=1&ext=1 |
 | nolast=1 | with chunked=1: no last chunk, the connection just closes | chunked=1&nolast=1 |
-| te=V | a chunked body sent under Transfer-Encoding: V, its codings applied first as ce= does (CR LF SP in V folds the line) | te=gzip, chunked |
+| te=V | a chunked body under Transfer-Encoding: V, coded first as ce= does (CR LF SP in V folds the line) | te=gzip, chunked |
 | cl=0 | no Content-Length: the body ends when the connection closes | cl=0 |
 | close=1 | Connection: close after this response | close=1 |
 | closeafter=1 | a normal keep-alive response, then the server closes the idle connection 50 ms later | closeafter=1 |

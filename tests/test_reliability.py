@@ -563,8 +563,8 @@ def test_100_cancellations_leak_nothing(mpy, fault):
     assert v["good"] is True and v["sha"] == sha256_of(30000), v
 
 
-def test_cancelled_resume_keeps_partial_and_previous_outfile(mpy, fault):
-    v = mpy.run(PRE + """
+# A file download of STALL cancelled after 0.5 s, then the spec's resume recipe with GOOD.
+CANCELLED_RESUME = PRE + """
 async def main():
     with open('o.bin', 'wb') as f:
         f.write(OLD)
@@ -574,11 +574,16 @@ async def main():
         pass
     pos = DownloadManager.get_resume_position('o.bin')
     same = slurp('o.bin') == OLD
-    r = await DownloadManager.download_url(STALL, outfile='o.bin', headers={'Range': 'bytes=%d-' % pos})
+    r = await DownloadManager.download_url(GOOD, outfile='o.bin', headers={'Range': 'bytes=%d-' % pos})
     await DownloadManager.close_session()
     result(pos=pos, same=same, r=r, sha=sha256_file('o.bin'), sent=SENT)
 run(main())
-""", OLD=OLD, STALL=fault.url("/bytes/50000?stall=21000&stall_s=3&key=cancelled&times=1")).value
+"""
+
+
+def test_cancelled_resume_keeps_partial_and_previous_outfile(mpy, fault):
+    url = fault.url("/bytes/50000?stall=21000&stall_s=3&key=cancelled&times=1")  # stalls once
+    v = mpy.run(CANCELLED_RESUME, OLD=OLD, STALL=url, GOOD=url).value
     assert v["pos"] == 21000 and v["same"], v
     assert v["r"] is True and v["sha"] == sha256_of(50000) and v["sent"][-1] == ["bytes=21000-", '"50000-0"'], v
 

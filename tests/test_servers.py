@@ -267,3 +267,124 @@ def test_cli(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- answers a client must not trust
+
+def test_a_resource_that_changes_while_if_range_is_ignored(srv):
+    url = "/bytes/1000?key=v&newer=2&ifrange=ignore"
+    resp, body = get(srv, url)
+    assert body == payload(1000) and resp.getheader("ETag") == '"1000-0"'
+    old_date = resp.getheader("Last-Modified")
+    # the second request sees the next version, and its Range is served although If-Range names the old one
+    resp, body = get(srv, url, {"Range": "bytes=10-", "If-Range": '"1000-0"'})
+    assert resp.status == 206 and body == payload(1000, 1)[10:]
+    assert resp.getheader("ETag") == '"1000-1"' and resp.getheader("Last-Modified") != old_date
+    # honoured (the default), the same If-Range brings the whole new version
+    resp, body = get(srv, "/bytes/1000?key=w&newer=2")
+    resp, body = get(srv, "/bytes/1000?key=w&newer=2", {"Range": "bytes=10-", "If-Range": '"1000-0"'})
+    assert resp.status == 200 and body == payload(1000, 1)
+
+
+def test_versions_grow_keep_a_pinned_etag_or_change_only_the_etag(srv):
+    get(srv, "/bytes/1000?key=g&newer=2&grow=500&etag=fixed")
+    resp, body = get(srv, "/bytes/1000?key=g&newer=2&grow=500&etag=fixed", {"Range": "bytes=10-", "If-Range": "fixed"})
+    assert resp.getheader("Content-Range") == "bytes 10-1499/1500" and body == payload(1500, 1)[10:]
+    etags = [get(srv, "/bytes/1000?key=t&churn=1&tagonly=1")[0].getheader("ETag") for _ in range(3)]
+    assert etags == ['"1000-0"', '"1000-1"', '"1000-2"']
+    assert get(srv, "/bytes/1000?key=t&churn=1&tagonly=1")[1] == payload(1000)  # the bytes never change
+
+
+def test_unasked_short_and_lying_ranges_and_lengths(srv):
+    resp, body = get(srv, "/bytes/1000?unasked=100-199")
+    assert resp.status == 206 and resp.getheader("Content-Range") == "bytes 100-199/1000"
+    assert body == payload(1000)[100:200]
+    resp, body = get(srv, "/bytes/1000?rangemax=50", {"Range": "bytes=100-"})
+    assert resp.getheader("Content-Range") == "bytes 100-149/1000" and body == payload(1000)[100:150]
+    resp, body = get(srv, "/bytes/1000?crange=bytes%%20100-%d/%d" % (2 ** 70 - 1, 2 ** 70), {"Range": "bytes=100-"})
+    assert resp.getheader("Content-Range") == "bytes 100-%d/%d" % (2 ** 70 - 1, 2 ** 70)
+    out = raw(srv, b"GET /bytes/1000?length=4611686018427387904 HTTP/1.1\r\n\r\n")  # then the server closes
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"Content-Length: 4611686018427387904" in head and body == payload(1000)
+
+
+def dechunk(rest):
+    """A chunked body's data, and what follows its last chunk."""
+    body = b""
+    while True:
+        line, _, rest = rest.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if not size:
+            return body, rest
+        body, rest = body + rest[:size], rest[size + 2:]
+
+
+def test_transfer_and_content_codings(srv):
+    def answer(query):
+        head, _, rest = raw(srv, b"GET /bytes/3000?%s HTTP/1.1\r\nConnection: close\r\n\r\n" % query).partition(
+            b"\r\n\r\n")
+        return head, rest
+    flipped = bytes(b ^ 0xFF for b in payload(3000))
+    head, rest = answer(b"te=gzip,%20chunked&length=10")
+    assert b"Transfer-Encoding: gzip, chunked" in head and b"Content-Length: 10" in head
+    assert gzip.decompress(dechunk(rest)[0]) == payload(3000)
+    head, rest = answer(b"te=chunkeda")
+    assert b"Transfer-Encoding: chunkeda" in head and dechunk(rest) == (flipped, b"\r\n")
+    head, rest = answer(b"te=%0D%0A%20chunked")  # a folded line
+    assert b"Transfer-Encoding: \r\n chunked\r\n" in head and dechunk(rest)[0] == payload(3000)
+    for ce, decoded in ((b"br", flipped), (b"identity, gzip", gzip.compress(payload(3000), mtime=0)),
+                        (b"gzip, gzip", gzip.compress(gzip.compress(payload(3000), mtime=0), mtime=0))):
+        head, rest = answer(b"ce=" + ce.replace(b" ", b"%20"))
+        assert b"Content-Encoding: " + ce + b"\r\n" in head and rest == decoded
+
+
+def test_gzip_bomb_and_padded_heads(srv):
+    resp, body = get(srv, "/bytes/10?bomb=20")
+    assert resp.getheader("Content-Encoding") == "gzip" and len(body) < 30000
+    assert gzip.decompress(body) == bytes(20 << 20)
+    head = raw(srv, b"GET /bytes/10?pad=99&padlen=300 HTTP/1.1\r\nConnection: close\r\n\r\n").partition(b"\r\n\r\n")[0]
+    pads = [line for line in head.split(b"\r\n") if line.startswith(b"X-Pad-")]
+    assert len(pads) == 99 and {len(line) + 2 for line in pads} == {300}
+
+
+def test_drip_sends_the_head_a_byte_at_a_time(srv):
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET /bytes/10?drip=5 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        reads, data = 0, b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+            reads += 1
+        assert reads >= len(data) // 2  # (the kernel may merge a few)
+        while True:
+            more = s.recv(65536)
+            if not more:
+                break
+            data += more
+    assert data.partition(b"\r\n\r\n")[2] == payload(10)
+
+
+def test_log_tells_the_connection_and_the_time(srv):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    for _ in range(2):
+        conn.request("GET", "/bytes/10", headers={"Range": "bytes=1-"})
+        conn.getresponse().read()
+    conn.close()
+    get(srv, "/bytes/10")
+    assert [(r.connection, r.target, r.headers.get("range")) for r in srv.log] == [
+        (1, "/bytes/10", "bytes=1-"), (1, "/bytes/10", "bytes=1-"), (2, "/bytes/10", None)]
+    assert srv.log[0].t <= srv.log[1].t <= srv.log[2].t
+
+
+@pytest.mark.parametrize("leaf", ["wrong_host", "expired", "self_signed"])
+def test_tls_leaves_that_must_not_verify(certs, leaf):
+    with FaultServer(certs, leaf=leaf) as s:
+        conn = http.client.HTTPSConnection("localhost", s.port, timeout=5, context=certs.client_ctx())
+        with pytest.raises(ssl.SSLCertVerificationError) as e:
+            conn.request("GET", "/bytes/10")
+        conn.close()
+        # unverified, the same server answers
+        conn = http.client.HTTPSConnection("localhost", s.port, timeout=5, context=ssl._create_unverified_context())
+        conn.request("GET", "/bytes/10")
+        assert conn.getresponse().read() == payload(10)
+        conn.close()
+    assert {"wrong_host": "Hostname mismatch", "expired": "expired", "self_signed": "self-signed"}[leaf] in str(e.value)

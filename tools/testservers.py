@@ -1,18 +1,72 @@
 """HTTP test servers for the DownloadManager test suite (CPython only).
 
-FaultServer: a hand-written HTTP/1.1 server on raw asyncio streams that can
-misbehave on request (truncated bodies, resets, stalls, odd chunking, ...).
-RealServer: aiohttp.web, i.e. a well-behaved real-world HTTP/1.1 server.
+FaultServer: a hand-written HTTP/1.1 server on raw asyncio streams that misbehaves on request, chosen per request by
+the path and query string (the table below). RealServer: aiohttp.web, a well-behaved real-world HTTP/1.1 server.
+ScriptServer: answers byte for byte by script, for what no server would send.
 
-Each server runs its own event loop in a daemon thread, so synchronous code
-(pytest fixtures, benchmark scripts) can start and stop it. Run this file as a
-script to serve from a separate process (see main()).
+Each server runs its own event loop in a daemon thread, so synchronous code (pytest fixtures, benchmark scripts) can
+start and stop it. Run this file as a script to serve from a separate process (see main()).
+
+FaultServer's resources and query options. /bytes/N is N pseudo-random bytes (payload(N, seed)) with an ETag, a
+Last-Modified and Range/If-Range support; /json/N a JSON list of N items. Options apply to /bytes and /json unless
+the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&newer=2&ifrange=ignore.
+
+| option | meaning | example |
+|---|---|---|
+| /echo | a JSON account of the request: method, target, headers, body length and sha256 | /echo?a=1 |
+| /status/N | answers status N with a short body (retry_after=S adds Retry-After) | /status/503?retry_after=2 |
+| /redirect | one redirect, code= (default 302) to to= | /redirect?code=301&to=/bytes/10 |
+| /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations) | /chain/3/bytes/10?abs=1 |
+| /loop | redirects to itself, for ever | /loop |
+| /stats | JSON {connections, requests} as the server counted them | /stats |
+| key, skip, times | faults hit only the key's requests skip+1 .. skip+times (default: its first); newer=, churn= count by key | drop=1000&key=a&times=2 |
+| delay=S | wait S seconds before answering (even a fail=) | delay=0.5 |
+| fail=CODE | answer status CODE instead (retry_after=S adds Retry-After) | fail=503&retry_after=1 |
+| seed=S | other bytes (and ETag "N-S") for the same N | seed=3 |
+| text=1 | compressible text instead of random bytes | text=1&gzip=1 |
+| etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
+| gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib); a Range then counts coded bytes | gzip=1 |
+| gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
+| ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
+| bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
+| norange=1 | Range is ignored: always 200 and the whole resource | norange=1 |
+| rangemax=K | a 206 carries at most K bytes of the range asked (its Content-Range says so: a short 206) | rangemax=20000 |
+| ifrange=ignore | Range served whatever If-Range says (h2o, twisted): a 206 with the current validator | ifrange=ignore |
+| newer=N | from the key's N-th request on, the next version: other bytes (seed+1), ETag, Last-Modified | key=a&newer=2 |
+| churn=1 | every request with the key sees a newer version than the one before | churn=1&key=a&drop=30000 |
+| grow=D | each version is D bytes longer than the one before (the Content-Range total changes) | newer=2&grow=5000 |
+| tagonly=1 | a new version changes the ETag and Last-Modified, not the bytes (as behind a load balancer) | newer=2&tagonly=1 |
+| unasked=A-B | a request without Range gets a 206 for bytes A-B (B empty: to the end) | unasked=0-999 |
+| crange=V | a 206's Content-Range header says V instead (the body is unchanged) | crange=bytes 0-99/4611686018427387904 |
+| length=V | Content-Length: V whatever the body, then a close; with chunked=1 or te= beside it, kept alive | length=4611686018427387904 |
+| chunked=1 | Transfer-Encoding: chunked; chunks=a,b,.. sizes the chunks in turn (default 1000) | chunked=1&chunks=1,7,300 |
+| trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line | chunked=1&ext=1 |
+| nolast=1 | with chunked=1: no last chunk, the connection just closes | chunked=1&nolast=1 |
+| te=V | a chunked body under Transfer-Encoding: V, coded first as ce= does (CR LF SP in V folds the line) | te=gzip, chunked |
+| cl=0 | no Content-Length: the body ends when the connection closes | cl=0 |
+| close=1 | Connection: close after this response | close=1 |
+| closeafter=1 | a normal keep-alive response, then the server closes the idle connection 50 ms later | closeafter=1 |
+| truncate=K | send K bytes of the body (after Range), then close (FIN) | truncate=7000&norange=1 |
+| drop=K | send K bytes of the body, then reset (RST); without key= on every answer: a flapping link | drop=1024 |
+| stall=K | send K bytes of the body, then nothing for stall_s seconds (default 30), then close | stall=3000&stall_s=2 |
+| rate=B | send the body at B bytes per second | rate=100000 |
+| trickle=1 | (any path) the response goes out in pieces of 1, 2, 3, 5 ... 1500 bytes, 1 ms apart | trickle=1&chunked=1 |
+| drip=MS | (any path) the response head goes out one byte at a time, MS ms apart; the body as usual | drip=30 |
+| pad=K | K more header fields of padlen= bytes each (default 300) | pad=99&padlen=300 |
+| lower=1 | (any path) header names in lower case | lower=1 |
+
+Beside the options: FaultServer.force (options forced on every /bytes and /json request: the resource changes, its
+URL does not), .connections and .requests (counts), .served (body bytes set out to send) and .log (each request:
+when, on which connection, its target and headers).
 """
 
 import asyncio
+import datetime
+import email.utils
 import functools
 import gzip
 import hashlib
+import ipaddress
 import json
 import os
 import random
@@ -75,10 +129,14 @@ class Certs:
     other_ca_der_path: str  # an unrelated CA: verifying against it must fail
     other_ca_pem_path: str
     _server_cert: object = None
+    _leaves: dict = None  # kind -> a function that loads that certificate into a server context (see LEAVES)
 
-    def server_ctx(self):
+    def server_ctx(self, leaf="good"):
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._server_cert.configure_cert(ctx)
+        if leaf == "good":
+            self._server_cert.configure_cert(ctx)
+        else:
+            self._leaves[leaf](ctx)
         return ctx
 
     def client_ctx(self):
@@ -86,11 +144,22 @@ class Certs:
         return ssl.create_default_context(cadata=self.ca_pem)
 
 
+# The certificates a FaultServer(certs, leaf=...) can present besides the good one, each failing one check of a
+# client that trusts our CA: the name, the dates, the signature.
+LEAVES = ("wrong_host", "expired", "self_signed")
+
+
 def make_certs(dirpath, key_type=trustme.KeyType.ECDSA):
-    """Make a CA, a server cert for localhost/127.0.0.1 and an unrelated CA."""
+    """Make a CA, a server cert for localhost/127.0.0.1, an unrelated CA and the LEAVES that must not verify."""
     os.makedirs(dirpath, exist_ok=True)
     ca, other = trustme.CA(key_type=key_type), trustme.CA(key_type=key_type)
     leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=key_type)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    leaves = {
+        "wrong_host": ca.issue_cert("wrong.example", key_type=key_type).configure_cert,
+        "expired": ca.issue_cert("localhost", "127.0.0.1", key_type=key_type, not_before=now - _DAY * 30,
+                                 not_after=now - _DAY).configure_cert,
+    }
 
     def write(name, data):
         path = os.path.join(dirpath, name)
@@ -98,6 +167,8 @@ def make_certs(dirpath, key_type=trustme.KeyType.ECDSA):
             f.write(data)
         return path
 
+    self_signed = write("self_signed.pem", _self_signed("localhost", "127.0.0.1"))
+    leaves["self_signed"] = lambda ctx: ctx.load_cert_chain(self_signed)
     ca_pem = ca.cert_pem.bytes().decode()
     ca_der = ssl.PEM_cert_to_DER_cert(ca_pem)
     other_pem = other.cert_pem.bytes().decode()
@@ -107,8 +178,30 @@ def make_certs(dirpath, key_type=trustme.KeyType.ECDSA):
         ca_pem_path=write("ca.pem", ca_pem.encode()),
         other_ca_der_path=write("other_ca.der", ssl.PEM_cert_to_DER_cert(other_pem)),
         other_ca_pem_path=write("other_ca.pem", other_pem.encode()),
-        _server_cert=leaf,
+        _server_cert=leaf, _leaves=leaves,
     )
+
+
+_DAY = datetime.timedelta(days=1)
+
+
+def _self_signed(*names):
+    """PEM of a private key and a server certificate for names that the key signed itself (no CA at all)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    sans = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - _DAY)
+            .not_valid_after(now + _DAY * 365).add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
 
 
 # ---------------------------------------------------------------- thread host
@@ -198,21 +291,27 @@ class _Close(Exception):
 
 
 class FaultServer(_LoopThread):
-    """Hand-written HTTP/1.1 server whose misbehaviour is chosen per request
-    (path + query string; see _dispatch() and _entity())."""
+    """Hand-written HTTP/1.1 server whose misbehaviour is chosen per request (path + query string: the table in
+    the module docstring). With certs, it speaks TLS with the certificate `leaf` names ("good" or one of LEAVES)."""
 
-    def __init__(self, certs=None):
+    def __init__(self, certs=None, leaf="good"):
         super().__init__(certs)
+        self.leaf = leaf
         self.connections = self.requests = 0
         self._keys = {}  # fault key -> number of requests seen with it
         self.served = 0  # body bytes /bytes and /json responses set out to send (after Range and cut faults)
         self.force = {}  # query options forced on /bytes and /json: the resource changes, its URL does not
+        self.log = []  # every request (a _Request, with .t the time.monotonic() it came and .connection its number)
 
     def reset(self):
         self.connections = self.requests = 0
         self._keys.clear()
         self.served = 0
         self.force = {}
+        self.log = []
+
+    def _ssl(self):
+        return self.certs.server_ctx(self.leaf) if self.certs else None
 
     # -- lifecycle (on the loop)
 
@@ -222,7 +321,9 @@ class FaultServer(_LoopThread):
         def protocol():  # what start_server() does, plus counting at TCP accept
             # time (start_server's callback would only run after a TLS handshake)
             self.connections += 1
-            return asyncio.StreamReaderProtocol(asyncio.StreamReader(1 << 20), self._client)
+            number = self.connections
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(1 << 20),
+                                                lambda r, w: self._client(r, w, number))
         self._server = await asyncio.get_running_loop().create_server(
             protocol, HOST, 0, ssl=self._ssl())
         self.port = self._server.sockets[0].getsockname()[1]
@@ -238,7 +339,7 @@ class FaultServer(_LoopThread):
 
     # -- connection loop
 
-    async def _client(self, reader, writer):
+    async def _client(self, reader, writer, number):
         entry = (asyncio.current_task(), writer)
         self._tasks.add(entry)
         try:
@@ -247,9 +348,15 @@ class FaultServer(_LoopThread):
                 if req is None:
                     break
                 self.requests += 1
+                req.t, req.connection = time.monotonic(), number
+                self.log.append(req)
                 keep = (req.version == "HTTP/1.1"
                         and req.headers.get("connection", "").lower() != "close")
-                out = _Trickle(writer) if "trickle" in req.query else writer
+                out = writer
+                if "trickle" in req.query:
+                    out = _Trickle(writer)
+                elif "drip" in req.query:
+                    out = _Drip(writer, req.q("drip", conv=float) / 1000)
                 try:
                     await self._dispatch(req, out, keep)
                     await out.drain()
@@ -342,13 +449,23 @@ class FaultServer(_LoopThread):
         self._simple(writer, req, code, extra=[("Location", location)], keep=keep)
 
     def _faulty(self, req):
-        """Do the fault options apply to this request? (key/times gating)"""
+        """Do the fault options apply to this request? (key/times gating) Also numbers it: req.nth, 1 for the
+        key's first request (0 without a key)."""
         key = req.q("key")
+        req.nth = 0
         if key is None:
             return True
-        self._keys[key] = self._keys.get(key, 0) + 1
-        k = self._keys[key] - req.q("skip", 0, int)  # skip=K: the key's first K requests are served normally
+        self._keys[key] = req.nth = self._keys.get(key, 0) + 1
+        k = req.nth - req.q("skip", 0, int)  # skip=K: the key's first K requests are served normally
         return 0 < k <= req.q("times", 1, int)
+
+    @staticmethod
+    def _version(req):
+        """Which version of the resource this request sees (newer=, churn=): 0 is the original."""
+        if req.q("churn") == "1":
+            return max(req.nth - 1, 0)
+        newer = req.q("newer", conv=int)
+        return 1 if newer is not None and 0 < newer <= req.nth else 0
 
     # -- routing
 
@@ -403,11 +520,16 @@ class FaultServer(_LoopThread):
             body = json.dumps([{"id": i, "name": "item %d" % i} for i in range(n)]).encode()
             headers = [("Content-Type", "application/json")]
         else:
+            version = self._version(req)
+            tagonly = q("tagonly") == "1"
+            size = n if tagonly else n + version * q("grow", 0, int)
             seed = q("seed", 0, int)
-            body = text_payload(n) if q("text") == "1" else payload(n, seed)
-            etag = q("etag", '"%d-%d"' % (n, seed))
+            body = text_payload(size) if q("text") == "1" else payload(size, seed if tagonly else seed + version)
+            etag = q("etag", '"%d-%d"' % (size, seed + version))
+            last_modified = _http_date(version)
             headers = [("Content-Type", "application/octet-stream"), ("ETag", etag),
-                       ("Last-Modified", LAST_MODIFIED)]
+                       ("Last-Modified", last_modified)]
+        headers += _padding(q("pad", 0, int), q("padlen", 300, int))
         # Content coding first: a Range then addresses the encoded bytes, as in HTTP.
         if q("gzip") == "1" or q("gztrunc") == "1":
             body = gzip.compress(body, mtime=0)
@@ -417,12 +539,20 @@ class FaultServer(_LoopThread):
         elif q("deflate") == "1":
             body = zlib.compress(body)
             headers.append(("Content-Encoding", "deflate"))
+        elif "ce" in req.query:
+            body = _encode(body, q("ce"))
+            headers.append(("Content-Encoding", q("ce")))
+        elif "bomb" in req.query:
+            body = gzip_bomb(q("bomb", conv=int))
+            headers.append(("Content-Encoding", "gzip"))
 
         if kind == "bytes" and q("norange") != "1":
             headers.append(("Accept-Ranges", "bytes"))
             rng = req.headers.get("range")
             if_range = req.headers.get("if-range")
-            if rng and (if_range is None or if_range in (etag, LAST_MODIFIED)):
+            if rng is None and "unasked" in req.query:
+                rng = "bytes=" + q("unasked")
+            if rng and (if_range is None or if_range in (etag, last_modified) or q("ifrange") == "ignore"):
                 span = _parse_range(rng, len(body))
                 if span == "unsatisfiable":
                     return self._simple(writer, req, 416, extra=[
@@ -431,19 +561,26 @@ class FaultServer(_LoopThread):
                     a, b = span
                     if "rangemax" in req.query:  # rangemax=K: 206 parts of at most K bytes (a server may send less)
                         b = min(b, a + q("rangemax", conv=int) - 1)
-                    headers.append(("Content-Range", "bytes %d-%d/%d" % (a, b, len(body))))
+                    headers.append(("Content-Range", q("crange", "bytes %d-%d/%d" % (a, b, len(body)))))
                     body, status = body[a:b + 1], 206
 
         # Framing: chunked, close-delimited, or Content-Length (the default).
-        chunked = q("chunked") == "1"
+        te = q("te")
+        chunked = q("chunked") == "1" or te is not None
         if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
+            headers.append(("Transfer-Encoding", te or "chunked"))
+            if te:
+                body = _encode(body, te)  # transfer codings apply to what this message carries
             if q("trailer") == "1":
                 headers.append(("Trailer", "X-Checksum"))
+            if "length" in req.query:
+                headers.append(("Content-Length", q("length")))
         elif q("cl") == "0":
             keep = False  # the close is what ends the body
         else:
-            headers.append(("Content-Length", str(len(body))))
+            headers.append(("Content-Length", q("length", str(len(body)))))
+            if "length" in req.query:
+                keep = False  # what the length says is no frame: the close ends the body
         if q("close") == "1":
             keep = False
 
@@ -509,6 +646,45 @@ class FaultServer(_LoopThread):
                     await asyncio.sleep(ahead)
 
 
+def _http_date(version):
+    """Last-Modified of a version of a resource: LAST_MODIFIED for the original, a day later for each newer one."""
+    return email.utils.formatdate(1445412480 + version * 86400, usegmt=True)
+
+
+def _padding(count, size):
+    """count header fields whose lines are size bytes each, CRLF included."""
+    fields = []
+    for i in range(count):
+        name = "X-Pad-%d" % i
+        fields.append((name, "p" * max(1, size - len(name) - 4)))
+    return fields
+
+
+_FLIP = bytes(range(255, -1, -1))
+
+
+def _encode(body, codings):
+    """body coded by each coding a Content-Encoding or Transfer-Encoding value lists, in order: gzip and deflate for
+    real, identity and chunked (framing, done elsewhere) not at all, any other name by flipping every bit."""
+    for name in codings.replace("\r\n", " ").split(","):
+        name = name.strip().lower()
+        if name in ("gzip", "x-gzip"):
+            body = gzip.compress(body, mtime=0)
+        elif name == "deflate":
+            body = zlib.compress(body)
+        elif name not in ("", "identity", "chunked"):
+            body = body.translate(_FLIP)
+    return body
+
+
+@functools.lru_cache(maxsize=2)
+def gzip_bomb(megabytes):
+    """A gzip stream of megabytes MB of zeros: about 1 KB per MB."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip wrapper
+    zeros = bytes(1 << 20)
+    return b"".join([z.compress(zeros) for _ in range(megabytes)] + [z.flush()])
+
+
 class _Trickle:
     """trickle=1: the whole response (head, chunk lines, body, trailers) goes out in pieces of 1, 2, 3, 5... and
     1500 bytes with a pause after each, so a client's reads end at every kind of place: inside the head, a
@@ -538,6 +714,30 @@ class _Trickle:
 
     def __getattr__(self, name):  # transport, get_extra_info...
         return getattr(self._w, name)
+
+
+class _Drip(_Trickle):
+    """drip=MS: the response head goes out one byte at a time, `pause` seconds apart (each byte well within a
+    client's read timeout, the whole head far beyond it); then the rest at once, and later writes as they come."""
+
+    def __init__(self, writer, pause):
+        super().__init__(writer)
+        self._pause = pause
+        self._head = True
+
+    async def flush(self):
+        if not self._head:
+            self._w.write(bytes(self._out))
+            del self._out[:]
+            return await self._w.drain()
+        self._head = False
+        end = self._out.find(b"\r\n\r\n") + 4
+        for i in range(end):
+            self._w.write(self._out[i:i + 1])
+            await self._w.drain()
+            await asyncio.sleep(self._pause)
+        del self._out[:end]
+        await self.flush()
 
 
 def _reset(writer):

@@ -1,0 +1,364 @@
+"""A download ends with exactly the bytes the server's resource holds, or fails cleanly, whatever the server answers
+(issue 17): answers about ranges are checked, not trusted; framing and codings the client cannot read are errors,
+never bytes handed on as the body; a gzip bomb is bounded. FaultServer gives each answer, MicroPython downloads it
+in every mode, and each outcome is checked by sha256, or by the untouched outfile."""
+import os
+import signal
+import subprocess
+import time
+from hashlib import sha256
+from urllib.parse import quote
+
+import pytest
+
+from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, failed, ok, prefix_sha
+from tools.mpy import LIB, micropypath, micropython
+from tools.testservers import gzip_bomb, payload, sha256_of
+
+REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "error")  # DownloadError and its subclasses
+
+
+def fresh(v):
+    """The last request asked for the whole resource, no Range: the download started over."""
+    assert v["sent"][-1] == [None, None], v
+
+
+def handed_out_nothing_wrong(v):
+    """Stream mode failed, and what it handed out is exactly the start of /bytes/100000 as the download began."""
+    failed(v, "stream")
+    assert v["sha"] == prefix_sha(100000, v["len"]), v
+
+
+def clean_error(v):
+    """raise_errors=True raised a DownloadError (it has a reason), not an exception from inside the library."""
+    assert v["ret"] == "raised" and v["err"][1] in REASONS, v
+
+
+# --- a resource that changes under a download -------------------------------------------------------------------
+
+# The first answer is cut after 30000 bytes; by the time the download resumes, the resource has changed.
+CHANGES = {
+    # h2o and twisted: If-Range ignored, the 206 comes with the new ETag
+    "if-range-ignored": "/bytes/100000?drop=30000&key=c&newer=2&ifrange=ignore",
+    # the same validator, but the resumed answer's Content-Range total is not the first answer's size
+    "total-changed": "/bytes/100000?drop=30000&key=c&newer=2&grow=5000&etag=%22fixed%22",
+    # the bytes stay, the ETag changes (servers behind a load balancer), If-Range ignored
+    "etag-changed": "/bytes/100000?drop=30000&key=c&newer=2&tagonly=1&ifrange=ignore",
+}
+NEW = {"if-range-ignored": (100000, 1), "total-changed": (105000, 1), "etag-changed": (100000, 0)}
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_an_answer_from_another_version_makes_file_and_memory_mode_start_over(mpy, fault, change, mode):
+    v = dl(mpy, fault.url(CHANGES[change]), mode, old=OLD)
+    ok(v, *NEW[change])
+    fresh(v)
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_an_answer_from_another_version_fails_stream_mode(mpy, fault, change):
+    handed_out_nothing_wrong(dl(mpy, fault.url(CHANGES[change]), "stream"))
+    v = dl(mpy, fault.url(CHANGES[change].replace("key=c", "key=r")), "stream", raise_errors=True)
+    clean_error(v)
+    assert change == "total-changed" or v["err"][0] == "NetworkError", v  # If-Range named another version
+
+
+def test_a_resource_that_keeps_changing_fails_cleanly_within_a_bound(mpy, fault):
+    # every answer is cut after 30000 bytes and comes from a newer version: no two answers ever fit together
+    url = fault.url("/bytes/100000?key=k&times=1000&churn=1&drop=30000&ifrange=ignore")
+    v = dl(mpy, url, "file", old=OLD)
+    failed(v, "file")
+    assert fault.requests <= 20, fault.requests
+    v = dl(mpy, url, "memory")
+    failed(v, "memory")
+
+
+# The documented resume recipe after a download that stopped at 30000 bytes (it stalls there): with the resource
+# unchanged it continues; changed on the server, it starts over; a .part made from another URL is never continued.
+def resume_url(changed, server, key):
+    url = "/bytes/100000?stall=30000&stall_s=3&key=%s" % key
+    return url + ("&newer=2" if changed else "") + ("&ifrange=ignore" if server == "ignores If-Range" else "")
+
+
+@pytest.mark.parametrize("server", ["honours If-Range", "ignores If-Range"])
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_resume_recipe_after_a_cancel_checks_the_validator(mpy, fault, changed, server):
+    url = fault.url(resume_url(changed, server, "a"))
+    v = mpy.run(CANCELLED_RESUME, STALL=url, GOOD=url, OLD=OLD).value
+    assert v["pos"] == 30000 and v["r"] is True, v
+    assert v["sha"] == sha256_of(100000, seed=1 if changed else 0), v
+    assert v["sent"][1] == ["bytes=30000-", '"100000-0"'], v  # If-Range: the version the .part holds
+
+
+def test_the_resume_recipe_never_continues_a_part_made_from_another_url(mpy, fault):
+    first, other = fault.url("/bytes/100000?stall=30000&stall_s=3"), fault.url("/bytes/100000?seed=2")
+    v = mpy.run(CANCELLED_RESUME, STALL=first, GOOD=other, OLD=OLD).value
+    assert v["pos"] == 30000 and v["r"] is True and v["sha"] == sha256_of(100000, seed=2), v
+
+
+KILLME = """
+from mpos import DownloadManager
+DownloadManager.download_url(URL, outfile='out.bin')
+"""
+
+
+def kill_when_part_has(mpy, url, n):
+    """Run a file download of url in a MicroPython process and SIGKILL it (no cleanup: a reboot) once out.bin.part
+    holds n bytes."""
+    script = mpy.tmpdir / "killme.py"
+    script.write_text("URL = %r\n" % url + KILLME)
+    part = mpy.tmpdir / "out.bin.part"
+    proc = subprocess.Popen([micropython(), str(script)], cwd=str(mpy.tmpdir),
+                            env=dict(os.environ, MICROPYPATH=micropypath(LIB)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not (part.exists() and part.stat().st_size == n):
+            assert time.time() - t0 < 10 and proc.poll() is None, "the download never reached %d bytes" % n
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("server", ["honours If-Range", "ignores If-Range"])
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_resume_recipe_after_the_process_was_killed_checks_the_validator(mpy, fault, changed, server):
+    url = fault.url(resume_url(changed, server, "k"))
+    kill_when_part_has(mpy, url, 30000)
+    v = dl(mpy, url, "file", resume=True)
+    ok(v, 100000, seed=1 if changed else 0)
+    assert v["sent"][0] == ["bytes=30000-", '"100000-0"'], v
+
+
+# --- 206 answers that are not what was asked ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("unasked", ["0-49999", "1000-"])
+def test_a_206_to_a_request_for_everything_is_a_failure(mpy, fault, mode, unasked):
+    v = dl(mpy, fault.url("/bytes/100000?unasked=" + unasked), mode, old=OLD)
+    failed(v, mode)
+    assert mode != "stream" or v["len"] == 0, v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_206_that_covers_the_whole_resource_is_the_body(mpy, fault, mode):
+    ok(dl(mpy, fault.url("/bytes/100000?unasked=0-"), mode, old=OLD), 100000)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_short_206_is_continued_where_it_ended(mpy, fault, mode):
+    # the resume is answered 20000 bytes at a time: each next request starts where the last 206 ended
+    v = dl(mpy, fault.url("/bytes/100000?truncate=30000&key=s&rangemax=20000"), mode, old=OLD)
+    ok(v, 100000)
+    assert [r for r, _ in v["sent"]] == [None] + ["bytes=%d-" % k for k in (30000, 50000, 70000, 90000)], v
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_short_206_to_a_callers_range_is_continued(mpy, fault, mode):
+    v = dl(mpy, fault.url("/bytes/50000?rangemax=20000"), mode, headers={"Range": "bytes=1000-"})
+    assert v["ret"] in ("bytes", True) and v["sha"] == sha256(payload(50000)[1000:]).hexdigest(), v
+    assert [r for r, _ in v["sent"]] == ["bytes=1000-", "bytes=21000-", "bytes=41000-"], v
+
+
+# --- numbers past a machine word -----------------------------------------------------------------------------------
+
+HUGE = [2 ** 62, 2 ** 70]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("value", HUGE)
+def test_a_content_length_past_a_machine_word_is_a_clean_failure(mpy, fault, mode, value):
+    # the server sends 1000 bytes and closes: nothing may try to make room for the length it announced
+    url = fault.url("/bytes/1000?length=%d" % value)
+    failed(dl(mpy, url, mode, old=OLD), mode)
+    v = dl(mpy, url, mode, old=OLD, raise_errors=True)
+    clean_error(v)
+    assert mode != "memory" or v["err"][1] in ("memory", "http", "network"), v
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("end", ["real", "huge"])
+@pytest.mark.parametrize("total", HUGE)
+def test_a_content_range_past_a_machine_word_is_a_clean_failure(mpy, fault, mode, total, end):
+    last = 99999 if end == "real" else total - 1
+    url = fault.url("/bytes/100000?truncate=30000&key=h&crange=" + quote("bytes 30000-%d/%d" % (last, total)))
+    v = dl(mpy, url, mode, old=OLD, raise_errors=True)
+    clean_error(v)
+    if mode == "file":
+        assert v["sha"] == OLD_SHA, v
+
+
+READ = """
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            for how in ("read", "readinto"):
+                try:
+                    async with session.get(url) as resp:
+                        if how == "read":
+                            body = await resp.read()
+                            sha, n = sha256(body), len(body)
+                        else:
+                            sha, n, reads = await sha_readinto(resp, 1000)
+                    result(url=url, how=how, sha=sha, n=n)
+                except aiohttp.ClientError as e:  # anything else escapes: the snippet fails with its traceback
+                    result(url=url, how=how, err=type(e).__name__)
+run(main())
+"""
+
+
+def read_every_way(mpy, urls):
+    """Each URL read by aiohttp's read() and readinto() -> [outcome]; an exception that is no ClientError fails."""
+    return mpy.run(READ, URLS=urls).results
+
+
+def test_read_never_allocates_a_content_length_past_a_machine_word(mpy, fault):
+    for got in read_every_way(mpy, [fault.url("/bytes/1000?length=%d" % v) for v in HUGE]):
+        assert "err" in got or (got["sha"], got["n"]) == (sha256_of(1000), 1000), got
+
+
+# --- framing and codings -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunked_wins_over_a_content_length(mpy, fault, mode):
+    ok(dl(mpy, fault.url("/bytes/20000?chunked=1&length=1000"), mode, old=OLD), 20000)
+
+
+def never_reused(fault, marker):
+    """No request came on a connection after an answer to a request whose target holds marker."""
+    spent = {r.connection for r in fault.log if marker in r.target}
+    for before, after in zip(fault.log, fault.log[1:]):
+        assert not (before.connection in spent and after.connection == before.connection), [
+            (r.connection, r.target) for r in fault.log]
+
+
+def test_a_connection_that_sent_chunked_and_a_content_length_is_not_reused(mpy, fault):
+    v = mpy.run(PRE + """
+async def main():
+    shas = []
+    for url in URLS:
+        r = await DownloadManager.download_url(url)
+        shas.append(sha256(r) if r else None)
+    await DownloadManager.close_session()
+    result(shas=shas)
+run(main())
+""", URLS=[fault.url("/bytes/20000?chunked=1&length=1000"), fault.url("/bytes/3000")]).value
+    assert v["shas"] == [sha256_of(20000), sha256_of(3000)], v
+    never_reused(fault, "length=")
+    fault.reset()
+    got = read_every_way(mpy, [fault.url("/bytes/20000?chunked=1&length=1000"), fault.url("/bytes/3000")])
+    assert [(g.get("sha"), g.get("n")) for g in got] == [(sha256_of(20000), 20000)] * 2 + [(sha256_of(3000), 3000)] * 2
+    never_reused(fault, "length=")
+
+
+# Transfer codings: only plain chunked is ours. Values are URL-encoded: %0D%0A%20 folds the header line.
+TE_REFUSED = ["gzip, chunked", "x-custom, chunked", "chunkeda"]
+TE_READ = ["Chunked", "%0D%0A%20chunked"]
+# Content codings: gzip, x-gzip, deflate, identity, as tokens of a list
+CE_REFUSED = ["br", "compress", "x-custom"]
+CE_READ = ["identity, gzip", "gzip,", "%0D%0A%20gzip", "x-gzip", "GZIP"]
+
+
+def coded(option, value):
+    return "/bytes/20000?%s=%s" % (option, value.replace(" ", "%20"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", [coded("te", v) for v in TE_REFUSED] + [coded("ce", v) for v in CE_REFUSED])
+def test_a_coding_the_client_cannot_read_is_a_failure_not_the_body(mpy, fault, mode, path):
+    v = dl(mpy, fault.url(path), mode, old=OLD)
+    failed(v, mode)
+    assert mode != "stream" or v["len"] == 0, v  # not a coded byte handed out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", [coded("te", v) for v in TE_READ] + [coded("ce", v) for v in CE_READ])
+def test_codings_are_matched_as_tokens(mpy, fault, mode, path):
+    ok(dl(mpy, fault.url(path), mode, old=OLD), 20000)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gzip_twice_is_decoded_twice_or_refused(mpy, fault, mode):
+    v = dl(mpy, fault.url(coded("ce", "gzip, gzip")), mode, old=OLD)
+    if v["ret"] in ("bytes", True):
+        ok(v, 20000)
+    else:
+        failed(v, mode)
+        assert mode != "stream" or v["len"] == 0, v
+
+
+def test_the_client_never_hands_on_coded_bytes(mpy, fault):
+    refused = [coded("te", v) for v in TE_REFUSED] + [coded("ce", v) for v in CE_REFUSED]
+    read = [coded("te", v) for v in TE_READ] + [coded("ce", v) for v in CE_READ]
+    twice = coded("ce", "gzip, gzip")
+    got = read_every_way(mpy, [fault.url(p) for p in refused + read + [twice]])
+    assert len(got) == 2 * (len(refused) + len(read) + 1)
+    exact = (sha256_of(20000), 20000)
+    wrong = [g for g in got[:2 * len(refused)] if "err" not in g]
+    wrong += [g for g in got[2 * len(refused):] if (g.get("sha"), g.get("n")) != exact
+              and not ("err" in g and g["url"].endswith(twice))]
+    assert not wrong, "\n".join(map(repr, wrong))
+
+
+# --- a gzip bomb -----------------------------------------------------------------------------------------------------
+
+BOMB = PRE + """
+async def main():
+    longest = [0]
+    async def ticker():  # the UI: it must get a turn at least every 100 ms
+        last = time.ticks_ms()
+        while True:
+            await asyncio.sleep_ms(5)
+            now = time.ticks_ms()
+            longest[0] = max(longest[0], time.ticks_diff(now, last))
+            last = now
+    t = asyncio.create_task(ticker())
+    await asyncio.sleep_ms(20)
+    got = [0]
+    def count(chunk):
+        got[0] += len(chunk)
+    kw = dict(KW)
+    if MODE == 'stream':
+        kw['chunk_callback'] = count
+    elif MODE == 'file':
+        kw['outfile'] = 'out.bin'
+    t0 = time.ticks_ms()
+    try:
+        r = await DownloadManager.download_url(URL, **kw)
+        r = 'bytes' if isinstance(r, bytes) else r
+    except Exception as e:
+        r = describe(e)
+    ms = since(t0)
+    t.cancel()
+    await DownloadManager.close_session()
+    result(r=r, ms=ms, longest=longest[0], got=got[0], out=sha256_file('out.bin'))
+run(main())
+"""
+
+
+def bomb(mpy, fault, mode, **kw):
+    gzip_bomb(200)  # made before the clock starts: the server makes it once
+    with open(mpy.tmpdir / "out.bin", "wb") as f:
+        f.write(OLD)
+    return mpy.run(BOMB, URL=fault.url("/bytes/1?bomb=200"), MODE=mode, KW=kw).value
+
+
+def test_a_gzip_bomb_is_stopped_by_max_size_while_other_tasks_run(mpy, fault):
+    v = bomb(mpy, fault, "stream", max_size=256 << 10)
+    assert v["r"] is False and v["got"] <= 256 << 10, v
+    assert v["longest"] < 100 and v["ms"] < 500, v
+
+
+def test_a_gzip_bomb_is_bounded_by_the_deadline(mpy, fault):
+    v = bomb(mpy, fault, "file", deadline=0.5)
+    assert v["r"] is False and v["out"] == OLD_SHA, v
+    assert v["longest"] < 100 and v["ms"] < 800, v
+
+
+def test_a_gzip_bomb_in_memory_mode_fails_cleanly(mpy, fault):
+    v = bomb(mpy, fault, "memory", raise_errors=True)
+    assert v["r"][1] in ("memory", "error"), v
+    assert v["longest"] < 100 and v["ms"] < 1500, v

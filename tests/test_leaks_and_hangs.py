@@ -79,7 +79,7 @@ run(main())
 """, CA=certs.ca_der_path, URLS=[(leaf, by_name(srv, "/bytes/1000")) for leaf, srv in untrusted.items()])
     assert len(v.results) == len(LEAVES)
     for got in v.results:
-        assert got["err"][0] == "ClientConnectionError" and names_the_certificate(got["err"][1]), got
+        assert got["err"][0] == "ClientConnectorCertificateError" and names_the_certificate(got["err"][1]), got
         assert got["leaked"] == 0 and untrusted[got["leaf"]].connections == 1, got
 
 
@@ -118,7 +118,7 @@ async def main():
 run(main())
 """, URL=fault_tls.url("/bytes/1000"), CAS=cas).value
     ok = sha256_of(1000)
-    assert v["got"] == [[False, ok], [True, "network"], [True, ok], [True, "network"], [True, ok]], v
+    assert v["got"] == [[False, ok], [True, "tls"], [True, ok], [True, "tls"], [True, ok]], v
 
 
 # --- the session's idle close, where create_task runs a coroutine's first step at once ----------------------------
@@ -243,23 +243,26 @@ def test_a_timeout_names_the_seconds_it_waited(mpy, fault):
 
 # 99 header lines of 300 and of 330 bytes: 30 and 32 KB, under the 32 KB a head may take
 LONG_HEADS = ["/json/3?pad=97&padlen=300", "/json/3?pad=97&padlen=330"]
-# the whole heap but this many KB in one piece: from what README says a 32 KB head needs to what a 200 KB heap has
+# the whole heap but this many KB in one piece once the library is imported: from what README says a 32 KB head
+# needs to what a 200 KB heap has
 FREE_KB = range(64, 121, 8)
 
 
-def test_a_head_under_the_cap_is_read_in_a_small_heap_or_refused_cleanly(mpy, fault):
+def test_a_head_under_the_cap_is_read_in_a_small_heap(mpy, fault):
     wrong = []
     for free in FREE_KB:
-        r = mpy.run(HEAD, URL=fault.url(""), PATHS=LONG_HEADS + ["/json/3"], FREE=free * 1024, heapsize="200k",
-                    compiled=True)
-        for got in r.results:
-            if not (got.get("n") in (2, 99) or got.get("err") == "ClientResponseError"):
-                wrong.append((free, got))
+        for path in LONG_HEADS:  # one process each: a head read before would still hold its share
+            r = mpy.run(HEAD, URL=fault.url(""), PATHS=[path, "/json/3"], FREE=free * 1024, heapsize="200k",
+                        compiled=True)
+            for got in r.results:
+                if got.get("n") not in (2, 99):
+                    wrong.append((free, got))
     assert not wrong, wrong  # the last of each: the client goes on working
 
 
 SMALL_HEAP = """
 from mpos import DownloadManager
+import aiohttp  # (DownloadManager imports it with its first download: FREE is what is left after both)
 async def main():
     ballast = leave_free(FREE)
     try:
@@ -275,11 +278,11 @@ run(main())
 
 def test_a_download_with_a_long_head_in_a_small_heap_never_runs_out_of_memory(mpy, fault):
     wrong = []
-    for free in FREE_KB[:5]:  # (the snippet's own code takes the rest of a 200 KB heap)
+    for free in FREE_KB[:3]:  # (with the library imported, a 200 KB heap has about 85 KB left)
         for path in LONG_HEADS:
             url = fault.url(path.replace("json/3", "bytes/2000").replace("pad=97", "pad=94"))  # 99 lines again
             got = mpy.run(SMALL_HEAP, URL=url, FREE=free * 1024, heapsize="200k", compiled=True).value["got"]
-            if got not in (sha256_of(2000), ["HTTPError", "http"]):
+            if got != sha256_of(2000):
                 wrong.append((free, path, got))
     assert not wrong, wrong
 

@@ -15,7 +15,7 @@ from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, fai
 from tools.mpy import LIB, micropypath, micropython
 from tools.testservers import gzip_bomb, payload, sha256_of
 
-REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "error")  # DownloadError and its subclasses
+REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "tls", "error")  # DownloadError and its subclasses
 
 
 def fresh(v):
@@ -182,12 +182,17 @@ def test_a_content_length_past_a_machine_word_is_a_clean_failure(mpy, fault, mod
 @pytest.mark.parametrize("end", ["real", "huge"])
 @pytest.mark.parametrize("total", HUGE)
 def test_a_content_range_past_a_machine_word_is_a_clean_failure(mpy, fault, mode, total, end):
+    # The resumed answer is of no resource this download knows (another total): never appended. File and memory
+    # mode may start over and get the whole resource from the plain answer that follows; stream mode can't.
     last = 99999 if end == "real" else total - 1
     url = fault.url("/bytes/100000?truncate=30000&key=h&crange=" + quote("bytes 30000-%d/%d" % (last, total)))
     v = dl(mpy, url, mode, old=OLD, raise_errors=True)
-    clean_error(v)
-    if mode == "file":
-        assert v["sha"] == OLD_SHA, v
+    if v["ret"] == "raised" or mode == "stream":
+        clean_error(v)
+        if mode == "file":
+            assert v["sha"] == OLD_SHA, v
+    else:
+        ok(v, 100000)
 
 
 READ = """

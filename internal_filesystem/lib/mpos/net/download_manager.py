@@ -606,7 +606,10 @@ class _Job:
             # exactly N bytes long, whether it sits in OUTFILE.part or in OUTFILE itself.
             n = _size(part)
             if n == self.lo:
-                mode = "ab" if self._resumable(read_record(part)) else "wb"
+                if self._resumable(read_record(part)):
+                    mode = "ab"
+                else:  # the partial data is of something else: the caller wants this resource, all of it
+                    self.lo = 0
             elif n < 0 and _size(self.outfile) == self.lo:
                 _remove(part + ".state")  # (it described a .part that is gone)
                 self._copy(self.outfile, part)

@@ -34,9 +34,12 @@ def describe(e):
     return [type(e).__name__, getattr(e, 'reason', None), getattr(e, 'status', None), str(e)]
 """
 
-# One download in MODE ("memory", "file", "stream"); OLD (bytes or None) is the outfile's previous content.
+# One download in MODE ("memory", "file", "stream"); OLD (bytes or None) is the outfile's previous content; TUNE
+# sets DownloadManager's tunables first.
 ONE = PRE + """
 async def main():
+    for name, value in TUNE.items():
+        setattr(DownloadManager, name, value)
     if OLD is not None:
         with open(OUT, 'wb') as f:
             f.write(OLD)
@@ -86,8 +89,8 @@ FAIL = {"memory": None, "file": False, "stream": False}
 MODES = ["memory", "file", "stream"]
 
 
-def dl(mpy, url, mode="memory", old=None, part=None, resume=False, **kw):
-    r = mpy.run(ONE, URL=url, MODE=mode, OUT="out.bin", OLD=old, PART=part, RESUME=resume, KW=kw)
+def dl(mpy, url, mode="memory", old=None, part=None, resume=False, tune=None, **kw):
+    r = mpy.run(ONE, URL=url, MODE=mode, OUT="out.bin", OLD=old, PART=part, RESUME=resume, TUNE=tune or {}, KW=kw)
     v = dict(r.value)
     v["stderr"] = r.stderr
     return v

@@ -67,10 +67,11 @@ def test_an_answer_from_another_version_fails_stream_mode(mpy, fault, change):
 def test_a_resource_that_keeps_changing_fails_cleanly_within_a_bound(mpy, fault):
     # every answer is cut after 30000 bytes and comes from a newer version: no two answers ever fit together
     url = fault.url("/bytes/100000?key=k&times=1000&churn=1&drop=30000&ifrange=ignore")
-    v = dl(mpy, url, "file", old=OLD)
+    quick = {"retry_base_ms": 5, "retry_max_ms": 20}  # (the waits between tries are another test's)
+    v = dl(mpy, url, "file", old=OLD, tune=quick)
     failed(v, "file")
     assert fault.requests <= 20, fault.requests
-    v = dl(mpy, url, "memory")
+    v = dl(mpy, url, "memory", tune=quick)
     failed(v, "memory")
 
 

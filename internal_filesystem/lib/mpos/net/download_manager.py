@@ -295,11 +295,23 @@ def _log(msg):
     warning("DownloadManager", msg)
 
 
-def _redact(url):
-    # scheme://host/… : paths and queries may carry keys (wallet apps)
-    i = url.find("://")
-    j = url.find("/", i + 3) if i >= 0 else -1
-    return url if j < 0 else url[:j] + "/…"
+def _redact(text):
+    # Every URL in text as scheme://host/…: paths and queries may carry keys (wallet apps), also those of a
+    # redirect's target that an error quotes
+    out = []
+    i = text.find("://")
+    while i >= 0:
+        j = i + 3
+        while j < len(text) and text[j] not in "/ \t'\"":
+            j += 1
+        k = j
+        while k < len(text) and text[k] not in " \t'\"":
+            k += 1
+        out.append(text[:j] + ("/…" if k > j else ""))
+        text = text[k:]
+        i = text.find("://")
+    out.append(text)
+    return "".join(out)
 
 
 async def _call(cb, arg):
@@ -595,7 +607,8 @@ class _Job:
 
     def log(self, what):
         # one line about this download; the URL redacted if asked, also inside the reason (errors quote it)
-        _log(("download of %s %s" % (self.url, what)).replace(self.url, self.shown))
+        line = "download of %s %s" % (self.url, what)
+        _log(_redact(line) if self.redact else line)
 
     # -- sinks --
     def _open_file(self):
@@ -818,6 +831,8 @@ class _Job:
                                 await self._report()
                     finally:
                         resp.release()
+                    if self.done > gained and self._missing() > 0:
+                        continue  # a whole answer, shorter than asked (a server's range cap): ask for the rest
                     return await self._finish()
                 except Exception as e:
                     fails = 0 if self.done > gained else fails + 1  # progress was made: a fresh budget
@@ -1210,7 +1225,8 @@ async def _post(url, data, headers, redact):
                 return body
             _log("post to %s failed: HTTP %d" % (shown, resp.status))
     except Exception as e:
-        _log(("post to %s failed: %r" % (url, e)).replace(url, shown))
+        line = "post to %s failed: %r" % (url, e)
+        _log(_redact(line) if redact else line)
     finally:
         _release()
     return None

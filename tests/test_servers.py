@@ -167,6 +167,20 @@ def test_keyed_drop_happens_once(srv):
     assert codes == [503, 503, 200]
 
 
+def test_files_take_the_fault_options(srv):
+    data = b"a file the test chose, not a payload" * 100
+    srv.files["app.mpk"] = data
+    resp, body = get(srv, "/file/app.mpk")
+    assert resp.status == 200 and body == data and resp.getheader("ETag") == '"app.mpk"'
+    resp, body = get(srv, "/file/app.mpk", {"Range": "bytes=100-", "If-Range": '"app.mpk"'})
+    assert resp.status == 206 and body == data[100:]
+    out, err = recv_until_error(srv, b"GET /file/app.mpk?drop=50 HTTP/1.1\r\n\r\n")
+    assert isinstance(err, ConnectionResetError) and out.partition(b"\r\n\r\n")[2] == data[:50]
+    assert get(srv, "/file/other.mpk")[0].status == 404
+    srv.reset()
+    assert srv.files == {}
+
+
 def test_keep_alive_counts_one_connection(srv):
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
     for n in (10, 20):

@@ -19,6 +19,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations) | /chain/3/bytes/10?abs=1 |
 | /loop | redirects to itself, for ever | /loop |
 | /stats | JSON {connections, requests} as the server counted them | /stats |
+| /file/NAME | the bytes FaultServer.files[NAME] (ETag "NAME"), with the options of /bytes/N | /file/a.mpk |
 | key, skip, times | faults hit only the key's requests skip+1 .. skip+times (default: its first); newer=, churn= count by key | drop=1000&key=a&times=2 |
 | delay=S | wait S seconds before answering (even a fail=) | delay=0.5 |
 | fail=CODE | answer status CODE instead (retry_after=S adds Retry-After) | fail=503&retry_after=1 |
@@ -56,8 +57,8 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | lower=1 | (any path) header names in lower case | lower=1 |
 
 Beside the options: FaultServer.force (options forced on every /bytes and /json request: the resource changes, its
-URL does not), .connections and .requests (counts), .served (body bytes set out to send) and .log (each request:
-when, on which connection, its target and headers).
+URL does not), .files (what /file/NAME serves), .connections and .requests (counts), .served (body bytes set out
+to send) and .log (each request: when, on which connection, its target and headers).
 """
 
 import asyncio
@@ -302,6 +303,7 @@ class FaultServer(_LoopThread):
         self.served = 0  # body bytes /bytes and /json responses set out to send (after Range and cut faults)
         self.force = {}  # query options forced on /bytes and /json: the resource changes, its URL does not
         self.log = []  # every request (a _Request, with .t the time.monotonic() it came and .connection its number)
+        self.files = {}  # name -> the bytes /file/<name> serves
 
     def reset(self):
         self.connections = self.requests = 0
@@ -309,6 +311,7 @@ class FaultServer(_LoopThread):
         self.served = 0
         self.force = {}
         self.log = []
+        self.files = {}
 
     def _ssl(self):
         return self.certs.server_ctx(self.leaf) if self.certs else None
@@ -474,6 +477,8 @@ class FaultServer(_LoopThread):
         route, args = parts[0], parts[1:]
         if route in ("bytes", "json") and len(args) == 1 and args[0].isdigit():
             await self._entity(req, writer, keep, route, int(args[0]))
+        elif route == "file" and len(args) == 1 and args[0] in self.files:
+            await self._entity(req, writer, keep, route, args[0])
         elif route == "echo":
             self._json(writer, req, {
                 "method": req.method, "path": req.target,
@@ -503,7 +508,7 @@ class FaultServer(_LoopThread):
             self._simple(writer, req, 404, b"not found", keep=keep)
 
     async def _entity(self, req, writer, keep, kind, n):
-        """/bytes/N and /json/N, with all fault options."""
+        """/bytes/N, /json/N and /file/NAME (n is the name), with all fault options."""
         if self.force:
             req.query = dict(req.query, **self.force)
         q = req.q
@@ -520,13 +525,16 @@ class FaultServer(_LoopThread):
             body = json.dumps([{"id": i, "name": "item %d" % i} for i in range(n)]).encode()
             headers = [("Content-Type", "application/json")]
         else:
-            version = self._version(req)
-            tagonly = q("tagonly") == "1"
-            size = n if tagonly else n + version * q("grow", 0, int)
-            seed = q("seed", 0, int)
-            body = text_payload(size) if q("text") == "1" else payload(size, seed if tagonly else seed + version)
-            etag = q("etag", '"%d-%d"' % (size, seed + version))
-            last_modified = _http_date(version)
+            if kind == "file":  # one version: the test's bytes
+                body, etag, last_modified = self.files[n], q("etag", '"%s"' % n), _http_date(0)
+            else:
+                version = self._version(req)
+                tagonly = q("tagonly") == "1"
+                size = n if tagonly else n + version * q("grow", 0, int)
+                seed = q("seed", 0, int)
+                body = text_payload(size) if q("text") == "1" else payload(size, seed if tagonly else seed + version)
+                etag = q("etag", '"%d-%d"' % (size, seed + version))
+                last_modified = _http_date(version)
             headers = [("Content-Type", "application/octet-stream"), ("ETag", etag),
                        ("Last-Modified", last_modified)]
         headers += _padding(q("pad", 0, int), q("padlen", 300, int))
@@ -546,7 +554,7 @@ class FaultServer(_LoopThread):
             body = gzip_bomb(q("bomb", conv=int))
             headers.append(("Content-Encoding", "gzip"))
 
-        if kind == "bytes" and q("norange") != "1":
+        if kind != "json" and q("norange") != "1":
             headers.append(("Accept-Ranges", "bytes"))
             rng = req.headers.get("range")
             if_range = req.headers.get("if-range")

@@ -34,7 +34,7 @@ FROZEN_JOBS ?= 2
 # Files and folders: a module removed from the library changes its folder's time.
 FROZEN_INPUTS := $(shell find internal_filesystem/lib manifest.py manifests -not -name '*.pyc' -not -name __pycache__)
 
-.PHONY: test test-frozen frozen micropython-source micropython-source-missing bench demo download clean
+.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench demo download clean
 
 # The stamp is newer than the pins after one install, so a second run skips it.
 $(STAMP): tools/requirements.txt
@@ -85,6 +85,11 @@ $(FROZEN_MICROPYTHON): $(MPY_CROSS) $(FROZEN_INPUTS)
 		MICROPY_MPYCROSS=$(abspath $(MPY_CROSS)) FROZEN_MANIFEST=$(abspath manifests/unix.py) >build/unix.log 2>&1 \
 		|| { tail -n 30 build/unix.log; exit 1; }
 	touch $@
+
+# The library as .mpy files and their package.json, for mip on a board short of heap (see README).
+mpy-package: $(STAMP)
+	rm -rf build/mpy-package
+	$(BIN)/python tools/package.py build/mpy-package
 
 clean:
 	rm -rf $(VENV) $(WASM) build .pytest_cache

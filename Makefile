@@ -94,9 +94,10 @@ mpy-package: $(STAMP)
 clean:
 	rm -rf $(VENV) $(WASM) build .pytest_cache
 
-# Speed and memory, each figure side by side with its baseline in one run (see README).
-bench: $(STAMP) $(WASM_STAMP)
-	$(BIN)/python tools/bench.py
+# Speed and memory, each figure side by side with its baseline in one run (see README); heap figures of the
+# frozen build too.
+bench: $(STAMP) $(WASM_STAMP) $(FROZEN_MICROPYTHON)
+	$(BIN)/python tools/bench.py --frozen $(FROZEN_MICROPYTHON)
 
 # The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
 demo: $(STAMP)

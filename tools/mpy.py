@@ -122,16 +122,18 @@ def _echoing(cmd, env, cwd):
     return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
-def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, path=None, **values):
+def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, path=None, binary=None,
+        **values):
     """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts]).
     echo=True also shows the snippet's output while it runs (no timeout then). bare=True leaves out the test
     helpers (tests/mpy/testlib.py, compiled in the heap): for heap figures that should be the library's alone;
-    the snippet then prints its own "@@RESULT {json}" line. path: MICROPYPATH itself, instead of micropypath(lib)."""
+    the snippet then prints its own "@@RESULT {json}" line. path: MICROPYPATH itself, instead of micropypath(lib).
+    binary: another interpreter than micropython()."""
     head = "".join("%s = %r\n" % kv for kv in values.items())
     fd, script = tempfile.mkstemp(suffix=".py", dir=workdir)
     with os.fdopen(fd, "w") as f:
         f.write(("" if bare else "from testlib import *\n") + head + code)
-    cmd = [micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
+    cmd = [binary or micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
     env = dict(os.environ, MICROPYPATH=path or micropypath(lib))
     if echo:
         proc = _echoing(cmd, env, workdir)

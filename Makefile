@@ -11,7 +11,30 @@ WASM_STAMP := $(WASM)/.installed
 MICROPYTHON ?= $(abspath $(BIN)/micropython)
 export MICROPYTHON
 
-.PHONY: test bench demo download clean
+# `make frozen`: MicroPython's unix port (what MicroPythonOS's desktop simulator is) built from source with the library
+# frozen in through manifests/unix.py, as a firmware build freezes it. MICROPYTHON_SRC is MicroPython v1.28.0's source:
+# a tarball (unpacked once into build/) or a checkout (git clone --recursive --branch v1.28.0). Default: the shared
+# tarball next to this repository, or at /work/shared.
+MICROPYTHON_TARBALL := micropython/micropython-1.28.0-src.tar.xz
+MICROPYTHON_SRC ?= $(firstword $(wildcard ../shared/$(MICROPYTHON_TARBALL) /work/shared/$(MICROPYTHON_TARBALL)))
+ifeq ($(MICROPYTHON_SRC),)
+MPY_SOURCE := micropython-source-missing
+else ifneq ($(wildcard $(MICROPYTHON_SRC)/py/mpconfig.h),)
+MPY_DIR := $(abspath $(MICROPYTHON_SRC))
+MPY_SOURCE := $(MPY_DIR)/py/mpconfig.h
+else ifneq ($(wildcard $(MICROPYTHON_SRC)),)
+MPY_DIR := $(abspath build/micropython)
+MPY_SOURCE := build/micropython/.unpacked
+else
+MPY_SOURCE := micropython-source-missing
+endif
+MPY_CROSS := build/mpy-cross/mpy-cross
+FROZEN_MICROPYTHON := build/unix/micropython
+FROZEN_JOBS ?= 2
+# Files and folders: a module removed from the library changes its folder's time.
+FROZEN_INPUTS := $(shell find internal_filesystem/lib manifest.py manifests -not -name '*.pyc' -not -name __pycache__)
+
+.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench demo download clean
 
 # The stamp is newer than the pins after one install, so a second run skips it.
 $(STAMP): tools/requirements.txt
@@ -27,12 +50,54 @@ $(WASM_STAMP):
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The same suite on the unix port built here with the library frozen in.
+test-frozen: $(STAMP) $(FROZEN_MICROPYTHON)
+	MICROPYTHON=$(abspath $(FROZEN_MICROPYTHON)) $(BIN)/python -m pytest -q tests
+
+frozen: $(FROZEN_MICROPYTHON)
+
+build/micropython/.unpacked: $(MICROPYTHON_SRC)
+	rm -rf build/micropython
+	mkdir -p build/micropython
+	tar -xf $< -C build/micropython --strip-components=1
+	touch $@
+
+micropython-source-missing:
+	@echo "make frozen needs MicroPython v1.28.0's source and found none at" \
+		"$(or $(MICROPYTHON_SRC),../shared/$(MICROPYTHON_TARBALL) or /work/shared/$(MICROPYTHON_TARBALL))." >&2
+	@echo "Give it one: make frozen MICROPYTHON_SRC=<its source tarball, or a git clone --recursive --branch v1.28.0>" >&2
+	@exit 1
+
+# Prints where the source is (tests/test_foundation.py runs MicroPython's tools/makemanifest.py from it).
+micropython-source: $(MPY_SOURCE)
+	@echo $(MPY_DIR)
+
+# Each build's output goes to a log; its end is shown if it fails.
+$(MPY_CROSS): $(MPY_SOURCE)
+	mkdir -p build
+	$(MAKE) -C $(MPY_DIR)/mpy-cross -j$(FROZEN_JOBS) BUILD=$(abspath build/mpy-cross) >build/mpy-cross.log 2>&1 \
+		|| { tail -n 30 build/mpy-cross.log; exit 1; }
+
+# makemanifest.py regenerates frozen_content.c only for files newer than it: removing it drops a deleted module too.
+$(FROZEN_MICROPYTHON): $(MPY_CROSS) $(FROZEN_INPUTS)
+	rm -f build/unix/frozen_content.c
+	$(MAKE) -C $(MPY_DIR)/ports/unix -j$(FROZEN_JOBS) BUILD=$(abspath build/unix) MICROPY_PY_FFI=0 \
+		MICROPY_MPYCROSS=$(abspath $(MPY_CROSS)) FROZEN_MANIFEST=$(abspath manifests/unix.py) >build/unix.log 2>&1 \
+		|| { tail -n 30 build/unix.log; exit 1; }
+	touch $@
+
+# The library as .mpy files and their package.json, for mip on a board short of heap (see README).
+mpy-package: $(STAMP)
+	rm -rf build/mpy-package
+	$(BIN)/python tools/package.py build/mpy-package
+
 clean:
 	rm -rf $(VENV) $(WASM) build .pytest_cache
 
-# Speed and memory, each figure side by side with its baseline in one run (see README).
-bench: $(STAMP) $(WASM_STAMP)
-	$(BIN)/python tools/bench.py
+# Speed and memory, each figure side by side with its baseline in one run (see README); heap figures of the
+# frozen build too.
+bench: $(STAMP) $(WASM_STAMP) $(FROZEN_MICROPYTHON)
+	$(BIN)/python tools/bench.py --frozen $(FROZEN_MICROPYTHON)
 
 # The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
 demo: $(STAMP)

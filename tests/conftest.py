@@ -72,6 +72,15 @@ def mpy(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def library_frozen():
+    """Whether the interpreter has the library frozen in (a `make frozen` build): it imports it with nothing but its
+    frozen modules on the path."""
+    probe = subprocess.run([micropython(), "-c", "import aiohttp, mpos.net.download_manager"], capture_output=True,
+                           env=dict(os.environ, MICROPYPATH=".frozen"))
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
 def certs(tmp_path_factory):
     return testservers.make_certs(str(tmp_path_factory.mktemp("certs")))
 

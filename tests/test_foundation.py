@@ -1,10 +1,14 @@
 """The harness itself: MicroPython runs the code, failures surface verbatim, the firmware side builds."""
-import ast
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import LIB, ROOT, MicroPythonFailed, compile_lib
+from conftest import ROOT, MicroPythonFailed, compile_lib
+from tools.mpy import library_files, mpy_cross
 from tools.testservers import sha256_of
 
 DOWNLOAD = """
@@ -44,53 +48,48 @@ def test_every_module_compiles_with_mpy_cross(tmp_path):
     assert compile_lib(tmp_path) == []
 
 
-def _frozen_by_manifest():
-    """Evaluate manifest.py with recording stand-ins for the manifest functions."""
-    frozen, includes = set(), []
-
-    def package(name, files=None, base_path=".", opt=None):
-        for f in (ROOT / base_path / name).rglob("*.py"):
-            mod = str(f.relative_to(ROOT / base_path).with_suffix("")).replace("/", ".")
-            frozen.add(mod[: -len(".__init__")] if mod.endswith(".__init__") else mod)
-
-    def module(name, base_path=".", opt=None):
-        frozen.add(name[:-3].replace("/", "."))
-
-    exec((ROOT / "manifest.py").read_text(), {"package": package, "module": module,
-                                              "include": includes.append, "require": lambda *a, **k: None})
-    return frozen, includes
+def micropython_source():
+    """MicroPython's source tree, where `make frozen` finds it (MICROPYTHON_SRC, else the shared tarball, unpacked
+    once into build/)."""
+    make = subprocess.run(["make", "-s", "--no-print-directory", "micropython-source"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert make.returncode == 0, make.stdout + make.stderr
+    return Path(make.stdout.split()[-1])
 
 
-def _imports(modname, seen):
-    """Every project module that modname imports, directly or not (stdlib/frozen ones are skipped)."""
-    if modname in seen:
-        return
-    path = LIB / (modname.replace(".", "/") + ".py")
-    if not path.exists():
-        path = LIB / modname.replace(".", "/") / "__init__.py"
-    if not path.exists():
-        return
-    seen.add(modname)
-    pkg = modname if path.name == "__init__.py" else modname.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names = [base] + [base + "." + a.name for a in node.names]
-        for n in names:
-            _imports(n, seen)
+# port -> (its top manifest here, the port's folder, the board's, mpy-cross flags), as the port's build passes them
+PORTS = {
+    "unix": ("manifests/unix.py", "ports/unix", "", ""),
+    "esp32": ("manifests/esp32.py", "ports/esp32", "ports/esp32/boards/ESP32_GENERIC", "-march=xtensawin"),
+}
 
 
-def test_manifest_freezes_everything_download_manager_needs():
-    frozen, includes = _frozen_by_manifest()
-    needed = set()
-    _imports("mpos.net.download_manager", needed)
-    assert {"mpos.net.download_manager", "aiohttp", "mpos.task_manager"} <= needed
-    assert needed - frozen == set()
-    assert not [m for m in frozen if m.startswith(("tests", "tools", "testlib", "conftest"))]
-    assert includes == ["$(PORT_DIR)/boards/manifest.py"]
+def frozen_by(port, build):
+    """Run MicroPython's own tools/makemanifest.py on the port's top manifest, as the port's build does (minus
+    compiling the C it writes): -> the files it froze, in order, as named in the firmware."""
+    manifest, port_dir, board_dir, flags = PORTS[port]
+    src = micropython_source()
+    # The firmware's qstrs come from compiling its C sources; the freezer needs only these two settings from that
+    # header (and then puts every name the modules use into the frozen pool).
+    (build / "genhdr").mkdir(parents=True)
+    (build / "genhdr" / "qstrdefs.preprocessed.h").write_text("QCFG(BYTES_IN_LEN, (1))\nQCFG(BYTES_IN_HASH, (1))\n")
+    out = build / "frozen_content.c"
+    variables = {"MPY_DIR": src, "MPY_LIB_DIR": src / "lib" / "micropython-lib", "PORT_DIR": src / port_dir,
+                 "BOARD_DIR": src / board_dir if board_dir else ""}
+    cmd = [sys.executable, str(src / "tools" / "makemanifest.py"), "-o", str(out), "-b", str(build),
+           "--mpy-cross-flags=" + flags, str(ROOT / manifest)]
+    for name, value in variables.items():
+        cmd[-1:-1] = ["-v", "%s=%s" % (name, value)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MICROPY_MPYCROSS=mpy_cross()))
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = out.read_text().split("const char mp_frozen_names[] = {")[1].split("};")[0]
+    return re.findall(r'^\s*"(.+)\\0"$', names, re.M)
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_the_manifest_freezes_the_library_once_on_top_of_the_ports_own_set(port, tmp_path):
+    frozen = frozen_by(port, tmp_path)
+    assert len(frozen) == len(set(frozen)), frozen  # nothing frozen twice
+    assert sorted(f for f in frozen if f.startswith(("mpos/", "aiohttp/"))) == library_files()
+    assert "asyncio/__init__.py" in frozen  # the port's own set stays (the library needs asyncio)
+    assert not [f for f in frozen if f.startswith(("tests/", "tools/", "testlib", "conftest"))]

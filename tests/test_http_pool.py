@@ -223,45 +223,53 @@ run(main())
 HEAP = """
 import aiohttp, gc
 
-def used():
-    gc.collect()
-    return gc.mem_alloc()
+async def fetch(session, url, buf, sha, held):
+    # One request read to its end, in a frame of its own: gone when `after` is measured. Fills held (its
+    # entries made beforehand, so that filling it allocates nothing): heap held past held["base"] with the
+    # response open and half read, what 100 reads allocate, the bytes read.
+    base = held["base"]
+    got = 0
+    async with session.get(url) as resp:
+        held["head"] = heap_in_use() - base
+        while got < TOTAL // 2:
+            n = await resp.content.readinto(buf)
+            sha.update(memoryview(buf)[:n])
+            got += n
+        held["mid"] = heap_in_use() - base
+        # 100 readinto calls with the collector off: everything they allocate stays counted
+        gc.collect()
+        gc.disable()
+        a0 = gc.mem_alloc()
+        for _ in range(100):
+            n = await resp.content.readinto(buf)
+            sha.update(buf if n == 4096 else memoryview(buf)[:n])  # no slice, no allocation
+            got += n
+        held["grow"] = gc.mem_alloc() - a0
+        gc.enable()
+        while True:
+            n = await resp.content.readinto(buf)
+            if not n:
+                break
+            sha.update(memoryview(buf)[:n])
+            got += n
+    held["got"] = got
+
+async def warm_up(session):
+    # import-time and first-use allocations out of the way (a frame of its own too)
+    async with session.get(WARM) as resp:
+        await resp.read()
 
 async def main():
+    held = {"base": 0, "head": 0, "mid": 0, "grow": 0, "got": 0}
+    buf = bytearray(4096)
+    sha = new_sha()
     async with aiohttp.ClientSession() as session:
-        async with session.get(WARM) as resp:  # import-time and first-use allocations out of the way
-            await resp.read()
-        del resp
-        buf = bytearray(4096)
-        sha = new_sha()
-        got = 0
-        base = used()
-        async with session.get(URL) as resp:
-            head = used() - base
-            while got < TOTAL // 2:
-                n = await resp.content.readinto(buf)
-                sha.update(memoryview(buf)[:n])
-                got += n
-            mid = used() - base
-            # 100 readinto calls with the collector off: everything they allocate stays counted
-            gc.collect()
-            gc.disable()
-            a0 = gc.mem_alloc()
-            for _ in range(100):
-                n = await resp.content.readinto(buf)
-                sha.update(buf if n == 4096 else memoryview(buf)[:n])  # no slice, no allocation
-                got += n
-            grow = gc.mem_alloc() - a0
-            gc.enable()
-            while True:
-                n = await resp.content.readinto(buf)
-                if not n:
-                    break
-                sha.update(memoryview(buf)[:n])
-                got += n
-        del resp
-        after = used() - base
-        result(head=head, mid=mid, per_chunk=grow / 100, after=after, sha=hexdigest(sha), got=got)
+        await warm_up(session)
+        held["base"] = heap_in_use()
+        await fetch(session, URL, buf, sha, held)
+        after = heap_in_use() - held["base"]
+    result(head=held["head"], mid=held["mid"], per_chunk=held["grow"] / 100, after=after, sha=hexdigest(sha),
+           got=held["got"])
 
 run(main())
 """

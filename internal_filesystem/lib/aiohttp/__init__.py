@@ -1594,11 +1594,10 @@ class ClientSession:
                 self._idle.pop(0)[0].close()
         else:
             c.close()
-        if not self._busy:
-            self._stop_watchdog()
 
     async def _watchdog(self):
-        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read.
+        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends
+        # by itself at a tick that finds no request: requests one after another share it, none is cancelled.
         try:
             while self._busy:
                 await asyncio.sleep_ms(_TICK)

@@ -40,6 +40,19 @@ _IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")
 _len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
 
 
+# The websocket client (aiohttp/websocket.py) is its own module, loaded on first use: a download never pays for it.
+_WEBSOCKET_NAMES = ("WSMsgType", "WSMessage", "WSCloseCode", "ClientWebSocketResponse", "WSServerHandshakeError",
+                    "WebSocketError", "WSMessageTypeError", "ClientWSTimeout", "ClientConnectionResetError")
+
+
+def __getattr__(name):
+    if name not in _WEBSOCKET_NAMES:
+        raise AttributeError(name)
+    # (as asyncio's own lazy names: `from . import websocket` would ask this function for "websocket" first)
+    value = globals()[name] = getattr(__import__("websocket", globals(), None, True, 1), name)
+    return value
+
+
 class ClientError(Exception):
     pass
 
@@ -1310,6 +1323,7 @@ class ClientSession:
     _pool_size = 4
     _keepalive_ms = 15000
     _auto_decompress = True
+    _ws = ()  # open websockets (aiohttp/websocket.py keeps the list): the session closes them
     closed = False
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
@@ -1339,6 +1353,8 @@ class ClientSession:
     def shutdown(self):
         # close() without awaiting: safe in a `finally` of a cancelled task
         self.closed = True
+        for ws in tuple(self._ws):
+            ws._going_away()
         for c in self._busy:
             c.close()
         for c, _ in self._idle:
@@ -1458,6 +1474,12 @@ class ClientSession:
     def head(self, url, **kw):
         kw.setdefault("allow_redirects", False)
         return self.request("HEAD", url, **kw)
+
+    def ws_connect(self, url, **kw):
+        # a websocket on a connection of its own (aiohttp/websocket.py, imported here on the first call)
+        from .websocket import ws_connect
+
+        return ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
                        timeout=None, allow_redirects=True, max_redirects=None):

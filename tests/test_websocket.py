@@ -1,0 +1,276 @@
+"""The websocket client (session.ws_connect) on MicroPython against real servers: aiohttp.web's websocket handler
+and the websockets package's server, plain and TLS (fixtures in conftest.py, servers in tools/wsservers.py)."""
+import pytest
+
+
+SIZES = [0, 125, 126, 65535, 65536, 1 << 20]
+
+
+def test_echo_of_text_and_binary_of_every_length_is_exact(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+from aiohttp import WSMsgType
+
+async def main():
+    async with ws_session(CA) as session:
+        async with session.ws_connect(URL) as ws:
+            for n in SIZES:
+                text, data = pattern(n, text=True), pattern(n)
+                await ws.send_str(text)
+                msg = await ws.receive()
+                assert msg.type == WSMsgType.TEXT and msg.data == text, (n, msg.type, len(msg.data or ""))
+                await ws.send_bytes(data)
+                msg = await ws.receive()
+                assert msg.type == WSMsgType.BINARY and msg.data == data, (n, msg.type, len(msg.data or b""))
+                result(size=n, text=sha256(msg.data), binary=sha256(data))
+run(main())
+""", heapsize="8M", CA=ws_server.ca, URL=ws_server.url("/echo"), SIZES=SIZES)
+    assert [x["size"] for x in r.results] == SIZES
+
+
+def test_fragmented_messages_are_reassembled(mpy, ws_websockets):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            text = await ws.receive_str()
+            data = await ws.receive_bytes()
+            result(text=text, binary=sha256(data), size=len(data))
+run(main())
+""", URL=ws_websockets.url("/fragments/40"))
+    import hashlib
+
+    assert r.value == {"text": "".join("part %d;" % i for i in range(40)),
+                       "binary": hashlib.sha256(b"".join(bytes([i]) * 100 for i in range(40))).hexdigest(),
+                       "size": 4000}
+
+
+@pytest.mark.parametrize("server", ["ws_aiohttp", "ws_websockets"])
+def test_the_servers_ping_is_answered_with_its_payload(mpy, server, request):
+    srv = request.getfixturevalue(server)
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            result(said=await ws.receive_str(timeout=5))
+run(main())
+""", URL=srv.url("/ping"))
+    assert r.value == {"said": "pong: are you there"}
+
+
+def test_our_ping_gets_its_pong_and_autoping_off_shows_both(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+from aiohttp import WSMsgType
+
+async def main():
+    async with ws_session(CA) as session:
+        async with session.ws_connect(URL, autoping=False) as ws:
+            await ws.ping(b"hello?")
+            msg = await ws.receive(timeout=5)
+            result(type=msg.type, data=msg.data.decode())
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/echo"))
+    assert r.value == {"type": 10, "data": "hello?"}
+
+
+def test_a_close_from_the_server_ends_async_for_with_its_code_and_reason(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+from aiohttp import WSMsgType
+
+async def main():
+    async with ws_session(CA) as session:
+        async with session.ws_connect(URL) as ws:
+            seen = []
+            async for msg in ws:
+                seen.append(msg.type)
+            result(seen=seen, close_code=ws.close_code, closed=ws.closed, after=(await ws.receive()).type)
+        async with session.ws_connect(URL) as ws:
+            msg = await ws.receive()
+            result(type=msg.type, code=msg.data, reason=msg.extra)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/close/4001"))
+    assert r.results[0] == {"seen": [], "close_code": 4001, "closed": True, "after": 257}
+    assert r.results[1] == {"type": 8, "code": 4001, "reason": "bye"}
+    assert ws_server.close_codes("/close/4001", count=2)[:2] == [4001, 4001]  # our Close echoes theirs
+
+
+def test_our_close_sends_its_code_and_reason_and_waits_for_the_servers(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session(CA) as session:
+        ws = await session.ws_connect(URL)
+        first = await ws.close(code=4002, message="done")
+        again = await ws.close()
+        result(first=first, again=again, closed=ws.closed, code=ws.close_code, after=(await ws.receive()).type)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/echo?our-close"))
+    assert r.value["first"] is True and r.value["again"] is False and r.value["closed"] is True
+    assert r.value["after"] == 257
+    assert ws_server.close_codes("/echo?our-close") == [4002]
+    # the server's answer: websockets echoes the code, aiohttp.web answers 1000
+    assert r.value["code"] == (1000 if "aiohttp" in type(ws_server).__name__.lower() else 4002)
+
+
+def test_subprotocols_are_negotiated(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session(CA) as session:
+        for offer in (("superchat", "chat"), ("chat",), ("mqtt",), ()):
+            async with session.ws_connect(URL, protocols=offer) as ws:
+                result(offer=list(offer), chosen=ws.protocol)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/echo"))
+    chosen = {tuple(x["offer"]): x["chosen"] for x in r.results}
+    assert chosen[("chat",)] == "chat" and chosen[("mqtt",)] is None and chosen[()] is None
+    assert chosen[("superchat", "chat")] in ("superchat", "chat")
+
+
+def test_the_request_carries_host_origin_and_the_sessions_headers(mpy, ws_server):
+    r = mpy.run("""
+import asyncio, json
+
+async def main():
+    async with ws_session(CA, headers={"User-Agent": "MicroPythonOS/1.0", "X-Session": "s"}) as session:
+        for kw in ({}, {"origin": "https://app.example", "headers": {"X-Session": "call"}}):
+            async with session.ws_connect(URL, **kw) as ws:
+                result(headers={k.lower(): v for k, v in json.loads(await ws.receive_str())})
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/headers"))
+    plain, given = (x["headers"] for x in r.results)
+    assert plain["host"] == "127.0.0.1:%d" % ws_server.port
+    assert plain["upgrade"] == "websocket" and plain["sec-websocket-version"] == "13"
+    assert plain["user-agent"] == "MicroPythonOS/1.0" and plain["x-session"] == "s"
+    assert "origin" not in plain  # a non-browser client sends none unless asked (RFC 6455 section 4.1)
+    assert given["origin"] == "https://app.example" and given["x-session"] == "call"
+    assert plain["sec-websocket-key"] != given["sec-websocket-key"]
+
+
+def test_a_refused_handshake_raises_with_the_status_and_no_redirect_is_followed(mpy, ws_server):
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    async with ws_session(CA) as session:
+        fds = fd_count()
+        for path in ("/status/404", "/status/302"):
+            try:
+                await session.ws_connect(URL + path)
+            except aiohttp.WSServerHandshakeError as e:
+                result(path=path, status=e.status, message=e.message, fds=fd_count() - fds)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url(""))
+    assert [(x["status"], x["fds"]) for x in r.results] == [(404, 0), (302, 0)]
+    assert "redirects are not followed" in r.results[1]["message"]
+
+
+@pytest.mark.parametrize("server", ["ws_aiohttp_tls", "ws_websockets_tls"])
+def test_three_websockets_over_tls_with_4_kb_messages_both_ways_at_once(mpy, server, request):
+    # micropython-lib issue 851 (TLS websockets fail once messages reach 2-4 KB) and 1018 (concurrent
+    # websockets from one session): each websocket sends 4 KB messages from one task while another reads
+    # the echoes, for 2 seconds, three websockets on one session
+    ws_server = request.getfixturevalue(server)
+    r = mpy.run("""
+import asyncio, time
+from aiohttp import WSMsgType
+
+async def one(session, i):
+    async with session.ws_connect(URL) as ws:
+        sent = new_sha()
+        got = new_sha()
+        count = [0, 0]
+        end = time.ticks_add(time.ticks_ms(), 2000)
+
+        async def sender():
+            k = 0
+            while time.ticks_diff(end, time.ticks_ms()) > 0:
+                data = bytes([i, k & 255]) * 2048
+                sent.update(data)
+                await ws.send_bytes(data)
+                k += 1
+                count[0] = k
+            await ws.send_str("end")
+
+        task = asyncio.create_task(sender())
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                break
+            assert msg.type == WSMsgType.BINARY and len(msg.data) == 4096, msg
+            got.update(msg.data)
+            count[1] += 1
+        await task
+        return count, hexdigest(sent) == hexdigest(got)
+
+async def main():
+    fds = fd_count()
+    async with ws_session(CA) as session:
+        done = await asyncio.gather(*[one(session, i) for i in range(3)])
+    result(done=done, fds=fd_count() - fds)
+run(main())
+""", timeout=120, CA=ws_server.ca, URL=ws_server.url("/echo"))
+    for (sent, echoed), same in r.value["done"]:
+        assert sent == echoed and sent >= 20 and same
+    assert r.value["fds"] == 0
+
+
+def test_closing_the_session_closes_its_websockets(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    fds = fd_count()
+    session = ws_session(CA)
+    a = await session.ws_connect(URL)
+    b = await session.ws_connect(URL)
+    reader = asyncio.create_task(a.receive())
+    await asyncio.sleep_ms(50)
+    await session.close()
+    msg = await reader
+    result(reader=msg.type, closed=[a.closed, b.closed], codes=[a.close_code, b.close_code],
+           fds=fd_count() - fds, after=(await b.receive()).type)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/echo?session-close"))
+    assert r.value == {"reader": 257, "closed": [True, True], "codes": [1006, 1006], "fds": 0, "after": 257}
+    # going away, said before the sockets closed
+    assert ws_server.close_codes("/echo?session-close", count=2) == [1001, 1001]
+
+
+def test_an_abrupt_tcp_close_is_a_closed_message_not_a_hang(mpy, ws_server):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session(CA) as session:
+        async with session.ws_connect(URL) as ws:
+            msg = await ws.receive(timeout=5)
+            result(type=msg.type, code=ws.close_code)
+run(main())
+""", CA=ws_server.ca, URL=ws_server.url("/drop"))
+    assert r.value["type"] in (257, 258) and r.value["code"] == 1006
+
+
+def test_heartbeat_keeps_a_live_connection_open(mpy, ws_aiohttp):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL, heartbeat=0.1) as ws:
+            try:
+                await ws.receive(timeout=0.6)  # six periods of silence from the application
+            except asyncio.TimeoutError:
+                pass
+            await ws.send_str("still there?")
+            result(echo=await ws.receive_str(), closed=ws.closed)
+run(main())
+""", URL=ws_aiohttp.url("/echo"))
+    assert r.value == {"echo": "still there?", "closed": False}

@@ -157,11 +157,11 @@ def ws_server(request):
 
 @pytest.fixture
 def ws_script():
-    """ws_script(scripts, answers=None) -> a ScriptWSServer (tools/wsservers.py), closed after the test."""
+    """ws_script(scripts, answers=None, rcvbuf=None) -> a ScriptWSServer (tools/wsservers.py), closed after the test."""
     made = []
 
-    def start(scripts, answers=None):
-        made.append(wsservers.ScriptWSServer(scripts, answers))
+    def start(scripts, answers=None, rcvbuf=None):
+        made.append(wsservers.ScriptWSServer(scripts, answers, rcvbuf))
         return made[-1]
 
     yield start

@@ -2,6 +2,8 @@
 and the websockets package's server, plain and TLS (fixtures in conftest.py, servers in tools/wsservers.py)."""
 import pytest
 
+from tools.wsservers import frame, handshake_answer
+
 
 SIZES = [0, 125, 126, 65535, 65536, 1 << 20]
 
@@ -274,3 +276,106 @@ async def main():
 run(main())
 """, URL=ws_aiohttp.url("/echo"))
     assert r.value == {"echo": "still there?", "closed": False}
+
+
+# --- cancellation and timeouts ------------------------------------------------------------------------------
+
+def test_cancelling_at_any_point_leaks_no_socket(mpy, ws_script):
+    def slow_answer(key):
+        import time
+
+        time.sleep(0.01)
+        return handshake_answer(key)
+
+    srv = ws_script({"/slow": [0.02, frame(1, b"a" * 3000), "read"]}, answers={"/slow": slow_answer})
+    r = mpy.run("""
+import asyncio
+
+async def use(session):
+    async with session.ws_connect(URL) as ws:
+        await ws.receive()
+        await ws.send_bytes(bytes(100000))
+        await ws.receive()
+
+async def main():
+    fds = fd_count()
+    cancelled = 0
+    async with ws_session() as session:
+        for i in range(60):  # cancelled while connecting, in the handshake, receiving, sending
+            task = asyncio.create_task(use(session))
+            await asyncio.sleep_ms(i // 2)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+        still_open = len(session._ws)
+    result(cancelled=cancelled, still_open=still_open, fds=fd_count() - fds)
+run(main())
+""", timeout=120, URL=srv.url("/slow"))
+    assert r.value["cancelled"] >= 50 and r.value["still_open"] == 0 and r.value["fds"] == 0
+
+
+def test_a_timed_out_receive_loses_no_byte_of_the_message(mpy, ws_script):
+    data = frame(2, bytes(range(256)) * 64)  # 16 KB, sent in four pieces a while apart
+    srv = ws_script({"/slow": [data[:5], 0.15, data[5:3000], 0.15, data[3000:9000], 0.15, data[9000:]]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            timeouts = 0
+            while True:
+                try:
+                    msg = await ws.receive(timeout=0.05)
+                    break
+                except asyncio.TimeoutError:
+                    timeouts += 1
+            result(timeouts=timeouts, sha=sha256(msg.data))
+run(main())
+""", URL=srv.url("/slow"))
+    import hashlib
+
+    assert r.value["timeouts"] >= 3 and r.value["sha"] == hashlib.sha256(bytes(range(256)) * 64).hexdigest()
+
+
+def test_a_receive_timing_out_does_not_strand_a_send_waiting_on_the_same_socket(mpy, ws_script):
+    # asyncio's IOQueue.remove() drops both directions of a socket when one waiting task is cancelled
+    srv = ws_script({"/busy": [1.0, "read", frame(1, b"got it")]}, rcvbuf=4096)
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            send = asyncio.create_task(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold
+            await asyncio.sleep_ms(200)
+            waiting = not send.done()
+            try:
+                await ws.receive(timeout=0.2)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.wait_for(send, 10)
+            result(waiting=waiting, reply=await ws.receive_str(timeout=10))
+run(main())
+""", heapsize="20M", URL=srv.url("/busy"))
+    assert r.value == {"waiting": True, "reply": "got it"}
+
+
+def test_heartbeat_fails_a_connection_whose_pongs_stop(mpy, ws_script):
+    srv = ws_script({"/mute": [5.0]})  # reads nothing, answers nothing
+    r = mpy.run("""
+import asyncio, time
+
+async def main():
+    async with ws_session() as session:
+        t0 = time.ticks_ms()
+        async with session.ws_connect(URL, heartbeat=0.2) as ws:
+            msg = await ws.receive()
+            result(type=msg.type, error=type(msg.data).__name__, code=ws.close_code,
+                   same=ws.exception() is msg.data, ms=time.ticks_diff(time.ticks_ms(), t0))
+run(main())
+""", URL=srv.url("/mute"))
+    assert r.value["type"] == 258 and r.value["error"] == "ServerTimeoutError" and r.value["code"] == 1006
+    assert r.value["same"] and 250 <= r.value["ms"] < 1500

@@ -38,6 +38,12 @@ def accept_key(key):
     return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
 
 
+def handshake_answer(key):
+    """The proper answer to a handshake with Sec-WebSocket-Key key."""
+    return ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key)).encode()
+
+
 class _WSBase(_LoopThread):
     ca = None  # the path of the CA that signed the certificate, set by the test fixtures
 
@@ -199,18 +205,22 @@ def close_frame(code, reason=b""):
 
 class ScriptWSServer(ScriptServer):
     """Answers each connection's handshake, then runs the script of its path: bytes are sent, a number is a pause in
-    seconds, "read" waits for one frame from the client, "echo" sends that frame back, "drop" ends the connection
-    at once (RST). After the script it reads what the client still sends until the client closes, then closes.
+    seconds, "read" waits for one frame from the client, "echo" sends that frame back, "fin" ends the sending side
+    (a clean TCP close), "drop" ends the connection at once (RST). After the script it reads what the client
+    still sends up to its Close, answers that with its code, then closes.
 
     answers[path](key), where given, is the head to send instead of a proper 101. `frames` records every frame the
-    client sent as (connection number, opcode, payload); `heads` each request head.
+    client sent as (connection number, opcode, payload); `heads` each request head. rcvbuf: the size of each
+    connection's receive buffer (small, a client's sends soon wait).
     """
 
-    def __init__(self, scripts, answers=None):
+    def __init__(self, scripts, answers=None, rcvbuf=None):
         self.answers = answers or {}
         self.frames = []
         self.heads = []
         super().__init__(scripts)
+        if rcvbuf:  # on the listening socket: accepted ones inherit it, window scaling included
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 
     def url(self, path):
         return "ws://%s:%d%s" % (HOST, self.port, path)
@@ -230,16 +240,14 @@ class ScriptWSServer(ScriptServer):
             path = head.split(" ")[1]
             key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
                        if line.lower().startswith("sec-websocket-key:"))
-            answer = self.answers.get(path)
-            conn.sendall(answer(key) if answer else (
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key)).encode())
-            last = None
+            conn.sendall(self.answers.get(path, handshake_answer)(key))
             for step in self.scripts.get(path, ()):
                 if step == "drop":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
-                if step in ("read", "echo"):
+                if step == "fin":
+                    conn.shutdown(socket.SHUT_WR)
+                elif step in ("read", "echo"):
                     last = reader.next()
                     self.frames.append((number,) + last)
                     if step == "echo":
@@ -248,9 +256,12 @@ class ScriptWSServer(ScriptServer):
                     conn.sendall(step)
                 else:
                     time.sleep(step)
-            while True:  # what the client still sends, up to its close
+            while True:  # what the client still sends, up to its Close, which is answered
                 got = reader.next()
                 self.frames.append((number,) + got)
+                if got[0] == 8:
+                    conn.sendall(frame(8, got[1][:2]))
+                    break
         except (OSError, EOFError, StopIteration):
             pass
         finally:
@@ -261,26 +272,25 @@ class _Frames:
     # Reads a client's frames (masked, as a client must send them) from a blocking socket
     def __init__(self, conn):
         self.conn = conn
-        self.data = b""
+        self.data = bytearray()
+
+    def _more(self):
+        part = self.conn.recv(1 << 20)
+        if not part:
+            raise EOFError
+        self.data += part
 
     def take(self, n):
         while len(self.data) < n:
-            part = self.conn.recv(65536)
-            if not part:
-                raise EOFError
-            self.data += part
-        out, self.data = self.data[:n], self.data[n:]
+            self._more()
+        out = bytes(self.data[:n])
+        del self.data[:n]
         return out
 
     def until(self, end):
         while end not in self.data:
-            part = self.conn.recv(65536)
-            if not part:
-                raise EOFError
-            self.data += part
-        i = self.data.index(end) + len(end)
-        out, self.data = self.data[:i], self.data[i:]
-        return out
+            self._more()
+        return self.take(self.data.index(end) + len(end))
 
     def next(self):
         """-> (opcode, unmasked payload) of the client's next frame"""

@@ -379,3 +379,91 @@ run(main())
 """, URL=srv.url("/mute"))
     assert r.value["type"] == 258 and r.value["error"] == "ServerTimeoutError" and r.value["code"] == 1006
     assert r.value["same"] and 250 <= r.value["ms"] < 1500
+
+
+# --- the API around the messages ----------------------------------------------------------------------------
+
+def test_two_tasks_sending_at_once_never_interleave_their_frames(mpy, ws_aiohttp):
+    r = mpy.run("""
+import asyncio
+from aiohttp import WSMsgType
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            sends = [asyncio.create_task(ws.send_bytes(bytes([i]) * 300000)) for i in range(3)]
+            sends.append(asyncio.create_task(ws.send_str("small")))
+            got = []
+            for i in range(4):
+                msg = await ws.receive(timeout=10)
+                got.append(msg.data if msg.type == WSMsgType.TEXT else (msg.data[0], len(msg.data),
+                                                                       msg.data.count(bytes([msg.data[0]]))))
+            await asyncio.gather(*sends)
+            result(got=sorted(got, key=str))
+run(main())
+""", heapsize="8M", URL=ws_aiohttp.url("/echo"))
+    assert r.value == {"got": [[0, 300000, 300000], [1, 300000, 300000], [2, 300000, 300000], "small"]}
+
+
+def test_json_helpers_undecoded_text_and_aiohttps_names(mpy, ws_aiohttp):
+    r = mpy.run("""
+import asyncio, sys, aiohttp
+
+async def main():
+    loaded_by_import = "aiohttp.websocket" in sys.modules
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            await ws.send_json({"kind": 1, "tags": ["a"]})
+            back = await ws.receive_json()
+            await ws.send_json([1, 2])
+            msg = await ws.receive()
+            try:
+                await ws.send_str("text")
+                await ws.receive_bytes()
+                wrong = None
+            except aiohttp.WSMessageTypeError as e:
+                wrong = isinstance(e, TypeError)
+            result(back=back, json=msg.json(), wrong_type=wrong, same=ws.ws is ws, error=ws.exception(),
+                   loaded_by_import=loaded_by_import)
+        async with session.ws_connect(URL, decode_text=False) as ws:
+            await ws.send_str("héllo")
+            msg = await ws.receive()
+            result(raw=list(msg.data), type=msg.type)
+    W = aiohttp.WSMsgType
+    result(types=[W.CONTINUATION, W.TEXT, W.BINARY, W.PING, W.PONG, W.CLOSE, W.CLOSING, W.CLOSED, W.ERROR],
+           codes=[aiohttp.WSCloseCode.OK, aiohttp.WSCloseCode.PROTOCOL_ERROR, aiohttp.WSCloseCode.MESSAGE_TOO_BIG])
+run(main())
+""", URL=ws_aiohttp.url("/echo"))
+    assert r.results[0] == {"back": {"kind": 1, "tags": ["a"]}, "json": [1, 2], "wrong_type": True, "same": True,
+                            "error": None, "loaded_by_import": False}
+    assert r.results[1] == {"raw": list("héllo".encode()), "type": 1}
+    assert r.results[2] == {"types": [0, 1, 2, 9, 10, 8, 256, 257, 258], "codes": [1000, 1002, 1009]}
+
+
+def test_a_plain_download_does_not_load_the_websocket_module(mpy, fault):
+    r = mpy.run("""
+import sys
+from mpos import DownloadManager
+data = DownloadManager.download_url(URL)
+result(size=len(data), loaded=[m for m in sys.modules if "websocket" in m])
+""", URL=fault.url("/bytes/1000"))
+    assert r.value == {"size": 1000, "loaded": []}
+
+
+def test_header_injection_and_bad_subprotocols_are_refused_before_connecting(mpy, ws_aiohttp):
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        for kw in ({"headers": {"X-A": "1\\r\\nX-Injected: 1"}}, {"origin": "https://a\\r\\nX: 1"},
+                   {"protocols": ("chat, superchat",)}, {"protocols": ("chat\\r\\n",)}):
+            try:
+                await session.ws_connect(URL, **kw)
+                result(refused=None)
+            except ValueError as e:
+                result(refused=type(e).__name__, fds=fd_count() - fds)
+run(main())
+""", URL=ws_aiohttp.url("/echo"))
+    assert r.results == [{"refused": "ValueError", "fds": 0}] * 4

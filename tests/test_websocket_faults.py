@@ -248,3 +248,19 @@ async def main():
 run(main())
 """, URL=srv.url("/silent"))
     assert r.value["error"] == "ServerTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
+
+
+def test_a_close_without_a_code_is_1005_and_answered_without_one(mpy, ws_script):
+    srv = ws_script({"/bare-close": [frame(8)]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            msg = await ws.receive(timeout=5)
+            result(type=msg.type, code=msg.data, reason=msg.extra, close_code=ws.close_code)
+run(main())
+""", URL=srv.url("/bare-close"))
+    assert r.value == {"type": 8, "code": 1005, "reason": "", "close_code": 1005}
+    assert srv.client_close_codes() == [None]  # an empty Close back: there was no code to echo

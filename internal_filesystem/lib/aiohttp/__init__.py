@@ -431,12 +431,17 @@ class _Conn:
         # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
         self.key = key
 
-    def open(self):
+    def open(self, nodelay=False):
         scheme, host, port, ctx = self.key
         ai = _resolve(host, port)
         s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
         self.s = s  # registered before anything can fail, so close() always finds it
         s.setblocking(False)
+        if nodelay:  # each write goes out at once, not held back for the peer's ACK (Nagle): a websocket's frames
+            try:  # (the unix port names neither constant; these are their values everywhere)
+                s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+            except OSError:
+                pass
         try:
             s.connect(ai[-1])
         except OSError as e:

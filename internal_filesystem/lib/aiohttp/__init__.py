@@ -41,12 +41,12 @@ _len = len  # a module global is found by hash; a builtin by a search of the bui
 
 
 # The websocket client (aiohttp/websocket.py) is its own module, loaded on first use: a download never pays for it.
-_WEBSOCKET_NAMES = ("WSMsgType", "WSMessage", "WSCloseCode", "ClientWebSocketResponse", "WSServerHandshakeError",
-                    "WebSocketError", "WSMessageTypeError", "ClientWSTimeout", "ClientConnectionResetError")
+# Its names: WSMsgType, WSMessage, WSCloseCode, WSServerHandshakeError, WSMessageTypeError, and these.
+_WEBSOCKET_NAMES = ("ClientWebSocketResponse", "WebSocketError", "ClientWSTimeout", "ClientConnectionResetError")
 
 
 def __getattr__(name):
-    if name not in _WEBSOCKET_NAMES:
+    if name[:2] != "WS" and name not in _WEBSOCKET_NAMES:
         raise AttributeError(name)
     # (as asyncio's own lazy names: `from . import websocket` would ask this function for "websocket" first)
     value = globals()[name] = getattr(__import__("websocket", globals(), None, True, 1), name)
@@ -431,17 +431,18 @@ class _Conn:
         # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
         self.key = key
 
-    def open(self, nodelay=False):
+    def open(self):
         scheme, host, port, ctx = self.key
         ai = _resolve(host, port)
         s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
         self.s = s  # registered before anything can fail, so close() always finds it
         s.setblocking(False)
-        if nodelay:  # each write goes out at once, not held back for the peer's ACK (Nagle): a websocket's frames
-            try:  # (the unix port names neither constant; these are their values everywhere)
-                s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-            except OSError:
-                pass
+        try:  # TCP_NODELAY, as aiohttp: a write after a write (a POST's body, a websocket frame's next block) goes
+            # out at once, not held ~40 ms for the peer's delayed ACK. (IPPROTO_TCP is 6 everywhere; the unix port
+            # names neither, where TCP_NODELAY is 1.)
+            s.setsockopt(6, getattr(socket, "TCP_NODELAY", 1), 1)
+        except OSError:
+            pass
         try:
             s.connect(ai[-1])
         except OSError as e:

@@ -733,7 +733,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     t = session._timeout
     try:
         try:
-            c.open(nodelay=True)
+            c.open()
             await _within(c.send("".join(head).encode()), t.connect or t.total, "connecting")
             status, answer = await _within(_answer(c), t.sock_read or t.total, "the answer")
         except OSError as e:

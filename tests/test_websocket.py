@@ -487,3 +487,22 @@ async def main():
 run(main())
 """, URL=ws_aiohttp.url("/echo"))
     assert r.value["ms"] < 1000
+
+
+def test_wss_is_verified_against_the_ca_the_session_trusts(mpy, ws_aiohttp_tls, certs):
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    for ca in (CA, OTHER):
+        async with aiohttp.ClientSession(ssl=aiohttp.tls_context(ca)) as session:
+            fds = fd_count()
+            try:
+                async with session.ws_connect(URL) as ws:
+                    await ws.send_str("trusted")
+                    result(echo=await ws.receive_str())
+            except aiohttp.ClientConnectionError as e:
+                result(refused="TLS" in str(e), fds=fd_count() - fds)
+run(main())
+""", CA=certs.ca_der_path, OTHER=certs.other_ca_der_path, URL=ws_aiohttp_tls.url("/echo"))
+    assert r.results == [{"echo": "trusted"}, {"refused": True, "fds": 0}]

@@ -506,3 +506,25 @@ async def main():
 run(main())
 """, CA=certs.ca_der_path, OTHER=certs.other_ca_der_path, URL=ws_aiohttp_tls.url("/echo"))
     assert r.results == [{"echo": "trusted"}, {"refused": True, "fds": 0}]
+
+
+def test_without_os_urandom_keys_come_from_random_and_still_differ(mpy, ws_aiohttp):
+    # (MicroPython's webassembly port has no os.urandom)
+    r = mpy.run("""
+import asyncio, json
+import aiohttp.websocket
+
+aiohttp.websocket._urandom = None
+
+async def main():
+    async with ws_session() as session:
+        keys = []
+        for i in range(3):
+            async with session.ws_connect(URL) as ws:
+                keys += [v for k, v in json.loads(await ws.receive_str()) if k.lower() == "sec-websocket-key"]
+                await ws.send_bytes(bytes(3000))
+                result(echo=len(await ws.receive_bytes()))
+        result(keys=len(set(keys)))
+run(main())
+""", URL=ws_aiohttp.url("/headers"))
+    assert r.results == [{"echo": 3000}] * 3 + [{"keys": 3}]

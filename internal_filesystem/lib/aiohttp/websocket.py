@@ -127,28 +127,28 @@ class ClientWSTimeout:
         self.ws_close = ws_close
 
 
+_seeded = False
+
+
 def _random(n):
     # n random bytes (n a multiple of 4) for keys and masks: the port's source (a hardware RNG on an ESP32),
     # else `random`, seeded here from the clock once: some ports start it from a fixed seed
+    global _seeded
     if _urandom is not None:
         return _urandom(n)
     import random
     from time import ticks_us
 
-    global _urandom_seeded
-    if not _urandom_seeded:
+    if not _seeded:
         random.seed(ticks_us())
-        _urandom_seeded = True
+        _seeded = True
     return b"".join(random.getrandbits(32).to_bytes(4, "little") for i in range(n // 4))
-
-
-_urandom_seeded = False
 
 
 def _mask(data, key, block_key=0):
     # data (at most _BLOCK bytes, from an offset that is a multiple of 4) XOR the 4-byte key repeated: one XOR of
-    # two integers, a loop in C, where a Python loop per byte costs over 20 times as much. block_key: the key
-    # over a whole block as an int, made once per frame.
+    # two integers, a loop in C instead of a Python loop per byte. block_key: the key over a whole block as an
+    # int, made once per frame.
     n = len(data)
     if n == _BLOCK and block_key:
         k = block_key
@@ -158,8 +158,8 @@ def _mask(data, key, block_key=0):
 
 
 def _frame(op, key, first, n):
-    # A client frame's header for a payload of n bytes, its mask key, and the first block of it masked: one write
-    # (a header written alone waits for an ACK behind Nagle's algorithm, 40 ms and more)
+    # A client frame's header for a payload of n bytes, its mask key, and the first block of it masked: a short
+    # message is one write, so one TCP segment and one TLS record
     if n < 126:
         head = bytes((_FIN | op, 0x80 | n))
     elif n < 65536:
@@ -612,11 +612,13 @@ class ClientWebSocketResponse:
         self._state = _CLOSED
         if self.close_code is None:
             self.close_code = WSCloseCode.ABNORMAL_CLOSURE
-        for name in ("_reading", "_writing"):
-            task = getattr(self, name)
-            if task is not None:
-                setattr(self, name, None)
-                _wake(task)
+        reader, writer = self._reading, self._writing
+        if reader is not None:
+            self._reading = None
+            _wake(reader)
+        if writer is not None:
+            self._writing = None
+            _wake(writer)
         self._stop_beat()
         self._c.close()
         self._buf = None

@@ -528,3 +528,29 @@ async def main():
 run(main())
 """, URL=ws_aiohttp.url("/headers"))
     assert r.results == [{"echo": 3000}] * 3 + [{"keys": 3}]
+
+
+def test_the_message_buffer_is_made_once_and_reused(mpy, ws_aiohttp):
+    # Each 8 KB message needs only its own bytes object once the buffer is there (not a buffer and a copy)
+    r = mpy.run("""
+import asyncio, gc
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            data = bytes(8192)
+            spent = []
+            for i in range(6):
+                await ws.send_bytes(data)
+                await asyncio.sleep_ms(20)  # the echo is all in the socket
+                gc.collect()
+                gc.disable()
+                a0 = gc.mem_alloc()
+                msg = await ws.receive()
+                spent.append(gc.mem_alloc() - a0)
+                gc.enable()
+                assert msg.data == data
+            result(first=spent[0], later=max(spent[1:]))
+run(main())
+""", URL=ws_aiohttp.url("/echo"))
+    assert r.value["first"] > 16384 and r.value["later"] < 8192 + 4096, r.value

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import testservers  # noqa: E402
+from tools import testservers, wsservers  # noqa: E402
 from tools.mpy import LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
 from tools import mpy as _mpy  # noqa: E402
 
@@ -124,3 +124,55 @@ def real(files):
 def real_tls(files, certs):
     with testservers.RealServer(str(files), certs=certs) as srv:
         yield srv
+
+
+# --- websocket servers (tools/wsservers.py): aiohttp.web's handler and the websockets package's, plain and TLS
+
+
+def _ws_server(cls, certs=None):
+    with cls(certs=certs) as srv:
+        srv.ca = certs.ca_der_path if certs else None  # what a client's tls_context() needs
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def ws_aiohttp():
+    yield from _ws_server(wsservers.AiohttpWSServer)
+
+
+@pytest.fixture(scope="session")
+def ws_aiohttp_tls(certs):
+    yield from _ws_server(wsservers.AiohttpWSServer, certs)
+
+
+@pytest.fixture(scope="session")
+def ws_websockets():
+    yield from _ws_server(wsservers.WebsocketsServer)
+
+
+@pytest.fixture(scope="session")
+def ws_websockets_tls(certs):
+    yield from _ws_server(wsservers.WebsocketsServer, certs)
+
+
+WS_SERVERS = ["ws_aiohttp", "ws_aiohttp_tls", "ws_websockets", "ws_websockets_tls"]
+
+
+@pytest.fixture(params=WS_SERVERS)
+def ws_server(request):
+    """Each of the four websocket servers in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def ws_script():
+    """ws_script(scripts, answers=None, rcvbuf=None) -> a ScriptWSServer (tools/wsservers.py), closed after the test."""
+    made = []
+
+    def start(scripts, answers=None, rcvbuf=None):
+        made.append(wsservers.ScriptWSServer(scripts, answers, rcvbuf))
+        return made[-1]
+
+    yield start
+    for srv in made:
+        srv.close()

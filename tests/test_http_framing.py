@@ -323,6 +323,22 @@ def test_tls_with_the_wrong_ca_is_an_error(mpy, fault_tls, certs, other):
     assert fault_tls.requests == 0  # no request went out over an unverified connection
 
 
+def test_a_refused_tls_handshake_leaves_no_socket_open(mpy, fault_tls, certs):
+    # MicroPython's TLS socket lets go of its TCP socket, unclosed, when the handshake fails: closing the TLS
+    # socket closed nothing, and every attempt with the wrong CA kept a file descriptor (an ESP32 has about ten)
+    r = mpy.run("""
+import aiohttp
+
+async def main():
+    fds = fd_count()
+    async with aiohttp.ClientSession(ssl=aiohttp.tls_context(CA)) as session:
+        for i in range(5):
+            await error_of(session.get(URL))
+    result(fds=fd_count() - fds)
+run(main())
+""", URL=fault_tls.url("/bytes/10"), CA=certs.other_ca_der_path)
+    assert r.value == {"fds": 0}
+
 def test_plain_http_to_a_tls_port_is_an_error_not_a_hang(mpy, fault_tls):
     url = fault_tls.url("/bytes/10").replace("https://", "http://")
     r = mpy.run("""

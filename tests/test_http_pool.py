@@ -35,6 +35,23 @@ def test_ten_sequential_gets_share_one_connection(mpy, fault):
     assert (fault.connections, fault.requests) == (1, 10)
 
 
+def test_posts_on_a_pooled_connection_are_not_held_back_for_acks(mpy, fault):
+    # A POST's head and body are two writes: with Nagle's algorithm on, the body waited for the server's delayed
+    # ACK of the head (about 40 ms a request on a reused connection: 20 POSTs took 850 ms, 7 ms without)
+    r = mpy.run("""
+import aiohttp, asyncio, time
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        t0 = time.ticks_ms()
+        for i in range(20):
+            async with session.post(URL, data=bytes(100)) as resp:
+                await resp.read()
+        result(ms=time.ticks_diff(time.ticks_ms(), t0))
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.value["ms"] < 400 and fault.connections == 1
+
 def test_a_finished_response_leaves_its_pooled_connection_alone(mpy, fault):
     # A response read to its end gave its connection to the pool; reading it again (every way) must say "end"
     # and take nothing from the next response now on that connection. (resp.content is the response itself, so

@@ -1,4 +1,5 @@
-"""Every Python example in the README's "Using it" section runs on MicroPython, with URL, PATH and SHA filled in."""
+"""Every Python example in the README's "Using it" section runs on MicroPython, with URL, PATH, SHA and WS_URL (a
+websocket echo server) filled in."""
 import re
 from pathlib import Path
 
@@ -27,10 +28,10 @@ def test_the_readme_has_its_examples():
 
 
 @pytest.mark.parametrize("code", EXAMPLES, ids=[c.splitlines()[-1][:40] for c in EXAMPLES])
-def test_readme_example_runs(mpy, fault, files, code):
+def test_readme_example_runs(mpy, fault, files, ws_aiohttp, code):
     path = files / ("readme-%d.bin" % EXAMPLES.index(code))
     r = mpy.run(code + SETTLE,
-                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE))
+                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE), WS_URL=ws_aiohttp.url("/echo"))
     assert r.value == {"done": True}
     assert "Traceback" not in r.stdout + r.stderr
     if "PATH" in code and "fail=" not in code:

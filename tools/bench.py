@@ -483,6 +483,161 @@ def heap_32bit(work):
     return heap_rows(json.loads(proc.stdout.splitlines()[-1]), "webassembly, 32-bit")
 
 
+# --- websockets (aiohttp/websocket.py): heap per idle websocket, a 4 KB echo loop, the cost of masking ----------
+
+# Heap held by n open websockets, each idle after one message there and back. at(name) reads the heap, each port
+# its own way (as HELD's); the difference over n is one websocket's share: its object, its connection and socket,
+# its send Lock, its slot in the session's list (and one in `kept`, the harness's).
+WS_IDLE = """
+import asyncio, aiohttp
+
+async def idle(n):
+    session = aiohttp.ClientSession()
+    warm = await session.ws_connect(URL)  # loads the module, asyncio's Lock...: not per websocket
+    await warm.send_str("warm")
+    await warm.receive()
+    await warm.close()
+    kept = []
+    await at("ws-base")
+    for i in range(n):
+        ws = await session.ws_connect(URL)
+        await ws.send_str("hello")
+        assert (await ws.receive()).data == "hello"
+        kept.append(ws)
+    await at("ws-open")
+    for ws in kept:
+        await ws.close()
+    await session.close()
+"""
+
+WS_IDLE64 = WS_IDLE + """
+import gc
+
+async def at(name):
+    gc.collect()
+    result(mark=name, heap=gc.mem_alloc())
+
+asyncio.run(idle(N))
+"""
+
+WS_IDLE32 = 'URL = "ws://127.0.0.1/echo"\nN = %d\nat = mark\n' + WS_IDLE + "await asyncio.create_task(idle(N))\n"
+
+# The masking of a 4 KB payload (four 1 KB blocks, the key over a block made once, as _send does), and the same with
+# a generator that XORs byte by byte, as micropython-lib's websocket client masks; rounds alternate, best counts.
+WS_MASK = """
+import os, time
+import aiohttp.websocket as websocket
+
+def bytewise(data, key, block_key=0):
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+def cost(mask, data, key):
+    t0 = time.ticks_us()
+    for r in range(REPEAT):
+        mv = memoryview(data)
+        block_key = int.from_bytes(key * 256, "little")
+        for off in range(0, len(data), 1024):
+            mask(mv[off : off + 1024], key, block_key)
+    return time.ticks_diff(time.ticks_us(), t0) / REPEAT / (len(data) / 1024)
+
+data, key = os.urandom(4096), os.urandom(4)
+assert websocket._mask(data[:1024], key) == bytewise(data[:1024], key)
+best = {}
+for r in range(ROUNDS):
+    for name, mask in (("bytewise", bytewise), ("bulk", websocket._mask)):
+        us = cost(mask, data, key)
+        best[name] = min(best.get(name, us), us)
+result(**best)
+"""
+
+# Round trips of a 4 KB binary message to an echo server (aiohttp.web, in this process's thread), with our masking
+# and with the byte-by-byte generator in its place: messages per second both ways.
+WS_ECHO = """
+import asyncio, aiohttp, time
+import aiohttp.websocket as websocket
+
+def bytewise(data, key, block_key=0):
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+async def loop(ws, n):
+    data = bytes(range(256)) * 16
+    t0 = time.ticks_us()
+    for i in range(n):
+        await ws.send_bytes(data)
+        assert len((await ws.receive()).data) == 4096
+    return time.ticks_diff(time.ticks_us(), t0)
+
+async def main():
+    best = {}
+    bulk = websocket._mask
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(URL) as ws:
+            await loop(ws, 20)
+            for r in range(ROUNDS):
+                for name, mask in (("bytewise", bytewise), ("bulk", bulk)):
+                    websocket._mask = mask
+                    us = await loop(ws, N)
+                    best[name] = min(best.get(name, us), us)
+            websocket._mask = bulk
+    result(bulk=N * 1e6 / best["bulk"], bytewise=N * 1e6 / best["bytewise"])
+
+asyncio.run(main())
+"""
+
+
+def websocket_rows(work, certs, rounds, quick):
+    """The websocket client's rows: heap per open idle websocket (64-bit unix, plain and TLS; 32-bit
+    webassembly), a 4 KB echo loop, masking per KB beside a byte-by-byte generator. -> (rows, raw figures)"""
+    from tools.wsservers import AiohttpWSServer
+
+    rows, raw, n = [], {}, 8
+    with AiohttpWSServer() as srv, AiohttpWSServer(certs=certs) as tls_srv:
+        # (mbedTLS's own buffers, 20-40 KB a connection on an ESP32, come from the C heap, not MicroPython's)
+        for name, server in (("ws://", srv), ("wss://, without mbedTLS's buffers", tls_srv)):
+            marks = {r["mark"]: r["heap"] for r in check(*mpy.run(WS_IDLE64, work, heapsize="8M", N=n,
+                                                                   URL=server.url("/echo")), "ws idle")}
+            per = (marks["ws-open"] - marks["ws-base"]) // n
+            raw["idle64 " + name] = per
+            rows.append(("heap per open idle websocket, unix 64-bit (%s)" % name, "%d bytes" % per, "", "report"))
+        per = websocket_heap_32bit(work, n)
+        raw["idle32"] = per
+        rows.append(("heap per open idle websocket, webassembly 32-bit (ws://)",
+                     "%d bytes" % per if per else "not measured: needs node (make bench installs the port)", "",
+                     "report"))
+        r = check(*mpy.run(WS_ECHO, work, timeout=300, URL=srv.url("/echo"), N=100 if quick else 400,
+                           ROUNDS=rounds), "ws echo")[-1]
+        raw["echo"] = r
+        rows.append(("4 KB websocket message echo loop (loopback, aiohttp.web server)",
+                     "%.0f msg/s (%.1f MB/s each way) vs %.0f msg/s masking byte by byte"
+                     % (r["bulk"], r["bulk"] * 4096 / 1e6, r["bytewise"]), "%.1fx" % (r["bulk"] / r["bytewise"]),
+                     "report"))
+    r = check(*mpy.run(WS_MASK, work, REPEAT=20 if quick else 100, ROUNDS=rounds), "ws mask")[-1]
+    raw["mask"] = r
+    rows.append(("websocket masking per KB vs a byte-by-byte generator XOR",
+                 "%.1f us vs %.1f us" % (r["bulk"], r["bytewise"]), "%.0fx faster" % (r["bytewise"] / r["bulk"]),
+                 "target >= 10x"))
+    return rows, raw
+
+
+def websocket_heap_32bit(work, n):
+    """Bytes per open idle websocket on the webassembly port (tools/wasm32.mjs; the standin socket echoes), or None
+    when the port or node is missing."""
+    import shutil
+    import subprocess
+
+    port = ROOT / ".wasm" / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
+    if not port.exists() or not shutil.which("node"):
+        return None
+    script = Path(work) / "ws32.py"
+    script.write_text(WS_IDLE32 % n)
+    proc = subprocess.run(["node", str(ROOT / "tools" / "wasm32.mjs"), str(port), str(mpy.LIB), str(script)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        sys.exit("bench websocket heap (32-bit) failed:\n%s\n%s" % (proc.stdout[-3000:], proc.stderr[-3000:]))
+    marks = json.loads(proc.stdout.splitlines()[-1])
+    return (marks["ws-open"] - marks["ws-base"]) // n
+
+
 def check(proc, res, what):
     if proc.returncode != 0 or not res:
         sys.exit("bench %s failed:\n%s\n%s" % (what, proc.stdout, proc.stderr))
@@ -528,6 +683,8 @@ def main(argv):
             more, raw["heap"] = heap_rows({r["mark"]: r["heap"] for r in res[1:]}, "unix, 64-bit")
             rows += more
             more, raw["heap32"] = heap_32bit(work)
+            rows += more
+            more, raw["websocket"] = websocket_rows(work, certs, rounds, quick)
             rows += more
             seg_size, seg_rate = 2 * 2**20, 2**20
             proc, res = mpy.run(SEGMENTS, work, timeout=300, URL=srv.url("/bytes/%d?rate=%d" % (seg_size, seg_rate)),

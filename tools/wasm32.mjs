@@ -1,6 +1,6 @@
 // `make bench`'s 32-bit heap figures: a Python script run on MicroPython's webassembly port (32-bit words and
-// 16-byte heap blocks, as on the ESP32) under Node.js, with the library in the port's filesystem and
-// tools/standin_socket.py as its `socket`.
+// 16-byte heap blocks, as on the ESP32) under Node.js, with the library in the port's filesystem,
+// tools/standin_socket.py as its `socket` and tools/standin_hashlib.py extending its `hashlib` with sha1.
 //
 //     node tools/wasm32.mjs MICROPYTHON_MJS LIB_DIR SCRIPT
 //
@@ -30,7 +30,8 @@ function copy(src, dst) {
 }
 copy(lib, "/lib");
 mp.FS.mkdir("/standin");
-mp.FS.writeFile("/standin/socket.py", fs.readFileSync(new URL("standin_socket.py", import.meta.url)));
+for (const name of ["socket", "hashlib"])
+  mp.FS.writeFile(`/standin/${name}.py`, fs.readFileSync(new URL(`standin_${name}.py`, import.meta.url)));
 mp.runPython(`
 import sys, asyncio
 sys.path.insert(0, "/lib")

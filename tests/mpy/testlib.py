@@ -175,3 +175,19 @@ def record_ranges():
 
     aiohttp.ClientSession.get = rec
     return sent
+
+
+# --- helpers for the websocket tests (tests/test_websocket*.py) ---
+
+def ws_session(ca=None, **kw):
+    # A ClientSession for ws:// (ca None) or for wss:// to a server whose certificate the test CA at ca signed
+    import aiohttp
+
+    return aiohttp.ClientSession(ssl=aiohttp.tls_context(ca) if ca else None, **kw)
+
+
+def pattern(n, text=False):
+    # n deterministic bytes: every byte value in turn, or (text) printable ASCII as a str
+    if text:
+        return ("0123456789abcdefghijklmnopqrstuvwxyz" * (n // 36 + 1))[:n]
+    return bytes(range(256)) * (n // 256) + bytes(range(n % 256))

@@ -48,6 +48,19 @@ _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings _Inflate rea
 _len = len  # a module global is found by hash; a builtin by a search of the builtins table, per call
 
 
+# The websocket client (aiohttp/websocket.py) is its own module, loaded on first use: a download never pays for it.
+# Its names: WSMsgType, WSMessage, WSCloseCode, WSServerHandshakeError, WSMessageTypeError, and these.
+_WEBSOCKET_NAMES = ("ClientWebSocketResponse", "WebSocketError", "ClientWSTimeout", "ClientConnectionResetError")
+
+
+def __getattr__(name):
+    if name[:2] != "WS" and name not in _WEBSOCKET_NAMES:
+        raise AttributeError(name)
+    # (as asyncio's own lazy names: `from . import websocket` would ask this function for "websocket" first)
+    value = globals()[name] = getattr(__import__("websocket", globals(), None, True, 1), name)
+    return value
+
+
 class ClientError(Exception):
     pass
 
@@ -556,11 +569,12 @@ class _Conn:
     task = None
     expired = False
     keep_buf = False  # True while a chunked body streams: its size lines need the buffer
-    raw = None  # under TLS, the TCP socket: a failed handshake lets go of it without closing it
+    tcp = None  # a TLS connection's TCP socket: MicroPython's TLS socket lets go of it unclosed if its handshake fails
 
     def __init__(self, key):
         # A fresh connection ends up with 8 attributes (key, s, buf, p, e, tmo, dl, task): the table MicroPython
-        # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32)
+        # grows to 8 entries, not 10 (32 bytes per connection on the unix port, 16 on an ESP32). A TLS one has 9
+        # (tcp): 16 bytes more beside the 20-40 KB of TLS buffers.
         self.key = key
 
     def open(self, ai):
@@ -568,6 +582,12 @@ class _Conn:
         s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2] if len(ai) > 2 else 0)
         self.s = s  # registered before anything can fail, so close() always finds it
         s.setblocking(False)
+        try:  # TCP_NODELAY, as aiohttp: a write after a write (a POST's body, a websocket frame's next block) goes
+            # out at once, not held ~40 ms for the peer's delayed ACK. (IPPROTO_TCP is 6 everywhere; the unix port
+            # names neither, where TCP_NODELAY is 1.)
+            s.setsockopt(6, getattr(socket, "TCP_NODELAY", 1), 1)
+        except OSError:
+            pass
         try:
             s.connect(ai[-1])
         except OSError as e:
@@ -575,20 +595,20 @@ class _Conn:
                 _forget(host, port)
                 raise
         if scheme == "https":
-            self.raw = s
+            self.tcp = s
             self.s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
             self.s.setblocking(False)
 
     def close(self):
-        for s in (self.s, self.raw):  # closing a socket twice is harmless; leaving one open is not
+        for s in (self.s, self.tcp):  # (closing the TCP socket again after its TLS socket did is harmless)
             if s is not None:
                 try:
                     s.close()
                 except OSError:
                     pass
         self.s = None
-        if self.raw is not None:
-            self.raw = None
+        if self.tcp is not None:
+            self.tcp = None
         if self.buf is not None:  # bytes that came before the close are not handed out after it (release())
             self.buf = None
             self.p = self.e = 0
@@ -1512,6 +1532,7 @@ class ClientSession:
     _pool_size = 4
     _keepalive_ms = 15000
     _auto_decompress = True
+    _ws = ()  # open websockets (aiohttp/websocket.py keeps the list): the session closes them
     closed = False
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
@@ -1541,6 +1562,8 @@ class ClientSession:
     def shutdown(self):
         # close() without awaiting: safe in a `finally` of a cancelled task
         self.closed = True
+        for ws in tuple(self._ws):
+            ws._going_away()
         for c in self._busy:
             c.close()
         for c, _ in self._idle:
@@ -1665,6 +1688,12 @@ class ClientSession:
     def head(self, url, **kw):
         kw.setdefault("allow_redirects", False)
         return self.request("HEAD", url, **kw)
+
+    def ws_connect(self, url, **kw):
+        # a websocket on a connection of its own (aiohttp/websocket.py, imported here on the first call)
+        from .websocket import ws_connect
+
+        return ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
                        timeout=None, allow_redirects=True, max_redirects=None):

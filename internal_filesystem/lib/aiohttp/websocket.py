@@ -1,0 +1,812 @@
+# WebSockets for our aiohttp (RFC 6455, client side): session.ws_connect(url) -> ClientWebSocketResponse.
+#
+# Loaded on first use (ClientSession.ws_connect and aiohttp's lazy __getattr__), so a plain download never pays
+# for it. Each websocket owns one connection, never taken from or given back to the session's HTTP pool; the
+# session closes the ones still open when it closes (ClientSession.shutdown -> _going_away).
+#
+# Reading: frames are parsed from the connection's read-ahead (c.buf[c.p:c.e]). A message that is all there
+# becomes its str or bytes straight from it; a longer one goes into the websocket's message buffer, which grows
+# to the largest message and is reused. The reader's state lives on the object (_left, _got, _op) and its only
+# waits are for the socket, so a receive() cancelled at any point (a timeout) loses no byte: the next one goes on.
+# Writing: one frame at a time (a Lock), masked with a fresh key per frame, in blocks XORed as big integers.
+
+import asyncio
+import binascii
+import errno
+import struct
+from asyncio import core
+from micropython import const
+from time import ticks_diff, ticks_ms
+
+# All that this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls(ssl) (the
+# TLS context rules) and _ws (its open websockets); from the connection: open, send, recv, fill, readline,
+# took, close, and its read-ahead buf[p:e].
+from . import (CIMultiDictProxy, ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
+               ServerTimeoutError, _Conn, _hostport, _RequestContext, check_headers, split_url)
+
+try:
+    from os import urandom as _urandom
+except ImportError:  # (MicroPython's webassembly port)
+    _urandom = None
+
+_OPEN = const(0)
+_PEER_CLOSED = const(1)  # the server's Close came; ours is not sent yet (autoclose=False)
+_CLOSING = const(2)  # ours is sent, or on its way
+_CLOSED = const(3)  # the connection is gone
+
+_OP_CONTINUATION = const(0)
+_OP_TEXT = const(1)
+_OP_BINARY = const(2)
+_OP_CLOSE = const(8)
+_OP_PING = const(9)
+_OP_PONG = const(10)
+_FIN = const(0x80)
+
+_BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
+_HEAD_LINES = const(100)  # header lines in the server's answer
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+class WSMsgType:
+    # aiohttp's message types (an IntEnum there): the opcodes, and three of aiohttp's own
+    CONTINUATION = 0
+    TEXT = 1
+    BINARY = 2
+    PING = 9
+    PONG = 10
+    CLOSE = 8
+    CLOSING = 256
+    CLOSED = 257
+    ERROR = 258
+
+
+class WSCloseCode:
+    OK = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    ABNORMAL_CLOSURE = 1006
+    INVALID_TEXT = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+
+
+class WSMessage:
+    # .type: a WSMsgType; .data: str (TEXT), bytes (BINARY, PING, PONG), the close code (CLOSE), the exception
+    # (ERROR); .extra: the close reason (CLOSE)
+    extra = None
+
+    def __init__(self, type, data, extra=None):
+        self.type = type
+        self.data = data
+        if extra is not None:
+            self.extra = extra
+
+    def json(self, *, loads=None):
+        import json
+
+        return (loads or json.loads)(self.data)
+
+    def __repr__(self):
+        return "<WSMessage type=%d data=%r extra=%r>" % (self.type, self.data, self.extra)
+
+
+_CLOSED_MESSAGE = WSMessage(WSMsgType.CLOSED, None)
+_CLOSING_MESSAGE = WSMessage(WSMsgType.CLOSING, None)
+
+
+class WebSocketError(Exception):
+    # What the server sent breaks RFC 6455: .code is the close code the connection was failed with
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class WSServerHandshakeError(ClientResponseError):
+    pass
+
+
+class WSMessageTypeError(TypeError):
+    pass
+
+
+class ClientConnectionResetError(ClientConnectionError):
+    pass
+
+
+class ClientWSTimeout:
+    # ws_receive: seconds each receive() may wait (None: no limit); ws_close: seconds close() waits for the
+    # server's Close
+    def __init__(self, ws_receive=None, ws_close=10.0):
+        self.ws_receive = ws_receive
+        self.ws_close = ws_close
+
+
+_seeded = False
+
+
+def _random(n):
+    # n random bytes (n a multiple of 4) for keys and masks: the port's source (a hardware RNG on an ESP32),
+    # else `random`, seeded here from the clock once: some ports start it from a fixed seed
+    global _seeded
+    if _urandom is not None:
+        return _urandom(n)
+    import random
+    from time import ticks_us
+
+    if not _seeded:
+        random.seed(ticks_us())
+        _seeded = True
+    return b"".join(random.getrandbits(32).to_bytes(4, "little") for i in range(n // 4))
+
+
+def _mask(data, key, block_key=0):
+    # data (at most _BLOCK bytes, from an offset that is a multiple of 4) XOR the 4-byte key repeated: one XOR of
+    # two integers, a loop in C instead of a Python loop per byte. block_key: the key over a whole block as an
+    # int, made once per frame.
+    n = len(data)
+    if n == _BLOCK and block_key:
+        k = block_key
+    else:
+        k = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ k).to_bytes(n, "little")
+
+
+def _frame(op, key, first, n):
+    # A client frame's header for a payload of n bytes, its mask key, and the first block of it masked: a short
+    # message is one write, so one TCP segment and one TLS record
+    if n < 126:
+        head = bytes((_FIN | op, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack(">BBH", _FIN | op, 0xFE, n)
+    else:
+        head = struct.pack(">BBQ", _FIN | op, 0xFF, n)
+    return b"".join((head, key, _mask(first, key)))
+
+
+_bad_utf8 = None
+
+
+def _text(data):
+    # data as a str, or WebSocketError 1007. MicroPython's decoder checks the shape of each sequence only; what it
+    # lets through (overlong forms, surrogates, code points past U+10FFFF) is searched for in text that is not
+    # plain ASCII (where the length in characters differs from the length in bytes).
+    global _bad_utf8
+    try:
+        s = str(data, "utf-8")
+    except UnicodeError:
+        s = None
+    if s is not None and len(s) != len(data):
+        if _bad_utf8 is None:
+            import re
+
+            _bad_utf8 = re.compile(b"[\xc0\xc1\xf5-\xff]|\xe0[\x80-\x9f]|\xed[\xa0-\xbf]|\xf0[\x80-\x8f]|\xf4[\x90-\xbf]")
+        if _bad_utf8.search(s.encode()):
+            s = None
+    if s is None:
+        raise WebSocketError(WSCloseCode.INVALID_TEXT, "text is not valid UTF-8")
+    return s
+
+
+def _close_payload(payload):
+    # A Close frame's payload -> (code, reason); 1005, "no status", when it has none (RFC 6455 section 7.1.5)
+    if not payload:
+        return 1005, ""
+    if len(payload) == 1:
+        raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = payload[0] << 8 | payload[1]
+    if not (1000 <= code <= 1014 and code not in (1004, 1005, 1006) or 3000 <= code <= 4999):
+        raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "invalid close code %d" % code)
+    return code, _text(memoryview(payload)[2:])
+
+
+def _wake(task):
+    # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty
+    if task is not None and task is not core.cur_task:
+        task.cancel()
+
+
+def _requeue_writer(writer, sock):
+    # asyncio's IOQueue.remove(task) drops the whole entry of the socket, the other direction's task included:
+    # after a reader parked here is cancelled, a writer parked on the same socket would never wake. Waking it is
+    # harmless: send() writes what it can and parks again.
+    io = core._io_queue
+    if writer is not None and writer.data is io and id(sock) not in io.map:
+        core._task_queue.push(writer)
+
+
+class ClientWebSocketResponse:
+    # Defaults on the class; an instance sets only what it uses (MicroPython has no __slots__: each attribute set
+    # is a slot in the instance's own table). An idle websocket that only saw short messages holds 5 of them.
+    protocol = None  # the subprotocol the server chose
+    close_code = None
+    _exc = None
+    _state = _OPEN
+    _reading = None  # the task parked reading this socket (receive(), or close() waiting for the server's Close)
+    _writing = None  # the task writing a frame (it holds _lock)
+    _beat = None  # the heartbeat task
+    _heard = 0  # ticks_ms of the last frame (kept for the heartbeat only)
+    _buf = None  # the message buffer, for messages the read-ahead can't hold whole
+    _left = 0  # payload bytes of the current frame still to read
+    _got = 0  # bytes of the current message in _buf
+    _op = 0  # the current message's opcode, with _FIN when its current frame is the last
+    _max = 4 * 1024 * 1024
+    _autoclose = True
+    _autoping = True
+    _decode = True
+    _close_timeout = 10.0
+    _receive_timeout = None
+
+    def __init__(self, session, conn):
+        self._s = session
+        self._c = conn
+        self._lock = asyncio.Lock()
+
+    @property
+    def closed(self):
+        return self._state >= _CLOSING
+
+    @property
+    def ws(self):
+        # MicroPythonOS's uaiowebsocket reads ws.ws.closed (its bundled client kept a protocol object there)
+        return self
+
+    def exception(self):
+        return self._exc
+
+    # --- sending ------------------------------------------------------------------------------------------
+    async def send_str(self, data, compress=None):
+        if not isinstance(data, str):
+            raise TypeError("data argument must be str (%r)" % type(data))
+        await self._send(_OP_TEXT, data.encode())
+
+    async def send_bytes(self, data, compress=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("data argument must be byte-ish (%r)" % type(data))
+        await self._send(_OP_BINARY, data)
+
+    async def send_json(self, data, compress=None, *, dumps=None):
+        import json
+
+        await self.send_str((dumps or json.dumps)(data))
+
+    async def send_frame(self, message, opcode, compress=None):
+        await self._send(opcode, message)
+
+    async def ping(self, message=b""):
+        await self._send(_OP_PING, _control_payload(message))
+
+    async def pong(self, message=b""):
+        await self._send(_OP_PONG, _control_payload(message))
+
+    async def _send(self, op, data):
+        # One whole frame, after the one another task may be writing. Cancelled half-way (from outside), the
+        # connection is dropped: the server could never tell where the next frame starts.
+        n = len(data)
+        key = _random(4)
+        await self._lock.acquire()
+        c = self._c
+        try:
+            if c.s is None or self._state >= _CLOSING and op != _OP_CLOSE:
+                raise ClientConnectionResetError("Cannot write to closing transport")
+            self._writing = core.cur_task
+            mv = memoryview(data)
+            await c.send(_frame(op, key, mv[:_BLOCK], n))
+            if n > _BLOCK:
+                block_key = int.from_bytes(key * (_BLOCK // 4), "little")
+                for off in range(_BLOCK, n, _BLOCK):
+                    await c.send(_mask(mv[off : off + _BLOCK], key, block_key))
+        except core.CancelledError:
+            if self._writing is not core.cur_task:  # woken by _drop: the connection went
+                raise ClientConnectionResetError("websocket closed while sending")
+            self._drop()
+            raise
+        except OSError as e:
+            self._drop(e)
+            raise ClientConnectionResetError("websocket: %s" % e, e.errno)
+        finally:
+            if self._writing is core.cur_task:
+                self._writing = None
+            self._lock.release()
+
+    async def _reply(self, op, payload):
+        # A pong or a Close sent by the reading task: close() must not wake it meanwhile (it would cut the frame)
+        me = self._reading
+        self._reading = None
+        try:
+            await self._send(op, payload)
+        except ClientConnectionResetError:
+            if self._state != _CLOSING:  # (else: a close() started meanwhile; its Close goes out instead)
+                raise
+        if self._reading is None:
+            self._reading = me
+
+    # --- receiving ----------------------------------------------------------------------------------------
+    async def receive(self, timeout=None):
+        st = self._state
+        if st == _CLOSED:
+            return _CLOSED_MESSAGE
+        if st == _CLOSING:
+            return _CLOSING_MESSAGE
+        if st == _PEER_CLOSED:
+            await self.close()
+            return _CLOSED_MESSAGE
+        if self._reading is not None:
+            raise RuntimeError("Concurrent call to receive() is not allowed")
+        timeout = timeout or self._receive_timeout
+        if timeout:
+            return await asyncio.wait_for_ms(self._receive(), int(timeout * 1000))
+        return await self._receive()
+
+    async def receive_str(self, *, timeout=None):
+        return (await self._receive_type(WSMsgType.TEXT, timeout)).data
+
+    async def receive_bytes(self, *, timeout=None):
+        return (await self._receive_type(WSMsgType.BINARY, timeout)).data
+
+    async def receive_json(self, *, loads=None, timeout=None):
+        return (await self._receive_type(WSMsgType.TEXT, timeout)).json(loads=loads)
+
+    async def _receive_type(self, want, timeout):
+        msg = await self.receive(timeout)
+        if msg.type != want:
+            raise WSMessageTypeError("Received message %d:%r is not of type %d" % (msg.type, msg.data, want))
+        return msg
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        msg = await self.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            raise StopAsyncIteration
+        return msg
+
+    async def _receive(self):
+        # receive() without its timeout: the next message, or what ended the connection as a message
+        me = self._reading = core.cur_task
+        try:
+            msg = await self._next()
+        except core.CancelledError:
+            if self._reading is me:  # cancelled from outside (a timeout): nothing was lost, the next call goes on
+                self._reading = None
+                _requeue_writer(self._writing, self._c.s)
+                raise
+            # woken by close() (a CLOSING message: its own receive takes the server's Close) or by _drop
+            if self._state != _CLOSED:
+                return _CLOSING_MESSAGE
+            return WSMessage(WSMsgType.ERROR, self._exc) if self._exc is not None else _CLOSED_MESSAGE
+        except WebSocketError as e:
+            self._reading = None
+            return await self._fail(e)
+        except (OSError, ClientError) as e:
+            if isinstance(e, OSError):
+                e = ClientConnectionError("websocket: %s" % e, e.errno)
+            self._drop(e)
+            return WSMessage(WSMsgType.ERROR, e)
+        if self._reading is me:
+            self._reading = None
+        return msg
+
+    def _head(self):
+        # The frame at the front of the read-ahead: (opcode, FIN bit, header size, payload length), or None while
+        # its header (and, for a control frame, its payload) is not all here. Raises WebSocketError for what no
+        # server may send.
+        c = self._c
+        buf = c.buf
+        p = c.p
+        have = c.e - p
+        if buf is None or have < 2:
+            return None
+        b0 = buf[p]
+        n = buf[p + 1]
+        size = 2 if n & 0x7F < 126 else 4 if n & 0x7F == 126 else 10
+        if have < size:
+            return None
+        if n & 0x80:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "masked frame from the server")
+        if b0 & 0x70:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+        op = b0 & 0x0F
+        if size == 2:
+            n &= 0x7F
+        else:
+            n = int.from_bytes(buf[p + 2 : p + size], "big")
+            if n >> 63:
+                raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "frame length over 2**63")
+        if op >= _OP_CLOSE:
+            if op > _OP_PONG:
+                raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "unknown opcode %d" % op)
+            if not b0 & _FIN or n > 125:
+                raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "control frame fragmented or over 125 bytes")
+            if have < size + n:
+                return None
+        elif op > _OP_BINARY:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "unknown opcode %d" % op)
+        elif op == _OP_CONTINUATION and not self._op:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
+        elif op != _OP_CONTINUATION and self._op:
+            raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+        return op, b0 & _FIN, size, n
+
+    async def _next(self):
+        # The next message, from where the last call stopped; pings and pongs are taken care of on the way
+        c = self._c
+        while True:
+            if not self._left:
+                head = self._head()
+                if head is None:
+                    if not await c.fill():
+                        return self._ended()
+                    continue
+                op, fin, size, n = head
+                if self._beat is not None:
+                    self._heard = ticks_ms()
+                p = c.p + size
+                if op >= _OP_CLOSE:
+                    payload = bytes(memoryview(c.buf)[p : p + n])
+                    c.took(size + n)
+                    msg = await self._control(op, payload)
+                    if msg is not None:
+                        return msg
+                    continue
+                if self._got + n > self._max:  # refused before a byte of it is read
+                    raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "message over max_msg_size (%d)" % self._max)
+                if fin and not self._op and n <= c.e - p:  # a whole message in the read-ahead
+                    msg = self._message(op, memoryview(c.buf)[p : p + n])
+                    c.took(size + n)
+                    return msg
+                c.took(size)
+                self._op = (self._op or op) | fin
+                self._left = n
+                self._room(self._got + n)
+            # the current frame's payload into the message buffer: the read-ahead's part, then from the socket
+            if c.p < c.e:
+                k = min(self._left, c.e - c.p)
+                self._buf[self._got : self._got + k] = memoryview(c.buf)[c.p : c.p + k]
+                c.took(k)
+                self._got += k
+                self._left -= k
+            while self._left:
+                k = await c.recv(memoryview(self._buf)[self._got : self._got + self._left])
+                if not k:
+                    return self._ended()
+                self._got += k
+                self._left -= k
+            if self._op & _FIN:
+                op, n = self._op & 0x0F, self._got
+                self._op = self._got = 0
+                return self._message(op, memoryview(self._buf)[:n])
+
+    def _room(self, n):
+        # a message buffer of at least n bytes, what it holds kept; doubled while a fragmented message grows
+        buf = self._buf
+        if buf is not None and len(buf) >= n:
+            return
+        if self._got:
+            n = min(max(n, 2 * len(buf)), self._max)
+        try:
+            new = bytearray(n)
+        except MemoryError:
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "no room for a message of %d bytes" % n)
+        if self._got:
+            new[: self._got] = memoryview(buf)[: self._got]
+        self._buf = new
+
+    def _message(self, op, data):
+        if op == _OP_BINARY:
+            return WSMessage(WSMsgType.BINARY, bytes(data))
+        text = _text(data)
+        return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
+
+    def _ended(self):
+        # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5), or, cut
+        # inside a frame, an error
+        c = self._c
+        if self._left or self._op or c.p < c.e:
+            raise ServerDisconnectedError("connection closed inside a frame")
+        self._drop()
+        return _CLOSED_MESSAGE
+
+    async def _control(self, op, payload):
+        # A ping, pong or Close (between messages or inside one) -> a message for the caller, or None to read on
+        if op == _OP_PING:
+            if not self._autoping:
+                return WSMessage(WSMsgType.PING, payload)
+            if self._state < _CLOSING:
+                await self._reply(_OP_PONG, payload)
+            return None if self._state < _CLOSING else _CLOSING_MESSAGE
+        if op == _OP_PONG:
+            return None if self._autoping else WSMessage(WSMsgType.PONG, payload)
+        code, reason = _close_payload(payload)
+        self.close_code = code
+        if self._state == _OPEN:
+            self._state = _PEER_CLOSED
+            if self._autoclose:
+                self._state = _CLOSING
+                self._stop_beat()
+                await self._reply(_OP_CLOSE, payload[:2])  # their code back (RFC 6455 section 5.5.1)
+                self._drop()
+        else:  # the answer to our Close
+            self._drop()
+        return WSMessage(WSMsgType.CLOSE, code, reason)
+
+    async def _fail(self, e):
+        # RFC 6455 section 7.1.7: a Close with the code, then the connection goes (the server's Close is not awaited)
+        self.close_code = e.code
+        self._exc = e
+        try:
+            if self._state < _CLOSING:
+                self._state = _CLOSING
+                self._stop_beat()
+                await asyncio.wait_for_ms(self._send(_OP_CLOSE, struct.pack(">H", e.code)), _ms(self._close_timeout))
+        except Exception:
+            pass  # the connection goes anyway
+        finally:
+            self._drop()
+        return WSMessage(WSMsgType.ERROR, e)
+
+    # --- closing ------------------------------------------------------------------------------------------
+    async def close(self, *, code=WSCloseCode.OK, message=b""):
+        """The closing handshake: our Close (code, message), then the server's, within ws_close seconds. A
+        receive() waiting in another task returns a CLOSING message. False if it was closing or closed already."""
+        st = self._state
+        if st >= _CLOSING:
+            return False
+        if isinstance(message, str):
+            message = message.encode()
+        if len(message) > 123:
+            raise ValueError("close message longer than 123 bytes")
+        self._state = _CLOSING
+        self._stop_beat()
+        try:
+            await self._send(_OP_CLOSE, struct.pack(">H", code) + message)
+            reader = self._reading
+            if reader is not None:
+                self._reading = None
+                _wake(reader)
+            if st == _OPEN:
+                await asyncio.wait_for_ms(self._drain(), _ms(self._close_timeout))
+        except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
+            if self._exc is None:
+                self._exc = e
+        finally:
+            self._drop()
+        return True
+
+    async def _drain(self):
+        # after our Close: what still comes is read and let go, up to the server's Close (_control takes it)
+        me = self._reading = core.cur_task
+        try:
+            while self._state == _CLOSING:
+                await self._next()
+        finally:
+            if self._reading is me:
+                self._reading = None
+
+    def _going_away(self):
+        # The session closes (or the task in `async with` was cancelled): a Close (1001, going away) if the socket
+        # takes it at once, then the connection goes, with no wait
+        s = self._c.s
+        if self._state < _CLOSING and self._writing is None and s is not None:
+            try:
+                key = _random(4)
+                s.write(_frame(_OP_CLOSE, key, b"\x03\xe9", 2))
+            except Exception:
+                pass  # best effort: the connection goes anyway
+        self._drop()
+
+    def _drop(self, exc=None):
+        # The connection goes, now: the end of every path. The tasks parked on its socket are woken first (one
+        # left parked on a closed socket would never wake); a receive() woken here returns CLOSED, or ERROR with
+        # exc.
+        if exc is not None and self._exc is None:
+            self._exc = exc
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        if self.close_code is None:
+            self.close_code = WSCloseCode.ABNORMAL_CLOSURE
+        reader, writer = self._reading, self._writing
+        if reader is not None:
+            self._reading = None
+            _wake(reader)
+        if writer is not None:
+            self._writing = None
+            _wake(writer)
+        self._stop_beat()
+        self._c.close()
+        self._buf = None
+        try:
+            self._s._ws.remove(self)
+        except ValueError:
+            pass
+
+    # --- heartbeat ----------------------------------------------------------------------------------------
+    def _stop_beat(self):
+        beat = self._beat
+        if beat is not None:
+            self._beat = None
+            _wake(beat)
+
+    async def _heartbeat(self, ms):
+        # A ping after ms without a frame from the server; no frame within ms/2 of it: the connection is dead.
+        # Frames are read by receive(), so a heartbeat needs a receive (async for) running, as aiohttp's pongs do not.
+        try:
+            while self._state < _CLOSING:
+                quiet = ticks_diff(ticks_ms(), self._heard)
+                if quiet < ms:
+                    await asyncio.sleep_ms(ms - quiet)
+                    continue
+                sent = ticks_ms()
+                await asyncio.wait_for_ms(self._send(_OP_PING, b""), ms // 2)
+                await asyncio.sleep_ms(max(0, ms // 2 - ticks_diff(ticks_ms(), sent)))
+                if ticks_diff(self._heard, sent) < 0:
+                    raise asyncio.TimeoutError
+        except core.CancelledError:
+            pass  # stopped by close() or _drop
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError):
+                e = ServerTimeoutError("No PONG received after %s seconds" % (ms / 2000), errno.ETIMEDOUT)
+            self._beat = None
+            self._drop(e)
+
+
+def _control_payload(message):
+    if isinstance(message, str):
+        message = message.encode()
+    if len(message) > 125:
+        raise ValueError("a control frame's payload is at most 125 bytes")
+    return message
+
+
+def _ms(seconds):
+    return None if seconds is None else int(seconds * 1000)
+
+
+class _WSContext(_RequestContext):
+    # `async with session.ws_connect(url) as ws:` closes ws at the end; cancelled, it goes at once (no waiting for
+    # the server's Close). `await session.ws_connect(url)` gives ws itself.
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, core.CancelledError):
+            self._resp._going_away()
+        else:
+            await self._resp.close()
+
+
+def ws_connect(session, url, **kw):
+    return _WSContext(_connect(session, url, **kw))
+
+
+async def _within(aw, seconds, what):
+    # aw, bounded by seconds (None: unbounded); over time, a ServerTimeoutError naming what took so long
+    if not seconds:
+        return await aw
+    try:
+        return await asyncio.wait_for_ms(aw, int(seconds * 1000))
+    except asyncio.TimeoutError:
+        raise ServerTimeoutError("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
+
+
+async def _connect(session, url, *, method="GET", protocols=(), timeout=None, receive_timeout=None, autoclose=True,
+                   autoping=True, heartbeat=None, origin=None, headers=None, ssl=None, compress=0,
+                   max_msg_size=4 * 1024 * 1024, decode_text=True):
+    # The opening handshake (RFC 6455 section 4.1) on a connection of the websocket's own. The session's timeout
+    # bounds it: `connect` the TCP and TLS setup and the request, `sock_read` the wait for the answer.
+    if session.closed:
+        raise RuntimeError("session is closed")
+    if compress:
+        raise ValueError("compress: permessage-deflate is not supported")
+    if isinstance(url, str) and url[:6].lower().startswith(("ws://", "wss://")):
+        url = "http" + url[2:]  # ws and wss are spoken over http and https connections
+    scheme, host, port, target = split_url(url)
+    check_headers(headers)
+    # a subprotocol is a token, as a header name is; the Origin a plain value
+    check_headers(dict.fromkeys(protocols, ""))
+    if origin is not None:
+        check_headers({"Origin": origin})
+    if not isinstance(method, str) or not method.isalpha():
+        raise ValueError("invalid HTTP method %r" % (method,))
+    key = binascii.b2a_base64(_random(16), newline=False)
+    fields = {}  # lower-cased name -> (name, value): the call's headers win over the session's, ours over both
+    for src in (session._headers, headers):
+        for k, v in src.items() if src else ():
+            fields[k.lower()] = (k, v if isinstance(v, str) else str(v))
+    own_host = fields.pop("host", None)
+    for k in ("upgrade", "connection", "origin", "sec-websocket-key", "sec-websocket-version",
+              "sec-websocket-protocol", "sec-websocket-extensions"):
+        fields.pop(k, None)
+    head = ["%s %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+            % (method.upper(), target, own_host[1] if own_host else _hostport(scheme, host, port), key.decode())]
+    if protocols:
+        head.append("Sec-WebSocket-Protocol: %s\r\n" % ", ".join(protocols))
+    if origin is not None:
+        head.append("Origin: %s\r\n" % origin)
+    for kv in fields.values():
+        head.append("%s: %s\r\n" % kv)
+    head.append("\r\n")
+    c = _Conn((scheme, host, port, session._tls(ssl) if scheme == "https" else None))
+    t = session._timeout
+    try:
+        try:
+            c.open()
+            await _within(c.send("".join(head).encode()), t.connect or t.total, "connecting")
+            status, answer = await _within(_answer(c), t.sock_read or t.total, "the answer")
+        except OSError as e:
+            raise ClientConnectionError("websocket %s:%d: %s" % (host, port, e), e.errno)
+        _check(status, answer, key, protocols)
+    except BaseException:
+        c.close()
+        raise
+    c.took(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
+    ws = ClientWebSocketResponse(session, c)
+    for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size),
+                        ("_autoclose", autoclose), ("_autoping", autoping), ("_decode", decode_text)):
+        if value != getattr(ClientWebSocketResponse, name):
+            setattr(ws, name, value)
+    if isinstance(timeout, (int, float)):
+        timeout = ClientWSTimeout(ws_close=timeout)  # (aiohttp's older meaning of a number here)
+    if timeout is not None:
+        ws._close_timeout = timeout.ws_close
+        ws._receive_timeout = timeout.ws_receive
+    if receive_timeout is not None:
+        ws._receive_timeout = receive_timeout
+    if not session._ws:
+        session._ws = []
+    session._ws.append(ws)
+    if heartbeat:
+        ws._heard = ticks_ms()
+        ws._beat = asyncio.create_task(ws._heartbeat(int(heartbeat * 1000)))
+    return ws
+
+
+async def _answer(c):
+    # The server's answer to the handshake: (status, its header fields); the frames that came with it stay in
+    # the connection's read-ahead
+    line = await c.readline()
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+        if not line:
+            raise ServerDisconnectedError("server closed the connection without a response")
+        raise WSServerHandshakeError(0, "bad status line %r" % line[:80])
+    status = int(parts[1])
+    fields = bytearray()  # "\nname:value" per field, names in lower case: what CIMultiDictProxy searches
+    for i in range(_HEAD_LINES):
+        line = await c.readline()
+        if not line:
+            raise ServerDisconnectedError("connection closed inside the response head")
+        if line in (b"\r\n", b"\n"):
+            return status, CIMultiDictProxy(fields + b"\n")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise WSServerHandshakeError(status, "bad header line %r" % line[:80])
+        fields += b"\n" + name.lower() + b":" + value.strip()
+    raise WSServerHandshakeError(status, "more than %d header lines" % _HEAD_LINES)
+
+
+def _check(status, answer, key, protocols):
+    # RFC 6455 section 4.1: what the client must check before it speaks websocket (redirects are not followed)
+    def fail(why):
+        raise WSServerHandshakeError(status, why, answer)
+
+    if status != 101:
+        fail("Invalid response status" + (" (redirects are not followed)" if 300 <= status < 400 else ""))
+    if answer.get("Upgrade", "").lower() != "websocket":
+        fail("Invalid upgrade header")
+    if "upgrade" not in [t.strip().lower() for t in ",".join(answer.getall("Connection")).split(",")]:
+        fail("Invalid connection header")
+    import hashlib
+
+    if answer.get("Sec-WebSocket-Accept") != binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False).decode():
+        fail("Invalid challenge response")
+    chosen = answer.get("Sec-WebSocket-Protocol")
+    if chosen is not None and chosen not in protocols:
+        fail("the server chose a subprotocol that was not offered: %r" % chosen)
+    if answer.get("Sec-WebSocket-Extensions"):
+        fail("the server chose an extension that was not offered")

@@ -1,0 +1,197 @@
+"""The websocket client driven the way MicroPythonOS drives it: its uaiowebsocket.WebSocketApp (Nostr relays, the
+Lightning wallet) and its multi-websocket tests. The snippets are ours; the calls are the ones that code makes:
+ClientSession(headers=...), ws_connect(url, ssl=<an ssl.SSLContext with CERT_NONE>), `if not ws`, `async for`,
+msg.type against WSMsgType and the raw opcodes, ws.ws.closed, ws.pong(), ws.exception(), send_str/send_bytes,
+close() from another task, session.__aexit__(None, None, None), and a reconnect loop with backoff."""
+from tools.wsservers import frame
+
+# A relay client shaped like uaiowebsocket.WebSocketApp: one session per connection, messages to callbacks, and
+# a reconnect loop whose wait starts at MIN_WAIT after a connection that ended normally and triples (up to
+# MAX_WAIT) after one that failed.
+RELAY = """
+import asyncio, aiohttp, ssl
+from aiohttp import WSMsgType
+
+class RelayClosed(Exception):
+    pass
+
+class Relay:
+    def __init__(self, url):
+        self.url = url
+        self.ws = self.session = None
+        self.running = True
+        self.opened = 0
+        self.messages = []
+        self.errors = []
+        self.waits = []
+
+    async def _connect_and_run(self):
+        context = None
+        if self.url.startswith("wss://"):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.verify_mode = ssl.CERT_NONE
+        self.session = aiohttp.ClientSession(headers={"X-Relay-Client": "test"})
+        async with self.session.ws_connect(self.url, ssl=context) as ws:
+            if not ws:
+                raise RuntimeError("ws_connect gave no websocket")
+            self.ws = ws
+            self.opened += 1
+            await ws.send_str('["REQ","feed",{}]')
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self.messages.append(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.messages.append("%d bytes" % len(msg.data))
+                elif msg.type == WSMsgType.ERROR or ws.ws.closed:
+                    raise RelayClosed("websocket error or closed")
+                elif msg.type == 10:  # a pong (only seen with autoping off)
+                    pass
+                elif msg.type == 9:
+                    await ws.pong(msg.data)
+
+    async def run_forever(self):
+        wait = MIN_WAIT
+        while self.running:
+            ended_normally = False
+            try:
+                await self._connect_and_run()
+                ended_normally = True
+            except Exception as e:
+                self.errors.append(type(e).__name__)
+            finally:
+                await self.session.__aexit__(None, None, None)
+            if not self.running:
+                break
+            wait = MIN_WAIT if ended_normally else min(wait * 3, MAX_WAIT)
+            self.waits.append(wait)
+            await asyncio.sleep(wait)
+
+    async def close(self):
+        self.running = False
+        if self.ws and not self.ws.ws.closed:
+            await self.ws.close()
+
+def start(url):
+    relay = Relay(url)
+    return relay, asyncio.create_task(relay.run_forever())
+
+async def until(done):
+    while not done():
+        await asyncio.sleep_ms(10)
+"""
+
+
+def test_a_relay_that_ends_each_connection_is_reconnected_at_the_shortest_wait(mpy, ws_script):
+    srv = ws_script({"/relay": ["read", frame(1, b'["EVENT",1]'), frame(2, b"\x01\x02"), "fin"]})
+    r = mpy.run(RELAY + """
+async def main():
+    fds = fd_count()
+    relay, task = start(URL)
+    await until(lambda: relay.opened >= 3 and len(relay.messages) >= 6)
+    await relay.close()
+    await task
+    result(messages=relay.messages[:6], errors=relay.errors, waits=relay.waits[:2], fds=fd_count() - fds)
+run(main())
+""", timeout=30, URL=srv.url("/relay"), MIN_WAIT=0.05, MAX_WAIT=0.5)
+    assert r.value["messages"] == ['["EVENT",1]', "2 bytes"] * 3
+    assert r.value["errors"] == [] and r.value["waits"] == [0.05, 0.05] and r.value["fds"] == 0
+    assert [p for _, op, p in srv.frames if op == 1][:3] == [b'["REQ","feed",{}]'] * 3
+
+
+def test_a_relay_that_drops_and_then_refuses_is_retried_with_growing_waits(mpy, ws_script):
+    srv = ws_script({"/relay": ["read", frame(1, b'["EVENT",1]'), 0.05, "drop"]})
+    r = mpy.run(RELAY + """
+async def main():
+    fds = fd_count()
+    relay, task = start(URL)
+    await until(lambda: relay.messages)
+    relay.url = DEAD  # the relay goes away: connections are refused from now on
+    await until(lambda: len(relay.errors) >= 4)
+    await relay.close()
+    await task
+    result(errors=relay.errors[:4], waits=relay.waits[:4], fds=fd_count() - fds)
+run(main())
+""", timeout=30, URL=srv.url("/relay"), DEAD="ws://127.0.0.1:9/relay", MIN_WAIT=0.02, MAX_WAIT=0.5)
+    # the dropped connection is an ERROR message (RelayClosed above), each refusal a ClientConnectionError
+    assert r.value["errors"] == ["RelayClosed"] + ["ClientConnectionError"] * 3
+    assert r.value["waits"] == [0.06, 0.18, 0.5, 0.5] and r.value["fds"] == 0
+
+
+def test_closing_from_another_task_ends_the_relays_loop(mpy, ws_aiohttp_tls):
+    r = mpy.run(RELAY + """
+async def main():
+    fds = fd_count()
+    relay, task = start(URL)
+    await until(lambda: relay.messages)
+    await relay.close()  # while the relay's task waits in `async for`
+    await task
+    result(messages=relay.messages, opened=relay.opened, closed=relay.ws.ws.closed, errors=relay.errors,
+           fds=fd_count() - fds)
+run(main())
+""", timeout=30, URL=ws_aiohttp_tls.url("/echo?relay"), MIN_WAIT=0.05, MAX_WAIT=0.5)
+    assert r.value == {"messages": ['["REQ","feed",{}]'], "opened": 1, "closed": True, "errors": [], "fds": 0}
+    assert ws_aiohttp_tls.close_codes("/echo?relay") == [1000]
+
+
+# MicroPythonOS's test_multi_connect.py and test_multi_websocket_with_bad_ones.py: workers on one session, each
+# sending a couple of messages then answering what comes back, in an event loop on a thread of its own
+WORKERS = """
+import asyncio, aiohttp, _thread, time
+from aiohttp import WSMsgType
+
+connected = []
+log = []
+done = []
+
+async def worker(session, url, i):
+    try:
+        async with session.ws_connect(url) as ws:
+            connected.append(i)
+            for k in range(2):
+                await ws.send_str("hello from %d, message %d" % (i, k + 1))
+                await asyncio.sleep(0.05)
+            count = 0
+            async for msg in ws:
+                count += 1
+                if count > 6:
+                    await ws.close()
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    log.append((i, msg.data))
+                    await ws.send_str(msg.data + " / answer")
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
+                elif msg.type == WSMsgType.ERROR:
+                    log.append((i, "error: %r" % ws.exception()))
+                    break
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.append((i, type(e).__name__))
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*[asyncio.create_task(worker(session, url, i)) for i, url in enumerate(URLS)],
+                             return_exceptions=True)
+    done.append(True)
+
+fds = fd_count()
+_thread.start_new_thread(lambda: asyncio.run(main()), ())
+for i in range(300):
+    if done:
+        break
+    time.sleep(0.05)
+result(done=bool(done), connected=sorted(connected), log=sorted(log), fds=fd_count() - fds)
+"""
+
+
+def test_websockets_from_one_session_on_a_thread_some_of_them_bad(mpy, ws_aiohttp):
+    good = ws_aiohttp.url("/echo?multi")
+    r = mpy.run(WORKERS, timeout=60, URLS=[good, "ws://127.0.0.1:9/", good, ws_aiohttp.url("/status/404"), good])
+    assert r.value["done"] and r.value["connected"] == [0, 2, 4] and r.value["fds"] == 0
+    log = r.value["log"]
+    for i in (0, 2, 4):
+        said = [text for who, text in log if who == i]
+        # the first message back, then what came back of each answer: the chain grows one " / answer" a turn
+        assert said[:2] == ["hello from %d, message 1" % i, "hello from %d, message 1 / answer" % i], said
+    assert [1, "ClientConnectionError"] in log and [3, "WSServerHandshakeError"] in log

@@ -1,0 +1,266 @@
+"""The websocket client against a server that misbehaves on purpose (tools/wsservers.py: ScriptWSServer): bad
+frames of every kind RFC 6455 forbids, connections cut inside a frame, bad handshakes, bytes one at a time."""
+import struct
+
+import pytest
+
+from tools.wsservers import accept_key, close_frame, frame, handshake_answer
+
+# A bad frame -> the close code the client must fail the connection with
+BAD_FRAMES = {
+    "a masked frame": (frame(1, b"hi", mask=b"abcd"), 1002),
+    "reserved bits set": (frame(1, b"hi", rsv=4), 1002),
+    "an unknown data opcode": (frame(3, b"hi"), 1002),
+    "an unknown control opcode": (frame(11), 1002),
+    "a control frame over 125 bytes": (frame(9, b"x" * 126), 1002),
+    "a fragmented control frame": (frame(9, b"x", fin=False), 1002),
+    "a continuation with no message": (frame(0, b"x"), 1002),
+    "a new message inside a fragmented one": (frame(1, b"a", fin=False) + frame(1, b"b"), 1002),
+    "a length over 2**63": (struct.pack(">BBQ", 0x82, 127, 1 << 63), 1002),
+    "a Close with a 1-byte payload": (frame(8, b"\x03"), 1002),
+    "a Close with code 1005": (close_frame(1005), 1002),
+    "a Close with code 999": (close_frame(999), 1002),
+    "a Close with code 5000": (close_frame(5000), 1002),
+    "text that is not UTF-8": (frame(1, b"ok \xff\xfe"), 1007),
+    "a UTF-16 surrogate in UTF-8": (frame(1, b"\xed\xa0\x80"), 1007),
+    "an overlong UTF-8 form": (frame(1, b"\xc0\xaf"), 1007),
+    "a code point past U+10FFFF": (frame(1, b"\xf4\x90\x80\x80"), 1007),
+    "UTF-8 cut short at the message's end": (frame(1, b"caf\xc3", fin=False) + frame(0, b""), 1007),
+    "a Close reason that is not UTF-8": (close_frame(1000, b"\xff"), 1007),
+    "a message over max_msg_size": (frame(2, length=1 << 30), 1009),  # announced only: 1 GB never comes
+}
+
+FAIL = """
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        msg = await ws.receive(timeout=5)
+        result(type=msg.type, error=type(msg.data).__name__, code=getattr(msg.data, "code", None),
+               close_code=ws.close_code, closed=ws.closed, after=(await ws.receive()).type, fds=fd_count() - fds,
+               reason=str(msg.data))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("name", BAD_FRAMES)
+def test_a_bad_frame_fails_the_connection_with_its_close_code(mpy, ws_script, name):
+    data, code = BAD_FRAMES[name]
+    srv = ws_script({"/bad": [data]})
+    r = mpy.run(FAIL, URL=srv.url("/bad"))
+    reason = r.value.pop("reason")
+    assert r.value == {"type": 258, "error": "WebSocketError", "code": code, "close_code": code, "closed": True,
+                       "after": 257, "fds": 0}
+    assert srv.client_close_codes() == [code]  # said to the server before the connection went
+    if code == 1009:  # refused by its announced length, not by a failed attempt to make room for it
+        assert "max_msg_size" in reason
+
+
+def test_a_message_the_heap_cannot_hold_is_refused_with_1009(mpy, ws_script):
+    srv = ws_script({"/big": [frame(2, length=3 << 20)]})  # under max_msg_size (4 MB), over a 1 MB heap
+    r = mpy.run(FAIL, heapsize="1M", URL=srv.url("/big"))
+    assert (r.value["type"], r.value["code"], r.value["fds"]) == (258, 1009, 0)
+    assert "no room" in r.value["reason"]
+    assert srv.client_close_codes() == [1009]
+
+
+def test_max_msg_size_counts_the_whole_fragmented_message(mpy, ws_script):
+    srv = ws_script({"/parts": [frame(2, bytes(600), fin=False) + frame(0, bytes(600))]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL, max_msg_size=1000) as ws:
+            msg = await ws.receive(timeout=5)
+            result(type=msg.type, code=msg.data.code)
+run(main())
+""", URL=srv.url("/parts"))
+    assert r.value == {"type": 258, "code": 1009}
+
+
+TWO_TEXTS = """
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            result(texts=[await ws.receive_str(timeout=5), await ws.receive_str(timeout=5)])
+run(main())
+"""
+
+VALID_TEXT = "é ß 한국어 \u07ff \u0800 \ud7ff \ue000 \uffff \U00010000 \U0010ffff 😀"
+
+
+def test_valid_utf8_split_anywhere_across_fragments_is_accepted(mpy, ws_script):
+    data = VALID_TEXT.encode()
+    # fragments of 1, 2, 3... bytes: every multi-byte sequence is cut somewhere
+    parts, i, k = [], 0, 1
+    while i < len(data):
+        parts.append(data[i:i + k])
+        i, k = i + k, k % 3 + 1
+    frames = [frame(1 if j == 0 else 0, p, fin=j == len(parts) - 1) for j, p in enumerate(parts)]
+    srv = ws_script({"/text": [b"".join(frames), frame(1, data)]})
+    r = mpy.run(TWO_TEXTS, URL=srv.url("/text"))
+    assert r.value == {"texts": [VALID_TEXT, VALID_TEXT]}
+
+
+def test_a_ping_inside_a_fragmented_message_is_answered_not_glued_into_it(mpy, ws_script):
+    srv = ws_script({"/ping-inside": [frame(1, b"Hel", fin=False), frame(9, b"ping!"), frame(0, b"lo, ", fin=False),
+                                      frame(10, b"unasked pong"), frame(0, b"world")]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            result(text=await ws.receive_str(timeout=5))
+run(main())
+""", URL=srv.url("/ping-inside"))
+    assert r.value == {"text": "Hello, world"}
+    assert [(op, payload) for _, op, payload in srv.frames][0] == (10, b"ping!")
+
+
+def test_frames_trickled_one_byte_at_a_time_arrive_whole(mpy, ws_script):
+    data = frame(1, "héllo ".encode() * 30) + frame(2, bytes(range(256)) * 2) + frame(1, b"")
+    srv = ws_script({"/trickle": [x for b in data for x in (bytes([b]), 0.0005)]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            result(text=await ws.receive_str(timeout=10), binary=sha256(await ws.receive_bytes(timeout=10)),
+                   empty=await ws.receive_str(timeout=10))
+run(main())
+""", URL=srv.url("/trickle"))
+    import hashlib
+
+    assert r.value == {"text": "héllo " * 30, "binary": hashlib.sha256(bytes(range(256)) * 2).hexdigest(),
+                       "empty": ""}
+
+
+def test_frames_that_come_with_the_handshake_answer_are_read(mpy, ws_script):
+    def answer(key):
+        return handshake_answer(key) + frame(1, b"early") + frame(1, b"bird")
+
+    srv = ws_script({}, answers={"/early": answer})
+    r = mpy.run(TWO_TEXTS, URL=srv.url("/early"))
+    assert r.value == {"texts": ["early", "bird"]}
+
+
+ENDINGS = """
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        seen = []
+        while len(seen) < 5:
+            msg = await ws.receive(timeout=5)
+            seen.append(msg.type)
+            if msg.type in (257, 258):
+                result(seen=seen, error=type(msg.data).__name__, close_code=ws.close_code, fds=fd_count() - fds)
+                break
+run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["drop", "fin"])
+def test_a_connection_cut_inside_a_frame_is_an_error_message(mpy, ws_script, how):
+    srv = ws_script({"/cut": [frame(1, b"whole"), frame(2, bytes(100))[:12], 0.05, how]})
+    r = mpy.run(ENDINGS, URL=srv.url("/cut"))
+    assert r.value["seen"] == [1, 258] and r.value["close_code"] == 1006 and r.value["fds"] == 0
+    assert r.value["error"] in ("ServerDisconnectedError", "ClientConnectionError")
+
+
+def test_a_clean_tcp_close_between_messages_is_closed_with_1006(mpy, ws_script):
+    srv = ws_script({"/fin": [frame(1, b"last words"), "fin"]})
+    r = mpy.run(ENDINGS, URL=srv.url("/fin"))
+    assert r.value == {"seen": [1, 257], "error": "NoneType", "close_code": 1006, "fds": 0}
+
+
+def _answer(*fields, status=b"101 Switching Protocols", accept=True):
+    def answer(key):
+        head = [b"HTTP/1.1 " + status] + list(fields)
+        if accept:
+            head.append(b"Sec-WebSocket-Accept: " + accept_key(key).encode())
+        return b"\r\n".join(head) + b"\r\n\r\n"
+    return answer
+
+
+UPGRADE = (b"Upgrade: websocket", b"Connection: Upgrade")
+BAD_ANSWERS = {
+    "/no-accept": (_answer(*UPGRADE, accept=False), "Invalid challenge response"),
+    "/wrong-accept": (_answer(*UPGRADE, b"Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==", accept=False),
+                      "Invalid challenge response"),
+    "/no-upgrade": (_answer(b"Connection: Upgrade"), "Invalid upgrade header"),
+    "/no-connection": (_answer(b"Upgrade: websocket", b"Connection: keep-alive"), "Invalid connection header"),
+    "/unasked-protocol": (_answer(*UPGRADE, b"Sec-WebSocket-Protocol: chat"), "subprotocol that was not offered"),
+    "/unasked-extension": (_answer(*UPGRADE, b"Sec-WebSocket-Extensions: permessage-deflate"),
+                           "extension that was not offered"),
+    "/ok-not-101": (_answer(*UPGRADE, status=b"200 OK"), "Invalid response status"),
+}
+
+
+def test_a_bad_handshake_answer_is_refused_and_its_socket_closed(mpy, ws_script):
+    srv = ws_script({}, answers={path: a for path, (a, _) in BAD_ANSWERS.items()})
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        for path in PATHS:
+            try:
+                await session.ws_connect(URL + path)
+                result(path=path, error=None)
+            except aiohttp.WSServerHandshakeError as e:
+                result(path=path, error=e.message, fds=fd_count() - fds)
+run(main())
+""", URL=srv.url(""), PATHS=list(BAD_ANSWERS))
+    for x in r.results:
+        assert BAD_ANSWERS[x["path"]][1] in x["error"] and x["fds"] == 0, x
+
+
+def test_a_server_that_never_answers_times_out_by_the_sessions_sock_read(mpy, ws_script):
+    def silent(key):
+        import time
+
+        time.sleep(3)
+        return b""
+
+    srv = ws_script({}, answers={"/silent": silent})
+    r = mpy.run("""
+import asyncio, aiohttp, time
+
+async def main():
+    async with ws_session(timeout=aiohttp.ClientTimeout(sock_read=0.2)) as session:
+        fds = fd_count()
+        t0 = time.ticks_ms()
+        try:
+            await session.ws_connect(URL)
+        except aiohttp.ServerTimeoutError as e:
+            result(error=type(e).__name__, ms=time.ticks_diff(time.ticks_ms(), t0), fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/silent"))
+    assert r.value["error"] == "ServerTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
+
+
+def test_a_close_without_a_code_is_1005_and_answered_without_one(mpy, ws_script):
+    srv = ws_script({"/bare-close": [frame(8)]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            msg = await ws.receive(timeout=5)
+            result(type=msg.type, code=msg.data, reason=msg.extra, close_code=ws.close_code)
+run(main())
+""", URL=srv.url("/bare-close"))
+    assert r.value == {"type": 8, "code": 1005, "reason": "", "close_code": 1005}
+    assert srv.client_close_codes() == [None]  # an empty Close back: there was no code to echo

@@ -20,9 +20,9 @@ from time import ticks_diff, ticks_ms
 
 # All that this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls(ssl) (the
 # TLS context rules) and _ws (its open websockets); from the connection: open, send, recv, fill, readline,
-# took, close, and its read-ahead buf[p:e].
+# took, close, and its read-ahead buf[p:e]; the host name lookup (_resolve).
 from . import (CIMultiDictProxy, ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
-               ServerTimeoutError, _Conn, _hostport, _RequestContext, check_headers, split_url)
+               ServerTimeoutError, _Conn, _hostport, _ms, _RequestContext, _resolve, check_headers, split_url)
 
 try:
     from os import urandom as _urandom
@@ -735,7 +735,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     t = session._timeout
     try:
         try:
-            c.open()
+            c.open(await _resolve(host, port, _ms(t.connect or t.total), None))
             await _within(c.send("".join(head).encode()), t.connect or t.total, "connecting")
             status, answer = await _within(_answer(c), t.sock_read or t.total, "the answer")
         except OSError as e:
@@ -782,7 +782,7 @@ async def _answer(c):
         if not line:
             raise ServerDisconnectedError("connection closed inside the response head")
         if line in (b"\r\n", b"\n"):
-            return status, CIMultiDictProxy(fields + b"\n")
+            return status, CIMultiDictProxy([fields + b"\n"])
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise WSServerHandshakeError(status, "bad header line %r" % line[:80])

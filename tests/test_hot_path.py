@@ -75,10 +75,10 @@ async def main():
     async with aiohttp.ClientSession() as s:
         async with s.get(URL) as r:
             poll = select.poll()  # (asks the socket whether bytes wait, before the count starts)
-            poll.register(r.content._c.s, select.POLLIN)
+            poll.register(r.content._conn.sock, select.POLLIN)
             while True:
                 # bytes wait, and this is not the read after 64 KB that lets other tasks run (a generator)
-                now = HOW == "awaited" and bool(poll.poll(0)) and aiohttp._k + 1024 < 65536
+                now = HOW == "awaited" and bool(poll.poll(0)) and r.content._conn.streak + 1024 < 65536
                 t0 = micropython.mem_total()  # every byte allocated, even what is freed at once
                 if HOW == "awaited":  # the aiohttp way
                     n = await r.content.readinto(buf)

@@ -2,7 +2,7 @@
 
 socket.getaddrinfo blocks its thread for as long as a lookup takes; on an ESP32 the event loop's thread is the UI's.
 The client looks names up on a worker thread and polls. These tests install a resolver of their own
-(`aiohttp._getaddrinfo`: the built-in socket module can't be patched) that answers every name with 127.0.0.1 after
+(`aiohttp.connection._getaddrinfo`: the built-in socket module can't be patched) that answers every name with 127.0.0.1 after
 a delay they choose, and check that other tasks keep their pace, that the bytes are exact, and the timeouts, the
 cache and its TTL, the bound on threads, failures, and that nothing leaks.
 """
@@ -16,6 +16,7 @@ from tools.testservers import sha256_of
 DNS = """
 import asyncio, os, socket, time, _thread
 import aiohttp
+import aiohttp.connection as connection
 from mpos import DownloadManager
 
 MAIN_THREAD = _thread.get_ident()
@@ -32,7 +33,7 @@ class Resolver:
         self.calls = []  # [host, looked up on a worker thread]
         self.busy = self.most_at_once = 0
         self.lock = _thread.allocate_lock()
-        aiohttp._getaddrinfo = self
+        connection._getaddrinfo = self
 
     def __call__(self, host, port, *args):
         with self.lock:
@@ -211,8 +212,8 @@ class Threads:
         return _thread.stack_size(size)
 
 later = [0]
-aiohttp.ticks_ms = lambda: time.ticks_add(time.ticks_ms(), later[0])
-aiohttp._thread = Threads()
+connection.ticks_ms = lambda: time.ticks_add(time.ticks_ms(), later[0])
+connection._thread = Threads()
 
 async def main():
     resolver = Resolver()
@@ -282,7 +283,7 @@ run(main())
 
 def test_without_threads_the_event_loop_looks_names_up(mpy, fault):
     r = mpy.run(DNS + """
-aiohttp._thread = None
+connection._thread = None
 
 async def main():
     resolver = Resolver(delay_ms=50)

@@ -309,7 +309,7 @@ async def main():
                 await task
             except asyncio.CancelledError:
                 cancelled += 1
-        still_open = len(session._ws)
+        still_open = len(session._websockets)
     result(cancelled=cancelled, still_open=still_open, fds=fd_count() - fds)
 run(main())
 """, timeout=120, URL=srv.url("/slow"))

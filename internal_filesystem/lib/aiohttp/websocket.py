@@ -4,7 +4,7 @@
 # for it. Each websocket owns one connection, never taken from or given back to the session's HTTP pool; the
 # session closes the ones still open when it closes (ClientSession.shutdown -> _going_away).
 #
-# Reading: frames are parsed from the connection's read-ahead (c.buf[c.p:c.e]). A message that is all there
+# Reading: frames are parsed from the connection's read-ahead (conn.buf[conn.pos:conn.filled]). A message that is all there
 # becomes its str or bytes straight from it; a longer one goes into the websocket's message buffer, which grows
 # to the largest message and is reused. The reader's state lives on the object (_left, _got, _op) and its only
 # waits are for the socket, so a receive() cancelled at any point (a timeout) loses no byte: the next one goes on.
@@ -14,15 +14,19 @@ import asyncio
 import binascii
 import errno
 import struct
-from asyncio import core
 from micropython import const
 from time import ticks_diff, ticks_ms
 
-# All that this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls(ssl) (the
-# TLS context rules) and _ws (its open websockets); from the connection: open, send, recv, fill, readline,
-# took, close, and its read-ahead buf[p:e]; the host name lookup (_resolve).
-from . import (CIMultiDictProxy, ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
-               ServerTimeoutError, _Conn, _hostport, _ms, _RequestContext, _resolve, check_headers, split_url)
+# What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl) and
+# _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out, close and its
+# read-ahead buf[pos:filled].
+from . import poll
+from .client import _RequestContext, check_headers, ms
+from .connection import Connection, resolve
+from .errors import (ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
+                     ServerTimeoutError)
+from .response import read_head
+from .url import host_port, split_url
 
 try:
     from os import urandom as _urandom
@@ -43,7 +47,6 @@ _OP_PONG = const(10)
 _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
-_HEAD_LINES = const(100)  # header lines in the server's answer
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -207,17 +210,8 @@ def _close_payload(payload):
 
 def _wake(task):
     # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty
-    if task is not None and task is not core.cur_task:
+    if task is not None and task is not poll.current_task():
         task.cancel()
-
-
-def _requeue_writer(writer, sock):
-    # asyncio's IOQueue.remove(task) drops the whole entry of the socket, the other direction's task included:
-    # after a reader parked here is cancelled, a writer parked on the same socket would never wake. Waking it is
-    # harmless: send() writes what it can and parks again.
-    io = core._io_queue
-    if writer is not None and writer.data is io and id(sock) not in io.map:
-        core._task_queue.push(writer)
 
 
 class ClientWebSocketResponse:
@@ -243,8 +237,8 @@ class ClientWebSocketResponse:
     _receive_timeout = None
 
     def __init__(self, session, conn):
-        self._s = session
-        self._c = conn
+        self._session = session
+        self._conn = conn
         self._lock = asyncio.Lock()
 
     @property
@@ -290,19 +284,19 @@ class ClientWebSocketResponse:
         n = len(data)
         key = _random(4)
         await self._lock.acquire()
-        c = self._c
+        conn = self._conn
         try:
-            if c.s is None or self._state >= _CLOSING and op != _OP_CLOSE:
+            if conn.sock is None or self._state >= _CLOSING and op != _OP_CLOSE:
                 raise ClientConnectionResetError("Cannot write to closing transport")
-            self._writing = core.cur_task
+            self._writing = poll.current_task()
             mv = memoryview(data)
-            await c.send(_frame(op, key, mv[:_BLOCK], n))
+            await conn.send(_frame(op, key, mv[:_BLOCK], n))
             if n > _BLOCK:
                 block_key = int.from_bytes(key * (_BLOCK // 4), "little")
                 for off in range(_BLOCK, n, _BLOCK):
-                    await c.send(_mask(mv[off : off + _BLOCK], key, block_key))
-        except core.CancelledError:
-            if self._writing is not core.cur_task:  # woken by _drop: the connection went
+                    await conn.send(_mask(mv[off : off + _BLOCK], key, block_key))
+        except asyncio.CancelledError:
+            if self._writing is not poll.current_task():  # woken by _drop: the connection went
                 raise ClientConnectionResetError("websocket closed while sending")
             self._drop()
             raise
@@ -310,7 +304,7 @@ class ClientWebSocketResponse:
             self._drop(e)
             raise ClientConnectionResetError("websocket: %s" % e, e.errno)
         finally:
-            if self._writing is core.cur_task:
+            if self._writing is poll.current_task():
                 self._writing = None
             self._lock.release()
 
@@ -369,13 +363,13 @@ class ClientWebSocketResponse:
 
     async def _receive(self):
         # receive() without its timeout: the next message, or what ended the connection as a message
-        me = self._reading = core.cur_task
+        me = self._reading = poll.current_task()
         try:
             msg = await self._next()
-        except core.CancelledError:
+        except asyncio.CancelledError:
             if self._reading is me:  # cancelled from outside (a timeout): nothing was lost, the next call goes on
                 self._reading = None
-                _requeue_writer(self._writing, self._c.s)
+                poll.wake_writer(self._writing, self._conn.sock)
                 raise
             # woken by close() (a CLOSING message: its own receive takes the server's Close) or by _drop
             if self._state != _CLOSED:
@@ -397,10 +391,10 @@ class ClientWebSocketResponse:
         # The frame at the front of the read-ahead: (opcode, FIN bit, header size, payload length), or None while
         # its header (and, for a control frame, its payload) is not all here. Raises WebSocketError for what no
         # server may send.
-        c = self._c
-        buf = c.buf
-        p = c.p
-        have = c.e - p
+        conn = self._conn
+        buf = conn.buf
+        p = conn.pos
+        have = conn.filled - p
         if buf is None or have < 2:
             return None
         b0 = buf[p]
@@ -436,44 +430,44 @@ class ClientWebSocketResponse:
 
     async def _next(self):
         # The next message, from where the last call stopped; pings and pongs are taken care of on the way
-        c = self._c
+        conn = self._conn
         while True:
             if not self._left:
                 head = self._head()
                 if head is None:
-                    if not await c.fill():
+                    if not await conn.fill():
                         return self._ended()
                     continue
                 op, fin, size, n = head
                 if self._beat is not None:
                     self._heard = ticks_ms()
-                p = c.p + size
+                p = conn.pos + size
                 if op >= _OP_CLOSE:
-                    payload = bytes(memoryview(c.buf)[p : p + n])
-                    c.took(size + n)
+                    payload = bytes(memoryview(conn.buf)[p : p + n])
+                    conn.handed_out(size + n)
                     msg = await self._control(op, payload)
                     if msg is not None:
                         return msg
                     continue
                 if self._got + n > self._max:  # refused before a byte of it is read
                     raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "message over max_msg_size (%d)" % self._max)
-                if fin and not self._op and n <= c.e - p:  # a whole message in the read-ahead
-                    msg = self._message(op, memoryview(c.buf)[p : p + n])
-                    c.took(size + n)
+                if fin and not self._op and n <= conn.filled - p:  # a whole message in the read-ahead
+                    msg = self._message(op, memoryview(conn.buf)[p : p + n])
+                    conn.handed_out(size + n)
                     return msg
-                c.took(size)
+                conn.handed_out(size)
                 self._op = (self._op or op) | fin
                 self._left = n
                 self._room(self._got + n)
             # the current frame's payload into the message buffer: the read-ahead's part, then from the socket
-            if c.p < c.e:
-                k = min(self._left, c.e - c.p)
-                self._buf[self._got : self._got + k] = memoryview(c.buf)[c.p : c.p + k]
-                c.took(k)
+            if conn.pos < conn.filled:
+                k = min(self._left, conn.filled - conn.pos)
+                self._buf[self._got : self._got + k] = memoryview(conn.buf)[conn.pos : conn.pos + k]
+                conn.handed_out(k)
                 self._got += k
                 self._left -= k
             while self._left:
-                k = await c.recv(memoryview(self._buf)[self._got : self._got + self._left])
+                k = await conn.recv(memoryview(self._buf)[self._got : self._got + self._left])
                 if not k:
                     return self._ended()
                 self._got += k
@@ -507,8 +501,8 @@ class ClientWebSocketResponse:
     def _ended(self):
         # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5), or, cut
         # inside a frame, an error
-        c = self._c
-        if self._left or self._op or c.p < c.e:
+        conn = self._conn
+        if self._left or self._op or conn.pos < conn.filled:
             raise ServerDisconnectedError("connection closed inside a frame")
         self._drop()
         return _CLOSED_MESSAGE
@@ -544,7 +538,7 @@ class ClientWebSocketResponse:
             if self._state < _CLOSING:
                 self._state = _CLOSING
                 self._stop_beat()
-                await asyncio.wait_for_ms(self._send(_OP_CLOSE, struct.pack(">H", e.code)), _ms(self._close_timeout))
+                await asyncio.wait_for_ms(self._send(_OP_CLOSE, struct.pack(">H", e.code)), ms(self._close_timeout))
         except Exception:
             pass  # the connection goes anyway
         finally:
@@ -571,7 +565,7 @@ class ClientWebSocketResponse:
                 self._reading = None
                 _wake(reader)
             if st == _OPEN:
-                await asyncio.wait_for_ms(self._drain(), _ms(self._close_timeout))
+                await asyncio.wait_for_ms(self._drain(), ms(self._close_timeout))
         except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
             if self._exc is None:
                 self._exc = e
@@ -581,7 +575,7 @@ class ClientWebSocketResponse:
 
     async def _drain(self):
         # after our Close: what still comes is read and let go, up to the server's Close (_control takes it)
-        me = self._reading = core.cur_task
+        me = self._reading = poll.current_task()
         try:
             while self._state == _CLOSING:
                 await self._next()
@@ -592,7 +586,7 @@ class ClientWebSocketResponse:
     def _going_away(self):
         # The session closes (or the task in `async with` was cancelled): a Close (1001, going away) if the socket
         # takes it at once, then the connection goes, with no wait
-        s = self._c.s
+        s = self._conn.sock
         if self._state < _CLOSING and self._writing is None and s is not None:
             try:
                 key = _random(4)
@@ -620,10 +614,10 @@ class ClientWebSocketResponse:
             self._writing = None
             _wake(writer)
         self._stop_beat()
-        self._c.close()
+        self._conn.close()
         self._buf = None
         try:
-            self._s._ws.remove(self)
+            self._session._websockets.remove(self)
         except ValueError:
             pass
 
@@ -648,7 +642,7 @@ class ClientWebSocketResponse:
                 await asyncio.sleep_ms(max(0, ms // 2 - ticks_diff(ticks_ms(), sent)))
                 if ticks_diff(self._heard, sent) < 0:
                     raise asyncio.TimeoutError
-        except core.CancelledError:
+        except asyncio.CancelledError:
             pass  # stopped by close() or _drop
         except Exception as e:
             if isinstance(e, asyncio.TimeoutError):
@@ -665,15 +659,11 @@ def _control_payload(message):
     return message
 
 
-def _ms(seconds):
-    return None if seconds is None else int(seconds * 1000)
-
-
 class _WSContext(_RequestContext):
     # `async with session.ws_connect(url) as ws:` closes ws at the end; cancelled, it goes at once (no waiting for
     # the server's Close). `await session.ws_connect(url)` gives ws itself.
     async def __aexit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, core.CancelledError):
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             self._resp._going_away()
         else:
             await self._resp.close()
@@ -723,7 +713,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         fields.pop(k, None)
     head = ["%s %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-            % (method.upper(), target, own_host[1] if own_host else _hostport(scheme, host, port), key.decode())]
+            % (method.upper(), target, own_host[1] if own_host else host_port(scheme, host, port), key.decode())]
     if protocols:
         head.append("Sec-WebSocket-Protocol: %s\r\n" % ", ".join(protocols))
     if origin is not None:
@@ -731,21 +721,21 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     for kv in fields.values():
         head.append("%s: %s\r\n" % kv)
     head.append("\r\n")
-    c = _Conn((scheme, host, port, session._tls(ssl) if scheme == "https" else None))
+    conn = Connection((scheme, host, port, session._tls_context(ssl) if scheme == "https" else None))
     t = session._timeout
     try:
         try:
-            c.open(await _resolve(host, port, _ms(t.connect or t.total), None))
-            await _within(c.send("".join(head).encode()), t.connect or t.total, "connecting")
-            status, answer = await _within(_answer(c), t.sock_read or t.total, "the answer")
+            conn.open(await resolve(host, port, ms(t.connect or t.total), None))
+            await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting")
+            status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer")
         except OSError as e:
             raise ClientConnectionError("websocket %s:%d: %s" % (host, port, e), e.errno)
         _check(status, answer, key, protocols)
     except BaseException:
-        c.close()
+        conn.close()
         raise
-    c.took(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
-    ws = ClientWebSocketResponse(session, c)
+    conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
+    ws = ClientWebSocketResponse(session, conn)
     for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size),
                         ("_autoclose", autoclose), ("_autoping", autoping), ("_decode", decode_text)):
         if value != getattr(ClientWebSocketResponse, name):
@@ -757,37 +747,23 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         ws._receive_timeout = timeout.ws_receive
     if receive_timeout is not None:
         ws._receive_timeout = receive_timeout
-    if not session._ws:
-        session._ws = []
-    session._ws.append(ws)
+    if not session._websockets:
+        session._websockets = []
+    session._websockets.append(ws)
     if heartbeat:
         ws._heard = ticks_ms()
         ws._beat = asyncio.create_task(ws._heartbeat(int(heartbeat * 1000)))
     return ws
 
 
-async def _answer(c):
-    # The server's answer to the handshake: (status, its header fields); the frames that came with it stay in
-    # the connection's read-ahead
-    line = await c.readline()
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
-        if not line:
-            raise ServerDisconnectedError("server closed the connection without a response")
-        raise WSServerHandshakeError(0, "bad status line %r" % line[:80])
-    status = int(parts[1])
-    fields = bytearray()  # "\nname:value" per field, names in lower case: what CIMultiDictProxy searches
-    for i in range(_HEAD_LINES):
-        line = await c.readline()
-        if not line:
-            raise ServerDisconnectedError("connection closed inside the response head")
-        if line in (b"\r\n", b"\n"):
-            return status, CIMultiDictProxy([fields + b"\n"])
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            raise WSServerHandshakeError(status, "bad header line %r" % line[:80])
-        fields += b"\n" + name.lower() + b":" + value.strip()
-    raise WSServerHandshakeError(status, "more than %d header lines" % _HEAD_LINES)
+async def _answer(conn):
+    # The server's answer to the handshake: (status, its header fields); the frames that came with it stay in the
+    # connection's read-ahead
+    try:
+        version, status, reason, headers = await read_head(conn)
+    except ClientResponseError as e:
+        raise WSServerHandshakeError(e.status, e.message)
+    return status, headers
 
 
 def _check(status, answer, key, protocols):

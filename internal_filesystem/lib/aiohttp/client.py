@@ -1,0 +1,387 @@
+# ClientSession: requests, a pool of keep-alive connections, timeouts enforced by one watchdog task, redirects.
+
+import asyncio
+from micropython import const
+from time import ticks_add, ticks_diff, ticks_ms
+
+from . import poll
+from .connection import Connection, forget, resolve, tls_context
+from .errors import (ClientConnectionError, ClientResponseError, InvalidURL, InvalidUrlRedirectClientError,
+                     ServerDisconnectedError, TooManyRedirects)
+from .response import ClientResponse
+from .url import form_encode, host_port, is_absolute, join_url, split_url
+
+_TICK_MS = const(100)  # how often the watchdog looks at the waits under way
+_REDIRECT_BODY_MAX = const(2048)  # a redirect's body up to this size is read, so its connection serves the next hop
+_IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")  # may be sent again on a fresh connection
+_TOKEN_CHARS = "!#$%&'*+-.^_`|~"  # besides letters and digits, in a header name (RFC 9110 token)
+
+
+class ClientTimeout:
+    # total: the whole request, body included; connect: DNS, TCP and TLS; sock_read: each wait for data (head, body)
+    def __init__(self, total=None, connect=None, sock_read=None, sock_connect=None):
+        self.total = total
+        self.connect = connect if connect is not None else sock_connect
+        self.sock_read = sock_read
+
+
+DEFAULT_TIMEOUT = ClientTimeout(connect=30, sock_read=60)
+
+
+def ms(seconds):
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _check_text(what, text):
+    if not isinstance(text, str):
+        raise TypeError("%s must be str, not %s" % (what, type(text).__name__))
+    for c in "\r\n\0":
+        if c in text:
+            raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, text))
+
+
+def check_headers(headers):
+    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
+    if not headers:
+        return
+    for name, value in headers.items():
+        _check_text("header name", name)
+        if not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126 for c in name):
+            raise ValueError("invalid header name: %r" % name)
+        _check_text("header %s" % name, value if isinstance(value, str) else str(value))
+
+
+class _RequestContext:
+    # `await session.get(url)` and `async with session.get(url) as resp:` both work, and so do
+    # asyncio.wait_for(session.get(url), t) and create_task(session.get(url)): the coroutine protocol is passed on
+    def __init__(self, coro):
+        self._coro = coro
+        self._resp = None
+
+    def __iter__(self):
+        return (yield from self._coro)
+
+    __await__ = __iter__
+
+    def send(self, value):
+        return self._coro.send(value)
+
+    def throw(self, *exc):
+        return self._coro.throw(*exc)
+
+    def close(self):
+        return self._coro.close()
+
+    async def __aenter__(self):
+        # the coroutine goes once done: a finished one still holds its frame and all its locals pointed to
+        coro, self._coro = self._coro, None
+        self._resp = await coro
+        return self._resp
+
+    async def __aexit__(self, *exc):
+        self._resp.release()
+
+
+class ClientSession:
+    # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
+    _base_url = _ssl = _default_tls = _watchdog_task = None
+    _headers = {}  # never changed in place
+    _timeout = DEFAULT_TIMEOUT
+    _max_redirects = 10
+    _allow_downgrade = False
+    _pool_size = 4
+    _keepalive_ms = 15000
+    _auto_decompress = True
+    _websockets = ()  # the open websockets (kept by aiohttp/websocket.py): the session closes them
+    closed = False
+
+    def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
+                 allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True):
+        check_headers(headers)
+        if headers:
+            headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request
+        for name, value in (("_base_url", base_url), ("_headers", headers or {}),
+                            ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
+                            ("_allow_downgrade", allow_downgrade), ("_pool_size", pool_size),
+                            ("_keepalive_ms", int(keepalive_timeout * 1000)), ("_auto_decompress", auto_decompress)):
+            if value != getattr(ClientSession, name):
+                setattr(self, name, value)
+        self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
+        self._busy = []  # connections serving a request
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self):
+        self.shutdown()
+        await asyncio.sleep(0)
+
+    def shutdown(self):
+        # close() without awaiting: safe in a `finally` of a cancelled task
+        self.closed = True
+        for ws in tuple(self._websockets):
+            ws._going_away()
+        for conn in self._busy:
+            conn.close()
+        for conn, _ in self._idle:
+            conn.close()
+        self._idle = []
+        self._busy = []
+        task, self._watchdog_task = self._watchdog_task, None
+        if task is not None and task is not poll.current_task():
+            task.cancel()
+
+    # --- connections ---------------------------------------------------------------------------------------------
+    def _tls_context(self, ssl):
+        # the request's ssl=, else the session's; True, False or None: the session's own unverified context
+        if ssl is None or ssl is True:
+            ssl = self._ssl
+        if ssl is None or ssl is True or ssl is False:
+            if self._default_tls is None:
+                self._default_tls = tls_context()
+            return self._default_tls
+        return ssl
+
+    def _take_idle(self, key):
+        import select
+
+        now = ticks_ms()
+        keep = []
+        found = None
+        for conn, since in self._idle:
+            mine = found is None and conn.key == key
+            if ticks_diff(now, since) > self._keepalive_ms or (mine and _closed_by_server(select, conn)):
+                conn.close()
+            elif mine:
+                found = conn
+            else:
+                keep.append((conn, since))
+        self._idle = keep
+        return found
+
+    def _done_with(self, conn, reusable):
+        # A request is over: its connection goes back to the pool, or is closed
+        try:
+            self._busy.remove(conn)
+        except ValueError:
+            pass
+        conn.waiter = conn.wait_until = None
+        if conn.deadline is not None:
+            conn.deadline = None
+        if reusable and not self.closed and conn.sock is not None and conn.pos == conn.filled and self._pool_size > 0:
+            self._idle.append((conn, ticks_ms()))
+            if len(self._idle) > self._pool_size:
+                self._idle.pop(0)[0].close()
+        else:
+            conn.close()
+
+    async def _watchdog(self):
+        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends
+        # by itself at a tick that finds no request, so requests one after another share it and none is cancelled.
+        try:
+            while self._busy:
+                await asyncio.sleep_ms(_TICK_MS)
+                now = ticks_ms()
+                for conn in self._busy:
+                    task = conn.waiter
+                    if task is not None and conn.wait_until is not None and ticks_diff(now, conn.wait_until) >= 0:
+                        conn.timed_out = True
+                        conn.wait_until = conn.deadline = conn.waiter = None
+                        task.cancel()
+        finally:
+            if self._watchdog_task is poll.current_task():
+                self._watchdog_task = None
+
+    async def _connect(self, key, timeout):
+        # -> (a connection, whether it served a request before)
+        conn = self._take_idle(key)
+        reused = conn is not None
+        if not reused:
+            for other in self._busy:  # connections to one host share one key (tuple and host string)
+                if other.key == key:
+                    key = other.key
+                    break
+            conn = Connection(key)
+        self._busy.append(conn)
+        if conn.timed_out:
+            conn.timed_out = False
+        if timeout.total or conn.deadline is not None:
+            conn.deadline = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None
+        if self._watchdog_task is None and (timeout.total or timeout.connect or timeout.sock_read):
+            self._watchdog_task = asyncio.create_task(self._watchdog())
+        if conn.sock is None:
+            try:
+                conn.open(await resolve(key[1], key[2], ms(timeout.connect), conn.deadline))
+            except OSError as e:
+                self._done_with(conn, False)
+                raise ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
+            except BaseException:
+                self._done_with(conn, False)
+                raise
+        return conn, reused
+
+    # --- requests ------------------------------------------------------------------------------------------------
+    def request(self, method, url, **kw):
+        return _RequestContext(self._request(method, url, **kw))
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def put(self, url, **kw):
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+    def patch(self, url, **kw):
+        return self.request("PATCH", url, **kw)
+
+    def options(self, url, **kw):
+        return self.request("OPTIONS", url, **kw)
+
+    def head(self, url, **kw):
+        kw.setdefault("allow_redirects", False)
+        return self.request("HEAD", url, **kw)
+
+    def ws_connect(self, url, **kw):
+        # a websocket on a connection of its own (aiohttp/websocket.py, loaded on the first call)
+        from .websocket import ws_connect
+
+        return ws_connect(self, url, **kw)
+
+    async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
+                       timeout=None, allow_redirects=True, max_redirects=None):
+        if self.closed:
+            raise RuntimeError("session is closed")
+        if not isinstance(url, str):
+            split_url(url)  # InvalidURL, naming the type
+        if self._base_url and not is_absolute(url):
+            url = join_url(self._base_url, url)
+        if "#" in url:
+            url = url.split("#", 1)[0]  # never sent, and not part of resp.url (as in aiohttp)
+        if params:
+            url += ("&" if "?" in url else "?") + form_encode(params)
+        split_url(url)
+        check_headers(headers)
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError("invalid HTTP method %r" % (method,))
+        method = method.upper()
+        fields = {}  # lower-cased name -> (name as given, value): a request's header wins over the session's
+        for source in (self._headers, headers):
+            for name, value in source.items() if source else ():
+                fields[name.lower()] = (name, value if isinstance(value, str) else str(value))
+        data = _body(data, json, fields)
+        timeout = timeout if isinstance(timeout, ClientTimeout) else (
+            ClientTimeout(total=timeout) if timeout else self._timeout)
+        hops = self._max_redirects if max_redirects is None else max_redirects
+        seen = []
+        while True:
+            resp = await self._send(method, url, fields, data, ssl, timeout)
+            if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                return resp
+            try:
+                length = resp.content_length
+                if length is not None and length <= _REDIRECT_BODY_MAX:
+                    await resp.read()  # so the connection can serve the next hop
+            finally:
+                resp.release()  # also when that read fails or times out: the caller never sees this response
+            new = self._redirect(resp, method, url, fields)
+            seen.append((method, url))
+            if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
+                method, data = "GET", None
+                fields.pop("content-type", None)
+            if (method, new) in seen:
+                raise TooManyRedirects(resp.status, "redirect loop at %s" % new)
+            if len(seen) > hops:
+                raise TooManyRedirects(resp.status, "more than %d redirects" % hops)
+            url = new
+
+    def _redirect(self, resp, method, url, fields):
+        # -> the URL a redirect leads to; the credentials and Host meant for another origin are dropped from fields
+        try:
+            new = join_url(url, resp.headers["Location"])
+            new_origin = split_url(new)[:3]
+        except InvalidURL as e:  # the server's URL, not the caller's: a bad response
+            raise InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
+        origin = split_url(url)[:3]
+        if origin[0] == "https" and new_origin[0] == "http" and not self._allow_downgrade:
+            raise ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
+        if new_origin != origin:
+            for name in ("authorization", "cookie", "host"):
+                fields.pop(name, None)
+        return new
+
+    async def _send(self, method, url, fields, data, ssl, timeout):
+        scheme, host, port, target = split_url(url)
+        own_host = fields.get("host")  # a Host of the caller's own (a virtual host on an address) wins
+        head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, own_host[1] if own_host else
+                                                     host_port(scheme, host, port))]
+        for name, field in fields.items():
+            if name not in ("host", "content-length"):
+                head.append("%s: %s\r\n" % field)
+        if data is not None or method in ("POST", "PUT", "PATCH"):
+            head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
+        head.append("\r\n")
+        head = "".join(head).encode()
+        # The TLS context is part of the key: a connection opened unverified must not serve a request that asks for
+        # verification (or for another CA)
+        key = (scheme, host, port, self._tls_context(ssl) if scheme == "https" else None)
+        while True:
+            conn, reused = await self._connect(key, timeout)
+            resp = ClientResponse(self, method, url, conn)
+            try:
+                conn.wait_ms = ms(timeout.connect)
+                await conn.send(head)
+                if data:
+                    await conn.send(data)
+                conn.wait_ms = ms(timeout.sock_read)
+                whole = conn.deadline
+                if conn.wait_ms is not None:  # the whole head within one read timeout: a head trickled byte by byte
+                    head_end = ticks_add(ticks_ms(), conn.wait_ms)
+                    if whole is None or ticks_diff(whole, head_end) > 0:
+                        conn.deadline = head_end
+                await resp._start(whole)
+                return resp
+            except BaseException as e:
+                # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a
+                # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
+                again = reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
+                self._done_with(conn, False)
+                if not reused and isinstance(e, (OSError, ClientConnectionError)):
+                    forget(host, port)  # a new connection failed: its address may be out of date
+                if again and isinstance(e, (OSError, ServerDisconnectedError)):
+                    continue
+                if isinstance(e, OSError):
+                    raise ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
+                raise
+
+
+def _body(data, json, fields):
+    # -> the request body as bytes (or None); a Content-Type for json= and form fields unless one was given
+    if json is not None:
+        import json as codec
+
+        data = codec.dumps(json)
+        fields.setdefault("content-type", ("Content-Type", "application/json"))
+    if isinstance(data, dict):
+        data = form_encode(data)
+        fields.setdefault("content-type", ("Content-Type", "application/x-www-form-urlencoded"))
+    if isinstance(data, str):
+        data = data.encode()
+    return data
+
+
+def _closed_by_server(select, conn):
+    # An idle connection with something to read was closed by the server (or sent junk): not to be reused
+    try:
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:
+        return True

@@ -1,0 +1,61 @@
+# The client's exceptions, with CPython aiohttp's names and hierarchy where MicroPython allows it.
+
+
+class ClientError(Exception):
+    pass
+
+
+class ClientConnectionError(ClientError):
+    # .errno carries the socket's error number when there is one, as a plain OSError would
+    def __init__(self, msg, errno=None):
+        super().__init__(msg)
+        self.errno = errno
+
+
+class ServerDisconnectedError(ClientConnectionError):
+    pass
+
+
+class ServerTimeoutError(ClientConnectionError):
+    # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
+    pass
+
+
+class ClientSSLError(ClientConnectionError):
+    pass
+
+
+class ClientConnectorCertificateError(ClientSSLError):
+    # the server's certificate did not verify against the configured CA: trying again cannot help
+    pass
+
+
+class ClientConnectorDNSError(ClientConnectionError):
+    # a host name that could not be looked up; .errno is the resolver's code when it gave one
+    pass
+
+
+class ClientPayloadError(ClientError):
+    pass
+
+
+class ClientResponseError(ClientError):
+    def __init__(self, status, message="", headers=None):
+        super().__init__("%d, message=%r" % (status, message))
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class TooManyRedirects(ClientResponseError):
+    pass
+
+
+class InvalidURL(ValueError):
+    # a bad URL given by the caller: a ValueError only (aiohttp's is a ClientError too; see ServerTimeoutError)
+    pass
+
+
+class InvalidUrlRedirectClientError(ClientResponseError):
+    # a redirect whose Location is no URL we can follow: the server's answer was bad, with the status it came with
+    pass

@@ -1,0 +1,84 @@
+# Where the client meets asyncio: waiting for a socket, and handing a ready result to the awaiting task.
+#
+# Two ways, chosen by what asyncio offers (tests run both: they set `internals = False`):
+# - asyncio's internals, as MicroPython's own streams use them (extmod/asyncio/stream.py): a wait puts the socket in
+#   the event loop's IOQueue and yields; a read whose result is ready hands the awaiting task a finished native
+#   Task, which raises the result from C. Neither allocates, per wait or per read.
+# - asyncio's public API only, for any other asyncio: a Stream waits and writes; results are raised from Python,
+#   and a read that must wait goes through a generator of its own.
+# A proposal for MicroPython's streams is in docs/design.md: a readinto() whose awaitable is reused would make the
+# first way public.
+
+import asyncio
+
+try:
+    from asyncio import core
+    from _asyncio import Task as _NativeTask
+except ImportError:
+    core = _NativeTask = None
+
+internals = core is not None and hasattr(core, "_io_queue") and hasattr(core, "cur_task")
+_NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it reads
+
+
+def current_task():
+    # the running task, or None outside one
+    if internals:
+        return core.cur_task
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def register(sock, write):
+    # (internals) the running task waits in the poller for sock, once it yields None
+    if write:
+        core._io_queue.queue_write(sock)
+    else:
+        core._io_queue.queue_read(sock)
+
+
+def readable(sock):
+    # async: until sock has something to read, or has closed
+    if internals:
+        register(sock, False)
+        yield
+    else:
+        yield from asyncio.StreamReader(sock).readinto(_NOTHING)
+
+
+def write_all(sock, data):
+    # async: all of data into sock, waiting whenever it takes no more (this also drives a connect and a TLS handshake)
+    if not internals:
+        stream = asyncio.StreamWriter(sock, {})
+        stream.write(data)
+        yield from stream.drain()
+        return
+    view = memoryview(data)
+    sent = 0
+    while sent < len(view):
+        n = sock.write(view[sent:])
+        if n is None:
+            register(sock, True)
+            yield
+        else:
+            sent += n
+
+
+def finished_task(owner):
+    # (internals) a Task that is done: awaiting it raises what its .data holds, from C; None where Task is not native
+    if not internals or _NativeTask is None:
+        return None
+    task = _NativeTask(owner)
+    task.state = False  # done, its waiter told
+    return task
+
+
+def wake_writer(writer, sock):
+    # (internals) asyncio's IOQueue.remove(task) drops the whole entry of a socket, the other direction's waiter
+    # included: after a reader parked on sock was cancelled, a writer parked on it would never wake. Waking it is
+    # harmless (it writes what it can and waits again). Without internals there is nothing to mend this with.
+    io = core._io_queue if internals else None
+    if io is not None and writer is not None and writer.data is io and id(sock) not in io.map:
+        core._task_queue.push(writer)

@@ -1,0 +1,812 @@
+# A response: its head, read into blocks that headers search, and its body, framed by Content-Length, chunked
+# encoding or the end of the connection, read without a generator or an allocation per chunk while bytes come.
+#
+# The path of a body byte (docs/design.md): socket -> readinto_nowait(buf) -> the caller's buffer. When the socket has
+# nothing yet, readinto(buf) returns the response's one reusable _BodyRead, which waits in the event loop's poller and
+# then reads the same way. Bytes that came with the head or a chunk-size line wait in the connection's read-ahead and
+# are handed out first; framing that is not all here, decoders and the end of the body take a generator.
+
+import sys
+from micropython import const
+
+from . import poll
+from .errors import ClientPayloadError, ClientResponseError, ServerDisconnectedError
+
+_HEADERS_MAX = const(100)  # header fields in one head
+_HEAD_MAX = const(32768)  # bytes in one head
+_BLOCK = const(1024)  # a head is kept in blocks of about this size (see CIMultiDictProxy)
+_READ_ALL_PIECE = const(1024)  # read() of a body of unknown length reads it in pieces of this size
+_FAIR_SHARE = const(65536)  # connection.FAIR_SHARE (a const is inlined only in its own module)
+_UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connection frames
+_CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
+_TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
+_DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
+
+# The states of a _BodyRead
+_IDLE = const(0)
+_TO_WAIT = const(1)  # it found nothing: the next step waits in the poller
+_WAITING = const(2)
+_IN_GENERATOR = const(3)  # it goes on in the generator of a read that needs one (gen)
+_RESULT = const(4)  # stop holds the result
+_TO_RUN = const(5)  # made, not run yet
+
+_len = len  # see docs/design.md: builtins are looked up per call
+
+
+def latin1(line):
+    # Header bytes that are not UTF-8 (a latin-1 filename, say) as text: MicroPython has no latin-1 codec
+    try:
+        return line.decode()
+    except UnicodeError:
+        return from_latin1(line)
+
+
+def from_latin1(data):
+    out = bytearray()  # each byte from 0x80 up becomes its code point's two UTF-8 bytes
+    for b in data:
+        if b < 0x80:
+            out.append(b)
+        else:
+            out.append(0xC0 | b >> 6)
+            out.append(0x80 | b & 0x3F)
+    return out.decode()
+
+
+class CIMultiDictProxy:
+    # Response headers, read-only, with case-insensitive lookup: the head kept as the bytes it arrived in,
+    # "\nname:value\n...\n" with names in lower case (as HTTP/2 sends them), in blocks of about _BLOCK bytes that
+    # hold whole fields, so that no head needs one long free run of the heap. A typical head is one block.
+    def __init__(self, blocks):
+        self._blocks = blocks
+
+    def _key(self, name):
+        return ("\n%s:" % name.lower()).encode()
+
+    def getall(self, name):
+        key = self._key(name)
+        out = []
+        for block in self._blocks:
+            i = block.find(key)
+            while i >= 0:
+                start = i + _len(key)
+                i = block.find(b"\n", start)
+                out.append(latin1(block[start:i]))
+                i = block.find(key, i)
+        return out
+
+    def get(self, name, default=None):
+        # the first value of a repeated field, as aiohttp's CIMultiDict answers (getall() gives them all)
+        values = self.getall(name)
+        return values[0] if values else default
+
+    def tokens(self, name):
+        # a list-valued field (Connection, Transfer-Encoding...), which may come in several lines, as its lower-case
+        # tokens without parameters: "gzip, Chunked" -> ["gzip", "chunked"]; so "chunkeda" is not "chunked"
+        out = []
+        for value in self.getall(name):
+            for token in value.split(","):
+                token = token.split(";", 1)[0].strip().lower()
+                if token:
+                    out.append(token)
+        return out
+
+    def __getitem__(self, name):
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name):
+        key = self._key(name)
+        for block in self._blocks:
+            if key in block:
+                return True
+        return False
+
+    def items(self):
+        # each name and value decoded on its own, as get() does: one latin-1 field must not change the others
+        out = []
+        for block in self._blocks:
+            for field in bytes(block).split(b"\n"):
+                if field:
+                    name, _, value = field.partition(b":")
+                    out.append((latin1(name), latin1(value)))
+        return out
+
+    def keys(self):
+        return [name for name, value in self.items()]
+
+    def values(self):
+        return [value for name, value in self.items()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return sum(block.count(b"\n") - 1 for block in self._blocks)
+
+    def __repr__(self):
+        return "<CIMultiDictProxy %r>" % self.items()
+
+
+# --- the head ------------------------------------------------------------------------------------------------------
+
+
+async def read_head(conn):
+    # -> (version, status, reason, headers) of the answer on conn; 1xx heads before it (100 Continue, 103 Early Hints)
+    # are skipped, 101 Switching Protocols is an answer. Limits: _HEADERS_MAX fields, _HEAD_MAX bytes.
+    size = 0
+    while True:
+        line = await conn.readline()
+        if not line:
+            raise ServerDisconnectedError("server closed the connection without a response")
+        parts = latin1(line).rstrip("\r\n").split(" ", 2)
+        if _len(parts) < 2 or not parts[0].startswith("HTTP/1.") or _len(parts[1]) != 3 or not parts[1].isdigit():
+            raise ClientResponseError(0, "bad status line %r" % line[:80])
+        status = int(parts[1])
+        size += _len(line)
+        blocks = [bytearray()]  # each field copied from the read-ahead once (see CIMultiDictProxy)
+        fields = 0
+        while True:
+            end = await conn.line_end()
+            if not end:
+                raise ServerDisconnectedError("connection closed inside the response head")
+            buf, start = conn.buf, conn.pos
+            if buf[start] in (10, 13) and end - start <= 2:  # the blank line
+                conn.pos = end
+                break
+            fields += 1
+            if fields > _HEADERS_MAX:
+                raise ClientResponseError(status, "too many header fields")
+            size += end - start  # (each line is capped by the read-ahead's limit; their sum is capped here)
+            if size > _HEAD_MAX:
+                raise ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
+            if not _add_field(blocks, buf, start, end):
+                raise ClientResponseError(status, "bad header line %r" % bytes(buf[start : min(end, start + 80)]))
+            conn.pos = end
+        if not 100 <= status < 200 or status == 101:
+            break
+    blocks[-1] += b"\n"
+    reason = parts[2] if _len(parts) > 2 else ""
+    return parts[0], status, "OK" if reason == "OK" else reason, CIMultiDictProxy(blocks)  # (the constant "OK")
+
+
+def _add_field(blocks, buf, start, end):
+    # One header line, buf[start:end], onto the head's last block as "\nname:value"; False if it is no field. A line
+    # that starts with a space or tab goes on the field above, after a space (obs-fold, RFC 9112 section 5.2): read
+    # as a field of its own, its text became a header the server never sent.
+    fold = buf[start] in (32, 9)
+    if not fold:
+        colon = buf.find(b":", start, end)
+    else:
+        colon = start if blocks[-1] else -1  # (no field above to go on)
+    if colon < 0:
+        return False
+    view = memoryview(buf)
+    i, j = colon, end
+    if not fold:
+        name = bytes(view[start:colon]).strip().lower()
+        try:
+            name.decode()
+        except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
+            name = latin1(name).encode()
+        i += 1
+    while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
+        i += 1
+    while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
+        j -= 1
+    block = blocks[-1]
+    if not fold:
+        if block and _len(block) + _len(name) + j - i > _BLOCK:  # a new block, the last one closed by its "\n"
+            block += b"\n"
+            block = bytearray()
+            blocks.append(block)
+        block += b"\n"
+        block += name
+        block += b":"
+    elif i < j:
+        block += b" "
+    block += view[i:j]
+    return True
+
+
+def _content_length(headers, status):
+    # Content-Length: digits only, one number however often it is repeated (RFC 9112 section 6.3), and no more
+    # than a machine word holds (socket reads take the count as one)
+    values = headers.getall("Content-Length")
+    if not values:
+        return None
+    n = None
+    for value in ",".join(values).split(","):
+        value = value.strip()
+        if not value.isdigit() or n is not None and int(value) != n or int(value) > sys.maxsize:
+            raise ClientResponseError(status, "bad Content-Length %r" % ", ".join(values)[:40])
+        n = int(value)
+    return n
+
+
+def _framing(headers, status, bodyless):
+    # -> (Content-Length or None, chunked) as the head frames the body. Transfer codings other than chunked are
+    # refused: their bytes are not the resource.
+    if bodyless:
+        return 0, False
+    codings = [t for t in headers.tokens("Transfer-Encoding") if t != "identity"]
+    if not codings:
+        return _content_length(headers, status), False
+    if codings != ["chunked"]:
+        raise ClientResponseError(status, "unsupported Transfer-Encoding %r" % ", ".join(codings)[:40])
+    return None, True
+
+
+def _coding(headers, status):
+    # -> the Content-Encoding to undo, or None. One that can't be undone is refused: coded bytes handed on as the
+    # body would be wrong bytes reported as success.
+    codings = [t for t in headers.tokens("Content-Encoding") if t != "identity"]
+    if not codings:
+        return None
+    if _len(codings) > 1 or codings[0] not in _DECODABLE:
+        raise ClientResponseError(status, "cannot decode Content-Encoding %r" % ", ".join(codings)[:40])
+    return codings[0]
+
+
+def _chunk_size(buf, start, end):
+    # The chunk size in the line buf[start:end + 1] ("hex\r\n" or "hex;ext\r\n"), or 0 when it is the last chunk
+    # or looks unusual in any way: the slow path then reads the line again and does the full checks.
+    if end < 0 or end - start > 9:
+        return 0
+    n = 0
+    i = start
+    while i < end:
+        digit = buf[i]
+        if 48 <= digit <= 57:
+            n = n * 16 + digit - 48
+        elif 97 <= digit <= 102:
+            n = n * 16 + digit - 87
+        elif 65 <= digit <= 70:
+            n = n * 16 + digit - 55
+        else:
+            break
+        i += 1
+    if buf[end - 1] != 13 or not (i == end - 1 or buf[i] == 59):  # the digits end the line or start ";ext"
+        return 0
+    return n
+
+
+def _heap_holds(n):
+    # Whether n bytes can be had: a length the server announced is only allocated up front when the heap holds it
+    import gc
+
+    if n <= gc.mem_free():
+        return True
+    gc.collect()
+    return n <= gc.mem_free()
+
+
+# --- the body ------------------------------------------------------------------------------------------------------
+
+
+class _BodyRead:
+    # The awaitable readinto(buf) and read(n) return: one per response, reused by every read (a generator per read
+    # was garbage at every chunk; docs/design.md). Like a coroutine it does nothing until it runs (awaited, or by the
+    # task create_task() or wait_for() made for it); then it reads what the socket holds, and
+    # - has the result: awaiting it raises StopIteration(result) (poll.finished_task raises it from C). The one for a
+    #   count is kept while the count repeats (a full buffer): a new one per call would be garbage;
+    # - found nothing: it waits for the socket in the poller (with poll.internals), and reads once woken;
+    # - or meets anything else (the end of the body, a chunk-size line split across reads, a decoder, FAIR_SHARE bytes
+    #   without a wait, nothing after a wait) and goes on in the generator that handles it.
+    state = _IDLE
+    stop = None  # the StopIteration that carries the result
+    count = -1  # the count stop carries; -1: it carries bytes, let go once raised
+    gen = None
+    buf = None  # the caller's buffer for readinto(buf); None for read(want)
+    want = 0
+    ready = None  # the finished Task that raises stop from C; False where there is none
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __iter__(self):
+        if self.state == _TO_RUN:
+            self._run(False)
+        if self.state != _RESULT or self.count < 0:
+            return self
+        task = self.ready
+        if task is None:
+            task = self.ready = poll.finished_task(self) or False
+        if task is False:
+            return self
+        self.state = _IDLE
+        task.data = self.stop
+        return task
+
+    def send(self, value=None):
+        state = self.state
+        if state == _TO_RUN or state == _WAITING:
+            self._run(state == _WAITING)
+            state = self.state
+        if state == _TO_WAIT:
+            conn = self.reader._conn
+            conn.arm()
+            poll.register(conn.sock, False)
+            self.state = _WAITING
+            return None
+        if state == _IN_GENERATOR:
+            return self._step(None)
+        if state != _RESULT:
+            raise RuntimeError("this read was awaited already")
+        stop = self.stop
+        self.state = _IDLE
+        if self.count < 0:
+            self.stop = None  # bytes, which this must not keep alive once handed out
+        stop.__traceback__ = None  # (raised again and again, it would grow its traceback)
+        raise stop
+
+    __next__ = send
+
+    def throw(self, *exc):
+        e = exc[0] if _len(exc) == 1 else exc[1]
+        if self.gen is not None:
+            return self._step(e)
+        state = self.state
+        self._reset()
+        if state == _WAITING:
+            self.reader._conn.woke(e)
+        raise e
+
+    def close(self):
+        gen = self.gen
+        self.gen = None
+        if self.state == _WAITING:
+            self.reader._conn.wait_until = None
+        self._reset()
+        if gen is not None:
+            gen.close()
+
+    def _reset(self):
+        # idle, holding no buffer and no bytes
+        self.state = _IDLE
+        self.buf = None
+        if self.count < 0:
+            self.stop = None
+
+    def _run(self, woken):
+        # The read, when this first runs or the poller woke it. No try here: the frame stays off the heap
+        # (docs/design.md: frames).
+        reader = self.reader
+        conn = reader._conn
+        if woken:
+            conn.streak = 0  # others ran while this task waited
+            conn.wait_until = None
+        buf = self.buf
+        got = reader._read_now(self)
+        if got or got == 0:  # bytes, a count, or 0 for an empty buffer (None and b"": nothing yet)
+            self.state = _RESULT
+            self.buf = None
+            if buf is None or got != self.count:
+                self.stop = StopIteration(got)
+                self.count = -1 if buf is None else got
+        elif (not woken and poll.internals and conn.pos == conn.filled and conn.sock is not None and not reader._eof
+              and conn.streak < _FAIR_SHARE and reader._decoder is None and (reader._remaining > 0 or reader._chunked)):
+            self.state = _TO_WAIT
+        else:
+            self.gen = reader._readinto_slowly(buf) if buf is not None else reader._read_whole(self.want)
+            self.state = _IN_GENERATOR
+            self.buf = None
+
+    def _step(self, e):
+        # one step of the generator the read goes on in
+        try:
+            if e is None:
+                return self.gen.send(None)
+            return self.gen.throw(e)
+        except BaseException:  # its result (StopIteration) or its error: this read is over
+            self.gen = None
+            self.state = _IDLE
+            raise
+
+
+class StreamReader:
+    # resp.content: the body. A response is its own content (ClientResponse below): one object per request.
+    _chunked = _until_close = _eof = False
+    _decoder = None  # compression.Inflate for a coded body
+    _read = None  # the _BodyRead that readinto and read(n) return, made on first use
+    _remaining = 0  # body bytes left in the current frame (a chunk, or the whole body), or a _..._DUE state
+
+    def _set_framing(self, length, chunked):
+        self.total_bytes = 0
+        if chunked:
+            self._chunked = True
+        elif length is None:
+            self._until_close = True
+            self._remaining = _UNTIL_CLOSE
+        else:
+            self._remaining = length
+            if not length:
+                self._eof = True
+
+    def at_eof(self):
+        return self._eof
+
+    async def _next_chunk(self):
+        # The current frame is used up: the next chunk's size line, or the end of the body. Each step is recorded as
+        # soon as its line is taken: a read cancelled while it waits for the next line (an app's own timeout) leaves
+        # a state the next read goes on from.
+        conn = self._conn
+        if self._remaining == _CRLF_DUE:
+            if (await conn.readline()) not in (b"\r\n", b"\n"):
+                raise ClientPayloadError("malformed chunked encoding")
+            self._remaining = 0
+        if not self._remaining:
+            line = await conn.readline()
+            if not line:
+                raise ClientPayloadError("response payload is not completed (chunked body cut short)")
+            try:
+                n = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                n = -1
+            if n < 0:  # (int() takes "-1" too)
+                raise ClientPayloadError("bad chunk size line %r" % line[:40])
+            if n:
+                self._remaining = n
+                return n
+            self._remaining = _TRAILERS_DUE
+        while True:  # the trailers, up to the empty line
+            line = await conn.readline()
+            if not line:
+                raise ClientPayloadError("response payload is not completed (no end of trailers)")
+            if line in (b"\r\n", b"\n"):
+                break
+        self._body_ended(True)
+        return 0
+
+    def _body_ended(self, reusable):
+        self._eof = True
+        self._remaining = 0
+        if self._decoder is None or not reusable:  # (a decoder ends the request once it has decoded the last byte)
+            self._let_go(reusable)
+
+    def readinto_nowait(self, buf):
+        """Body bytes that are already here, read into buf without waiting: n > 0 (0 for an empty buf), or None
+        when the next read has to wait, or meets the end of the body, a trailer or a content coding (then
+        `await readinto(buf)`). DownloadManager's hot loop calls it before awaiting. Allocates nothing. A connection
+        reset raises the socket's OSError (readinto makes it a ClientPayloadError)."""
+        # The common case only, a whole buffer straight from the socket: no try and no len() (docs/design.md: frames,
+        # builtins). The socket's own limit argument keeps the read inside the body.
+        conn = self._conn
+        if self._remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE or self._decoder is not None:
+            return self._readinto_rest(buf)
+        if conn.sock is None:
+            return self._readinto_rest(buf)
+        n = conn.sock.readinto(buf, self._remaining)
+        if n:  # None: nothing waiting; 0: the peer closed, which the awaited path reports
+            conn.streak += n
+            return self._count(n)
+        if not buf:
+            return 0  # an empty buffer: nothing to wait for
+
+    def read_nowait(self, n=-1):
+        """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the
+        next read has to wait or the body is over (`await read(n)` then waits, or says which). DownloadManager's
+        stream mode hands these very bytes to its chunk callback: the socket makes the bytes object, and no
+        buffer is filled and copied. A connection reset raises the socket's OSError, as readinto_nowait."""
+        conn = self._conn
+        remaining = self._remaining
+        if (n <= 0 or remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE
+                or self._decoder is not None or conn.sock is None):
+            return self._read_rest(n)
+        data = conn.sock.read(n if n < remaining else remaining)  # None: nothing waiting; b"": the peer closed
+        if not data:
+            return b""
+        n = _len(data)
+        conn.streak += n
+        self._count(n)
+        return data
+
+    def _read_rest(self, n):
+        # read_nowait's other cases: the next chunk's size line, and read-ahead bytes (copied out, at most n). No
+        # buffer is made before there are bytes for it: at every chunk boundary a read may find nothing yet.
+        conn = self._conn
+        if not n or conn.sock is None:
+            return b""
+        ready = self._ready_in_frame()
+        if not ready:
+            return b""
+        if n < 0:
+            n = _READ_ALL_PIECE
+        if conn.pos == conn.filled:
+            return self.read_nowait(n)  # the size line came alone: the rest is the socket's
+        n = min(n, ready, conn.filled - conn.pos)
+        data = bytes(memoryview(conn.buf)[conn.pos : conn.pos + n])
+        conn.handed_out(n)
+        conn.streak += n
+        self._count(n)
+        return data
+
+    def _readinto_rest(self, buf):
+        # readinto_nowait's other cases: the rest of a frame shorter than buf, read-ahead bytes, the next chunk's
+        # size line, and all that must take the awaited way (None).
+        if not buf:
+            return 0  # as io's readinto, whatever the body's state: there was nothing to read into
+        ready = self._ready_in_frame()
+        if not ready:
+            return None
+        conn = self._conn
+        if conn.pos < conn.filled:
+            n = min(_len(buf), ready, conn.filled - conn.pos)
+            buf[:n] = memoryview(conn.buf)[conn.pos : conn.pos + n]
+            conn.handed_out(n)
+        else:
+            if conn.sock is None:
+                return None
+            n = conn.sock.readinto(buf if _len(buf) <= ready else memoryview(buf)[:ready])
+            if not n:
+                return None
+        conn.streak += n
+        return self._count(n)
+
+    def _ready_in_frame(self):
+        # The body bytes the current frame can still hand out without waiting, past the next chunk-size line when
+        # that is due and here; 0 when the read must take the awaited way: a decoder, the end of the body, a size
+        # line not all here, or FAIR_SHARE bytes without a wait (the awaited way lets others run).
+        if self._decoder is not None or self._conn.streak >= _FAIR_SHARE:
+            return 0
+        if self._remaining > 0:
+            return self._remaining
+        if not self._chunked or self._eof:
+            return 0
+        return self._size_line_in_place()
+
+    def _size_line_in_place(self):
+        # The next chunk's size, parsed in place from a "[CRLF]hex[;ext]CRLF" line already in the read-ahead (or
+        # brought by one non-blocking read), so chunked bodies allocate nothing per chunk either; 0 when it is not
+        # all here, is the last chunk or looks unusual in any way (_next_chunk then reads it the slow way). No try
+        # (docs/design.md: frames): a reset raises the socket's OSError, which readinto reports.
+        conn = self._conn
+        buf = conn.buf
+        if buf is None or self._remaining == _TRAILERS_DUE:
+            return 0
+        if conn.pos == conn.filled and conn.sock is not None:
+            conn.pos = conn.filled = 0
+            conn.filled = conn.sock.readinto(buf) or 0
+        i = conn.pos
+        if self._remaining == _CRLF_DUE:
+            if conn.filled - i < 2 or buf[i] != 13 or buf[i + 1] != 10:
+                return 0
+            # taken now, whatever follows: it comes with the data, the size line often later
+            conn.pos = i = i + 2
+            self._remaining = 0
+        end = buf.find(b"\n", i, conn.filled)
+        n = _chunk_size(buf, i, end)
+        if n:
+            conn.pos = end + 1
+            self._remaining = n
+        return n
+
+    def readinto(self, buf):
+        """Read up to len(buf) bytes of body into buf; 0 at the end. (awaitable: the response's one _BodyRead,
+        which allocates nothing while the read size repeats)"""
+        return self._body_read(buf, 0)
+
+    def _body_read(self, buf, n):
+        # the _BodyRead for a read into buf (or, buf None, of n bytes) to be done when it runs: the response's own,
+        # unless that one is still out (made and not yet awaited, as with gather()): then one of its own
+        read = self._read
+        if read is None or read.state:
+            read = self._read = _BodyRead(self)
+        read.buf = buf
+        read.want = n
+        read.state = _TO_RUN
+        return read
+
+    def _read_now(self, read):
+        # the read that never waits (readinto_nowait(read.buf), or read_nowait(read.want)); a reset is a
+        # ClientPayloadError. Two arguments, a try that only returns and a handler that binds no name: the frame
+        # stays off the heap (docs/design.md: frames).
+        try:
+            return self.readinto_nowait(read.buf) if read.buf is not None else self.read_nowait(read.want)
+        except OSError:
+            pass
+        self._cut_short("connection error")
+
+    def _readinto_slowly(self, buf):
+        # the generator for a read into buf that needs one: a decoder, framing, the end of the body
+        return self._decoder.decode_into(buf) if self._decoder is not None else self._readinto_framed(buf)
+
+    def _count(self, n):
+        # n body bytes were read out of the current frame (a chunk, or the whole body)
+        self.total_bytes += n
+        if self._chunked:
+            self._remaining = self._remaining - n or _CRLF_DUE
+        elif not self._until_close:
+            self._remaining -= n
+            if not self._remaining:
+                self._body_ended(True)
+        return n
+
+    def _cut_short(self, reason):
+        # A reset mid-body must not escape as a bare OSError, past `except aiohttp.ClientError`: it is a body cut
+        # short like any other. The connection goes.
+        self._eof = True
+        self._let_go(False)
+        raise ClientPayloadError("response payload is not completed (%s)" % (reason,))
+
+    async def _readinto_framed(self, buf):
+        try:
+            remaining = self._remaining
+            if remaining <= 0:
+                if self._eof or not self._chunked:
+                    return 0
+                remaining = await self._next_chunk()
+                if not remaining:
+                    return 0
+            conn = self._conn
+            if conn.pos < conn.filled:  # read-ahead bytes
+                n = min(_len(buf), remaining, conn.filled - conn.pos)
+                buf[:n] = memoryview(conn.buf)[conn.pos : conn.pos + n]
+                conn.handed_out(n)
+            else:
+                if conn.sock is None:
+                    raise ServerDisconnectedError("connection closed")
+                n = await conn.recv(buf if _len(buf) <= remaining else memoryview(buf)[:remaining])
+                if not n:
+                    if self._until_close:
+                        self._body_ended(False)
+                        return 0
+                    self._eof = True
+                    self._let_go(False)
+                    raise ClientPayloadError("response payload is not completed (connection closed early)")
+            return self._count(n)
+        except OSError as e:
+            self._cut_short(e)
+        except ServerDisconnectedError as e:  # the body ended inside a chunk-size line or the trailers
+            if self._conn.sock is None:
+                raise  # no: this response was released, or its session closed
+            self._cut_short(e)
+
+    async def readany(self):
+        return await self.read(_READ_ALL_PIECE)
+
+
+class ClientResponse(StreamReader):
+    method = "GET"
+    status = 0
+    reason = ""
+    version = "HTTP/1.1"  # as the status line says
+    headers = None
+    _reusable = True  # the connection may serve another request once the body is read
+    _released = False
+
+    def __init__(self, session, method, url, conn):
+        self._session = session
+        if method != "GET":
+            self.method = method
+        self.url = url
+        self._conn = conn
+
+    async def _start(self, deadline):
+        # The head, then the body's framing. deadline: the request's own (ClientTimeout.total), back in force once
+        # the head is read (the head has a deadline of its own, see ClientSession._send).
+        conn = self._conn
+        version, self.status, self.reason, headers = await read_head(conn)
+        if version != "HTTP/1.1":
+            self.version = version
+        if conn.deadline is not deadline:
+            conn.deadline = deadline
+        self.headers = headers
+        status = self.status
+        if version != "HTTP/1.1" or "close" in headers.tokens("Connection") or status == 101:
+            self._reusable = False  # (101: the connection now speaks another protocol)
+        length, chunked = _framing(headers, status, self.method == "HEAD" or status in (204, 304) or status == 101)
+        if chunked and "content-length" in headers:
+            self._reusable = False  # chunked wins (RFC 9112 section 6.3), but the sender is not to be trusted further
+        self._set_framing(length, chunked)
+        if conn.chunked != chunked:
+            conn.chunked = chunked
+        conn.handed_out(0)
+        if self._session._auto_decompress and not self._eof:
+            coding = _coding(headers, status)
+            if coding is not None:
+                from .compression import Inflate
+
+                self._decoder = Inflate(self, coding)
+        if self._eof:
+            self._let_go(True)
+
+    @property
+    def content(self):
+        return self
+
+    @property
+    def content_length(self):
+        # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
+        value = self.headers.get("Content-Length")
+        return int(value) if value and value.isdigit() and not self._chunked else None
+
+    @property
+    def ok(self):
+        return self.status < 400
+
+    def _let_go(self, reusable):
+        # The request is over: its body was read to the end (reusable), or its connection can't be trusted further
+        if self._released:
+            return
+        self._released = True
+        self._session._done_with(self._conn, reusable and self._reusable)
+
+    def release(self):
+        # Closing is the only safe choice for a body that was not read to its end
+        self._let_go(False)
+
+    close = release
+
+    @property
+    def closed(self):
+        return self._released
+
+    def read(self, n=-1):
+        """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.
+        (awaitable) Up to n bytes: the bytes the socket makes, with no buffer filled and copied, when they are
+        already here or the read only waits for them (as readinto, the awaitable is the response's _BodyRead)."""
+        return self._body_read(None, n) if n > 0 else self._read_whole(n)
+
+    async def _read_whole(self, n=-1):
+        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. Not
+        # kept: resp.content is the response itself, so content.read() answers b"" at the end, and so does a second
+        # read() (or text() after read()).
+        if n >= 0:
+            if not n:
+                return b""
+            buf = bytearray(n)
+            got = await self._readinto_slowly(buf)
+            return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
+        if self._decoder is None and not self._chunked and not self._until_close and _heap_holds(self._remaining):
+            # One buffer of what is still to come (not of Content-Length: a HEAD answer has one and no body)
+            n = self._remaining
+            buf = bytearray(n)
+            view = memoryview(buf)
+            got = 0
+            while got < n:
+                k = await self.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+            return bytes(buf) if got == n else bytes(view[:got])
+        pieces = []
+        buf = bytearray(_READ_ALL_PIECE)
+        while True:
+            k = await self.readinto(buf)
+            if not k:
+                break
+            pieces.append(bytes(memoryview(buf)[:k]))
+        return b"".join(pieces)
+
+    async def text(self, encoding=None):
+        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
+        # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
+        body = await self.read()
+        if encoding is None:
+            content_type = self.headers.get("Content-Type", "").lower()
+            i = content_type.find("charset=")
+            encoding = content_type[i + 8 :].split(";", 1)[0].strip(" \"'") if i >= 0 else "utf-8"
+        if encoding.lower() in ("iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"):
+            return from_latin1(body)
+        return body.decode()
+
+    async def json(self):
+        import json
+
+        return json.loads(await self.read())
+
+    def raise_for_status(self):
+        if self.status >= 400:
+            self.release()
+            raise ClientResponseError(self.status, self.reason, self.headers)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.release()
+
+    def __repr__(self):
+        return "<ClientResponse(%s) [%d %s]>" % (self.url, self.status, self.reason)

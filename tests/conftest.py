@@ -36,10 +36,22 @@ class Run:
         return self.results[-1]
 
 
+# What a snippet runs first on asyncio's public API only (aiohttp/poll.py): the client may then not touch asyncio's
+# internals at all, and a test fails loudly if it does.
+PUBLIC_ASYNCIO = """
+import aiohttp.poll as _poll
+_poll.internals = False
+def _internals(*args):
+    raise AssertionError("asyncio's internals used on the public path")
+_poll.register = _internals
+"""
+
+
 class MicroPython:
-    def __init__(self, tmpdir):
+    def __init__(self, tmpdir, asyncio_path="internals"):
         self.tmpdir = Path(tmpdir)
         self._compiled = None
+        self.asyncio_path = asyncio_path
 
     def lib(self, compiled=False):
         if not compiled:
@@ -53,6 +65,8 @@ class MicroPython:
     def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), **values):
         if not os.path.exists(micropython()):
             pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % micropython())
+        if self.asyncio_path == "public":
+            code = PUBLIC_ASYNCIO + code
         try:
             proc, results = _mpy.run(code, self.tmpdir, lib=self.lib(compiled), heapsize=heapsize,
                                      timeout=timeout, args=args, **values)
@@ -67,8 +81,14 @@ class MicroPython:
 
 
 @pytest.fixture
-def mpy(tmp_path):
-    return MicroPython(tmp_path)
+def mpy(tmp_path, request):
+    return MicroPython(tmp_path, getattr(request, "param", "internals"))
+
+
+def pytest_generate_tests(metafunc):
+    # Modules marked asyncio_paths run each test both ways the client can wait (aiohttp/poll.py)
+    if "mpy" in metafunc.fixturenames and metafunc.definition.get_closest_marker("asyncio_paths"):
+        metafunc.parametrize("mpy", ["internals", "public"], indirect=True)
 
 
 @pytest.fixture(scope="session")

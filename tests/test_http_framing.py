@@ -10,6 +10,8 @@ import pytest
 
 from tools.testservers import ScriptServer, sha256_of, text_payload
 
+pytestmark = pytest.mark.asyncio_paths  # every test with asyncio's internals and without them
+
 CHUNKS = "chunked=1&chunks=1,7,300,4096"
 FRAMINGS = {
     "content-length": "",
@@ -343,6 +345,7 @@ def test_plain_http_to_a_tls_port_is_an_error_not_a_hang(mpy, fault_tls):
     url = fault_tls.url("/bytes/10").replace("https://", "http://")
     r = mpy.run("""
 import aiohttp
+
 async def main():
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
         result(err=(await error_of(session.get(URL)))[0])

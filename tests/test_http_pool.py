@@ -3,6 +3,8 @@ import pytest
 
 from tools.testservers import ScriptServer, sha256_of
 
+pytestmark = pytest.mark.asyncio_paths  # every test with asyncio's internals and without them
+
 CHUNKS = "chunked=1&chunks=1,7,300,4096"
 
 SEQUENTIAL = """
@@ -397,6 +399,7 @@ def test_a_released_response_reads_nothing_more(mpy):
     try:
         r = mpy.run("""
 import aiohttp
+
 async def main():
     async with aiohttp.ClientSession() as session:
         for how in ("read", "read_n", "readinto", "read_nowait"):

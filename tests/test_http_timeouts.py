@@ -3,6 +3,8 @@ import pytest
 
 from tools.testservers import sha256_of
 
+pytestmark = pytest.mark.asyncio_paths  # every test with asyncio's internals and without them
+
 TIMED = """
 import aiohttp, time
 
@@ -106,6 +108,7 @@ run(main())
 # arrives as the time runs out, since cancelling its runner also overwrites the finished read's result.)
 RETRIED = """
 import asyncio, aiohttp
+
 
 async def within(aw, ms):
     t = asyncio.create_task(aw)

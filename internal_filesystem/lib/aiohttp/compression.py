@@ -6,43 +6,56 @@ from micropython import const
 
 from .errors import ClientPayloadError
 
-_INPUT = const(2048)  # coded bytes kept in hand
+_INPUT = const(4096)  # coded bytes kept in hand
 _AHEAD = const(1536)  # topped up below this: one small output step can then never run the decoder dry
+_MOVE = const(512)  # coded bytes that come from the network, or move to the front, at a time
 _STEP = const(256)  # output per step while the body still streams
 _FAIR_SHARE = const(65536)  # connection.FAIR_SHARE (a const is inlined only in its own module)
 
 
-class Inflate(io.IOBase):
-    # DeflateIO pulls its input synchronously and can't resume after running dry, so input is kept well ahead of what
-    # one output step can take; once the body has all arrived it may drain freely. The request lasts until the last
-    # byte is decoded: its connection, and so its deadline, is let go then.
+class Inflate:
+    # DeflateIO pulls its input one byte at a time, synchronously, and can't resume after running dry: the coded bytes
+    # wait in a BytesIO it reads from C (a stream of our own would be called from C for every coded byte, with a new
+    # buffer object each time), kept well ahead of what one output step can take; once the body has all arrived, the
+    # decoder may drain it. A BytesIO can't be truncated: past the valid input lies old input, and a step that read
+    # into it read past the end of a body cut short. The request lasts until the last byte is decoded: its
+    # connection, and so its deadline, is let go then.
     _stream = None  # the DeflateIO, made once the first input shows which format a "deflate" body has
-    _start = _end = 0  # the input not decoded yet: _input[_start:_end]
+    _valid = 0  # bytes of _coded that are input
+    _read_at = 0  # where the decoder reads next (_coded's position moves while input is added)
     _arrived = _done = False
 
     def __init__(self, reader, coding):
         self._reader = reader
         self._gzip = coding != "deflate"
-        self._input = bytearray(_INPUT)
-
-    def readinto(self, buf, *args):  # DeflateIO's input
-        n = min(len(buf), self._end - self._start)
-        buf[:n] = memoryview(self._input)[self._start : self._start + n]
-        self._start += n
-        return n
+        self._coded = io.BytesIO(_INPUT)
+        self._moving = bytearray(_MOVE)
 
     async def _top_up(self):
-        buf, start, end = self._input, self._start, self._end
-        if start:
-            buf[: end - start] = memoryview(buf)[start:end]
-            self._end = end = end - start
-            self._start = 0
-        while not self._arrived and end < len(buf):
-            n = await self._reader._readinto_framed(memoryview(buf)[end:])
+        # The input not decoded yet goes to the front, then new input after it. Each step is recorded before the
+        # next await: a read cancelled meanwhile (an app's own timeout) leaves a state the next read goes on from.
+        coded = self._coded
+        view = memoryview(self._moving)
+        start = self._read_at
+        left = self._valid - start
+        moved = 0
+        while moved < left and start:
+            coded.seek(start + moved)
+            n = coded.readinto(view[: min(_MOVE, left - moved)])
+            coded.seek(moved)
+            coded.write(view[:n])
+            moved += n
+        self._read_at = 0
+        self._valid = valid = left
+        while not self._arrived and valid < _INPUT:
+            n = await self._reader._readinto_framed(view[: min(_MOVE, _INPUT - valid)])
             if not n:
                 self._arrived = True
-            end += n
-            self._end = end
+            else:
+                coded.seek(valid)
+                coded.write(view[:n])
+                valid += n
+                self._valid = valid
 
     def _format(self):
         # "deflate" is meant to be zlib (RFC 9110), yet some servers send a bare deflate stream: a zlib stream
@@ -51,11 +64,12 @@ class Inflate(io.IOBase):
 
         if self._gzip:
             return deflate.GZIP
-        buf, i = self._input, self._start
-        zlib = self._end - i >= 2 and buf[i] & 0x0F == 8 and (buf[i] << 8 | buf[i + 1]) % 31 == 0
+        head = self._moving
+        self._coded.seek(self._read_at)
+        n = self._coded.readinto(memoryview(head)[: min(2, self._valid - self._read_at)])
+        zlib = n == 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
         return deflate.ZLIB if zlib else deflate.RAW
 
-    # (not named readinto: that is the input side, above)
     async def decode_into(self, buf):
         reader = self._reader
         if self._done:
@@ -63,23 +77,31 @@ class Inflate(io.IOBase):
         conn = reader._conn
         if conn.streak >= _FAIR_SHARE:  # a small body may inflate to megabytes: others get turns, the deadline holds
             await conn.take_turn()
-        if not self._arrived and self._end - self._start < _AHEAD:
+        if not self._arrived and self._valid - self._read_at < _AHEAD:
             await self._top_up()
         if self._stream is None:
             import deflate
 
-            self._stream = deflate.DeflateIO(self, self._format())
+            self._stream = deflate.DeflateIO(self._coded, self._format())
         out = buf if self._arrived or len(buf) <= _STEP else memoryview(buf)[:_STEP]
+        coded = self._coded
+        coded.seek(self._read_at)
         try:
             n = self._stream.readinto(out)
         except (OSError, EOFError, ValueError) as e:
-            reader._let_go(self._arrived)  # (a body whose HTTP framing ended cleanly leaves its connection reusable)
-            raise ClientPayloadError("compressed body is corrupt or cut short (%s)" % (e,))
+            self._fail(e)
+        self._read_at = coded.tell()
+        if self._read_at > self._valid:  # it read past the input: the body was cut short (or corrupt)
+            self._fail(None)
         if not n:
-            if not self._arrived or self._end > self._start:
-                reader._let_go(self._arrived)
-                raise ClientPayloadError("compressed body is corrupt or cut short")
+            if not self._arrived or self._valid > self._read_at:
+                self._fail(None)
             self._done = True
             reader._let_go(True)
         conn.streak += n
         return n
+
+    def _fail(self, reason):
+        # a body whose HTTP framing ended cleanly leaves its connection reusable
+        self._reader._let_go(self._arrived)
+        raise ClientPayloadError("compressed body is corrupt or cut short" + (" (%s)" % (reason,) if reason else ""))

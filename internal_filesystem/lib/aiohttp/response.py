@@ -21,6 +21,8 @@ _UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connecti
 _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
 _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # a field name's bytes
+_HEX = b"0123456789abcdefABCDEF"
 
 # The states of a _BodyRead
 _IDLE = const(0)
@@ -141,7 +143,8 @@ async def read_head(conn):
         if not line:
             raise ServerDisconnectedError("server closed the connection without a response")
         parts = latin1(line).rstrip("\r\n").split(" ", 2)
-        if _len(parts) < 2 or not parts[0].startswith("HTTP/1.") or _len(parts[1]) != 3 or not parts[1].isdigit():
+        if (_len(parts) < 2 or _len(parts[0]) != 8 or not parts[0].startswith("HTTP/1.") or not parts[0][7].isdigit()
+                or _len(parts[1]) != 3 or not parts[1].isdigit()):
             raise ClientResponseError(0, "bad status line %r" % line[:80])
         status = int(parts[1])
         size += _len(line)
@@ -171,25 +174,35 @@ async def read_head(conn):
     return parts[0], status, "OK" if reason == "OK" else reason, CIMultiDictProxy(blocks)  # (the constant "OK")
 
 
+def is_field(buf, start, end):
+    # whether buf[start:end] is a header (or trailer) line: a name of token bytes, then ":" (RFC 9110 section 5.1).
+    # A name that is not one ("Transfer-Encodin g") would hide the field it meant, and so the body's framing.
+    colon = buf.find(b":", start, end)
+    if colon <= start:
+        return False
+    for i in range(start, colon):
+        if buf[i] not in _TOKEN:
+            return False
+    return True
+
+
 def _add_field(blocks, buf, start, end):
     # One header line, buf[start:end], onto the head's last block as "\nname:value"; False if it is no field. A line
     # that starts with a space or tab goes on the field above, after a space (obs-fold, RFC 9112 section 5.2): read
     # as a field of its own, its text became a header the server never sent.
     fold = buf[start] in (32, 9)
     if not fold:
+        if not is_field(buf, start, end):
+            return False
         colon = buf.find(b":", start, end)
     else:
         colon = start if blocks[-1] else -1  # (no field above to go on)
-    if colon < 0:
-        return False
+        if colon < 0:
+            return False
     view = memoryview(buf)
     i, j = colon, end
     if not fold:
-        name = bytes(view[start:colon]).strip().lower()
-        try:
-            name.decode()
-        except UnicodeError:  # a name that is not UTF-8: kept as the str lookups will encode it
-            name = latin1(name).encode()
+        name = bytes(view[start:colon]).lower()
         i += 1
     while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
         i += 1
@@ -247,6 +260,21 @@ def _coding(headers, status):
     if _len(codings) > 1 or codings[0] not in _DECODABLE:
         raise ClientResponseError(status, "cannot decode Content-Encoding %r" % ", ".join(codings)[:40])
     return codings[0]
+
+
+def _chunk_size_line(line):
+    # -> the size a chunk-size line gives, or -1 when it is none: 1 to 16 hex digits, then optionally an extension
+    # (";..."), then the line's end (RFC 9112 section 7.1). int(x, 16) took "+0", "0x10", "1_0" and spaces.
+    end = _len(line) - (2 if line.endswith(b"\r\n") else 1)
+    i = 0
+    while i < end and line[i] in _HEX:
+        i += 1
+    if not 0 < i <= 16:
+        return -1
+    rest = line[i:end].lstrip(b" \t")
+    if rest and (rest[0] != 59 or b"\r" in rest):  # (59: ";")
+        return -1
+    return int(line[:i], 16)
 
 
 def _chunk_size(buf, start, end):
@@ -440,11 +468,8 @@ class StreamReader:
             line = await conn.readline()
             if not line:
                 raise ClientPayloadError("response payload is not completed (chunked body cut short)")
-            try:
-                n = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                n = -1
-            if n < 0:  # (int() takes "-1" too)
+            n = _chunk_size_line(line)
+            if n < 0:
                 raise ClientPayloadError("bad chunk size line %r" % line[:40])
             if n:
                 self._remaining = n
@@ -456,6 +481,8 @@ class StreamReader:
                 raise ClientPayloadError("response payload is not completed (no end of trailers)")
             if line in (b"\r\n", b"\n"):
                 break
+            if not is_field(line, 0, _len(line)):  # (a lost chunk-size line makes the rest of the body look like these)
+                raise ClientPayloadError("bad trailer line %r" % line[:40])
         self._body_ended(True)
         return 0
 

@@ -90,7 +90,7 @@ class Case:
     @property
     def changed(self):
         # the answer's bytes differ from the well-formed one (not only its timing, its end or a stall)
-        return any(not m.startswith(("close", "reset", "stall")) for m in self.mutations)
+        return any(not m.startswith(("close ", "reset ", "stall ")) for m in self.mutations)
 
     @property
     def wanted(self):
@@ -166,6 +166,7 @@ class _Wire:
     def __init__(self):
         self.data = bytearray()
         self.spans = []
+        self.head = None  # the span of the answer's own head
 
     def add(self, b, kind):
         if b:
@@ -252,7 +253,8 @@ def _well_formed(rng, case):
         wire.add(rng.choice([b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\n"
                              b"Link: </style.css>; rel=preload\r\n\r\n"]), "head")
     case.fields = fields
-    wire.add(_head(rng, version, case.status, _mutate_fields(rng, case, fields)), "head")
+    wire.add(_head(rng, version, case.status, fields), "head")
+    wire.head = wire.spans[-1]  # the answer's own head, not an interim one
     if case.framing == "chunked":
         _chunked(rng, wire, body)
     else:
@@ -295,21 +297,27 @@ def _size_line(rng, k):
 _BYTES = b"\r\n:; \t0129afAFx,-\x00\xff\""
 
 
-def _mutate_fields(rng, case, fields):
-    # duplicated or removed header lines (of the answer's own head, not an interim one)
-    fields = list(fields)
-    if rng.random() < 0.12:
-        i = rng.randrange(len(fields))
-        if rng.random() < 0.5:
-            fields.insert(rng.randrange(len(fields) + 1), fields[i])
-            case.mutations.append("duplicated header line %r" % ("%s: %s" % fields[i]))
-        else:
-            case.mutations.append("removed header line %r" % ("%s: %s" % fields.pop(i)))
-    return fields
+def _mutate_lines(rng, case, wire):
+    # a header line of the answer's own head duplicated (somewhere in the head) or removed
+    start, end, _ = wire.head
+    # the field lines: not the status line, nor the blank one
+    lines = [m.span() for m in re.finditer(rb"[^\n]*\n", bytes(wire.data[start:end]))][1:-1]
+    if not lines:
+        return
+    s, e = rng.choice(lines)
+    line = bytes(wire.data[start + s:start + e])
+    if rng.random() < 0.5:
+        wire.replace(start + rng.choice(lines)[0], 0, line)
+        case.mutations.append("duplicated header line %r" % line)
+    else:
+        wire.replace(start + s, e - s, b"")
+        case.mutations.append("removed header line %r" % line)
 
 
 def _mutate(rng, case, wire):
     # byte mutations, then how the answer ends (early close, reset, stall), then how its writes are split
+    if rng.random() < 0.12:
+        _mutate_lines(rng, case, wire)
     kinds = {"head": 4, "framing": 3, "body": 3}
     for _ in range(_pick(rng, [(25, 0), (50, 1), (15, 2), (10, 3)])):
         where = _pick(rng, [(w, k) for k, w in kinds.items()])
@@ -334,16 +342,11 @@ def _mutate(rng, case, wire):
             _swap_number(rng, case, wire, where)
     data = bytes(wire.data)
     end = len(data)
-    if rng.random() < 0.25:
+    case.ending = _pick(rng, [(72, "keep"), (20, "close"), (5, "reset"), (3, "stall")])
+    if case.ending != "keep":  # the answer ends early: closed, reset or left open and silent
         end = _pick(rng, [(3, len(data) - rng.randint(1, 5)), (2, wire.position(rng, ("head",)) or 0),
                           (2, wire.position(rng, ("framing",)) or 0), (3, rng.randrange(len(data) + 1))])
-        end = max(0, min(end, len(data) - 1))
-    case.ending = "keep"
-    if rng.random() < 0.03:
-        case.ending = "stall"
-        case.mutations.append("stall after byte %d of %d (the connection stays open, silent)" % (end, len(data)))
-    elif end < len(data):
-        case.ending = "reset" if rng.random() < 0.2 else "close"
+        end = max(0, min(end, len(data) - (case.ending != "stall")))
         case.mutations.append("%s after byte %d of %d (%s)" % (case.ending, end, len(data), wire.kind(end)))
     case.wire = data[:end]
     if case.ending == "keep" and (case.changed or not _persistent(case)):
@@ -584,7 +587,7 @@ def judge(case, job, result):
     outcome = result["outcome"]
     if outcome in ("hang", "crash", "foreign"):
         problems.append("%s: %s%s" % (outcome, result.get("error"), "\n" + result["trace"] if result.get("trace") else ""))
-    if result.get("ms", 0) > BOUND_MS:
+    if outcome != "hang" and result.get("ms", 0) > BOUND_MS:
         problems.append("took %d ms (bound %d ms)" % (result["ms"], BOUND_MS))
     if result.get("fds"):
         problems.append("%+d file descriptors after the case and its session were closed" % result["fds"])
@@ -592,6 +595,8 @@ def judge(case, job, result):
         why = _wrong_bytes(case, _read(job["outfile"] or job["got"]))
         if why:
             problems.append(why)
+        if job["outfile"] and os.path.exists(job["outfile"] + ".part"):
+            problems.append("OUTFILE.part is left after a success")
     elif outcome == "fail":
         if _must_succeed(case):
             problems.append("failed on an answer a correct client reads: %s" % result.get("error"))

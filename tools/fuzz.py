@@ -7,10 +7,11 @@ flips, byte inserts and deletes in the head, the chunk framing and the body, num
 lines duplicated or removed, an early close, a reset or a stall, the writes split with pauses).
 
 FuzzServer answers a case's first request with the mutated bytes and each later one (a DownloadManager retry) as
-the case says: with a clean answer that honours Range and If-Range, the same mutated bytes again, or a 410. The oracle, judge(), reads the mutated bytes with a strict
-HTTP/1.1 reader of our own (decode(), below) and says what a correct client may give back: the resource's exact
-bytes, the body the strict reader decodes, for DownloadManager a resume that continues the first answer's bytes
-with the resource's, or a clean failure. A result with only timing changed (splits, pauses) must be exact.
+the case says: with a clean answer that honours Range and If-Range, with the same mutated bytes, or with a 410.
+The oracle, judge(), reads the mutated bytes with a strict HTTP/1.1 reader of our own (decode(), below) and says
+what a correct client may give back: the resource's exact bytes, the body the strict reader decodes, for
+DownloadManager a resume that continues the first answer's bytes with the resource's, or a clean failure. A
+result with only timing changed (splits, pauses) must be exact, and so must a resume of a cut answer.
 
 Why our own reader and not h11: h11 refuses what a client may accept (obs-fold, Transfer-Encoding together with
 Content-Length) and stops there, while the oracle needs this project's rules written out, in one place:
@@ -65,7 +66,7 @@ class Case:
     mode: str  # dm: memory, file, stream; aiohttp: read, readinto, readn
     resource: bytes
     etag: str
-    rng: tuple = None  # the Range asked for: (lo, hi or None)
+    byte_range: tuple = None  # the Range asked for: (lo, hi or None)
     sha: bool = False  # dm: sha256= given
     raise_errors: bool = False  # dm
     chunk: int = None  # dm chunk_size=, aiohttp read size
@@ -95,16 +96,16 @@ class Case:
     @property
     def wanted(self):
         # the resource's bytes the request asks for
-        if self.rng is None:
+        if self.byte_range is None:
             return self.resource
-        lo, hi = self.rng
+        lo, hi = self.byte_range
         return self.resource[lo:None if hi is None else hi + 1]
 
     @property
     def range_header(self):
-        if self.rng is None:
+        if self.byte_range is None:
             return None
-        lo, hi = self.rng
+        lo, hi = self.byte_range
         return "bytes=%d-%s" % (lo, "" if hi is None else hi)
 
 
@@ -147,9 +148,9 @@ def make_case(seed, index):
         lo = rng.randrange(size)
         if case.mode == "file" and lo == len(OLD):
             lo += 1  # "bytes=N-" with N = the old file's size would be a resume of it (see the README)
-        case.rng = (lo, None if rng.random() < 0.5 else rng.randint(lo, size + 10))
+        case.byte_range = (lo, None if rng.random() < 0.5 else rng.randint(lo, size + 10))
         if lo >= size:
-            case.rng = None
+            case.byte_range = None
     case.retries = _pick(rng, [(6, "clean"), (2, "same"), (2, "gone")])
     case.good = _resource(rng, rng.randint(0, 3000))
     answer = _well_formed(rng, case)
@@ -225,8 +226,8 @@ def _well_formed(rng, case):
               ("ETag", case.etag), ("Server", "fuzz/1.0"), ("Date", "Sat, 21 Nov 2026 10:00:00 GMT")]
     if rng.random() < 0.3:
         fields.append(("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"))
-    if case.rng is not None and rng.random() < 0.8:  # else the server ignores the Range, as it may
-        lo, hi = case.rng
+    if case.byte_range is not None and rng.random() < 0.8:  # else the server ignores the Range, as it may
+        lo, hi = case.byte_range
         hi = n - 1 if hi is None else min(hi, n - 1)
         case.status, body = 206, full[lo:hi + 1]
         fields.append(("Content-Range", "bytes %d-%d/%d" % (lo, hi, n)))
@@ -297,8 +298,14 @@ def _size_line(rng, k):
 _BYTES = b"\r\n:; \t0129afAFx,-\x00\xff\""
 
 
+# header lines a mutation may add: framing and codings that conflict with the answer's own or are unknown
+_ADDED = (b"Content-Length: %d\r\n", b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
+          b"Content-Encoding: br\r\n", b"Content-Encoding: identity\r\n", b"Content-Encoding: gzip\r\n",
+          b"Content-Range: bytes 0-%d/*\r\n", b"Connection: close\r\n")
+
+
 def _mutate_lines(rng, case, wire):
-    # a header line of the answer's own head duplicated (somewhere in the head) or removed
+    # a header line of the answer's own head duplicated or removed, or one added
     start, end, _ = wire.head
     # the field lines: not the status line, nor the blank one
     lines = [m.span() for m in re.finditer(rb"[^\n]*\n", bytes(wire.data[start:end]))][1:-1]
@@ -306,12 +313,16 @@ def _mutate_lines(rng, case, wire):
         return
     s, e = rng.choice(lines)
     line = bytes(wire.data[start + s:start + e])
-    if rng.random() < 0.5:
-        wire.replace(start + rng.choice(lines)[0], 0, line)
-        case.mutations.append("duplicated header line %r" % line)
-    else:
+    how = rng.choice(["duplicated", "removed", "added"])
+    if how == "removed":
         wire.replace(start + s, e - s, b"")
-        case.mutations.append("removed header line %r" % line)
+    else:
+        if how == "added":
+            line = rng.choice(_ADDED)
+            if b"%d" in line:
+                line %= max(0, len(case.wanted) + rng.randint(-2, 2))
+        wire.replace(start + rng.choice(lines)[0], 0, line)
+    case.mutations.append("%s header line %r" % (how, line))
 
 
 def _mutate(rng, case, wire):
@@ -564,11 +575,11 @@ def _dm_view(case, msg, body, complete=True):
     # range asked for or is shorter than it says).
     if body is None or msg.status is None or not 200 <= msg.status < 300:
         return None
-    lo, hi = case.rng or (0, None)
+    lo, hi = case.byte_range or (0, None)
     if msg.status != 206:
         return body[lo:None if hi is None else hi + 1]  # the whole resource: the range is taken from it
     m = re.fullmatch(rb"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)", msg.get(b"content-range") or b"")
-    if case.rng is None or not m:
+    if case.byte_range is None or not m:
         return None
     a, b = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == b"*" else int(m.group(3))
@@ -854,7 +865,7 @@ def describe(case):
     out = ["%s: %s %s%s%s%s, resource %d bytes%s" % (
         case.name, case.api, case.mode, " sha256=" if case.sha else "", " raise_errors" if case.raise_errors else "",
         " chunk=%s" % case.chunk if case.chunk else "", len(case.resource),
-        ", Range: %s" % case.range_header if case.rng else ""),
+        ", Range: %s" % case.range_header if case.byte_range else ""),
         "well-formed answer: %d %s%s, %d bytes" % (case.status, case.framing, " " + case.coding if case.coding
                                                     else "", len(case.well_formed)),
         "mutations: %s" % ("; ".join(case.mutations) or "none (timing only)"),

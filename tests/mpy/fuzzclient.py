@@ -72,11 +72,13 @@ async def dm_case(case):
     try:
         r = await DownloadManager.download_url(job["url"], **kw)
     except DownloadError as e:
-        if not job["raise"]:
-            return "foreign", "%s raised without raise_errors" % _error(e)
-        return "fail", _error(e)
+        r = e
     if job["progress"]:
         _check_progress(case, progress, r)
+    if isinstance(r, DownloadError):
+        if not job["raise"]:
+            return "foreign", "%s raised without raise_errors" % _error(r)
+        return "fail", _error(r)
     if r is None or r is False:
         if job["raise"]:
             case.note("raise_errors", "returned %r instead of raising" % (r,))
@@ -95,7 +97,7 @@ async def dm_case(case):
 
 def _check_progress(case, seen, r):
     # integers, strictly increasing, 100 once at the very end of a success and never otherwise
-    ok = r is not None and r is not False
+    ok = r is not None and r is not False and not isinstance(r, DownloadError)
     for k, p in enumerate(seen):
         if not isinstance(p, int) or not 0 <= p <= 100 or k and p <= seen[k - 1] or p == 100 and (
                 not ok or k != len(seen) - 1):

@@ -18,6 +18,7 @@ SEED = os.environ.get("FUZZ_SEED", "fuzz")
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "30"))
 ONLY = os.environ.get("FUZZ_CASE")
 MAX_DEFECTS = 10  # a run stops early once it has this many to show
+RERUN = ".venv/bin/python -m pytest -q tests/test_fuzz.py"
 
 
 def run_case(server, client, workdir, case):
@@ -48,8 +49,8 @@ def test_every_mutated_answer_gives_exact_bytes_or_a_clean_failure(tmp_path):
             result, problems = run_case(server, client, tmp_path, case)
             outcomes[result["outcome"]] = outcomes.get(result["outcome"], 0) + 1
             if problems:
-                defects.append("%s\n  %s\n  repro: FUZZ_SEED=%s FUZZ_CASE=%d .venv/bin/python -m pytest -q %s"
-                               % ("\n".join("- " + p for p in problems), fuzz.describe(case), seed, i, "tests/test_fuzz.py"))
+                defects.append("%s\n  %s\n  repro: FUZZ_SEED=%s FUZZ_CASE=%d %s" % (
+                    "\n".join("- " + p for p in problems), fuzz.describe(case), seed, i, RERUN))
     ran = sum(outcomes.values())
     assert not defects, "seed %s: %d of %d cases went wrong (outcomes %s):\n\n%s" % (
         seed, len(defects), ran, outcomes, "\n\n".join(defects))

@@ -82,7 +82,7 @@ class Case:
     retries: str = "clean"  # how later requests are answered: clean (clean_answer), same (mutated), gone (410)
     mutations: list = field(default_factory=list)  # what changed, in words
     good: bytes = b""  # the resource the next request on the same session fetches
-    fields: list = field(default_factory=list)  # the well-formed answer's header fields, [(name, value)]
+    persistent: bool = True  # the well-formed answer leaves its connection open for the next request
 
     @property
     def name(self):
@@ -242,7 +242,8 @@ def _well_formed(rng, case):
         fields.append(("Content-Length", str(len(body))))
     elif case.framing == "chunked":
         fields.append(("Transfer-Encoding", "chunked"))
-    if case.framing == "close" or version == "HTTP/1.0" or rng.random() < 0.1:
+    case.persistent = not (case.framing == "close" or version == "HTTP/1.0" or rng.random() < 0.1)
+    if not case.persistent:
         fields.append(("Connection", "close"))
     elif rng.random() < 0.3:
         fields.append(("Connection", "keep-alive"))
@@ -253,7 +254,6 @@ def _well_formed(rng, case):
     if rng.random() < 0.1:  # an interim answer first
         wire.add(rng.choice([b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\n"
                              b"Link: </style.css>; rel=preload\r\n\r\n"]), "head")
-    case.fields = fields
     wire.add(_head(rng, version, case.status, fields), "head")
     wire.head = wire.spans[-1]  # the answer's own head, not an interim one
     if case.framing == "chunked":
@@ -357,10 +357,11 @@ def _mutate(rng, case, wire):
     if case.ending != "keep":  # the answer ends early: closed, reset or left open and silent
         end = _pick(rng, [(3, len(data) - rng.randint(1, 5)), (2, wire.position(rng, ("head",)) or 0),
                           (2, wire.position(rng, ("framing",)) or 0), (3, rng.randrange(len(data) + 1))])
-        end = max(0, min(end, len(data) - (case.ending != "stall")))
+        last = len(data) if case.ending == "stall" else len(data) - 1  # a close or a reset cuts a byte at least
+        end = max(0, min(end, last))
         case.mutations.append("%s after byte %d of %d (%s)" % (case.ending, end, len(data), wire.kind(end)))
     case.wire = data[:end]
-    if case.ending == "keep" and (case.changed or not _persistent(case)):
+    if case.ending == "keep" and (case.changed or not case.persistent):
         case.ending = "close"  # a changed answer is never followed by another on its connection
     case.writes = []
     if rng.random() < 0.6 and end > 1:
@@ -387,12 +388,6 @@ def _swap_number(rng, case, wire, where):
         text = (b"-" if new < 0 else b"+") + text
     wire.replace(s, e - s, text)
     case.mutations.append("number %r at byte %d (%s) -> %r" % (old, s, where, text))
-
-
-def _persistent(case):
-    # whether the well-formed answer leaves its connection open for the next request
-    return (case.framing != "close" and b"HTTP/1.1" in case.well_formed[:12]
-            and not any(k == "Connection" and v == "close" for k, v in case.fields))
 
 
 # ---------------------------------------------------------------- the strict reader
@@ -597,7 +592,8 @@ def judge(case, job, result):
     problems = ["%s: %s" % (n["what"], n["detail"]) for n in result.get("notes", [])]
     outcome = result["outcome"]
     if outcome in ("hang", "crash", "foreign"):
-        problems.append("%s: %s%s" % (outcome, result.get("error"), "\n" + result["trace"] if result.get("trace") else ""))
+        trace = result.get("trace")
+        problems.append("%s: %s%s" % (outcome, result.get("error"), "\n" + trace if trace else ""))
     if outcome != "hang" and result.get("ms", 0) > BOUND_MS:
         problems.append("took %d ms (bound %d ms)" % (result["ms"], BOUND_MS))
     if result.get("fds"):

@@ -370,19 +370,25 @@ def _mutate(rng, case, wire):
 
 
 def _swap_number(rng, case, wire, where):
-    # A number in the head (decimal) or a chunk-size line (hex) becomes an odd one: off by one, zero, huge.
+    # A number in the head (decimal) or a chunk-size line (hex) becomes an odd one: off by one, zero, huge. In
+    # the head, most often one that frames the body (Content-Length, Content-Range) rather than a date's.
     digits = rb"[0-9]+" if where == "head" else rb"[0-9a-fA-F]+"
     found = []
     for s, e, k in wire.spans:
         if k == where:
-            found += [(m.start() + s, m.end() + s) for m in re.finditer(digits, bytes(wire.data[s:e]))
-                      if where == "head" or m.start() == 0 or wire.data[s + m.start() - 2:s + m.start()] == b"\r\n"]
+            text = bytes(wire.data[s:e])
+            for m in re.finditer(digits, text):
+                line = text[text.rfind(b"\n", 0, m.start()) + 1:m.start()].lower()
+                if where == "head":
+                    found += [(m.start() + s, m.end() + s)] * (8 if line.startswith(b"content-") else 1)
+                elif m.start() == 0 or line == b"":  # a chunk size: at the start of its line
+                    found.append((m.start() + s, m.end() + s))
     if not found:
         return
     s, e = rng.choice(found)
     old = bytes(wire.data[s:e])
     n = int(old, 10 if where == "head" else 16)
-    new = rng.choice([0, 1, n - 1, n + 1, 2 * n + 7, 2 ** 31, 2 ** 32 + n, 2 ** 63, 2 ** 64 + 1, 10 ** 30])
+    new = rng.choice([0, 1, n - 1, n + 1, 2 * n + 7, 2 ** 31, 2 ** 32 + n, 2 ** 62, 2 ** 63, 2 ** 64 + 1, 10 ** 30])
     text = (b"%d" if where == "head" else b"%x") % abs(new)
     if new < 0 or rng.random() < 0.1:
         text = (b"-" if new < 0 else b"+") + text

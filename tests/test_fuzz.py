@@ -1,0 +1,58 @@
+"""Fuzzing: every answer a server can give ends in exactly the resource's bytes or a clean failure.
+
+tools/fuzz.py makes the cases (well-formed answers in every framing, mutated at random from a seed) and judges
+each result; tests/mpy/fuzzclient.py runs them on MicroPython, through the aiohttp client (read(),
+content.readinto(buf), content.read(n)) and DownloadManager's three modes, in one long-lived process.
+
+    make test                                   # seed "fuzz", for about 30 s
+    FUZZ_SEED=random FUZZ_SECONDS=600 ...       # a fresh seed (printed with any failure), for 10 minutes
+    FUZZ_SEED=S FUZZ_CASE=I ...                 # case I of seed S alone; python tools/fuzz.py S I shows it
+"""
+import os
+import random
+import time
+
+from tools import fuzz
+
+SEED = os.environ.get("FUZZ_SEED", "fuzz")
+SECONDS = float(os.environ.get("FUZZ_SECONDS", "30"))
+ONLY = os.environ.get("FUZZ_CASE")
+MAX_DEFECTS = 10  # a run stops early once it has this many to show
+RERUN = ".venv/bin/python -m pytest -q tests/test_fuzz.py"
+
+
+def run_case(server, client, workdir, case):
+    """-> (the result MicroPython reported, what was wrong with it)"""
+    url, good_url = server.add(case)
+    job = fuzz.job(case, url, good_url, workdir)
+    for path in (job["got"], job["outfile"], "%s.part" % job["outfile"], "%s.part.state" % job["outfile"]):
+        if path and os.path.exists(path):
+            os.remove(path)
+    if case.old_file:
+        with open(job["outfile"], "wb") as f:
+            f.write(fuzz.OLD)
+    result = client.run(job)
+    return result, fuzz.judge(case, job, result)
+
+
+def test_every_mutated_answer_gives_exact_bytes_or_a_clean_failure(tmp_path):
+    seed = "%08x" % random.getrandbits(32) if SEED == "random" else SEED
+    indexes = [int(ONLY)] if ONLY else range(10 ** 9)
+    end = time.monotonic() + SECONDS
+    outcomes = {}
+    defects = []
+    with fuzz.FuzzServer() as server, fuzz.Client(tmp_path) as client:
+        for i in indexes:
+            if time.monotonic() > end or len(defects) >= MAX_DEFECTS:
+                break
+            case = fuzz.make_case(seed, i)
+            result, problems = run_case(server, client, tmp_path, case)
+            outcomes[result["outcome"]] = outcomes.get(result["outcome"], 0) + 1
+            if problems:
+                defects.append("%s\n  %s\n  repro: FUZZ_SEED=%s FUZZ_CASE=%d %s" % (
+                    "\n".join("- " + p for p in problems), fuzz.describe(case), seed, i, RERUN))
+    ran = sum(outcomes.values())
+    assert not defects, "seed %s: %d of %d cases went wrong (outcomes %s):\n\n%s" % (
+        seed, len(defects), ran, outcomes, "\n\n".join(defects))
+    # the cases exercise both ways a download may end
+    assert ONLY or outcomes.get("ok", 0) > ran // 5 and outcomes.get("fail", 0) > ran // 10, outcomes

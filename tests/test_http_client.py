@@ -189,6 +189,7 @@ RESPONSES = {
     "/latin1-name": b"HTTP/1.1 200 OK\r\nX-Caf\xe9: 1\r\nContent-Length: 2\r\n\r\nok",
     "/space-in-name": b"HTTP/1.1 200 OK\r\nTransfer-Encodin g: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     "/odd-version": b"HTTP/1.1R 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/bare-cr": b"HTTP/1.1 200 OK\r\nETag: \"a\"\rb\r\nContent-Length: 2\r\n\r\nok",
     # only whitespace is trimmed from a value: a control byte makes the length unreadable
     "/ctl-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n\r\nok",
     "/chunk-negative": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1;x\r\nabc\r\n0\r\n\r\n",
@@ -253,7 +254,8 @@ def test_well_formed_raw_response(mpy, raw):
 @pytest.mark.parametrize("path", ["/long-header", "/long-status", "/no-newline", "/many-headers",
                                   "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length",
                                   "/negative-length", "/plus-length", "/two-lengths", "/two-in-one-length",
-                                  "/long-code", "/fold-first", "/latin1-name", "/space-in-name", "/odd-version"])
+                                  "/long-code", "/fold-first", "/latin1-name", "/space-in-name", "/odd-version",
+                                  "/bare-cr"])
 def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
 

@@ -208,6 +208,8 @@ def _add_field(blocks, buf, start, end):
         i += 1
     while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
         j -= 1
+    if buf.find(b"\r", i, j) >= 0 or buf.find(b"\0", i, j) >= 0:  # (a value that could not be sent back, as If-Range)
+        return False
     block = blocks[-1]
     if not fold:
         if block and _len(block) + _len(name) + j - i > _BLOCK:  # a new block, the last one closed by its "\n"

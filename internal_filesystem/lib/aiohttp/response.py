@@ -274,8 +274,11 @@ def _chunk_size_line(line):
     if not 0 < i <= 16:
         return -1
     rest = line[i:end].lstrip(b" \t")
-    if rest and (rest[0] != 59 or b"\r" in rest):  # (59: ";")
+    if rest and rest[0] != 59:  # (59: ";")
         return -1
+    for b in rest:  # an extension is text: no control bytes (a CR, a NUL, a flipped bit)
+        if b < 32 and b != 9 or b == 127:
+            return -1
     return int(line[:i], 16)
 
 
@@ -297,7 +300,7 @@ def _chunk_size(buf, start, end):
         else:
             break
         i += 1
-    if buf[end - 1] != 13 or not (i == end - 1 or buf[i] == 59):  # the digits end the line or start ";ext"
+    if buf[end - 1] != 13 or i != end - 1:  # the digits end the line (an extension is checked the slow way)
         return 0
     return n
 

@@ -47,6 +47,8 @@ def slurp(p):
         return f.read()
 
 async def main():
+    DownloadManager.retry_base_ms = 10  # the waits between tries are another test's subject: short ones here
+    DownloadManager.retry_max_ms = 50
     base = fd_count()
     t0 = time.ticks_ms()
     res = []

@@ -47,12 +47,13 @@ $(WASM_STAMP):
 	npm install --prefix $(WASM) --no-audit --no-fund --save-exact $(WASM_PORT)
 	touch $@
 
+# Two workers: the tests mostly wait for MicroPython and the servers, so two share the machine's cores well.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 # The same suite on the unix port built here with the library frozen in.
 test-frozen: $(STAMP) $(FROZEN_MICROPYTHON)
-	MICROPYTHON=$(abspath $(FROZEN_MICROPYTHON)) $(BIN)/python -m pytest -q tests
+	MICROPYTHON=$(abspath $(FROZEN_MICROPYTHON)) $(BIN)/python -m pytest -q -n 2 tests
 
 frozen: $(FROZEN_MICROPYTHON)
 

@@ -170,11 +170,11 @@ def fitting_bytearray(size):
 async def admit(priority, limit):
     # Returns once the caller holds a slot; raises (cancellation) holding none
     global _in_use
-    import asyncio
-
     if _in_use < limit and not _waiting:
         _in_use += 1
         return
+    import asyncio
+
     granted = asyncio.Event()
     place = 0
     while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones

@@ -1,23 +1,16 @@
 # Segmented downloads: download_url(url, outfile=..., segments=N) fetches byte ranges of one resource over up to N
-# connections at once, each written into its place in OUTFILE.part. download_manager imports this module only when
-# segments > 1: on the device every module costs heap.
+# connections at once, each written into its place in OUTFILE.part. Imported only when segments > 1.
 #
-# - A probe first: a GET with "Range: bytes=0-0", not a HEAD. It asks what the segments will ask (a ranged GET, the
-#   same redirects), its 206 Content-Range gives the total size, its ETag and Content-Encoding are those of the GET,
-#   and on keep-alive its connection then serves a segment. Anything but a clean 206 with a size (200, 416, a
-#   content coding, an error) -> one plain stream: Download's own run loop on this same object, which also retries
-#   or reports a real failure the usual way.
-# - Each segment is a Download (retries, Range resume inside its range, timeouts, deadline) whose file is a
-#   _RangeWriter at its offset in the one shared .part handle. One handle, not one per segment: littlefs and FAT
-#   cache a file per handle, and two handles writing one file lose each other's data.
-# - The .part's record (see partfile.py) lists the ranges still missing; all else is on disk. It is rewritten at
-#   most every save_ms and when the download stops, always after flushing the data it vouches for, so a later call
-#   (even after a reboot) fetches only the missing bytes. It is trusted only for the same URL, size and validator
-#   and a .part long enough; otherwise the download starts afresh. A resource changing while segments run (If-Range
-#   answered with a 200, another size or validator) -> one plain stream from scratch.
-# - Connections: the download is admitted like any other (one slot, by priority), then takes only slots that are
-#   free right now, up to N in all, and splits the missing bytes over the connections it got. So it never passes
-#   max_connections nor makes queued downloads wait longer; for N segments allow N connections.
+# - A probe first, a GET of "bytes=0-0" (what the segments will ask, redirects included, and on keep-alive its
+#   connection then serves one): only a clean 206 with a size makes segments; anything else is one plain stream,
+#   Download's run loop on this same object.
+# - One .part handle for all segments: littlefs and FAT cache a file per handle, and two handles writing one file
+#   lose each other's data.
+# - The record (see partfile.py) lists the ranges still missing, is written only after the data it vouches for is
+#   flushed, and is trusted only for the same URL, size and validator and a .part long enough. A resource that
+#   changes under the segments -> one plain stream from scratch.
+# - Besides its own slot the download takes only slots free right now: it never passes max_connections nor makes a
+#   queued download wait longer.
 import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
 

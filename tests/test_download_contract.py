@@ -1067,14 +1067,17 @@ run(main())
 
 def test_concurrent_downloads_share_one_session(mpy, fault):
     r = mpy.run("""
-import asyncio
+import asyncio, aiohttp
 from mpos import DownloadManager
-import mpos.net.download_manager as _dm  # to tell sessions apart
-sessions = set()
+sessions = []  # every session made, by anyone
+class CountedSession(aiohttp.ClientSession):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        sessions.append(self)
+aiohttp.ClientSession = CountedSession
 async def main():
     async def one(url):
         async def chunk(data):
-            sessions.add(id(_dm._session))
             parts.append(data)
         parts = []
         assert await DownloadManager.download_url(url, chunk_callback=chunk)

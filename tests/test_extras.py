@@ -16,7 +16,7 @@ from tools.testservers import sha256_of
 # came, plus a sampler that counts downloads in flight (connecting or downloading) every few ms.
 ADMISSION_HEAD = """
 from mpos import DownloadManager, TaskManager
-import mpos.net.download_manager as _dm  # the admission queue's state
+from mpos.net import admission  # the connection slots and the queue for them
 import asyncio
 import hashlib, binascii
 from time import ticks_ms, ticks_diff
@@ -77,7 +77,7 @@ async def main():
     await s
     result(results=list(rs), order=ORDER, first=FIRST, done=DONE_AT, max=MAX,
            hashes={n: hexof(n) for n, u, p in jobs}, left=DownloadManager.downloads(),
-           queue=len(_dm._queue), active=_dm._active)
+           queue=len(admission.waiting()), active=admission.in_use())
 run(main())
 """, URLA=fault.url("/bytes/10000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),
         URLC=fault.url("/bytes/20000?rate=100000&seed=3"), URLD=fault.url("/bytes/20000?rate=100000&seed=4"),
@@ -120,7 +120,7 @@ async def main():
     states_before = [d["state"] for d in DownloadManager.downloads()]
     tc2.cancel()
     await asyncio.sleep_ms(60)
-    queued_after_cancel = len(_dm._queue)
+    queued_after_cancel = len(admission.waiting())
     states_after = [d["state"] for d in DownloadManager.downloads()]
     outcomes = {}
     for name, t in (("A", ta), ("B", tb), ("C1", tc1), ("C2", tc2), ("X", tx), ("D", td), ("E", te)):
@@ -134,7 +134,7 @@ async def main():
     await s
     result(outcomes=outcomes, first=FIRST, done=DONE_AT, max=MAX, order=ORDER,
            hashes={n: hexof(n) for n in ("A", "B", "D", "E")}, left=DownloadManager.downloads(),
-           queue=len(_dm._queue), active=_dm._active, before=states_before,
+           queue=len(admission.waiting()), active=admission.in_use(), before=states_before,
            after=states_after, queued_after_cancel=queued_after_cancel)
 run(main())
 """, URLA=fault.url("/bytes/30000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),

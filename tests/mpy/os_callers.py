@@ -394,7 +394,7 @@ def skip_event_loop_time(ms):
 def download_clock_runs(step_ms):
     """DownloadManager's clock (speed reports) moves step_ms each time it is read: a speed_callback fires within a
     few chunks instead of after a second."""
-    import mpos.net.download_manager as module
+    import mpos.net.download as module
 
     now = [0]
 

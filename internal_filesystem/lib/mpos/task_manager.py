@@ -5,7 +5,7 @@ from micropython import const
 
 from ._log import warning
 
-_IDLE_MS = const(10)  # the event loop wakes at least this often while the OS runs (MicroPythonOS's UI lags at 100)
+_IDLE_MS = const(10)  # the event loop wakes at least this often while the OS runs (the UI's pace)
 
 
 class TaskManager:
@@ -97,11 +97,8 @@ class TaskManager:
 
     @staticmethod
     async def wait_for(awaitable, timeout):
-        # asyncio.wait_for, except that what finished is never reported as timed out. MicroPython's cancels the
-        # task it runs the awaitable in when the time is up, and cancelling a task also overwrites the result of
-        # the one it waits on when that one has just finished: a download that completed in the same turn raised
-        # TimeoutError and its bytes were gone. Here the awaitable runs in a task of its own that the alarm
-        # cancels only while it is not done, and this task waits on an Event: a cancellation that reaches it
+        # asyncio.wait_for, except that what finished is never reported as timed out: the awaitable runs in a task
+        # of its own that the alarm cancels only while it is not done, and a cancellation that reaches this task
         # comes from outside (never turned into TimeoutError) and is passed on to the awaitable.
         if timeout is None:
             return await awaitable

@@ -1,0 +1,225 @@
+# What a download takes before it runs and gives back when it ends: the shared aiohttp session, a connection slot
+# and its place in downloads(); and what downloads share besides: the session's TLS context and each thread's read
+# buffer. Used through its functions only.
+#
+# The session is made on first use and closed once idle_ms passed without a user. At most `limit` slots
+# (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
+# priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
+# may call from threads), never held across an await.
+from ..task_manager import TaskManager
+
+try:
+    import _thread
+
+    _lock = _thread.allocate_lock()
+except ImportError:  # a port without threads
+    _thread = None
+
+    class _NoLock:
+        def __enter__(self):
+            pass
+
+        def __exit__(self, *exc_info):
+            pass
+
+    _lock = _NoLock()
+
+_session = None
+_users = 0  # downloads and posts holding the session
+_closer = None  # the task that closes the idle session after idle_ms
+_tls = None  # (the `ca` it was made for, its SSLContext): see tls_context
+_buffers = {}  # thread id -> (read buffer, its memoryview), shared by that thread's downloads (see read_buffer)
+_listed = []  # downloads queued or in flight, in arrival order
+_waiting = []  # (priority, Event set when its slot is granted) of each download waiting, in the order of service
+_in_use = 0  # connection slots taken
+
+
+def acquire_session(download=None):
+    # -> the shared session for one more user, who gives it back with release_session(), or None without aiohttp.
+    # A download is listed in downloads() until then.
+    global _session, _users, _closer
+    with _lock:
+        if _session is None:
+            try:
+                import aiohttp
+            except ImportError:
+                return None
+            _session = aiohttp.ClientSession()
+        _users += 1
+        closer, _closer = _closer, None
+        if download is not None:
+            _listed.append(download)
+    if closer is not None:
+        _cancel(closer)
+    return _session
+
+
+def release_session(idle_ms, download=None):
+    # One user less; the last one leaves the session open idle_ms more for the next download (0: closes it now)
+    global _session, _users, _closer
+    with _lock:
+        if download is not None:
+            _listed.remove(download)
+        _users -= 1
+        if not _users:
+            _buffers.clear()
+        if _users or _session is None:
+            return
+        idle = _session
+        close_now = idle_ms <= 0
+        if close_now:
+            _session = None
+    if close_now:
+        idle.shutdown()
+        return
+    # Made outside the lock: a create_task that runs the coroutine's first step at once must not find it held
+    closer = TaskManager.create_task(_close_when_idle(idle, idle_ms))
+    if closer is None:  # TaskManager is disabled: nothing would close it later
+        close_session_now()
+        return
+    with _lock:
+        if _session is idle and not _users and _closer is None:
+            _closer, closer = closer, None
+    if closer is not None:  # a download came (or the session went) meanwhile
+        _cancel(closer)
+
+
+async def _close_when_idle(idle, idle_ms):
+    global _session, _closer
+    await TaskManager.sleep_ms(idle_ms)
+    with _lock:
+        if _session is not idle or _users:
+            return
+        _session = None
+        _closer = None
+    idle.shutdown()
+
+
+def _cancel(task):
+    task.cancel()
+    # A task cancelled before it first ran never reaches TaskManager's cleanup: it would stay in task_list for good
+    if task in TaskManager.task_list:
+        TaskManager.task_list.remove(task)
+
+
+def is_session_active():
+    """True while the shared session exists (during downloads and its short idle window)."""
+    with _lock:
+        return _session is not None
+
+
+def session_users():
+    return _users
+
+
+def close_session_now():
+    # The session and every connection, now, whoever holds it
+    global _session, _closer
+    with _lock:
+        idle, _session = _session, None
+        closer, _closer = _closer, None
+    if closer is not None:
+        _cancel(closer)
+    if idle is not None:
+        idle.shutdown()
+
+
+def tls_context(ca):
+    # The TLS context for a request: None (the session's own, unverified, as on MicroPythonOS today, whose devices
+    # carry no CA bundle) while ca is None, else one that verifies against ca, made once per value. The session
+    # pools connections per context, so one made under another ca never serves this request.
+    global _tls
+    if ca is None:
+        return None
+    made = _tls
+    if made is None or made[0] is not ca:
+        import aiohttp
+
+        made = _tls = (ca, aiohttp.tls_context(ca))
+    return made[1]
+
+
+def read_buffer(size):
+    # -> (buffer, its memoryview) that this thread's downloads share: a download hands its bytes on before it awaits
+    # anything, and the client writes into the buffer only when back from its wait, so no two downloads ever have
+    # bytes in it at once. Let go with the session's last user.
+    me = _thread.get_ident() if _thread else 0
+    with _lock:
+        shared = _buffers.get(me)
+        if shared is None or len(shared[0]) != size:
+            buf = fitting_bytearray(size)
+            shared = _buffers[me] = (buf, memoryview(buf))
+    return shared
+
+
+def fitting_bytearray(size):
+    # A heap cut into small pieces may have no free run of `size` bytes while holding plenty in total: a smaller
+    # buffer reads slower but works (chunk callbacks are promised at most chunk_size bytes, not exactly that many)
+    while True:
+        try:
+            return bytearray(size)
+        except MemoryError:
+            if size <= 128:  # the smallest read buffer worth taking
+                raise
+            size >>= 1
+
+
+# -- connection slots ----------------------------------------------------------------------------------------------
+
+
+async def admit(priority, limit):
+    # Returns once the caller holds a slot; raises (cancellation) holding none
+    global _in_use
+    if _in_use < limit and not _waiting:
+        _in_use += 1
+        return
+    import asyncio
+
+    granted = asyncio.Event()
+    place = 0
+    while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones
+        place += 1
+    _waiting.insert(place, (priority, granted))
+    try:
+        await granted.wait()
+    except BaseException:
+        if granted.is_set():  # granted a slot while being cancelled: pass it on
+            leave(limit)
+        else:
+            _waiting.remove((priority, granted))
+        raise
+
+
+def leave(limit):
+    # Gives a slot back: it passes straight to the best waiting download while the cap allows
+    global _in_use
+    if _waiting and _in_use <= limit:
+        _waiting.pop(0)[1].set()
+    else:
+        _in_use -= 1
+
+
+def free(limit):
+    # Slots a download that holds one may take besides: those free right now, none while another waits
+    return 0 if _waiting else max(0, limit - _in_use)
+
+
+def take_free(wanted, limit):
+    # Up to `wanted` of the free slots -> how many were taken; each goes back with leave()
+    global _in_use
+    taken = min(wanted, free(limit))
+    _in_use += taken
+    return taken
+
+
+def in_use():
+    return _in_use
+
+
+def waiting():
+    # the priorities of the downloads waiting for a slot, in the order they will get one
+    return [priority for priority, granted in _waiting]
+
+
+def listed():
+    return _listed

@@ -1,0 +1,781 @@
+# One download, as download_url() starts it: its run loop, the checks of every answer, its sinks (OUTFILE.part, the
+# memory buffer, the chunk callback), its retries, and the errors it ends with.
+#
+# The path of a byte: the response's readinto_nowait/readinto fills the thread's read buffer (read_nowait/read make
+# the chunk itself in stream mode), and the chunk goes to the .part, the memory buffer or the chunk callback before
+# run awaits anything else.
+import errno
+from micropython import const
+from time import ticks_diff, ticks_ms
+
+from . import admission, partfile
+
+_CHUNK = const(1024)
+_TRIES = const(3)  # attempts in a row that gain no byte before giving up: the spec's "3 tries"
+_READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
+_ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
+_SPEED_MS = const(1000)
+
+TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
+
+# A download's state; downloads() reports STATE_NAMES[state]
+QUEUED = const(0)
+CONNECTING = const(1)
+DOWNLOADING = const(2)
+DONE = const(3)
+FAILED = const(4)
+STATE_NAMES = ("queued", "connecting", "downloading", "done", "failed")
+
+_len = len  # a module global is found by hash, a builtin by a search, at every call (see docs/design.md)
+
+
+# is_network_error()'s codes, compared without their sign (some network stacks report them negated)
+_NETWORK_CODES = (
+    110, 113, 104, 118, 202,  # the spec's: ETIMEDOUT, ECONNABORTED, ECONNRESET, EHOSTUNREACH as lwIP numbers them, DNS
+    errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENOTCONN,  # as this port does
+    32, 101, 116,  # none of its errno names: EPIPE and ENETUNREACH (Linux), ETIMEDOUT (ESP-IDF)
+)
+
+
+class DownloadError(Exception):
+    """Why a download failed. reason: "http", "network", "timeout", "integrity", "file", "memory" or "tls"."""
+
+    reason = "error"
+    retry = False
+
+    def __init__(self, msg, status=None, retry=None, retry_after=None):
+        super().__init__(msg)
+        self.status = status
+        if retry is not None:
+            self.retry = retry
+        self.retry_after = retry_after  # the server's Retry-After, seconds
+
+
+class HTTPError(DownloadError):
+    reason = "http"
+
+
+class NetworkError(DownloadError):
+    reason = "network"
+    retry = True
+
+
+class DownloadTimeout(NetworkError):
+    reason = "timeout"
+
+
+class IntegrityError(DownloadError):
+    reason = "integrity"
+
+
+class LocalFileError(DownloadError):
+    reason = "file"
+
+
+class OutOfMemory(DownloadError):
+    reason = "memory"
+
+
+class TLSError(DownloadError):
+    # the server's certificate did not verify against DownloadManager.ca: trying again cannot help
+    reason = "tls"
+
+
+class CallbackError(Exception):
+    # What an app's callback raised, carried past the retries: the app's own, never retried, and raised to the
+    # caller as it was (see Download._failed)
+    def __init__(self, error):
+        super().__init__(error)
+        self.error = error
+
+
+def _error_number(e):
+    # An exception's error number, or None: an OSError carries a number, a negative one (ESP32, mbedTLS), a str
+    # (the unix port's failed lookups: "[addrinfo error -3]") or nothing
+    code = getattr(e, "errno", None)
+    if code is None and e.args:
+        code = e.args[0]
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def is_network_error(e):
+    """True for errors worth retrying later: dropped, reset, timed-out or unreachable connections and DNS
+    failures (unix and ESP32 errno numbers, also negated, as the network stack reports some)."""
+    if isinstance(e, DownloadError):
+        return isinstance(e, NetworkError)
+    import asyncio
+
+    if isinstance(e, asyncio.TimeoutError):
+        return True
+    try:
+        import aiohttp
+
+        if isinstance(e, aiohttp.ClientSSLError):
+            return False
+        if isinstance(e, aiohttp.ClientConnectionError) or isinstance(e, aiohttp.ClientPayloadError):
+            return not _refused(e)
+    except ImportError:
+        pass
+    code = _error_number(e)
+    if code is not None and abs(code) in _NETWORK_CODES:
+        return True
+    msg = str(e).lower()
+    for words in ("connection reset", "connection aborted", "broken pipe", "network unreachable", "host unreachable",
+                  "failed to download chunk", "timed out", "timeout", "etimedout", "econnreset", "econnaborted",
+                  "ehostunreach", "addrinfo"):
+        if words in msg:
+            return True
+    return False
+
+
+def _refused(e):
+    # A refused connection: nothing listens there, so trying again soon cannot help
+    code = _error_number(e)
+    return code is not None and abs(code) == errno.ECONNREFUSED
+
+
+def classify(e, timeout):
+    # What an attempt raised -> a DownloadError that says whether another try may help; None for what is not ours
+    # to judge (an app's callback, a defect). timeout: the download's seconds per read, for the message.
+    import aiohttp
+
+    if isinstance(e, DownloadError):
+        return e
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        return DownloadTimeout("no answer within timeout=%ss (%s)" % (timeout, e))
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return TLSError(str(e))
+    if isinstance(e, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return NetworkError("connection lost: %s" % (e,))
+    if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
+        return NetworkError("connection failed: %s" % (e,), retry=not _refused(e))
+    if isinstance(e, aiohttp.ClientResponseError):
+        return HTTPError("bad response: %s" % (e,), e.status)
+    if isinstance(e, MemoryError):
+        return OutOfMemory("out of memory")
+    return None
+
+
+class Download:
+    # Defaults live on the class, and __init__ sets only what differs (see docs/design.md: no __slots__).
+    # downloads() reports these fields as they are.
+    tunables = None  # the DownloadManager class, whose attributes are the tunables: set by download_manager
+    total_size = progress_callback = speed_callback = chunk_callback = sha256 = max_size = raise_errors = None
+    deadline = outfile = None
+    priority = 0
+    chunk_size = _CHUNK
+    tries = _TRIES
+    timeout = _READ_TIMEOUT
+    redact_url = False
+    headers = {}  # the caller's, Range taken out (never changed in place: shared by downloads that have none)
+    range_start = 0  # the resource bytes the caller wants: [range_start, range_end]
+    range_end = None
+    kept = 0  # bytes of the resource already in the .part when this download began (a resume)
+    delivered = 0  # bytes this download handed on, each counted once it reached its sink
+    resource_size = None  # the whole resource's size, once an answer told it
+    validator = None  # ETag or Last-Modified, for If-Range on a resume
+    content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
+    unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
+    length_is_ours = False  # this answer's length is our range's end, not one the server announced (see _accept)
+    state = QUEUED
+    speed = 0
+    file = memory = hasher = None
+    percent_said = -1  # the last percent given to progress_callback
+    reconnects = 0  # requests made again after a failure (see _retry_wait)
+    recorded = False  # the .part's record names this download's resource (see _record_part)
+    segmented = False  # a Segmented download tries ranged connections first (see segments.py)
+
+    def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
+        self.url = url
+        if options.get("redact_url"):
+            self.redact_url = True
+        if outfile is not None:
+            self.outfile = outfile
+        if chunk_callback is not None:
+            self.chunk_callback = chunk_callback
+        if total_size is not None:
+            self.total_size = total_size
+        # download_url's keywords that become attributes of the same name, each set only when given
+        for name in ("progress_callback", "speed_callback", "chunk_size", "sha256", "max_size", "raise_errors",
+                     "deadline", "priority", "tries", "timeout"):
+            value = options.get(name)
+            if value is not None and (value or name not in ("tries", "timeout")):  # 0 tries or seconds: the default
+                setattr(self, name, value)
+        sent = {}
+        for name, value in (headers or {}).items():
+            if name.lower() == "range":
+                asked = _parse_range(value)
+                if asked is not None:
+                    self.range_start, self.range_end = asked
+                    continue
+            sent[name] = value
+        if sent:
+            self.headers = sent
+
+    @property
+    def mode(self):
+        return "file" if self.outfile else ("stream" if self.chunk_callback else "memory")
+
+    def log(self, what):
+        # one line about this download; the URL redacted if asked, also inside the reason (errors quote it)
+        from .._log import warning
+
+        line = "download of %s %s" % (self.url, what)
+        warning("DownloadManager", redact(line) if self.redact_url else line)
+
+    # -- the run loop ---------------------------------------------------------------------------------------------
+
+    async def run(self):
+        # The whole download in this one coroutine frame, held while the body streams (see docs/design.md): the
+        # session and a connection slot, then a loop that takes one chunk per turn, sending a request first whenever
+        # no answer is being read, until the body is complete or another try cannot help. The cleanup runs on every
+        # way out, cancellation included.
+        sess = self._enter()
+        if sess is None:
+            return None if self.mode == "memory" else False  # the documented failure
+        admitted = complete = at_sink = False
+        resp = None  # the answer being read; None between requests
+        try:
+            await self._admit()
+            admitted = True
+            if self.segmented and await self._segments(sess):
+                return True
+            end = self._begin()  # the deadline in ticks, or None
+            fails = gained = 0
+            while not complete:
+                try:
+                    if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
+                        gained = self.delivered
+                        resp = await self._request(sess, end)  # no `async with`: its context would be held too
+                        left = self._accept(resp)  # body bytes to read; None: until the server ends the body
+                        resp.headers = None  # what the download needs of the head is copied: the text goes
+                        self.state = DOWNLOADING
+                        buf, view, size = self._reader()
+                        file = self.file
+                        # a chunk has more to do than reach its sink: a plain download looks none of it up per chunk
+                        extra = (self.unwanted or self.max_size is not None or self.hasher is not None
+                                 or self.progress_callback is not None or self.speed_callback is not None)
+                    n = size if left is None or left >= size else left
+                    if extra and self.unwanted and self.unwanted < n:  # the unwanted bytes are read apart, dropped
+                        n = self.unwanted
+                    if buf is not None and n:  # what the socket holds already is read without an await (it allocates)
+                        data = buf if n == size else view[:n]
+                        n = resp.readinto_nowait(data) or await resp.readinto(data)
+                    elif n:  # stream mode: the bytes object the socket makes is the chunk itself
+                        data = resp.read_nowait(n) or await resp.read(n)
+                        n = _len(data)
+                    if not n:
+                        complete = self._answer_ended(resp, left, gained)
+                        resp = None
+                        continue
+                    if left is not None:
+                        left -= n
+                    if view is not None and n != size:
+                        data = view[:n]
+                    if extra and self._screen(data, n):
+                        continue
+                    at_sink = True  # until the next read, what fails is the sink's: a full disk, the app's callback
+                    if file is not None:
+                        file.write(data)
+                    elif buf is not None:
+                        self._store(data, self.delivered + n)
+                    else:  # the socket's own bytes object goes out, and only the callback may keep it
+                        data = self.chunk_callback(data)
+                    if buf is None and data is not None and hasattr(data, "send"):  # an async callback's coroutine
+                        await data
+                        data = None
+                    at_sink = False
+                    self.delivered += n
+                    if extra and left != 0 and self._report_due():
+                        await self._report()
+                except Exception as e:
+                    if resp is not None:
+                        resp.release()
+                        resp = None
+                    fails = 0 if self.delivered > gained else fails + 1  # progress was made: a fresh budget
+                    await self._retry_wait(e, fails, end, at_sink)  # or raises: no more tries
+                    at_sink = False
+            return await self._finish()
+        except Exception as e:
+            return self._failed(e)
+        finally:
+            if resp is not None:
+                resp.release()
+            self._exit(admitted)
+
+    # What run does before and after its attempts, in plain methods: their locals would be slots in run's frame.
+    # A segment overrides them: the Segmented download it is part of holds the session, the slot and the listing.
+
+    def _enter(self):
+        # -> the session, or None (logged) without aiohttp
+        sess = admission.acquire_session(self)
+        if sess is None:
+            self.log("cannot start: aiohttp is not available")
+        return sess
+
+    def _admit(self):
+        return admission.admit(self.priority, self.tunables.max_connections)
+
+    def _exit(self, admitted):
+        if admitted:
+            admission.leave(self.tunables.max_connections)
+        self.close()  # also on cancellation: the .part stays for a resume
+        admission.release_session(self.tunables.session_idle_ms, self)
+
+    def _failed(self, e):
+        # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
+        # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
+        self.state = FAILED
+        if isinstance(e, CallbackError):
+            self.log("stopped by its callback: %r" % (e.error,))
+            raise e.error
+        if isinstance(e, MemoryError):
+            e = OutOfMemory("out of memory")
+        if not isinstance(e, DownloadError):
+            self.log("failed: %r" % (e,))
+            raise e
+        if isinstance(e, OutOfMemory):
+            # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
+            # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
+            import gc
+
+            self.close()
+            gc.collect()
+        self.log("failed (%s): %s" % (e.reason, e))
+        if self.raise_errors:
+            raise e
+        return None if self.mode == "memory" else False
+
+    def _begin(self):
+        # The sinks, set up once before the first request -> the deadline in ticks, or None
+        if self.sha256:
+            import hashlib
+
+            self.hasher = hashlib.sha256()
+        if self.mode == "file":
+            self._open_file()
+        started = ticks_ms()
+        if self.speed_callback is not None:
+            self.speed_since, self.speed_from = started, 0
+        if self.deadline is None:
+            return None
+        from time import ticks_add
+
+        return ticks_add(started, int(self.deadline * 1000))
+
+    def _request(self, sess, end):
+        # -> this attempt's GET, for run to await: our headers, a Range from where we stopped, the timeouts. A plain
+        # method: a coroutine frame keeps what its expressions left in its stack slots until overwritten.
+        import aiohttp
+
+        self.state = CONNECTING
+        if sess.closed:
+            raise NetworkError("the session was closed (close_session) during the download", retry=False)
+        if self.content_coded and self.delivered:
+            # A content-coded body can't be resumed: Range counts encoded bytes, `delivered` decoded ones
+            if self.mode == "stream":
+                raise NetworkError("coded body cut short after %d bytes were handed out" % self.delivered,
+                                   retry=False)
+            self._restart()
+        pos = self.range_start + self.kept + self.delivered
+        headers = with_user_agent(dict(self.headers), self.tunables.user_agent)  # let go once it is sent
+        if pos or self.range_end is not None:
+            headers["Range"] = "bytes=%d-%s" % (pos, "" if self.range_end is None else self.range_end)
+            if self.validator and (self.kept or self.delivered):
+                headers["If-Range"] = self.validator
+        total = None
+        if end is not None:
+            total = ticks_diff(end, ticks_ms()) / 1000
+            if total <= 0:
+                raise DownloadTimeout("deadline reached")
+        return sess.get(self.url, headers=headers, ssl=admission.tls_context(self.tunables.ca),
+                        timeout=aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout))
+
+    def _accept(self, resp):
+        # An answer's status and headers, checked before a byte of its body is taken -> the body bytes to read (None:
+        # until the server ends it), self.unwanted of them before the wanted ones; 0 when the .part already is the
+        # whole resource. Raises for an answer that is no part of the resource.
+        pos = self.range_start + self.kept + self.delivered  # as asked for in _request: nothing came in between
+        status = resp.status
+        headers = resp.headers
+        unwanted = 0
+        if self.length_is_ours:
+            self.length_is_ours = False
+        if status == 206:
+            length = self._partial(headers, pos)
+        elif 200 <= status < 300:
+            if pos:  # Range ignored (or If-Range says the resource changed): start over from byte 0
+                self._restart()
+                unwanted = self.range_start
+            length = resp.content_length
+            # Content-Length counts coded bytes and reads hand out decoded ones, so a coded body's length is
+            # unknown (the client still fails one that does not end)
+            if any(token != "identity" for token in headers.tokens("Content-Encoding")):
+                length, self.content_coded = None, True
+            elif status == 200 and length is not None:
+                self.resource_size = length
+            if self.range_end is not None and (length is None or length > self.range_end + 1):
+                if length is None:  # range_end + 1 is our cap, not the server's promise: the body may end before
+                    self.length_is_ours = True
+                length = self.range_end + 1
+        elif status == 416 and self.kept and not self.delivered:
+            if headers.get("Content-Range", "").endswith("/%d" % self.kept):
+                return 0  # the .part already is the whole resource
+            raise HTTPError("HTTP 416 (range not satisfiable)", status)
+        else:
+            retry_after = headers.get("Retry-After")
+            retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
+            raise HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
+                            retry_after=retry_after)
+        if self.validator is None:
+            validator = headers.get("ETag") or headers.get("Last-Modified")
+            if validator is not None:  # an attribute set is a slot in this download's table: only when there is one
+                self.validator = validator
+        if self.max_size is not None and length is not None and (
+                self.kept + self.delivered + length - unwanted > self.max_size):
+            raise DownloadError("body of %d bytes exceeds max_size=%d" % (length, self.max_size))
+        if self.mode == "memory" and length is not None:
+            self._memory_room(self.delivered + length - unwanted, self.delivered)
+        elif self.outfile is not None:
+            self._record_part()
+        if unwanted != self.unwanted:
+            self.unwanted = unwanted
+        return length
+
+    def _partial(self, headers, pos):
+        # A 206 answer -> the body bytes to read. Its Content-Range must start where we asked, and be of the
+        # resource we have the rest of: another validator or total means it changed (a server that ignores
+        # If-Range sends the new one's bytes), so start over.
+        content_range = headers.get("Content-Range")
+        got = parse_content_range(content_range)
+        if not pos and self.range_end is None:  # we asked for no range: only the whole resource is an answer
+            if got is None or got[0] or got[2] is None or got[1] != got[2] - 1:
+                raise HTTPError("206 to a request for the whole resource: %s" % content_range, 206)
+        if got is None or got[0] != pos:
+            self._restart()  # not the bytes we asked for: start over (stream mode can't take chunks back)
+            raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, content_range))
+        first, last, total = got
+        validator = headers.get("ETag") or headers.get("Last-Modified")
+        if (validator is not None and self.validator is not None and validator != self.validator
+                or total is not None and self.resource_size is not None and total != self.resource_size):
+            self._restart()
+            raise NetworkError("the resource changed during the download (now %s, %s bytes)" % (validator, total))
+        if total is not None:
+            self.resource_size = total
+        if self.range_end is not None and last > self.range_end:
+            return self.range_end - pos + 1  # more than asked for: only the range (a segment's neighbour)
+        return last - first + 1
+
+    def _reader(self):
+        # -> (buffer, its memoryview, read size) for an answer. File and memory mode read into the thread's shared
+        # buffer; stream mode reads none (the bytes object the socket makes is the chunk), only the largest size
+        # such an object fits in the heap now.
+        if self.chunk_callback is not None:
+            # the largest read whose bytes object (and the NUL after it) fits in the heap now
+            return None, None, _len(admission.fitting_bytearray(self.chunk_size + 1)) - 1
+        buf, view = admission.read_buffer(self.chunk_size)
+        return buf, view, _len(buf)  # smaller in a fragmented heap (see admission.fitting_bytearray)
+
+    def _screen(self, data, n):
+        # A chunk's checks before its sink -> True when it is dropped whole: the bytes before the wanted range (a
+        # 200 answer to a range request); then max_size, in every mode, before a byte goes out; then sha256
+        if self.unwanted:
+            self.unwanted -= n
+            return True
+        if self.max_size is not None and self.kept + self.delivered + n > self.max_size:
+            raise DownloadError("body exceeds max_size=%d" % self.max_size)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        return False
+
+    def _answer_ended(self, resp, left, gained):
+        # The end of an answer -> True when the body is complete, False when a request for the rest comes next (a
+        # whole answer shorter than asked: a server's range cap). Raises for an answer that ended short.
+        resp.release()
+        if left and not self.length_is_ours:  # the server announced more than it sent
+            raise NetworkError("response ended %d bytes early" % left)
+        if self.resource_size is None or self.content_coded:
+            return True  # no size known: what the server framed is all there is
+        end = self.resource_size if self.range_end is None else min(self.range_end + 1, self.resource_size)
+        missing = end - (self.range_start + self.kept + self.delivered)
+        if missing > 0 and self.delivered <= gained:  # nothing gained: a failed attempt (the next asks again)
+            raise NetworkError("the answer ended %d bytes before the end of what was asked for" % missing)
+        return missing <= 0
+
+    def _retry_wait(self, e, fails, end, at_sink):
+        # What an attempt raised -> the wait before the next attempt, or raises what ends the download. fails:
+        # attempts in a row that gained no byte (the spec's 3 tries); every attempt counts towards max_reconnects
+        # and lengthens the wait, so a link that keeps dropping after a little progress ends too.
+        if at_sink and self.chunk_callback is not None:  # the app's callback raised it: its own, never retried
+            e = CallbackError(e)
+        elif at_sink and self.file is not None and isinstance(e, OSError):
+            e = LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+        err = classify(e, self.timeout)
+        if err is None:
+            raise e
+        self.reconnects += 1
+        tunables = self.tunables
+        if not err.retry or fails >= self.tries or self.reconnects > tunables.max_reconnects:
+            raise err
+        # The wait: the server's Retry-After, else exponential with jitter; never over retry_max_ms, nor the deadline
+        import random
+
+        delay = err.retry_after
+        if delay is None:
+            delay = tunables.retry_base_ms * (1 << min(self.reconnects - 1, 16)) / 1000 * (0.5 + random.random())
+        delay = min(delay, tunables.retry_max_ms / 1000)
+        if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
+            raise DownloadTimeout("deadline reached")
+        from ..task_manager import TaskManager
+
+        return TaskManager.sleep(delay)
+
+    # -- progress -------------------------------------------------------------------------------------------------
+
+    def _report_due(self):
+        # A cheap check per chunk; the coroutine _report() is made only when a callback is really due
+        if self.progress_callback is not None and self._percent_now() > self.percent_said:
+            return True
+        return self.speed_callback is not None and ticks_diff(ticks_ms(), self.speed_since) >= _SPEED_MS
+
+    def _percent_now(self):
+        total = self.total_size or self.resource_size or _ASSUMED_SIZE
+        if self.total_size is None and self.resource_size is not None and self.range_start:
+            total = (self.resource_size if self.range_end is None else self.range_end + 1) - self.range_start
+        # 100 is said once, at the very end; an unknown or wrong size never overshoots
+        return min((self.kept + self.delivered) * 100 // max(total, 1), 99)
+
+    async def _report(self):
+        if self.progress_callback is not None:
+            percent = self._percent_now()
+            if percent > self.percent_said:
+                self.percent_said = percent
+                await _call(self.progress_callback, percent)
+        if self.speed_callback is not None:
+            now = ticks_ms()
+            elapsed = ticks_diff(now, self.speed_since)
+            if elapsed >= _SPEED_MS:
+                self.speed = (self.delivered - self.speed_from) * 1000 // elapsed
+                self.speed_since, self.speed_from = now, self.delivered
+                await _call(self.speed_callback, self.speed)
+
+    async def _finish(self):
+        # The body is complete: checked against sha256=, 100 % said, OUTFILE in place -> the download's result
+        if self.hasher is not None:
+            import binascii
+
+            got = binascii.hexlify(self.hasher.digest()).decode()
+            if got != self.sha256.lower():
+                if self.file is not None:
+                    self.file.close()
+                    self.file = None
+                    partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
+                raise IntegrityError("sha256 mismatch: got %s" % got)
+        if self.progress_callback is not None:  # before OUTFILE is replaced: the callback may still stop it
+            self.percent_said = 100
+            await _call(self.progress_callback, 100)
+        if self.file is not None:
+            part = self.outfile + ".part"
+            try:
+                self.file.close()
+                self.file = None
+                partfile.replace(part, self.outfile)
+                partfile.remove(part + ".state")
+            except OSError as e:
+                raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
+        self.state = DONE
+        if self.mode == "memory":
+            memory, self.memory = self.memory, None
+            if memory is None:
+                return b""
+            return bytes(memory) if len(memory) == self.delivered else bytes(memoryview(memory)[: self.delivered])
+        return True
+
+    # -- the sinks ------------------------------------------------------------------------------------------------
+
+    def _open_file(self):
+        part = self.outfile + ".part"
+        mode = "wb"
+        if self.range_start and self.range_end is None:
+            # A resume ("Range: bytes=N-", N = get_resume_position()): the partial data is continued if it is exactly
+            # N bytes long, whether it sits in OUTFILE.part or in OUTFILE itself
+            n = partfile.size_of(part)
+            if n == self.range_start:
+                if self._resumable(partfile.read_record(part)):
+                    mode = "ab"
+                else:  # the partial data is of something else: the caller wants this resource, all of it
+                    self.range_start = 0
+            elif n < 0 and partfile.size_of(self.outfile) == self.range_start:
+                partfile.remove(part + ".state")  # (it described a .part that is gone)
+                try:
+                    with open(part, "wb") as copy:
+                        partfile.each_block(self.outfile, self.chunk_size, copy.write)
+                except OSError as e:
+                    raise LocalFileError("cannot copy %s to %s: %s" % (self.outfile, part, e))
+                mode = "ab"
+            if mode == "ab":
+                self.kept, self.range_start = self.range_start, 0
+        try:
+            self.file = open(part, mode)
+        except OSError as e:
+            raise LocalFileError("cannot write %s: %s" % (part, e))
+        if mode == "wb":
+            partfile.remove(part + ".state")  # it describes a .part that is gone
+        if self.kept and self.sha256:  # the bytes already on disk are hashed once, before new ones arrive
+            partfile.each_block(part, self.chunk_size, self.hasher.update)
+
+    def _resumable(self, record):
+        # Whether a .part with this record may be continued: not a segmented one (it has holes), not another URL's.
+        # What it knows of the resource goes into If-Range and the checks of every answer.
+        key = partfile.url_key(self.url)
+        if record is None or "todo" in record or record.get("url", key) != key:
+            return False
+        if record.get("v") is not None:
+            self.validator = record["v"]
+        if record.get("size") is not None:
+            self.resource_size = record["size"]
+        self.recorded = "url" in record
+        return True
+
+    def _record_part(self):
+        # File mode, once its resource is known: the record beside the .part, before a byte goes into it
+        if not self.recorded:
+            record = {"url": partfile.url_key(self.url), "v": self.validator, "size": self.resource_size}
+            try:
+                partfile.write_record(self.outfile + ".part", record)
+            except OSError as e:
+                raise LocalFileError("cannot write %s.part.state: %s" % (self.outfile, e))
+            self.recorded = True
+
+    def _restart(self):
+        # The bytes we have are no part of the resource the server now sends (it ignored Range, or the resource
+        # changed): they go, and what we knew of the resource with them
+        if self.mode == "stream" and self.delivered:
+            raise NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
+                               % self.delivered, retry=False)
+        if self.file is not None:
+            self.file.close()
+            self.file = open(self.outfile + ".part", "wb")
+        if self.recorded:
+            self.recorded = False
+        if self.validator is not None:
+            self.validator = None
+        if self.resource_size is not None:
+            self.resource_size = None
+        self.kept = self.delivered = 0
+        self.percent_said = -1
+        if self.sha256:
+            import hashlib
+
+            self.hasher = hashlib.sha256()
+
+    def _memory_room(self, n, keep):
+        # Memory mode's one buffer: made once when the size is known, else grown with its first `keep` bytes carried
+        # over. One byte more than needed: the bytes returned at the end keep their data in a block of len + 1, and
+        # the hole this buffer leaves must fit the next download's result.
+        memory = self.memory
+        if memory is None or len(memory) < n:
+            import gc
+
+            if n + 1 > gc.mem_free():  # (a length a server announced is not allocated blindly)
+                gc.collect()  # (mem_free counts the whole heap: asked again only when the first answer was no)
+                if n + 1 > gc.mem_free():
+                    raise OutOfMemory("a body of %d bytes does not fit in the heap" % n)
+            grown = bytearray(n + 1)
+            if memory is not None and keep:
+                grown[:keep] = memoryview(memory)[:keep]
+            self.memory = grown
+
+    def _store(self, data, end):
+        # Memory mode: data becomes bytes [end - len(data), end) of the result; the buffer is made on the first chunk
+        # when the length is unknown (a chunked or close-delimited body) and doubles as needed
+        have = 0 if self.memory is None else len(self.memory)
+        if have < end:
+            self._memory_room(max(2 * have, end, 4096), end - len(data))
+        self.memory[end - len(data) : end] = data
+
+    def close(self):
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+            # A failure before the first byte (a 404, say) leaves no empty .part: it would hide OUTFILE from
+            # get_resume_position(). A partial with data stays for a resume.
+            part = self.outfile + ".part"
+            if not self.kept and partfile.size_of(part) == 0:
+                partfile.remove(part)
+                partfile.remove(part + ".state")
+        self.memory = None
+
+
+async def _call(callback, arg):
+    # Callbacks may be `async def` (as documented) or plain functions; what one raises is the app's (see run)
+    try:
+        returned = callback(arg)
+        if returned is not None and hasattr(returned, "send"):
+            await returned
+    except Exception as e:
+        raise e if isinstance(e, CallbackError) else CallbackError(e)
+
+
+def redact(text):
+    # Every URL in text as scheme://host/…: paths and queries may carry keys (wallet apps), also those of a
+    # redirect's target that an error quotes
+    out = []
+    start = text.find("://")
+    while start >= 0:
+        host_end = start + 3
+        while host_end < len(text) and text[host_end] not in "/ \t'\"":
+            host_end += 1
+        url_end = host_end
+        while url_end < len(text) and text[url_end] not in " \t'\"":
+            url_end += 1
+        out.append(text[:host_end] + ("/…" if url_end > host_end else ""))
+        text = text[url_end:]
+        start = text.find("://")
+    out.append(text)
+    return "".join(out)
+
+
+def with_user_agent(headers, user_agent):
+    # the User-Agent is ours unless the caller gave one
+    if not any(name.lower() == "user-agent" for name in headers):
+        if not user_agent:
+            try:
+                from mpos import info
+
+                user_agent = "MicroPythonOS/" + info.CURRENT_OS_VERSION
+            except (ImportError, AttributeError):
+                user_agent = "MicroPythonOS/0.0.0"
+        headers["User-Agent"] = user_agent
+    return headers
+
+
+def parse_content_range(value):
+    # "bytes a-b/N" -> (a, b, N or None for "*"); None for anything else, a range that ends before it starts or
+    # past its total, and numbers no machine word holds
+    try:
+        unit, _, spec = value.strip().partition(" ")
+        span, _, total = spec.partition("/")
+        first, _, last = span.partition("-")
+        first, last, total = int(first), int(last), (None if total.strip() == "*" else int(total))
+    except (ValueError, AttributeError):
+        return None
+    from sys import maxsize
+
+    if unit.lower() != "bytes" or not 0 <= first <= last or total is not None and last >= total or last > maxsize:
+        return None
+    return first, last, total
+
+
+def _parse_range(value):
+    # A caller's "bytes=a-" or "bytes=a-b" -> (a, b or None); other forms are sent as they are
+    value = value.strip()
+    if not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[6:].partition("-")
+    if not first.strip().isdigit() or (last.strip() and not last.strip().isdigit()):
+        return None
+    return int(first), (int(last) if last.strip() else None)

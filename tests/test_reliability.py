@@ -138,7 +138,8 @@ def free_port():
 # Every attempt cuts the body short and the server ignores Range, so no retry can complete it.
 SHORT_BODIES = {
     "short-content-length": "/bytes/20000?truncate=7000&norange=1",
-    "chunked-without-last-chunk": "/bytes/20000?chunked=1&nolast=1",
+    # (norange: a resume would get a 416 that confirms the bytes held are the whole resource, and complete)
+    "chunked-without-last-chunk": "/bytes/20000?chunked=1&nolast=1&norange=1",
     "gzip-stream-without-end": "/bytes/20000?gztrunc=1&text=1",
 }
 

@@ -368,3 +368,40 @@ def test_a_gzip_bomb_in_memory_mode_fails_cleanly(mpy, fault):
     v = bomb(mpy, fault, "memory", raise_errors=True)
     assert v["r"][1] in ("memory", "error"), v
     assert v["longest"] < 100 and v["ms"] < 1500, v
+
+
+# --- where an answer ends ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_answer_cut_after_its_last_byte_completes_on_the_416_that_confirms_it(mpy, fault, mode):
+    # every byte came, the chunked body's end did not: the resume asks for the rest (If-Range), and the 416 that
+    # names the whole resource's size says there is none
+    v = dl(mpy, fault.url("/bytes/20000?chunked=1&nolast=1&key=n&times=1"), mode, old=OLD)
+    ok(v, 20000)
+    assert [r for r, _ in v["sent"]] == [None, "bytes=20000-"], v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_206_longer_than_its_content_range_is_no_answer(mpy, fault, mode):
+    # the resumed answer says 2000 bytes and its body holds the 70000 to the end: what comes past what it announced
+    # shows the answer is wrong, and what was taken of it is not trusted
+    url = fault.url("/bytes/100000?truncate=30000&key=l&crange=" + quote("bytes 30000-31999/100000"))
+    v = dl(mpy, url, mode, old=OLD, raise_errors=True, tune={"retry_base_ms": 5, "retry_max_ms": 20})
+    if mode == "stream":
+        clean_error(v)
+    else:  # file and memory mode start over: the plain answer after it is the whole resource
+        ok(v, 100000)
+        assert [r for r, _ in v["sent"]] == [None, "bytes=30000-", None], v
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_coded_whole_answer_to_a_range_is_read_to_its_checksum(mpy, fault, mode):
+    # a server that ignores Range and codes the whole resource: the range is cut from the decoded bytes, and the
+    # body is read to its end, so a coded stream cut short fails instead of giving the range's bytes unchecked
+    from tools.testservers import text_payload
+
+    want = text_payload(20000)[1000:2000]
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&text=1&norange=1"), mode, headers={"Range": "bytes=1000-1999"})
+    assert v["ret"] in ("bytes", True) and v["sha"] == sha256(want).hexdigest(), v
+    v = dl(mpy, fault.url("/bytes/20000?gztrunc=1&text=1&norange=1"), mode, headers={"Range": "bytes=1000-1999"})
+    failed(v, mode)

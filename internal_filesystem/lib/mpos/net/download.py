@@ -177,6 +177,7 @@ class Download:
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
     length_is_ours = False  # this answer's length is our range's end, not one the server announced (see _accept)
+    deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
     state = QUEUED
     speed = 0
     file = memory = hasher = None
@@ -254,8 +255,11 @@ class Download:
                         file = self.file
                         # a chunk has more to do than reach its sink: a plain download looks none of it up per chunk
                         extra = (self.unwanted or self.max_size is not None or self.hasher is not None
-                                 or self.progress_callback is not None or self.speed_callback is not None)
+                                 or self.progress_callback is not None or self.speed_callback is not None
+                                 or self.deliver_until is not None)
                     n = size if left is None or left >= size else left
+                    if not n and not resp.at_eof() and not self.length_is_ours:
+                        n = size  # the announced length came: the answer's own framing must end here too
                     if extra and self.unwanted and self.unwanted < n:  # the unwanted bytes are read apart, dropped
                         n = self.unwanted
                     if buf is not None and n:  # what the socket holds already is read without an await (it allocates)
@@ -270,10 +274,16 @@ class Download:
                         continue
                     if left is not None:
                         left -= n
+                        if left < 0:
+                            self._overlong()
                     if view is not None and n != size:
                         data = view[:n]
-                    if extra and self._screen(data, n):
-                        continue
+                    if extra:
+                        wanted = self._screen(data, n)
+                        if not wanted:
+                            continue
+                        if wanted != n:
+                            data, n = data[:wanted], wanted
                     at_sink = True  # until the next read, what fails is the sink's: a full disk, the app's callback
                     if file is not None:
                         file.write(data)
@@ -412,15 +422,18 @@ class Download:
             # unknown (the client still fails one that does not end)
             if any(token != "identity" for token in headers.tokens("Content-Encoding")):
                 length, self.content_coded = None, True
+                if self.range_end is not None:  # its decoded bytes past the range are read (to the checksum), dropped
+                    self.deliver_until = self.range_end + 1
             elif status == 200 and length is not None:
                 self.resource_size = length
-            if self.range_end is not None and (length is None or length > self.range_end + 1):
+            if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
                 if length is None:  # range_end + 1 is our cap, not the server's promise: the body may end before
                     self.length_is_ours = True
                 length = self.range_end + 1
-        elif status == 416 and self.kept and not self.delivered:
-            if headers.get("Content-Range", "").endswith("/%d" % self.kept):
-                return 0  # the .part already is the whole resource
+        elif status == 416 and (self.kept and not self.delivered or self.delivered and self.validator is not None):
+            # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold)
+            if headers.get("Content-Range", "").endswith("/%d" % pos):
+                return 0  # we hold the whole resource already (the answer before was cut after its last byte)
             raise HTTPError("HTTP 416 (range not satisfiable)", status)
         else:
             retry_after = headers.get("Retry-After")
@@ -477,16 +490,25 @@ class Download:
         return buf, view, _len(buf)  # smaller in a fragmented heap (see admission.fitting_bytearray)
 
     def _screen(self, data, n):
-        # A chunk's checks before its sink -> True when it is dropped whole: the bytes before the wanted range (a
-        # 200 answer to a range request); then max_size, in every mode, before a byte goes out; then sha256
+        # A chunk's checks before its sink -> how many of its n bytes go on: none of those before the wanted range
+        # (a 200 answer to a range request), none past its end; then max_size, in every mode, before a byte goes
+        # out; then sha256
         if self.unwanted:
             self.unwanted -= n
-            return True
+            return 0
+        if self.deliver_until is not None:
+            n = max(0, min(n, self.deliver_until - self.range_start - self.kept - self.delivered))
         if self.max_size is not None and self.kept + self.delivered + n > self.max_size:
             raise DownloadError("body exceeds max_size=%d" % self.max_size)
-        if self.hasher is not None:
-            self.hasher.update(data)
-        return False
+        if self.hasher is not None and n:
+            self.hasher.update(data if n == _len(data) else data[:n])
+        return n
+
+    def _overlong(self):
+        # The answer held more than the length it announced: none of it is trusted, the download starts over (stream
+        # mode, which can't take chunks back, fails)
+        self._restart()
+        raise NetworkError("the answer holds more than the length it announced")
 
     def _answer_ended(self, resp, left, gained):
         # The end of an answer -> True when the body is complete, False when a request for the rest comes next (a
@@ -662,8 +684,7 @@ class Download:
             self.validator = None
         if self.resource_size is not None:
             self.resource_size = None
-        self.kept = self.delivered = 0
-        self.percent_said = -1
+        self.kept = self.delivered = 0  # (percent_said stays: progress never goes back, it waits until it is passed)
         if self.sha256:
             import hashlib
 

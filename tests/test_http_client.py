@@ -180,6 +180,9 @@ RESPONSES = {
     "/chunk-ctl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\x15\r\nhello\r\n0\r\n\r\n",
     "/chunk-cr-junk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\rX\nhello\r\n0\r\n\r\n",
     "/chunk-digit-ctl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\x10\r\nhello\r\n0\r\n\r\n",
+    # chunk extensions as RFC 9112 section 7.1.1 has them: a token name, a token or quoted value
+    "/chunk-ext-ok": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=\"x;y\"; b = c\r\nok\r\n0;z\r\n\r\n",
+    "/chunk-ext-bad": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;q=0\"a;b\"\r\nok\r\n0\r\n\r\n",
     "/chunk-upper": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA;x=1\r\n0123456789\r\n0\r\n\r\n",
     "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
     # one field in UTF-8, one in latin-1 (value and name): each is decoded on its own
@@ -260,6 +263,11 @@ def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
 
 
+def test_chunk_extensions_are_read_past(mpy, raw):
+    assert heads(mpy, raw, ["/chunk-ext-ok"])["/chunk-ext-ok"] == {
+        "path": "/chunk-ext-ok", "status": 200, "body": "ok", "n": 1}
+
+
 def test_a_length_repeated_with_one_value_is_fine(mpy, raw):
     assert heads(mpy, raw, ["/same-lengths"])["/same-lengths"] == {
         "path": "/same-lengths", "status": 200, "body": "ok", "n": 2}
@@ -328,7 +336,7 @@ run(main())
                  "length": 2, "body": "ok"}
 
 
-@pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl"])
+@pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl", "/chunk-ext-bad"])
 def test_bad_chunk_size_is_a_payload_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientPayloadError"
 

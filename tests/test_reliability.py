@@ -343,6 +343,14 @@ def test_server_ignoring_range_restarts_from_zero(mpy, fault, mode):
     assert fault.requests == 2
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_whole_answer_to_a_callers_range_gives_the_range(mpy, fault, mode):
+    # the server ignores Range and sends the whole resource with its length: the range is cut from it, and the
+    # rest of the body is left unread (it is no sign of a wrong answer)
+    v = dl(mpy, fault.url("/bytes/50000?norange=1"), mode, headers={"Range": "bytes=1000-1999"})
+    assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(50000, 2000, start=1000), v
+
+
 def test_server_ignoring_range_fails_stream_mode(mpy, fault):
     v = dl(mpy, fault.url("/bytes/50000?drop=20000&key=n&norange=1"), "stream")
     failed(v, "stream")

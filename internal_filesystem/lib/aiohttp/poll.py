@@ -50,20 +50,20 @@ def readable(sock):
 
 def write_all(sock, data):
     # async: all of data into sock, waiting whenever it takes no more (this also drives a connect and a TLS handshake)
-    if not internals:
-        stream = asyncio.StreamWriter(sock, {})
-        stream.write(data)
-        yield from stream.drain()
-        return
     view = memoryview(data)
     sent = 0
     while sent < len(view):
         n = sock.write(view[sent:])
-        if n is None:
+        if n is not None:
+            sent += n
+        elif internals:
             register(sock, True)
             yield
-        else:
-            sent += n
+        else:  # a Stream buffers the rest and waits until the socket takes it
+            stream = asyncio.StreamWriter(sock, {})
+            stream.write(bytes(view[sent:]))
+            yield from stream.drain()
+            return
 
 
 def finished_task(owner):

@@ -273,13 +273,59 @@ def _chunk_size_line(line):
         i += 1
     if not 0 < i <= 16:
         return -1
-    rest = line[i:end].lstrip(b" \t")
-    if rest and rest[0] != 59:  # (59: ";")
+    if not _extensions_ok(line[i:end]):
         return -1
-    for b in rest:  # an extension is text: no control bytes (a CR, a NUL, a flipped bit)
-        if b < 32 and b != 9 or b == 127:
-            return -1
     return int(line[:i], 16)
+
+
+def _extensions_ok(text):
+    # *( BWS ";" BWS name [ BWS "=" BWS value ] ), a name a token, a value a token or a quoted string
+    i, end = 0, _len(text)
+    while True:
+        while i < end and text[i] in b" \t":
+            i += 1
+        if i == end:
+            return True
+        if text[i] != 59:  # ";"
+            return False
+        i = _skip_token(text, _skip_blanks(text, i + 1))
+        if i < 0:
+            return False
+        j = _skip_blanks(text, i)
+        if j < end and text[j] == 61:  # "="
+            i = _skip_blanks(text, j + 1)
+            i = _skip_quoted(text, i) if i < end and text[i] == 34 else _skip_token(text, i)
+            if i < 0:
+                return False
+
+
+def _skip_blanks(text, i):
+    while i < _len(text) and text[i] in b" \t":
+        i += 1
+    return i
+
+
+def _skip_token(text, i):
+    # -> past the token at i, or -1 when there is none
+    start = i
+    while i < _len(text) and text[i] in _TOKEN:
+        i += 1
+    return i if i > start else -1
+
+
+def _skip_quoted(text, i):
+    # -> past the quoted string at i (its opening quote), or -1 when it does not end or holds a control byte
+    i += 1
+    while i < _len(text):
+        b = text[i]
+        if b == 34:
+            return i + 1
+        if b == 92:  # a backslash: the next byte as it is
+            i += 1
+        elif b < 32 and b != 9 or b == 127:
+            return -1
+        i += 1
+    return -1
 
 
 def _chunk_size(buf, start, end):

@@ -427,8 +427,7 @@ class Download:
             elif status == 200 and length is not None:
                 self.resource_size = length
             if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
-                if length is None:  # range_end + 1 is our cap, not the server's promise: the body may end before
-                    self.length_is_ours = True
+                self.length_is_ours = True  # range_end + 1 is our cap: the body goes on past it, or may end before
                 length = self.range_end + 1
         elif status == 416 and (self.kept and not self.delivered or self.delivered and self.validator is not None):
             # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold)

@@ -87,7 +87,7 @@ $(FROZEN_MICROPYTHON): $(MPY_CROSS) $(FROZEN_INPUTS)
 		|| { tail -n 30 build/unix.log; exit 1; }
 	touch $@
 
-# The library as .mpy files and their package.json, for mip on a board short of heap (see README).
+# The library as .mpy files and their package.json, for mip on a board short of heap (see docs/usage.md).
 mpy-package: $(STAMP)
 	rm -rf build/mpy-package
 	$(BIN)/python tools/package.py build/mpy-package
@@ -95,7 +95,7 @@ mpy-package: $(STAMP)
 clean:
 	rm -rf $(VENV) $(WASM) build .pytest_cache
 
-# Speed and memory, each figure side by side with its baseline in one run (see README); heap figures of the
+# Speed and memory, each figure side by side with its baseline in one run (docs/performance.md); heap figures of the
 # frozen build too.
 bench: $(STAMP) $(WASM_STAMP) $(FROZEN_MICROPYTHON)
 	$(BIN)/python tools/bench.py --frozen $(FROZEN_MICROPYTHON)

@@ -243,8 +243,8 @@ def test_a_timeout_names_the_seconds_it_waited(mpy, fault):
 
 # 99 header lines of 300 and of 330 bytes: 30 and 32 KB, under the 32 KB a head may take
 LONG_HEADS = ["/json/3?pad=97&padlen=300", "/json/3?pad=97&padlen=330"]
-# the whole heap but this many KB in one piece once the library is imported: from what README says a 32 KB head
-# needs to what a 200 KB heap has
+# the whole heap but this many KB in one piece once the library is imported: from what docs/performance.md says a
+# 32 KB head needs to what a 200 KB heap has
 FREE_KB = range(64, 113, 8)
 
 

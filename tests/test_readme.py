@@ -1,5 +1,5 @@
-"""Every Python example in the README's "Using it" section runs on MicroPython, with URL, PATH, SHA and WS_URL (a
-websocket echo server) filled in."""
+"""Every Python example a user reads runs on MicroPython: those of the README's "Using it" section and all of
+docs/usage.md, with URL, PATH, SHA and WS_URL (a websocket echo server) filled in."""
 import re
 from pathlib import Path
 
@@ -7,9 +7,19 @@ import pytest
 
 from tools.testservers import sha256_of
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-USING = README[README.index("## Using it"):README.index("### Decisions")]
-EXAMPLES = re.findall(r"```python\n(.*?)```", USING, re.S)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def examples(text):
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+README = (ROOT / "README.md").read_text()
+USING = README[README.index("## Using it"):]
+USING = USING[:USING.index("\n## ")]  # up to the next section
+README_EXAMPLES = examples(USING)
+USAGE_EXAMPLES = examples((ROOT / "docs" / "usage.md").read_text())
+EXAMPLES = README_EXAMPLES + USAGE_EXAMPLES
 SIZE = 100000
 # after the example: let tasks it created run to their end (the event loop is MicroPythonOS's own on a device)
 SETTLE = """
@@ -23,12 +33,14 @@ result(done=True)
 """
 
 
-def test_the_readme_has_its_examples():
-    assert len(EXAMPLES) >= 8
+def test_the_docs_have_their_examples():
+    # the README: the three modes, options, errors, resume, the HTTP client, websockets; usage.md: priorities,
+    # segments, a downloads screen, everyday extras, the HTTP client
+    assert len(README_EXAMPLES) >= 6 and len(USAGE_EXAMPLES) >= 5, (len(README_EXAMPLES), len(USAGE_EXAMPLES))
 
 
 @pytest.mark.parametrize("code", EXAMPLES, ids=[c.splitlines()[-1][:40] for c in EXAMPLES])
-def test_readme_example_runs(mpy, fault, files, ws_aiohttp, code):
+def test_example_runs(mpy, fault, files, ws_aiohttp, code):
     path = files / ("readme-%d.bin" % EXAMPLES.index(code))
     r = mpy.run(code + SETTLE,
                 URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE), WS_URL=ws_aiohttp.url("/echo"))

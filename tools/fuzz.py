@@ -147,7 +147,7 @@ def make_case(seed, index):
     if size >= 2 and rng.random() < 0.2:
         lo = rng.randrange(size)
         if case.mode == "file" and lo == len(OLD):
-            lo += 1  # "bytes=N-" with N = the old file's size would be a resume of it (see the README)
+            lo += 1  # "bytes=N-" with N = the old file's size would be a resume of it (see docs/decisions.md)
         case.byte_range = (lo, None if rng.random() < 0.5 else rng.randint(lo, size + 10))
         if lo >= size:
             case.byte_range = None

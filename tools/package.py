@@ -1,5 +1,5 @@
 """`make mpy-package`: the library as a mip package of .mpy files, for a board short of heap. Imported from .py
-files, a device compiles them in its heap first, which takes several times what the bytecode does (see README);
+files, a device compiles them in its heap first, which takes several times what the bytecode does (see docs/usage.md);
 .mpy bytecode loads as it is, on any MicroPython that reads .mpy version 6 (v1.23 and later).
 Serve the folder over HTTP and install with mip.install("http://HOST:PORT/package.json").
 

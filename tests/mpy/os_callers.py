@@ -65,7 +65,7 @@ class UpdateDownloader:
     """UpdateDownloader.download_and_install: the firmware streams through chunk_callback into flash blocks (the last
     one padded with erased flash); a network error pauses the update and the next call asks for the rest with Range
     from bytes_written_so_far, the bytes of the unfinished block dropped. options: keywords added to upstream's
-    download_url call (the README tells the updater to add raise_errors=True)."""
+    download_url call (docs/decisions.md tells the updater to add raise_errors=True)."""
 
     def __init__(self, partition, is_online=lambda: True, **options):
         self.partition = partition

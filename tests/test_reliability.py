@@ -121,8 +121,9 @@ def resumed_at(sent, upto):
     return k
 
 
-def prefix_sha(n, k):
-    return __import__("hashlib").sha256(payload(n)[:k]).hexdigest()
+def prefix_sha(n, k, start=0):
+    # sha256 of bytes [start, k) of /bytes/n
+    return __import__("hashlib").sha256(payload(n)[start:k]).hexdigest()
 
 
 def free_port():

@@ -318,7 +318,7 @@ run(main())
 
 def test_a_timed_out_receive_loses_no_byte_of_the_message(mpy, ws_script):
     data = frame(2, bytes(range(256)) * 64)  # 16 KB, sent in four pieces a while apart
-    srv = ws_script({"/slow": [data[:5], 0.15, data[5:3000], 0.15, data[3000:9000], 0.15, data[9000:]]})
+    srv = ws_script({"/slow": [data[:5], 0.3, data[5:3000], 0.3, data[3000:9000], 0.3, data[9000:]]})
     r = mpy.run("""
 import asyncio
 

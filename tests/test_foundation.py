@@ -49,6 +49,14 @@ def test_every_module_compiles_with_mpy_cross(tmp_path, arch):
     assert compile_lib(tmp_path, arch) == []
 
 
+def test_the_benchmarks_micropython_programs_compile(tmp_path):
+    programs = sorted((ROOT / "tools" / "bench_programs").glob("*.py"))
+    assert len(programs) >= 10
+    for program in programs:
+        p = subprocess.run([mpy_cross(), "-o", str(tmp_path / "x.mpy"), str(program)], capture_output=True, text=True)
+        assert p.returncode == 0, (program.name, p.stderr)
+
+
 def micropython_source():
     """MicroPython's source tree, where `make frozen` finds it (MICROPYTHON_SRC, else the shared tarball, unpacked
     once into build/)."""

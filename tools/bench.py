@@ -15,337 +15,30 @@ sys.path.insert(0, str(ROOT))
 from tools import mpy  # noqa: E402
 from tools.testservers import FaultServer, make_certs, sha256_of  # noqa: E402
 
-RAW = """
-import asyncio, time, gc
-from mpos import DownloadManager
-import aiohttp
+PROGRAMS = ROOT / "tools" / "bench_programs"  # the MicroPython side of each figure (tests compile them with mpy-cross)
 
-async def raw(sink):
-    # the baseline: no HTTP client, a bare asyncio stream and one buffer
-    r, w = await asyncio.open_connection(HOST, PORT)
-    w.write(b"GET %s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" % PATH.encode())
-    await w.drain()
-    while (await r.readline()) not in (b"\\r\\n", b""):
-        pass
-    buf = bytearray(1024)
-    mv = memoryview(buf)
-    n = 0
-    while True:
-        k = await r.readinto(buf)
-        if not k:
-            break
-        await sink(buf if k == 1024 else mv[:k], n)
-        n += k
-    await w.wait_closed()
-    return n
 
-def rm(path):
-    import os
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+def _program(name):
+    return "\n" + (PROGRAMS / (name + ".py")).read_text()
 
-async def best(fn, rounds):
-    t = None
-    for i in range(rounds):
-        # Both sides write a fresh file: replacing a 20 MB file makes ext4 flush the old one (10-20 ms, on
-        # whichever side comes next), which is the disk's cost, not the download's.
-        rm(OUT)
-        rm(OUT + ".raw")
-        gc.collect()
-        t0 = time.ticks_us()
-        await fn()
-        dt = time.ticks_diff(time.ticks_us(), t0)
-        t = dt if t is None or dt < t else t
-    return t
 
-async def pair(name, lib_fn, raw_fn, nbytes):
-    # alternate the two sides round by round, keep each side's best
-    tl = tr = None
-    for i in range(ROUNDS):
-        a = await best(raw_fn, 1)
-        b = await best(lib_fn, 1)
-        tr = a if tr is None or a < tr else tr
-        tl = b if tl is None or b < tl else tl
-    result(name=name, lib_us=tl, raw_us=tr, mbps_lib=nbytes / tl, mbps_raw=nbytes / tr)
-"""
+RAW = _program("raw")
 
-STREAMING = RAW + """
-URL = "http://%s:%d%s" % (HOST, PORT, PATH)
-MEM = "http://%s:%d%s" % (HOST, PORT, MEMPATH)
+STREAMING = RAW + _program("streaming")
 
-async def main():
-    DownloadManager.session_idle_ms = 0
-    # Touch the whole heap once: a fresh unix-port heap pays page faults on first use, which would tax
-    # whichever side allocates first (a device's heap is always warm).
-    gc.collect()
-    warm = bytearray(gc.mem_free() - 262144)
-    del warm
-    gc.collect()
-    buf = bytearray(1024)
-
-    async def client_readinto():
-        async with aiohttp.ClientSession() as s:
-            async with s.get(URL) as r:
-                n = 0
-                while True:
-                    k = await r.content.readinto(buf)
-                    if not k:
-                        break
-                    n += k
-        assert n == SIZE
-
-    async def raw_nothing(chunk, n):
-        pass
-
-    async def raw_only():
-        assert await raw(raw_nothing) == SIZE
-    await pair("client content.readinto, 1 KB buffer", client_readinto, raw_only, SIZE)
-
-    async def file_mode():
-        assert await DownloadManager.download_url(URL, outfile=OUT)
-
-    async def raw_file():
-        f = open(OUT + ".raw", "wb")
-        async def sink(chunk, n):
-            f.write(chunk)
-        assert await raw(sink) == SIZE
-        f.close()
-    await pair("DownloadManager file mode", file_mode, raw_file, SIZE)
-
-    async def cb(chunk):
-        pass
-
-    async def stream_mode():
-        assert await DownloadManager.download_url(URL, chunk_callback=cb)
-
-    async def raw_stream():
-        async def sink(chunk, n):
-            await cb(bytes(chunk))
-        assert await raw(sink) == SIZE
-    await pair("DownloadManager stream mode", stream_mode, raw_stream, SIZE)
-
-    async def memory_mode():
-        d = await DownloadManager.download_url(MEM)
-        assert len(d) == MEMSIZE
-
-    async def raw_memory():
-        out = bytearray(MEMSIZE)
-        async def sink(chunk, n):
-            out[n:n + len(chunk)] = chunk
-        global PATH
-        p, PATH = PATH, MEMPATH
-        try:
-            assert await raw(sink) == MEMSIZE
-        finally:
-            PATH = p
-        bytes(out)  # the library returns bytes: the same copy
-    await pair("DownloadManager memory mode", memory_mode, raw_memory, MEMSIZE)
-
-asyncio.run(main())
-"""
-
-REUSE = """
-import asyncio, time, aiohttp
-async def main():
-    ctx = aiohttp.tls_context()
-    async def reuse():
-        async with aiohttp.ClientSession(ssl=ctx) as s:
-            for i in range(10):
-                async with s.get(URL) as r:
-                    assert len(await r.read()) == 1000
-    async def fresh():
-        for i in range(10):
-            async with aiohttp.ClientSession(ssl=ctx) as s:
-                async with s.get(URL) as r:
-                    assert len(await r.read()) == 1000
-    tr = tf = None
-    for i in range(ROUNDS):
-        for fn, slot in ((fresh, 0), (reuse, 1)):
-            t0 = time.ticks_us()
-            await fn()
-            dt = time.ticks_diff(time.ticks_us(), t0)
-            if slot:
-                tr = dt if tr is None or dt < tr else tr
-            else:
-                tf = dt if tf is None or dt < tf else tf
-    result(reuse_us=tr, fresh_us=tf)
-asyncio.run(main())
-"""
+REUSE = _program("reuse")
 
 # Heap held with n requests in flight, read inside a chunk callback once every one holds a full 1 KB chunk (the
 # first chunk is often the short rest of the head's packet), minus what the same harness holds around a stand-in
 # that hands a ready-made 1 KB chunk to the callback: what is left is the library's share, including the chunk
 # copy a download hands out. at(name) reads the heap, each port its own way (HEAP, HEAP32); bench.py subtracts.
-HELD = """
-import asyncio, aiohttp
-from mpos import DownloadManager
+HELD = _program("held")
 
-CHUNK = bytes(1024)
-
-async def stand_in(url, chunk_callback):
-    await chunk_callback(CHUNK)
-    return True
-
-async def held(n, download, tag):
-    await at(tag + "-base")
-    full = []
-    go = asyncio.Event()
-    async def one(i):
-        async def cb(chunk):
-            if len(chunk) == 1024 and i not in full:
-                full.append(i)
-                if len(full) == n:
-                    await at(tag)
-                    go.set()
-                await go.wait()
-        return await download(URL, chunk_callback=cb)
-    ok = await asyncio.gather(*[one(i) for i in range(n)])
-    assert all(ok), ok
-    await DownloadManager.close_session()
-
-async def rounds():
-    # warm up: import everything and run one download so that only per-request memory is counted
-    await DownloadManager.download_url(URL)
-    await DownloadManager.close_session()
-
-    # The client alone, the same way: a request whose body is read into one buffer all requests share and
-    # handed to the callback as it is (no copy), on a session made beforehand.
-    s = aiohttp.ClientSession()
-    buf = bytearray(1024)
-
-    async def client(url, chunk_callback):
-        async with s.get(url) as r:
-            while True:
-                n = await r.content.readinto(buf)
-                if not n:
-                    return True
-                await chunk_callback(buf if n == 1024 else memoryview(buf)[:n])
-
-    DownloadManager.max_connections = 8
-    await held(2, stand_in, "warm")  # asyncio.Event and gather load on first use: not per download
-    for n in (1, 8):
-        await held(n, stand_in, "harness-client%d" % n)
-        await held(n, client, "client%d" % n)
-    await s.close()
-    for n in (1, 8):
-        await held(n, stand_in, "harness%d" % n)
-        await held(n, DownloadManager.download_url, "download%d" % n)
-"""
-
-HEAP = HELD + """
-import gc
-
-async def at(name):
-    gc.collect()
-    result(mark=name, heap=gc.mem_alloc())
-
-async def main():
-    # 100 readinto calls: what the hot path allocates per chunk (garbage, collected later)
-    buf = bytearray(1024)
-    s = aiohttp.ClientSession()
-    async with s.get(URL) as r:
-        await r.content.readinto(buf)
-        gc.collect()
-        gc.disable()
-        b0 = gc.mem_alloc()
-        for i in range(100):
-            await r.content.readinto(buf)
-        b1 = gc.mem_alloc()
-        gc.enable()
-    await s.close()
-    result(readinto_per_chunk=(b1 - b0) / 100)
-    await rounds()
-
-asyncio.run(main())
-"""
+HEAP = HELD + _program("heap")
 
 # Garbage per read that has to wait for the network, next to what the event loop itself allocates for a socket wait
 # (tests/test_hot_path.py holds the library to it). HOW: "readinto" or "read" (read(1024), its bytes not counted).
-WAITS = """
-import asyncio, aiohttp, gc, socket
-from asyncio import core
-
-class Wait:  # the least a task can allocate to wait for a socket: asyncio's own bookkeeping
-    s = None
-    exc = StopIteration()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        s = self.s
-        if s is not None:
-            self.s = None
-            core._io_queue.queue_read(s)
-            return None
-        self.exc.__traceback__ = None
-        raise self.exc
-
-async def bare():
-    # the same body on a bare socket: 1 KB reads, and the Wait above when the socket has nothing
-    host, port = URL.split("/")[2].split(":")
-    s = socket.socket()
-    s.connect(socket.getaddrinfo(host, int(port))[0][-1])
-    s.write(b"GET /%s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" % URL.split("/", 3)[3])
-    s.setblocking(False)
-    buf = bytearray(1024)
-    w = Wait()
-    waits = spent = 0
-    while True:
-        n = s.readinto(buf)
-        if n is None:
-            w.s = s
-            a0 = gc.mem_alloc()
-            await w
-            spent += gc.mem_alloc() - a0
-            waits += 1
-        elif not n:
-            break
-    s.close()
-    return waits, spent, None
-
-async def client():
-    buf = bytearray(1024)
-    waits = spent = 0
-    sha = new_sha()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as s:  # no watchdog ticking meanwhile
-        async with s.get(URL) as r:
-            while True:
-                b = r.content.read_nowait(1024) if HOW == "read" else r.content.readinto_nowait(buf)
-                if not b:
-                    a0 = gc.mem_alloc()
-                    if HOW == "read":
-                        b = await r.content.read(1024)
-                        used = gc.mem_alloc() - a0 - gc_size(b)
-                    else:
-                        b = await r.content.readinto(buf)
-                        used = gc.mem_alloc() - a0
-                    if b and not r.content.at_eof():  # the read that ends the body pools the connection
-                        spent += used
-                        waits += 1
-                if not b:
-                    break
-                sha.update(b if HOW == "read" else memoryview(buf)[:b])
-    return waits, spent, hexdigest(sha)
-
-def gc_size(b):
-    # what a bytes object of len(b) takes from the heap: measured on one of the same length
-    a0 = gc.mem_alloc()
-    c = bytes(len(b))
-    return gc.mem_alloc() - a0
-
-async def main():
-    gc.collect()
-    gc.disable()  # garbage stays counted
-    for f in (bare, client):
-        waits, spent, sha = await f()
-        gc.collect()
-        result(what=f.__name__, waits=waits, per_wait=spent // max(waits, 1), sha=sha)
-
-run(main())
-"""
+WAITS = _program("waits")
 
 # The same on a 32-bit MicroPython (tools/wasm32.mjs: its mark() reads the heap; top-level await runs it)
 HEAP32 = 'URL = "http://127.0.0.1/bytes/200000"\nat = mark\n' + HELD + "await rounds()\n"
@@ -371,51 +64,11 @@ def heap_rows(marks, bits):
 # Segmented downloads against a server that limits each connection's rate (as a slow link or a busy mirror
 # does): segments=4 vs segments=1, and segments=1 vs no keyword (the same code path: it must cost nothing). The
 # server's rate sets these times (they vary by milliseconds), so one round is enough; ROUNDS > 1 rotates the order.
-SEGMENTS = """
-import asyncio, os, time
-from mpos import DownloadManager
+SEGMENTS = _program("segments")
 
-def rm(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
+SMALL_HEAP = _program("small_heap")
 
-async def main():
-    DownloadManager.session_idle_ms = 0  # each download opens its own connections, the same for every side
-    DownloadManager.max_connections = 4  # segments=4 needs 4 connections (the default allows 3)
-    sides = [("none", {}), ("one", {"segments": 1}), ("four", {"segments": 4})]
-    best = {}
-    for i in range(ROUNDS):
-        for name, kw in sides[i % 3:] + sides[:i % 3]:
-            rm(OUT)
-            t0 = time.ticks_us()
-            ok = await DownloadManager.download_url(URL, outfile=OUT, **kw)
-            dt = time.ticks_diff(time.ticks_us(), t0)
-            assert ok is True and sha256_file(OUT) == SHA, name
-            best[name] = min(best.get(name, dt), dt)
-    result(**best)
-
-asyncio.run(main())
-"""
-
-SMALL_HEAP = """
-from mpos import DownloadManager
-ok = DownloadManager.download_url(URL, outfile=OUT)  # no event loop running: runs to completion
-# the file is checked from CPython: hashing it here would need heap of its own
-import mpos.net.download_manager as module
-print('@@RESULT {"ok": %s, "file": "%s"}' % ("true" if ok is True else "false", module.__file__))
-"""
-
-CODE_RAM = """
-import gc
-gc.collect()
-a = gc.mem_alloc()
-from mpos import DownloadManager
-import aiohttp
-gc.collect()
-result(code=gc.mem_alloc() - a, file=aiohttp.__file__)
-"""
+CODE_RAM = _program("code_ram")
 
 HEAPS_KB = (24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 96, 104, 112, 128)
 
@@ -488,101 +141,19 @@ def heap_32bit(work):
 # Heap held by n open websockets, each idle after one message there and back. at(name) reads the heap, each port
 # its own way (as HELD's); the difference over n is one websocket's share: its object, its connection and socket,
 # its send Lock, its slot in the session's list (and one in `kept`, the harness's).
-WS_IDLE = """
-import asyncio, aiohttp
+WS_IDLE = _program("ws_idle")
 
-async def idle(n):
-    session = aiohttp.ClientSession()
-    warm = await session.ws_connect(URL)  # loads the module, asyncio's Lock...: not per websocket
-    await warm.send_str("warm")
-    await warm.receive()
-    await warm.close()
-    kept = []
-    await at("ws-base")
-    for i in range(n):
-        ws = await session.ws_connect(URL)
-        await ws.send_str("hello")
-        assert (await ws.receive()).data == "hello"
-        kept.append(ws)
-    await at("ws-open")
-    for ws in kept:
-        await ws.close()
-    await session.close()
-"""
-
-WS_IDLE64 = WS_IDLE + """
-import gc
-
-async def at(name):
-    gc.collect()
-    result(mark=name, heap=gc.mem_alloc())
-
-asyncio.run(idle(N))
-"""
+WS_IDLE64 = WS_IDLE + _program("ws_idle64")
 
 WS_IDLE32 = 'URL = "ws://127.0.0.1/echo"\nN = %d\nat = mark\n' + WS_IDLE + "await asyncio.create_task(idle(N))\n"
 
 # The masking of a 4 KB payload (four 1 KB blocks, the key over a block made once, as _send does), and the same with
 # a generator that XORs byte by byte, as micropython-lib's websocket client masks; rounds alternate, best counts.
-WS_MASK = """
-import os, time
-import aiohttp.websocket as websocket
-
-def bytewise(data, key, block_key=0):
-    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
-
-def cost(mask, data, key):
-    t0 = time.ticks_us()
-    for r in range(REPEAT):
-        mv = memoryview(data)
-        block_key = int.from_bytes(key * 256, "little")
-        for off in range(0, len(data), 1024):
-            mask(mv[off : off + 1024], key, block_key)
-    return time.ticks_diff(time.ticks_us(), t0) / REPEAT / (len(data) / 1024)
-
-data, key = os.urandom(4096), os.urandom(4)
-assert websocket._mask(data[:1024], key) == bytewise(data[:1024], key)
-best = {}
-for r in range(ROUNDS):
-    for name, mask in (("bytewise", bytewise), ("bulk", websocket._mask)):
-        us = cost(mask, data, key)
-        best[name] = min(best.get(name, us), us)
-result(**best)
-"""
+WS_MASK = _program("ws_mask")
 
 # Round trips of a 4 KB binary message to an echo server (aiohttp.web, in this process's thread), with our masking
 # and with the byte-by-byte generator in its place: messages per second both ways.
-WS_ECHO = """
-import asyncio, aiohttp, time
-import aiohttp.websocket as websocket
-
-def bytewise(data, key, block_key=0):
-    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
-
-async def loop(ws, n):
-    data = bytes(range(256)) * 16
-    t0 = time.ticks_us()
-    for i in range(n):
-        await ws.send_bytes(data)
-        assert len((await ws.receive()).data) == 4096
-    return time.ticks_diff(time.ticks_us(), t0)
-
-async def main():
-    best = {}
-    bulk = websocket._mask
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(URL) as ws:
-            await loop(ws, 20)
-            for r in range(ROUNDS):
-                for name, mask in (("bytewise", bytewise), ("bulk", bulk)):
-                    websocket._mask = mask
-                    us = await loop(ws, N)
-                    best[name] = min(best.get(name, us), us)
-            websocket._mask = bulk
-    result(bulk=N * 1e6 / best["bulk"], bytewise=N * 1e6 / best["bytewise"])
-
-asyncio.run(main())
-"""
+WS_ECHO = _program("ws_echo")
 
 
 def websocket_rows(work, certs, rounds, quick):

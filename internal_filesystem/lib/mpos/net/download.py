@@ -247,6 +247,7 @@ class Download:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
                         gained = self.delivered
+                        left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body
                         resp.headers = None  # what the download needs of the head is copied: the text goes
@@ -299,6 +300,10 @@ class Download:
                     if extra and left != 0 and self._report_due():
                         await self._report()
                 except Exception as e:
+                    if resp is not None and left == 0 and not at_sink and self._cut_after_its_end(e):
+                        complete = self._answer_ended(resp, 0, gained)
+                        resp = None
+                        continue
                     if resp is not None:
                         resp.release()
                         resp = None
@@ -502,6 +507,11 @@ class Download:
         if self.hasher is not None and n:
             self.hasher.update(data if n == _len(data) else data[:n])
         return n
+
+    def _cut_after_its_end(self, e):
+        # Whether e, met while the end of an answer's framing was read after all the bytes it announced, is the
+        # network's (a cut, a stall): then every byte it announced is here, and no more came
+        return isinstance(classify(e, self.timeout), NetworkError)
 
     def _overlong(self):
         # The answer held more than the length it announced: none of it is trusted, the download starts over (stream

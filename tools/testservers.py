@@ -920,6 +920,75 @@ class ScriptServer:
         self.sock.close()
 
 
+# ---------------------------------------------------------------- the benchmark's fast server
+
+class FastServer:
+    """GET /bytes/N (N bytes of payload(N)) answered as fast as CPython can, for the benchmark's floors: a thread per
+    connection on blocking sockets with TCP_NODELAY, the head and a small body in one send, keep-alive as HTTP/1.1
+    says (HTTP/1.0 or Connection: close end the connection after the answer). With certs, TLS."""
+
+    def __init__(self, certs=None):
+        self.certs = certs
+        self._tls = certs.server_ctx() if certs else None
+        self.sock = socket.create_server((HOST, 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path, host=HOST):
+        return "%s://%s:%d%s" % ("https" if self.certs else "http", host, self.port, path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if self._tls:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    part = conn.recv(4096)
+                    if not part:
+                        return
+                    data += part
+                head, data = data.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").lower().split("\r\n")
+                _, target, version = lines[0].split(" ")
+                close = version == "http/1.0" or "connection: close" in lines
+                path = target.split("?")[0].split("/")
+                if len(path) != 3 or path[1] != "bytes" or not path[2].isdigit():
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    return
+                body = payload(int(path[2]))
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (
+                    len(body), b"Connection: close\r\n" if close else b"")
+                if len(body) <= 65536:
+                    conn.sendall(head + body)
+                else:
+                    conn.sendall(head)
+                    conn.sendall(memoryview(body))
+                if close:
+                    return
+        except (OSError, ValueError):  # the client went away, or spoke no HTTP we know
+            pass
+        finally:
+            conn.close()
+
+
 # ---------------------------------------------------------------- CLI
 
 def main(argv=None):

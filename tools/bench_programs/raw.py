@@ -21,34 +21,3 @@ async def raw(sink):
         n += k
     await w.wait_closed()
     return n
-
-def rm(path):
-    import os
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-async def best(fn, rounds):
-    t = None
-    for i in range(rounds):
-        # Both sides write a fresh file: replacing a 20 MB file makes ext4 flush the old one (10-20 ms, on
-        # whichever side comes next), which is the disk's cost, not the download's.
-        rm(OUT)
-        rm(OUT + ".raw")
-        gc.collect()
-        t0 = time.ticks_us()
-        await fn()
-        dt = time.ticks_diff(time.ticks_us(), t0)
-        t = dt if t is None or dt < t else t
-    return t
-
-async def pair(name, lib_fn, raw_fn, nbytes):
-    # alternate the two sides round by round, keep each side's best
-    tl = tr = None
-    for i in range(ROUNDS):
-        a = await best(raw_fn, 1)
-        b = await best(lib_fn, 1)
-        tr = a if tr is None or a < tr else tr
-        tl = b if tl is None or b < tl else tl
-    result(name=name, lib_us=tl, raw_us=tr, mbps_lib=nbytes / tl, mbps_raw=nbytes / tr)

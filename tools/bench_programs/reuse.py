@@ -1,26 +1,36 @@
 # make bench's program "reuse" (tools/bench.py puts the values it is given, URL and the like, in front of it).
-import asyncio, time, aiohttp
+import asyncio, aiohttp
+from mpos import DownloadManager
+
 async def main():
     ctx = aiohttp.tls_context()
-    async def reuse():
-        async with aiohttp.ClientSession(ssl=ctx) as s:
-            for i in range(10):
-                async with s.get(URL) as r:
-                    assert len(await r.read()) == 1000
+    DownloadManager.session_idle_ms = 60000  # kept between the ten; closed after them, as a round's end
+
     async def fresh():
         for i in range(10):
             async with aiohttp.ClientSession(ssl=ctx) as s:
                 async with s.get(URL) as r:
                     assert len(await r.read()) == 1000
-    tr = tf = None
-    for i in range(ROUNDS):
-        for fn, slot in ((fresh, 0), (reuse, 1)):
-            t0 = time.ticks_us()
-            await fn()
-            dt = time.ticks_diff(time.ticks_us(), t0)
-            if slot:
-                tr = dt if tr is None or dt < tr else tr
-            else:
-                tf = dt if tf is None or dt < tf else tf
-    result(reuse_us=tr, fresh_us=tf)
+
+    async def session():
+        async with aiohttp.ClientSession(ssl=ctx) as s:
+            for i in range(10):
+                async with s.get(URL) as r:
+                    assert len(await r.read()) == 1000
+
+    async def download_manager():
+        for i in range(10):
+            assert len(await DownloadManager.download_url(URL)) == 1000
+        await DownloadManager.close_session()
+
+    async def floor():
+        # one connection, ten requests each written in one piece, each answer read by its Content-Length
+        buf = bytearray(1024)
+        sock = floor_connect(HOST, PORT)
+        for i in range(10):
+            assert floor_body(sock, floor_head(sock, HOST, PATH), buf) == 1000
+        sock.close()
+
+    await race("10 GETs", [("fresh", fresh), ("session", session), ("dm", download_manager), ("floor", floor)])
+
 asyncio.run(main())

@@ -236,6 +236,12 @@ class Connection:
             self.buf = None
             self.pos = self.filled = 0
 
+    def readable_by(self):
+        # What a read that got nothing waits on: under TLS the TCP socket, which select polls natively, where a TLS
+        # socket is polled by asking it in a loop with 1 ms sleeps (unix port). A TLS read that got nothing holds no
+        # whole record, so more must come over TCP first.
+        return self.tcp or self.sock
+
     def arm(self):
         # Before a wait: its deadline, for the watchdog to enforce on the running task
         deadline = self.deadline
@@ -258,7 +264,7 @@ class Connection:
         # async: until the socket has something to read
         self.arm()
         try:
-            yield from poll.readable(self.sock)
+            yield from poll.readable(self.readable_by())
         except BaseException as e:
             self.woke(e)
         self.wait_until = None

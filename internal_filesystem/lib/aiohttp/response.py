@@ -406,7 +406,7 @@ class _BodyRead:
         if state == _TO_WAIT:
             conn = self.reader._conn
             conn.arm()
-            poll.register(conn.sock, False)
+            poll.register(conn.readable_by(), False)
             self.state = _WAITING
             return None
         if state == _IN_GENERATOR:

@@ -200,6 +200,7 @@ class Connection:
 
     def __init__(self, key):
         self.key = key  # (scheme, host, port, TLS context or None): a pooled connection serves only its own key
+        self.pos = self.filled = self.streak = 0  # read per chunk: on the instance, where a lookup finds them first
 
     def open(self, address):
         scheme, host, port, ctx = self.key

@@ -551,14 +551,18 @@ class StreamReader:
         # The common case only, a whole buffer straight from the socket: no try and no len() (docs/design.md: frames,
         # builtins). The socket's own limit argument keeps the read inside the body.
         conn = self._conn
-        if self._remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE or self._decoder is not None:
+        remaining = self._remaining
+        if (remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE or self._decoder is not None
+                or conn.sock is None):
             return self._readinto_rest(buf)
-        if conn.sock is None:
-            return self._readinto_rest(buf)
-        n = conn.sock.readinto(buf, self._remaining)
+        n = conn.sock.readinto(buf, remaining)
         if n:  # None: nothing waiting; 0: the peer closed, which the awaited path reports
             conn.streak += n
-            return self._count(n)
+            if remaining == n or remaining == _UNTIL_CLOSE:
+                return self._count(n)
+            self.total_bytes += n  # (_count's common case, inlined: a method call costs a lookup that misses)
+            self._remaining = remaining - n
+            return n
         if not buf:
             return 0  # an empty buffer: nothing to wait for
 
@@ -753,6 +757,7 @@ class ClientResponse(StreamReader):
     headers = None
     _reusable = True  # the connection may serve another request once the body is read
     _released = False
+    _decoder = None  # (StreamReader's, again: read per chunk, found here one class sooner)
 
     def __init__(self, session, method, url, conn):
         self._session = session
@@ -790,19 +795,20 @@ class ClientResponse(StreamReader):
         if self._eof:
             self._let_go(True)
 
-    @property
-    def content(self):
-        return self
-
-    @property
-    def content_length(self):
-        # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
-        value = self.headers.get("Content-Length")
-        return int(value) if value and value.isdigit() and not self._chunked else None
-
-    @property
-    def ok(self):
-        return self.status < 400
+    def __getattr__(self, name):
+        # content, content_length, ok, closed: computed, as aiohttp's properties are. (A property would make every
+        # attribute store on a response, several per chunk read, look through its classes first.)
+        if name == "content":
+            return self
+        if name == "ok":
+            return self.status < 400
+        if name == "closed":
+            return self._released
+        if name == "content_length":
+            # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
+            value = self.headers.get("Content-Length")
+            return int(value) if value and value.isdigit() and not self._chunked else None
+        raise AttributeError(name)
 
     def _let_go(self, reusable):
         # The request is over: its body was read to the end (reusable), or its connection can't be trusted further
@@ -816,10 +822,6 @@ class ClientResponse(StreamReader):
         self._let_go(False)
 
     close = release
-
-    @property
-    def closed(self):
-        return self._released
 
     def read(self, n=-1):
         """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.

@@ -213,8 +213,8 @@ class Download:
         if sent:
             self.headers = sent
 
-    @property
     def mode(self):
+        # (a method: a property would make every attribute store on a download look through its class first)
         return "file" if self.outfile else ("stream" if self.chunk_callback else "memory")
 
     def log(self, what):
@@ -233,7 +233,7 @@ class Download:
         # way out, cancellation included.
         sess = self._enter()
         if sess is None:
-            return None if self.mode == "memory" else False  # the documented failure
+            return None if self.mode() == "memory" else False  # the documented failure
         admitted = complete = at_sink = False
         resp = None  # the answer being read; None between requests
         try:
@@ -258,6 +258,20 @@ class Download:
                         extra = (self.unwanted or self.max_size is not None or self.hasher is not None
                                  or self.progress_callback is not None or self.speed_callback is not None
                                  or self.deliver_until is not None)
+                        # file mode with nothing else to do: chunks go from the socket to the file in a few steps
+                        # (docs/design.md: lookups per chunk), the steps below take the rest (a wait, the end)
+                        lane = resp.readinto_nowait if file is not None and not extra else None
+                        write = file.write if lane else None
+                    while lane and (left is None or left >= size):
+                        n = lane(buf)
+                        if not n:
+                            break
+                        at_sink = True
+                        write(buf if n == size else view[:n])
+                        at_sink = False
+                        self.delivered += n
+                        if left is not None:
+                            left -= n
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -359,7 +373,7 @@ class Download:
         self.log("failed (%s): %s" % (e.reason, e))
         if self.raise_errors:
             raise e
-        return None if self.mode == "memory" else False
+        return None if self.mode() == "memory" else False
 
     def _begin(self):
         # The sinks, set up once before the first request -> the deadline in ticks, or None
@@ -367,7 +381,7 @@ class Download:
             import hashlib
 
             self.hasher = hashlib.sha256()
-        if self.mode == "file":
+        if self.mode() == "file":
             self._open_file()
         started = ticks_ms()
         if self.speed_callback is not None:
@@ -388,7 +402,7 @@ class Download:
             raise NetworkError("the session was closed (close_session) during the download", retry=False)
         if self.content_coded and self.delivered:
             # A content-coded body can't be resumed: Range counts encoded bytes, `delivered` decoded ones
-            if self.mode == "stream":
+            if self.mode() == "stream":
                 raise NetworkError("coded body cut short after %d bytes were handed out" % self.delivered,
                                    retry=False)
             self._restart()
@@ -451,7 +465,7 @@ class Download:
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):
             raise DownloadError("body of %d bytes exceeds max_size=%d" % (length, self.max_size))
-        if self.mode == "memory" and length is not None:
+        if self.mode() == "memory" and length is not None:
             self._memory_room(self.delivered + length - unwanted, self.delivered)
         elif self.outfile is not None:
             self._record_part()
@@ -615,7 +629,7 @@ class Download:
             except OSError as e:
                 raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
         self.state = DONE
-        if self.mode == "memory":
+        if self.mode() == "memory":
             memory, self.memory = self.memory, None
             if memory is None:
                 return b""
@@ -681,7 +695,7 @@ class Download:
     def _restart(self):
         # The bytes we have are no part of the resource the server now sends (it ignored Range, or the resource
         # changed): they go, and what we knew of the resource with them
-        if self.mode == "stream" and self.delivered:
+        if self.mode() == "stream" and self.delivered:
             raise NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
                                % self.delivered, retry=False)
         if self.file is not None:

@@ -89,8 +89,21 @@ async def main():
 
     async def peer_stream():
         peer(take)
-    await race("DownloadManager stream mode", [("raw", raw_stream), ("peer", peer_stream), ("lib", stream_mode)],
-               nbytes=SIZE)
+
+    async def peer_bytes():
+        # the same contract as stream mode: every chunk a bytes object of its own, which the callback may keep
+        r = requests.get(URL)
+        n = 0
+        while True:
+            chunk = r.raw.read(1024)
+            if not chunk:
+                break
+            take(chunk)
+            n += len(chunk)
+        r.close()
+        assert n == SIZE
+    await race("DownloadManager stream mode", [("raw", raw_stream), ("peer", peer_stream), ("peer_bytes", peer_bytes),
+                                               ("lib", stream_mode)], nbytes=SIZE)
 
     async def memory_mode():
         d = await DownloadManager.download_url(MEM)

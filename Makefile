@@ -34,7 +34,7 @@ FROZEN_JOBS ?= 2
 # Files and folders: a module removed from the library changes its folder's time.
 FROZEN_INPUTS := $(shell find internal_filesystem/lib manifest.py manifests -not -name '*.pyc' -not -name __pycache__)
 
-.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench demo download clean
+.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench callgrind demo download clean
 
 # The stamp is newer than the pins after one install, so a second run skips it.
 $(STAMP): tools/requirements.txt
@@ -99,6 +99,10 @@ clean:
 # frozen build too.
 bench: $(STAMP) $(WASM_STAMP) $(FROZEN_MICROPYTHON)
 	$(BIN)/python tools/bench.py --frozen $(FROZEN_MICROPYTHON)
+
+# Where a chunk's instructions go, ours against requests' readinto loop, function by function (needs valgrind)
+callgrind: $(STAMP)
+	$(BIN)/python tools/callgrind.py
 
 # The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
 demo: $(STAMP)

@@ -111,6 +111,16 @@ def test_pooled_connection_closed_by_the_server_is_replaced(mpy, fault):
     assert (fault.connections, fault.requests) == (2, 2)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_idle_connection_the_server_closed_is_not_given_a_post(mpy, fault, fault_tls, scheme):
+    # A POST is never sent again on a fresh connection: only the check of the idle connection before its reuse
+    # keeps it off the closed one (over TLS that check reads the socket: a poll of a TLS socket costs 1 ms)
+    srv = fault_tls if scheme == "https" else fault
+    got = sequential(mpy, [srv.url("/bytes/3000?closeafter=1"), srv.url("/echo")], method="POST", pause=0.2)
+    assert [g["status"] for g in got] == [200, 200], got
+    assert (srv.connections, srv.requests) == (2, 2)
+
+
 def test_partly_read_body_closes_its_connection(mpy, fault):
     r = mpy.run("""
 import aiohttp

@@ -237,11 +237,12 @@ class Connection:
             self.buf = None
             self.pos = self.filled = 0
 
-    def readable_by(self):
-        # What a read that got nothing waits on: under TLS the TCP socket, which select polls natively, where a TLS
-        # socket is polled by asking it in a loop with 1 ms sleeps (unix port). A TLS read that got nothing holds no
-        # whole record, so more must come over TCP first.
-        return self.tcp or self.sock
+    def readable_by(self, read_nothing=True):
+        # What a read waits on: under TLS the TCP socket, which select polls natively, where a TLS socket is polled
+        # by asking it in a loop with 1 ms sleeps (unix port). Only after the TLS socket itself was read and had
+        # nothing (read_nothing): then it holds no whole record, and more must come over TCP first. Otherwise bytes
+        # may sit decrypted inside it, which only it can tell.
+        return self.tcp if read_nothing and self.tcp is not None else self.sock
 
     def arm(self):
         # Before a wait: its deadline, for the watchdog to enforce on the running task

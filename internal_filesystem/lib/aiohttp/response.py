@@ -406,7 +406,7 @@ class _BodyRead:
         if state == _TO_WAIT:
             conn = self.reader._conn
             conn.arm()
-            poll.register(conn.readable_by(), False)
+            poll.register(self.reader._waits_on(), False)
             self.state = _WAITING
             return None
         if state == _IN_GENERATOR:
@@ -603,6 +603,13 @@ class StreamReader:
         conn.streak += n
         self._count(n)
         return data
+
+    def _waits_on(self):
+        # What a read that found nothing waits on (Connection.readable_by): the socket was read and had nothing,
+        # unless the frame was over and no size line was looked for (no read-ahead, or the trailers due)
+        remaining = self._remaining
+        conn = self._conn
+        return conn.readable_by(remaining > 0 or conn.buf is not None and remaining != _TRAILERS_DUE)
 
     def _readinto_rest(self, buf):
         # readinto_nowait's other cases: the rest of a frame shorter than buf, read-ahead bytes, the next chunk's

@@ -317,6 +317,60 @@ def test_tls_exact_bytes(mpy, fault_tls, certs, ca, where):
     assert fault_tls.connections == 1  # keep-alive over TLS too
 
 
+CHUNKED_HEAD_ONLY = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def records_of_512_byte_chunks():
+    # the head in a TLS record of its own, then one record of 20 chunks, each framed in 512 bytes: the read-ahead
+    # (512 bytes) ends at every chunk's CRLF while the rest of the record waits inside the TLS socket, decrypted
+    chunk = b"1f9\r\n" + b"c" * 0x1F9 + b"\r\n"
+    return [CHUNKED_HEAD_ONLY, chunk * 20 + b"0\r\n\r\n"], b"c" * 0x1F9 * 20
+
+
+def one_record_filling_the_read_ahead():
+    # head and first chunk fill the 512-byte read-ahead exactly, in the same record as the rest of the body
+    n = 512 - len(CHUNKED_HEAD_ONLY) - len(b"1c9\r\n") - 2
+    first = b"%x\r\n" % n + b"a" * n + b"\r\n"
+    return [CHUNKED_HEAD_ONLY + first + b"400\r\n" + b"b" * 1024 + b"\r\n0\r\n\r\n"], b"a" * n + b"b" * 1024
+
+
+TLS_RECORDS = """
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=5)) as session:
+        for how in ("read", "read(n)"):
+            try:
+                async with session.get(URL) as resp:
+                    if how == "read":
+                        body = await resp.read()
+                    else:
+                        body = b""
+                        while True:
+                            piece = await resp.content.read(4096)
+                            if not piece:
+                                break
+                            body += piece
+                result(how=how, sha=sha256(body))
+            except aiohttp.ClientError as e:
+                result(how=how, error=repr(e))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("records", [records_of_512_byte_chunks, one_record_filling_the_read_ahead])
+def test_chunked_tls_bytes_already_decrypted_are_read_without_waiting_for_more(mpy, certs, records):
+    # A read that found nothing in the read-ahead waits on the TCP socket only once the TLS socket itself had
+    # nothing: bytes of a record it decrypted already never come over TCP again (they timed out, 5 s)
+    steps, body = records()
+    srv = ScriptServer({"/r": steps}, certs=certs)
+    try:
+        r = mpy.run(TLS_RECORDS, URL=srv.url("/r"))
+    finally:
+        srv.close()
+    sha = hashlib.sha256(body).hexdigest()
+    assert r.results == [{"how": "read", "sha": sha}, {"how": "read(n)", "sha": sha}]
+
+
 @pytest.mark.parametrize("other", ["other_ca_der_path", "other_ca_pem_path"])
 def test_tls_with_the_wrong_ca_is_an_error(mpy, fault_tls, certs, other):
     r = mpy.run(TLS, URLS=[fault_tls.url("/bytes/1000")], CA=getattr(certs, other), PEM=None, WHERE="session")

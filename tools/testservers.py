@@ -859,16 +859,17 @@ class ScriptServer:
     connection reads its next request: keep-alive. `requests` records (connection number, method, path).
     """
 
-    def __init__(self, scripts):
+    def __init__(self, scripts, certs=None):
         self.scripts = scripts
         self.requests = []
         self.connections = 0
+        self._tls = certs.server_ctx() if certs else None  # TLS: each bytes step goes out as one record (< 16 KB)
         self.sock = socket.create_server((HOST, 0), backlog=64)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
     def url(self, path):
-        return "http://%s:%d%s" % (HOST, self.port, path)
+        return "%s://%s:%d%s" % ("https" if self._tls else "http", HOST, self.port, path)
 
     def _serve(self):
         while True:
@@ -883,6 +884,8 @@ class ScriptServer:
         conn.settimeout(10)
         data = b""
         try:
+            if self._tls:
+                conn = self._tls.wrap_socket(conn, server_side=True)
             while True:
                 while b"\r\n\r\n" not in data:
                     part = conn.recv(4096)

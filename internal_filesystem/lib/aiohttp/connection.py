@@ -240,8 +240,9 @@ class Connection:
     def readable_by(self, read_nothing=True):
         # What a read waits on: under TLS the TCP socket, which select polls natively, where a TLS socket is polled
         # by asking it in a loop with 1 ms sleeps (unix port). Only after the TLS socket itself was read and had
-        # nothing (read_nothing): then it holds no whole record, and more must come over TCP first. Otherwise bytes
-        # may sit decrypted inside it, which only it can tell.
+        # nothing (read_nothing): then it holds no whole record, and more must come over TCP first (a read that must
+        # write first would need renegotiation, which MicroPython's mbedTLS leaves off). Otherwise bytes may sit
+        # decrypted inside it, which only it can tell.
         return self.tcp if read_nothing and self.tcp is not None else self.sock
 
     def arm(self):

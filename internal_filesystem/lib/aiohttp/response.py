@@ -606,10 +606,12 @@ class StreamReader:
 
     def _waits_on(self):
         # What a read that found nothing waits on (Connection.readable_by): the socket was read and had nothing,
-        # unless the frame was over and no size line was looked for (no read-ahead, or the trailers due)
+        # unless the frame was over and no size line was read for (no read-ahead, the trailers due, or a chunk's
+        # CRLF taken from the read-ahead, which leaves it full: a size line read that found nothing leaves it empty)
         remaining = self._remaining
         conn = self._conn
-        return conn.readable_by(remaining > 0 or conn.buf is not None and remaining != _TRAILERS_DUE)
+        return conn.readable_by(remaining > 0 or conn.buf is not None and not conn.filled
+                                and remaining != _TRAILERS_DUE)
 
     def _readinto_rest(self, buf):
         # readinto_nowait's other cases: the rest of a frame shorter than buf, read-ahead bytes, the next chunk's

@@ -35,18 +35,18 @@ def run_case(server, client, workdir, case):
     return result, fuzz.judge(case, job, result)
 
 
-def test_every_mutated_answer_gives_exact_bytes_or_a_clean_failure(tmp_path):
+def test_every_mutated_answer_gives_exact_bytes_or_a_clean_failure(tmp_path, certs):
     seed = "%08x" % random.getrandbits(32) if SEED == "random" else SEED
     indexes = [int(ONLY)] if ONLY else range(10 ** 9)
     end = time.monotonic() + SECONDS
     outcomes = {}
     defects = []
-    with fuzz.FuzzServer() as server, fuzz.Client(tmp_path) as client:
+    with fuzz.FuzzServer() as plain, fuzz.FuzzServer(certs) as tls, fuzz.Client(tmp_path) as client:
         for i in indexes:
             if time.monotonic() > end or len(defects) >= MAX_DEFECTS:
                 break
             case = fuzz.make_case(seed, i)
-            result, problems = run_case(server, client, tmp_path, case)
+            result, problems = run_case(tls if case.tls else plain, client, tmp_path, case)
             outcomes[result["outcome"]] = outcomes.get(result["outcome"], 0) + 1
             if problems:
                 defects.append("%s\n  %s\n  repro: FUZZ_SEED=%s FUZZ_CASE=%d %s" % (

@@ -83,6 +83,7 @@ class Case:
     mutations: list = field(default_factory=list)  # what changed, in words
     good: bytes = b""  # the resource the next request on the same session fetches
     persistent: bool = True  # the well-formed answer leaves its connection open for the next request
+    tls: bool = False  # the answer goes over TLS, each write a record of its own
 
     @property
     def name(self):
@@ -156,6 +157,7 @@ def make_case(seed, index):
     answer = _well_formed(rng, case)
     case.well_formed = bytes(answer.data)
     _mutate(rng, case, answer)
+    case.tls = rng.random() < 0.3  # drawn last: the rest of a case is what it was before TLS cases existed
     return case
 
 
@@ -702,9 +704,10 @@ class FuzzServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self):
+    def __init__(self, certs=None):
         super().__init__((HOST, 0), _Handler)
         self.port = self.server_address[1]
+        self._tls = certs.server_ctx() if certs else None  # TLS: the handshake happens in the handler's thread
         self._cases = {}  # id -> [case, requests seen]
         self._next = 0
         self._lock = threading.Lock()
@@ -717,12 +720,18 @@ class FuzzServer(socketserver.ThreadingTCPServer):
         self.shutdown()
         self.server_close()
 
+    def get_request(self):
+        sock, address = super().get_request()
+        if self._tls:
+            sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def add(self, case):
         """-> (URL of the case, URL of its next request). Each call is a fresh id: a case may be run again."""
         with self._lock:
             self._next += 1
             self._cases[self._next] = [case, 0]
-        base = "http://%s:%d" % (HOST, self.port)
+        base = "%s://%s:%d" % ("https" if self._tls else "http", HOST, self.port)
         return "%s/case/%d" % (base, self._next), "%s/good/%d" % (base, self._next)
 
     def answer(self, path, headers):
@@ -876,6 +885,7 @@ def describe(case):
                                                     else "", len(case.well_formed)),
         "mutations: %s" % ("; ".join(case.mutations) or "none (timing only)"),
         "later requests: %s" % case.retries,
+        "over %s" % ("TLS, a record per write" if case.tls else "plain TCP"),
         "writes: %s" % (", ".join("%d (+%.0f ms)" % (e, p * 1000) for e, p in case.writes) or "one"),
         "strict reader: %s" % (msg.error or "status %d, %d bytes of body" % (msg.status, len(msg.body))),
         "answer as sent (%d bytes, then %s): %r" % (len(case.wire), case.ending, _shown(case.wire))]

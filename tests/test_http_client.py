@@ -195,6 +195,8 @@ RESPONSES = {
     "/bare-cr": b"HTTP/1.1 200 OK\r\nETag: \"a\"\rb\r\nContent-Length: 2\r\n\r\nok",
     # only whitespace is trimmed from a value: a control byte makes the length unreadable
     "/ctl-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n\r\nok",
+    # RFC 9112 section 6.1: an HTTP/1.0 answer with a Transfer-Encoding has faulty framing (no 1.0 server sends one)
+    "/http10-chunked": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     "/chunk-negative": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1;x\r\nabc\r\n0\r\n\r\n",
     "/empty": b"",
     # Content-Length as RFC 9112 section 6.3 has it: digits, and one number however often it is repeated
@@ -258,7 +260,7 @@ def test_well_formed_raw_response(mpy, raw):
                                   "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length",
                                   "/negative-length", "/plus-length", "/two-lengths", "/two-in-one-length",
                                   "/long-code", "/fold-first", "/latin1-name", "/space-in-name", "/odd-version",
-                                  "/bare-cr"])
+                                  "/bare-cr", "/http10-chunked"])
 def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
 

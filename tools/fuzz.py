@@ -15,7 +15,8 @@ result with only timing changed (splits, pauses) must be exact, and so must a re
 
 Why our own reader and not h11: h11 refuses what a client may accept (obs-fold, Transfer-Encoding together with
 Content-Length) and stops there, while the oracle needs this project's rules written out, in one place:
-- chunked in Transfer-Encoding wins over Content-Length; any other transfer coding is a failure;
+- chunked in Transfer-Encoding wins over Content-Length; any other transfer coding is a failure, and so is any
+  transfer coding in an HTTP/1.0 answer (RFC 9112 section 6.1);
 - a Content-Encoding other than gzip, x-gzip, deflate (zlib) and identity is a failure; codings stack;
 - a body shorter than its Content-Length, a chunked body cut short, a bad Content-Length are failures;
 - header and trailer names are tokens; a line may end in a bare LF; obs-fold joins lines with a space;

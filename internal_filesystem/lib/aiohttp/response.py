@@ -240,14 +240,17 @@ def _content_length(headers, status):
     return n
 
 
-def _framing(headers, status, bodyless):
+def _framing(headers, status, bodyless, version):
     # -> (Content-Length or None, chunked) as the head frames the body. Transfer codings other than chunked are
-    # refused: their bytes are not the resource.
+    # refused: their bytes are not the resource. So is any in an HTTP/1.0 answer, whose framing RFC 9112 (6.1)
+    # says to treat as faulty: no HTTP/1.0 server sends one.
     if bodyless:
         return 0, False
     codings = [t for t in headers.tokens("Transfer-Encoding") if t != "identity"]
     if not codings:
         return _content_length(headers, status), False
+    if version == "HTTP/1.0":
+        raise ClientResponseError(status, "Transfer-Encoding in an HTTP/1.0 answer")
     if codings != ["chunked"]:
         raise ClientResponseError(status, "unsupported Transfer-Encoding %r" % ", ".join(codings)[:40])
     return None, True
@@ -788,7 +791,8 @@ class ClientResponse(StreamReader):
         status = self.status
         if version != "HTTP/1.1" or "close" in headers.tokens("Connection") or status == 101:
             self._reusable = False  # (101: the connection now speaks another protocol)
-        length, chunked = _framing(headers, status, self.method == "HEAD" or status in (204, 304) or status == 101)
+        length, chunked = _framing(headers, status, self.method == "HEAD" or status in (204, 304) or status == 101,
+                                   version)
         if chunked and "content-length" in headers:
             self._reusable = False  # chunked wins (RFC 9112 section 6.3), but the sender is not to be trusted further
         self._set_framing(length, chunked)

@@ -197,6 +197,12 @@ RESPONSES = {
     "/ctl-length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n\r\nok",
     # RFC 9112 section 6.1: an HTTP/1.0 answer with a Transfer-Encoding has faulty framing (no 1.0 server sends one)
     "/http10-chunked": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    # a status is three digits from 100 to 599 (RFC 9110 section 15)
+    "/status-000": b"HTTP/1.1 000 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/status-600": b"HTTP/1.1 600 OK\r\nContent-Length: 2\r\n\r\nok",
+    # a coding the client can't undo is refused on an empty body too; a bodyless answer has nothing it applies to
+    "/empty-br": b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 0\r\n\r\n",
+    "/no-content-br": b"HTTP/1.1 204 No Content\r\nContent-Encoding: br\r\n\r\n",
     "/chunk-negative": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1;x\r\nabc\r\n0\r\n\r\n",
     "/empty": b"",
     # Content-Length as RFC 9112 section 6.3 has it: digits, and one number however often it is repeated
@@ -260,9 +266,14 @@ def test_well_formed_raw_response(mpy, raw):
                                   "/garbage", "/http09", "/bad-status", "/bad-header", "/bad-length", "/ctl-length",
                                   "/negative-length", "/plus-length", "/two-lengths", "/two-in-one-length",
                                   "/long-code", "/fold-first", "/latin1-name", "/space-in-name", "/odd-version",
-                                  "/bare-cr", "/http10-chunked"])
+                                  "/bare-cr", "/http10-chunked", "/status-000", "/status-600", "/empty-br"])
 def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientResponseError"
+
+
+def test_a_coding_on_a_bodyless_answer_is_no_error(mpy, raw):
+    assert heads(mpy, raw, ["/no-content-br"])["/no-content-br"] == {
+        "path": "/no-content-br", "status": 204, "body": "", "n": 1}
 
 
 def test_chunk_extensions_are_read_past(mpy, raw):

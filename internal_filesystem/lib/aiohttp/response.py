@@ -144,8 +144,8 @@ async def read_head(conn):
             raise ServerDisconnectedError("server closed the connection without a response")
         parts = latin1(line).rstrip("\r\n").split(" ", 2)
         if (_len(parts) < 2 or _len(parts[0]) != 8 or not parts[0].startswith("HTTP/1.") or not parts[0][7].isdigit()
-                or _len(parts[1]) != 3 or not parts[1].isdigit()):
-            raise ClientResponseError(0, "bad status line %r" % line[:80])
+                or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"):
+            raise ClientResponseError(0, "bad status line %r" % line[:80])  # (a status is 100 to 599)
         status = int(parts[1])
         size += _len(line)
         blocks = [bytearray()]  # each field copied from the read-ahead once (see CIMultiDictProxy)
@@ -791,17 +791,17 @@ class ClientResponse(StreamReader):
         status = self.status
         if version != "HTTP/1.1" or "close" in headers.tokens("Connection") or status == 101:
             self._reusable = False  # (101: the connection now speaks another protocol)
-        length, chunked = _framing(headers, status, self.method == "HEAD" or status in (204, 304) or status == 101,
-                                   version)
+        bodyless = self.method == "HEAD" or status in (204, 304) or status == 101
+        length, chunked = _framing(headers, status, bodyless, version)
         if chunked and "content-length" in headers:
             self._reusable = False  # chunked wins (RFC 9112 section 6.3), but the sender is not to be trusted further
         self._set_framing(length, chunked)
         if conn.chunked != chunked:
             conn.chunked = chunked
         conn.handed_out(0)
-        if self._session._auto_decompress and not self._eof:
-            coding = _coding(headers, status)
-            if coding is not None:
+        if self._session._auto_decompress and not bodyless:
+            coding = _coding(headers, status)  # one it can't undo is refused, even on an empty body
+            if coding is not None and not self._eof:
                 from .compression import Inflate
 
                 self._decoder = Inflate(self, coding)

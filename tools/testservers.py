@@ -851,25 +851,28 @@ class RealServer(_LoopThread):
 
 # ---------------------------------------------------------------- scripted raw server
 
-class ScriptServer:
-    """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
+class _ThreadServer:
+    """A listening socket on HOST, a thread per connection running self._answer(conn, its number from 1); with certs,
+    TLS (the handshake in that thread). Usable with `with`."""
 
-    scripts[path] is a list of steps: bytes are sent, a number is a pause in seconds, "close" ends the
-    connection (after the client has closed its side, so unread data causes no RST). Without "close" the
-    connection reads its next request: keep-alive. `requests` records (connection number, method, path).
-    """
-
-    def __init__(self, scripts, certs=None):
-        self.scripts = scripts
-        self.requests = []
+    def __init__(self, certs=None):
         self.connections = 0
-        self._tls = certs.server_ctx() if certs else None  # TLS: each bytes step goes out as one record (< 16 KB)
+        self._tls = certs.server_ctx() if certs else None
         self.sock = socket.create_server((HOST, 0), backlog=64)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
-    def url(self, path):
-        return "%s://%s:%d%s" % ("https" if self._tls else "http", HOST, self.port, path)
+    def url(self, path, host=HOST):
+        return "%s://%s:%d%s" % ("https" if self._tls else "http", host, self.port, path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
 
     def _serve(self):
         while True:
@@ -879,6 +882,20 @@ class ScriptServer:
                 return
             self.connections += 1
             threading.Thread(target=self._answer, args=(conn, self.connections), daemon=True).start()
+
+
+class ScriptServer(_ThreadServer):
+    """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
+
+    scripts[path] is a list of steps: bytes are sent, a number is a pause in seconds, "close" ends the
+    connection (after the client has closed its side, so unread data causes no RST). Without "close" the
+    connection reads its next request: keep-alive. `requests` records (connection number, method, path).
+    """
+
+    def __init__(self, scripts, certs=None):
+        self.scripts = scripts  # (set before the first connection can be answered)
+        self.requests = []
+        super().__init__(certs)  # TLS: each bytes step goes out as one record (< 16 KB)
 
     def _answer(self, conn, number):
         conn.settimeout(10)
@@ -919,44 +936,15 @@ class ScriptServer:
         finally:
             conn.close()
 
-    def close(self):
-        self.sock.close()
-
 
 # ---------------------------------------------------------------- the benchmark's fast server
 
-class FastServer:
+class FastServer(_ThreadServer):
     """GET /bytes/N (N bytes of payload(N)) answered as fast as CPython can, for the benchmark's floors: a thread per
     connection on blocking sockets with TCP_NODELAY, the head and a small body in one send, keep-alive as HTTP/1.1
     says (HTTP/1.0 or Connection: close end the connection after the answer). With certs, TLS."""
 
-    def __init__(self, certs=None):
-        self.certs = certs
-        self._tls = certs.server_ctx() if certs else None
-        self.sock = socket.create_server((HOST, 0), backlog=64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def url(self, path, host=HOST):
-        return "%s://%s:%d%s" % ("https" if self.certs else "http", host, self.port, path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.sock.close()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
+    def _answer(self, conn, number):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             if self._tls:

@@ -250,7 +250,7 @@ run(main())
 # ---------------------------------------------------------------- heap
 
 HEAP = """
-import aiohttp, gc
+import aiohttp, asyncio, gc
 
 async def fetch(session, url, buf, sha, held):
     # One request read to its end, in a frame of its own: gone when `after` is measured. Fills held (its
@@ -284,7 +284,11 @@ async def fetch(session, url, buf, sha, held):
     held["got"] = got
 
 async def warm_up(session):
-    # import-time and first-use allocations out of the way (a frame of its own too)
+    # import-time and first-use allocations out of the way (a frame of its own too): the error classes are made
+    # when first named (a retried stale connection names them), asyncio loads its stream module on the public
+    # path's first wait
+    aiohttp.ClientError
+    asyncio.StreamReader
     async with session.get(WARM) as resp:
         await resp.read()
 

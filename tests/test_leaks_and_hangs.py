@@ -262,7 +262,9 @@ def test_a_head_under_the_cap_is_read_in_a_small_heap(mpy, fault):
 
 SMALL_HEAP = """
 from mpos import DownloadManager
-import aiohttp  # (DownloadManager imports it with its first download: FREE is what is left after both)
+import aiohttp
+import mpos.net.download  # with aiohttp.ClientSession below: what the first download loads, so that FREE is
+aiohttp.ClientSession  # what the download itself has
 async def main():
     ballast = leave_free(FREE)
     try:

@@ -612,6 +612,8 @@ LEAN_FILE = """
 import gc
 from mpos import DownloadManager
 import aiohttp
+import mpos.net.download  # with aiohttp.ClientSession below: what the first download loads, so that FREE is
+aiohttp.ClientSession  # what the download itself has
 keep = leave_free(FREE) if FREE else None
 gc.collect()
 free = gc.mem_free()

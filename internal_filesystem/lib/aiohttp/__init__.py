@@ -4,33 +4,30 @@
 # errors, poll (where it meets asyncio), compression and websocket (loaded only when a body is coded, or on the first
 # ws_connect). docs/design.md tells how a byte goes from the socket to the caller.
 
-from .client import DEFAULT_TIMEOUT, ClientSession, ClientTimeout, check_headers
-from .connection import tls_context
-from .errors import (ClientConnectionError, ClientConnectorCertificateError, ClientConnectorDNSError, ClientError,
-                     ClientPayloadError, ClientResponseError, ClientSSLError, InvalidURL, InvalidUrlRedirectClientError,
-                     ServerDisconnectedError, ServerTimeoutError, TooManyRedirects)
-from .response import CIMultiDictProxy, ClientResponse, StreamReader
-from .url import join_url, split_url
-
 __version__ = "1.0.0"
 
-# The websocket names, loaded with their module on first use (as extmod/asyncio/__init__.py loads its rare parts)
-_LAZY = {
-    "WSMsgType": "websocket",
-    "WSMessage": "websocket",
-    "WSCloseCode": "websocket",
-    "WSServerHandshakeError": "websocket",
-    "WSMessageTypeError": "websocket",
-    "ClientWebSocketResponse": "websocket",
-    "ClientWSTimeout": "websocket",
-    "WebSocketError": "websocket",
-    "ClientConnectionResetError": "websocket",
-}
+# Each public name loads with its module on first use, as extmod/asyncio/__init__.py loads its parts: `import aiohttp`
+# costs a module object, and the heap for the client is taken when an app first names it (docs/performance.md).
+# A tuple of constants is stored with the bytecode, so this table takes no heap.
+_WHERE = (
+    ("client", "ClientSession", "ClientTimeout", "DEFAULT_TIMEOUT", "check_headers"),
+    ("connection", "tls_context"),
+    ("errors", "ClientError", "ClientConnectionError", "ClientConnectorCertificateError", "ClientConnectorDNSError",
+     "ClientPayloadError", "ClientResponseError", "ClientSSLError", "InvalidURL", "InvalidUrlRedirectClientError",
+     "ServerDisconnectedError", "ServerTimeoutError", "TooManyRedirects"),
+    ("response", "CIMultiDictProxy", "ClientResponse", "StreamReader"),
+    ("url", "join_url", "split_url"),
+    ("poll",),
+    ("websocket", "WSMsgType", "WSMessage", "WSCloseCode", "WSServerHandshakeError", "WSMessageTypeError",
+     "ClientWebSocketResponse", "ClientWSTimeout", "WebSocketError", "ClientConnectionResetError"),
+)
 
 
 def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(name)
-    value = globals()[name] = getattr(__import__(module, globals(), None, True, 1), name)
-    return value
+    # A module's own name gives the module: `from . import poll` asks the package before it imports the module
+    for names in _WHERE:
+        if name in names:
+            module = __import__(names[0], globals(), None, True, 1)
+            value = globals()[name] = module if name == names[0] else getattr(module, name)
+            return value
+    raise AttributeError(name)

@@ -6,8 +6,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from . import poll
 from .connection import Connection, forget, resolve, tls_context
-from .errors import (ClientConnectionError, ClientResponseError, InvalidURL, InvalidUrlRedirectClientError,
-                     ServerDisconnectedError, TooManyRedirects)
+from . import errors
 from .response import ClientResponse
 from .url import form_encode, host_port, is_absolute, join_url, split_url
 
@@ -217,7 +216,7 @@ class ClientSession:
                 conn.open(await resolve(key[1], key[2], ms(timeout.connect), conn.deadline))
             except OSError as e:
                 self._done_with(conn, False)
-                raise ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
+                raise errors.ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
             except BaseException:
                 self._done_with(conn, False)
                 raise
@@ -297,9 +296,9 @@ class ClientSession:
                 method, data = "GET", None
                 fields.pop("content-type", None)
             if (method, new) in seen:
-                raise TooManyRedirects(resp.status, "redirect loop at %s" % new)
+                raise errors.TooManyRedirects(resp.status, "redirect loop at %s" % new)
             if len(seen) > hops:
-                raise TooManyRedirects(resp.status, "more than %d redirects" % hops)
+                raise errors.TooManyRedirects(resp.status, "more than %d redirects" % hops)
             url = new
 
     def _redirect(self, resp, method, url, fields):
@@ -307,11 +306,11 @@ class ClientSession:
         try:
             new = join_url(url, resp.headers["Location"])
             new_origin = split_url(new)[:3]
-        except InvalidURL as e:  # the server's URL, not the caller's: a bad response
-            raise InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
+        except errors.InvalidURL as e:  # the server's URL, not the caller's: a bad response
+            raise errors.InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
         origin = split_url(url)[:3]
         if origin[0] == "https" and new_origin[0] == "http" and not self._allow_downgrade:
-            raise ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
+            raise errors.ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
         if new_origin != origin:
             for name in ("authorization", "cookie", "host"):
                 fields.pop(name, None)
@@ -353,12 +352,12 @@ class ClientSession:
                 # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
                 again = reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
                 self._done_with(conn, False)
-                if not reused and isinstance(e, (OSError, ClientConnectionError)):
+                if not reused and isinstance(e, (OSError, errors.ClientConnectionError)):
                     forget(host, port)  # a new connection failed: its address may be out of date
-                if again and isinstance(e, (OSError, ServerDisconnectedError)):
+                if again and isinstance(e, (OSError, errors.ServerDisconnectedError)):
                     continue
                 if isinstance(e, OSError):
-                    raise ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
+                    raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
                 raise
 
 

@@ -4,7 +4,7 @@
 import io
 from micropython import const
 
-from .errors import ClientPayloadError
+from . import errors
 
 _INPUT = const(4096)  # coded bytes kept in hand
 _AHEAD = const(1536)  # topped up below this: one small output step can then never run the decoder dry
@@ -104,4 +104,5 @@ class Inflate:
     def _fail(self, reason):
         # a body whose HTTP framing ended cleanly leaves its connection reusable
         self._reader._let_go(self._arrived)
-        raise ClientPayloadError("compressed body is corrupt or cut short" + (" (%s)" % (reason,) if reason else ""))
+        reason = " (%s)" % (reason,) if reason else ""
+        raise errors.ClientPayloadError("compressed body is corrupt or cut short" + reason)

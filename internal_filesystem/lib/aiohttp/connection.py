@@ -10,8 +10,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 import asyncio
 
 from . import poll
-from .errors import (ClientConnectorCertificateError, ClientConnectorDNSError, ClientResponseError,
-                     ServerDisconnectedError, ServerTimeoutError)
+from . import errors
 
 try:
     import _thread  # host names are looked up on a worker thread where there is one
@@ -143,7 +142,7 @@ def _dns_error(host, e):
             code = int(code.rstrip("]").rsplit(" ", 1)[-1])
         except ValueError:
             code = None
-    return ClientConnectorDNSError("cannot resolve %s: %s" % (host, e), code)
+    return errors.ClientConnectorDNSError("cannot resolve %s: %s" % (host, e), code)
 
 
 async def resolve(host, port, connect_ms, end):
@@ -158,7 +157,7 @@ async def resolve(host, port, connect_ms, end):
     while lookup is None or not lookup.done:
         if end is not None and ticks_diff(ticks_ms(), end) >= 0:
             # its thread finishes on its own; what it finds is kept for the next request
-            raise ServerTimeoutError("looking up %s took longer than the connect timeout" % host, ETIMEDOUT)
+            raise errors.ServerTimeoutError("looking up %s took longer than the connect timeout" % host, ETIMEDOUT)
         await asyncio.sleep_ms(_DNS_POLL_MS)
         if lookup is None:
             lookup = _start_lookup(host, port)
@@ -168,7 +167,7 @@ async def resolve(host, port, connect_ms, end):
     if lookup.error is not None:
         raise lookup.error
     if address is None:
-        raise ClientConnectorDNSError("cannot resolve %s: no address" % host)
+        raise errors.ClientConnectorDNSError("cannot resolve %s: no address" % host)
     return address
 
 
@@ -260,7 +259,7 @@ class Connection:
         self.wait_until = None
         # (asyncio throws the class CancelledError, a generator gets an instance)
         if self.timed_out and (e is asyncio.CancelledError or isinstance(e, asyncio.CancelledError)):
-            raise ServerTimeoutError("timed out", ETIMEDOUT)
+            raise errors.ServerTimeoutError("timed out", ETIMEDOUT)
         raise e
 
     def wait(self):
@@ -279,7 +278,7 @@ class Connection:
         yield from asyncio.sleep_ms(0)
         self.streak = 0
         if self.deadline is not None and ticks_diff(ticks_ms(), self.deadline) >= 0:
-            raise ServerTimeoutError("request took longer than its total timeout", ETIMEDOUT)
+            raise errors.ServerTimeoutError("request took longer than its total timeout", ETIMEDOUT)
 
     def recv(self, view):
         # async: at most len(view) bytes from the socket; 0 when the peer closed
@@ -288,7 +287,7 @@ class Connection:
         while True:
             sock = self.sock
             if sock is None:
-                raise ServerDisconnectedError("connection closed")
+                raise errors.ServerDisconnectedError("connection closed")
             n = sock.readinto(view)
             if n is not None:
                 self.streak += n
@@ -299,13 +298,13 @@ class Connection:
     def send(self, data):
         # async: all of data (this also completes a pending connect or TLS handshake)
         if self.sock is None:
-            raise ServerDisconnectedError("connection closed")
+            raise errors.ServerDisconnectedError("connection closed")
         self.arm()
         try:
             yield from poll.write_all(self.sock, data)
         except ValueError as e:
             # mbedTLS reports a certificate that did not verify as ValueError, with the reason as its text
-            raise ClientConnectorCertificateError("TLS certificate verification failed: %s" % _one_line(e))
+            raise errors.ClientConnectorCertificateError("TLS certificate verification failed: %s" % _one_line(e))
         except BaseException as e:
             self.woke(e)
         self.wait_until = None
@@ -332,7 +331,7 @@ class Connection:
             self.pos = 0
         if filled == _len(buf):
             if filled >= LINE_MAX:
-                raise ClientResponseError(0, "header or chunk line longer than %d bytes" % LINE_MAX)
+                raise errors.ClientResponseError(0, "header or chunk line longer than %d bytes" % LINE_MAX)
             bigger = bytearray(2 * filled)
             bigger[:filled] = buf
             self.buf = buf = bigger
@@ -350,7 +349,7 @@ class Connection:
             searched = self.filled - self.pos
             if not (yield from self.fill()):
                 if self.filled > self.pos:
-                    raise ServerDisconnectedError("connection closed inside a line")
+                    raise errors.ServerDisconnectedError("connection closed inside a line")
                 return 0
 
     def readline(self):

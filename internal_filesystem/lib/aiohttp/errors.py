@@ -1,61 +1,70 @@
 # The client's exceptions, with CPython aiohttp's names and hierarchy where MicroPython allows it.
+#
+# The classes are made when one of them is first named (module __getattr__), all at once: each costs about 250 bytes
+# of heap (docs/performance.md), and a download that goes well names none. The modules raise them as
+# `errors.ServerDisconnectedError(...)`; `from .errors import X` makes them too.
 
 
-class ClientError(Exception):
-    pass
+def __getattr__(name):
+    made = globals()
+    # The last class made says they all are. Once only, or a second set would not catch the first's exceptions;
+    # again after a MemoryError cut the first making short, or the names it did not reach would stay missing.
+    if "InvalidUrlRedirectClientError" not in made:
+        _define()
+    if name not in made:
+        raise AttributeError(name)
+    return made[name]
 
 
-class ClientConnectionError(ClientError):
-    # .errno carries the socket's error number when there is one, as a plain OSError would
-    def __init__(self, msg, errno=None):
-        super().__init__(msg)
-        self.errno = errno
+def _define():
+    global ClientError, ClientConnectionError, ServerDisconnectedError, ServerTimeoutError, ClientSSLError
+    global ClientConnectorCertificateError, ClientConnectorDNSError, ClientPayloadError, ClientResponseError
+    global TooManyRedirects, InvalidURL, InvalidUrlRedirectClientError
 
+    class ClientError(Exception):
+        pass
 
-class ServerDisconnectedError(ClientConnectionError):
-    pass
+    class ClientConnectionError(ClientError):
+        # .errno carries the socket's error number when there is one, as a plain OSError would
+        def __init__(self, msg, errno=None):
+            super().__init__(msg)
+            self.errno = errno
 
+    class ServerDisconnectedError(ClientConnectionError):
+        pass
 
-class ServerTimeoutError(ClientConnectionError):
-    # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
-    pass
+    class ServerTimeoutError(ClientConnectionError):
+        # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
+        pass
 
+    class ClientSSLError(ClientConnectionError):
+        pass
 
-class ClientSSLError(ClientConnectionError):
-    pass
+    class ClientConnectorCertificateError(ClientSSLError):
+        # the server's certificate did not verify against the configured CA: trying again cannot help
+        pass
 
+    class ClientConnectorDNSError(ClientConnectionError):
+        # a host name that could not be looked up; .errno is the resolver's code when it gave one
+        pass
 
-class ClientConnectorCertificateError(ClientSSLError):
-    # the server's certificate did not verify against the configured CA: trying again cannot help
-    pass
+    class ClientPayloadError(ClientError):
+        pass
 
+    class ClientResponseError(ClientError):
+        def __init__(self, status, message="", headers=None):
+            super().__init__("%d, message=%r" % (status, message))
+            self.status = status
+            self.message = message
+            self.headers = headers
 
-class ClientConnectorDNSError(ClientConnectionError):
-    # a host name that could not be looked up; .errno is the resolver's code when it gave one
-    pass
+    class TooManyRedirects(ClientResponseError):
+        pass
 
+    class InvalidURL(ValueError):
+        # a bad URL given by the caller: a ValueError only (aiohttp's is a ClientError too; see ServerTimeoutError)
+        pass
 
-class ClientPayloadError(ClientError):
-    pass
-
-
-class ClientResponseError(ClientError):
-    def __init__(self, status, message="", headers=None):
-        super().__init__("%d, message=%r" % (status, message))
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-class TooManyRedirects(ClientResponseError):
-    pass
-
-
-class InvalidURL(ValueError):
-    # a bad URL given by the caller: a ValueError only (aiohttp's is a ClientError too; see ServerTimeoutError)
-    pass
-
-
-class InvalidUrlRedirectClientError(ClientResponseError):
-    # a redirect whose Location is no URL we can follow: the server's answer was bad, with the status it came with
-    pass
+    class InvalidUrlRedirectClientError(ClientResponseError):
+        # a redirect whose Location is no URL we can follow: the server's answer was bad, with the status it came with
+        pass

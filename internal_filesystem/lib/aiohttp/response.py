@@ -10,7 +10,7 @@ import sys
 from micropython import const
 
 from . import poll
-from .errors import ClientPayloadError, ClientResponseError, ServerDisconnectedError
+from . import errors
 
 _HEADERS_MAX = const(100)  # header fields in one head
 _HEAD_MAX = const(32768)  # bytes in one head
@@ -141,11 +141,11 @@ async def read_head(conn):
     while True:
         line = await conn.readline()
         if not line:
-            raise ServerDisconnectedError("server closed the connection without a response")
+            raise errors.ServerDisconnectedError("server closed the connection without a response")
         parts = latin1(line).rstrip("\r\n").split(" ", 2)
         if (_len(parts) < 2 or _len(parts[0]) != 8 or not parts[0].startswith("HTTP/1.") or not parts[0][7].isdigit()
                 or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"):
-            raise ClientResponseError(0, "bad status line %r" % line[:80])  # (a status is 100 to 599)
+            raise errors.ClientResponseError(0, "bad status line %r" % line[:80])  # (a status is 100 to 599)
         status = int(parts[1])
         size += _len(line)
         blocks = [bytearray()]  # each field copied from the read-ahead once (see CIMultiDictProxy)
@@ -153,19 +153,20 @@ async def read_head(conn):
         while True:
             end = await conn.line_end()
             if not end:
-                raise ServerDisconnectedError("connection closed inside the response head")
+                raise errors.ServerDisconnectedError("connection closed inside the response head")
             buf, start = conn.buf, conn.pos
             if buf[start] in (10, 13) and end - start <= 2:  # the blank line
                 conn.pos = end
                 break
             fields += 1
             if fields > _HEADERS_MAX:
-                raise ClientResponseError(status, "too many header fields")
+                raise errors.ClientResponseError(status, "too many header fields")
             size += end - start  # (each line is capped by the read-ahead's limit; their sum is capped here)
             if size > _HEAD_MAX:
-                raise ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
+                raise errors.ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
             if not _add_field(blocks, buf, start, end):
-                raise ClientResponseError(status, "bad header line %r" % bytes(buf[start : min(end, start + 80)]))
+                line = bytes(buf[start : min(end, start + 80)])
+                raise errors.ClientResponseError(status, "bad header line %r" % line)
             conn.pos = end
         if not 100 <= status < 200 or status == 101:
             break
@@ -235,7 +236,7 @@ def _content_length(headers, status):
     for value in ",".join(values).split(","):
         value = value.strip()
         if not value.isdigit() or n is not None and int(value) != n or int(value) > sys.maxsize:
-            raise ClientResponseError(status, "bad Content-Length %r" % ", ".join(values)[:40])
+            raise errors.ClientResponseError(status, "bad Content-Length %r" % ", ".join(values)[:40])
         n = int(value)
     return n
 
@@ -250,9 +251,9 @@ def _framing(headers, status, bodyless, version):
     if not codings:
         return _content_length(headers, status), False
     if version == "HTTP/1.0":
-        raise ClientResponseError(status, "Transfer-Encoding in an HTTP/1.0 answer")
+        raise errors.ClientResponseError(status, "Transfer-Encoding in an HTTP/1.0 answer")
     if codings != ["chunked"]:
-        raise ClientResponseError(status, "unsupported Transfer-Encoding %r" % ", ".join(codings)[:40])
+        raise errors.ClientResponseError(status, "unsupported Transfer-Encoding %r" % ", ".join(codings)[:40])
     return None, True
 
 
@@ -263,7 +264,7 @@ def _coding(headers, status):
     if not codings:
         return None
     if _len(codings) > 1 or codings[0] not in _DECODABLE:
-        raise ClientResponseError(status, "cannot decode Content-Encoding %r" % ", ".join(codings)[:40])
+        raise errors.ClientResponseError(status, "cannot decode Content-Encoding %r" % ", ".join(codings)[:40])
     return codings[0]
 
 
@@ -516,15 +517,15 @@ class StreamReader:
         conn = self._conn
         if self._remaining == _CRLF_DUE:
             if (await conn.readline()) not in (b"\r\n", b"\n"):
-                raise ClientPayloadError("malformed chunked encoding")
+                raise errors.ClientPayloadError("malformed chunked encoding")
             self._remaining = 0
         if not self._remaining:
             line = await conn.readline()
             if not line:
-                raise ClientPayloadError("response payload is not completed (chunked body cut short)")
+                raise errors.ClientPayloadError("response payload is not completed (chunked body cut short)")
             n = _chunk_size_line(line)
             if n < 0:
-                raise ClientPayloadError("bad chunk size line %r" % line[:40])
+                raise errors.ClientPayloadError("bad chunk size line %r" % line[:40])
             if n:
                 self._remaining = n
                 return n
@@ -532,11 +533,11 @@ class StreamReader:
         while True:  # the trailers, up to the empty line
             line = await conn.readline()
             if not line:
-                raise ClientPayloadError("response payload is not completed (no end of trailers)")
+                raise errors.ClientPayloadError("response payload is not completed (no end of trailers)")
             if line in (b"\r\n", b"\n"):
                 break
             if not is_field(line, 0, _len(line)):  # (a lost chunk-size line makes the rest of the body look like these)
-                raise ClientPayloadError("bad trailer line %r" % line[:40])
+                raise errors.ClientPayloadError("bad trailer line %r" % line[:40])
         self._body_ended(True)
         return 0
 
@@ -722,7 +723,7 @@ class StreamReader:
         # short like any other. The connection goes.
         self._eof = True
         self._let_go(False)
-        raise ClientPayloadError("response payload is not completed (%s)" % (reason,))
+        raise errors.ClientPayloadError("response payload is not completed (%s)" % (reason,))
 
     async def _readinto_framed(self, buf):
         try:
@@ -740,7 +741,7 @@ class StreamReader:
                 conn.handed_out(n)
             else:
                 if conn.sock is None:
-                    raise ServerDisconnectedError("connection closed")
+                    raise errors.ServerDisconnectedError("connection closed")
                 n = await conn.recv(buf if _len(buf) <= remaining else memoryview(buf)[:remaining])
                 if not n:
                     if self._until_close:
@@ -748,11 +749,11 @@ class StreamReader:
                         return 0
                     self._eof = True
                     self._let_go(False)
-                    raise ClientPayloadError("response payload is not completed (connection closed early)")
+                    raise errors.ClientPayloadError("response payload is not completed (connection closed early)")
             return self._count(n)
         except OSError as e:
             self._cut_short(e)
-        except ServerDisconnectedError as e:  # the body ended inside a chunk-size line or the trailers
+        except errors.ServerDisconnectedError as e:  # the body ended inside a chunk-size line or the trailers
             if self._conn.sock is None:
                 raise  # no: this response was released, or its session closed
             self._cut_short(e)
@@ -893,7 +894,7 @@ class ClientResponse(StreamReader):
     def raise_for_status(self):
         if self.status >= 400:
             self.release()
-            raise ClientResponseError(self.status, self.reason, self.headers)
+            raise errors.ClientResponseError(self.status, self.reason, self.headers)
 
     async def __aenter__(self):
         return self

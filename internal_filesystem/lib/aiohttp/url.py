@@ -1,6 +1,6 @@
 # URLs: split into what a request needs, Locations resolved against them (RFC 3986), form encoding.
 
-from .errors import InvalidURL
+from . import errors
 
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 
@@ -8,16 +8,16 @@ _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.
 def split_url(url):
     """-> (scheme, host, port, target). Raises InvalidURL naming the problem."""
     if not isinstance(url, str):
-        raise InvalidURL("URL must be str, not %s" % type(url).__name__)
+        raise errors.InvalidURL("URL must be str, not %s" % type(url).__name__)
     for c in url:
         if c <= " " or c == "\x7f":
-            raise InvalidURL("URL contains whitespace or a control character: %r" % url)
+            raise errors.InvalidURL("URL contains whitespace or a control character: %r" % url)
     i = url.find("://")
     if i < 0:
-        raise InvalidURL("URL has no scheme: %r" % url)
+        raise errors.InvalidURL("URL has no scheme: %r" % url)
     scheme = url[:i].lower()
     if scheme not in ("http", "https"):
-        raise InvalidURL("unsupported URL scheme %r (only http and https)" % scheme)
+        raise errors.InvalidURL("unsupported URL scheme %r (only http and https)" % scheme)
     rest = url[i + 3 :]
     end = len(rest)
     for c in "/?#":
@@ -29,12 +29,12 @@ def split_url(url):
     if not target.startswith("/"):
         target = "/" + target
     if "@" in authority:
-        raise InvalidURL("credentials in the URL are not supported: %r" % url)
+        raise errors.InvalidURL("credentials in the URL are not supported: %r" % url)
     port = default_port(scheme)
     if authority.startswith("["):  # an IPv6 literal
         k = authority.find("]")
         if k < 0:
-            raise InvalidURL("bad IPv6 address in %r" % url)
+            raise errors.InvalidURL("bad IPv6 address in %r" % url)
         host, tail = authority[1:k], authority[k + 1 :]
     else:
         host, colon, digits = authority.partition(":")
@@ -42,10 +42,10 @@ def split_url(url):
     if tail:
         digits = tail[1:]
         if tail[0] != ":" or not digits.isdigit() or not 0 < int(digits) < 65536:
-            raise InvalidURL("bad port in URL: %r" % url)
+            raise errors.InvalidURL("bad port in URL: %r" % url)
         port = int(digits)
     if not host:
-        raise InvalidURL("URL has no host: %r" % url)
+        raise errors.InvalidURL("URL has no host: %r" % url)
     return scheme, host, port, target
 
 

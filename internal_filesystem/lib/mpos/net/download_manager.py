@@ -20,8 +20,8 @@ import gc
 from .._log import warning
 from . import admission
 from .admission import is_session_active
-from .download import (STATE_NAMES, Download, DownloadError, DownloadTimeout, HTTPError, IntegrityError,
-                       LocalFileError, NetworkError, OutOfMemory, TLSError, is_network_error, redact, with_user_agent)
+from .errors import (DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError, NetworkError,
+                     OutOfMemory, TLSError, is_network_error)
 from .partfile import get_resume_position
 
 
@@ -33,6 +33,8 @@ async def close_session():
 
 def downloads():
     """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked)."""
+    from .download import STATE_NAMES, redact
+
     return [
         {"url": redact(d.url) if d.redact_url else d.url, "state": STATE_NAMES[d.state],
          "done": d.kept + d.delivered, "total": d.total_size or d.resource_size, "speed": d.speed}
@@ -103,7 +105,12 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
     """
     options["progress_callback"] = progress_callback
     _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
-    kind = Download
+    # The download classes load with the first download, not with DownloadManager (docs/performance.md). They read
+    # the tunables an app sets on DownloadManager through this one reference, handed down from here: the modules
+    # below never import this one.
+    from .download import Download as kind
+
+    kind.tunables = DownloadManager
     if (options.get("segments") or 1) > 1:
         from .segments import Segmented as kind  # only then: on the device every module costs heap
     download = kind(url, outfile, chunk_callback, total_size, headers, options)
@@ -111,6 +118,8 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
 
 
 async def _post(url, data, headers, redact_url):
+    from .download import redact, with_user_agent
+
     shown = redact(url) if redact_url else url
     sess = admission.acquire_session()
     if sess is None:
@@ -168,10 +177,7 @@ class DownloadManager:
     TLSError = TLSError
 
 
-# Downloads read the tunables an app sets on DownloadManager through this one reference, handed down from here: the
-# modules below never import this one
-Download.tunables = DownloadManager
-
 # What the imports above left behind (the import machinery's paths, the loader's buffers) is collected now, so the
-# allocations that come next (aiohttp's, on the first download) fill its holes instead of the heap's free end.
+# allocations that come next (aiohttp's and download.py's, on the first download) fill its holes instead of the
+# heap's free end.
 gc.collect()

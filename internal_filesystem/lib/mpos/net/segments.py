@@ -15,8 +15,8 @@ import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
 
 from . import admission, partfile
-from .download import (CONNECTING, DOWNLOADING, TRANSIENT_STATUSES, Download, DownloadError, HTTPError,
-                       LocalFileError, classify, parse_content_range, with_user_agent)
+from .download import CONNECTING, DOWNLOADING, TRANSIENT_STATUSES, Download, parse_content_range, with_user_agent
+from .errors import DownloadError, HTTPError, LocalFileError, classify
 
 min_segment = 16384  # bytes: a smaller piece is not worth a request (and a TLS handshake) of its own
 save_ms = 1000  # record rewrites while data comes in, at most this often (flash wear vs. bytes fetched again)

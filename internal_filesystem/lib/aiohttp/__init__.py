@@ -23,11 +23,33 @@ _WHERE = (
 )
 
 
+try:
+    import _thread
+
+    _loading = _thread.allocate_lock()  # a second thread would find a module half run: imports take no lock
+except ImportError:  # a port without threads
+    _loading = None
+
+
 def __getattr__(name):
-    # A module's own name gives the module: `from . import poll` asks the package before it imports the module
     for names in _WHERE:
         if name in names:
-            module = __import__(names[0], globals(), None, True, 1)
-            value = globals()[name] = module if name == names[0] else getattr(module, name)
-            return value
+            if name == names[0]:  # a module: `from . import poll` asks the package before it imports the module
+                return __import__(name, globals(), None, True, 1)
+            return _load(names[0], name)
     raise AttributeError(name)
+
+
+def _load(module, name):
+    # A public name, by one thread at a time (a module's own imports come back through __getattr__ for modules
+    # only, so this lock is never taken twice)
+    if _loading:
+        _loading.acquire()
+    try:
+        here = globals()
+        if name not in here:  # (another thread may have loaded it meanwhile)
+            here[name] = getattr(__import__(module, here, None, True, 1), name)
+        return here[name]
+    finally:
+        if _loading:
+            _loading.release()

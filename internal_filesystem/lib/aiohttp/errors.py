@@ -2,25 +2,42 @@
 #
 # The classes are made when one of them is first named (module __getattr__), all at once: each costs about 250 bytes
 # of heap (docs/performance.md), and a download that goes well names none. The modules raise them as
-# `errors.ServerDisconnectedError(...)`; `from .errors import X` makes them too.
+# `errors.ServerDisconnectedError(...)`; `from .errors import X` makes them too. They live in a table of their own,
+# published whole: this module's globals never change after import (a thread reading them while another grows
+# them could miss a name on a port without a global interpreter lock), and a MemoryError part way publishes none.
+
+try:
+    import _thread
+
+    _making = _thread.allocate_lock()  # threads name them at once when the network drops under all of them
+except ImportError:  # a port without threads
+    _making = None
+
+_made = None  # name -> class, once made
 
 
 def __getattr__(name):
-    made = globals()
-    # The last class made says they all are. Once only, or a second set would not catch the first's exceptions;
-    # again after a MemoryError cut the first making short, or the names it did not reach would stay missing.
-    if "InvalidUrlRedirectClientError" not in made:
-        _define()
+    made = _made or _make()
     if name not in made:
         raise AttributeError(name)
     return made[name]
 
 
-def _define():
-    global ClientError, ClientConnectionError, ServerDisconnectedError, ServerTimeoutError, ClientSSLError
-    global ClientConnectorCertificateError, ClientConnectorDNSError, ClientPayloadError, ClientResponseError
-    global TooManyRedirects, InvalidURL, InvalidUrlRedirectClientError
+def _make():
+    # Once only: a second set would not catch the first's exceptions
+    global _made
+    if _making:
+        _making.acquire()
+    try:
+        if _made is None:  # (another thread may have made them meanwhile)
+            _made = _classes()
+        return _made
+    finally:
+        if _making:
+            _making.release()
 
+
+def _classes():
     class ClientError(Exception):
         pass
 
@@ -68,3 +85,18 @@ def _define():
     class InvalidUrlRedirectClientError(ClientResponseError):
         # a redirect whose Location is no URL we can follow: the server's answer was bad, with the status it came with
         pass
+
+    return {
+        "ClientError": ClientError,
+        "ClientConnectionError": ClientConnectionError,
+        "ServerDisconnectedError": ServerDisconnectedError,
+        "ServerTimeoutError": ServerTimeoutError,
+        "ClientSSLError": ClientSSLError,
+        "ClientConnectorCertificateError": ClientConnectorCertificateError,
+        "ClientConnectorDNSError": ClientConnectorDNSError,
+        "ClientPayloadError": ClientPayloadError,
+        "ClientResponseError": ClientResponseError,
+        "TooManyRedirects": TooManyRedirects,
+        "InvalidURL": InvalidURL,
+        "InvalidUrlRedirectClientError": InvalidUrlRedirectClientError,
+    }

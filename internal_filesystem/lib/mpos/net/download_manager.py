@@ -24,6 +24,13 @@ from .errors import (DownloadError, DownloadTimeout, HTTPError, IntegrityError, 
                      OutOfMemory, TLSError, is_network_error)
 from .partfile import get_resume_position
 
+try:
+    import _thread
+
+    _loading = _thread.allocate_lock()
+except ImportError:  # a port without threads
+    _loading = None
+
 
 async def close_session():
     """Close the shared session and every connection now. Rarely needed: sessions close when idle."""
@@ -105,16 +112,30 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
     """
     options["progress_callback"] = progress_callback
     _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
-    # The download classes load with the first download, not with DownloadManager (docs/performance.md). They read
-    # the tunables an app sets on DownloadManager through this one reference, handed down from here: the modules
-    # below never import this one.
-    from .download import Download as kind
-
-    kind.tunables = DownloadManager
-    if (options.get("segments") or 1) > 1:
-        from .segments import Segmented as kind  # only then: on the device every module costs heap
+    kind = _download_class((options.get("segments") or 1) > 1)
     download = kind(url, outfile, chunk_callback, total_size, headers, options)
     return _sync_or_async(download.run())
+
+
+def _download_class(segmented):
+    # The download classes load with the first download, not with DownloadManager (docs/performance.md), by one
+    # thread at a time: another would find download.py half run (MicroPython's imports take no lock). They read the
+    # tunables an app sets on DownloadManager through this one reference, handed down from here: the modules below
+    # never import this one.
+    if _loading:
+        _loading.acquire()
+    try:
+        from .download import Download
+
+        Download.tunables = DownloadManager
+        if not segmented:
+            return Download
+        from .segments import Segmented  # only then: on the device every module costs heap
+
+        return Segmented
+    finally:
+        if _loading:
+            _loading.release()
 
 
 async def _post(url, data, headers, redact_url):

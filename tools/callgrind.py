@@ -1,5 +1,7 @@
 """Instructions per MB of a download to a file, ours against micropython-lib's requests reading into one 1 KB buffer
 (the floor for Python code), function by function: `make callgrind` (needs valgrind: apt-get install valgrind).
+Then stream mode, where every chunk is a bytes object of its own: ours against requests doing the same
+(r.raw.read(1024)) and against its readinto loop handing out slices of one buffer.
 
 Unlike wall time on a shared machine, callgrind's counts repeat exactly. Each side runs twice under callgrind: once
 doing everything but the big download (imports, a small warm-up download, the server's start) and once with it; the
@@ -20,15 +22,20 @@ from tools.testservers import FaultServer  # noqa: E402
 
 SIZE = 4 * 1024 * 1024
 
-# A file download of SIZE bytes, or (BIG False) only what surrounds it
+# A download of SIZE bytes, or (BIG False) only what surrounds it: to a file, or (STREAM) to a chunk callback that
+# does nothing
 OURS = """
 import asyncio
 from mpos import DownloadManager
+async def take(chunk):
+    pass
+def sink(path):
+    return {"chunk_callback": take} if STREAM else {"outfile": path}
 async def main():
     DownloadManager.session_idle_ms = 0
-    assert await DownloadManager.download_url(BASE + "/bytes/1000", outfile=OUT + ".warm")
+    assert await DownloadManager.download_url(BASE + "/bytes/1000", **sink(OUT + ".warm"))
     if BIG:
-        assert await DownloadManager.download_url(BASE + "/bytes/%d" % SIZE, outfile=OUT)
+        assert await DownloadManager.download_url(BASE + "/bytes/%d" % SIZE, **sink(OUT))
 asyncio.run(main())
 """
 
@@ -46,6 +53,31 @@ if BIG:
                 break
             f.write(view[:n])
             got += n
+    r.close()
+    assert got == SIZE
+"""
+
+# requests, each chunk a bytes object of its own (what stream mode must hand out) or a slice of one buffer
+PEER_STREAM = OURS.replace("    if BIG:\n", "    if False:\n") + """
+import requests
+buf = bytearray(1024)
+view = memoryview(buf)
+def take(chunk):
+    pass
+if BIG:
+    r = requests.get(BASE + "/bytes/%d" % SIZE)
+    got = 0
+    while True:
+        if BYTES:
+            chunk = r.raw.read(1024)
+            n = len(chunk)
+        else:
+            n = r.raw.readinto(buf)
+            chunk = view[:n]
+        if not n:
+            break
+        take(chunk)
+        got += n
     r.close()
     assert got == SIZE
 """
@@ -86,14 +118,26 @@ def main():
     if subprocess.run(["which", "valgrind"], capture_output=True).returncode:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as work, FaultServer() as srv:
-        ours = per_mb(work, srv.base, OURS)
-        floor = per_mb(work, srv.base, FLOOR)
-    total_ours, total_floor = sum(ours.values()), sum(floor.values())
-    print("instructions per MB, a %d MB download to a file, 1 KB chunks (%s)" % (SIZE // 2**20, mpy.micropython()))
-    print("%-34s %12s %12s" % ("", "ours", "requests"))
-    print("%-34s %11.2fM %11.2fM   (%.2fx)" % ("total", total_ours / 1e6, total_floor / 1e6, total_floor / total_ours))
-    for name in sorted(ours, key=lambda n: -ours[n])[:15]:
-        print("%-34s %11.0fK %11.0fK" % (name[:34], ours[name] / 1e3, floor.get(name, 0) / 1e3))
+        table("a %d MB download to a file, 1 KB chunks" % (SIZE // 2**20),
+              [("ours", per_mb(work, srv.base, "STREAM = False\n" + OURS)),
+               ("requests", per_mb(work, srv.base, "STREAM = False\n" + FLOOR))])
+        print()
+        table("stream mode, %d MB in 1 KB chunks, a callback that does nothing" % (SIZE // 2**20),
+              [("ours", per_mb(work, srv.base, "STREAM = True\n" + OURS)),
+               ("req. bytes", per_mb(work, srv.base, "STREAM = True\nBYTES = True\n" + PEER_STREAM)),
+               ("req. slices", per_mb(work, srv.base, "STREAM = True\nBYTES = False\n" + PEER_STREAM))])
+
+
+def table(title, sides):
+    # The top functions of the first side, each side's count beside them
+    print("instructions per MB, %s (%s)" % (title, mpy.micropython()))
+    print("%-34s" % "" + "".join("%13s" % name for name, _ in sides))
+    totals = [sum(counts.values()) for _, counts in sides]
+    print("%-34s" % "total" + "".join("%12.2fM" % (t / 1e6) for t in totals)
+          + "   (" + ", ".join("%.2fx" % (t / totals[0]) for t in totals[1:]) + " of ours)")
+    first = sides[0][1]
+    for name in sorted(first, key=lambda n: -first[n])[:15]:
+        print("%-34s" % name[:34] + "".join("%12.0fK" % (counts.get(name, 0) / 1e3) for _, counts in sides))
 
 
 if __name__ == "__main__":

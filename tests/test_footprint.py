@@ -80,14 +80,16 @@ def test_error_classes_cut_short_by_a_full_heap_are_made_whole_later(mpy):
     outcomes = []
     for free in (600, 1800, 3600, 7200):
         r = mpy.run(MADE + """
-ballast = leave_free(FREE)
-try:
-    errors.ClientError
-    first = "made"
-except MemoryError:
-    first = "MemoryError"
-ballast = None
-part = made()
+def first_try():
+    ballast = leave_free(FREE)
+    try:
+        errors.ClientError
+        return "made"
+    except MemoryError:
+        return "MemoryError"
+first = first_try()
+heap_in_use()  # overwrites the dead stack, where a word left by the failed try would keep the ballast alive
+part = made()  # (counting names makes none)
 try:
     raise errors.TooManyRedirects(302, "loop")
 except errors.ClientResponseError as e:
@@ -125,3 +127,92 @@ except errors.ClientError:
 result(sets=len(set(id(c) for c in got)), caught=caught)
 """, timeout=20).value for _ in range(8)]
     assert runs == [{"sets": 1, "caught": True}] * 8
+
+
+def test_star_imports_load_every_name(mpy):
+    r = mpy.run("""
+from aiohttp import *
+from aiohttp.errors import *
+result(session=ClientSession.__name__, ws=WSMsgType.TEXT, split=split_url("http://h/p"),
+       error=issubclass(TooManyRedirects, ClientError), url_error=issubclass(InvalidURL, ValueError))
+""")
+    assert r.value == {"session": "ClientSession", "ws": 1, "split": ["http", "h", 80, "/p"], "error": True,
+                       "url_error": True}
+
+
+def test_a_cancelled_request_makes_no_error_class(mpy, fault):
+    # An app's wait_for gives up while the head is awaited, and again while the body is read
+    r = mpy.run(MADE + """
+import asyncio
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async def head():
+            async with session.get(DELAYED) as resp:
+                await resp.read()
+        async def body():
+            async with session.get(STALLED) as resp:
+                await resp.read()
+        outcomes = []
+        for request in (head, body):
+            try:
+                await asyncio.wait_for(request(), 0.3)
+            except asyncio.TimeoutError:
+                outcomes.append("timeout")
+        result(outcomes=outcomes, made=made())
+asyncio.run(main())
+""", DELAYED=fault.url("/bytes/100?delay=2"), STALLED=fault.url("/bytes/5000?stall=1000&stall_s=2"))
+    assert r.value == {"outcomes": ["timeout", "timeout"], "made": 0}
+
+
+def test_a_callback_scheduled_while_a_module_loads_does_not_wait_for_itself(mpy):
+    # micropython.schedule runs a callback between the bytecodes of whatever the thread does, which may be the
+    # import of aiohttp's client under the loading lock; the callback names another lazy name
+    r = mpy.run("""
+import _thread, micropython, time
+import aiohttp
+from aiohttp import loading
+said = []
+def handler(_):
+    try:
+        aiohttp.split_url("http://h/")
+        said.append("callback named split_url")
+    except Exception as e:  # a module half run is the import's to finish: not a hang
+        said.append(type(e).__name__)
+def timer():
+    while not loading._lock.locked():
+        pass
+    micropython.schedule(handler, None)
+_thread.start_new_thread(timer, ())
+time.sleep_ms(20)
+session_class = aiohttp.ClientSession  # the first use: client.py loads under the lock
+time.sleep_ms(20)
+result(session=session_class.__name__, said=said, split=aiohttp.split_url("http://h/"))
+""", timeout=20)
+    assert r.value["session"] == "ClientSession" and r.value["split"] == ["http", "h", 80, "/"], r.value
+    assert len(r.value["said"]) == 1, r.value  # the callback ran, during the load
+
+
+def test_downloads_can_be_listed_from_another_thread_while_the_first_download_loads(mpy, fault):
+    r = mpy.run("""
+import _thread, time
+from mpos import DownloadManager
+errors = []
+most = [0]
+done = []
+def lister():
+    try:
+        while not done:
+            most[0] = max(most[0], len(DownloadManager.downloads()))
+            time.sleep_us(50)  # (a busy loop's garbage would crowd the download's heap)
+    except Exception as e:
+        errors.append(repr(e))
+    done.append("lister")
+_thread.start_new_thread(lister, ())
+time.sleep_ms(5)
+ok = DownloadManager.download_url(URL, outfile=OUT)
+done.append("download")
+while len(done) < 2:
+    time.sleep_ms(1)
+result(ok=ok, errors=errors, listed=most[0])
+""", URL=fault.url("/bytes/200000?rate=400000"), OUT=str(mpy.tmpdir / "out.bin"), timeout=30)
+    assert r.value == {"ok": True, "errors": [], "listed": 1}

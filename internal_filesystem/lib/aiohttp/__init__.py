@@ -23,33 +23,22 @@ _WHERE = (
 )
 
 
-try:
-    import _thread
-
-    _loading = _thread.allocate_lock()  # a second thread would find a module half run: imports take no lock
-except ImportError:  # a port without threads
-    _loading = None
+from .loading import one_at_a_time as _one_at_a_time
 
 
 def __getattr__(name):
+    if name == "__all__":  # `from aiohttp import *`: every public name, each loaded on the way
+        return [public for names in _WHERE for public in names[1:]]
     for names in _WHERE:
         if name in names:
             if name == names[0]:  # a module: `from . import poll` asks the package before it imports the module
                 return __import__(name, globals(), None, True, 1)
-            return _load(names[0], name)
+            return _one_at_a_time(_load, names[0], name)
     raise AttributeError(name)
 
 
 def _load(module, name):
-    # A public name, by one thread at a time (a module's own imports come back through __getattr__ for modules
-    # only, so this lock is never taken twice)
-    if _loading:
-        _loading.acquire()
-    try:
-        here = globals()
-        if name not in here:  # (another thread may have loaded it meanwhile)
-            here[name] = getattr(__import__(module, here, None, True, 1), name)
-        return here[name]
-    finally:
-        if _loading:
-            _loading.release()
+    here = globals()
+    if name not in here:  # (another thread may have loaded it meanwhile)
+        here[name] = getattr(__import__(module, here, None, True, 1), name)
+    return here[name]

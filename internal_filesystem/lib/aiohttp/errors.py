@@ -6,18 +6,15 @@
 # published whole: this module's globals never change after import (a thread reading them while another grows
 # them could miss a name on a port without a global interpreter lock), and a MemoryError part way publishes none.
 
-try:
-    import _thread
-
-    _making = _thread.allocate_lock()  # threads name them at once when the network drops under all of them
-except ImportError:  # a port without threads
-    _making = None
+from .loading import one_at_a_time as _one_at_a_time
 
 _made = None  # name -> class, once made
 
 
 def __getattr__(name):
-    made = _made or _make()
+    made = _made or _one_at_a_time(_make)  # threads name them at once when the network drops under all of them
+    if name == "__all__":  # `from aiohttp.errors import *`
+        return list(made)
     if name not in made:
         raise AttributeError(name)
     return made[name]
@@ -26,15 +23,9 @@ def __getattr__(name):
 def _make():
     # Once only: a second set would not catch the first's exceptions
     global _made
-    if _making:
-        _making.acquire()
-    try:
-        if _made is None:  # (another thread may have made them meanwhile)
-            _made = _classes()
-        return _made
-    finally:
-        if _making:
-            _making.release()
+    if _made is None:  # (another thread may have made them meanwhile)
+        _made = _classes()
+    return _made
 
 
 def _classes():

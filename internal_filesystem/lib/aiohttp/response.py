@@ -753,10 +753,10 @@ class StreamReader:
             return self._count(n)
         except OSError as e:
             self._cut_short(e)
-        except errors.ServerDisconnectedError as e:  # the body ended inside a chunk-size line or the trailers
-            if self._conn.sock is None:
-                raise  # no: this response was released, or its session closed
-            self._cut_short(e)
+        except Exception as e:  # (not `except errors.X`: a cancellation passing by would make the classes)
+            if not isinstance(e, errors.ServerDisconnectedError) or self._conn.sock is None:
+                raise  # a ServerDisconnectedError with no socket: this response was released, or its session closed
+            self._cut_short(e)  # the body ended inside a chunk-size line or the trailers
 
     async def readany(self):
         return await self.read(_READ_ALL_PIECE)

@@ -27,9 +27,10 @@ from .partfile import get_resume_position
 try:
     import _thread
 
-    _loading = _thread.allocate_lock()
+    _importing = _thread.allocate_lock()
 except ImportError:  # a port without threads
-    _loading = None
+    _thread = None
+_importer = None  # the thread that holds _importing
 
 
 async def close_session():
@@ -40,12 +41,14 @@ async def close_session():
 
 def downloads():
     """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked)."""
-    from .download import STATE_NAMES, redact
-
+    listed = admission.listed()
+    if not listed:
+        return []  # (and download.py may not be loaded yet)
+    download = _module("download")
     return [
-        {"url": redact(d.url) if d.redact_url else d.url, "state": STATE_NAMES[d.state],
+        {"url": download.redact(d.url) if d.redact_url else d.url, "state": download.STATE_NAMES[d.state],
          "done": d.kept + d.delivered, "total": d.total_size or d.resource_size, "speed": d.speed}
-        for d in admission.listed()
+        for d in listed
     ]
 
 
@@ -118,35 +121,39 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
 
 
 def _download_class(segmented):
-    # The download classes load with the first download, not with DownloadManager (docs/performance.md), by one
-    # thread at a time: another would find download.py half run (MicroPython's imports take no lock). They read the
-    # tunables an app sets on DownloadManager through this one reference, handed down from here: the modules below
-    # never import this one.
-    if _loading:
-        _loading.acquire()
-    try:
-        from .download import Download
+    # The download classes load with the first download, not with DownloadManager (docs/performance.md). They read
+    # the tunables an app sets on DownloadManager through this one reference, handed down from here: the modules
+    # below never import this one.
+    download = _module("download")
+    download.Download.tunables = DownloadManager
+    return _module("segments").Segmented if segmented else download.Download  # segments: only then, it costs heap
 
-        Download.tunables = DownloadManager
-        if not segmented:
-            return Download
-        from .segments import Segmented  # only then: on the device every module costs heap
 
-        return Segmented
-    finally:
-        if _loading:
-            _loading.release()
+def _module(name):
+    # -> mpos.net.<name>, imported by one thread at a time: MicroPython's imports take no lock, and a second thread
+    # would find the module half run. The importing thread may come back meanwhile (a callback that
+    # micropython.schedule runs between its bytecodes): it goes on rather than wait for itself.
+    global _importer
+    me = _thread.get_ident() if _thread else None
+    if me is None or _importer == me:
+        return __import__(name, globals(), None, True, 1)
+    with _importing:
+        _importer = me
+        try:
+            return __import__(name, globals(), None, True, 1)
+        finally:
+            _importer = None
 
 
 async def _post(url, data, headers, redact_url):
-    from .download import redact, with_user_agent
-
+    download = _module("download")
+    redact = download.redact
     shown = redact(url) if redact_url else url
     sess = admission.acquire_session()
     if sess is None:
         warning("DownloadManager", "aiohttp is not available, cannot post to %s" % shown)
         return None
-    sent = with_user_agent(dict(headers or {}), DownloadManager.user_agent)
+    sent = download.with_user_agent(dict(headers or {}), DownloadManager.user_agent)
     try:
         async with sess.post(url, data=data, headers=sent, ssl=admission.tls_context(DownloadManager.ca)) as resp:
             body = await resp.read()

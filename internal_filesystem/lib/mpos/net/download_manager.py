@@ -125,6 +125,8 @@ def _download_class(segmented):
     # the tunables an app sets on DownloadManager through this one reference, handed down from here: the modules
     # below never import this one.
     download = _module("download")
+    if download.Download.tunables is None:  # just loaded, with the client before it: its garbage goes first
+        gc.collect()
     download.Download.tunables = DownloadManager
     return _module("segments").Segmented if segmented else download.Download  # segments: only then, it costs heap
 

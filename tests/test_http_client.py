@@ -70,7 +70,7 @@ def test_bad_urls_are_refused(mpy, fault):
         "http://127.0.0.1:0/", "http://127.0.0.1:65536/", "http://127.0.0.1:-1/", "http://127.0.0.1:8o/",
         "http://127.0.0.1:/x", "http://127.0.0.1:%d:1/" % p, "http://[::1/x", "http://u:pw@127.0.0.1:%d/" % p,
         "http://127.0.0.1:%d/a b" % p, "http://127.0.0.1:%d/a\r\nX: y" % p, "http://127.0.0.1:%d/\0" % p,
-        "http://127.0.0.1:%d/\t" % p,
+        "http://127.0.0.1:%d/\t" % p, "http://127.0.0.1:%d/\x7f" % p,
     ]
     refused(mpy, fault, [{"url": u} for u in urls])
 

@@ -9,9 +9,10 @@ def split_url(url):
     """-> (scheme, host, port, target). Raises InvalidURL naming the problem."""
     if not isinstance(url, str):
         raise errors.InvalidURL("URL must be str, not %s" % type(url).__name__)
-    for c in url:
-        if c <= " " or c == "\x7f":
-            raise errors.InvalidURL("URL contains whitespace or a control character: %r" % url)
+    # (its bytes, not its characters: each character iterated would be a str of its own, looked up among the qstrs)
+    data = url.encode()
+    if data and (min(data) <= 32 or 127 in data):
+        raise errors.InvalidURL("URL contains whitespace or a control character: %r" % url)
     i = url.find("://")
     if i < 0:
         raise errors.InvalidURL("URL has no scheme: %r" % url)
@@ -20,8 +21,7 @@ def split_url(url):
         raise errors.InvalidURL("unsupported URL scheme %r (only http and https)" % scheme)
     rest = url[i + 3 :]
     end = len(rest)
-    for c in "/?#":
-        k = rest.find(c)
+    for k in (rest.find("/"), rest.find("?"), rest.find("#")):
         if 0 <= k < end:
             end = k
     authority, target = rest[:end], rest[end:]

@@ -16,6 +16,7 @@ _TRIES = const(3)  # attempts in a row that gain no byte before giving up: the s
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
 _SPEED_MS = const(1000)
+_ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -595,7 +596,7 @@ class Download:
         if memory is None or len(memory) < n:
             import gc
 
-            if n + 1 > gc.mem_free():  # (a length a server announced is not allocated blindly)
+            if n + 1 > _ASK_ABOVE and n + 1 > gc.mem_free():  # (a length a server announced is not allocated blindly)
                 gc.collect()  # (mem_free counts the whole heap: asked again only when the first answer was no)
                 if n + 1 > gc.mem_free():
                     raise OutOfMemory("a body of %d bytes does not fit in the heap" % n)

@@ -1,6 +1,7 @@
 """What an app pays in heap, and when: `import aiohttp` and `from mpos import DownloadManager` load the client and the
 download classes only when first used, and the exception classes only when an error is named (docs/performance.md
 has the figures)."""
+from tools.testservers import sha256_of
 
 CLIENT_MODULES = ["aiohttp.client", "aiohttp.connection", "aiohttp.errors", "aiohttp.response", "aiohttp.url",
                   "mpos.net.download"]
@@ -216,3 +217,22 @@ while len(done) < 2:
 result(ok=ok, errors=errors, listed=most[0])
 """, URL=fault.url("/bytes/200000?rate=400000"), OUT=str(mpy.tmpdir / "out.bin"), timeout=30)
     assert r.value == {"ok": True, "errors": [], "listed": 1}
+
+
+def test_a_first_download_without_heap_for_the_client_fails_as_documented(mpy, fault):
+    # The client and download.py load with the first download: in a heap too full for them, that download ends as
+    # any download does that runs out of memory (False, or OutOfMemory with raise_errors), and a later one works
+    r = mpy.run("""
+from mpos import DownloadManager
+def first(**kw):
+    ballast = leave_free(FREE)
+    try:
+        return DownloadManager.download_url(URL, outfile=OUT, **kw)
+    except DownloadManager.OutOfMemory as e:
+        return e.reason
+outcomes = [first(), first(raise_errors=True)]
+heap_in_use()  # overwrites the dead stack, where a word left by the failed tries would keep a ballast alive
+ok = DownloadManager.download_url(URL, outfile=OUT)
+result(outcomes=outcomes, ok=ok, sha=sha256_file(OUT))
+""", URL=fault.url("/bytes/5000"), OUT=str(mpy.tmpdir / "out.bin"), FREE=3000, heapsize="256k")
+    assert r.value == {"outcomes": [False, "memory"], "ok": True, "sha": sha256_of(5000)}

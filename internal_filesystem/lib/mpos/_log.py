@@ -1,5 +1,5 @@
 # One line per failure, with its reason: through `logging` where the port has it, on stderr where it does not (the
-# unix port from PyPI).
+# unix port from PyPI). URLs in it can be redacted.
 import sys
 
 
@@ -10,3 +10,22 @@ def warning(source, msg):
         sys.stderr.write("%s: %s\n" % (source, msg))
     else:
         logging.getLogger(source).warning(msg)
+
+
+def redact(text):
+    # Every URL in text as scheme://host/…: paths and queries may carry keys (wallet apps), also those of a
+    # redirect's target that an error quotes
+    out = []
+    start = text.find("://")
+    while start >= 0:
+        host_end = start + 3
+        while host_end < len(text) and text[host_end] not in "/ \t'\"":
+            host_end += 1
+        url_end = host_end
+        while url_end < len(text) and text[url_end] not in " \t'\"":
+            url_end += 1
+        out.append(text[:host_end] + ("/…" if url_end > host_end else ""))
+        text = text[url_end:]
+        start = text.find("://")
+    out.append(text)
+    return "".join(out)

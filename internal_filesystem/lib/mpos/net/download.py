@@ -7,6 +7,7 @@
 from micropython import const
 from time import ticks_diff, ticks_ms
 
+from .._log import redact
 from . import admission, partfile
 from .errors import (CallbackError, DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError,
                      NetworkError, OutOfMemory, classify)
@@ -637,25 +638,6 @@ async def _call(callback, arg):
             await returned
     except Exception as e:
         raise e if isinstance(e, CallbackError) else CallbackError(e)
-
-
-def redact(text):
-    # Every URL in text as scheme://host/…: paths and queries may carry keys (wallet apps), also those of a
-    # redirect's target that an error quotes
-    out = []
-    start = text.find("://")
-    while start >= 0:
-        host_end = start + 3
-        while host_end < len(text) and text[host_end] not in "/ \t'\"":
-            host_end += 1
-        url_end = host_end
-        while url_end < len(text) and text[url_end] not in " \t'\"":
-            url_end += 1
-        out.append(text[:host_end] + ("/…" if url_end > host_end else ""))
-        text = text[url_end:]
-        start = text.find("://")
-    out.append(text)
-    return "".join(out)
 
 
 def with_user_agent(headers, user_agent):

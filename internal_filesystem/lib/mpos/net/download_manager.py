@@ -17,7 +17,7 @@
 import asyncio
 import gc
 
-from .._log import warning
+from .._log import redact, warning
 from . import admission
 from .admission import is_session_active
 from .errors import (DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError, NetworkError,
@@ -46,7 +46,7 @@ def downloads():
         return []  # (and download.py may not be loaded yet)
     download = _module("download")
     return [
-        {"url": download.redact(d.url) if d.redact_url else d.url, "state": download.STATE_NAMES[d.state],
+        {"url": redact(d.url) if d.redact_url else d.url, "state": download.STATE_NAMES[d.state],
          "done": d.kept + d.delivered, "total": d.total_size or d.resource_size, "speed": d.speed}
         for d in listed
     ]
@@ -114,10 +114,22 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
     speed_callback=f, priority=0, segments=1 (file mode: up to N ranged connections, see segments.py).
     """
     options["progress_callback"] = progress_callback
-    _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
-    kind = _download_class((options.get("segments") or 1) > 1)
-    download = kind(url, outfile, chunk_callback, total_size, headers, options)
+    try:
+        _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
+        kind = _download_class((options.get("segments") or 1) > 1)
+        download = kind(url, outfile, chunk_callback, total_size, headers, options)
+    except MemoryError:  # the first download loads the client and download.py: a full heap fails it as any other
+        return _sync_or_async(_out_of_memory(url, outfile is None and chunk_callback is None, options))
     return _sync_or_async(download.run())
+
+
+async def _out_of_memory(url, memory_mode, options):
+    # -> the documented failure value (or OutOfMemory, raised with raise_errors) of a download that could not start
+    line = "download of %s failed (memory): out of memory" % url
+    warning("DownloadManager", redact(line) if options.get("redact_url") else line)
+    if options.get("raise_errors"):
+        raise OutOfMemory("out of memory")
+    return None if memory_mode else False
 
 
 def _download_class(segmented):
@@ -148,14 +160,12 @@ def _module(name):
 
 
 async def _post(url, data, headers, redact_url):
-    download = _module("download")
-    redact = download.redact
     shown = redact(url) if redact_url else url
     sess = admission.acquire_session()
     if sess is None:
         warning("DownloadManager", "aiohttp is not available, cannot post to %s" % shown)
         return None
-    sent = download.with_user_agent(dict(headers or {}), DownloadManager.user_agent)
+    sent = _module("download").with_user_agent(dict(headers or {}), DownloadManager.user_agent)
     try:
         async with sess.post(url, data=data, headers=sent, ssl=admission.tls_context(DownloadManager.ca)) as resp:
             body = await resp.read()

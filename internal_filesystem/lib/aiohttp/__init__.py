@@ -4,6 +4,8 @@
 # errors, poll (where it meets asyncio), compression and websocket (loaded only when a body is coded, or on the first
 # ws_connect). docs/design.md tells how a byte goes from the socket to the caller.
 
+from .loading import one_at_a_time as _one_at_a_time
+
 __version__ = "1.0.0"
 
 # Each public name loads with its module on first use, as extmod/asyncio/__init__.py loads its parts: `import aiohttp`
@@ -21,9 +23,6 @@ _WHERE = (
     ("websocket", "WSMsgType", "WSMessage", "WSCloseCode", "WSServerHandshakeError", "WSMessageTypeError",
      "ClientWebSocketResponse", "ClientWSTimeout", "WebSocketError", "ClientConnectionResetError"),
 )
-
-
-from .loading import one_at_a_time as _one_at_a_time
 
 
 def __getattr__(name):

@@ -729,7 +729,10 @@ def test_a_chopped_heap_with_no_room_for_a_whole_chunk_still_downloads(mpy, faul
     v = mpy.run(CHOPPED, URL=fault.url("/bytes/300000"), heapsize="160k", compiled=True).value
     assert v["chopped"] and v["free"] > 16 * 1024, v  # the point: room in total, none in one piece
     assert v["r"] is True and v["sha"] == sha256_of(300000), v
-    assert 0 < v["longest"] < 512, v
+    # chunks no longer than chunk_size: smaller where the heap had no room (a read that then finds none after all,
+    # the heap's garbage having taken it, ends the request, and the next resumes after the last chunk in smaller
+    # ones: the exact bytes above prove no chunk was lost or handed out twice)
+    assert 0 < v["longest"] <= 1024, v
 
 
 @pytest.mark.parametrize("framing", ["", "&chunked=1"])

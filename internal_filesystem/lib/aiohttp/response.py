@@ -370,6 +370,18 @@ def _heap_holds(n):
     return n <= gc.mem_free()
 
 
+def _fitting_bytearray(n):
+    # n bytes, or fewer (down to 128) when the heap holds no free run that long: made before a byte is read, so a
+    # smaller read loses nothing. (mpos/net/admission.py has its own: aiohttp imports nothing of mpos.)
+    while True:
+        try:
+            return bytearray(n)
+        except MemoryError:
+            if n <= 128:
+                raise
+            n >>= 1
+
+
 # --- the body ------------------------------------------------------------------------------------------------------
 
 
@@ -574,6 +586,25 @@ class StreamReader:
             return n
         if not buf:
             return 0  # an empty buffer: nothing to wait for
+
+    def straight(self):
+        # -> how many of the body's next bytes may be read from the socket itself (resp.connection.sock): the rest of
+        # the frame, or of the fair share before other tasks get a turn; 0 while read-ahead bytes wait, with a
+        # decoder, at the frame's end. A reader that takes them reads with sock.readinto(buf, k) and tells
+        # went_straight() how many it read before it reads any other way. DownloadManager's file mode reads so: a
+        # chunk costs no Python call of ours (docs/design.md: the path of a byte).
+        conn = self._conn
+        remaining = self._remaining
+        if (remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE or self._decoder is not None
+                or conn.sock is None):
+            return 0
+        return min(remaining, _FAIR_SHARE - conn.streak)
+
+    def went_straight(self, n):
+        # n bytes were read from the socket that straight() gave, within the bytes it allowed
+        if n:
+            self._conn.streak += n
+            self._count(n)
 
     def read_nowait(self, n=-1):
         """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the
@@ -815,14 +846,16 @@ class ClientResponse(StreamReader):
             self._let_go(True)
 
     def __getattr__(self, name):
-        # content, content_length, ok, closed: computed, as aiohttp's properties are. (A property would make every
-        # attribute store on a response, several per chunk read, look through its classes first.)
+        # content, content_length, ok, closed, connection: computed, as aiohttp's properties are. (A property would
+        # make every attribute store on a response, several per chunk read, look through its classes first.)
         if name == "content":
             return self
         if name == "ok":
             return self.status < 400
         if name == "closed":
             return self._released
+        if name == "connection":  # (as aiohttp's: None once the response let it go)
+            return None if self._released else self._conn
         if name == "content_length":
             # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
             value = self.headers.get("Content-Length")
@@ -855,7 +888,15 @@ class ClientResponse(StreamReader):
         if n >= 0:
             if not n:
                 return b""
-            buf = bytearray(n)
+            conn = self._conn
+            if conn.streak >= _FAIR_SHARE and conn.sock is not None:
+                # after 64 KB without a wait: the turn first, then the bytes the socket makes (one allocation, made
+                # before a byte is read) rather than a buffer filled and copied (two, the second after the read)
+                await conn.take_turn()
+                data = self.read_nowait(n)
+                if data:
+                    return data
+            buf = _fitting_bytearray(n)  # (up to n bytes are asked for: fewer where the heap is cut into pieces)
             got = await self._readinto_slowly(buf)
             return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
         if self._decoder is None and not self._chunked and not self._until_close and _heap_holds(self._remaining):

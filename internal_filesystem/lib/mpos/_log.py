@@ -4,12 +4,23 @@ import sys
 
 
 def warning(source, msg):
+    # A line that finds no heap (logging not loaded yet, the heap full) goes to stderr, or nowhere: the failure it
+    # tells of still ends as documented rather than as a MemoryError
     try:
-        import logging
-    except ImportError:
-        sys.stderr.write("%s: %s\n" % (source, msg))
-    else:
-        logging.getLogger(source).warning(msg)
+        try:
+            import logging
+        except ImportError:
+            logging = None
+        if logging is None:
+            sys.stderr.write("%s: %s\n" % (source, msg))
+        else:
+            logging.getLogger(source).warning(msg)
+    except MemoryError:
+        try:
+            for piece in (source, ": ", msg, "\n"):  # (nothing to format: no str to make)
+                sys.stderr.write(piece)
+        except MemoryError:
+            pass
 
 
 def redact(text):

@@ -136,18 +136,26 @@ class Download:
                                  or self.deliver_until is not None)
                         # file mode with nothing else to do: chunks go from the socket to the file in a few steps
                         # (docs/design.md: lookups per chunk), the steps below take the rest (a wait, the end)
-                        lane = resp.readinto_nowait if file is not None and not extra else None
+                        lane = file is not None and not extra
                         write = file.write if lane else None
-                    while lane and (left is None or left >= size):
-                        n = lane(buf)
-                        if not n:
-                            break
-                        at_sink = True
-                        write(buf if n == size else view[:n])
-                        at_sink = False
-                        self.delivered += n
-                        if left is not None:
-                            left -= n
+                    room = resp.straight() - size if lane and (left is None or left >= size) else -1
+                    if room >= 0:  # (a whole chunk more fits while taken <= room)
+                        sock = resp.connection.sock
+                        taken = 0  # bytes read from the socket itself: told to resp when this run of chunks ends
+                        try:
+                            while taken <= room and (left is None or left >= size):
+                                n = sock.readinto(buf, size)
+                                if not n:  # None: nothing waits; 0: the end, which the awaited read reports
+                                    break
+                                taken += n
+                                at_sink = True
+                                write(buf if n == size else view[:n])
+                                at_sink = False
+                                self.delivered += n
+                                if left is not None:
+                                    left -= n
+                        finally:
+                            resp.went_straight(taken)
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -197,6 +205,13 @@ class Download:
                     if resp is not None:
                         resp.release()
                         resp = None
+                    if (isinstance(e, MemoryError) and self.chunk_callback is not None and not at_sink
+                            and self.chunk_size > 128):
+                        # Stream mode, no room for a chunk's bytes in a heap cut into pieces. Bytes the socket gave
+                        # up were never handed out: the next request resumes after the last that was, in chunks
+                        # half as big. (A read is not retried in place: the bytes object is made after the read.)
+                        self.chunk_size >>= 1
+                        e = NetworkError("out of memory for a chunk: going on in chunks of %d bytes" % self.chunk_size)
                     fails = 0 if self.delivered > gained else fails + 1  # progress was made: a fresh budget
                     await self._retry_wait(e, fails, end, at_sink)  # or raises: no more tries
                     at_sink = False

@@ -582,7 +582,8 @@ def _dm_view(case, msg, body, complete=True):
     lo, hi = case.byte_range or (0, None)
     if msg.status != 206:
         return body[lo:None if hi is None else hi + 1]  # the whole resource: the range is taken from it
-    m = re.fullmatch(rb"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)", msg.get(b"content-range") or b"")
+    # (the unit is a token, compared without regard to case: RFC 9110 section 14.1)
+    m = re.fullmatch(rb"(?i:bytes) ([0-9]+)-([0-9]+)/([0-9]+|\*)", msg.get(b"content-range") or b"")
     if case.byte_range is None or not m:
         return None
     a, b = int(m.group(1)), int(m.group(2))

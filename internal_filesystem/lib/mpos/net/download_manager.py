@@ -16,6 +16,7 @@
 # coroutine, and the tunables. One download is download.py's; no module below this one imports it.
 import asyncio
 import gc
+import sys
 
 from .._log import redact, warning
 from . import admission
@@ -136,8 +137,10 @@ def _download_class(segmented):
     # The download classes load with the first download, not with DownloadManager (docs/performance.md). They read
     # the tunables an app sets on DownloadManager through this one reference, handed down from here: the modules
     # below never import this one.
+    if "mpos.net.download" not in sys.modules:  # the client just loaded (_check named it): its import's garbage
+        gc.collect()  # goes before download.py comes
     download = _module("download")
-    if download.Download.tunables is None:  # just loaded, with the client before it: its garbage goes first
+    if download.Download.tunables is None:  # the first download: what loading left goes before what it keeps
         gc.collect()
     download.Download.tunables = DownloadManager
     return _module("segments").Segmented if segmented else download.Download  # segments: only then, it costs heap

@@ -883,6 +883,16 @@ class _ThreadServer:
             self.connections += 1
             threading.Thread(target=self._answer, args=(conn, self.connections), daemon=True).start()
 
+    @staticmethod
+    def _read_head(conn, data):
+        # -> (a request's head, the bytes read after it), data being what came before; None once the client closed
+        while b"\r\n\r\n" not in data:
+            part = conn.recv(4096)
+            if not part:
+                return None
+            data += part
+        return data.split(b"\r\n\r\n", 1)
+
 
 class ScriptServer(_ThreadServer):
     """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
@@ -904,12 +914,10 @@ class ScriptServer(_ThreadServer):
             if self._tls:
                 conn = self._tls.wrap_socket(conn, server_side=True)
             while True:
-                while b"\r\n\r\n" not in data:
-                    part = conn.recv(4096)
-                    if not part:
-                        return
-                    data += part
-                head, data = data.split(b"\r\n\r\n", 1)
+                read = self._read_head(conn, data)
+                if read is None:
+                    return
+                head, data = read
                 lines = head.decode("latin-1").split("\r\n")
                 length = 0
                 for line in lines[1:]:
@@ -951,12 +959,10 @@ class FastServer(_ThreadServer):
                 conn = self._tls.wrap_socket(conn, server_side=True)
             data = b""
             while True:
-                while b"\r\n\r\n" not in data:
-                    part = conn.recv(4096)
-                    if not part:
-                        return
-                    data += part
-                head, data = data.split(b"\r\n\r\n", 1)
+                read = self._read_head(conn, data)
+                if read is None:
+                    return
+                head, data = read
                 lines = head.decode("latin-1").lower().split("\r\n")
                 _, target, version = lines[0].split(" ")
                 close = version == "http/1.0" or "connection: close" in lines

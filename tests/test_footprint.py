@@ -37,6 +37,48 @@ result(size=len(data), after_a_download=loaded())
     assert download == {"size": 1000, "after_a_download": CLIENT_MODULES}
 
 
+
+def test_task_manager_loads_when_named_not_with_a_download(mpy, fault):
+    r = mpy.run("""
+import sys
+import mpos
+from mpos import DownloadManager
+ok = DownloadManager.download_url(URL, outfile=OUT)  # no loop running: the session closes at the end
+result(ok=ok, loaded="mpos.task_manager" in sys.modules)
+from mpos import TaskManager
+from mpos import net, task_manager
+from mpos import *
+try:
+    from mpos import no_such_thing
+    missing = None
+except (AttributeError, ImportError) as e:
+    missing = type(e).__name__
+result(same=TaskManager is task_manager.TaskManager is mpos.TaskManager, net=net.__name__,
+       star=DownloadManager.__name__, missing=missing, has=hasattr(mpos, "no_such_thing"))
+""", URL=fault.url("/bytes/3000"), OUT=str(mpy.tmpdir / "out.bin"))
+    download, names = r.results
+    assert download == {"ok": True, "loaded": False}
+    assert names == {"same": True, "net": "mpos.net", "star": "DownloadManager", "missing": "AttributeError",
+                     "has": False}
+
+
+def test_a_download_that_ends_without_heap_for_task_manager_closes_its_session(mpy, fault):
+    # Under a running loop the idle session is closed later by a TaskManager task; TaskManager loads then. Here its
+    # module cannot load (a full heap): the download still ends as it did, and the session is closed at once.
+    r = mpy.run("""
+import sys, asyncio
+class NoHeap:
+    def __getattr__(self, name):
+        raise MemoryError("memory allocation failed")
+sys.modules["mpos.task_manager"] = NoHeap()
+from mpos import DownloadManager
+async def main():
+    ok = await DownloadManager.download_url(URL, outfile=OUT)
+    result(ok=ok, active=DownloadManager.is_session_active(), sha=sha256_file(OUT))
+asyncio.run(main())
+""", URL=fault.url("/bytes/3000"), OUT=str(mpy.tmpdir / "out.bin"))
+    assert r.value == {"ok": True, "active": False, "sha": sha256_of(3000)}
+
 MADE = """
 import aiohttp
 from aiohttp import errors

@@ -6,7 +6,6 @@
 # (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
 # priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
 # may call from threads), never held across an await.
-from ..task_manager import TaskManager
 
 try:
     import _thread
@@ -73,8 +72,13 @@ def release_session(idle_ms, download=None):
         idle.shutdown()
         return
     # Made outside the lock: a create_task that runs the coroutine's first step at once must not find it held
-    closer = TaskManager.create_task(_close_when_idle(idle, idle_ms))
-    if closer is None:  # TaskManager is disabled: nothing would close it later
+    try:
+        from .. import TaskManager  # (loaded now if no one named it yet)
+
+        closer = TaskManager.create_task(_close_when_idle(idle, idle_ms))
+    except MemoryError:  # a download that ends in a full heap still ends as it would have: the session closes now
+        closer = None
+    if closer is None:  # (or TaskManager is disabled: nothing would close it later)
         close_session_now()
         return
     with _lock:
@@ -86,6 +90,8 @@ def release_session(idle_ms, download=None):
 
 async def _close_when_idle(idle, idle_ms):
     global _session, _closer
+    from .. import TaskManager
+
     await TaskManager.sleep_ms(idle_ms)
     with _lock:
         if _session is not idle or _users:
@@ -98,6 +104,8 @@ async def _close_when_idle(idle, idle_ms):
 def _cancel(task):
     task.cancel()
     # A task cancelled before it first ran never reaches TaskManager's cleanup: it would stay in task_list for good
+    from .. import TaskManager
+
     if task in TaskManager.task_list:
         TaskManager.task_list.remove(task)
 

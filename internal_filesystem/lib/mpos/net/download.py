@@ -61,6 +61,7 @@ class Download:
     reconnects = 0  # requests made again after a failure (see _retry_wait)
     recorded = False  # the .part's record names this download's resource (see _record_part)
     segmented = False  # a Segmented download tries ranged connections first (see segments.py)
+    linger = True  # its session stays open session_idle_ms once idle (False: closed at once, see download_manager)
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
         self.url = url
@@ -240,7 +241,7 @@ class Download:
         if admitted:
             admission.leave(self.tunables.max_connections)
         self.close()  # also on cancellation: the .part stays for a resume
-        admission.release_session(self.tunables.session_idle_ms, self)
+        admission.release_session(self.tunables.session_idle_ms if self.linger else 0, self)
 
     def _failed(self, e):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
@@ -462,7 +463,7 @@ class Download:
         delay = min(delay, tunables.retry_max_ms / 1000)
         if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
             raise DownloadTimeout("deadline reached")
-        from ..task_manager import TaskManager
+        from .. import TaskManager
 
         return TaskManager.sleep(delay)
 

@@ -18,20 +18,13 @@ import asyncio
 import gc
 import sys
 
+from .. import one_at_a_time
 from .._log import redact, warning
 from . import admission
 from .admission import is_session_active
 from .errors import (DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError, NetworkError,
                      OutOfMemory, TLSError, is_network_error)
 from .partfile import get_resume_position
-
-try:
-    import _thread
-
-    _importing = _thread.allocate_lock()
-except ImportError:  # a port without threads
-    _thread = None
-_importer = None  # the thread that holds _importing
 
 
 async def close_session():
@@ -96,14 +89,15 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
 def _sync_or_async(coro):
     # From synchronous code or the REPL (no event loop running) the download runs to completion and the result is
     # returned; under a running loop the coroutine is returned for the caller to await.
+    return coro if _loop_runs_on() else asyncio.run(coro)
+
+
+def _loop_runs_on():
+    # False when called from synchronous code: no event loop will be left to close an idle session, so the last
+    # user closes it at once (and TaskManager, whose task would close it later, is not loaded for that)
     from asyncio import core
 
-    if core.cur_task is not None:
-        return coro
-    result = asyncio.run(coro)
-    if not admission.session_users():
-        admission.close_session_now()  # no loop will run the idle timer: close now rather than leave sockets open
-    return result
+    return core.cur_task is not None
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,
@@ -119,6 +113,8 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
         _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
         kind = _download_class((options.get("segments") or 1) > 1)
         download = kind(url, outfile, chunk_callback, total_size, headers, options)
+        if not _loop_runs_on():
+            download.linger = False
     except MemoryError:  # the first download loads the client and download.py: a full heap fails it as any other
         return _sync_or_async(_out_of_memory(url, outfile is None and chunk_callback is None, options))
     return _sync_or_async(download.run())
@@ -147,22 +143,11 @@ def _download_class(segmented):
 
 
 def _module(name):
-    # -> mpos.net.<name>, imported by one thread at a time: MicroPython's imports take no lock, and a second thread
-    # would find the module half run. The importing thread may come back meanwhile (a callback that
-    # micropython.schedule runs between its bytecodes): it goes on rather than wait for itself.
-    global _importer
-    me = _thread.get_ident() if _thread else None
-    if me is None or _importer == me:
-        return __import__(name, globals(), None, True, 1)
-    with _importing:
-        _importer = me
-        try:
-            return __import__(name, globals(), None, True, 1)
-        finally:
-            _importer = None
+    # -> mpos.net.<name>, imported by one thread at a time (see mpos/__init__.py)
+    return one_at_a_time(__import__, name, globals(), None, True, 1)
 
 
-async def _post(url, data, headers, redact_url):
+async def _post(url, data, headers, redact_url, idle_ms):
     shown = redact(url) if redact_url else url
     sess = admission.acquire_session()
     if sess is None:
@@ -179,7 +164,7 @@ async def _post(url, data, headers, redact_url):
         line = "post to %s failed: %r" % (url, e)
         warning("DownloadManager", redact(line) if redact_url else line)
     finally:
-        admission.release_session(DownloadManager.session_idle_ms)
+        admission.release_session(idle_ms)
     return None
 
 
@@ -187,7 +172,8 @@ def post_url(url, data=None, headers=None, redact_url=False):
     """POST data (bytes, str or dict as form fields) and return the response body, or None on failure.
     redact_url=True: logs show only scheme://host/… (the path and query may carry keys)."""
     _check(url, None, None, None, None, headers, {})
-    return _sync_or_async(_post(url, data, headers, redact_url))
+    idle_ms = DownloadManager.session_idle_ms if _loop_runs_on() else 0
+    return _sync_or_async(_post(url, data, headers, redact_url, idle_ms))
 
 
 class DownloadManager:

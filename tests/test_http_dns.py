@@ -153,7 +153,8 @@ FAILURES = [('OSError("[addrinfo error -3]")', -3), ("OSError(-202)", -202),
 @pytest.mark.parametrize("error, code", FAILURES)
 def test_a_failed_lookup_is_a_network_error(mpy, fault, error, code):
     r = mpy.run(DNS + """
-from mpos.net.download_manager import is_network_error
+from mpos import DownloadManager
+is_network_error = DownloadManager.is_network_error
 
 async def main():
     resolver = Resolver(error=ERROR)

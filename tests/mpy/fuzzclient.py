@@ -9,7 +9,7 @@ from time import ticks_diff, ticks_ms
 
 import aiohttp
 from mpos import DownloadManager
-from mpos.net.download_manager import DownloadError
+DownloadError = DownloadManager.DownloadError
 from testlib import fd_count, result, sha256
 
 

@@ -8,9 +8,7 @@ from micropython import const
 from time import ticks_diff, ticks_ms
 
 from .._log import redact
-from . import admission, partfile
-from .errors import (CallbackError, DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError,
-                     NetworkError, OutOfMemory, classify)
+from . import admission, errors, partfile
 
 _CHUNK = const(1024)
 _TRIES = const(3)  # attempts in a row that gain no byte before giving up: the spec's "3 tries"
@@ -212,7 +210,8 @@ class Download:
                         # up were never handed out: the next request resumes after the last that was, in chunks
                         # half as big. (A read is not retried in place: the bytes object is made after the read.)
                         self.chunk_size >>= 1
-                        e = NetworkError("out of memory for a chunk: going on in chunks of %d bytes" % self.chunk_size)
+                        e = errors.NetworkError("out of memory for a chunk: going on in chunks of %d bytes"
+                                                % self.chunk_size)
                     fails = 0 if self.delivered > gained else fails + 1  # progress was made: a fresh budget
                     await self._retry_wait(e, fails, end, at_sink)  # or raises: no more tries
                     at_sink = False
@@ -247,15 +246,15 @@ class Download:
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
         self.state = FAILED
-        if isinstance(e, CallbackError):
+        if isinstance(e, errors.CallbackError):
             self.log("stopped by its callback: %r" % (e.error,))
             raise e.error
         if isinstance(e, MemoryError):
-            e = OutOfMemory("out of memory")
-        if not isinstance(e, DownloadError):
+            e = errors.OutOfMemory("out of memory")
+        if not isinstance(e, errors.DownloadError):
             self.log("failed: %r" % (e,))
             raise e
-        if isinstance(e, OutOfMemory):
+        if isinstance(e, errors.OutOfMemory):
             # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
             # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
             import gc
@@ -291,11 +290,11 @@ class Download:
 
         self.state = CONNECTING
         if sess.closed:
-            raise NetworkError("the session was closed (close_session) during the download", retry=False)
+            raise errors.NetworkError("the session was closed (close_session) during the download", retry=False)
         if self.content_coded and self.delivered:
             # A content-coded body can't be resumed: Range counts encoded bytes, `delivered` decoded ones
             if self.mode() == "stream":
-                raise NetworkError("coded body cut short after %d bytes were handed out" % self.delivered,
+                raise errors.NetworkError("coded body cut short after %d bytes were handed out" % self.delivered,
                                    retry=False)
             self._restart()
         pos = self.range_start + self.kept + self.delivered
@@ -308,7 +307,7 @@ class Download:
         if end is not None:
             total = ticks_diff(end, ticks_ms()) / 1000
             if total <= 0:
-                raise DownloadTimeout("deadline reached")
+                raise errors.DownloadTimeout("deadline reached")
         return sess.get(self.url, headers=headers, ssl=admission.tls_context(self.tunables.ca),
                         timeout=aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout))
 
@@ -344,11 +343,11 @@ class Download:
             # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold)
             if headers.get("Content-Range", "").endswith("/%d" % pos):
                 return 0  # we hold the whole resource already (the answer before was cut after its last byte)
-            raise HTTPError("HTTP 416 (range not satisfiable)", status)
+            raise errors.HTTPError("HTTP 416 (range not satisfiable)", status)
         else:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
-            raise HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
+            raise errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
                             retry_after=retry_after)
         if self.validator is None:
             validator = headers.get("ETag") or headers.get("Last-Modified")
@@ -356,7 +355,7 @@ class Download:
                 self.validator = validator
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):
-            raise DownloadError("body of %d bytes exceeds max_size=%d" % (length, self.max_size))
+            raise errors.DownloadError("body of %d bytes exceeds max_size=%d" % (length, self.max_size))
         if self.mode() == "memory" and length is not None:
             self._memory_room(self.delivered + length - unwanted, self.delivered)
         elif self.outfile is not None:
@@ -373,16 +372,17 @@ class Download:
         got = parse_content_range(content_range)
         if not pos and self.range_end is None:  # we asked for no range: only the whole resource is an answer
             if got is None or got[0] or got[2] is None or got[1] != got[2] - 1:
-                raise HTTPError("206 to a request for the whole resource: %s" % content_range, 206)
+                raise errors.HTTPError("206 to a request for the whole resource: %s" % content_range, 206)
         if got is None or got[0] != pos:
             self._restart()  # not the bytes we asked for: start over (stream mode can't take chunks back)
-            raise NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, content_range))
+            raise errors.NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, content_range))
         first, last, total = got
         validator = headers.get("ETag") or headers.get("Last-Modified")
         if (validator is not None and self.validator is not None and validator != self.validator
                 or total is not None and self.resource_size is not None and total != self.resource_size):
             self._restart()
-            raise NetworkError("the resource changed during the download (now %s, %s bytes)" % (validator, total))
+            raise errors.NetworkError("the resource changed during the download (now %s, %s bytes)"
+                                      % (validator, total))
         if total is not None:
             self.resource_size = total
         if self.range_end is not None and last > self.range_end:
@@ -409,7 +409,7 @@ class Download:
         if self.deliver_until is not None:
             n = max(0, min(n, self.deliver_until - self.range_start - self.kept - self.delivered))
         if self.max_size is not None and self.kept + self.delivered + n > self.max_size:
-            raise DownloadError("body exceeds max_size=%d" % self.max_size)
+            raise errors.DownloadError("body exceeds max_size=%d" % self.max_size)
         if self.hasher is not None and n:
             self.hasher.update(data if n == _len(data) else data[:n])
         return n
@@ -417,26 +417,26 @@ class Download:
     def _cut_after_its_end(self, e):
         # Whether e, met while the end of an answer's framing was read after all the bytes it announced, is the
         # network's (a cut, a stall): then every byte it announced is here, and no more came
-        return isinstance(classify(e, self.timeout), NetworkError)
+        return isinstance(errors.classify(e, self.timeout), errors.NetworkError)
 
     def _overlong(self):
         # The answer held more than the length it announced: none of it is trusted, the download starts over (stream
         # mode, which can't take chunks back, fails)
         self._restart()
-        raise NetworkError("the answer holds more than the length it announced")
+        raise errors.NetworkError("the answer holds more than the length it announced")
 
     def _answer_ended(self, resp, left, gained):
         # The end of an answer -> True when the body is complete, False when a request for the rest comes next (a
         # whole answer shorter than asked: a server's range cap). Raises for an answer that ended short.
         resp.release()
         if left and not self.length_is_ours:  # the server announced more than it sent
-            raise NetworkError("response ended %d bytes early" % left)
+            raise errors.NetworkError("response ended %d bytes early" % left)
         if self.resource_size is None or self.content_coded:
             return True  # no size known: what the server framed is all there is
         end = self.resource_size if self.range_end is None else min(self.range_end + 1, self.resource_size)
         missing = end - (self.range_start + self.kept + self.delivered)
         if missing > 0 and self.delivered <= gained:  # nothing gained: a failed attempt (the next asks again)
-            raise NetworkError("the answer ended %d bytes before the end of what was asked for" % missing)
+            raise errors.NetworkError("the answer ended %d bytes before the end of what was asked for" % missing)
         return missing <= 0
 
     def _retry_wait(self, e, fails, end, at_sink):
@@ -444,10 +444,10 @@ class Download:
         # attempts in a row that gained no byte (the spec's 3 tries); every attempt counts towards max_reconnects
         # and lengthens the wait, so a link that keeps dropping after a little progress ends too.
         if at_sink and self.chunk_callback is not None:  # the app's callback raised it: its own, never retried
-            e = CallbackError(e)
+            e = errors.CallbackError(e)
         elif at_sink and self.file is not None and isinstance(e, OSError):
-            e = LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
-        err = classify(e, self.timeout)
+            e = errors.LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+        err = errors.classify(e, self.timeout)
         if err is None:
             raise e
         self.reconnects += 1
@@ -462,7 +462,7 @@ class Download:
             delay = tunables.retry_base_ms * (1 << min(self.reconnects - 1, 16)) / 1000 * (0.5 + random.random())
         delay = min(delay, tunables.retry_max_ms / 1000)
         if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
-            raise DownloadTimeout("deadline reached")
+            raise errors.DownloadTimeout("deadline reached")
         from .. import TaskManager
 
         return TaskManager.sleep(delay)
@@ -507,7 +507,7 @@ class Download:
                     self.file.close()
                     self.file = None
                     partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
-                raise IntegrityError("sha256 mismatch: got %s" % got)
+                raise errors.IntegrityError("sha256 mismatch: got %s" % got)
         if self.progress_callback is not None:  # before OUTFILE is replaced: the callback may still stop it
             self.percent_said = 100
             await _call(self.progress_callback, 100)
@@ -519,7 +519,7 @@ class Download:
                 partfile.replace(part, self.outfile)
                 partfile.remove(part + ".state")
             except OSError as e:
-                raise LocalFileError("cannot finish %s: %s" % (self.outfile, e))
+                raise errors.LocalFileError("cannot finish %s: %s" % (self.outfile, e))
         self.state = DONE
         if self.mode() == "memory":
             memory, self.memory = self.memory, None
@@ -548,14 +548,14 @@ class Download:
                     with open(part, "wb") as copy:
                         partfile.each_block(self.outfile, self.chunk_size, copy.write)
                 except OSError as e:
-                    raise LocalFileError("cannot copy %s to %s: %s" % (self.outfile, part, e))
+                    raise errors.LocalFileError("cannot copy %s to %s: %s" % (self.outfile, part, e))
                 mode = "ab"
             if mode == "ab":
                 self.kept, self.range_start = self.range_start, 0
         try:
             self.file = open(part, mode)
         except OSError as e:
-            raise LocalFileError("cannot write %s: %s" % (part, e))
+            raise errors.LocalFileError("cannot write %s: %s" % (part, e))
         if mode == "wb":
             partfile.remove(part + ".state")  # it describes a .part that is gone
         if self.kept and self.sha256:  # the bytes already on disk are hashed once, before new ones arrive
@@ -581,14 +581,14 @@ class Download:
             try:
                 partfile.write_record(self.outfile + ".part", record)
             except OSError as e:
-                raise LocalFileError("cannot write %s.part.state: %s" % (self.outfile, e))
+                raise errors.LocalFileError("cannot write %s.part.state: %s" % (self.outfile, e))
             self.recorded = True
 
     def _restart(self):
         # The bytes we have are no part of the resource the server now sends (it ignored Range, or the resource
         # changed): they go, and what we knew of the resource with them
         if self.mode() == "stream" and self.delivered:
-            raise NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
+            raise errors.NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
                                % self.delivered, retry=False)
         if self.file is not None:
             self.file.close()
@@ -616,7 +616,7 @@ class Download:
             if n + 1 > _ASK_ABOVE and n + 1 > gc.mem_free():  # (a length a server announced is not allocated blindly)
                 gc.collect()  # (mem_free counts the whole heap: asked again only when the first answer was no)
                 if n + 1 > gc.mem_free():
-                    raise OutOfMemory("a body of %d bytes does not fit in the heap" % n)
+                    raise errors.OutOfMemory("a body of %d bytes does not fit in the heap" % n)
             grown = bytearray(n + 1)
             if memory is not None and keep:
                 grown[:keep] = memoryview(memory)[:keep]
@@ -653,7 +653,7 @@ async def _call(callback, arg):
         if returned is not None and hasattr(returned, "send"):
             await returned
     except Exception as e:
-        raise e if isinstance(e, CallbackError) else CallbackError(e)
+        raise e if isinstance(e, errors.CallbackError) else errors.CallbackError(e)
 
 
 def with_user_agent(headers, user_agent):

@@ -20,11 +20,7 @@ import sys
 
 from .. import one_at_a_time
 from .._log import redact, warning
-from . import admission
-from .admission import is_session_active
-from .errors import (DownloadError, DownloadTimeout, HTTPError, IntegrityError, LocalFileError, NetworkError,
-                     OutOfMemory, TLSError, is_network_error)
-from .partfile import get_resume_position
+from . import admission, errors, partfile
 
 
 async def close_session():
@@ -125,7 +121,7 @@ async def _out_of_memory(url, memory_mode, options):
     line = "download of %s failed (memory): out of memory" % url
     warning("DownloadManager", redact(line) if options.get("redact_url") else line)
     if options.get("raise_errors"):
-        raise OutOfMemory("out of memory")
+        raise errors.OutOfMemory("out of memory")
     return None if memory_mode else False
 
 
@@ -191,19 +187,20 @@ class DownloadManager:
     download_url = staticmethod(download_url)
     post_url = staticmethod(post_url)
     downloads = staticmethod(downloads)
-    is_network_error = staticmethod(is_network_error)
-    get_resume_position = staticmethod(get_resume_position)
-    is_session_active = staticmethod(is_session_active)
+    is_network_error = staticmethod(errors.is_network_error)
+    get_resume_position = staticmethod(partfile.get_resume_position)
+    is_session_active = staticmethod(admission.is_session_active)
     close_session = staticmethod(close_session)
 
-    DownloadError = DownloadError
-    HTTPError = HTTPError
-    NetworkError = NetworkError
-    DownloadTimeout = DownloadTimeout
-    IntegrityError = IntegrityError
-    LocalFileError = LocalFileError
-    OutOfMemory = OutOfMemory
-    TLSError = TLSError
+    # (named through their modules: a name imported here would be one more entry in this module's globals)
+    DownloadError = errors.DownloadError
+    HTTPError = errors.HTTPError
+    NetworkError = errors.NetworkError
+    DownloadTimeout = errors.DownloadTimeout
+    IntegrityError = errors.IntegrityError
+    LocalFileError = errors.LocalFileError
+    OutOfMemory = errors.OutOfMemory
+    TLSError = errors.TLSError
 
 
 # What the imports above left behind (the import machinery's paths, the loader's buffers) is collected now, so the

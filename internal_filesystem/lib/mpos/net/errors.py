@@ -112,10 +112,12 @@ def _refused(e):
 def classify(e, timeout):
     # What an attempt raised -> a DownloadError that says whether another try may help; None for what is not ours
     # to judge (an app's callback, a defect). timeout: the download's seconds per read, for the message.
-    import aiohttp
-
     if isinstance(e, DownloadError):
         return e
+    if isinstance(e, MemoryError):  # before aiohttp's classes are named: making them takes heap (aiohttp/errors.py)
+        return OutOfMemory("out of memory")
+    import aiohttp
+
     if isinstance(e, aiohttp.ServerTimeoutError):
         return DownloadTimeout("no answer within timeout=%ss (%s)" % (timeout, e))
     if isinstance(e, aiohttp.ClientConnectorCertificateError):
@@ -126,6 +128,4 @@ def classify(e, timeout):
         return NetworkError("connection failed: %s" % (e,), retry=not _refused(e))
     if isinstance(e, aiohttp.ClientResponseError):
         return HTTPError("bad response: %s" % (e,), e.status)
-    if isinstance(e, MemoryError):
-        return OutOfMemory("out of memory")
     return None

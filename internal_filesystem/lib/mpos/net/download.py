@@ -138,11 +138,13 @@ class Download:
                         lane = file is not None and not extra
                         write = file.write if lane else None
                     room = resp.straight() - size if lane and (left is None or left >= size) else -1
-                    if room >= 0:  # (a whole chunk more fits while taken <= room)
+                    if room >= 0:  # (a whole chunk more fits while taken <= room, and the answer holds it)
+                        if left is not None and left - size < room:
+                            room = left - size
                         sock = resp.connection.sock
                         taken = 0  # bytes read from the socket itself: told to resp when this run of chunks ends
                         try:
-                            while taken <= room and (left is None or left >= size):
+                            while taken <= room:  # per chunk a read and a write; the counts wait for the run's end
                                 n = sock.readinto(buf, size)
                                 if not n:  # None: nothing waits; 0: the end, which the awaited read reports
                                     break
@@ -150,11 +152,13 @@ class Download:
                                 at_sink = True
                                 write(buf if n == size else view[:n])
                                 at_sink = False
-                                self.delivered += n
-                                if left is not None:
-                                    left -= n
-                        finally:
+                        finally:  # the counts, once per run of chunks; exact whatever ended it
                             resp.went_straight(taken)
+                            if at_sink:  # the file failed: its chunk was read, and never reached the file
+                                taken -= n
+                            self.delivered += taken
+                            if left is not None:
+                                left -= taken
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too

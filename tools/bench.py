@@ -113,17 +113,25 @@ def measure_smallest_heap(work, url, size, frozen=None):
         assert r["file"].startswith(where), r
         return r["code"], r["used"]
 
+    def downloads_in(kb, snippet, extra, where, how):
+        if out.exists():
+            out.unlink()
+        # bare: the test helpers would take heap of their own (~3 KB, compiled from source)
+        proc, res = mpy.run(snippet, work, lib=lib, heapsize=str(kb * 1024 + extra), timeout=120, bare=True,
+                            URL=url, OUT=str(out), **how)
+        if proc.returncode == 0 and res and res[-1]["ok"] is True and out.exists():
+            assert res[-1]["file"].startswith(where), res  # the library came from where it should
+            return hashlib.sha256(out.read_bytes()).hexdigest() == want
+        return False
+
     def smallest(snippet, extra, where, **how):
+        # the first of HEAPS_KB that is enough, then in 1 KB steps up from the one before it
+        below = None
         for kb in HEAPS_KB:
-            if out.exists():
-                out.unlink()
-            # bare: the test helpers would take heap of their own (~3 KB, compiled from source)
-            proc, res = mpy.run(snippet, work, lib=lib, heapsize=str(kb * 1024 + extra), timeout=120, bare=True,
-                                URL=url, OUT=str(out), **how)
-            if proc.returncode == 0 and res and res[-1]["ok"] is True and out.exists():
-                assert res[-1]["file"].startswith(where), res  # the library came from where it should
-                if hashlib.sha256(out.read_bytes()).hexdigest() == want:
-                    return kb
+            if downloads_in(kb, snippet, extra, where, how):
+                finer = range(below + 1, kb) if below is not None else ()
+                return next((fine for fine in finer if downloads_in(fine, snippet, extra, where, how)), kb)
+            below = kb
         return None
 
     small_url = url.rsplit("/", 1)[0] + "/1000"  # (url ends in /bytes/<size>)

@@ -34,7 +34,8 @@ FROZEN_JOBS ?= 2
 # Files and folders: a module removed from the library changes its folder's time.
 FROZEN_INPUTS := $(shell find internal_filesystem/lib manifest.py manifests -not -name '*.pyc' -not -name __pycache__)
 
-.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench callgrind demo download clean
+.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench callgrind heap-census demo \
+	download clean
 
 # The stamp is newer than the pins after one install, so a second run skips it.
 $(STAMP): tools/requirements.txt
@@ -104,6 +105,11 @@ bench: $(STAMP) $(WASM_STAMP) $(FROZEN_MICROPYTHON)
 # Where a chunk's instructions go, ours against requests' readinto loop, function by function (needs valgrind)
 callgrind: $(STAMP)
 	$(BIN)/python tools/callgrind.py
+
+# What the frozen library holds in the heap, by kind of object: the unix port built once more from a copy of
+# MicroPython's source whose heap dump names each object's type (tools/heap_census.py)
+heap-census: $(STAMP) $(MPY_CROSS)
+	$(BIN)/python tools/heap_census.py $(MPY_DIR) $(MPY_CROSS)
 
 # The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
 demo: $(STAMP)

@@ -57,6 +57,11 @@ static void census_list_objects(const mp_print_t *print) {
 
 PROGRAM = """
 import gc, sys, micropython
+gc.collect()
+start = gc.mem_alloc()
+import asyncio
+gc.collect()
+print("@@BASE", start, gc.mem_alloc() - start)
 from mpos import DownloadManager
 SLOTS = (0, 2, 4, 6, 8, 10, 12, 17, 23, 29, 37, 47, 59, 73, 97, 127, 167, 223, 293)
 def table_bytes(space):
@@ -133,6 +138,9 @@ def main(argv):
     if "@@OK True" not in proc.stdout or hashlib.sha256(out.read_bytes()).hexdigest() != sha256_of(SIZE):
         sys.exit("the census download failed:\n%s\n%s" % (proc.stdout[-2000:], proc.stderr[-2000:]))
     print("The frozen library's heap, by kind of object (unix port, 64-bit: 32-byte blocks)")
+    start, asyncio = re.search(r"^@@BASE (\d+) (\d+)$", proc.stdout, re.M).groups()
+    print("not the library's: %s bytes before any import (the port, this program), %s more for asyncio"
+          % (start, asyncio))
     for section in proc.stdout.split("@@WHEN ")[1:]:
         when, tables = section.split("\n", 1)[0].rsplit(" ", 1)
         objects = {}

@@ -6,11 +6,14 @@ flash blocks or the installed files, byte for byte, and what the OS code sees.
 import hashlib
 import io
 import json
+import shutil
 import socket
 import zipfile
 
 import pytest
 
+from tools.mpy import LIB
+from tools.mpy import run as run_on
 from tools.testservers import payload
 
 FIRMWARE = 150_123  # not a whole number of 4 KB blocks: the last block is padded with erased flash (0xFF)
@@ -381,3 +384,36 @@ def test_a_failed_install_leaves_no_app_behind(mpy, fault, package, query, error
     assert v["outcome"] == error if query else v["outcome"].startswith(error), v
     assert v["files"] is None and v["fds"] == 0
     assert len(fault.log) == (2 if query else 1)  # the app's own error is never retried
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MicroPythonOS's own mpos/__init__.py: in the OS's tree our modules sit beside it (docs/usage.md, On a device)
+
+
+def test_the_library_runs_under_micropythonos_own_package_init(mpy, fault, tmp_path):
+    # The OS's __init__ imports every service at once, DownloadManager before TaskManager: none of our modules may
+    # need a name that only our own __init__ has
+    tree = tmp_path / "os-lib"
+    shutil.copytree(LIB, tree)
+    (tree / "mpos" / "__init__.py").write_text(
+        "from .net.download_manager import DownloadManager\nfrom .task_manager import TaskManager\n")
+    proc, results = run_on(UPDATE_STAND_IN, tmp_path, lib=tree, URL=fault.url("/bytes/70001?drop=30000&key=os"),
+                           OUT=str(tmp_path / "out.bin"))
+    assert proc.returncode == 0, proc.stderr
+    assert results == [{"sync": True, "in_task": True, "sha": sha(payload(70001)), "listed": 1, "session": False}]
+
+
+UPDATE_STAND_IN = """
+from mpos import DownloadManager, TaskManager
+
+sync = DownloadManager.download_url(URL, outfile=OUT)  # from synchronous code: runs at once
+async def main():
+    task = TaskManager.create_task(DownloadManager.download_url(URL.replace("key=os", "key=task"), outfile=OUT))
+    await TaskManager.sleep_ms(0)
+    listed = len(DownloadManager.downloads())
+    done = await task
+    await DownloadManager.close_session()
+    return done, listed
+in_task, listed = run(main())
+result(sync=sync, in_task=in_task, sha=sha256_file(OUT), listed=listed, session=DownloadManager.is_session_active())
+"""

@@ -1,13 +1,6 @@
 # MicroPythonOS services used by apps: `from mpos import DownloadManager, TaskManager`. Each loads with its module
 # when first named, as aiohttp's names do: an app that only downloads never pays for TaskManager (docs/performance.md).
-try:
-    import _thread
-
-    _lock = _thread.allocate_lock()
-except ImportError:  # a port without threads
-    _thread = None
-
-_owner = None  # the thread that holds _lock
+from ._loading import one_at_a_time
 
 
 def __getattr__(name):
@@ -29,19 +22,3 @@ def _load(module, name):
         here[name] = getattr(__import__(module, here, None, True, 1), name)
     return here[name]
 
-
-def one_at_a_time(load, *args):
-    # -> load(*args), by one thread at a time: MicroPython's imports take no lock, and a second thread would find a
-    # module half run. The loading thread may come back meanwhile (a callback that micropython.schedule runs between
-    # its bytecodes): it goes on rather than wait for itself. (aiohttp/loading.py does the same for aiohttp, which
-    # must not need mpos.)
-    global _owner
-    me = _thread.get_ident() if _thread else None
-    if me is None or _owner == me:
-        return load(*args)
-    with _lock:
-        _owner = me
-        try:
-            return load(*args)
-        finally:
-            _owner = None

@@ -18,7 +18,7 @@ import asyncio
 import gc
 import sys
 
-from .. import one_at_a_time
+from .._loading import one_at_a_time
 from .._log import redact, warning
 from . import admission, errors, partfile
 
@@ -139,7 +139,7 @@ def _download_class(segmented):
 
 
 def _module(name):
-    # -> mpos.net.<name>, imported by one thread at a time (see mpos/__init__.py)
+    # -> mpos.net.<name>, imported by one thread at a time (see mpos/_loading.py)
     return one_at_a_time(__import__, name, globals(), None, True, 1)
 
 

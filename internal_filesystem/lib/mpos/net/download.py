@@ -127,7 +127,7 @@ class Download:
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body
                         resp.headers = None  # what the download needs of the head is copied: the text goes
                         self.state = DOWNLOADING
-                        buf, view, size = self._reader()
+                        buf, view, size = self._reader(left)
                         file = self.file
                         # a chunk has more to do than reach its sink: a plain download looks none of it up per chunk
                         extra = (self.unwanted or self.max_size is not None or self.hasher is not None
@@ -360,9 +360,7 @@ class Download:
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):
             raise errors.DownloadError("body of %d bytes exceeds max_size=%d" % (length, self.max_size))
-        if self.mode() == "memory" and length is not None:
-            self._memory_room(self.delivered + length - unwanted, self.delivered)
-        elif self.outfile is not None:
+        if self.outfile is not None:
             self._record_part()
         if unwanted != self.unwanted:
             self.unwanted = unwanted
@@ -393,10 +391,13 @@ class Download:
             return self.range_end - pos + 1  # more than asked for: only the range (a segment's neighbour)
         return last - first + 1
 
-    def _reader(self):
-        # -> (buffer, its memoryview, read size) for an answer. File and memory mode read into the thread's shared
-        # buffer; stream mode reads none (the bytes object the socket makes is the chunk), only the largest size
-        # such an object fits in the heap now.
+    def _reader(self, left):
+        # -> (buffer, its memoryview, read size) for an answer whose head is let go, with left body bytes to read
+        # (None: unknown). File and memory mode read into the thread's shared buffer, memory mode into its result's
+        # buffer too, made now (not in _accept, while a head of up to 32 KB was still held); stream mode reads none
+        # (the bytes object the socket makes is the chunk), only the largest size such an object fits in the heap.
+        if left is not None and self.mode() == "memory":
+            self._memory_room(self.delivered + left - self.unwanted, self.delivered)
         if self.chunk_callback is not None:
             # the largest read whose bytes object (and the NUL after it) fits in the heap now
             return None, None, _len(admission.fitting_bytearray(self.chunk_size + 1)) - 1

@@ -260,8 +260,9 @@ run(main())
     never_reused(fault, "length=")
 
 
-# Transfer codings: only plain chunked is ours. Values are URL-encoded: %0D%0A%20 folds the header line.
-TE_REFUSED = ["gzip, chunked", "x-custom, chunked", "chunkeda"]
+# Transfer codings: only plain chunked is ours. Values are URL-encoded: %0D%0A%20 folds the header line; a form feed
+# or a vertical tab (%0C, %0B) is no blank around a value, so "chunked\f" is another coding.
+TE_REFUSED = ["gzip, chunked", "x-custom, chunked", "chunkeda", "chunked%0C", "%0Bchunked"]
 TE_READ = ["Chunked", "%0D%0A%20chunked"]
 # Content codings: gzip, x-gzip, deflate, identity, as tokens of a list
 CE_REFUSED = ["br", "compress", "x-custom"]

@@ -88,7 +88,7 @@ class CIMultiDictProxy:
         out = []
         for value in self.getall(name):
             for token in value.split(","):
-                token = token.split(";", 1)[0].strip().lower()
+                token = token.split(";", 1)[0].strip(" \t").lower()  # (strip() would take a form feed too)
                 if token:
                     out.append(token)
         return out
@@ -206,9 +206,9 @@ def _add_field(blocks, buf, start, end):
     if not fold:
         name = bytes(view[start:colon]).lower()
         i += 1
-    while i < j and buf[i] in b" \t\r\n\x0b\x0c":  # the value without the whitespace around it
+    while i < j and buf[i] in b" \t\r\n":  # the value without the blanks around it (a form feed is no blank)
         i += 1
-    while j > i and buf[j - 1] in b" \t\r\n\x0b\x0c":
+    while j > i and buf[j - 1] in b" \t\r\n":
         j -= 1
     if buf.find(b"\r", i, j) >= 0 or buf.find(b"\0", i, j) >= 0:  # (a value that could not be sent back, as If-Range)
         return False
@@ -235,7 +235,7 @@ def _content_length(headers, status):
         return None
     n = None
     for value in ",".join(values).split(","):
-        value = value.strip()
+        value = value.strip(" \t")
         if not value.isdigit() or n is not None and int(value) != n or int(value) > sys.maxsize:
             raise errors.ClientResponseError(status, "bad Content-Length %r" % ", ".join(values)[:40])
         n = int(value)

@@ -679,7 +679,7 @@ def parse_content_range(value):
     # "bytes a-b/N" -> (a, b, N or None for "*"); None for anything else, a range that ends before it starts or
     # past its total, and numbers no machine word holds
     try:
-        unit, _, spec = value.strip().partition(" ")
+        unit, _, spec = value.strip(" \t").partition(" ")
         span, _, total = spec.partition("/")
         first, _, last = span.partition("-")
         first, last, total = int(first), int(last), (None if total.strip() == "*" else int(total))

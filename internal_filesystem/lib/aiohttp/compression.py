@@ -102,7 +102,8 @@ class Inflate:
         return n
 
     def _fail(self, reason):
-        # a body whose HTTP framing ended cleanly leaves its connection reusable
-        self._reader._let_go(self._arrived)
+        # The connection goes too: a body that does not decode may have been framed wrong (a byte more than its
+        # Content-Length would be read as the start of the next answer)
+        self._reader._let_go(False)
         reason = " (%s)" % (reason,) if reason else ""
         raise errors.ClientPayloadError("compressed body is corrupt or cut short" + reason)

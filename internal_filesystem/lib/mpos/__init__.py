@@ -21,4 +21,3 @@ def _load(module, name):
     if name not in here:  # (another thread may have loaded it meanwhile)
         here[name] = getattr(__import__(module, here, None, True, 1), name)
     return here[name]
-

@@ -299,7 +299,7 @@ class Download:
             # A content-coded body can't be resumed: Range counts encoded bytes, `delivered` decoded ones
             if self.mode() == "stream":
                 raise errors.NetworkError("coded body cut short after %d bytes were handed out" % self.delivered,
-                                   retry=False)
+                                          retry=False)
             self._restart()
         pos = self.range_start + self.kept + self.delivered
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)  # let go once it is sent
@@ -352,7 +352,7 @@ class Download:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
             raise errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
-                            retry_after=retry_after)
+                                   retry_after=retry_after)
         if self.validator is None:
             validator = headers.get("ETag") or headers.get("Last-Modified")
             if validator is not None:  # an attribute set is a slot in this download's table: only when there is one

@@ -563,8 +563,8 @@ class FaultServer(_LoopThread):
             if rng and (if_range is None or if_range in (etag, last_modified) or q("ifrange") == "ignore"):
                 span = _parse_range(rng, len(body))
                 if span == "unsatisfiable":
-                    return self._simple(writer, req, 416, extra=[
-                        ("Content-Range", "bytes */%d" % len(body))], keep=keep)
+                    return self._simple(writer, req, 416, b"<html>416 Requested Range Not Satisfiable</html>\n",
+                                        "text/html", [("Content-Range", "bytes */%d" % len(body))], keep)
                 if span:
                     a, b = span
                     if "rangemax" in req.query:  # rangemax=K: 206 parts of at most K bytes (a server may send less)

@@ -348,7 +348,8 @@ class Download:
             if headers.get("Content-Range", "").endswith("/%d" % pos):
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 return 0  # we hold the whole resource already (the answer before was cut after its last byte)
-            raise errors.HTTPError("HTTP 416 (range not satisfiable)", status)
+            self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
+            raise errors.NetworkError("HTTP 416 to a resume, %s: starting over" % headers.get("Content-Range"))
         else:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None

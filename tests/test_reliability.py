@@ -258,6 +258,14 @@ def test_resume_of_complete_file_416_is_success(mpy, fault):
     assert v["sent"] == [["bytes=8000-", None]] and fault.requests == 1, v
 
 
+def test_resume_of_complete_file_starts_over_on_a_416_that_names_no_size(mpy, fault):
+    # apache's 416 has no Content-Range: the bytes held can't be confirmed, so the resource comes whole (before, the
+    # recipe failed with a copy of the file in .part, and so did every later try of it)
+    v = dl(mpy, fault.url("/bytes/8000?bare416=1"), "file", old=payload(8000), resume=True)
+    ok(v, 8000)
+    assert v["sent"] == [["bytes=8000-", None], [None, None]] and v["part"] == -1, v
+
+
 class _Bad206(http.server.BaseHTTPRequestHandler):
     """Answers a Range request with 206 and a Content-Range that does not start where asked (or none)."""
     protocol_version = "HTTP/1.1"

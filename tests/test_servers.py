@@ -107,7 +107,7 @@ def test_range_unsatisfiable(srv):
     resp, body = get(srv, "/bytes/100", {"Range": "bytes=100-"})
     assert resp.status == 416
     assert resp.getheader("Content-Range") == "bytes */100"
-    assert body == b""
+    assert b"416" in body  # an error page, as nginx and apache send
 
 
 def test_if_range(srv):

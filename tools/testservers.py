@@ -33,6 +33,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | norange=1 | Range is ignored: always 200 and the whole resource | norange=1 |
 | rangemax=K | a 206 carries at most K bytes of the range asked (its Content-Range says so: a short 206) | rangemax=20000 |
 | ifrange=ignore | Range served whatever If-Range says (h2o, twisted): a 206 with the current validator | ifrange=ignore |
+| bare416=1 | a 416 without Content-Range (as apache 2.4 sends it) | bare416=1 |
 | newer=N | from the key's N-th request on, the next version: other bytes (seed+1), ETag, Last-Modified | key=a&newer=2 |
 | churn=1 | every request with the key sees a newer version than the one before | churn=1&key=a&drop=30000 |
 | grow=D | each version is D bytes longer than the one before (the Content-Range total changes) | newer=2&grow=5000 |
@@ -563,8 +564,9 @@ class FaultServer(_LoopThread):
             if rng and (if_range is None or if_range in (etag, last_modified) or q("ifrange") == "ignore"):
                 span = _parse_range(rng, len(body))
                 if span == "unsatisfiable":
-                    return self._simple(writer, req, 416, extra=[
-                        ("Content-Range", "bytes */%d" % len(body))], keep=keep)
+                    extra = [] if q("bare416") == "1" else [("Content-Range", "bytes */%d" % len(body))]
+                    return self._simple(writer, req, 416, b"<html>416 Requested Range Not Satisfiable</html>\n",
+                                        "text/html", extra, keep)
                 if span:
                     a, b = span
                     if "rangemax" in req.query:  # rangemax=K: 206 parts of at most K bytes (a server may send less)

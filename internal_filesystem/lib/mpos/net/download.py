@@ -50,7 +50,7 @@ class Download:
     validator = None  # ETag or Last-Modified, for If-Range on a resume
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
-    length_is_ours = False  # this answer's length is our range's end, not one the server announced (see _accept)
+    length_is_ours = False  # this answer's length is ours (our range's end, or 0 after a 416), not the server's
     deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
     state = QUEUED
     speed = 0
@@ -346,8 +346,10 @@ class Download:
         elif status == 416 and (self.kept and not self.delivered or self.delivered and self.validator is not None):
             # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold)
             if headers.get("Content-Range", "").endswith("/%d" % pos):
+                self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 return 0  # we hold the whole resource already (the answer before was cut after its last byte)
-            raise errors.HTTPError("HTTP 416 (range not satisfiable)", status)
+            self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
+            raise errors.NetworkError("HTTP 416 to a resume, %s: starting over" % headers.get("Content-Range"))
         else:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None

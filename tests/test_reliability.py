@@ -213,6 +213,44 @@ def test_failure_without_previous_outfile_leaves_none(mpy, fault):
     assert v["part"] == 5000 and v["resume_pos"] == 5000, v  # the partial stays for a resume
 
 
+
+ONE_OUTFILE = PRE + """
+async def main():
+    with open("out.bin", "wb") as f:
+        f.write(OLD)
+    first = asyncio.create_task(DownloadManager.download_url(SLOW, outfile="out.bin"))
+    await asyncio.sleep_ms(50)  # the first is writing out.bin.part
+    try:
+        second = await DownloadManager.download_url(FAST, outfile="out.bin", raise_errors=True)
+    except DownloadManager.LocalFileError as e:
+        second = e.reason
+    third = await DownloadManager.download_url(FAST, outfile="out.bin")  # the same, the documented way
+    result(second=second, third=third, first=await first, sha=sha256_file("out.bin"),
+           left=[name for name in os.listdir() if name.startswith("out.bin.")])
+run(main())
+"""
+
+
+def test_a_second_download_to_an_outfile_being_downloaded_fails_and_the_first_ends_whole(mpy, fault):
+    # Two writers of one .part would mix their bytes, and the second to finish would find the .part gone
+    v = mpy.run(ONE_OUTFILE, SLOW=fault.url("/bytes/100000?rate=400000"), FAST=fault.url("/bytes/3000"),
+                OLD=OLD).value
+    assert v == {"second": "file", "third": False, "first": True, "sha": sha256_of(100000), "left": []}, v
+
+
+def test_a_part_removed_during_the_download_leaves_the_outfile_as_it_was(mpy, fault):
+    # (an app, or a cleanup, removed OUTFILE.part while the download wrote it)
+    v = mpy.run(PRE + """
+with open("out.bin", "wb") as f:
+    f.write(OLD)
+def progress(percent):
+    if percent >= 50 and "out.bin.part" in os.listdir():
+        os.remove("out.bin.part")
+ok = DownloadManager.download_url(URL, outfile="out.bin", progress_callback=progress)
+result(ok=ok, sha=sha256_file("out.bin"))
+""", URL=fault.url("/bytes/100000?rate=400000"), OLD=OLD).value
+    assert v == {"ok": False, "sha": OLD_SHA}, v
+
 def test_resume_recipe_from_partial_file(mpy, fault):
     # A first attempt dies after 5000 bytes; the spec's recipe then completes it with a Range request, and
     # If-Range with the validator the first answer gave, kept beside the .part.

@@ -6,6 +6,7 @@
 # (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
 # priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
 # may call from threads), never held across an await.
+from . import errors
 
 try:
     import _thread
@@ -35,9 +36,14 @@ _in_use = 0  # connection slots taken
 
 def acquire_session(download=None):
     # -> the shared session for one more user, who gives it back with release_session(), or None without aiohttp.
-    # A download is listed in downloads() until then.
+    # A download is listed in downloads() until then; one to an outfile that a listed download writes raises
+    # LocalFileError instead (two writers of one .part would mix their bytes, and the second to finish lose the file).
     global _session, _users, _closer
     with _lock:
+        if download is not None and download.outfile is not None:
+            for other in _listed:
+                if other.outfile == download.outfile:
+                    raise errors.LocalFileError("%s is being downloaded already" % download.outfile)
         if _session is None:
             try:
                 import aiohttp

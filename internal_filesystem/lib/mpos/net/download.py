@@ -106,7 +106,10 @@ class Download:
         # session and a connection slot, then a loop that takes one chunk per turn, sending a request first whenever
         # no answer is being read, until the body is complete or another try cannot help. The cleanup runs on every
         # way out, cancellation included.
-        sess = self._enter()
+        try:
+            sess = self._enter()
+        except errors.LocalFileError as e:  # its outfile is being downloaded already: nothing is held to give back
+            return self._failed(e)
         if sess is None:
             return None if self.mode() == "memory" else False  # the documented failure
         admitted = complete = at_sink = False
@@ -231,7 +234,7 @@ class Download:
     # A segment overrides them: the Segmented download it is part of holds the session, the slot and the listing.
 
     def _enter(self):
-        # -> the session, or None (logged) without aiohttp
+        # -> the session, or None (logged) without aiohttp; LocalFileError while another download writes its outfile
         sess = admission.acquire_session(self)
         if sess is None:
             self.log("cannot start: aiohttp is not available")

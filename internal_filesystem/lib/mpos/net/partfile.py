@@ -25,6 +25,8 @@ def replace(src, dst):
     try:
         os.rename(src, dst)
     except OSError:  # some filesystems (FAT) won't rename over an existing file
+        if size_of(src) < 0:
+            raise  # src is gone (removed from under the download): dst stays as it was
         remove(dst)
         os.rename(src, dst)
 

@@ -11,6 +11,7 @@ Spec blocks that are not meant to run: the `download_url` signature, the "Automa
 excerpt of the implementation: `response`, `tries_left`, a bare `return`), and the migration's "Old" example
 (it awaits in a plain method: a SyntaxError, which is its point).
 """
+import hashlib
 import os
 import re
 import socket
@@ -990,6 +991,25 @@ run(main())
     assert fault.connections == 0 and fault.requests == 0
     assert not (mpy.tmpdir / "both.bin").exists() and not (mpy.tmpdir / "both.bin.part").exists()
 
+
+
+def test_a_range_no_answer_could_be_placed_for_raises_valueerror_before_any_traffic(mpy, fault):
+    # a suffix (the last N bytes), several ranges, an end before the start: the resume recipe's bytes=N- and a
+    # bytes=N-M are what a download can place in the resource
+    r = mpy.run("""
+from mpos import DownloadManager
+errors = []
+for asked in ("bytes=-100", "bytes=0-9,20-29", "bytes=90-10", "items=0-9"):
+    try:
+        DownloadManager.download_url(URL, headers={"Range": asked})
+        errors.append(None)
+    except ValueError as e:
+        errors.append(str(e))
+result(errors=errors, part=sha256(DownloadManager.download_url(URL, headers={"Range": "bytes=10-19"})))
+""", URL=fault.url("/bytes/100"))
+    assert all(e and "only bytes=FIRST- and bytes=FIRST-LAST" in e for e in r.value["errors"]), r.value
+    assert r.value["part"] == hashlib.sha256(payload(100)[10:20]).hexdigest()
+    assert fault.requests == 1  # the last one only
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. The shared session

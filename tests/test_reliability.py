@@ -307,6 +307,16 @@ def test_resume_of_complete_file_starts_over_on_a_416_that_names_no_size(mpy, fa
     assert v["sent"] == [["bytes=8000-", None], [None, None]] and v["part"] == -1, v
 
 
+@pytest.mark.parametrize("limit", [{"kw": {"tries": 1}}, {"tune": {"max_reconnects": 0}}], ids=["tries=1", "no-reconnects"])
+def test_a_start_over_after_a_416_spends_no_try(mpy, fault, limit):
+    # the 416 is no failure of the link: the download asks again at once and gets the resource whole, even when it
+    # may not try twice (before, it failed with "starting over" and the next call got the file)
+    v = dl(mpy, fault.url("/bytes/8000?bare416=1"), "file", old=payload(8000), resume=True, tune=limit.get("tune"),
+           **limit.get("kw", {}))
+    ok(v, 8000)
+    assert v["sent"] == [["bytes=8000-", None], [None, None]] and v["part"] == -1, v
+
+
 class _Bad206(http.server.BaseHTTPRequestHandler):
     """Answers a Range request with 206 and a Content-Range that does not start where asked (or none)."""
     protocol_version = "HTTP/1.1"

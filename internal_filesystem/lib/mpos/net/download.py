@@ -11,6 +11,7 @@ from .._log import redact
 from . import admission, errors, partfile
 
 _CHUNK = const(1024)
+_ASK_AGAIN = const(-2)  # _accept: the answer is no part of the resource and the bytes held went: ask at once
 _TRIES = const(3)  # attempts in a row that gain no byte before giving up: the spec's "3 tries"
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
@@ -129,6 +130,10 @@ class Download:
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body
+                        if left == _ASK_AGAIN:  # a new plan, not a failed try: bounded, as nothing is held now
+                            resp.release()
+                            resp = None
+                            continue
                         resp.headers = None  # what the download needs of the head is copied: the text goes
                         self.state = DOWNLOADING
                         buf, view, size = self._reader(left)
@@ -322,7 +327,8 @@ class Download:
     def _accept(self, resp):
         # An answer's status and headers, checked before a byte of its body is taken -> the body bytes to read (None:
         # until the server ends it), self.unwanted of them before the wanted ones; 0 when the .part already is the
-        # whole resource. Raises for an answer that is no part of the resource.
+        # whole resource; _ASK_AGAIN when it confirms none of the bytes held, which went. Raises for an answer that is
+        # no part of the resource.
         pos = self.range_start + self.kept + self.delivered  # as asked for in _request: nothing came in between
         status = resp.status
         headers = resp.headers
@@ -353,7 +359,7 @@ class Download:
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 return 0  # we hold the whole resource already (the answer before was cut after its last byte)
             self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
-            raise errors.NetworkError("HTTP 416 to a resume, %s: starting over" % headers.get("Content-Range"))
+            return _ASK_AGAIN
         else:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None

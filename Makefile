@@ -107,9 +107,11 @@ callgrind: $(STAMP)
 	$(BIN)/python tools/callgrind.py
 
 # What the frozen library holds in the heap, by kind of object: the unix port built once more from a copy of
-# MicroPython's source whose heap dump names each object's type (tools/heap_census.py)
-heap-census: $(STAMP) $(MPY_CROSS)
+# MicroPython's source whose heap dump names each object's type (tools/heap_census.py); then how far lazy loading
+# could lower the smallest heap: the library frozen without what a plain download never calls (tools/lazy_bound.py)
+heap-census: $(STAMP) $(MPY_CROSS) $(FROZEN_MICROPYTHON)
 	$(BIN)/python tools/heap_census.py $(MPY_DIR) $(MPY_CROSS)
+	$(BIN)/python tools/lazy_bound.py $(MPY_DIR) $(MPY_CROSS) $(FROZEN_MICROPYTHON)
 
 # The main job, runnable: a loopback server, an .mpk-sized download with progress, a dropped connection survived.
 demo: $(STAMP)

@@ -3,8 +3,9 @@
 MicroPython's own heap dump (micropython.mem_info(1)) marks each block with a letter, and knows a handful of types.
 This builds the unix port once more (build/census, the library frozen in as `make frozen` does) from a copy of
 MicroPython's source whose py/gc.c also lists every object with its type's name and its size in blocks, then runs a
-3 MB download to a file with the code frozen and reports, half way through it and once it is over, how many objects
-of each kind the heap holds and what they take. Objects whose first word is not a type (dictionary tables, instance
+3 MB download to a file with the code frozen and reports, at the first read of the response's head (where the
+smallest heap runs out), half way through the download and once it is over, how many objects of each kind the heap
+holds and what they take. Objects whose first word is not a type (dictionary tables, instance
 attribute tables, buffers, coroutine frames) are summed as "no type"; the tables of modules and classes among them
 are estimated from their sizes (a table holds at least as many 16-byte slots as entries, growing through 17, 23,
 29, 37 ... slots: py/map.c). Usage: heap_census.py MICROPYTHON_SOURCE MPY_CROSS"""
@@ -84,8 +85,17 @@ def census(when):
     gc.collect()
     micropython.mem_info(1)
 said = []
+import aiohttp.connection
+fill = aiohttp.connection.Connection.fill
+def first_fill(conn):
+    # the first read of the response's head: the request's chain of coroutines is at its deepest
+    if not said:
+        said.append(0)
+        census("at the first read of the response head")
+    return (yield from fill(conn))
+aiohttp.connection.Connection.fill = first_fill
 def progress(percent):
-    if percent >= 50 and not said:
+    if percent >= 50 and len(said) == 1:
         said.append(percent)
         census("half way through a 3 MB download to a file")
 ok = DownloadManager.download_url(URL, outfile=OUT, progress_callback=progress)

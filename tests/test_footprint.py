@@ -253,6 +253,24 @@ asyncio.run(main())
     assert r.value == {"outcomes": ["timeout", "timeout"], "made": 0}
 
 
+def test_an_app_error_or_a_question_about_one_makes_no_error_class(mpy, fault):
+    # A chunk callback that raises, and is_network_error() asked about errors that are none of the client's: no
+    # class test along the way makes the client's twelve classes only to say no
+    r = mpy.run(MADE + """
+from mpos import DownloadManager
+def refuse(chunk):
+    raise ValueError("the app's own")
+try:
+    DownloadManager.download_url(URL, chunk_callback=refuse)
+    raised = None
+except ValueError as e:
+    raised = str(e)
+answers = [DownloadManager.is_network_error(e) for e in (OSError(errno.ECONNRESET), ValueError("x"))]
+result(raised=raised, answers=answers, made=made())
+""", URL=fault.url("/bytes/5000"))
+    assert r.value == {"raised": "the app's own", "answers": [True, False], "made": 0}
+
+
 def test_a_callback_scheduled_while_a_module_loads_does_not_wait_for_itself(mpy):
     # micropython.schedule runs a callback between the bytecodes of whatever the thread does, which may be a load
     # under the loading lock; the callback names a lazy name, which takes the same lock

@@ -352,11 +352,9 @@ class ClientSession:
                 # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
                 again = reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
                 self._done_with(conn, False)
-                if not isinstance(e, Exception) or isinstance(e, MemoryError):
-                    raise  # a cancellation or a full heap: nothing below is about it, and naming errors.X makes them
-                if not reused and isinstance(e, (OSError, errors.ClientConnectionError)):
+                if not reused and (isinstance(e, OSError) or errors.kind_of(e, "ClientConnectionError")):
                     forget(host, port)  # a new connection failed: its address may be out of date
-                if again and isinstance(e, (OSError, errors.ServerDisconnectedError)):
+                if again and (isinstance(e, OSError) or errors.kind_of(e, "ServerDisconnectedError")):
                     continue
                 if isinstance(e, OSError):
                     raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)

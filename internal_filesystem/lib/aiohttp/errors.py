@@ -2,7 +2,8 @@
 #
 # The classes are made when one of them is first named (module __getattr__), all at once: each costs about 250 bytes
 # of heap (docs/performance.md), and a download that goes well names none. The modules raise them as
-# `errors.ServerDisconnectedError(...)`; `from .errors import X` makes them too. They live in a table of their own,
+# `errors.ServerDisconnectedError(...)` and test what they caught with kind_of(), which makes none (an exception
+# passing by, a MemoryError in a full heap, is no reason to); `from .errors import X` makes them too. They live in a table of their own,
 # published whole: this module's globals never change after import (a thread reading them while another grows
 # them could miss a name on a port without a global interpreter lock), and a MemoryError part way publishes none.
 
@@ -18,6 +19,11 @@ def __getattr__(name):
     if name not in made:
         raise AttributeError(name)
     return made[name]
+
+
+def kind_of(e, name):
+    # isinstance(e, <the class called name>), without making the classes for it: while none is made, nothing is one
+    return _made is not None and isinstance(e, _made[name])
 
 
 def _make():

@@ -790,10 +790,8 @@ class StreamReader:
             return self._count(n)
         except OSError as e:
             self._cut_short(e)
-        except MemoryError:
-            raise  # (as it is: naming an error class below would make the classes, with heap a full heap lacks)
-        except Exception as e:  # (not `except errors.X`: a cancellation passing by would make the classes)
-            if not isinstance(e, errors.ServerDisconnectedError) or self._conn.sock is None:
+        except Exception as e:  # (not `except errors.X`: an exception passing by would make the classes)
+            if not errors.kind_of(e, "ServerDisconnectedError") or self._conn.sock is None:
                 raise  # a ServerDisconnectedError with no socket: this response was released, or its session closed
             self._cut_short(e)  # the body ended inside a chunk-size line or the trailers
 

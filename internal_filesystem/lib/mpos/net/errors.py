@@ -83,14 +83,14 @@ def is_network_error(e):
     if isinstance(e, asyncio.TimeoutError):
         return True
     try:
-        import aiohttp
-
-        if isinstance(e, aiohttp.ClientSSLError):
-            return False
-        if isinstance(e, aiohttp.ClientConnectionError) or isinstance(e, aiohttp.ClientPayloadError):
-            return not _refused(e)
+        from aiohttp import errors as client
     except ImportError:
-        pass
+        client = None
+    if client is not None:
+        if client.kind_of(e, "ClientSSLError"):
+            return False
+        if client.kind_of(e, "ClientConnectionError") or client.kind_of(e, "ClientPayloadError"):
+            return not _refused(e)
     code = _error_number(e)
     if code is not None and abs(code) in _NETWORK_CODES:
         return True
@@ -114,18 +114,18 @@ def classify(e, timeout):
     # to judge (an app's callback, a defect). timeout: the download's seconds per read, for the message.
     if isinstance(e, DownloadError):
         return e
-    if isinstance(e, MemoryError):  # before aiohttp's classes are named: making them takes heap (aiohttp/errors.py)
+    if isinstance(e, MemoryError):
         return OutOfMemory("out of memory")
-    import aiohttp
+    from aiohttp import errors as client  # (its kind_of tells the client's errors apart without making them)
 
-    if isinstance(e, aiohttp.ServerTimeoutError):
+    if client.kind_of(e, "ServerTimeoutError"):
         return DownloadTimeout("no answer within timeout=%ss (%s)" % (timeout, e))
-    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+    if client.kind_of(e, "ClientConnectorCertificateError"):
         return TLSError(str(e))
-    if isinstance(e, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+    if client.kind_of(e, "ClientPayloadError") or client.kind_of(e, "ServerDisconnectedError"):
         return NetworkError("connection lost: %s" % (e,))
-    if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
+    if isinstance(e, OSError) or client.kind_of(e, "ClientConnectionError"):
         return NetworkError("connection failed: %s" % (e,), retry=not _refused(e))
-    if isinstance(e, aiohttp.ClientResponseError):
+    if client.kind_of(e, "ClientResponseError"):
         return HTTPError("bad response: %s" % (e,), e.status)
     return None

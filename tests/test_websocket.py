@@ -2,7 +2,7 @@
 and the websockets package's server, plain and TLS (fixtures in conftest.py, servers in tools/wsservers.py)."""
 import pytest
 
-from tools.wsservers import frame, handshake_answer
+from tools.wsservers import close_frame, frame, handshake_answer
 
 
 SIZES = [0, 125, 126, 65535, 65536, 1 << 20]
@@ -361,6 +361,48 @@ async def main():
 run(main())
 """, heapsize="20M", URL=srv.url("/busy"))
     assert r.value == {"waiting": True, "reply": "got it"}
+
+
+# The server's control frame -> how it ends when the reader's answer to it waits while another task sends a message
+# larger than the socket buffers hold, and the reading task is cancelled there (an app closing its screen)
+CANCELLED_WHILE_ANSWERING = {
+    "a ping": (frame(9, b"ping"),
+               {"reader": "CancelledError", "closed": False, "send": "returned", "next": "got it", "fds": 1}),
+    # our Close can no longer go out: nor does the connection stay
+    "a Close": (close_frame(4000),
+                {"reader": "CancelledError", "closed": True, "send": "ClientConnectionResetError", "next": 257,
+                 "fds": 0}),
+}
+
+
+@pytest.mark.parametrize("control", CANCELLED_WHILE_ANSWERING)
+def test_a_reader_cancelled_while_its_answer_waits_behind_a_send_is_cancelled(mpy, ws_script, control):
+    data, outcome = CANCELLED_WHILE_ANSWERING[control]
+    srv = ws_script({"/busy": [0.2, data, 1.0, "read", frame(1, b"got it")]}, rcvbuf=4096)
+    r = mpy.run("""
+import asyncio
+
+async def ending(task):
+    try:
+        await task
+        return "returned"
+    except BaseException as e:
+        return type(e).__name__
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        send = asyncio.create_task(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold
+        reader = asyncio.create_task(ws.receive())
+        await asyncio.sleep_ms(500)
+        reader.cancel()
+        result(reader=await ending(reader), closed=ws.closed, send=await ending(send))
+        msg = await ws.receive(timeout=10)
+        result(next=msg.data if msg.type == 1 else msg.type, fds=fd_count() - fds)
+run(main())
+""", heapsize="20M", URL=srv.url("/busy"))
+    assert dict(r.results[0], **r.results[1]) == outcome
 
 
 def test_heartbeat_fails_a_connection_whose_pongs_stop(mpy, ws_script):

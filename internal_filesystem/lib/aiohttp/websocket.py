@@ -317,6 +317,11 @@ class ClientWebSocketResponse:
         except ClientConnectionResetError:
             if self._state != _CLOSING:  # (else: a close() started meanwhile; its Close goes out instead)
                 raise
+        except asyncio.CancelledError:  # from outside: _receive re-raises it, as it finds itself still the reader
+            if op == _OP_CLOSE:
+                self._drop()  # the Close the server waits for will not go; nothing else may be sent
+            self._reading = me
+            raise
         if self._reading is None:
             self._reading = me
 

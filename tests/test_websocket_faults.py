@@ -1,5 +1,6 @@
 """The websocket client against a server that misbehaves on purpose (tools/wsservers.py: ScriptWSServer): bad
 frames of every kind RFC 6455 forbids, connections cut inside a frame, bad handshakes, bytes one at a time."""
+import hashlib
 import struct
 
 import pytest
@@ -81,6 +82,26 @@ run(main())
     assert r.value == {"type": 258, "code": 1009}
 
 
+def test_max_msg_size_0_lifts_the_limit_as_in_aiohttp(mpy, ws_script):
+    big = bytes(range(256)) * (4 << 12) + b"!"  # 4 MB and a byte: over the default limit
+    # then a frame that announces 1 TB: without a limit, the heap is what refuses it
+    srv = ws_script({"/big": [frame(2, big), frame(2, length=1 << 40)]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL, max_msg_size=0) as ws:
+            data = await ws.receive_bytes(timeout=10)
+            msg = await ws.receive(timeout=5)
+            result(sha=sha256(data), type=msg.type, code=msg.data.code, reason=str(msg.data))
+run(main())
+""", heapsize="16M", URL=srv.url("/big"))
+    reason = r.value.pop("reason")
+    assert r.value == {"sha": hashlib.sha256(big).hexdigest(), "type": 258, "code": 1009}
+    assert "no room" in reason
+
+
 TWO_TEXTS = """
 import asyncio
 
@@ -136,8 +157,6 @@ async def main():
                    empty=await ws.receive_str(timeout=10))
 run(main())
 """, URL=srv.url("/trickle"))
-    import hashlib
-
     assert r.value == {"text": "héllo " * 30, "binary": hashlib.sha256(bytes(range(256)) * 2).hexdigest(),
                        "empty": ""}
 

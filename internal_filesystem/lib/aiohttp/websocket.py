@@ -47,6 +47,7 @@ _OP_PONG = const(10)
 _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
+_NO_LIMIT = 1 << 63  # max_msg_size=0 (aiohttp's "no limit"): no frame can announce more (see _head)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -491,7 +492,7 @@ class ClientWebSocketResponse:
             n = min(max(n, 2 * len(buf)), self._max)
         try:
             new = bytearray(n)
-        except MemoryError:
+        except (MemoryError, OverflowError):  # (OverflowError: a length past a 32-bit port's machine word)
             raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "no room for a message of %d bytes" % n)
         if self._got:
             new[: self._got] = memoryview(buf)[: self._got]
@@ -741,7 +742,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         raise
     conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
     ws = ClientWebSocketResponse(session, conn)
-    for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size),
+    for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size or _NO_LIMIT),
                         ("_autoclose", autoclose), ("_autoping", autoping), ("_decode", decode_text)):
         if value != getattr(ClientWebSocketResponse, name):
             setattr(ws, name, value)

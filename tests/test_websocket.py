@@ -423,6 +423,26 @@ run(main())
     assert r.value["same"] and 250 <= r.value["ms"] < 1500
 
 
+def test_heartbeat_keeps_a_connection_open_while_a_long_message_arrives_slowly(mpy, ws_script):
+    # 20 KB in 1 KB pieces 50 ms apart: a second of one message, five heartbeat periods
+    message = bytes(range(256)) * 80
+    data = frame(2, message)
+    srv = ws_script({"/slow": [x for i in range(0, len(data), 1000) for x in (data[i:i + 1000], 0.05)]})
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL, heartbeat=0.2) as ws:
+            msg = await ws.receive()
+            result(type=msg.type, sha=sha256(msg.data) if msg.type == 2 else repr(msg.data), closed=ws.closed)
+run(main())
+""", URL=srv.url("/slow"))
+    import hashlib
+
+    assert r.value == {"type": 2, "sha": hashlib.sha256(message).hexdigest(), "closed": False}
+
+
 # --- the API around the messages ----------------------------------------------------------------------------
 
 def test_two_tasks_sending_at_once_never_interleave_their_frames(mpy, ws_aiohttp):

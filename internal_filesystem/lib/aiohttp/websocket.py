@@ -225,7 +225,7 @@ class ClientWebSocketResponse:
     _reading = None  # the task parked reading this socket (receive(), or close() waiting for the server's Close)
     _writing = None  # the task writing a frame (it holds _lock)
     _beat = None  # the heartbeat task
-    _heard = 0  # ticks_ms of the last frame (kept for the heartbeat only)
+    _heard = 0  # ticks_ms of the last frame header or payload bytes read (kept for the heartbeat only)
     _buf = None  # the message buffer, for messages the read-ahead can't hold whole
     _left = 0  # payload bytes of the current frame still to read
     _got = 0  # bytes of the current message in _buf
@@ -476,6 +476,8 @@ class ClientWebSocketResponse:
                 k = await conn.recv(memoryview(self._buf)[self._got : self._got + self._left])
                 if not k:
                     return self._ended()
+                if self._beat is not None:  # a long message arriving slowly is a live connection
+                    self._heard = ticks_ms()
                 self._got += k
                 self._left -= k
             if self._op & _FIN:
@@ -635,7 +637,7 @@ class ClientWebSocketResponse:
             _wake(beat)
 
     async def _heartbeat(self, ms):
-        # A ping after ms without a frame from the server; no frame within ms/2 of it: the connection is dead.
+        # A ping after ms with nothing from the server; nothing within ms/2 of it: the connection is dead.
         # Frames are read by receive(), so a heartbeat needs a receive (async for) running, as aiohttp's pongs do not.
         try:
             while self._state < _CLOSING:

@@ -405,6 +405,27 @@ run(main())
     assert dict(r.results[0], **r.results[1]) == outcome
 
 
+def test_close_gives_up_within_ws_close_on_a_server_that_stopped_reading(mpy, ws_script):
+    srv = ws_script({"/deaf": [5.0]}, rcvbuf=4096)  # reads nothing for 5 s
+    r = mpy.run("""
+import asyncio, aiohttp, time
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL, timeout=aiohttp.ClientWSTimeout(ws_close=0.2))
+        send = asyncio.create_task(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold
+        await asyncio.sleep_ms(100)
+        t0 = time.ticks_ms()
+        closed = await ws.close()  # our Close waits behind the message, which the server does not take
+        result(closed=closed, ms=time.ticks_diff(time.ticks_ms(), t0), fds=fd_count() - fds,
+               send=(await error_of(send))[0])
+run(main())
+""", heapsize="20M", URL=srv.url("/deaf"))
+    assert r.value.pop("ms") < 1000
+    assert r.value == {"closed": True, "fds": 0, "send": "ClientConnectionResetError"}
+
+
 def test_heartbeat_fails_a_connection_whose_pongs_stop(mpy, ws_script):
     srv = ws_script({"/mute": [5.0]})  # reads nothing, answers nothing
     r = mpy.run("""

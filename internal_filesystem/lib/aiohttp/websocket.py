@@ -124,8 +124,8 @@ class ClientConnectionResetError(ClientConnectionError):
 
 
 class ClientWSTimeout:
-    # ws_receive: seconds each receive() may wait (None: no limit); ws_close: seconds close() waits for the
-    # server's Close
+    # ws_receive: seconds each receive() may wait (None: no limit); ws_close: seconds close() waits for our Close
+    # to go out, and as long again for the server's
     def __init__(self, ws_receive=None, ws_close=10.0):
         self.ws_receive = ws_receive
         self.ws_close = ws_close
@@ -555,7 +555,7 @@ class ClientWebSocketResponse:
 
     # --- closing ------------------------------------------------------------------------------------------
     async def close(self, *, code=WSCloseCode.OK, message=b""):
-        """The closing handshake: our Close (code, message), then the server's, within ws_close seconds. A
+        """The closing handshake: our Close (code, message), then the server's, each within ws_close seconds. A
         receive() waiting in another task returns a CLOSING message. False if it was closing or closed already."""
         st = self._state
         if st >= _CLOSING:
@@ -567,7 +567,9 @@ class ClientWebSocketResponse:
         self._state = _CLOSING
         self._stop_beat()
         try:
-            await self._send(_OP_CLOSE, struct.pack(">H", code) + message)
+            # bounded too: from a server that stopped reading, the socket may never take our Close
+            ours = self._send(_OP_CLOSE, struct.pack(">H", code) + message)
+            await asyncio.wait_for_ms(ours, ms(self._close_timeout))
             reader = self._reading
             if reader is not None:
                 self._reading = None

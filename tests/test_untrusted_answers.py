@@ -388,8 +388,10 @@ def test_an_answer_cut_after_its_last_byte_completes_on_the_416_that_confirms_it
 # A server that names no validator (no ETag, no Last-Modified): the resume sends no If-Range, so what a 416 says of
 # the bytes held can't be trusted, even when it names their count; the resource shrank to 5000 bytes, or did not.
 # -> (the URL, where the resume asks from, the size and seed of the resource then)
-NO_VALIDATOR = {"cut after its last byte": ("/bytes/20000?chunked=1&truncate=20000&key=v&novalidator=1", 20000, 20000, 0),
-                "shrank": ("/bytes/20000?truncate=8000&key=v&newer=2&grow=-15000&novalidator=1", 8000, 5000, 1)}
+NO_VALIDATOR = {
+    "cut after its last byte": ("/bytes/20000?chunked=1&truncate=20000&key=v&novalidator=1", 20000, 20000, 0),
+    "shrank": ("/bytes/20000?truncate=8000&key=v&newer=2&grow=-15000&novalidator=1", 8000, 5000, 1),
+}
 
 
 @pytest.mark.parametrize("mode", ["memory", "file"])

@@ -350,6 +350,9 @@ class Download:
                     self.deliver_until = self.range_end + 1
             elif status == 200 and length is not None:
                 self.resource_size = length
+                if unwanted and length <= unwanted:  # no byte of the range exists: what a 416 says, said otherwise
+                    raise errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes"
+                                           % (unwanted, length), 416)
             if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
                 self.length_is_ours = True  # range_end + 1 is our cap: the body goes on past it, or may end before
                 length = self.range_end + 1

@@ -411,6 +411,20 @@ def test_a_whole_answer_to_a_callers_range_gives_the_range(mpy, fault, mode):
     assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(50000, 2000, start=1000), v
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("start", [3000, 5000])
+def test_a_callers_range_past_the_end_fails_as_a_416_whether_or_not_the_server_honours_range(mpy, fault, mode, start):
+    # the resource has 3000 bytes: none of the range exists, which a whole answer to it shows as well as a 416 says
+    for query in ("", "?norange=1"):
+        v = dl(mpy, fault.url("/bytes/3000" + query), mode, old=OLD, raise_errors=True,
+               headers={"Range": "bytes=%d-" % start})
+        assert v["err"][:3] == ["HTTPError", "http", 416], v
+        if mode == "file":
+            assert v["sha"] == OLD_SHA and v["part"] == -1, v
+        elif mode == "stream":
+            assert v["len"] == 0, v
+
+
 def test_server_ignoring_range_fails_stream_mode(mpy, fault):
     v = dl(mpy, fault.url("/bytes/50000?drop=20000&key=n&norange=1"), "stream")
     failed(v, "stream")

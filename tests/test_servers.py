@@ -117,6 +117,10 @@ def test_if_range(srv):
     assert resp.status == 206 and body == payload(1000)[10:]
     resp, body = get(srv, "/bytes/1000?norange=1", {"Range": "bytes=10-"})
     assert resp.status == 200 and body == payload(1000)
+    resp, body = get(srv, "/bytes/1000?novalidator=1", {"Range": "bytes=10-"})
+    assert resp.status == 206 and not resp.getheader("ETag") and not resp.getheader("Last-Modified")
+    resp, body = get(srv, "/bytes/1000?novalidator=1", {"Range": "bytes=10-", "If-Range": '"1000-0"'})
+    assert resp.status == 200 and body == payload(1000)
 
 
 def test_chunked_ext_trailer_exact_bytes(srv):

@@ -44,8 +44,11 @@ CHANGES = {
     "total-changed": "/bytes/100000?drop=30000&key=c&newer=2&grow=5000&etag=%22fixed%22",
     # the bytes stay, the ETag changes (servers behind a load balancer), If-Range ignored
     "etag-changed": "/bytes/100000?drop=30000&key=c&newer=2&tagonly=1&ifrange=ignore",
+    # it shrank to the 30000 bytes held, If-Range ignored: the resume's 416 names 30000, not the size first seen
+    "shrank-to-what-is-held": "/bytes/100000?truncate=30000&key=c&newer=2&grow=-70000&ifrange=ignore",
 }
-NEW = {"if-range-ignored": (100000, 1), "total-changed": (105000, 1), "etag-changed": (100000, 0)}
+NEW = {"if-range-ignored": (100000, 1), "total-changed": (105000, 1), "etag-changed": (100000, 0),
+       "shrank-to-what-is-held": (30000, 1)}
 
 
 @pytest.mark.parametrize("mode", ["memory", "file"])
@@ -380,6 +383,24 @@ def test_an_answer_cut_after_its_last_byte_completes_on_the_416_that_confirms_it
     v = dl(mpy, fault.url("/bytes/20000?chunked=1&nolast=1&key=n&times=1"), mode, old=OLD)
     ok(v, 20000)
     assert [r for r, _ in v["sent"]] == [None, "bytes=20000-"], v
+
+
+# A server that names no validator (no ETag, no Last-Modified): the resume sends no If-Range, so what a 416 says of
+# the bytes held can't be trusted, even when it names their count; the resource shrank to 5000 bytes, or did not.
+# -> (the URL, where the resume asks from, the size and seed of the resource then)
+NO_VALIDATOR = {
+    "cut after its last byte": ("/bytes/20000?chunked=1&truncate=20000&key=v&novalidator=1", 20000, 20000, 0),
+    "shrank": ("/bytes/20000?truncate=8000&key=v&newer=2&grow=-15000&novalidator=1", 8000, 5000, 1),
+}
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+@pytest.mark.parametrize("case", sorted(NO_VALIDATOR))
+def test_without_a_validator_a_416_to_the_resume_starts_over(mpy, fault, case, mode):
+    path, resumed_at, n, seed = NO_VALIDATOR[case]
+    v = dl(mpy, fault.url(path), mode, old=OLD)
+    ok(v, n, seed)
+    assert v["sent"] == [[None, None], ["bytes=%d-" % resumed_at, None], [None, None]], v
 
 
 @pytest.mark.parametrize("mode", MODES)

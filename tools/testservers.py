@@ -26,6 +26,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | seed=S | other bytes (and ETag "N-S") for the same N | seed=3 |
 | text=1 | compressible text instead of random bytes | text=1&gzip=1 |
 | etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
+| novalidator=1 | neither ETag nor Last-Modified (a generated page): a resume can send no If-Range | novalidator=1 |
 | gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib); a Range then counts coded bytes | gzip=1 |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
 | ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
@@ -538,6 +539,9 @@ class FaultServer(_LoopThread):
                 last_modified = _http_date(version)
             headers = [("Content-Type", "application/octet-stream"), ("ETag", etag),
                        ("Last-Modified", last_modified)]
+            if q("novalidator") == "1":  # nothing an If-Range could name: none matches
+                etag = last_modified = None
+                headers = headers[:1]
         headers += _padding(q("pad", 0, int), q("padlen", 300, int))
         # Content coding first: a Range then addresses the encoded bytes, as in HTTP.
         if q("gzip") == "1" or q("gztrunc") == "1":

@@ -350,12 +350,18 @@ class Download:
                     self.deliver_until = self.range_end + 1
             elif status == 200 and length is not None:
                 self.resource_size = length
+                if unwanted and length <= unwanted:  # no byte of the range exists: what a 416 says, said otherwise
+                    raise errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes"
+                                           % (unwanted, length), 416)
             if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
                 self.length_is_ours = True  # range_end + 1 is our cap: the body goes on past it, or may end before
                 length = self.range_end + 1
-        elif status == 416 and (self.kept and not self.delivered or self.delivered and self.validator is not None):
-            # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold)
-            if headers.get("Content-Range", "").endswith("/%d" % pos):
+        elif status == 416 and (self.kept or self.delivered):
+            # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold, unless
+            # it names another size than an answer before did: then If-Range was ignored. Without If-Range, only the
+            # caller's resume is taken at its word.)
+            if ((self.validator is not None or not self.delivered) and self.resource_size in (None, pos)
+                    and headers.get("Content-Range", "").endswith("/%d" % pos)):
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 return 0  # we hold the whole resource already (the answer before was cut after its last byte)
             self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole

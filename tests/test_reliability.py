@@ -414,8 +414,9 @@ def test_a_whole_answer_to_a_callers_range_gives_the_range(mpy, fault, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("start", [3000, 5000])
 def test_a_callers_range_past_the_end_fails_as_a_416_whether_or_not_the_server_honours_range(mpy, fault, mode, start):
-    # the resource has 3000 bytes: none of the range exists, which a whole answer to it shows as well as a 416 says
-    for query in ("", "?norange=1"):
+    # the resource has 3000 bytes: none of the range exists, which a whole answer to it shows as well as a 416 says,
+    # whether it announces its length or only ends (chunked, or coded: the length counts other bytes)
+    for query in ("", "?norange=1", "?norange=1&chunked=1", "?norange=1&gzip=1"):
         v = dl(mpy, fault.url("/bytes/3000" + query), mode, old=OLD, raise_errors=True,
                headers={"Range": "bytes=%d-" % start})
         assert v["err"][:3] == ["HTTPError", "http", 416], v

@@ -351,8 +351,7 @@ class Download:
             elif status == 200 and length is not None:
                 self.resource_size = length
                 if unwanted and length <= unwanted:  # no byte of the range exists: what a 416 says, said otherwise
-                    raise errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes"
-                                           % (unwanted, length), 416)
+                    raise self._past_the_end(length)
             if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
                 self.length_is_ours = True  # range_end + 1 is our cap: the body goes on past it, or may end before
                 length = self.range_end + 1
@@ -455,6 +454,8 @@ class Download:
         resp.release()
         if left and not self.length_is_ours:  # the server announced more than it sent
             raise errors.NetworkError("response ended %d bytes early" % left)
+        if self.range_start and not self.kept + self.delivered:  # (a 206 holds a byte: this answer was a whole one)
+            raise self._past_the_end(self.range_start - self.unwanted)  # it ended before the caller's range began
         if self.resource_size is None or self.content_coded:
             return True  # no size known: what the server framed is all there is
         end = self.resource_size if self.range_end is None else min(self.range_end + 1, self.resource_size)
@@ -462,6 +463,11 @@ class Download:
         if missing > 0 and self.delivered <= gained:  # nothing gained: a failed attempt (the next asks again)
             raise errors.NetworkError("the answer ended %d bytes before the end of what was asked for" % missing)
         return missing <= 0
+
+    def _past_the_end(self, size):
+        # The caller's range starts past the resource's end (size bytes): what a server that honours Range says
+        return errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes" % (self.range_start, size),
+                                416)
 
     def _retry_wait(self, e, fails, end, at_sink):
         # What an attempt raised -> the wait before the next attempt, or raises what ends the download. fails:

@@ -445,3 +445,32 @@ run(main())
     assert v["has"] == [True, True, False] and v["missing"] == "KeyError" and v["default"] == "d"
     assert v["n"] == 6 and v["keys"] == ["content-type", "set-cookie", "x-odd", "set-cookie", "etag", "content-length"]
     assert v["items"][0] == ["content-type", "text/plain"] and v["body"] == "ok"
+
+
+# ---------------------------------------------------------------- the response as CPython aiohttp's
+
+
+def test_an_error_status_raised_inside_async_with_leaves_its_body_readable(mpy, fault):
+    # aiohttp releases the response in raise_for_status() only outside `async with`: inside it, the handler can
+    # still read what the server said, and the body read to its end gives the connection back to the pool
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL + "/status/404") as resp:
+            try:
+                resp.raise_for_status()
+            except aiohttp.ClientResponseError as e:
+                result(status=e.status, message=e.message, body=await resp.text())
+        resp = await session.get(URL + "/status/503")
+        try:
+            resp.raise_for_status()
+        except aiohttp.ClientResponseError as e:
+            result(status=e.status, closed=resp.closed)
+        async with session.get(URL + "/stats") as resp:
+            result(stats=await resp.json())
+run(main())
+""", URL=fault.url(""))
+    assert r.results[0] == {"status": 404, "message": "Not Found", "body": "status 404"}
+    assert r.results[1] == {"status": 503, "closed": True}  # outside `async with`: released
+    assert r.results[2]["stats"]["connections"] == 2  # the 404's connection served again; the 503's was closed

@@ -76,8 +76,10 @@ class _RequestContext:
     async def __aenter__(self):
         # the coroutine goes once done: a finished one still holds its frame and all its locals pointed to
         coro, self._coro = self._coro, None
-        self._resp = await coro
-        return self._resp
+        resp = self._resp = await coro
+        if isinstance(resp, ClientResponse):  # (not a websocket): raise_for_status() leaves the release to __aexit__
+            resp._in_context = True
+        return resp
 
     async def __aexit__(self, *exc):
         self._resp.release()

@@ -807,6 +807,7 @@ class ClientResponse(StreamReader):
     headers = None
     _reusable = True  # the connection may serve another request once the body is read
     _released = False
+    _in_context = False  # inside `async with`, whose end releases it
     _decoder = None  # (StreamReader's, again: read per chunk, found here one class sooner)
 
     def __init__(self, session, method, url, conn):
@@ -940,10 +941,12 @@ class ClientResponse(StreamReader):
 
     def raise_for_status(self):
         if self.status >= 400:
-            self.release()
+            if not self._in_context:  # inside `async with` the handler may still read what the server said
+                self.release()
             raise errors.ClientResponseError(self.status, self.reason, self.headers)
 
     async def __aenter__(self):
+        self._in_context = True
         return self
 
     async def __aexit__(self, *exc):

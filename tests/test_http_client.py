@@ -134,6 +134,23 @@ run(main())
                     "ct": ["application/x-www-form-urlencoded"]}
 
 
+def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):
+    # taken as it is, already encoded ("%2F" stays, "&" and "=" separate); what no query may hold is encoded
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for params in ("a=1&b=x%2Fy", "q=caf\\u00e9 au lait#top", "x=1\\r\\nX-Injected: 1"):
+            async with session.get(URL + "?n=0", params=params) as resp:
+                e = await resp.json()
+                result(path=e["path"], injected=[k for k, v in e["headers"] if k == "X-Injected"])
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [{"path": "/echo?n=0&a=1&b=x%2Fy", "injected": []},
+                         {"path": "/echo?n=0&q=caf%C3%A9+au+lait%23top", "injected": []},
+                         {"path": "/echo?n=0&x=1%0D%0AX-Injected:+1", "injected": []}]
+
+
 def test_session_headers_are_copied_and_a_host_header_of_ones_own_is_sent(mpy, fault):
     r = mpy.run("""
 import aiohttp

@@ -528,3 +528,28 @@ run(main())
         {"path": "/json-api", "json": {"a": 1}},  # a content_type of one's own: a part of the field's value
         {"path": "/json-api", "json": '{"A": 1}'},
         {"kin": True}]
+
+
+def test_raise_for_status_for_a_whole_session_or_one_request(mpy, fault):
+    r = mpy.run("""
+import aiohttp
+async def json_only(resp):  # an app's own rule, an async function of the response as aiohttp takes it
+    if resp.headers.get("Content-Type") != "application/json":
+        raise ValueError("not JSON")
+async def main():
+    before = fd_count()
+    async with aiohttp.ClientSession(raise_for_status=True) as session:
+        result(err=(await error_of(session.get(URL + "/status/404")))[0])
+        async with session.get(URL + "/status/404", raise_for_status=False) as resp:
+            result(status=resp.status)
+        result(err=(await error_of(session.get(URL + "/bytes/10", raise_for_status=json_only)))[0],
+               open=fd_count() - before)  # the answers refused were released: none holds a socket
+        async with session.get(URL + "/redirect?code=302&to=/echo", raise_for_status=json_only) as resp:
+            result(status=resp.status)
+    async with aiohttp.ClientSession() as session:
+        result(err=(await error_of(session.get(URL + "/status/503", raise_for_status=True)))[0])
+    result(leaked=fd_count() - before)
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"err": "ClientResponseError"}, {"status": 404}, {"err": "ValueError", "open": 0},
+                         {"status": 200}, {"err": "ClientResponseError"}, {"leaked": 0}]

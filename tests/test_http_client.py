@@ -553,3 +553,25 @@ run(main())
 """, URL=fault.url(""))
     assert r.results == [{"err": "ClientResponseError"}, {"status": 404}, {"err": "ValueError", "open": 0},
                          {"status": 200}, {"err": "ClientResponseError"}, {"leaked": 0}]
+
+
+def test_base_url_joins_relative_urls_and_must_end_with_a_slash_as_in_aiohttp(mpy, fault):
+    # without its slash, "http://host/api/v1" joined with "users" is "http://host/api/users": aiohttp refuses it
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(base_url=URL + "/echo/") as session:
+        for path in ("a?x=1", "/b", "../c", ""):
+            async with session.get(path) as resp:
+                result(url=resp.url)
+    for base in (URL + "/api/v1", URL + "/api/v1?k=1", "127.0.0.1/"):
+        try:
+            aiohttp.ClientSession(base_url=base)
+            result(err=None)
+        except ValueError as e:
+            result(err=type(e).__name__)
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"url": fault.url(p)} for p in ("/echo/a?x=1", "/b", "/c", "/echo/")] + [
+        {"err": "ValueError"}, {"err": "ValueError"}, {"err": "InvalidURL"}]
+    assert fault.requests == 4

@@ -102,6 +102,9 @@ class ClientSession:
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
                  raise_for_status=False):
+        if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
+            # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
+            raise ValueError("base_url must have a trailing '/': %r" % base_url)
         check_headers(headers)
         if headers:
             headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request

@@ -113,12 +113,12 @@ async def main():
            kin=issubclass(payload, ClientError), invalid_is_value_error=issubclass(errors.InvalidURL, ValueError))
 asyncio.run(main())
 """, URL=fault.url("/bytes/5000?truncate=2000"))
-    assert r.value == {"caught": "ClientPayloadError", "made": 12, "same": True, "kin": True,
+    assert r.value == {"caught": "ClientPayloadError", "made": 13, "same": True, "kin": True,
                        "invalid_is_value_error": True}
 
 
 def test_error_classes_cut_short_by_a_full_heap_are_made_whole_later(mpy):
-    # With this little heap left, making the twelve classes runs out part way: none are published, and the next
+    # With this little heap left, making the thirteen classes runs out part way: none are published, and the next
     # use makes them all, one set that catches what it raises
     outcomes = []
     for free in (600, 1800, 3600, 7200):
@@ -142,8 +142,8 @@ result(first=first, part=part, made=made(), caught=caught,
 """, FREE=free, heapsize="64k")
         outcomes.append(r.value)
     for outcome in outcomes:
-        assert outcome["made"] == 12 and outcome["caught"] == 302 and outcome["chain"], outcomes
-        assert outcome["part"] == (12 if outcome["first"] == "made" else 0), outcomes
+        assert outcome["made"] == 13 and outcome["caught"] == 302 and outcome["chain"], outcomes
+        assert outcome["part"] == (13 if outcome["first"] == "made" else 0), outcomes
     assert {o["first"] for o in outcomes} == {"made", "MemoryError"}, outcomes
 
 
@@ -198,7 +198,7 @@ connection.Connection.recv = recv_in_a_full_heap
 
 
 def test_a_download_that_runs_out_of_heap_makes_no_error_class(mpy, fault):
-    # Making the client's twelve error classes takes about 3 KB: a heap that just failed has none to spare, and a
+    # Making the client's thirteen error classes takes about 3 KB: a heap that just failed has none to spare, and a
     # class test on the way out (is it a ClientConnectionError?) would make them only to say no
     r = mpy.run(FULL_HEAP_AT_READ + """
 from mpos import DownloadManager
@@ -255,7 +255,7 @@ asyncio.run(main())
 
 def test_an_app_error_or_a_question_about_one_makes_no_error_class(mpy, fault):
     # A chunk callback that raises, and is_network_error() asked about errors that are none of the client's: no
-    # class test along the way makes the client's twelve classes only to say no
+    # class test along the way makes the client's thirteen classes only to say no
     r = mpy.run(MADE + """
 from mpos import DownloadManager
 def refuse(chunk):

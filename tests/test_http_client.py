@@ -134,6 +134,23 @@ run(main())
                     "ct": ["application/x-www-form-urlencoded"]}
 
 
+def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):
+    # taken as it is, already encoded ("%2F" stays, "&" and "=" separate); what no query may hold is encoded
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for params in ("a=1&b=x%2Fy", "q=caf\\u00e9 au lait#top", "x=1\\r\\nX-Injected: 1"):
+            async with session.get(URL + "?n=0", params=params) as resp:
+                e = await resp.json()
+                result(path=e["path"], injected=[k for k, v in e["headers"] if k == "X-Injected"])
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [{"path": "/echo?n=0&a=1&b=x%2Fy", "injected": []},
+                         {"path": "/echo?n=0&q=caf%C3%A9+au+lait%23top", "injected": []},
+                         {"path": "/echo?n=0&x=1%0D%0AX-Injected:+1", "injected": []}]
+
+
 def test_session_headers_are_copied_and_a_host_header_of_ones_own_is_sent(mpy, fault):
     r = mpy.run("""
 import aiohttp
@@ -225,6 +242,12 @@ RESPONSES = {
                     b"caf\xe9!",
     "/quoted-utf8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=\"utf-8\"\r\nContent-Length: 6\r\n\r\n"
                          b"caf\xc3\xa9!",
+    # json() and the Content-Type: a captive portal's login page, a JSON API's own type, nothing at all
+    "/portal": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
+    "/json-api": b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.api+json; charset=utf-8\r\nContent-Length: 8\r\n\r\n"
+                 b"{\"a\": 1}",
+    "/json-untyped": b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"a\": 1}",
+    "/json-blank": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n \n",
     "/fields": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nX-Odd:  spaced value \r\n"
                b"set-cookie: b=2\r\nETag: \"v1:x\"\r\nContent-Length: 2\r\n\r\nok",
 }
@@ -445,3 +468,110 @@ run(main())
     assert v["has"] == [True, True, False] and v["missing"] == "KeyError" and v["default"] == "d"
     assert v["n"] == 6 and v["keys"] == ["content-type", "set-cookie", "x-odd", "set-cookie", "etag", "content-length"]
     assert v["items"][0] == ["content-type", "text/plain"] and v["body"] == "ok"
+
+
+# ---------------------------------------------------------------- the response as CPython aiohttp's
+
+
+def test_an_error_status_raised_inside_async_with_leaves_its_body_readable(mpy, fault):
+    # aiohttp releases the response in raise_for_status() only outside `async with`: inside it, the handler can
+    # still read what the server said, and the body read to its end gives the connection back to the pool
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL + "/status/404") as resp:
+            try:
+                resp.raise_for_status()
+            except aiohttp.ClientResponseError as e:
+                result(status=e.status, message=e.message, body=await resp.text())
+        resp = await session.get(URL + "/status/503")
+        try:
+            resp.raise_for_status()
+        except aiohttp.ClientResponseError as e:
+            result(status=e.status, closed=resp.closed)
+        async with session.get(URL + "/stats") as resp:
+            result(stats=await resp.json())
+run(main())
+""", URL=fault.url(""))
+    assert r.results[0] == {"status": 404, "message": "Not Found", "body": "status 404"}
+    assert r.results[1] == {"status": 503, "closed": True}  # outside `async with`: released
+    assert r.results[2]["stats"]["connections"] == 2  # the 404's connection served again; the 503's was closed
+
+
+def test_json_refuses_a_content_type_that_is_not_json_as_aiohttp_does(mpy, raw):
+    # a Wi-Fi login page answering a JSON API is a ContentTypeError, a ClientResponseError: no ValueError from the
+    # JSON decoder slips past `except aiohttp.ClientError`, and the page is still there to read
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path, kw in (("/portal", {}), ("/json-api", {}), ("/json-blank", {}), ("/json-untyped", {}),
+                         ("/json-untyped", {"content_type": None}), ("/json-api", {"content_type": "text/html"}),
+                         ("/json-api", {"content_type": "vnd.api"}),
+                         ("/json-api", {"loads": lambda text: text.upper()})):
+            async with session.get(URL + path) as resp:
+                try:
+                    result(path=path, json=await resp.json(**kw))
+                except aiohttp.ClientResponseError as e:
+                    result(path=path, err=type(e).__name__, status=e.status, page=await resp.text())
+        result(kin=issubclass(aiohttp.ContentTypeError, aiohttp.ClientResponseError))
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [
+        {"path": "/portal", "err": "ContentTypeError", "status": 200, "page": "<html></html>"},
+        {"path": "/json-api", "json": {"a": 1}},
+        {"path": "/json-blank", "json": None},  # an empty body (blanks only) is None, not a decoder's error
+        {"path": "/json-untyped", "err": "ContentTypeError", "status": 200, "page": '{"a": 1}'},
+        {"path": "/json-untyped", "json": {"a": 1}},
+        {"path": "/json-api", "err": "ContentTypeError", "status": 200, "page": '{"a": 1}'},
+        {"path": "/json-api", "json": {"a": 1}},  # a content_type of one's own: a part of the field's value
+        {"path": "/json-api", "json": '{"A": 1}'},
+        {"kin": True}]
+
+
+def test_raise_for_status_for_a_whole_session_or_one_request(mpy, fault):
+    r = mpy.run("""
+import aiohttp
+async def json_only(resp):  # an app's own rule, an async function of the response as aiohttp takes it
+    if resp.headers.get("Content-Type") != "application/json":
+        raise ValueError("not JSON")
+async def main():
+    before = fd_count()
+    async with aiohttp.ClientSession(raise_for_status=True) as session:
+        result(err=(await error_of(session.get(URL + "/status/404")))[0])
+        async with session.get(URL + "/status/404", raise_for_status=False) as resp:
+            result(status=resp.status)
+        result(err=(await error_of(session.get(URL + "/bytes/10", raise_for_status=json_only)))[0],
+               open=fd_count() - before)  # the answers refused were released: none holds a socket
+        async with session.get(URL + "/redirect?code=302&to=/echo", raise_for_status=json_only) as resp:
+            result(status=resp.status)
+    async with aiohttp.ClientSession() as session:
+        result(err=(await error_of(session.get(URL + "/status/503", raise_for_status=True)))[0])
+    result(leaked=fd_count() - before)
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"err": "ClientResponseError"}, {"status": 404}, {"err": "ValueError", "open": 0},
+                         {"status": 200}, {"err": "ClientResponseError"}, {"leaked": 0}]
+
+
+def test_base_url_joins_relative_urls_and_must_end_with_a_slash_as_in_aiohttp(mpy, fault):
+    # without its slash, "http://host/api/v1" joined with "users" is "http://host/api/users": aiohttp refuses it
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(base_url=URL + "/echo/") as session:
+        for path in ("a?x=1", "/b", "../c", ""):
+            async with session.get(path) as resp:
+                result(url=resp.url)
+    for base in (URL + "/api/v1", URL + "/api/v1?k=1", "127.0.0.1/"):
+        try:
+            aiohttp.ClientSession(base_url=base)
+            result(err=None)
+        except ValueError as e:
+            result(err=type(e).__name__)
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"url": fault.url(p)} for p in ("/echo/a?x=1", "/b", "/c", "/echo/")] + [
+        {"err": "ValueError"}, {"err": "ValueError"}, {"err": "InvalidURL"}]
+    assert fault.requests == 4

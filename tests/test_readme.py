@@ -1,5 +1,5 @@
 """Every Python example a user reads runs on MicroPython: those of the README's "Using it" section and all of
-docs/usage.md, with URL, PATH, SHA and WS_URL (a websocket echo server) filled in."""
+docs/usage.md, with URL, PATH, SHA, SERVER (the server's root) and WS_URL (a websocket echo server) filled in."""
 import re
 from pathlib import Path
 
@@ -43,7 +43,8 @@ def test_the_docs_have_their_examples():
 def test_example_runs(mpy, fault, files, ws_aiohttp, code):
     path = files / ("readme-%d.bin" % EXAMPLES.index(code))
     r = mpy.run(code + SETTLE,
-                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE), WS_URL=ws_aiohttp.url("/echo"))
+                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE), SERVER=fault.url("/"),
+                WS_URL=ws_aiohttp.url("/echo"))
     assert r.value == {"done": True}
     assert "Traceback" not in r.stdout + r.stderr
     if "PATH" in code and "fail=" not in code:

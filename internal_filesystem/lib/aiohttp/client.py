@@ -76,8 +76,10 @@ class _RequestContext:
     async def __aenter__(self):
         # the coroutine goes once done: a finished one still holds its frame and all its locals pointed to
         coro, self._coro = self._coro, None
-        self._resp = await coro
-        return self._resp
+        resp = self._resp = await coro
+        if isinstance(resp, ClientResponse):  # (not a websocket): raise_for_status() leaves the release to __aexit__
+            resp._in_context = True
+        return resp
 
     async def __aexit__(self, *exc):
         self._resp.release()
@@ -93,18 +95,24 @@ class ClientSession:
     _pool_size = 4
     _keepalive_ms = 15000
     _auto_decompress = True
+    _raise_for_status = False
     _websockets = ()  # the open websockets (kept by aiohttp/websocket.py): the session closes them
     closed = False
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
-                 allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True):
+                 allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
+                 raise_for_status=False):
+        if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
+            # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
+            raise ValueError("base_url must have a trailing '/': %r" % base_url)
         check_headers(headers)
         if headers:
             headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request
         for name, value in (("_base_url", base_url), ("_headers", headers or {}),
                             ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
                             ("_allow_downgrade", allow_downgrade), ("_pool_size", pool_size),
-                            ("_keepalive_ms", int(keepalive_timeout * 1000)), ("_auto_decompress", auto_decompress)):
+                            ("_keepalive_ms", int(keepalive_timeout * 1000)), ("_auto_decompress", auto_decompress),
+                            ("_raise_for_status", raise_for_status)):
             if value != getattr(ClientSession, name):
                 setattr(self, name, value)
         self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
@@ -255,7 +263,7 @@ class ClientSession:
         return ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
-                       timeout=None, allow_redirects=True, max_redirects=None):
+                       timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None):
         if self.closed:
             raise RuntimeError("session is closed")
         if not isinstance(url, str):
@@ -283,6 +291,10 @@ class ClientSession:
         while True:
             resp = await self._send(method, url, fields, data, ssl, timeout)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
+                if raise_for_status is None:
+                    raise_for_status = self._raise_for_status
+                if raise_for_status:
+                    await _check(resp, raise_for_status)
                 return resp
             try:
                 length = resp.content_length
@@ -359,6 +371,18 @@ class ClientSession:
                 if isinstance(e, OSError):
                     raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
                 raise
+
+
+async def _check(resp, raise_for_status):
+    # ClientSession's and request's raise_for_status=: True, or an async function of the response (as in aiohttp)
+    if callable(raise_for_status):
+        try:
+            await raise_for_status(resp)
+        except BaseException:
+            resp.release()
+            raise
+    else:
+        resp.raise_for_status()  # (released when it raises: the caller never gets it)
 
 
 def _body(data, json, fields):

@@ -75,6 +75,10 @@ def _classes():
     class TooManyRedirects(ClientResponseError):
         pass
 
+    class ContentTypeError(ClientResponseError):
+        # json() of a body whose Content-Type is not the one expected (an HTML page from a captive portal, say)
+        pass
+
     class InvalidURL(ValueError):
         # a bad URL given by the caller: a ValueError only (aiohttp's is a ClientError too; see ServerTimeoutError)
         pass
@@ -94,6 +98,7 @@ def _classes():
         "ClientPayloadError": ClientPayloadError,
         "ClientResponseError": ClientResponseError,
         "TooManyRedirects": TooManyRedirects,
+        "ContentTypeError": ContentTypeError,
         "InvalidURL": InvalidURL,
         "InvalidUrlRedirectClientError": InvalidUrlRedirectClientError,
     }

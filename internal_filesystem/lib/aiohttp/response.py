@@ -176,6 +176,12 @@ async def read_head(conn):
     return parts[0], status, "OK" if reason == "OK" else reason, CIMultiDictProxy(blocks)  # (the constant "OK")
 
 
+def _is_json(mimetype):
+    # application/json, or a JSON-based type such as application/vnd.api+json (what aiohttp's json() takes)
+    mimetype = mimetype.split(";", 1)[0].strip(" \t")
+    return mimetype.startswith("application/") and (mimetype == "application/json" or mimetype.endswith("+json"))
+
+
 def is_field(buf, start, end):
     # whether buf[start:end] is a header (or trailer) line: a name of token bytes, then ":" (RFC 9110 section 5.1).
     # A name that is not one ("Transfer-Encodin g") would hide the field it meant, and so the body's framing.
@@ -807,6 +813,7 @@ class ClientResponse(StreamReader):
     headers = None
     _reusable = True  # the connection may serve another request once the body is read
     _released = False
+    _in_context = False  # inside `async with`, whose end releases it
     _decoder = None  # (StreamReader's, again: read per chunk, found here one class sooner)
 
     def __init__(self, session, method, url, conn):
@@ -922,9 +929,11 @@ class ClientResponse(StreamReader):
         return b"".join(pieces)
 
     async def text(self, encoding=None):
+        return self._decode(await self.read(), encoding)
+
+    def _decode(self, body, encoding):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
         # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
-        body = await self.read()
         if encoding is None:
             content_type = self.headers.get("Content-Type", "").lower()
             i = content_type.find("charset=")
@@ -933,17 +942,29 @@ class ClientResponse(StreamReader):
             return from_latin1(body)
         return body.decode()
 
-    async def json(self):
-        import json
-
-        return json.loads(await self.read())
+    async def json(self, *, encoding=None, loads=None, content_type="application/json"):
+        # As aiohttp's: a Content-Type other than the one expected is a ContentTypeError (content_type=None checks
+        # none), raised before the body is read, so text() can still show it; an empty body is None
+        if content_type:
+            mimetype = self.headers.get("Content-Type", "").lower()
+            if not (_is_json(mimetype) if content_type == "application/json" else content_type in mimetype):
+                raise errors.ContentTypeError(self.status, "Attempt to decode JSON with unexpected mimetype: %s"
+                                              % mimetype, self.headers)
+        body = (await self.read()).strip()
+        if not body:
+            return None
+        if loads is None:
+            from json import loads
+        return loads(self._decode(body, encoding))
 
     def raise_for_status(self):
         if self.status >= 400:
-            self.release()
+            if not self._in_context:  # inside `async with` the handler may still read what the server said
+                self.release()
             raise errors.ClientResponseError(self.status, self.reason, self.headers)
 
     async def __aenter__(self):
+        self._in_context = True
         return self
 
     async def __aexit__(self, *exc):

@@ -111,7 +111,11 @@ def _quote(value):
 
 
 def form_encode(pairs):
-    # data= or params= (a dict, or (name, value) pairs) as application/x-www-form-urlencoded text
+    # data= or params= (a dict, or (name, value) pairs) as application/x-www-form-urlencoded text; params= may be
+    # a query string already, as in aiohttp: what no query can hold in it is encoded, a space as "+"
+    if isinstance(pairs, str):
+        data = pairs.encode()
+        return "".join(chr(b) if 32 < b < 127 and b != 35 else "+" if b == 32 else "%%%02X" % b for b in data)
     if hasattr(pairs, "items"):
         pairs = pairs.items()
     return "&".join("%s=%s" % (_quote(k), _quote(v)) for k, v in pairs)

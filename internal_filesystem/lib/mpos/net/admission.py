@@ -111,7 +111,8 @@ async def _close_when_idle(idle, idle_ms):
 
 def _cancel(task):
     task.cancel()
-    # A task cancelled before it first ran never reaches TaskManager's cleanup: it would stay in task_list for good
+    # A task cancelled before it first ran never reaches TaskManager's cleanup: it goes from task_list now (with the
+    # session its frame holds), not at the next create_task
     from .. import TaskManager
 
     if task in TaskManager.task_list:

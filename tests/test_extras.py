@@ -158,6 +158,51 @@ run(main())
     assert fault.requests == 5  # A, B, X, D, E: the cancelled ones never reached the server
 
 
+def test_a_download_awaited_in_another_downloads_callback_does_not_wait_for_its_slot(mpy, fault):
+    # max 1: the updater streams the firmware and, on its first chunk, fetches the release notes and awaits them; at
+    # 40 % of the .mpk an app fetches its icon the same way. Each inner download needs a slot its own parent holds:
+    # it goes at once, past the cap, where waiting would hang both for ever. An icon queued meanwhile still waits
+    # for the slot.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 1
+INNER = {}
+async def notes(chunk):
+    if "notes" not in INNER:
+        INNER["notes"] = None
+        INNER["notes"] = sha256(await DownloadManager.download_url(NOTES))
+async def icon(percent):
+    if percent >= 40 and "icon" not in INNER:
+        INNER["icon"] = None
+        INNER["icon"] = sha256(await DownloadManager.download_url(ICON))
+async def timed(name, download):
+    try:
+        return await download
+    finally:
+        DONE_AT[name] = now()
+async def main():
+    firmware = asyncio.create_task(timed("firmware", DownloadManager.download_url(FIRMWARE, chunk_callback=notes)))
+    mpk = asyncio.create_task(timed("mpk", DownloadManager.download_url(MPK, outfile="app.mpk",
+                                                                         progress_callback=icon)))
+    await asyncio.sleep_ms(0)
+    queued = asyncio.create_task(fetch("queued", QUEUED))
+    try:
+        done = await asyncio.wait_for(asyncio.gather(firmware, mpk, queued), 5)
+    except asyncio.TimeoutError:
+        done = "hung"
+    result(done=done, inner=INNER, mpk=sha256_file("app.mpk"), queued=hexof("queued"), first=FIRST, ended=DONE_AT,
+           left=DownloadManager.downloads(), queue=len(admission.waiting()), active=admission.in_use())
+run(main())
+""", FIRMWARE=fault.url("/bytes/60000?seed=1"), MPK=fault.url("/bytes/40000?seed=2"),
+        NOTES=fault.url("/bytes/2000?seed=3"), ICON=fault.url("/bytes/3000?seed=4"),
+        QUEUED=fault.url("/bytes/5000?seed=5"))
+    v = r.value
+    assert v["done"] == [True, True, True], v
+    assert v["inner"] == {"notes": sha256_of(2000, seed=3), "icon": sha256_of(3000, seed=4)}, v
+    assert v["mpk"] == sha256_of(40000, seed=2) and v["queued"] == sha256_of(5000, seed=5)
+    assert v["first"]["queued"] >= v["ended"]["mpk"] >= v["ended"]["firmware"], v  # the queued icon kept its turn
+    assert v["left"] == [] and v["queue"] == 0 and v["active"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. speed_callback
 

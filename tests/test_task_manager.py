@@ -112,6 +112,41 @@ result(made=made, ran=ran, keep_running=stopped)
     assert r.stderr.count("disabled") == 1, r.stderr
 
 
+def test_a_task_cancelled_before_it_ran_is_not_listed_and_lets_its_screen_go(mpy):
+    # A user who backs out of a screen at once: onDestroy cancels the task onCreate made before it ever ran. The task
+    # is done; list_tasks() must not report it, nor keep the screen (and all it holds) alive.
+    r = mpy.run("""
+import asyncio
+from mpos import TaskManager
+
+class Screen:
+    def onCreate(self):
+        self.icons = bytearray(2000)
+        self.task = TaskManager.create_task(self.fetch())
+
+    async def fetch(self):
+        await asyncio.sleep_ms(1000)
+
+    def onDestroy(self):
+        self.task.cancel()
+
+async def main():
+    base = heap_in_use()
+    for i in range(20):
+        screen = Screen()
+        screen.onCreate()
+        screen.onDestroy()
+    screen = None
+    await asyncio.sleep_ms(10)
+    listed = TaskManager.list_tasks()
+    result(listed=len(listed), held=heap_in_use() - base)
+
+run(main())
+""")
+    assert r.value["listed"] == 0, r.value
+    assert r.value["held"] < 2000, r.value  # 20 screens of 2 KB each would be 40 KB
+
+
 SUPERVISED = COUNTER + """
 starts = []  # when each run of the supervised coroutine began
 first = None

@@ -9,7 +9,7 @@ _IDLE_MS = const(10)  # the event loop wakes at least this often while the OS ru
 
 
 class TaskManager:
-    task_list = []  # tasks made by create_task() that have not finished yet
+    task_list = []  # tasks made by create_task() that have not finished yet (see _forget_finished)
     keep_running = None
     disabled = False
     _idler = None  # the task start() runs the event loop for
@@ -60,9 +60,21 @@ class TaskManager:
                 cls.task_list.remove(t)
 
     @classmethod
+    def _forget_finished(cls):
+        # A task cancelled before it first ran never runs _tracked's cleanup (the cancellation is thrown in before
+        # its first line): it, and all its coroutine holds (an app's screen), goes from the list here instead
+        tasks = cls.task_list
+        i = len(tasks)
+        while i:
+            i -= 1
+            if tasks[i].done():
+                tasks.pop(i)
+
+    @classmethod
     def create_task(cls, coro):
         if cls.disabled:
             return None
+        cls._forget_finished()
         t = asyncio.create_task(cls._tracked(coro))
         cls.task_list.append(t)
         return t
@@ -93,6 +105,7 @@ class TaskManager:
     @classmethod
     def list_tasks(cls):
         """The tasks create_task() made that have not finished yet (a new list)."""
+        cls._forget_finished()
         return list(cls.task_list)
 
     @staticmethod

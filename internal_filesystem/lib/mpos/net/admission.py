@@ -3,9 +3,10 @@
 # buffer. Used through its functions only.
 #
 # The session is made on first use and closed once idle_ms passed without a user. At most `limit` slots
-# (DownloadManager.max_connections, which callers pass in) are taken at once; the other downloads wait, highest
-# priority first, in arrival order within a priority. State that threads share is guarded by a _thread lock (apps
-# may call from threads), never held across an await.
+# (DownloadManager.max_connections, which callers pass in) are taken at once, but for downloads nested in a
+# callback of one that holds a slot (see admit); the other downloads wait, highest priority first, in arrival order
+# within a priority. State that threads share is guarded by a _thread lock (apps may call from threads), never held
+# across an await.
 
 try:
     import _thread
@@ -31,6 +32,7 @@ _buffers = {}  # thread id -> (read buffer, its memoryview), shared by that thre
 _listed = []  # downloads queued or in flight, in arrival order
 _waiting = []  # (priority, Event set when its slot is granted) of each download waiting, in the order of service
 _in_use = 0  # connection slots taken
+_holders = []  # the task of each slot admit() gave (a task holds several while downloads nest in callbacks)
 
 
 def acquire_session(download=None):
@@ -111,7 +113,8 @@ async def _close_when_idle(idle, idle_ms):
 
 def _cancel(task):
     task.cancel()
-    # A task cancelled before it first ran never reaches TaskManager's cleanup: it would stay in task_list for good
+    # A task cancelled before it first ran never reaches TaskManager's cleanup: it goes from task_list now (with the
+    # session its frame holds), not at the next create_task
     from .. import TaskManager
 
     if task in TaskManager.task_list:
@@ -184,13 +187,17 @@ def fitting_bytearray(size):
 
 
 async def admit(priority, limit):
-    # Returns once the caller holds a slot; raises (cancellation) holding none
+    # Returns once the running task holds one more slot; raises (cancellation) holding none. A download awaited in a
+    # callback of one that holds a slot in this task gets one at once, past the cap: its parent waits for it, so it
+    # would wait for ever for its parent's slot.
     global _in_use
-    if _in_use < limit and not _waiting:
-        _in_use += 1
-        return
     import asyncio
 
+    me = asyncio.current_task()
+    if _in_use < limit and not _waiting or me in _holders:
+        _in_use += 1
+        _holders.append(me)
+        return
     granted = asyncio.Event()
     place = 0
     while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones
@@ -204,11 +211,17 @@ async def admit(priority, limit):
         else:
             _waiting.remove((priority, granted))
         raise
+    _holders.append(me)
 
 
-def leave(limit):
-    # Gives a slot back: it passes straight to the best waiting download while the cap allows
+def leave(limit, own=False):
+    # Gives a slot back (own: the one admit() gave the running task): it passes straight to the best waiting
+    # download while the cap allows
     global _in_use
+    if own:
+        import asyncio
+
+        _holders.remove(asyncio.current_task())
     if _waiting and _in_use <= limit:
         _waiting.pop(0)[1].set()
     else:

@@ -251,7 +251,7 @@ class Download:
 
     def _exit(self, admitted):
         if admitted:
-            admission.leave(self.tunables.max_connections)
+            admission.leave(self.tunables.max_connections, True)
         self.close()  # also on cancellation: the .part stays for a resume
         admission.release_session(self.tunables.session_idle_ms if self.linger else 0, self)
 

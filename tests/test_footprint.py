@@ -338,3 +338,4 @@ ok = DownloadManager.download_url(URL, outfile=OUT)
 result(outcomes=outcomes, ok=ok, sha=sha256_file(OUT))
 """, URL=fault.url("/bytes/5000"), OUT=str(mpy.tmpdir / "out.bin"), FREE=3000, heapsize="256k")
     assert r.value == {"outcomes": [False, "memory"], "ok": True, "sha": sha256_of(5000)}
+    assert r.stderr.count("failed (memory): out of memory") == 2, r.stderr  # each logged once, heap or none

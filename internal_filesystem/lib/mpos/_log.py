@@ -17,8 +17,10 @@ def warning(source, msg):
             logging.getLogger(source).warning(msg)
     except MemoryError:
         try:
-            for piece in (source, ": ", msg, "\n"):  # (nothing to format: no str to make)
-                sys.stderr.write(piece)
+            sys.stderr.write(source)  # piece by piece: no str, tuple or bound method to make
+            sys.stderr.write(": ")
+            sys.stderr.write(msg)
+            sys.stderr.write("\n")
         except MemoryError:
             pass
 

@@ -118,8 +118,12 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
 
 async def _out_of_memory(url, memory_mode, options):
     # -> the documented failure value (or OutOfMemory, raised with raise_errors) of a download that could not start
-    line = "download of %s failed (memory): out of memory" % url
-    warning("DownloadManager", redact(line) if options.get("redact_url") else line)
+    try:
+        line = "download of %s failed (memory): out of memory" % url
+        line = redact(line) if options.get("redact_url") else line
+    except MemoryError:  # no room even for the line: the reason goes out without the URL
+        line = "a download failed (memory): out of memory"
+    warning("DownloadManager", line)
     if options.get("raise_errors"):
         raise errors.OutOfMemory("out of memory")
     return None if memory_mode else False

@@ -1,7 +1,8 @@
 """How far lazy loading could lower the smallest frozen heap: `make heap-census` runs this after the census.
 
-A plain 3 MB download to a file runs once with every function of a copy of the library noting that it was called
-(from source, on the pinned unix port). A second copy then loses each function that was never called and that no
+Plain downloads to a file run with every function of a copy of the library noting that it was called (from source,
+on the pinned unix port): 3 MB in a large heap and in a small one, and a body that comes slowly enough for reads to
+wait (which paths run depends on how the bytes arrive). A second copy then loses each function that was never called and that no
 module names while it loads (as an attribute, in a `from ... import`, or by name in its own module): what lazy
 loading could leave out at best, without the modules it would add. That copy is frozen into the unix port as
 `make frozen` does, and both builds are measured the same way: the heap held once the download is over, and the
@@ -164,11 +165,14 @@ def main(argv):
     noting_copy(noting)
     with FaultServer() as server:
         url = server.url("/bytes/%d" % SIZE)
-        proc, res = mpy.run(NOTE_CALLS, work, lib=noting, heapsize="4M", timeout=120, bare=True, URL=url,
-                            OUT=str(work / "out.bin"))
-        if not res:
-            sys.exit("the noted download failed:\n%s" % proc.stderr[-2000:])
-        gone = stripped_copy(stripped, set(res[-1]))
+        called = set()
+        for noted_url, heap in ((url, "4M"), (url, "256k"), (server.url("/bytes/300000?rate=3000000"), "4M")):
+            proc, res = mpy.run(NOTE_CALLS, work, lib=noting, heapsize=heap, timeout=120, bare=True, URL=noted_url,
+                                OUT=str(work / "out.bin"))
+            if not res:
+                sys.exit("the noted download failed:\n%s" % proc.stderr[-2000:])
+            called.update(res[-1])
+        gone = stripped_copy(stripped, called)
         bound = build(source, mpy_cross, stripped, ROOT / "build" / "lazy-bound")
         print("The bound of lazy loading: %d functions that a plain download never calls, in the modules it loads, left "
               "out of a copy of the library (frozen, 64-bit)" % gone)

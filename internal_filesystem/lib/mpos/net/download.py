@@ -180,8 +180,8 @@ class Download:
                         data = resp.read_nowait(n) or await resp.read(n)
                         n = _len(data)
                     if not n:
-                        complete = self._answer_ended(resp, left, gained)
-                        resp = None
+                        ended, resp = resp, None  # (what _answer_ended raises is a failed try, not a cut after the end)
+                        complete = self._answer_ended(ended, left, gained)
                         continue
                     if left is not None:
                         left -= n

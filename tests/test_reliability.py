@@ -299,6 +299,14 @@ def test_resume_of_complete_file_416_is_success(mpy, fault):
     assert v["sent"] == [["bytes=8000-", None]] and fault.requests == 1, v
 
 
+def test_resume_of_a_complete_file_past_max_size_fails(mpy, fault):
+    # the 416 confirms 8000 bytes held: more than max_size allows, as if they had come now
+    v = dl(mpy, fault.url("/bytes/8000"), "file", old=OLD, part=payload(8000), resume=True, max_size=5000,
+           raise_errors=True)
+    assert v["err"][:2] == ["DownloadError", "error"] and "max_size" in v["err"][-1], v
+    assert v["sha"] == OLD_SHA, v
+
+
 def test_resume_of_complete_file_starts_over_on_a_416_that_names_no_size(mpy, fault):
     # apache's 416 has no Content-Range: the bytes held can't be confirmed, so the resource comes whole (before, the
     # recipe failed with a copy of the file in .part, and so did every later try of it)

@@ -362,9 +362,10 @@ class Download:
             if ((self.validator is not None or not self.delivered) and self.resource_size in (None, pos)
                     and headers.get("Content-Range", "").endswith("/%d" % pos)):
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
-                return 0  # we hold the whole resource already (the answer before was cut after its last byte)
-            self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
-            return _ASK_AGAIN
+                length = 0  # we hold the whole resource already (the answer before was cut after its last byte)
+            else:
+                self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
+                return _ASK_AGAIN
         else:
             retry_after = headers.get("Retry-After")
             retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None

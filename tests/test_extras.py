@@ -203,6 +203,33 @@ run(main())
     assert v["left"] == [] and v["queue"] == 0 and v["active"] == 0
 
 
+def test_a_slot_asked_for_in_a_full_heap_is_not_taken(mpy):
+    # Downloads nest in one task's callbacks until noting one more holder needs heap, and the heap is full: that
+    # admission fails holding nothing, as admit() promises, so every slot counted is one a download will give back.
+    # (A slot counted for a download that never started is lost for good: max_connections of them, and every
+    # later download waits for ever.)
+    r = mpy.run("""
+import asyncio, micropython
+from mpos.net import admission
+async def main():
+    held, failure = 0, None
+    while failure is None and held < 20:
+        admit = admission.admit(0, 100)  # (made while there is heap: only admit's own steps run in the full one)
+        micropython.heap_lock()
+        try:
+            await admit
+            held += 1
+        except MemoryError as e:
+            failure = e
+        finally:
+            micropython.heap_unlock()
+    result(failed=failure is not None, held=held, counted=admission.in_use())
+run(main())
+""")
+    v = r.value
+    assert v["failed"] and v["counted"] == v["held"], v
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. speed_callback
 

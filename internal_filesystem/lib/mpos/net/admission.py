@@ -195,8 +195,8 @@ async def admit(priority, limit):
 
     me = asyncio.current_task()
     if _in_use < limit and not _waiting or me in _holders:
+        _holders.append(me)  # before the slot is counted: in a full heap it fails holding none
         _in_use += 1
-        _holders.append(me)
         return
     granted = asyncio.Event()
     place = 0
@@ -205,13 +205,13 @@ async def admit(priority, limit):
     _waiting.insert(place, (priority, granted))
     try:
         await granted.wait()
+        _holders.append(me)
     except BaseException:
-        if granted.is_set():  # granted a slot while being cancelled: pass it on
+        if granted.is_set():  # granted a slot while being cancelled, or with no heap to note it: pass it on
             leave(limit)
         else:
             _waiting.remove((priority, granted))
         raise
-    _holders.append(me)
 
 
 def leave(limit, own=False):

@@ -950,8 +950,8 @@ class ClientResponse(StreamReader):
         mimetype = self.headers.get("Content-Type", "").lower()
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
-        body = (await self.read()).strip()
-        if not body:
+        body = await self.read()
+        if not body or body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
             return None
         if loads is None:
             from json import loads

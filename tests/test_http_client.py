@@ -140,7 +140,7 @@ def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):
 import aiohttp
 async def main():
     async with aiohttp.ClientSession() as session:
-        for params in ("a=1&b=x%2Fy", "q=caf\\u00e9 au lait#top", "x=1\\r\\nX-Injected: 1"):
+        for params in ("a=1&b=x%2Fy", "q=caf\\u00e9 au lait#top", "x=1\\r\\nX-Injected: 1", 'q="a"<b>{c}|d'):
             async with session.get(URL + "?n=0", params=params) as resp:
                 e = await resp.json()
                 result(path=e["path"], injected=[k for k, v in e["headers"] if k == "X-Injected"])
@@ -148,7 +148,8 @@ run(main())
 """, URL=fault.url("/echo"))
     assert r.results == [{"path": "/echo?n=0&a=1&b=x%2Fy", "injected": []},
                          {"path": "/echo?n=0&q=caf%C3%A9+au+lait%23top", "injected": []},
-                         {"path": "/echo?n=0&x=1%0D%0AX-Injected:+1", "injected": []}]
+                         {"path": "/echo?n=0&x=1%0D%0AX-Injected:+1", "injected": []},
+                         {"path": "/echo?n=0&q=%22a%22%3Cb%3E%7Bc%7D%7Cd", "injected": []}]
 
 
 def test_session_headers_are_copied_and_a_host_header_of_ones_own_is_sent(mpy, fault):

@@ -1,8 +1,12 @@
 # URLs: split into what a request needs, Locations resolved against them (RFC 3986), form encoding.
 
+from micropython import const
+
 from . import errors
 
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+_SPACE = const(0x20)
+_DEL = const(0x7F)
 
 
 def split_url(url):
@@ -107,7 +111,7 @@ def _quote(value):
     # one name or value, form-encoded: letters, digits and -._~ as they are, space as "+", every other byte of
     # its UTF-8 as %XX, so no value can add a field ("&"), end the query ("#") or a line (CR LF)
     value = (value if isinstance(value, str) else str(value)).encode()
-    return "".join(chr(b) if b in _UNRESERVED else "+" if b == 32 else "%%%02X" % b for b in value)
+    return "".join(chr(b) if b in _UNRESERVED else "+" if b == _SPACE else "%%%02X" % b for b in value)
 
 
 def form_encode(pairs):
@@ -115,7 +119,8 @@ def form_encode(pairs):
     # a query string already, as in aiohttp: what no query can hold in it is encoded, a space as "+"
     if isinstance(pairs, str):
         data = pairs.encode()
-        return "".join(chr(b) if 32 < b < 127 and b != 35 else "+" if b == 32 else "%%%02X" % b for b in data)
+        return "".join(chr(b) if _SPACE < b < _DEL and b not in b'"#<>[\\]^`{|}' else "+" if b == _SPACE
+                       else "%%%02X" % b for b in data)  # (RFC 3986 section 3.4: what a query may hold as it is)
     if hasattr(pairs, "items"):
         pairs = pairs.items()
     return "&".join("%s=%s" % (_quote(k), _quote(v)) for k, v in pairs)

@@ -346,6 +346,21 @@ run(main())
     assert r.results == [{"text": "caf\u00e9!"}] * 2 + [{"text": "ok"}]
 
 
+def test_content_type_and_charset_as_in_aiohttp(mpy, raw):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in ("/latin1-text", "/quoted-utf8-text", "/json-api", "/json-untyped"):
+            async with session.get(URL + path) as resp:
+                result(type=resp.content_type, charset=resp.charset)
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [{"type": "text/plain", "charset": "ISO-8859-1"}, {"type": "text/plain", "charset": "utf-8"},
+                         {"type": "application/vnd.api+json", "charset": "utf-8"},
+                         {"type": "application/octet-stream", "charset": None}]  # (none sent: aiohttp's default)
+
+
 def test_heads_up_to_32_kb_are_read_in_64_kb_of_heap_and_bigger_ones_refused(mpy, raw):
     # 99 lines of 8 KB each: every line is allowed, their sum (800 KB) is not. A head is kept as the bytes it
     # came in, in blocks of whole fields: a bytearray grown line by line left holes no later size fit (99 lines

@@ -854,7 +854,8 @@ class ClientResponse(StreamReader):
             self._let_go(True)
 
     def __getattr__(self, name):
-        # content, content_length, ok, closed, connection: computed, as aiohttp's properties are. (A property would
+        # content, content_length, content_type, charset, ok, closed, connection: computed, as aiohttp's properties
+        # are. (A property would
         # make every attribute store on a response, several per chunk read, look through its classes first.)
         if name == "content":
             return self
@@ -868,6 +869,12 @@ class ClientResponse(StreamReader):
             # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
             value = self.headers.get("Content-Length")
             return int(value) if value and value.isdigit() and not self._chunked else None
+        if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
+            return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
+        if name == "charset":  # the Content-Type's charset parameter as sent, or None
+            content_type = self.headers.get("Content-Type", "")
+            i = content_type.lower().find("charset=")
+            return content_type[i + 8 :].split(";", 1)[0].strip(" \t\"'") if i >= 0 else None
         raise AttributeError(name)
 
     def _let_go(self, reusable):
@@ -935,9 +942,7 @@ class ClientResponse(StreamReader):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
         # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
         if encoding is None:
-            content_type = self.headers.get("Content-Type", "").lower()
-            i = content_type.find("charset=")
-            encoding = content_type[i + 8 :].split(";", 1)[0].strip(" \"'") if i >= 0 else "utf-8"
+            encoding = self.charset or "utf-8"
         if encoding.lower() in ("iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"):
             return from_latin1(body)
         return body.decode()

@@ -855,8 +855,8 @@ class ClientResponse(StreamReader):
 
     def __getattr__(self, name):
         # content, content_length, content_type, charset, ok, closed, connection: computed, as aiohttp's properties
-        # are. (A property would
-        # make every attribute store on a response, several per chunk read, look through its classes first.)
+        # are. (A property would make every attribute store on a response, several per chunk read, look through its
+        # classes first.)
         if name == "content":
             return self
         if name == "ok":

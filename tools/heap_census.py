@@ -12,7 +12,6 @@ are estimated from their sizes (a table holds at least as many 16-byte slots as 
 import hashlib
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -124,16 +123,7 @@ def build(source, mpy_cross):
         end = text.index("\n}\n", start)
         text = text[:start] + LISTING + text[start:end] + "\n    census_list_objects(print);" + text[end:]
         gc_c.write_text(text)
-    out = ROOT / "build" / "census"
-    (out / "frozen_content.c").unlink(missing_ok=True)  # (as make frozen: the library may have changed)
-    log = ROOT / "build" / "census.log"
-    with open(log, "w") as f:
-        done = subprocess.run(["make", "-C", str(copy / "ports" / "unix"), "-j2", "BUILD=%s" % out, "MICROPY_PY_FFI=0",
-                               "MICROPY_MPYCROSS=%s" % Path(mpy_cross).resolve(),
-                               "FROZEN_MANIFEST=%s" % (ROOT / "manifests" / "unix.py")], stdout=f, stderr=f)
-    if done.returncode:
-        sys.exit("the census build failed: see %s" % log)
-    return out / "micropython"
+    return mpy.build_unix(copy, mpy_cross, ROOT / "manifests" / "unix.py", ROOT / "build" / "census")
 
 
 def main(argv):

@@ -11,7 +11,6 @@ then 256-byte steps below the first that was enough). Usage: lazy_bound.py MICRO
 import ast
 import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -117,15 +116,7 @@ def build(source, mpy_cross, lib, out):
     manifest = out / "manifest.py"
     manifest.write_text('include("$(PORT_DIR)/variants/standard/manifest.py")\n'
                         'package("mpos", base_path="%s")\npackage("aiohttp", base_path="%s")\n' % (lib, lib))
-    (out / "frozen_content.c").unlink(missing_ok=True)
-    log = out.parent / (out.name + ".log")
-    with open(log, "w") as f:
-        done = subprocess.run(["make", "-C", str(Path(source) / "ports" / "unix"), "-j2", "BUILD=%s" % out,
-                               "MICROPY_PY_FFI=0", "MICROPY_MPYCROSS=%s" % Path(mpy_cross).resolve(),
-                               "FROZEN_MANIFEST=%s" % manifest], stdout=f, stderr=f)
-    if done.returncode:
-        sys.exit("the build failed: see %s" % log)
-    return out / "micropython"
+    return mpy.build_unix(source, mpy_cross, manifest, out)
 
 
 def downloads_in(binary, heap, work, url):

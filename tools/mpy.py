@@ -122,6 +122,22 @@ def _echoing(cmd, env, cwd):
     return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
+def build_unix(source, mpy_cross, manifest, out):
+    """The unix port from MicroPython's `source` with `manifest` frozen in, into `out`, as make frozen builds it ->
+    the interpreter's path; its output goes to out.log, and a failed build ends the program."""
+    import sys
+
+    (out / "frozen_content.c").unlink(missing_ok=True)  # (the frozen modules may have changed: made again)
+    log = out.parent / (out.name + ".log")
+    with open(log, "w") as f:
+        done = subprocess.run(["make", "-C", str(Path(source) / "ports" / "unix"), "-j2", "BUILD=%s" % out,
+                               "MICROPY_PY_FFI=0", "MICROPY_MPYCROSS=%s" % Path(mpy_cross).resolve(),
+                               "FROZEN_MANIFEST=%s" % manifest], stdout=f, stderr=f)
+    if done.returncode:
+        sys.exit("the build failed: see %s" % log)
+    return out / "micropython"
+
+
 def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, path=None, binary=None,
         **values):
     """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts]).

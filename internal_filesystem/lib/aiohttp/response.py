@@ -178,7 +178,6 @@ async def read_head(conn):
 
 def _is_json(mimetype):
     # application/json, or a JSON-based type such as application/vnd.api+json (what aiohttp's json() takes)
-    mimetype = mimetype.split(";", 1)[0].strip(" \t")
     return mimetype.startswith("application/") and (mimetype == "application/json" or mimetype.endswith("+json"))
 
 
@@ -952,7 +951,7 @@ class ClientResponse(StreamReader):
         # MicroPythonOS's aiohttp: only a body that is no JSON then is a ContentTypeError, a ClientResponseError
         # (a login page's is no decoder's ValueError past `except aiohttp.ClientError`). content_type=None: the
         # decoder's own error. An empty body is None.
-        mimetype = self.headers.get("Content-Type", "").lower()
+        mimetype = self.content_type
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
         body = await self.read()

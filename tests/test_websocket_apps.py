@@ -106,7 +106,7 @@ async def main():
     relay, task = start(URL)
     await until(lambda: relay.messages)
     relay.url = DEAD  # the relay goes away: connections are refused from now on
-    await until(lambda: len(relay.errors) >= 4)
+    await until(lambda: len(relay.waits) >= 4)  # (each error's wait comes after the session's close, an await)
     await relay.close()
     await task
     result(errors=relay.errors[:4], waits=relay.waits[:4], fds=fd_count() - fds)

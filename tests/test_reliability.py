@@ -325,6 +325,17 @@ def test_a_start_over_after_a_416_spends_no_try(mpy, fault, limit):
     assert v["sent"] == [["bytes=8000-", None], [None, None]] and v["part"] == -1, v
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_bytes_got_again_after_a_start_over_are_no_progress(mpy, fault, mode):
+    # The server cuts the body after 1000 of the bytes it announced and answers the resume with a 416 naming another
+    # size: each try starts over and gets the same 1000 bytes. That is no progress, so the 3 tries end it (before,
+    # each counted as progress and only max_reconnects did, after 11 tries and ~50 s of waits).
+    v = dl(mpy, fault.url("/bytes/1000?length=5000"), mode, old=OLD, tune={"retry_base_ms": 5, "retry_max_ms": 20})
+    failed(v, mode)
+    asked = [None] + ["bytes=1000-", None] * 3 if mode != "stream" else [None, "bytes=1000-"]  # (stream mode can't)
+    assert [r for r, _ in v["sent"]] == asked, v
+
+
 class _Bad206(http.server.BaseHTTPRequestHandler):
     """Answers a Range request with 206 and a Content-Range that does not start where asked (or none)."""
     protocol_version = "HTTP/1.1"

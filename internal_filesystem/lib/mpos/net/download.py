@@ -122,11 +122,12 @@ class Download:
             if self.segmented and await self._segments(sess):
                 return True
             end = self._begin()  # the deadline in ticks, or None
-            fails = gained = 0
+            fails = gained = left = 0
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        gained = self.delivered
+                        if left != _ASK_AGAIN:  # (after a start-over, progress is measured from the bytes that went)
+                            gained = self.delivered
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body

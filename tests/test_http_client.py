@@ -4,6 +4,7 @@ Bad URLs and header injection fail with ValueError before a single byte goes out
 response heads are a ClientResponseError (never a MemoryError, never a hang).
 """
 
+import codecs
 import hashlib
 
 import pytest
@@ -170,6 +171,20 @@ run(main())
 
 # ---------------------------------------------------------------- malformed and oversized response heads
 
+# Bodies that are not valid in the charset they are labelled with (None: no charset), each decoded with every error
+# handler. BAD_UTF8: a lone continuation byte, bytes no UTF-8 has, an overlong form, a surrogate, a code point past
+# U+10FFFF, sequences cut short in the middle and at the end.
+BAD_UTF8 = (b"ok \xe2\x82\xac \xe9t\xc3\xa9 \x80 \xc0\x80 \xed\xa0\x80 \xf4\x90\x80\x80 \xe2\x82! \xf0\x9f\x98!"
+            b" \xff \xf0\x9f\x98\x80 \xe2\x82")
+TEXTS = {
+    "/text-bad-utf8": ("UTF-8", BAD_UTF8),
+    "/text-unlabelled": (None, BAD_UTF8),
+    "/text-cp1252": ("windows-1252", b"\x93smart\x94 quotes \x80 5 caf\xe9 \x9f\xff"),
+    "/text-cp1252-undefined": ("cp1252", b"a\x81b\x8dc\x8fd\x90e\x9df"),
+    "/text-ascii": ("us-ascii", b"caf\xc3\xa9 \xff"),
+    "/text-latin1-high": ("latin1", b"from 0xa0: " + bytes(range(0xA0, 0x100))),
+}
+
 BIG = 20000
 RESPONSES = {
     "/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -241,8 +256,14 @@ RESPONSES = {
                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/latin1-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Length: 5\r\n\r\n"
                     b"caf\xe9!",
+    "/koi8-ascii": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=koi8-r\r\nContent-Length: 5\r\n\r\nplain",
+    "/koi8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=koi8-r\r\nContent-Length: 6\r\n\r\n"
+                  b"\xf0\xd2\xc9\xd7\xc5\xd4",
     "/quoted-utf8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=\"utf-8\"\r\nContent-Length: 6\r\n\r\n"
                          b"caf\xc3\xa9!",
+    # text() in the charsets servers name (the bodies: TEXTS below)
+    **{path: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain%s\r\nContent-Length: %d\r\n\r\n" % (
+        b"; charset=" + label.encode() if label else b"", len(body)) + body for path, (label, body) in TEXTS.items()},
     # json() and the Content-Type: a captive portal's login page, a JSON API's own type, a raw file host's, nothing
     "/portal": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
     "/json-api": b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.api+json; charset=utf-8\r\nContent-Length: 8\r\n\r\n"
@@ -344,6 +365,64 @@ async def main():
 run(main())
 """, URL=raw.url(""))
     assert r.results == [{"text": "caf\u00e9!"}] * 2 + [{"text": "ok"}]
+
+
+def test_text_with_an_error_handler_reads_as_cpythons_decode(mpy, raw):
+    # errors= as aiohttp passes it to bytes.decode(): "replace" puts U+FFFD for each bad sequence, "ignore" drops it,
+    # "strict" raises a UnicodeError that says where
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in PATHS:
+            for errors in ("strict", "replace", "ignore"):
+                async with session.get(URL + path) as resp:
+                    try:
+                        result(text=await resp.text(errors=errors))
+                    except UnicodeError as e:
+                        result(err=type(e).__name__, message=str(e))
+run(main())
+""", URL=raw.url(""), PATHS=list(TEXTS))
+    expected = []
+    for label, body in TEXTS.values():
+        for errors in ("strict", "replace", "ignore"):
+            try:
+                expected.append({"text": body.decode(label or "utf-8", errors)})
+            except UnicodeDecodeError as e:
+                name = {"cp1252": "windows-1252"}.get(codecs.lookup(label or "utf-8").name, e.encoding)
+                expected.append({"err": "UnicodeError", "message": "can't decode byte 0x%02x in position %d as %s" % (
+                    body[e.start], e.start, name)})
+    assert r.results == expected
+
+
+def test_text_in_a_charset_it_does_not_know(mpy, raw):
+    # An encoding= it can't decode is a LookupError, as in CPython. A charset the server names and it can't decode
+    # is read as UTF-8 (aiohttp's fallback): a body that is none is a UnicodeError naming that charset, not mojibake.
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path, kw in (("/koi8-ascii", {}), ("/koi8-text", {}), ("/koi8-text", {"errors": "replace"}),
+                         ("/ok", {"encoding": "koi8-r"}), ("/ok", {"errors": "backslashreplace"}),
+                         ("/text-bad-utf8", {"errors": "backslashreplace"}),
+                         ("/text-cp1252", {"encoding": "latin-1"}), ("/latin1-text", {"encoding": "CP1252"})):
+            async with session.get(URL + path) as resp:
+                try:
+                    result(text=await resp.text(**kw))
+                except (LookupError, UnicodeError) as e:
+                    result(err=type(e).__name__, message=str(e))
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [
+        {"text": "plain"},
+        {"err": "UnicodeError",
+         "message": "charset koi8-r is not supported, and the body is no UTF-8 (byte 0xf0 in position 0)"},
+        {"text": "\ufffd\ufffd\ufffd\ufffd\ufffd\ufffd"},
+        {"err": "LookupError", "message": "unknown encoding: koi8-r"},
+        {"text": "ok"},  # (as in CPython: an error handler is looked for at the first error)
+        {"err": "LookupError", "message": "error handler 'backslashreplace' is not supported"},
+        {"text": TEXTS["/text-cp1252"][1].decode("latin-1")},  # the caller's encoding wins over the server's
+        {"text": "caf\u00e9!"}]
 
 
 def test_content_type_and_charset_as_in_aiohttp(mpy, raw):

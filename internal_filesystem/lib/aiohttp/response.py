@@ -934,17 +934,22 @@ class ClientResponse(StreamReader):
             pieces.append(bytes(memoryview(buf)[:k]))
         return b"".join(pieces)
 
-    async def text(self, encoding=None):
-        return self._decode(await self.read(), encoding)
+    async def text(self, encoding=None, errors="strict"):
+        return self._decode(await self.read(), encoding, errors)
 
-    def _decode(self, body, encoding):
-        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
-        # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
-        if encoding is None:
-            encoding = self.charset or "utf-8"
-        if encoding.lower() in ("iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"):
-            return from_latin1(body)
-        return body.decode()
+    def _decode(self, body, encoding, errors="strict"):
+        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
+        # charset given to decode() is ignored): any other charset, or bytes that are no UTF-8, go to charset.py.
+        server_charset = None if encoding else self.charset
+        charset = encoding or server_charset
+        if not charset or charset.lower() in ("utf-8", "utf8"):
+            try:
+                return body.decode()
+            except UnicodeError:
+                pass
+        from .charset import decode
+
+        return decode(body, encoding, server_charset, errors)
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with

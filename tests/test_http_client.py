@@ -52,9 +52,11 @@ def test_header_injection_is_refused(mpy, fault):
     names = ["X-A\r\nX-B", "X\nY", "X\0Y", "", "Bad Name", "Bad:Name", "Bad\tName", "X-\x01", "X(y)", "X\x7f"]
     cases = [{"url": url, "kw": {"headers": {"X-Test": v}}} for v in values]
     cases += [{"url": url, "kw": {"headers": {n: "v"}}} for n in names]
-    # the same through session-wide headers
+    # the same through session-wide headers, and as (name, value) pairs
     cases += [{"url": url, "session": {"headers": {"X-Test": values[0]}}},
-              {"url": url, "session": {"headers": {names[0]: "v"}}}]
+              {"url": url, "session": {"headers": {names[0]: "v"}}},
+              {"url": url, "kw": {"headers": [["X-Ok", "v"], ["X-Test", values[0]]]}},
+              {"url": url, "session": {"headers": [[names[0], "v"]]}}]
     refused(mpy, fault, cases)
 
 
@@ -167,6 +169,26 @@ run(main())
     sent = r.value["headers"]
     assert [v for k, v in sent if k == "X-A"] == ["1"] and "X-Injected" not in [k for k, v in sent]
     assert [v for k, v in sent if k.lower() == "host"] == ["virtual.example"]
+
+
+def test_headers_may_be_pairs_or_a_multidict_as_in_aiohttp(mpy, fault):
+    # A request's field replaces the session's of its name; a name given twice is sent once with both values
+    # (RFC 9110 section 5.3: the same meaning as two lines; Cookie values join with "; ", RFC 6265 section 5.4)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(headers=[("Accept", "text/html"), ("Accept", "*/*"), ("X-App", "demo")]) as s:
+        async with s.get(URL, headers=[("x-app", "mine"), ("Cookie", "a=1"), ("Cookie", "b=2"), ("X-N", 5)]) as resp:
+            sent = (await resp.json())["headers"]
+            result(sent=sorted(kv for kv in sent if kv[0].lower() in ("accept", "x-app", "cookie", "x-n")))
+            forwarded = resp.headers  # a response's CIMultiDictProxy, as a mapping
+        async with s.get(URL, headers=forwarded) as resp:
+            result(sent=[kv for kv in (await resp.json())["headers"] if kv[0].lower() == "content-type"])
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [
+        {"sent": [["Accept", "text/html, */*"], ["Cookie", "a=1; b=2"], ["X-N", "5"], ["x-app", "mine"]]},
+        {"sent": [["content-type", "application/json"]]}]
 
 
 # ---------------------------------------------------------------- malformed and oversized response heads

@@ -41,15 +41,37 @@ def _check_text(what, text):
             raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, text))
 
 
+def _pairs(headers):
+    # headers as aiohttp takes them: a mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs
+    return headers.items() if hasattr(headers, "items") else headers
+
+
 def check_headers(headers):
     """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
     if not headers:
         return
-    for name, value in headers.items():
+    for name, value in _pairs(headers):
         _check_text("header name", name)
         if not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126 for c in name):
             raise ValueError("invalid header name: %r" % name)
         _check_text("header %s" % name, value if isinstance(value, str) else str(value))
+
+
+def merge_headers(fields, headers):
+    # headers into fields (lower-cased name -> (name as given, value)), each replacing the field of its name. A name
+    # that repeats within headers (pairs, a multidict) joins its values, as RFC 9110 (section 5.3) allows.
+    if isinstance(headers, dict):  # (no name repeats in a dict: nothing to join)
+        for name, value in headers.items():
+            fields[name.lower()] = (name, value if isinstance(value, str) else str(value))
+        return
+    given = {}
+    for name, value in _pairs(headers):
+        value = value if isinstance(value, str) else str(value)
+        key = name.lower()
+        if key in given:
+            value = given[key][1] + ("; " if key == "cookie" else ", ") + value  # (RFC 6265: one Cookie field)
+        given[key] = (name, value)
+    fields.update(given)
 
 
 class _RequestContext:
@@ -88,7 +110,7 @@ class _RequestContext:
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
     _base_url = _ssl = _default_tls = _watchdog_task = None
-    _headers = {}  # never changed in place
+    _headers = {}  # the session's header fields, as merge_headers() keeps them; never changed in place
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
     _allow_downgrade = False
@@ -107,7 +129,9 @@ class ClientSession:
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
         check_headers(headers)
         if headers:
-            headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request
+            fields = {}  # checked once, here: the caller's headers changed later must not reach a request
+            merge_headers(fields, headers)
+            headers = fields
         for name, value in (("_base_url", base_url), ("_headers", headers or {}),
                             ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
                             ("_allow_downgrade", allow_downgrade), ("_pool_size", pool_size),
@@ -279,10 +303,9 @@ class ClientSession:
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError("invalid HTTP method %r" % (method,))
         method = method.upper()
-        fields = {}  # lower-cased name -> (name as given, value): a request's header wins over the session's
-        for source in (self._headers, headers):
-            for name, value in source.items() if source else ():
-                fields[name.lower()] = (name, value if isinstance(value, str) else str(value))
+        fields = dict(self._headers)  # lower-cased name -> (name as given, value): a request's wins
+        if headers:
+            merge_headers(fields, headers)
         data = _body(data, json, fields)
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
             ClientTimeout(total=timeout) if timeout else self._timeout)

@@ -137,6 +137,30 @@ run(main())
                     "ct": ["application/x-www-form-urlencoded"]}
 
 
+def test_a_request_body_carries_aiohttps_content_type(mpy, fault):
+    # unless the caller gives one: bytes-like as application/octet-stream, str as UTF-8 text, json= as JSON
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for kw in ({"data": b"\\x00\\xff"}, {"data": bytearray(b"ab")}, {"data": memoryview(b"abcd")[1:3]},
+                   {"data": "caf\\u00e9"}, {"json": [1]}, {"data": b"<a/>", "headers": {"content-type": "text/xml"}}):
+            async with session.post(URL, **kw) as resp:
+                e = await resp.json()
+                result(type=[v for k, v in e["headers"] if k.lower() == "content-type"], sha=e["body_sha256"])
+        try:
+            await session.post(URL, data=42)
+        except TypeError as e:
+            result(err=str(e))
+run(main())
+""", URL=fault.url("/echo"))
+    types = ["application/octet-stream"] * 3 + ["text/plain; charset=utf-8", "application/json", "text/xml"]
+    bodies = [b"\x00\xff", b"ab", b"bc", "caf\u00e9".encode(), b"[1]", b"<a/>"]
+    assert r.results == [{"type": [t], "sha": hashlib.sha256(b).hexdigest()} for t, b in zip(types, bodies)] + [
+        {"err": "data must be bytes, str or a dict of form fields, not int"}]
+    assert fault.requests == len(bodies)  # the one refused sent nothing
+
+
 def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):
     # taken as it is, already encoded ("%2F" stays, "&" and "=" separate); what no query may hold is encoded
     r = mpy.run("""
@@ -615,6 +639,28 @@ run(main())
     assert r.results[0] == {"status": 404, "message": "Not Found", "body": "status 404"}
     assert r.results[1] == {"status": 503, "closed": True}  # outside `async with`: released
     assert r.results[2]["stats"]["connections"] == 2  # the 404's connection served again; the 503's was closed
+
+
+def test_text_and_json_after_the_body_was_read_answer_it_again(mpy, fault):
+    # as aiohttp keeps the body: json() that failed, then text() to show what came; release() may be awaited.
+    # (read() itself answers b"" at the end: resp.content is the response, and a content.read() loop must end)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in ("/json/3", "/json/3?chunked=1", "/json/3?gzip=1"):
+            resp = await session.get(URL + path)
+            first = await resp.read()
+            result(text=await resp.text() == first.decode(), json=len(await resp.json()), again=await resp.read(),
+                   released=await resp.release())
+        async with session.get(URL + "/status/404") as resp:
+            try:
+                await resp.json()
+            except aiohttp.ContentTypeError:
+                result(said=await resp.text())
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"text": True, "json": 3, "again": "", "released": None}] * 3 + [{"said": "status 404"}]
 
 
 def test_json_decodes_json_under_any_type_and_calls_anything_else_a_content_type_error(mpy, raw):

@@ -409,18 +409,25 @@ async def _check(resp, raise_for_status):
 
 
 def _body(data, json, fields):
-    # -> the request body as bytes (or None); a Content-Type for json= and form fields unless one was given
+    # -> the request body as bytes (or None), and aiohttp's Content-Type for it unless one was given
     if json is not None:
         import json as codec
 
         data = codec.dumps(json)
-        fields.setdefault("content-type", ("Content-Type", "application/json"))
-    if isinstance(data, dict):
+        content_type = "application/json"
+    elif isinstance(data, dict):
         data = form_encode(data)
-        fields.setdefault("content-type", ("Content-Type", "application/x-www-form-urlencoded"))
-    if isinstance(data, str):
-        data = data.encode()
-    return data
+        content_type = "application/x-www-form-urlencoded"
+    elif isinstance(data, str):
+        content_type = "text/plain; charset=utf-8"
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        content_type = "application/octet-stream"
+    elif data is None:
+        return None
+    else:
+        raise TypeError("data must be bytes, str or a dict of form fields, not %s" % type(data).__name__)
+    fields.setdefault("content-type", ("Content-Type", content_type))
+    return data.encode() if isinstance(data, str) else data
 
 
 def _closed_by_server(conn):

@@ -813,6 +813,7 @@ class ClientResponse(StreamReader):
     _reusable = True  # the connection may serve another request once the body is read
     _released = False
     _in_context = False  # inside `async with`, whose end releases it
+    _body = None  # the whole body, once read() read it
     _decoder = None  # (StreamReader's, again: read per chunk, found here one class sooner)
 
     def __init__(self, session, method, url, conn):
@@ -884,8 +885,10 @@ class ClientResponse(StreamReader):
         self._session._done_with(self._conn, reusable and self._reusable)
 
     def release(self):
-        # Closing is the only safe choice for a body that was not read to its end
+        # Closing is the only safe choice for a body that was not read to its end. -> an awaitable that is done, so
+        # `await resp.release()` (aiohttp 2's coroutine, still common) works as aiohttp 3's does.
         self._let_go(False)
+        return ()
 
     close = release
 
@@ -896,9 +899,9 @@ class ClientResponse(StreamReader):
         return self._body_read(None, n) if n > 0 else self._read_whole(n)
 
     async def _read_whole(self, n=-1):
-        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. Not
-        # kept: resp.content is the response itself, so content.read() answers b"" at the end, and so does a second
-        # read() (or text() after read()).
+        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. That
+        # one is kept for text() and json(), as aiohttp keeps it; read() itself answers b"" at the end (resp.content
+        # is the response itself, and a content.read() loop must end).
         if n >= 0:
             if not n:
                 return b""
@@ -924,18 +927,24 @@ class ClientResponse(StreamReader):
                 if not k:
                     break
                 got += k
-            return bytes(buf) if got == n else bytes(view[:got])
-        pieces = []
-        buf = bytearray(_READ_ALL_PIECE)
-        while True:
-            k = await self.readinto(buf)
-            if not k:
-                break
-            pieces.append(bytes(memoryview(buf)[:k]))
-        return b"".join(pieces)
+            body = bytes(buf) if got == n else bytes(view[:got])
+        else:
+            pieces = []
+            buf = bytearray(_READ_ALL_PIECE)
+            while True:
+                k = await self.readinto(buf)
+                if not k:
+                    break
+                pieces.append(bytes(memoryview(buf)[:k]))
+            body = b"".join(pieces)
+        self._body = body
+        return body
 
     async def text(self, encoding=None, errors="strict"):
-        return self._decode(await self.read(), encoding, errors)
+        return self._decode(await self._whole_body(), encoding, errors)
+
+    async def _whole_body(self):
+        return self._body if self._body is not None else await self.read()
 
     def _decode(self, body, encoding, errors="strict"):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
@@ -959,7 +968,7 @@ class ClientResponse(StreamReader):
         mimetype = self.content_type
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
-        body = await self.read()
+        body = await self._whole_body()
         if not body or body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
             return None
         if loads is None:

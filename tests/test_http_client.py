@@ -4,6 +4,7 @@ Bad URLs and header injection fail with ValueError before a single byte goes out
 response heads are a ClientResponseError (never a MemoryError, never a hang).
 """
 
+import base64
 import codecs
 import hashlib
 
@@ -159,6 +160,54 @@ run(main())
     assert r.results == [{"type": [t], "sha": hashlib.sha256(b).hexdigest()} for t, b in zip(types, bodies)] + [
         {"err": "data must be bytes, str or a dict of form fields, not int"}]
     assert fault.requests == len(bodies)  # the one refused sent nothing
+
+
+def test_basic_auth_for_a_session_or_one_request_as_in_aiohttp(mpy, fault):
+    # latin-1 by default, as aiohttp encodes it; a request's auth= wins over the session's; an Authorization header
+    # beside auth= is refused; a redirect to another origin drops the credentials
+    r = mpy.run("""
+import aiohttp
+def sent(echo):
+    return [v for k, v in echo["headers"] if k.lower() == "authorization"]
+async def main():
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "p\u00e4ss")) as session:
+        async with session.get(URL + "/echo") as resp:
+            result(sent=sent(await resp.json()))
+        async with session.get(URL + "/echo", auth=aiohttp.BasicAuth("other", "\u20ac", "utf-8")) as resp:
+            result(sent=sent(await resp.json()))
+        async with session.get(URL + "/redirect?to=" + ELSEWHERE) as resp:
+            result(sent=sent(await resp.json()))
+        try:
+            await session.get(URL + "/echo", headers={"Authorization": "Bearer t"})
+        except ValueError as e:
+            result(err=str(e))
+run(main())
+""", URL=fault.url(""), ELSEWHERE="http://localhost:%d/echo" % fault.port)
+    assert r.results == [{"sent": ["Basic " + base64.b64encode("user:p\u00e4ss".encode("latin-1")).decode()]},
+                         {"sent": ["Basic " + base64.b64encode("other:\u20ac".encode()).decode()]},
+                         {"sent": []},
+                         {"err": "Cannot combine AUTHORIZATION header with AUTH argument"}]
+    assert fault.requests == 4
+
+
+def test_a_tcp_connector_sets_up_the_sessions_connections_as_in_aiohttp(mpy, fault_tls, fault):
+    # ssl=False: TLS without verification (the test certificate's CA is nowhere); force_close: none is reused
+    r = mpy.run("""
+import aiohttp
+async def main():
+    for connector in (aiohttp.TCPConnector(ssl=False, limit=2), aiohttp.TCPConnector(force_close=True)):
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for url in URLS:
+                async with session.get(url) as resp:
+                    result(sha=sha256(await resp.read()))
+    try:
+        aiohttp.TCPConnector(family=2)
+    except TypeError:
+        result(err="TypeError")
+run(main())
+""", URLS=[fault_tls.url("/bytes/100"), fault_tls.url("/bytes/100"), fault.url("/bytes/100")])
+    assert r.results == [{"sha": sha256_of(100)}] * 6 + [{"err": "TypeError"}]
+    assert (fault_tls.connections, fault.connections) == (1 + 2, 1 + 1)  # kept alive, then closed after each
 
 
 def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):

@@ -109,7 +109,7 @@ class _RequestContext:
 
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
-    _base_url = _ssl = _default_tls = _watchdog_task = None
+    _base_url = _ssl = _default_tls = _watchdog_task = _auth = None
     _headers = {}  # the session's header fields, as merge_headers() keeps them; never changed in place
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
@@ -123,7 +123,9 @@ class ClientSession:
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
-                 raise_for_status=False):
+                 raise_for_status=False, connector=None, auth=None):
+        if connector is not None:  # an aiohttp.TCPConnector
+            ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
@@ -136,7 +138,7 @@ class ClientSession:
                             ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
                             ("_allow_downgrade", allow_downgrade), ("_pool_size", pool_size),
                             ("_keepalive_ms", int(keepalive_timeout * 1000)), ("_auto_decompress", auto_decompress),
-                            ("_raise_for_status", raise_for_status)):
+                            ("_raise_for_status", raise_for_status), ("_auth", auth)):
             if value != getattr(ClientSession, name):
                 setattr(self, name, value)
         self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
@@ -287,7 +289,7 @@ class ClientSession:
         return ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
-                       timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None):
+                       timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None, auth=None):
         if self.closed:
             raise RuntimeError("session is closed")
         if not isinstance(url, str):
@@ -306,6 +308,11 @@ class ClientSession:
         fields = dict(self._headers)  # lower-cased name -> (name as given, value): a request's wins
         if headers:
             merge_headers(fields, headers)
+        auth = auth or self._auth  # an aiohttp.BasicAuth; dropped with Authorization on a redirect to another origin
+        if auth is not None:
+            if "authorization" in fields:
+                raise ValueError("Cannot combine AUTHORIZATION header with AUTH argument")
+            fields["authorization"] = ("Authorization", auth.encode())
         data = _body(data, json, fields)
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
             ClientTimeout(total=timeout) if timeout else self._timeout)

@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from tools.testservers import ScriptServer, sha256_of
+from tools.testservers import ScriptServer, sha256_of, text_payload
 
 
 # ---------------------------------------------------------------- refused before any byte is sent
@@ -710,6 +710,35 @@ async def main():
 run(main())
 """, URL=fault.url(""))
     assert r.results == [{"text": True, "json": 3, "again": "", "released": None}] * 3 + [{"said": "status 404"}]
+
+
+@pytest.mark.parametrize("query", ["", "&chunked=1&chunks=1,7,300", "&gzip=1"])
+def test_a_body_read_by_aiohttps_iterators(mpy, fault, query):
+    # iter_chunked(n) (up to n bytes at a time, as aiohttp's), iter_any(), and lines as `async for` gives them (each
+    # with its b"\\n"), in every framing
+    r = mpy.run("""
+import aiohttp
+async def each(session, iterate):
+    async with session.get(URL) as resp:
+        pieces = []
+        async for piece in iterate(resp.content):
+            pieces.append(piece)
+        return pieces
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        chunks = await each(session, lambda content: content.iter_chunked(1000))
+        result(sha=sha256(b"".join(chunks)), fit=max(len(c) for c in chunks) <= 1000)
+        result(sha=sha256(b"".join(await each(session, lambda content: content.iter_any()))))
+        lines = await each(session, lambda content: content)
+        result(sha=sha256(b"".join(lines)), lines=len(lines), ends=all(x.endswith(b"\\n") for x in lines[:-1]),
+               inside=any(b"\\n" in x[:-1] for x in lines))
+run(main())
+""", URL=fault.url("/bytes/20000?text=1" + query))
+    whole = text_payload(20000)  # lines of about 25 bytes, the last one cut short
+    sha = hashlib.sha256(whole).hexdigest()
+    assert r.results == [{"sha": sha, "fit": True}, {"sha": sha},
+                         {"sha": sha, "lines": whole.count(b"\n") + 1, "ends": True, "inside": False}]
 
 
 def test_json_decodes_json_under_any_type_and_calls_anything_else_a_content_type_error(mpy, raw):

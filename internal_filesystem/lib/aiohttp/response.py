@@ -855,8 +855,8 @@ class ClientResponse(StreamReader):
 
     def __getattr__(self, name):
         # content, content_length, content_type, charset, ok, closed, connection: computed, as aiohttp's properties
-        # are. (A property would make every attribute store on a response, several per chunk read, look through its
-        # classes first.)
+        # are, and the iterators over the body. (A property would make every attribute store on a response, several
+        # per chunk read, look through its classes first.)
         if name == "content":
             return self
         if name == "ok":
@@ -871,6 +871,10 @@ class ClientResponse(StreamReader):
             return int(value) if value and value.isdigit() and not self._chunked else None
         if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
             return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
+        if name in ("iter_chunked", "iter_any", "__aiter__"):  # (aiohttp/streams.py, loaded on first use)
+            from .streams import method
+
+            return method(self, name)
         if name == "charset":  # the Content-Type's charset parameter as sent, or None
             content_type = self.headers.get("Content-Type", "")
             i = content_type.lower().find("charset=")

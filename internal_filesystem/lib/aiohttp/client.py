@@ -41,37 +41,28 @@ def _check_text(what, text):
             raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, text))
 
 
-def _pairs(headers):
-    # headers as aiohttp takes them: a mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs
-    return headers.items() if hasattr(headers, "items") else headers
-
-
-def check_headers(headers):
-    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
+def check_headers(headers, into=None):
+    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names). headers: a
+    mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs, as aiohttp takes them."""
+    # into: fields (lower-cased name -> (name as given, value)) that take each header in place of the one of its
+    # name; a name that repeats within headers joins its values, as RFC 9110 (section 5.3) allows. (One function
+    # that checks and merges: each function a module holds is heap.)
     if not headers:
         return
-    for name, value in _pairs(headers):
+    given = {} if into is not None and not isinstance(headers, dict) else into  # (a dict repeats no name)
+    for name, value in headers.items() if hasattr(headers, "items") else headers:
         _check_text("header name", name)
         if not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126 for c in name):
             raise ValueError("invalid header name: %r" % name)
-        _check_text("header %s" % name, value if isinstance(value, str) else str(value))
-
-
-def merge_headers(fields, headers):
-    # headers into fields (lower-cased name -> (name as given, value)), each replacing the field of its name. A name
-    # that repeats within headers (pairs, a multidict) joins its values, as RFC 9110 (section 5.3) allows.
-    if isinstance(headers, dict):  # (no name repeats in a dict: nothing to join)
-        for name, value in headers.items():
-            fields[name.lower()] = (name, value if isinstance(value, str) else str(value))
-        return
-    given = {}
-    for name, value in _pairs(headers):
         value = value if isinstance(value, str) else str(value)
-        key = name.lower()
-        if key in given:
-            value = given[key][1] + ("; " if key == "cookie" else ", ") + value  # (RFC 6265: one Cookie field)
-        given[key] = (name, value)
-    fields.update(given)
+        _check_text("header %s" % name, value)
+        if given is not None:
+            key = name.lower()
+            if given is not into and key in given:
+                value = given[key][1] + ("; " if key == "cookie" else ", ") + value  # (RFC 6265: one Cookie field)
+            given[key] = (name, value)
+    if given is not into:
+        into.update(given)
 
 
 class _RequestContext:
@@ -110,7 +101,7 @@ class _RequestContext:
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
     _base_url = _ssl = _default_tls = _watchdog_task = _auth = None
-    _headers = {}  # the session's header fields, as merge_headers() keeps them; never changed in place
+    _headers = {}  # the session's header fields, as check_headers(headers, into) merges them; never changed
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
     _allow_downgrade = False
@@ -129,10 +120,9 @@ class ClientSession:
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
-        check_headers(headers)
         if headers:
             fields = {}  # checked once, here: the caller's headers changed later must not reach a request
-            merge_headers(fields, headers)
+            check_headers(headers, fields)
             headers = fields
         for name, value in (("_base_url", base_url), ("_headers", headers or {}),
                             ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
@@ -301,13 +291,11 @@ class ClientSession:
         if params:
             url += ("&" if "?" in url else "?") + form_encode(params)
         split_url(url)
-        check_headers(headers)
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError("invalid HTTP method %r" % (method,))
         method = method.upper()
         fields = dict(self._headers)  # lower-cased name -> (name as given, value): a request's wins
-        if headers:
-            merge_headers(fields, headers)
+        check_headers(headers, fields)
         auth = auth or self._auth  # an aiohttp.BasicAuth; dropped with Authorization on a redirect to another origin
         if auth is not None:
             if "authorization" in fields:

@@ -945,10 +945,8 @@ class ClientResponse(StreamReader):
         return body
 
     async def text(self, encoding=None, errors="strict"):
-        return self._decode(await self._whole_body(), encoding, errors)
-
-    async def _whole_body(self):
-        return self._body if self._body is not None else await self.read()
+        body = self._body if self._body is not None else await self.read()
+        return self._decode(body, encoding, errors)
 
     def _decode(self, body, encoding, errors="strict"):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
@@ -972,7 +970,7 @@ class ClientResponse(StreamReader):
         mimetype = self.content_type
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
-        body = await self._whole_body()
+        body = self._body if self._body is not None else await self.read()
         if not body or body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
             return None
         if loads is None:

@@ -21,7 +21,7 @@ from time import ticks_diff, ticks_ms
 # _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out, close and its
 # read-ahead buf[pos:filled].
 from . import poll
-from .client import _RequestContext, check_headers, merge_headers, ms
+from .client import _RequestContext, check_headers, ms
 from .connection import Connection, resolve
 from .errors import (ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
                      ServerTimeoutError)
@@ -705,7 +705,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     if isinstance(url, str) and url[:6].lower().startswith(("ws://", "wss://")):
         url = "http" + url[2:]  # ws and wss are spoken over http and https connections
     scheme, host, port, target = split_url(url)
-    check_headers(headers)
+    fields = dict(session._headers)  # lower-cased name -> (name, value): the call's win over the session's
+    check_headers(headers, fields)
     # a subprotocol is a token, as a header name is; the Origin a plain value
     check_headers(dict.fromkeys(protocols, ""))
     if origin is not None:
@@ -713,10 +714,6 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     if not isinstance(method, str) or not method.isalpha():
         raise ValueError("invalid HTTP method %r" % (method,))
     key = binascii.b2a_base64(_random(16), newline=False)
-    fields = dict(session._headers)  # lower-cased name -> (name, value): the call's win over the session's, ours
-    # over both
-    if headers:
-        merge_headers(fields, headers)
     own_host = fields.pop("host", None)
     for k in ("upgrade", "connection", "origin", "sec-websocket-key", "sec-websocket-version",
               "sec-websocket-protocol", "sec-websocket-extensions"):

@@ -41,12 +41,13 @@ def _check_text(what, text):
             raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, text))
 
 
-def check_headers(headers, into=None):
+def check_headers(headers, into):
     """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names). headers: a
-    mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs, as aiohttp takes them."""
-    # into: fields (lower-cased name -> (name as given, value)) that take each header in place of the one of its
-    # name; a name that repeats within headers joins its values, as RFC 9110 (section 5.3) allows. (One function
-    # that checks and merges: each function a module holds is heap.)
+    mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs, as aiohttp takes them. into: None, or fields
+    (lower-cased name -> (name as given, value)) to merge them into."""
+    # Each header replaces the field of its name in into; a name that repeats within headers joins its values, as
+    # RFC 9110 (section 5.3) allows. (One function that checks and merges, into with no default: each function a
+    # module holds is heap, and each default a word of it.)
     if not headers:
         return
     given = {} if into is not None and not isinstance(headers, dict) else into  # (a dict repeats no name)

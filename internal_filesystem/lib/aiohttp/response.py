@@ -948,7 +948,7 @@ class ClientResponse(StreamReader):
         body = self._body if self._body is not None else await self.read()
         return self._decode(body, encoding, errors)
 
-    def _decode(self, body, encoding, errors="strict"):
+    def _decode(self, body, encoding, errors):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
         # charset given to decode() is ignored): any other charset, or bytes that are no UTF-8, go to charset.py.
         server_charset = None if encoding else self.charset
@@ -976,7 +976,7 @@ class ClientResponse(StreamReader):
         if loads is None:
             from json import loads
         try:
-            return loads(self._decode(body, encoding))
+            return loads(self._decode(body, encoding, "strict"))
         except ValueError:
             if expected:
                 raise

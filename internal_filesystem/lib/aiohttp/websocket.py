@@ -708,9 +708,9 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     fields = dict(session._headers)  # lower-cased name -> (name, value): the call's win over the session's
     check_headers(headers, fields)
     # a subprotocol is a token, as a header name is; the Origin a plain value
-    check_headers(dict.fromkeys(protocols, ""))
+    check_headers(dict.fromkeys(protocols, ""), None)
     if origin is not None:
-        check_headers({"Origin": origin})
+        check_headers({"Origin": origin}, None)
     if not isinstance(method, str) or not method.isalpha():
         raise ValueError("invalid HTTP method %r" % (method,))
     key = binascii.b2a_base64(_random(16), newline=False)

@@ -422,7 +422,8 @@ def _body(data, json, fields):
         return None
     else:
         raise TypeError("data must be bytes, str or a dict of form fields, not %s" % type(data).__name__)
-    fields.setdefault("content-type", ("Content-Type", content_type))
+    if data:  # (an empty body goes without one, as with MicroPythonOS's aiohttp: aiohttp would name a type)
+        fields.setdefault("content-type", ("Content-Type", content_type))
     return data.encode() if isinstance(data, str) else data
 
 

@@ -4,11 +4,13 @@ Bad URLs and header injection fail with ValueError before a single byte goes out
 response heads are a ClientResponseError (never a MemoryError, never a hang).
 """
 
+import base64
+import codecs
 import hashlib
 
 import pytest
 
-from tools.testservers import ScriptServer, sha256_of
+from tools.testservers import ScriptServer, sha256_of, text_payload
 
 
 # ---------------------------------------------------------------- refused before any byte is sent
@@ -51,9 +53,11 @@ def test_header_injection_is_refused(mpy, fault):
     names = ["X-A\r\nX-B", "X\nY", "X\0Y", "", "Bad Name", "Bad:Name", "Bad\tName", "X-\x01", "X(y)", "X\x7f"]
     cases = [{"url": url, "kw": {"headers": {"X-Test": v}}} for v in values]
     cases += [{"url": url, "kw": {"headers": {n: "v"}}} for n in names]
-    # the same through session-wide headers
+    # the same through session-wide headers, and as (name, value) pairs
     cases += [{"url": url, "session": {"headers": {"X-Test": values[0]}}},
-              {"url": url, "session": {"headers": {names[0]: "v"}}}]
+              {"url": url, "session": {"headers": {names[0]: "v"}}},
+              {"url": url, "kw": {"headers": [["X-Ok", "v"], ["X-Test", values[0]]]}},
+              {"url": url, "session": {"headers": [[names[0], "v"]]}}]
     refused(mpy, fault, cases)
 
 
@@ -134,6 +138,80 @@ run(main())
                     "ct": ["application/x-www-form-urlencoded"]}
 
 
+def test_a_request_body_carries_aiohttps_content_type(mpy, fault):
+    # unless the caller gives one: bytes-like as application/octet-stream, str as UTF-8 text, json= as JSON; an
+    # empty body none (as MicroPythonOS's aiohttp: its app store reports POST nothing)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for kw in ({"data": b"\\x00\\xff"}, {"data": bytearray(b"ab")}, {"data": memoryview(b"abcd")[1:3]},
+                   {"data": "caf\\u00e9"}, {"json": [1]}, {"data": b"<a/>", "headers": {"content-type": "text/xml"}},
+                   {"data": b""}):
+            async with session.post(URL, **kw) as resp:
+                e = await resp.json()
+                result(type=[v for k, v in e["headers"] if k.lower() == "content-type"], sha=e["body_sha256"])
+        try:
+            await session.post(URL, data=42)
+        except TypeError as e:
+            result(err=str(e))
+run(main())
+""", URL=fault.url("/echo"))
+    types = [["application/octet-stream"]] * 3 + [["text/plain; charset=utf-8"], ["application/json"], ["text/xml"], []]
+    bodies = [b"\x00\xff", b"ab", b"bc", "caf\u00e9".encode(), b"[1]", b"<a/>", b""]
+    assert r.results == [{"type": t, "sha": hashlib.sha256(b).hexdigest()} for t, b in zip(types, bodies)] + [
+        {"err": "data must be bytes, str or a dict of form fields, not int"}]
+    assert fault.requests == len(bodies)  # the one refused sent nothing
+
+
+def test_basic_auth_for_a_session_or_one_request_as_in_aiohttp(mpy, fault):
+    # latin-1 by default, as aiohttp encodes it; a request's auth= wins over the session's; an Authorization header
+    # beside auth= is refused; a redirect to another origin drops the credentials
+    r = mpy.run("""
+import aiohttp
+def sent(echo):
+    return [v for k, v in echo["headers"] if k.lower() == "authorization"]
+async def main():
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "p\u00e4ss")) as session:
+        async with session.get(URL + "/echo") as resp:
+            result(sent=sent(await resp.json()))
+        async with session.get(URL + "/echo", auth=aiohttp.BasicAuth("other", "\u20ac", "utf-8")) as resp:
+            result(sent=sent(await resp.json()))
+        async with session.get(URL + "/redirect?to=" + ELSEWHERE) as resp:
+            result(sent=sent(await resp.json()))
+        try:
+            await session.get(URL + "/echo", headers={"Authorization": "Bearer t"})
+        except ValueError as e:
+            result(err=str(e))
+run(main())
+""", URL=fault.url(""), ELSEWHERE="http://localhost:%d/echo" % fault.port)
+    assert r.results == [{"sent": ["Basic " + base64.b64encode("user:p\u00e4ss".encode("latin-1")).decode()]},
+                         {"sent": ["Basic " + base64.b64encode("other:\u20ac".encode()).decode()]},
+                         {"sent": []},
+                         {"err": "Cannot combine AUTHORIZATION header with AUTH argument"}]
+    assert fault.requests == 4
+
+
+def test_a_tcp_connector_sets_up_the_sessions_connections_as_in_aiohttp(mpy, fault_tls, fault):
+    # ssl=False: TLS without verification (the test certificate's CA is nowhere); force_close: none is reused
+    r = mpy.run("""
+import aiohttp
+async def main():
+    for connector in (aiohttp.TCPConnector(ssl=False, limit=2), aiohttp.TCPConnector(force_close=True)):
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for url in URLS:
+                async with session.get(url) as resp:
+                    result(sha=sha256(await resp.read()))
+    try:
+        aiohttp.TCPConnector(family=2)
+    except TypeError:
+        result(err="TypeError")
+run(main())
+""", URLS=[fault_tls.url("/bytes/100"), fault_tls.url("/bytes/100"), fault.url("/bytes/100")])
+    assert r.results == [{"sha": sha256_of(100)}] * 6 + [{"err": "TypeError"}]
+    assert (fault_tls.connections, fault.connections) == (1 + 2, 1 + 1)  # kept alive, then closed after each
+
+
 def test_params_may_be_a_query_string_as_in_aiohttp(mpy, fault):
     # taken as it is, already encoded ("%2F" stays, "&" and "=" separate); what no query may hold is encoded
     r = mpy.run("""
@@ -168,7 +246,41 @@ run(main())
     assert [v for k, v in sent if k.lower() == "host"] == ["virtual.example"]
 
 
+def test_headers_may_be_pairs_or_a_multidict_as_in_aiohttp(mpy, fault):
+    # A request's field replaces the session's of its name; a name given twice is sent once with both values
+    # (RFC 9110 section 5.3: the same meaning as two lines; Cookie values join with "; ", RFC 6265 section 5.4)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(headers=[("Accept", "text/html"), ("Accept", "*/*"), ("X-App", "demo")]) as s:
+        async with s.get(URL, headers=[("x-app", "mine"), ("Cookie", "a=1"), ("Cookie", "b=2"), ("X-N", 5)]) as resp:
+            sent = (await resp.json())["headers"]
+            result(sent=sorted(kv for kv in sent if kv[0].lower() in ("accept", "x-app", "cookie", "x-n")))
+            forwarded = resp.headers  # a response's CIMultiDictProxy, as a mapping
+        async with s.get(URL, headers=forwarded) as resp:
+            result(sent=[kv for kv in (await resp.json())["headers"] if kv[0].lower() == "content-type"])
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [
+        {"sent": [["Accept", "text/html, */*"], ["Cookie", "a=1; b=2"], ["X-N", "5"], ["x-app", "mine"]]},
+        {"sent": [["content-type", "application/json"]]}]
+
+
 # ---------------------------------------------------------------- malformed and oversized response heads
+
+# Bodies that are not valid in the charset they are labelled with (None: no charset), each decoded with every error
+# handler. BAD_UTF8: a lone continuation byte, bytes no UTF-8 has, an overlong form, a surrogate, a code point past
+# U+10FFFF, sequences cut short in the middle and at the end.
+BAD_UTF8 = (b"ok \xe2\x82\xac \xe9t\xc3\xa9 \x80 \xc0\x80 \xed\xa0\x80 \xf4\x90\x80\x80 \xe2\x82! \xf0\x9f\x98!"
+            b" \xff \xf0\x9f\x98\x80 \xe2\x82")
+TEXTS = {
+    "/text-bad-utf8": ("UTF-8", BAD_UTF8),
+    "/text-unlabelled": (None, BAD_UTF8),
+    "/text-cp1252": ("windows-1252", b"\x93smart\x94 quotes \x80 5 caf\xe9 \x9f\xff"),
+    "/text-cp1252-undefined": ("cp1252", b"a\x81b\x8dc\x8fd\x90e\x9df"),
+    "/text-ascii": ("us-ascii", b"caf\xc3\xa9 \xff"),
+    "/text-latin1-high": ("latin1", b"from 0xa0: " + bytes(range(0xA0, 0x100))),
+}
 
 BIG = 20000
 RESPONSES = {
@@ -241,8 +353,14 @@ RESPONSES = {
                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/latin1-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Length: 5\r\n\r\n"
                     b"caf\xe9!",
+    "/koi8-ascii": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=koi8-r\r\nContent-Length: 5\r\n\r\nplain",
+    "/koi8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=koi8-r\r\nContent-Length: 6\r\n\r\n"
+                  b"\xf0\xd2\xc9\xd7\xc5\xd4",
     "/quoted-utf8-text": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=\"utf-8\"\r\nContent-Length: 6\r\n\r\n"
                          b"caf\xc3\xa9!",
+    # text() in the charsets servers name (the bodies: TEXTS below)
+    **{path: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain%s\r\nContent-Length: %d\r\n\r\n" % (
+        b"; charset=" + label.encode() if label else b"", len(body)) + body for path, (label, body) in TEXTS.items()},
     # json() and the Content-Type: a captive portal's login page, a JSON API's own type, a raw file host's, nothing
     "/portal": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
     "/json-api": b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.api+json; charset=utf-8\r\nContent-Length: 8\r\n\r\n"
@@ -344,6 +462,64 @@ async def main():
 run(main())
 """, URL=raw.url(""))
     assert r.results == [{"text": "caf\u00e9!"}] * 2 + [{"text": "ok"}]
+
+
+def test_text_with_an_error_handler_reads_as_cpythons_decode(mpy, raw):
+    # errors= as aiohttp passes it to bytes.decode(): "replace" puts U+FFFD for each bad sequence, "ignore" drops it,
+    # "strict" raises a UnicodeError that says where
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in PATHS:
+            for errors in ("strict", "replace", "ignore"):
+                async with session.get(URL + path) as resp:
+                    try:
+                        result(text=await resp.text(errors=errors))
+                    except UnicodeError as e:
+                        result(err=type(e).__name__, message=str(e))
+run(main())
+""", URL=raw.url(""), PATHS=list(TEXTS))
+    expected = []
+    for label, body in TEXTS.values():
+        for errors in ("strict", "replace", "ignore"):
+            try:
+                expected.append({"text": body.decode(label or "utf-8", errors)})
+            except UnicodeDecodeError as e:
+                name = {"cp1252": "windows-1252"}.get(codecs.lookup(label or "utf-8").name, e.encoding)
+                expected.append({"err": "UnicodeError", "message": "can't decode byte 0x%02x in position %d as %s" % (
+                    body[e.start], e.start, name)})
+    assert r.results == expected
+
+
+def test_text_in_a_charset_it_does_not_know(mpy, raw):
+    # An encoding= it can't decode is a LookupError, as in CPython. A charset the server names and it can't decode
+    # is read as UTF-8 (aiohttp's fallback): a body that is none is a UnicodeError naming that charset, not mojibake.
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path, kw in (("/koi8-ascii", {}), ("/koi8-text", {}), ("/koi8-text", {"errors": "replace"}),
+                         ("/ok", {"encoding": "koi8-r"}), ("/ok", {"errors": "backslashreplace"}),
+                         ("/text-bad-utf8", {"errors": "backslashreplace"}),
+                         ("/text-cp1252", {"encoding": "latin-1"}), ("/latin1-text", {"encoding": "CP1252"})):
+            async with session.get(URL + path) as resp:
+                try:
+                    result(text=await resp.text(**kw))
+                except (LookupError, UnicodeError) as e:
+                    result(err=type(e).__name__, message=str(e))
+run(main())
+""", URL=raw.url(""))
+    assert r.results == [
+        {"text": "plain"},
+        {"err": "UnicodeError",
+         "message": "charset koi8-r is not supported, and the body is no UTF-8 (byte 0xf0 in position 0)"},
+        {"text": "\ufffd\ufffd\ufffd\ufffd\ufffd\ufffd"},
+        {"err": "LookupError", "message": "unknown encoding: koi8-r"},
+        {"text": "ok"},  # (as in CPython: an error handler is looked for at the first error)
+        {"err": "LookupError", "message": "error handler 'backslashreplace' is not supported"},
+        {"text": TEXTS["/text-cp1252"][1].decode("latin-1")},  # the caller's encoding wins over the server's
+        {"text": "caf\u00e9!"}]
 
 
 def test_content_type_and_charset_as_in_aiohttp(mpy, raw):
@@ -514,6 +690,57 @@ run(main())
     assert r.results[0] == {"status": 404, "message": "Not Found", "body": "status 404"}
     assert r.results[1] == {"status": 503, "closed": True}  # outside `async with`: released
     assert r.results[2]["stats"]["connections"] == 2  # the 404's connection served again; the 503's was closed
+
+
+def test_text_and_json_after_the_body_was_read_answer_it_again(mpy, fault):
+    # as aiohttp keeps the body: json() that failed, then text() to show what came; release() may be awaited.
+    # (read() itself answers b"" at the end: resp.content is the response, and a content.read() loop must end)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for path in ("/json/3", "/json/3?chunked=1", "/json/3?gzip=1"):
+            resp = await session.get(URL + path)
+            first = await resp.read()
+            result(text=await resp.text() == first.decode(), json=len(await resp.json()), again=await resp.read(),
+                   released=await resp.release())
+        async with session.get(URL + "/status/404") as resp:
+            try:
+                await resp.json()
+            except aiohttp.ContentTypeError:
+                result(said=await resp.text())
+run(main())
+""", URL=fault.url(""))
+    assert r.results == [{"text": True, "json": 3, "again": "", "released": None}] * 3 + [{"said": "status 404"}]
+
+
+@pytest.mark.parametrize("query", ["", "&chunked=1&chunks=1,7,300", "&gzip=1"])
+def test_a_body_read_by_aiohttps_iterators(mpy, fault, query):
+    # iter_chunked(n) (up to n bytes at a time, as aiohttp's), iter_any(), and lines as `async for` gives them (each
+    # with its b"\\n"), in every framing
+    r = mpy.run("""
+import aiohttp
+async def each(session, iterate):
+    async with session.get(URL) as resp:
+        pieces = []
+        async for piece in iterate(resp.content):
+            pieces.append(piece)
+        return pieces
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        chunks = await each(session, lambda content: content.iter_chunked(1000))
+        result(sha=sha256(b"".join(chunks)), fit=max(len(c) for c in chunks) <= 1000)
+        result(sha=sha256(b"".join(await each(session, lambda content: content.iter_any()))))
+        lines = await each(session, lambda content: content)
+        result(sha=sha256(b"".join(lines)), lines=len(lines), ends=all(x.endswith(b"\\n") for x in lines[:-1]),
+               inside=any(b"\\n" in x[:-1] for x in lines))
+run(main())
+""", URL=fault.url("/bytes/20000?text=1" + query))
+    whole = text_payload(20000)  # lines of about 25 bytes, the last one cut short
+    sha = hashlib.sha256(whole).hexdigest()
+    assert r.results == [{"sha": sha, "fit": True}, {"sha": sha},
+                         {"sha": sha, "lines": whole.count(b"\n") + 1, "ends": True, "inside": False}]
 
 
 def test_json_decodes_json_under_any_type_and_calls_anything_else_a_content_type_error(mpy, raw):

@@ -143,7 +143,7 @@ import asyncio, json
 
 async def main():
     async with ws_session(CA, headers={"User-Agent": "MicroPythonOS/1.0", "X-Session": "s"}) as session:
-        for kw in ({}, {"origin": "https://app.example", "headers": {"X-Session": "call"}}):
+        for kw in ({}, {"origin": "https://app.example", "headers": [("X-Session", "call"), ("X-Pair", "p")]}):
             async with session.ws_connect(URL, **kw) as ws:
                 result(headers={k.lower(): v for k, v in json.loads(await ws.receive_str())})
 run(main())
@@ -153,7 +153,7 @@ run(main())
     assert plain["upgrade"] == "websocket" and plain["sec-websocket-version"] == "13"
     assert plain["user-agent"] == "MicroPythonOS/1.0" and plain["x-session"] == "s"
     assert "origin" not in plain  # a non-browser client sends none unless asked (RFC 6455 section 4.1)
-    assert given["origin"] == "https://app.example" and given["x-session"] == "call"
+    assert given["origin"] == "https://app.example" and given["x-session"] == "call" and given["x-pair"] == "p"
     assert plain["sec-websocket-key"] != given["sec-websocket-key"]
 
 

@@ -14,6 +14,7 @@ __version__ = "1.0.0"
 _WHERE = (
     ("client", "ClientSession", "ClientTimeout", "DEFAULT_TIMEOUT", "check_headers"),
     ("connection", "tls_context"),
+    ("helpers", "BasicAuth", "TCPConnector"),
     ("errors", "ClientError", "ClientConnectionError", "ClientConnectorCertificateError", "ClientConnectorDNSError",
      "ClientPayloadError", "ClientResponseError", "ClientSSLError", "ContentTypeError", "InvalidURL",
      "InvalidUrlRedirectClientError", "ServerDisconnectedError", "ServerTimeoutError", "TooManyRedirects"),

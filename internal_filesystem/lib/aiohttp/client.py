@@ -41,15 +41,29 @@ def _check_text(what, text):
             raise ValueError("%s contains a forbidden character (CR, LF or NUL): %r" % (what, text))
 
 
-def check_headers(headers):
-    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names)."""
+def check_headers(headers, into):
+    """Refuse header names/values that could inject a header or a request (CR, LF, NUL, bad names). headers: a
+    mapping (a dict, a CIMultiDictProxy...) or (name, value) pairs, as aiohttp takes them. into: None, or fields
+    (lower-cased name -> (name as given, value)) to merge them into."""
+    # Each header replaces the field of its name in into; a name that repeats within headers joins its values, as
+    # RFC 9110 (section 5.3) allows. (One function that checks and merges, into with no default: each function a
+    # module holds is heap, and each default a word of it.)
     if not headers:
         return
-    for name, value in headers.items():
+    given = {} if into is not None and not isinstance(headers, dict) else into  # (a dict repeats no name)
+    for name, value in headers.items() if hasattr(headers, "items") else headers:
         _check_text("header name", name)
         if not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126 for c in name):
             raise ValueError("invalid header name: %r" % name)
-        _check_text("header %s" % name, value if isinstance(value, str) else str(value))
+        value = value if isinstance(value, str) else str(value)
+        _check_text("header %s" % name, value)
+        if given is not None:
+            key = name.lower()
+            if given is not into and key in given:
+                value = given[key][1] + ("; " if key == "cookie" else ", ") + value  # (RFC 6265: one Cookie field)
+            given[key] = (name, value)
+    if given is not into:
+        into.update(given)
 
 
 class _RequestContext:
@@ -87,8 +101,8 @@ class _RequestContext:
 
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
-    _base_url = _ssl = _default_tls = _watchdog_task = None
-    _headers = {}  # never changed in place
+    _base_url = _ssl = _default_tls = _watchdog_task = _auth = None
+    _headers = {}  # the session's header fields, as check_headers(headers, into) merges them; never changed
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
     _allow_downgrade = False
@@ -101,18 +115,21 @@ class ClientSession:
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
-                 raise_for_status=False):
+                 raise_for_status=False, connector=None, auth=None):
+        if connector is not None:  # an aiohttp.TCPConnector
+            ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
-        check_headers(headers)
         if headers:
-            headers = dict(headers)  # checked once, here: the caller's dict changed later must not reach a request
+            fields = {}  # checked once, here: the caller's headers changed later must not reach a request
+            check_headers(headers, fields)
+            headers = fields
         for name, value in (("_base_url", base_url), ("_headers", headers or {}),
                             ("_timeout", timeout or DEFAULT_TIMEOUT), ("_ssl", ssl), ("_max_redirects", max_redirects),
                             ("_allow_downgrade", allow_downgrade), ("_pool_size", pool_size),
                             ("_keepalive_ms", int(keepalive_timeout * 1000)), ("_auto_decompress", auto_decompress),
-                            ("_raise_for_status", raise_for_status)):
+                            ("_raise_for_status", raise_for_status), ("_auth", auth)):
             if value != getattr(ClientSession, name):
                 setattr(self, name, value)
         self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
@@ -263,7 +280,7 @@ class ClientSession:
         return ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
-                       timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None):
+                       timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None, auth=None):
         if self.closed:
             raise RuntimeError("session is closed")
         if not isinstance(url, str):
@@ -275,14 +292,16 @@ class ClientSession:
         if params:
             url += ("&" if "?" in url else "?") + form_encode(params)
         split_url(url)
-        check_headers(headers)
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError("invalid HTTP method %r" % (method,))
         method = method.upper()
-        fields = {}  # lower-cased name -> (name as given, value): a request's header wins over the session's
-        for source in (self._headers, headers):
-            for name, value in source.items() if source else ():
-                fields[name.lower()] = (name, value if isinstance(value, str) else str(value))
+        fields = dict(self._headers)  # lower-cased name -> (name as given, value): a request's wins
+        check_headers(headers, fields)
+        auth = auth or self._auth  # an aiohttp.BasicAuth; dropped with Authorization on a redirect to another origin
+        if auth is not None:
+            if "authorization" in fields:
+                raise ValueError("Cannot combine AUTHORIZATION header with AUTH argument")
+            fields["authorization"] = ("Authorization", auth.encode())
         data = _body(data, json, fields)
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
             ClientTimeout(total=timeout) if timeout else self._timeout)
@@ -386,18 +405,26 @@ async def _check(resp, raise_for_status):
 
 
 def _body(data, json, fields):
-    # -> the request body as bytes (or None); a Content-Type for json= and form fields unless one was given
+    # -> the request body as bytes (or None), and aiohttp's Content-Type for it unless one was given
     if json is not None:
         import json as codec
 
         data = codec.dumps(json)
-        fields.setdefault("content-type", ("Content-Type", "application/json"))
-    if isinstance(data, dict):
+        content_type = "application/json"
+    elif isinstance(data, dict):
         data = form_encode(data)
-        fields.setdefault("content-type", ("Content-Type", "application/x-www-form-urlencoded"))
-    if isinstance(data, str):
-        data = data.encode()
-    return data
+        content_type = "application/x-www-form-urlencoded"
+    elif isinstance(data, str):
+        content_type = "text/plain; charset=utf-8"
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        content_type = "application/octet-stream"
+    elif data is None:
+        return None
+    else:
+        raise TypeError("data must be bytes, str or a dict of form fields, not %s" % type(data).__name__)
+    if data:  # (an empty body goes without one, as with MicroPythonOS's aiohttp: aiohttp would name a type)
+        fields.setdefault("content-type", ("Content-Type", content_type))
+    return data.encode() if isinstance(data, str) else data
 
 
 def _closed_by_server(conn):

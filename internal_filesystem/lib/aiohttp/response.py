@@ -813,6 +813,7 @@ class ClientResponse(StreamReader):
     _reusable = True  # the connection may serve another request once the body is read
     _released = False
     _in_context = False  # inside `async with`, whose end releases it
+    _body = None  # the whole body, once read() read it
     _decoder = None  # (StreamReader's, again: read per chunk, found here one class sooner)
 
     def __init__(self, session, method, url, conn):
@@ -854,8 +855,8 @@ class ClientResponse(StreamReader):
 
     def __getattr__(self, name):
         # content, content_length, content_type, charset, ok, closed, connection: computed, as aiohttp's properties
-        # are. (A property would make every attribute store on a response, several per chunk read, look through its
-        # classes first.)
+        # are, and the iterators over the body. (A property would make every attribute store on a response, several
+        # per chunk read, look through its classes first.)
         if name == "content":
             return self
         if name == "ok":
@@ -870,6 +871,10 @@ class ClientResponse(StreamReader):
             return int(value) if value and value.isdigit() and not self._chunked else None
         if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
             return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
+        if name in ("iter_chunked", "iter_any", "__aiter__"):  # (aiohttp/streams.py, loaded on first use)
+            from .streams import method
+
+            return method(self, name)
         if name == "charset":  # the Content-Type's charset parameter as sent, or None
             content_type = self.headers.get("Content-Type", "")
             i = content_type.lower().find("charset=")
@@ -884,8 +889,10 @@ class ClientResponse(StreamReader):
         self._session._done_with(self._conn, reusable and self._reusable)
 
     def release(self):
-        # Closing is the only safe choice for a body that was not read to its end
+        # Closing is the only safe choice for a body that was not read to its end. -> an awaitable that is done, so
+        # `await resp.release()` (aiohttp 2's coroutine, still common) works as aiohttp 3's does.
         self._let_go(False)
+        return ()
 
     close = release
 
@@ -896,9 +903,9 @@ class ClientResponse(StreamReader):
         return self._body_read(None, n) if n > 0 else self._read_whole(n)
 
     async def _read_whole(self, n=-1):
-        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. Not
-        # kept: resp.content is the response itself, so content.read() answers b"" at the end, and so does a second
-        # read() (or text() after read()).
+        # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. That
+        # one is kept for text() and json(), as aiohttp keeps it; read() itself answers b"" at the end (resp.content
+        # is the response itself, and a content.read() loop must end).
         if n >= 0:
             if not n:
                 return b""
@@ -924,27 +931,36 @@ class ClientResponse(StreamReader):
                 if not k:
                     break
                 got += k
-            return bytes(buf) if got == n else bytes(view[:got])
-        pieces = []
-        buf = bytearray(_READ_ALL_PIECE)
-        while True:
-            k = await self.readinto(buf)
-            if not k:
-                break
-            pieces.append(bytes(memoryview(buf)[:k]))
-        return b"".join(pieces)
+            body = bytes(buf) if got == n else bytes(view[:got])
+        else:
+            pieces = []
+            buf = bytearray(_READ_ALL_PIECE)
+            while True:
+                k = await self.readinto(buf)
+                if not k:
+                    break
+                pieces.append(bytes(memoryview(buf)[:k]))
+            body = b"".join(pieces)
+        self._body = body
+        return body
 
-    async def text(self, encoding=None):
-        return self._decode(await self.read(), encoding)
+    async def text(self, encoding=None, errors="strict"):
+        body = self._body if self._body is not None else await self.read()
+        return self._decode(body, encoding, errors)
 
-    def _decode(self, body, encoding):
-        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (any
-        # name given to decode() is ignored): a latin-1 body is mapped byte by byte.
-        if encoding is None:
-            encoding = self.charset or "utf-8"
-        if encoding.lower() in ("iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"):
-            return from_latin1(body)
-        return body.decode()
+    def _decode(self, body, encoding, errors):
+        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
+        # charset given to decode() is ignored): any other charset, or bytes that are no UTF-8, go to charset.py.
+        server_charset = None if encoding else self.charset
+        charset = encoding or server_charset
+        if not charset or charset.lower() in ("utf-8", "utf8"):
+            try:
+                return body.decode()
+            except UnicodeError:
+                pass
+        from .charset import decode
+
+        return decode(body, encoding, server_charset, errors)
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with
@@ -954,13 +970,13 @@ class ClientResponse(StreamReader):
         mimetype = self.content_type
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
-        body = await self.read()
+        body = self._body if self._body is not None else await self.read()
         if not body or body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
             return None
         if loads is None:
             from json import loads
         try:
-            return loads(self._decode(body, encoding))
+            return loads(self._decode(body, encoding, "strict"))
         except ValueError:
             if expected:
                 raise

@@ -705,18 +705,15 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     if isinstance(url, str) and url[:6].lower().startswith(("ws://", "wss://")):
         url = "http" + url[2:]  # ws and wss are spoken over http and https connections
     scheme, host, port, target = split_url(url)
-    check_headers(headers)
+    fields = dict(session._headers)  # lower-cased name -> (name, value): the call's win over the session's
+    check_headers(headers, fields)
     # a subprotocol is a token, as a header name is; the Origin a plain value
-    check_headers(dict.fromkeys(protocols, ""))
+    check_headers(dict.fromkeys(protocols, ""), None)
     if origin is not None:
-        check_headers({"Origin": origin})
+        check_headers({"Origin": origin}, None)
     if not isinstance(method, str) or not method.isalpha():
         raise ValueError("invalid HTTP method %r" % (method,))
     key = binascii.b2a_base64(_random(16), newline=False)
-    fields = {}  # lower-cased name -> (name, value): the call's headers win over the session's, ours over both
-    for src in (session._headers, headers):
-        for k, v in src.items() if src else ():
-            fields[k.lower()] = (k, v if isinstance(v, str) else str(v))
     own_host = fields.pop("host", None)
     for k in ("upgrade", "connection", "origin", "sec-websocket-key", "sec-websocket-version",
               "sec-websocket-protocol", "sec-websocket-extensions"):

@@ -79,7 +79,7 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
     except ImportError:
         return
     aiohttp.split_url(url)  # malformed URL, bad port: InvalidURL (a ValueError) naming the problem
-    aiohttp.check_headers(headers)  # CR/LF/NUL: ValueError
+    aiohttp.check_headers(headers, None)  # CR/LF/NUL: ValueError
 
 
 def _sync_or_async(coro):

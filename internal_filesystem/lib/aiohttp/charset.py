@@ -1,0 +1,149 @@
+# Text in the charsets servers name, for ClientResponse.text() and json(): UTF-8 that is not valid, US-ASCII, latin-1
+# and windows-1252, with the error handlers "strict", "replace" and "ignore". Loaded only when the body is not plain
+# valid UTF-8: MicroPython's bytes.decode() knows UTF-8 alone (it ignores a charset and an error handler it is given).
+
+from .response import from_latin1
+
+_UTF8 = ("utf-8", "utf8", "u8", "utf")
+_ASCII = ("ascii", "us-ascii", "646")
+_LATIN1 = ("latin-1", "latin1", "latin", "l1", "iso-8859-1", "iso8859-1", "8859", "cp819", "iso-ir-100")
+_WINDOWS_1252 = ("windows-1252", "cp1252")
+_HANDLERS = ("strict", "replace", "ignore")
+
+# windows-1252's characters for the bytes 0x80 to 0x9F (from 0xA0 up it is latin-1); U+FFFD: a byte it leaves undefined
+_CP1252_HIGH = ("\u20ac\ufffd\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\ufffd\u017d\ufffd"
+                "\ufffd\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\ufffd\u017e\u0178")
+_REPLACEMENT = "\ufffd"
+
+
+def decode(body, encoding, server_charset, errors):
+    # encoding: the caller's (an unknown one is a LookupError, as in CPython); else the server's charset, where an
+    # unknown one means UTF-8, as aiohttp's fallback has it
+    name = _known(encoding or server_charset)
+    if name is None:
+        if encoding:
+            raise LookupError("unknown encoding: %s" % encoding)
+        name = "utf-8"
+    if name == "utf-8":
+        return _utf8(body, errors, None if encoding or _known(server_charset) else server_charset)
+    if name == "ascii":
+        return _ascii(body, errors)
+    if name == "latin-1":
+        return from_latin1(body)
+    return _windows_1252(body, errors)
+
+
+def _known(charset):
+    # -> the charset's canonical name among those decoded here, or None
+    if not charset:
+        return None
+    charset = charset.strip().lower().replace("_", "-")
+    for name, aliases in (("utf-8", _UTF8), ("ascii", _ASCII), ("latin-1", _LATIN1), ("cp1252", _WINDOWS_1252)):
+        if charset in aliases:
+            return name
+    return None
+
+
+def _check_handler(errors):
+    # (at the first error, as CPython looks for a handler)
+    if errors not in _HANDLERS:
+        raise LookupError("error handler %r is not supported" % (errors,))
+
+
+def _bad_byte(body, i, charset):
+    return UnicodeError("can't decode byte 0x%02x in position %d as %s" % (body[i], i, charset))
+
+
+def _utf8(body, errors, unsupported):
+    # Where MicroPython's decode() fails, UTF-8 as the Unicode standard reads it (section 3.9): each maximal part of
+    # an ill-formed sequence is one error. unsupported: the charset the server named, when it is none decoded here.
+    try:
+        return body.decode()
+    except UnicodeError:
+        pass
+    pieces = []
+    start = i = 0
+    end = len(body)
+    while i < end:
+        if body[i] < 0x80:
+            i += 1
+            continue
+        size = _sequence(body, i, end)
+        if size > 0:
+            i += size
+            continue
+        _check_handler(errors)
+        if errors == "strict":
+            if unsupported:
+                raise UnicodeError("charset %s is not supported, and the body is no UTF-8 (byte 0x%02x in position "
+                                   "%d)" % (unsupported, body[i], i))
+            raise _bad_byte(body, i, "utf-8")
+        pieces.append(body[start:i].decode())
+        if errors == "replace":
+            pieces.append(_REPLACEMENT)
+        i -= size
+        start = i
+    pieces.append(body[start:].decode())
+    return "".join(pieces)
+
+
+def _sequence(body, i, end):
+    # -> the length of the well-formed UTF-8 sequence at body[i] (not ASCII), or minus the length of its maximal
+    # ill-formed part: the lead byte and the continuation bytes that could still have made a character
+    lead = body[i]
+    if 0xC2 <= lead <= 0xDF:
+        size, low, high = 2, 0x80, 0xBF
+    elif 0xE0 <= lead <= 0xEF:
+        size = 3
+        low, high = (0xA0, 0xBF) if lead == 0xE0 else (0x80, 0x9F) if lead == 0xED else (0x80, 0xBF)
+    elif 0xF0 <= lead <= 0xF4:
+        size = 4
+        low, high = (0x90, 0xBF) if lead == 0xF0 else (0x80, 0x8F) if lead == 0xF4 else (0x80, 0xBF)
+    else:
+        return -1  # a continuation byte alone, or a byte no UTF-8 has (C0, C1, F5 to FF)
+    k = 1
+    while k < size:
+        if i + k >= end or not low <= body[i + k] <= high:
+            return -k
+        low, high = 0x80, 0xBF  # (only the second byte has a narrower range)
+        k += 1
+    return size
+
+
+def _ascii(body, errors):
+    try:
+        text = body.decode()
+        if len(text) == len(body):  # (a character per byte: all of them ASCII)
+            return text
+    except UnicodeError:
+        pass
+    _check_handler(errors)
+    if errors == "strict":
+        for i in range(len(body)):
+            if body[i] >= 0x80:
+                raise _bad_byte(body, i, "ascii")
+    out = bytearray()
+    for b in body:
+        if b < 0x80:
+            out.append(b)
+        elif errors == "replace":
+            out += _REPLACEMENT.encode()
+    return out.decode()
+
+
+def _windows_1252(body, errors):
+    out = bytearray()
+    for i in range(len(body)):
+        b = body[i]
+        if b < 0x80:
+            out.append(b)
+            continue
+        char = _CP1252_HIGH[b - 0x80] if b < 0xA0 else chr(b)
+        if char == _REPLACEMENT:
+            _check_handler(errors)
+            if errors == "strict":
+                raise _bad_byte(body, i, "windows-1252")
+            if errors == "ignore":
+                continue
+        out += char.encode()
+    return out.decode()

@@ -703,7 +703,7 @@ async def main():
             resp = await session.get(URL + path)
             first = await resp.read()
             result(text=await resp.text() == first.decode(), json=len(await resp.json()), again=await resp.read(),
-                   released=await resp.release())
+                   still=await resp.text() == first.decode(), released=await resp.release())
         async with session.get(URL + "/status/404") as resp:
             try:
                 await resp.json()
@@ -711,7 +711,7 @@ async def main():
                 result(said=await resp.text())
 run(main())
 """, URL=fault.url(""))
-    assert r.results == [{"text": True, "json": 3, "again": "", "released": None}] * 3 + [{"said": "status 404"}]
+    assert r.results == [{"text": True, "json": 3, "again": "", "still": True, "released": None}] * 3 + [{"said": "status 404"}]
 
 
 @pytest.mark.parametrize("query", ["", "&chunked=1&chunks=1,7,300", "&gzip=1"])

@@ -941,7 +941,8 @@ class ClientResponse(StreamReader):
                     break
                 pieces.append(bytes(memoryview(buf)[:k]))
             body = b"".join(pieces)
-        self._body = body
+        if self._body is None:  # (a read() after the end answers b"": the body kept stays)
+            self._body = body
         return body
 
     async def text(self, encoding=None, errors="strict"):

@@ -9,7 +9,7 @@ import pytest
 
 from test_http_client import HEAD
 from test_reliability import OLD, OLD_SHA, PRE, dl
-from tools.testservers import LEAVES, FaultServer, sha256_of
+from tools.testservers import LEAVES, Endless, FaultServer, ScriptServer, sha256_of
 
 
 # --- TLS that does not verify --------------------------------------------------------------------------------------
@@ -304,6 +304,30 @@ def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fa
     url = fault.url("/bytes/20000?pad=94&padlen=300")
     got = mpy.run(SMALL_HEAP, URL=url, FREE=64 * 1024, heapsize="200k", compiled=True).value["got"]
     assert got == sha256_of(20000)
+
+# --- answers that never end, each part within the read timeout -----------------------------------------------------
+
+QUICK_RETRIES = {"retry_base_ms": 5, "retry_max_ms": 20}
+
+
+def scripted(mpy, script, mode, **kw):
+    # one download (test_reliability's dl) of what a ScriptServer sends by `script` -> (its result, requests served)
+    srv = ScriptServer({"/endless": script})
+    try:
+        v = dl(mpy, srv.url("/endless"), mode, tune=QUICK_RETRIES, raise_errors=True, **kw)
+    finally:
+        srv.close()
+    return v, len(srv.requests)
+
+
+def test_informational_heads_without_end_are_a_head_too_long(mpy):
+    # 100 Continue after 100 Continue, as fast as the link goes: they count towards the 32 KB a head may take, so the
+    # answer is refused at once, as a head with too many lines is (before, only the read timeout ended each try,
+    # after a second of busy CPU per try)
+    v, requests = scripted(mpy, Endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n"), "memory", timeout=1)
+    assert v["err"][:2] == ["HTTPError", "http"] and "larger than 32768" in v["err"][3], v
+    assert requests == 1
+
 
 # --- a link that flaps ---------------------------------------------------------------------------------------------
 

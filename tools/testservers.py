@@ -903,8 +903,8 @@ class _ThreadServer:
 class ScriptServer(_ThreadServer):
     """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
 
-    scripts[path] is a list of steps: bytes are sent, a number is a pause in seconds, "close" ends the
-    connection (after the client has closed its side, so unread data causes no RST). Without "close" the
+    scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
+    ends the connection (after the client has closed its side, so unread data causes no RST). Without "close" the
     connection reads its next request: keep-alive. `requests` records (connection number, method, path).
     """
 
@@ -949,6 +949,19 @@ class ScriptServer(_ThreadServer):
             pass
         finally:
             conn.close()
+
+
+class Endless:
+    """A ScriptServer script that never ends: the step `first`, then the steps `then` again and again, until the
+    client goes away."""
+
+    def __init__(self, first, *then):
+        self.first, self.then = first, then
+
+    def __iter__(self):
+        yield self.first
+        while True:
+            yield from self.then
 
 
 # ---------------------------------------------------------------- the benchmark's fast server

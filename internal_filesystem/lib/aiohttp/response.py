@@ -156,15 +156,15 @@ async def read_head(conn):
             if not end:
                 raise errors.ServerDisconnectedError("connection closed inside the response head")
             buf, start = conn.buf, conn.pos
+            size += end - start  # (each line is capped by the read-ahead's limit; their sum, 1xx heads too, here)
+            if size > _HEAD_MAX:
+                raise errors.ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
             if buf[start] in (10, 13) and end - start <= 2:  # the blank line
                 conn.pos = end
                 break
             fields += 1
             if fields > _HEADERS_MAX:
                 raise errors.ClientResponseError(status, "too many header fields")
-            size += end - start  # (each line is capped by the read-ahead's limit; their sum is capped here)
-            if size > _HEAD_MAX:
-                raise errors.ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
             if not _add_field(blocks, buf, start, end):
                 line = bytes(buf[start : min(end, start + 80)])
                 raise errors.ClientResponseError(status, "bad header line %r" % line)

@@ -329,6 +329,18 @@ def test_informational_heads_without_end_are_a_head_too_long(mpy):
     assert requests == 1
 
 
+@pytest.mark.parametrize("mode", ["memory", "file", "stream"])
+def test_trailers_without_end_fail_the_try(mpy, mode):
+    # A chunked body of one byte, then trailer lines for ever: no longer than a head may be, they fail the try (before,
+    # a try never ended: only deadline= stopped it). Each try after the first starts over and gets the byte again: no
+    # progress, so 3 tries end it; stream mode can't take the byte back and ends at the second.
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+    v, requests = scripted(mpy, Endless(body, b"X-More: trailers\r\n"), mode, deadline=5)
+    assert v["err"][:2] == ["NetworkError", "network"], v
+    assert "trailers larger than 32768" in v["err"][3] or mode == "stream", v
+    assert requests == (2 if mode == "stream" else 4)
+
+
 # --- a link that flaps ---------------------------------------------------------------------------------------------
 
 # The injected clock: every wait the download asks TaskManager for is noted (in seconds) and taken twenty times

@@ -553,12 +553,16 @@ class StreamReader:
                 self._remaining = n
                 return n
             self._remaining = _TRAILERS_DUE
-        while True:  # the trailers, up to the empty line
+        size = 0
+        while True:  # the trailers, up to the empty line: no longer than a head may be
             line = await conn.readline()
             if not line:
                 raise errors.ClientPayloadError("response payload is not completed (no end of trailers)")
             if line in (b"\r\n", b"\n"):
                 break
+            size += _len(line)
+            if size > _HEAD_MAX:
+                raise errors.ClientPayloadError("trailers larger than %d bytes" % _HEAD_MAX)
             if not is_field(line, 0, _len(line)):  # (a lost chunk-size line makes the rest of the body look like these)
                 raise errors.ClientPayloadError("bad trailer line %r" % line[:40])
         self._body_ended(True)

@@ -80,6 +80,14 @@ def test_total_as_a_plain_number_covers_the_head(mpy, fault):
     assert 550 <= v["ms"] <= 1600, v
 
 
+def test_total_covers_every_hop_of_a_redirect_chain(mpy, fault):
+    # three redirects, then the body, each answer 0.4 s late: each hop is within the total, the four are not (before,
+    # each hop had a total of its own and the body came)
+    v = timed(mpy, fault, "/chain/3/bytes/1000?delay=0.4", number=1)
+    assert (v["error"], v.get("phase")) == ("ServerTimeoutError", "connect"), v
+    assert "/bytes/1000" not in [r.path for r in fault.log], [r.target for r in fault.log]
+
+
 def test_no_timeout_fires_on_a_slow_but_steady_body(mpy, fault):
     # the counterpart: sock_read bounds each wait, not the whole body
     v = timed(mpy, fault, "/bytes/100000?rate=200000", session={"sock_read": 0.3})

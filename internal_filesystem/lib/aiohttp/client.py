@@ -202,8 +202,8 @@ class ClientSession:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None
 
-    async def _connect(self, key, timeout):
-        # -> (a connection, whether it served a request before)
+    async def _connect(self, key, timeout, end):
+        # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
         conn = self._take_idle(key)
         reused = conn is not None
         if not reused:
@@ -215,8 +215,8 @@ class ClientSession:
         self._busy.append(conn)
         if conn.timed_out:
             conn.timed_out = False
-        if timeout.total or conn.deadline is not None:
-            conn.deadline = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None
+        if end is not None or conn.deadline is not None:
+            conn.deadline = end
         if self._watchdog_task is None and (timeout.total or timeout.connect or timeout.sock_read):
             self._watchdog_task = asyncio.create_task(self._watchdog())
         if conn.sock is None:
@@ -287,9 +287,10 @@ class ClientSession:
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
             ClientTimeout(total=timeout) if timeout else self._timeout)
         hops = self._max_redirects if max_redirects is None else max_redirects
+        end = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None  # for every hop, as in aiohttp
         seen = []
         while True:
-            resp = await self._send(method, url, fields, data, ssl, timeout)
+            resp = await self._send(method, url, fields, data, ssl, timeout, end)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                 if raise_for_status is None:
                     raise_for_status = self._raise_for_status
@@ -328,7 +329,7 @@ class ClientSession:
                 fields.pop(name, None)
         return new
 
-    async def _send(self, method, url, fields, data, ssl, timeout):
+    async def _send(self, method, url, fields, data, ssl, timeout, end):
         scheme, host, port, target = split_url(url)
         own_host = fields.get("host")  # a Host of the caller's own (a virtual host on an address) wins
         head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, own_host[1] if own_host else
@@ -344,7 +345,7 @@ class ClientSession:
         # verification (or for another CA)
         key = (scheme, host, port, self._tls_context(ssl) if scheme == "https" else None)
         while True:
-            conn, reused = await self._connect(key, timeout)
+            conn, reused = await self._connect(key, timeout, end)
             resp = ClientResponse(self, method, url, conn)
             try:
                 conn.wait_ms = ms(timeout.connect)

@@ -299,7 +299,8 @@ class ClientSession:
                 return resp
             try:
                 length = resp.content_length
-                if length is not None and length <= _REDIRECT_BODY_MAX:
+                if length and length <= _REDIRECT_BODY_MAX:
+                    _within_one_read(resp._conn, end)
                     await resp.read()  # so the connection can serve the next hop
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
@@ -353,12 +354,8 @@ class ClientSession:
                 if data:
                     await conn.send(data)
                 conn.wait_ms = ms(timeout.sock_read)
-                whole = conn.deadline
-                if conn.wait_ms is not None:  # the whole head within one read timeout: a head trickled byte by byte
-                    head_end = ticks_add(ticks_ms(), conn.wait_ms)
-                    if whole is None or ticks_diff(whole, head_end) > 0:
-                        conn.deadline = head_end
-                await resp._start(whole)
+                _within_one_read(conn, end)  # the whole head
+                await resp._start(end)
                 return resp
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a
@@ -372,6 +369,15 @@ class ClientSession:
                 if isinstance(e, OSError):
                     raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
                 raise
+
+
+def _within_one_read(conn, end):
+    # The reads that come next, together, within one read timeout (and before end): what the caller waits for before
+    # any body, trickled byte by byte, must not outlast it
+    if conn.wait_ms is not None:
+        soon = ticks_add(ticks_ms(), conn.wait_ms)
+        if end is None or ticks_diff(end, soon) > 0:
+            conn.deadline = soon
 
 
 async def _check(resp, raise_for_status):

@@ -300,7 +300,7 @@ class ClientSession:
             try:
                 length = resp.content_length
                 if length and length <= _REDIRECT_BODY_MAX:
-                    _within_one_read(resp._conn, end)
+                    resp._conn.within_one_read(end)
                     await resp.read()  # so the connection can serve the next hop
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
@@ -354,7 +354,7 @@ class ClientSession:
                 if data:
                     await conn.send(data)
                 conn.wait_ms = ms(timeout.sock_read)
-                _within_one_read(conn, end)  # the whole head
+                conn.within_one_read(end)  # the whole head
                 await resp._start(end)
                 return resp
             except BaseException as e:
@@ -369,15 +369,6 @@ class ClientSession:
                 if isinstance(e, OSError):
                     raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
                 raise
-
-
-def _within_one_read(conn, end):
-    # The reads that come next, together, within one read timeout (and before end): what the caller waits for before
-    # any body, trickled byte by byte, must not outlast it
-    if conn.wait_ms is not None:
-        soon = ticks_add(ticks_ms(), conn.wait_ms)
-        if end is None or ticks_diff(end, soon) > 0:
-            conn.deadline = soon
 
 
 async def _check(resp, raise_for_status):

@@ -553,6 +553,7 @@ class StreamReader:
                 self._remaining = n
                 return n
             self._remaining = _TRAILERS_DUE
+            conn.within_one_read(conn.deadline)
         size = 0
         while True:  # the trailers, up to the empty line: no longer than a head may be
             line = await conn.readline()

@@ -289,7 +289,6 @@ def test_a_download_with_a_long_head_in_a_small_heap_never_runs_out_of_memory(mp
     assert not wrong, wrong
 
 
-
 def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fault):
     # a 28 KB head and a 20 KB body do not fit in 64 KB together: memory mode makes the body's buffer after the
     # head is let go, not while the answer is checked
@@ -297,13 +296,6 @@ def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fa
     got = mpy.run(SMALL_HEAP, URL=url, FREE=64 * 1024, heapsize="200k", compiled=True).value["got"]
     assert got == sha256_of(20000)
 
-
-def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fault):
-    # a 28 KB head and a 20 KB body do not fit in 64 KB together: memory mode makes the body's buffer after the
-    # head is let go, not while the answer is checked
-    url = fault.url("/bytes/20000?pad=94&padlen=300")
-    got = mpy.run(SMALL_HEAP, URL=url, FREE=64 * 1024, heapsize="200k", compiled=True).value["got"]
-    assert got == sha256_of(20000)
 
 # --- answers that never end, each part within the read timeout -----------------------------------------------------
 

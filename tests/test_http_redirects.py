@@ -273,6 +273,25 @@ run(main())
     assert r.results == [{"host": ["virtual.example"]}, {"host": ["127.0.0.1:%d" % twin.port]}]
 
 
+def test_a_redirect_whose_body_trickles_is_timed_out_as_a_whole(mpy):
+    # its 10 bytes 0.1 s apart, each well within sock_read, all of them not: the next hop is not held up for them
+    # (before, only each byte's wait was timed: 2 KB a byte every 9 s held a download up for five hours)
+    head = b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 10\r\n\r\n"
+    srv = ScriptServer({"/r": [head] + [0.1, b"x"] * 10, "/ok": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.3)) as session:
+        result(err=(await error_of(session.get(URL)))[0])
+run(main())
+""", URL=srv.url("/r"))
+    finally:
+        srv.close()
+    assert r.value == {"err": "ServerTimeoutError"}
+    assert [path for _, _, path in srv.requests] == ["/r"]
+
+
 def test_a_redirect_whose_body_stalls_leaves_no_connection_behind(mpy):
     srv = ScriptServer({"/r": [b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 10\r\n\r\nabc", 3]})
     try:

@@ -1,7 +1,7 @@
 """aiohttp client on MicroPython: timeouts fire on a stalled server, on time, and leave the session usable."""
 import pytest
 
-from tools.testservers import sha256_of
+from tools.testservers import ScriptServer, sha256_of
 
 pytestmark = pytest.mark.asyncio_paths  # every test with asyncio's internals and without them
 
@@ -78,6 +78,33 @@ def test_total_as_a_plain_number_covers_the_head(mpy, fault):
     v = timed(mpy, fault, "/bytes/1000?delay=3", number=0.6)
     assert (v["error"], v["phase"]) == ("ServerTimeoutError", "connect")
     assert 550 <= v["ms"] <= 1600, v
+
+
+def test_total_covers_every_hop_of_a_redirect_chain(mpy, fault):
+    # three redirects, then the body, each answer 0.4 s late: each hop is within the total, the four are not (before,
+    # each hop had a total of its own and the body came)
+    v = timed(mpy, fault, "/chain/3/bytes/1000?delay=0.4", number=1)
+    assert (v["error"], v.get("phase")) == ("ServerTimeoutError", "connect"), v
+    assert "/bytes/1000" not in [r.path for r in fault.log], [r.target for r in fault.log]
+
+
+def test_trailers_are_timed_out_as_a_whole(mpy):
+    # a one-byte chunked body, then 20 trailer lines 0.1 s apart: each within sock_read, all of them not (before,
+    # only each wait was timed: trailers a byte every few seconds held a download up for hours)
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+    srv = ScriptServer({"/t": [body] + [0.1, b"X-More: trailers\r\n"] * 20 + [b"\r\n"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.3)) as session:
+        async with session.get(URL) as resp:
+            result(err=(await error_of(resp.read()))[0])
+run(main())
+""", URL=srv.url("/t"))
+    finally:
+        srv.close()
+    assert r.value == {"err": "ServerTimeoutError"}
 
 
 def test_no_timeout_fires_on_a_slow_but_steady_body(mpy, fault):

@@ -9,7 +9,7 @@ import pytest
 
 from test_http_client import HEAD
 from test_reliability import OLD, OLD_SHA, PRE, dl
-from tools.testservers import LEAVES, FaultServer, sha256_of
+from tools.testservers import LEAVES, Endless, FaultServer, ScriptServer, sha256_of
 
 
 # --- TLS that does not verify --------------------------------------------------------------------------------------
@@ -289,7 +289,6 @@ def test_a_download_with_a_long_head_in_a_small_heap_never_runs_out_of_memory(mp
     assert not wrong, wrong
 
 
-
 def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fault):
     # a 28 KB head and a 20 KB body do not fit in 64 KB together: memory mode makes the body's buffer after the
     # head is let go, not while the answer is checked
@@ -298,12 +297,41 @@ def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fa
     assert got == sha256_of(20000)
 
 
-def test_a_body_kept_in_memory_is_allocated_once_its_long_head_is_let_go(mpy, fault):
-    # a 28 KB head and a 20 KB body do not fit in 64 KB together: memory mode makes the body's buffer after the
-    # head is let go, not while the answer is checked
-    url = fault.url("/bytes/20000?pad=94&padlen=300")
-    got = mpy.run(SMALL_HEAP, URL=url, FREE=64 * 1024, heapsize="200k", compiled=True).value["got"]
-    assert got == sha256_of(20000)
+# --- answers that never end, each part within the read timeout -----------------------------------------------------
+
+QUICK_RETRIES = {"retry_base_ms": 5, "retry_max_ms": 20}
+
+
+def scripted(mpy, script, mode, **kw):
+    # one download (test_reliability's dl) of what a ScriptServer sends by `script` -> (its result, requests served)
+    srv = ScriptServer({"/endless": script})
+    try:
+        v = dl(mpy, srv.url("/endless"), mode, tune=QUICK_RETRIES, raise_errors=True, **kw)
+    finally:
+        srv.close()
+    return v, len(srv.requests)
+
+
+def test_informational_heads_without_end_are_a_head_too_long(mpy):
+    # 100 Continue after 100 Continue, as fast as the link goes: they count towards the 32 KB a head may take, so the
+    # answer is refused at once, as a head with too many lines is (before, only the read timeout ended each try,
+    # after a second of busy CPU per try)
+    v, requests = scripted(mpy, Endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n"), "memory", timeout=1)
+    assert v["err"][:2] == ["HTTPError", "http"] and "larger than 32768" in v["err"][3], v
+    assert requests == 1
+
+
+@pytest.mark.parametrize("mode", ["memory", "file", "stream"])
+def test_trailers_without_end_fail_the_try(mpy, mode):
+    # A chunked body of one byte, then trailer lines for ever: no longer than a head may be, they fail the try (before,
+    # a try never ended: only deadline= stopped it). Each try after the first starts over and gets the byte again: no
+    # progress, so 3 tries end it; stream mode can't take the byte back and ends at the second.
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+    v, requests = scripted(mpy, Endless(body, b"X-More: trailers\r\n"), mode, deadline=5)
+    assert v["err"][:2] == ["NetworkError", "network"], v
+    assert "trailers larger than 32768" in v["err"][3] or mode == "stream", v
+    assert requests == (2 if mode == "stream" else 4)
+
 
 # --- a link that flaps ---------------------------------------------------------------------------------------------
 

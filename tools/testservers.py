@@ -16,7 +16,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | /echo | a JSON account of the request: method, target, headers, body length and sha256 | /echo?a=1 |
 | /status/N | answers status N with a short body (retry_after=S adds Retry-After) | /status/503?retry_after=2 |
 | /redirect | one redirect, code= (default 302) to to= | /redirect?code=301&to=/bytes/10 |
-| /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations) | /chain/3/bytes/10?abs=1 |
+| /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations, delay=S: each S s late) | /chain/3/bytes/10?abs=1 |
 | /loop | redirects to itself, for ever | /loop |
 | /stats | JSON {connections, requests} as the server counted them | /stats |
 | /file/NAME | the bytes FaultServer.files[NAME] (ETag "NAME"), with the options of /bytes/N | /file/a.mpk |
@@ -494,6 +494,8 @@ class FaultServer(_LoopThread):
         elif route == "redirect":
             self._redirect(writer, req, req.q("code", 302, int), req.q("to", "/"), keep)
         elif route == "chain" and args and args[0].isdigit():
+            if "delay" in req.query:
+                await asyncio.sleep(req.q("delay", conv=float))
             k, rest = int(args[0]), "/".join(args[1:])
             loc = ("/chain/%d/%s" % (k - 1, rest)) if k > 0 else "/" + rest
             if req.rawquery:
@@ -903,8 +905,8 @@ class _ThreadServer:
 class ScriptServer(_ThreadServer):
     """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
 
-    scripts[path] is a list of steps: bytes are sent, a number is a pause in seconds, "close" ends the
-    connection (after the client has closed its side, so unread data causes no RST). Without "close" the
+    scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
+    ends the connection (after the client has closed its side, so unread data causes no RST). Without "close" the
     connection reads its next request: keep-alive. `requests` records (connection number, method, path).
     """
 
@@ -949,6 +951,19 @@ class ScriptServer(_ThreadServer):
             pass
         finally:
             conn.close()
+
+
+class Endless:
+    """A ScriptServer script that never ends: the step `first`, then the steps `then` again and again, until the
+    client goes away."""
+
+    def __init__(self, first, *then):
+        self.first, self.then = first, then
+
+    def __iter__(self):
+        yield self.first
+        while True:
+            yield from self.then
 
 
 # ---------------------------------------------------------------- the benchmark's fast server

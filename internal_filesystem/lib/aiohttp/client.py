@@ -219,8 +219,8 @@ class ClientSession:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None
 
-    async def _connect(self, key, timeout):
-        # -> (a connection, whether it served a request before)
+    async def _connect(self, key, timeout, end):
+        # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
         conn = self._take_idle(key)
         reused = conn is not None
         if not reused:
@@ -232,8 +232,8 @@ class ClientSession:
         self._busy.append(conn)
         if conn.timed_out:
             conn.timed_out = False
-        if timeout.total or conn.deadline is not None:
-            conn.deadline = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None
+        if end is not None or conn.deadline is not None:
+            conn.deadline = end
         if self._watchdog_task is None and (timeout.total or timeout.connect or timeout.sock_read):
             self._watchdog_task = asyncio.create_task(self._watchdog())
         if conn.sock is None:
@@ -306,9 +306,10 @@ class ClientSession:
         timeout = timeout if isinstance(timeout, ClientTimeout) else (
             ClientTimeout(total=timeout) if timeout else self._timeout)
         hops = self._max_redirects if max_redirects is None else max_redirects
+        end = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None  # for every hop, as in aiohttp
         seen = []
         while True:
-            resp = await self._send(method, url, fields, data, ssl, timeout)
+            resp = await self._send(method, url, fields, data, ssl, timeout, end)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                 if raise_for_status is None:
                     raise_for_status = self._raise_for_status
@@ -317,7 +318,8 @@ class ClientSession:
                 return resp
             try:
                 length = resp.content_length
-                if length is not None and length <= _REDIRECT_BODY_MAX:
+                if length and length <= _REDIRECT_BODY_MAX:
+                    resp._conn.within_one_read(end)
                     await resp.read()  # so the connection can serve the next hop
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
@@ -347,7 +349,7 @@ class ClientSession:
                 fields.pop(name, None)
         return new
 
-    async def _send(self, method, url, fields, data, ssl, timeout):
+    async def _send(self, method, url, fields, data, ssl, timeout, end):
         scheme, host, port, target = split_url(url)
         own_host = fields.get("host")  # a Host of the caller's own (a virtual host on an address) wins
         head = ["%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, own_host[1] if own_host else
@@ -363,7 +365,7 @@ class ClientSession:
         # verification (or for another CA)
         key = (scheme, host, port, self._tls_context(ssl) if scheme == "https" else None)
         while True:
-            conn, reused = await self._connect(key, timeout)
+            conn, reused = await self._connect(key, timeout, end)
             resp = ClientResponse(self, method, url, conn)
             try:
                 conn.wait_ms = ms(timeout.connect)
@@ -371,12 +373,8 @@ class ClientSession:
                 if data:
                     await conn.send(data)
                 conn.wait_ms = ms(timeout.sock_read)
-                whole = conn.deadline
-                if conn.wait_ms is not None:  # the whole head within one read timeout: a head trickled byte by byte
-                    head_end = ticks_add(ticks_ms(), conn.wait_ms)
-                    if whole is None or ticks_diff(whole, head_end) > 0:
-                        conn.deadline = head_end
-                await resp._start(whole)
+                conn.within_one_read(end)  # the whole head
+                await resp._start(end)
                 return resp
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a

@@ -271,6 +271,14 @@ class Connection:
             self.woke(e)
         self.wait_until = None
 
+    def within_one_read(self, end):
+        # The reads that come next, together, within one read timeout (and before the ticks_ms end, None: none): a
+        # head, a redirect's body, trailers, none of which is the body, must not outlast it trickled byte by byte
+        if self.wait_ms is not None:
+            soon = ticks_add(ticks_ms(), self.wait_ms)
+            if end is None or ticks_diff(end, soon) > 0:
+                self.deadline = soon
+
     def take_turn(self):
         # async: a fast link may never make a read wait (nor a decoder run dry): after FAIR_SHARE bytes other tasks
         # (the UI, the watchdog) get a turn anyway, and the whole-request deadline, which no wait may ever arm, is

@@ -156,15 +156,15 @@ async def read_head(conn):
             if not end:
                 raise errors.ServerDisconnectedError("connection closed inside the response head")
             buf, start = conn.buf, conn.pos
+            size += end - start  # (each line is capped by the read-ahead's limit; their sum, 1xx heads too, here)
+            if size > _HEAD_MAX:
+                raise errors.ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
             if buf[start] in (10, 13) and end - start <= 2:  # the blank line
                 conn.pos = end
                 break
             fields += 1
             if fields > _HEADERS_MAX:
                 raise errors.ClientResponseError(status, "too many header fields")
-            size += end - start  # (each line is capped by the read-ahead's limit; their sum is capped here)
-            if size > _HEAD_MAX:
-                raise errors.ClientResponseError(status, "response head larger than %d bytes" % _HEAD_MAX)
             if not _add_field(blocks, buf, start, end):
                 line = bytes(buf[start : min(end, start + 80)])
                 raise errors.ClientResponseError(status, "bad header line %r" % line)
@@ -553,12 +553,17 @@ class StreamReader:
                 self._remaining = n
                 return n
             self._remaining = _TRAILERS_DUE
-        while True:  # the trailers, up to the empty line
+            conn.within_one_read(conn.deadline)
+        size = 0
+        while True:  # the trailers, up to the empty line: no longer than a head may be
             line = await conn.readline()
             if not line:
                 raise errors.ClientPayloadError("response payload is not completed (no end of trailers)")
             if line in (b"\r\n", b"\n"):
                 break
+            size += _len(line)
+            if size > _HEAD_MAX:
+                raise errors.ClientPayloadError("trailers larger than %d bytes" % _HEAD_MAX)
             if not is_field(line, 0, _len(line)):  # (a lost chunk-size line makes the rest of the body look like these)
                 raise errors.ClientPayloadError("bad trailer line %r" % line[:40])
         self._body_ended(True)

@@ -122,11 +122,11 @@ class Download:
             if self.segmented and await self._segments(sess):
                 return True
             end = self._begin()  # the deadline in ticks, or None
-            fails = gained = left = 0
+            fails = gained = 0
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        if left != _ASK_AGAIN:  # (after a start-over, progress is measured from the bytes that went)
+                        if self.delivered:  # (none after a start-over: bytes got again from 0 are no progress)
                             gained = self.delivered
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too

@@ -57,6 +57,8 @@ NO_LEAKS = {"fds": 0, "tasks": 0, "active": 0, "queue": 0, "listed": 0, "session
 ONE = PRE + """
 async def main():
     DownloadManager.max_connections = MAXC
+    for name, value in TUNE.items():
+        setattr(DownloadManager, name, value)
     if MIN is not None:
         from mpos.net import segments
         segments.min_segment = MIN
@@ -73,8 +75,8 @@ run(main())
 """
 
 
-def one(mpy, url, out="out.bin", maxc=8, min_segment=None, **kw):
-    return mpy.run(ONE, URL=url, OUT=out, MAXC=maxc, MIN=min_segment, KW=kw).value
+def one(mpy, url, out="out.bin", maxc=8, min_segment=None, tune=None, **kw):
+    return mpy.run(ONE, URL=url, OUT=out, MAXC=maxc, MIN=min_segment, TUNE=tune or {}, KW=kw).value
 
 
 def done_cleanly(v, n, seed=0, text=False):
@@ -407,6 +409,18 @@ def test_dropped_segment_connections_resume_inside_their_range(mpy, fault):
     assert all(ir == '"%d-0"' % n for _, ir in v["sent"][1:]), v["sent"]
 
 
+def test_the_segments_share_one_downloads_max_reconnects(mpy, fault):
+    # Every request after the probe is reset after 50000 bytes: each segment gains on each try, so only
+    # max_reconnects ends it. It is the download's, not each segment's: 4 retries in all (the fifth failure ends it,
+    # maybe before the fourth retry went), then the download fails and keeps what came for a resume (before, each
+    # segment had 4 retries, and each needed 3).
+    n = 400000
+    v = one(mpy, fault.url("/bytes/%d?key=d&skip=1&times=99&drop=50000" % n), segments=2,
+            tune={"max_reconnects": 4, "retry_base_ms": 5, "retry_max_ms": 20})
+    assert v["r"] is False and v["part"] and v["leaks"] == NO_LEAKS, v
+    assert fault.requests <= 1 + 2 + 4, v["sent"]  # the probe, the two segments, 4 retries at most
+
+
 FAIL_THEN_RESUME = PRE + """
 OLD = b'the previous outfile'
 async def main():
@@ -715,6 +729,20 @@ def test_a_failing_probe_keeps_the_segmented_partial(mpy, fault):
     v2 = one(mpy, url, maxc=4, segments=4, tries=2)
     assert v2["r"] is False and v2["state"] == st and v2["part"], v2
     resumed(mpy, fault, url, 4, n, st)
+
+
+def test_a_failing_probe_waits_as_any_retry_does(mpy, fault):
+    # The probe's retries are the download's: a Retry-After that outlasts deadline= is not even waited for (before,
+    # the probe waited 0.5 s, then 1 s, whatever the deadline), and the partial stays for the next call
+    n = 600000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    st = cancelled(mpy, url, 4, 0.6)
+    time.sleep(0.3)  # (requests the cancelled run had just sent are still being answered)
+    fault.reset()
+    fault.force = {"fail": "503", "retry_after": "5"}
+    v2 = one(mpy, url, maxc=4, segments=4, deadline=2)
+    assert v2["r"] is False and v2["state"] == st and v2["part"], v2
+    assert fault.requests == 1, v2["sent"]
 
 
 def test_the_record_lists_ranges_in_file_order_and_is_trusted(mpy, fault):

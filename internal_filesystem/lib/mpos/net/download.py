@@ -368,10 +368,7 @@ class Download:
                 self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
                 return _ASK_AGAIN
         else:
-            retry_after = headers.get("Retry-After")
-            retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
-            raise errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
-                                   retry_after=retry_after)
+            raise http_error(resp)
         if self.validator is None:
             validator = headers.get("ETag") or headers.get("Last-Modified")
             if validator is not None:  # an attribute set is a slot in this download's table: only when there is one
@@ -692,6 +689,15 @@ async def _call(callback, arg):
             await returned
     except Exception as e:
         raise e if isinstance(e, errors.CallbackError) else errors.CallbackError(e)
+
+
+def http_error(resp):
+    # An answer that is a failure -> its HTTPError: a transient status is retried, after its Retry-After if any
+    status = resp.status
+    retry_after = resp.headers.get("Retry-After")
+    retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
+    return errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
+                            retry_after=retry_after)
 
 
 def with_user_agent(headers, user_agent):

@@ -15,8 +15,8 @@ import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
 
 from . import admission, partfile
-from .download import CONNECTING, DOWNLOADING, TRANSIENT_STATUSES, Download, parse_content_range, with_user_agent
-from .errors import DownloadError, HTTPError, LocalFileError, classify
+from .download import CONNECTING, DOWNLOADING, Download, http_error, parse_content_range, with_user_agent
+from .errors import DownloadError, HTTPError, LocalFileError
 
 min_segment = 16384  # bytes: a smaller piece is not worth a request (and a TLS handshake) of its own
 save_ms = 1000  # record rewrites while data comes in, at most this often (flash wear vs. bytes fetched again)
@@ -80,6 +80,14 @@ class _Segment(Download):
 
     def _record_part(self):
         pass  # the record is the download's to write
+
+    def _retry_wait(self, e, fails, end, at_sink):
+        # Every segment's retries count towards the one download's max_reconnects
+        self.reconnects = self.download.reconnects
+        try:
+            return Download._retry_wait(self, e, fails, end, at_sink)
+        finally:
+            self.download.reconnects = self.reconnects
 
     def _restart(self):
         raise _GoPlain()  # other bytes than the range asked for (see Download._accept): the server changed course
@@ -161,15 +169,10 @@ class Segmented(Download):
             try:
                 return await self._probe_once(sess)
             except Exception as e:
-                err = classify(e, self.timeout)
                 if not keep:
                     return None  # nothing to lose: the plain run loop retries it or fails it and says why
-                if err is None:
-                    raise
                 fails += 1
-                if not err.retry or fails >= self.tries:
-                    raise err
-                await asyncio.sleep_ms(250 << fails)
+                await self._retry_wait(e, fails, self.deadline_ticks, False)  # or raises: no more tries
 
     async def _probe_once(self, sess):
         import aiohttp
@@ -181,7 +184,7 @@ class Segmented(Download):
         async with sess.get(self.url, headers=headers, timeout=timeout,
                             ssl=admission.tls_context(self.tunables.ca)) as resp:
             if resp.status >= 400:  # a failure, not an answer about ranges
-                raise HTTPError("HTTP %d" % resp.status, resp.status, retry=resp.status in TRANSIENT_STATUSES)
+                raise http_error(resp)
             got = parse_content_range(resp.headers.get("Content-Range"))
             if resp.status != 206 or got is None or got[0] or not got[2]:
                 return None

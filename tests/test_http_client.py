@@ -273,9 +273,16 @@ run(main())
 # U+10FFFF, sequences cut short in the middle and at the end.
 BAD_UTF8 = (b"ok \xe2\x82\xac \xe9t\xc3\xa9 \x80 \xc0\x80 \xed\xa0\x80 \xf4\x90\x80\x80 \xe2\x82! \xf0\x9f\x98!"
             b" \xff \xf0\x9f\x98\x80 \xe2\x82")
+# LAX_UTF8: only sequences MicroPython's own decode() takes (overlong forms, a surrogate, code points past U+10FFFF);
+# NARROW_UTF8: characters whose lead bytes start those too (U+0904, U+D7A3, U+1F600, U+10FFFF), all well-formed.
+LAX_UTF8 = b"\xc0\xaf \xe0\x80\xaf \xf0\x80\x80\xaf \xed\xa0\x80 \xf4\x90\x80\x80 \xf5\x80\x80\x80 \xc1\xbf ok"
+NARROW_UTF8 = "\u0904 \ud7a3 \U0001f600 \U0010ffff".encode()
 TEXTS = {
     "/text-bad-utf8": ("UTF-8", BAD_UTF8),
     "/text-unlabelled": (None, BAD_UTF8),
+    "/text-lax-utf8": ("utf-8", LAX_UTF8),
+    "/text-lax-unlabelled": (None, LAX_UTF8),
+    "/text-narrow-utf8": (None, NARROW_UTF8),
     "/text-cp1252": ("windows-1252", b"\x93smart\x94 quotes \x80 5 caf\xe9 \x9f\xff"),
     "/text-cp1252-undefined": ("cp1252", b"a\x81b\x8dc\x8fd\x90e\x9df"),
     "/text-ascii": ("us-ascii", b"caf\xc3\xa9 \xff"),

@@ -955,15 +955,20 @@ class ClientResponse(StreamReader):
         return self._decode(body, encoding, errors)
 
     def _decode(self, body, encoding, errors):
-        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes valid UTF-8 only (a
-        # charset given to decode() is ignored): any other charset, or bytes that are no UTF-8, go to charset.py.
+        # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (a charset
+        # given to decode() is ignored), and takes overlong forms, surrogates and code points past U+10FFFF too: any
+        # other charset, and a body with a byte such a sequence starts with, go to charset.py.
         server_charset = None if encoding else self.charset
         charset = encoding or server_charset
         if not charset or charset.lower() in ("utf-8", "utf8"):
-            try:
-                return body.decode()
-            except UnicodeError:
-                pass
+            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (see charset._lax)
+                if lead in body:
+                    break
+            else:
+                try:
+                    return body.decode()
+                except UnicodeError:
+                    pass
         from .charset import decode
 
         return decode(body, encoding, server_charset, errors)

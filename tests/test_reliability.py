@@ -348,6 +348,42 @@ def test_bytes_got_again_after_a_start_over_are_no_progress(mpy, fault, answer, 
     assert [r for r, _ in v["sent"]] == (asked if mode != "stream" else [None, "bytes=1000-"]), v
 
 
+class _StartsOverShorterAndLonger(http.server.BaseHTTPRequestHandler):
+    """Ignores Range (every answer is the whole resource: the download starts over) and cuts the body after 1000
+    bytes, then 500, then 1000 again, and so on."""
+    protocol_version = "HTTP/1.1"
+    body = payload(5000)
+
+    def do_GET(self):
+        self.server.ranges.append(self.headers.get("Range"))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[: 500 if len(self.server.ranges) % 2 == 0 else 1000])
+        self.close_connection = True
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+def test_a_start_over_is_no_progress_until_it_passes_the_most_held(mpy, mode):
+    # Each try starts over: 1000 bytes, 500, then 1000 again. The third brings no byte past the 1000 held after the
+    # first: 3 tries without progress end it (before, the mark fell to the 500 held when the third was asked for, its
+    # 1000 counted as progress, and only max_reconnects ended the download, after 11 requests).
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StartsOverShorterAndLonger)
+    srv.ranges = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        v = dl(mpy, "http://127.0.0.1:%d/r" % srv.server_address[1], mode, old=OLD,
+               tune={"retry_base_ms": 5, "retry_max_ms": 20})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    failed(v, mode)
+    assert srv.ranges == [None, "bytes=1000-", "bytes=500-", "bytes=1000-"], srv.ranges
+
+
 class _Bad206(http.server.BaseHTTPRequestHandler):
     """Answers a Range request with 206 and a Content-Range that does not start where asked (or none)."""
     protocol_version = "HTTP/1.1"

@@ -126,7 +126,7 @@ class Download:
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        if self.delivered:  # (none after a start-over: bytes got again from 0 are no progress)
+                        if self.delivered > gained:  # the most held: bytes got again after a start-over are none
                             gained = self.delivered
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too

@@ -333,6 +333,32 @@ def test_trailers_without_end_fail_the_try(mpy, mode):
     assert requests == (2 if mode == "stream" else 4)
 
 
+def test_a_line_without_end_is_too_long_in_a_small_heap(mpy):
+    # async for line in resp.content over a body that never has a newline: refused at 64 KB (aiohttp's limit), the
+    # socket let go. The line's reads are kept as they came until it ends (before, the line was copied whole at
+    # each read, and ran out of memory at 42 KB)
+    srv = ScriptServer({"/line": Endless(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x" * 1000)})
+    try:
+        r = mpy.run("""
+import aiohttp
+async def lines(session):
+    async with session.get(URL) as resp:
+        async for line in resp.content:
+            pass
+async def main():
+    fds = fd_count()
+    ballast = leave_free(FREE)
+    async with aiohttp.ClientSession() as session:
+        err = await error_of(lines(session))
+    ballast = None
+    result(err=err, fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/line"), FREE=192 * 1024, heapsize="400k", compiled=True)
+    finally:
+        srv.close()
+    assert r.value == {"err": ["ValueError", "Line is too long"], "fds": 0}
+
+
 # --- a link that flaps ---------------------------------------------------------------------------------------------
 
 # The injected clock: every wait the download asks TaskManager for is noted (in seconds) and taken twenty times

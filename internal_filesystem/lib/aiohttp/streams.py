@@ -37,23 +37,29 @@ class _Lines:
     # kept here, so the iterator owns the rest of the body once it started
     def __init__(self, resp):
         self._resp = resp
-        self._pending = b""
+        self._pending = b""  # the last read, from _at on not handed out yet
+        self._at = 0
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
+        pieces = []  # a line that spans reads: its parts, joined once, so no copy grows read by read
+        size = 0
         while True:
-            end = self._pending.find(b"\n")
+            pending, at = self._pending, self._at
+            end = pending.find(b"\n", at)
             if end >= 0:
-                line, self._pending = self._pending[: end + 1], self._pending[end + 1 :]
-                return line
-            if len(self._pending) > _LINE_MAX:
-                raise ValueError("Line is too long")
-            data = await self._resp.read(_ANY)
-            if not data:
-                line, self._pending = self._pending, b""
-                if not line:
+                self._at = end + 1
+                pieces.append(pending[at : end + 1])
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if at < len(pending):
+                pieces.append(pending[at:] if at else pending)
+                size += len(pending) - at
+                if size > _LINE_MAX:
+                    raise ValueError("Line is too long")
+            self._pending, self._at = await self._resp.read(_ANY), 0
+            if not self._pending:
+                if not pieces:
                     raise StopAsyncIteration
-                return line
-            self._pending += data
+                return b"".join(pieces)

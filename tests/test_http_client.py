@@ -155,13 +155,18 @@ async def main():
             await session.post(URL, data=42)
         except TypeError as e:
             result(err=str(e))
+        try:
+            await session.post(URL, data=b"a", json=[1])
+        except ValueError as e:
+            result(err=str(e))
 run(main())
 """, URL=fault.url("/echo"))
     types = [["application/octet-stream"]] * 3 + [["text/plain; charset=utf-8"], ["application/json"], ["text/xml"], []]
     bodies = [b"\x00\xff", b"ab", b"bc", "caf\u00e9".encode(), b"[1]", b"<a/>", b""]
     assert r.results == [{"type": t, "sha": hashlib.sha256(b).hexdigest()} for t, b in zip(types, bodies)] + [
-        {"err": "data must be bytes, str or a dict of form fields, not int"}]
-    assert fault.requests == len(bodies)  # the one refused sent nothing
+        {"err": "data must be bytes, str or a dict of form fields, not int"},
+        {"err": "data and json parameters can not be used at the same time"}]  # (aiohttp's words)
+    assert fault.requests == len(bodies)  # the ones refused sent nothing
 
 
 def test_basic_auth_for_a_session_or_one_request_as_in_aiohttp(mpy, fault):

@@ -405,6 +405,8 @@ async def _check(resp, raise_for_status):
 def _body(data, json, fields):
     # -> the request body as bytes (or None), and aiohttp's Content-Type for it unless one was given
     if json is not None:
+        if data is not None:
+            raise ValueError("data and json parameters can not be used at the same time")
         import json as codec
 
         data = codec.dumps(json)

@@ -1,6 +1,10 @@
 """What an app pays in heap, and when: `import aiohttp` and `from mpos import DownloadManager` load the client and the
 download classes only when first used, and the exception classes only when an error is named (docs/performance.md
 has the figures)."""
+import hashlib
+
+import pytest
+
 from tools.testservers import sha256_of
 
 CLIENT_MODULES = ["aiohttp.client", "aiohttp.connection", "aiohttp.errors", "aiohttp.response", "aiohttp.url",
@@ -339,3 +343,82 @@ result(outcomes=outcomes, ok=ok, sha=sha256_file(OUT))
 """, URL=fault.url("/bytes/5000"), OUT=str(mpy.tmpdir / "out.bin"), FREE=3000, heapsize="256k")
     assert r.value == {"outcomes": [False, "memory"], "ok": True, "sha": sha256_of(5000)}
     assert r.stderr.count("failed (memory): out of memory") == 2, r.stderr  # each logged once, heap or none
+
+
+# Each step a download takes can meet a full heap; micropython.heap_lock() makes it meet one there, every time
+WITHOUT_HEAP_IN = """
+import micropython
+from mpos import DownloadManager
+from mpos.net import admission, download
+owner = {"admission": admission, "Download": download.Download}[OWNER]
+real = getattr(owner, NAME)
+def without_heap(first, second=None, third=None):  # (a call with *args would allocate)
+    micropython.heap_lock()
+    try:
+        return real(first) if second is None else real(first, second, third)
+    finally:
+        micropython.heap_unlock()
+def first(**kw):
+    try:
+        return DownloadManager.download_url(URL, outfile=OUT, **kw)
+    except DownloadManager.DownloadError as e:
+        return e.reason
+    except Exception as e:
+        return repr(e)
+with open(OUT, "wb") as f:
+    f.write(b"old")
+fds = fd_count()
+setattr(owner, NAME, without_heap)
+outcomes = [first(), first(raise_errors=True)]
+setattr(owner, NAME, real)
+left = [fd_count() - fds, DownloadManager.downloads(), DownloadManager.is_session_active(), sha256_file(OUT)]
+ok = DownloadManager.download_url(GOOD, outfile=OUT)
+result(outcomes=outcomes, left=left, ok=ok, sha=sha256_file(OUT), part=exists(OUT + ".part"))
+"""
+
+
+@pytest.mark.parametrize("owner, name, path, reason", [
+    ("admission", "acquire_session", "/bytes/3000", "memory"),  # the shared session, made by the first download
+    ("Download", "run", "/bytes/3000", "memory"),  # the download's coroutine, the largest frame it makes
+    ("Download", "log", "/status/404", "http"),  # the line that tells why it failed
+    ("Download", "close", "/status/404", "http"),  # its cleanup, which looks for an empty .part to remove
+], ids=["session", "coroutine", "log line", "cleanup"])
+def test_a_full_heap_at_any_step_fails_the_download_as_documented_and_leaves_nothing(mpy, fault, owner, name, path,
+                                                                                     reason):
+    r = mpy.run(WITHOUT_HEAP_IN, OWNER=owner, NAME=name, URL=fault.url(path), GOOD=fault.url("/bytes/5000"),
+                OUT=str(mpy.tmpdir / "out.bin"))
+    old = hashlib.sha256(b"old").hexdigest()
+    assert r.value == {"outcomes": [False, reason], "left": [0, [], False, old], "ok": True, "sha": sha256_of(5000),
+                       "part": False}
+
+
+def test_a_full_heap_just_after_the_socket_is_made_loses_no_socket(mpy, fault):
+    # The unix port's sockets have no finaliser: one that nothing holds stays open for good
+    r = mpy.run("""
+import micropython, socket
+from mpos import DownloadManager
+from aiohttp import connection
+class SocketThenFullHeap:
+    SOCK_STREAM = socket.SOCK_STREAM
+    def socket(self, family, kind, proto):
+        made = socket.socket(family, kind, proto)
+        micropython.heap_lock()
+        return made
+real_open = connection.Connection.open
+def open_in_a_full_heap(self, address):
+    connection.socket = SocketThenFullHeap()
+    try:
+        return real_open(self, address)
+    finally:
+        micropython.heap_unlock()
+        connection.socket = socket
+connection.Connection.open = open_in_a_full_heap
+fds = fd_count()
+data = DownloadManager.download_url(URL)  # whole or None, as the rest of its connect finds heap or not
+leaked = fd_count() - fds
+connection.Connection.open = real_open
+again = DownloadManager.download_url(URL)
+result(first=data and sha256(data), leaked=leaked, again=sha256(again))
+""", URL=fault.url("/bytes/3000"))
+    assert r.value["first"] in (None, sha256_of(3000)), r.value
+    assert r.value["leaked"] == 0 and r.value["again"] == sha256_of(3000), r.value

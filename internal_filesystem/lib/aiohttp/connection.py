@@ -203,6 +203,7 @@ class Connection:
 
     def open(self, address):
         scheme, host, port, ctx = self.key
+        self.sock = None  # its slot made first: a heap too full for it fails here, before there is a socket to lose
         sock = socket.socket(address[0], socket.SOCK_STREAM, address[2] if _len(address) > 2 else 0)
         self.sock = sock  # kept before anything can fail, so close() always finds it
         sock.setblocking(False)

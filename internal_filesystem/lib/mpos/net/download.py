@@ -7,7 +7,7 @@
 from micropython import const
 from time import ticks_diff, ticks_ms
 
-from .._log import redact
+from .. import _log  # (its functions named through it: one global, and a full heap can still log)
 from . import admission, errors, partfile
 
 _CHUNK = const(1024)
@@ -94,12 +94,18 @@ class Download:
         # (a method: a property would make every attribute store on a download look through its class first)
         return "file" if self.outfile else ("stream" if self.chunk_callback else "memory")
 
-    def log(self, what):
-        # one line about this download; the URL redacted if asked, also inside the reason (errors quote it)
-        from .._log import warning
-
-        line = "download of %s %s" % (self.url, what)
-        warning("DownloadManager", redact(line) if self.redact_url else line)
+    def log(self, what, error=None):
+        # One line about this download: what, then why (an error); the URL redacted if asked, also inside the reason
+        # (errors quote it). A heap too full for the line still gets one: the failure ends as documented.
+        try:
+            if error is not None:
+                what = ("%s (%s): %s" % (what, error.reason, error) if isinstance(error, errors.DownloadError)
+                        else "%s: %r" % (what, error))
+            line = "download of %s %s" % (self.url, what)
+            line = _log.redact(line) if self.redact_url else line
+        except MemoryError:
+            line = "a download failed (no heap left to say more)"
+        _log.warning("DownloadManager", line)
 
     # -- the run loop ---------------------------------------------------------------------------------------------
 
@@ -110,7 +116,7 @@ class Download:
         # way out, cancellation included.
         try:
             sess = self._enter()
-        except errors.LocalFileError as e:  # its outfile is being downloaded already: nothing is held to give back
+        except Exception as e:  # its outfile is being downloaded already, no heap for the session: nothing is held
             return self._failed(e)
         if sess is None:
             return None if self.mode() == "memory" else False  # the documented failure
@@ -261,12 +267,12 @@ class Download:
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
         self.state = FAILED
         if isinstance(e, errors.CallbackError):
-            self.log("stopped by its callback: %r" % (e.error,))
+            self.log("stopped by its callback", e.error)
             raise e.error
         if isinstance(e, MemoryError):
             e = errors.OutOfMemory("out of memory")
         if not isinstance(e, errors.DownloadError):
-            self.log("failed: %r" % (e,))
+            self.log("failed", e)
             raise e
         if isinstance(e, errors.OutOfMemory):
             # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
@@ -275,7 +281,7 @@ class Download:
 
             self.close()
             gc.collect()
-        self.log("failed (%s): %s" % (e.reason, e))
+        self.log("failed", e)
         if self.raise_errors:
             raise e
         return None if self.mode() == "memory" else False
@@ -666,6 +672,8 @@ class Download:
         self.memory[end - len(data) : end] = data
 
     def close(self):
+        if self.memory is not None:  # (an attribute set anew would take heap)
+            self.memory = None
         if self.file is not None:
             try:
                 self.file.close()
@@ -674,11 +682,13 @@ class Download:
             self.file = None
             # A failure before the first byte (a 404, say) leaves no empty .part: it would hide OUTFILE from
             # get_resume_position(). A partial with data stays for a resume.
-            part = self.outfile + ".part"
-            if not self.kept and partfile.size_of(part) == 0:
-                partfile.remove(part)
-                partfile.remove(part + ".state")
-        self.memory = None
+            try:
+                part = self.outfile + ".part"
+                if not self.kept and partfile.size_of(part) == 0:
+                    partfile.remove(part)
+                    partfile.remove(part + ".state")
+            except MemoryError:  # (no heap to look: an empty .part stays, and the next download takes it over)
+                pass
 
 
 async def _call(callback, arg):

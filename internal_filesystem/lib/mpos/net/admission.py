@@ -54,10 +54,10 @@ def acquire_session(download=None):
             except ImportError:
                 return None
             _session = aiohttp.ClientSession()
+        if download is not None:
+            _listed.append(download)  # (before the count: a heap too full for the list's growth counts nothing)
         _users += 1
         closer, _closer = _closer, None
-        if download is not None:
-            _listed.append(download)
     if closer is not None:
         _cancel(closer)
     return _session

@@ -111,10 +111,10 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
         download = kind(url, outfile, chunk_callback, total_size, headers, options)
         if not _loop_runs_on():
             download.linger = False
-        running = download.run()  # its coroutine, made here: it holds the largest frame a download makes
+        download = download.run()  # now its coroutine (made here: its frame is the largest; no new local, design.md)
     except MemoryError:  # the first download loads the client and download.py: a full heap fails it as any other
         return _sync_or_async(_out_of_memory(url, outfile is None and chunk_callback is None, options))
-    return _sync_or_async(running)
+    return _sync_or_async(download)
 
 
 async def _out_of_memory(url, memory_mode, options):

@@ -3,6 +3,7 @@
 # valid UTF-8: MicroPython's bytes.decode() knows UTF-8 alone (it ignores a charset and an error handler it is given).
 
 from .response import from_latin1
+from .utf8 import lax
 
 _UTF8 = ("utf-8", "utf8", "u8", "utf")
 _ASCII = ("ascii", "us-ascii", "646")
@@ -14,10 +15,6 @@ _HANDLERS = ("strict", "replace", "ignore")
 _CP1252_HIGH = ("\u20ac\ufffd\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\ufffd\u017d\ufffd"
                 "\ufffd\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\ufffd\u017e\u0178")
 _REPLACEMENT = "\ufffd"
-# What MicroPython's decode() takes and UTF-8 has not: overlong forms, surrogates, code points past U+10FFFF. Lead
-# bytes no UTF-8 has (C0, C1, F5 to F7), and lead bytes UTF-8 allows fewer second bytes after (low, high).
-_NEVER_LEADS = b"\xc0\xc1\xf5\xf6\xf7"
-_NARROW_LEADS = ((0xE0, 0xA0, 0xBF), (0xED, 0x80, 0x9F), (0xF0, 0x90, 0xBF), (0xF4, 0x80, 0x8F))
 
 
 def decode(body, encoding, server_charset, errors):
@@ -63,7 +60,7 @@ def _utf8(body, errors, unsupported):
     # MicroPython's decode() where it agrees. unsupported: the charset the server named, when none decoded here.
     try:
         text = body.decode()
-        if not _lax(body):
+        if not lax(body):
             return text
     except UnicodeError:
         pass
@@ -91,20 +88,6 @@ def _utf8(body, errors, unsupported):
         start = i
     pieces.append(body[start:].decode())
     return "".join(pieces)
-
-
-def _lax(body):
-    # -> whether body, which MicroPython's decode() took, holds a sequence UTF-8 has not
-    for lead in _NEVER_LEADS:
-        if lead in body:
-            return True
-    for lead, low, high in _NARROW_LEADS:
-        i = body.find(bytes((lead,)))
-        while i >= 0:  # (decode() took it: a continuation byte follows)
-            if not low <= body[i + 1] <= high:
-                return True
-            i = body.find(bytes((lead,)), i + 2)
-    return False
 
 
 def _sequence(body, i, end):

@@ -961,7 +961,7 @@ class ClientResponse(StreamReader):
         server_charset = None if encoding else self.charset
         charset = encoding or server_charset
         if not charset or charset.lower() in ("utf-8", "utf8"):
-            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (see charset._lax)
+            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (see utf8.lax)
                 if lead in body:
                     break
             else:

@@ -173,24 +173,17 @@ def _frame(op, key, first, n):
     return b"".join((head, key, _mask(first, key)))
 
 
-_bad_utf8 = None
-
-
 def _text(data):
-    # data as a str, or WebSocketError 1007. MicroPython's decoder checks the shape of each sequence only; what it
-    # lets through (overlong forms, surrogates, code points past U+10FFFF) is searched for in text that is not
-    # plain ASCII (where the length in characters differs from the length in bytes).
-    global _bad_utf8
+    # data as a str, or WebSocketError 1007. What MicroPython's decoder lets through and UTF-8 has not is looked for
+    # in text that is not plain ASCII (where the length in characters differs from the length in bytes).
     try:
         s = str(data, "utf-8")
     except UnicodeError:
         s = None
     if s is not None and len(s) != len(data):
-        if _bad_utf8 is None:
-            import re
+        from .utf8 import lax
 
-            _bad_utf8 = re.compile(b"[\xc0\xc1\xf5-\xff]|\xe0[\x80-\x9f]|\xed[\xa0-\xbf]|\xf0[\x80-\x8f]|\xf4[\x90-\xbf]")
-        if _bad_utf8.search(s.encode()):
+        if lax(s.encode()):
             s = None
     if s is None:
         raise WebSocketError(WSCloseCode.INVALID_TEXT, "text is not valid UTF-8")

@@ -149,32 +149,9 @@ class Download:
                         extra = (self.unwanted or self.max_size is not None or self.hasher is not None
                                  or self.progress_callback is not None or self.speed_callback is not None
                                  or self.deliver_until is not None)
-                        # file mode with nothing else to do: chunks go from the socket to the file in a few steps
-                        # (docs/design.md: lookups per chunk), the steps below take the rest (a wait, the end)
-                        lane = file is not None and not extra
-                        write = file.write if lane else None
-                    room = resp.straight() - size if lane and (left is None or left >= size) else -1
-                    if room >= 0:  # (a whole chunk more fits while taken <= room, and the answer holds it)
-                        if left is not None and left - size < room:
-                            room = left - size
-                        sock = resp.connection.sock
-                        taken = 0  # bytes read from the socket itself: told to resp when this run of chunks ends
-                        try:
-                            while taken <= room:  # per chunk a read and a write; the counts wait for the run's end
-                                n = sock.readinto(buf, size)
-                                if not n:  # None: nothing waits; 0: the end, which the awaited read reports
-                                    break
-                                taken += n
-                                at_sink = True
-                                write(buf if n == size else view[:n])
-                                at_sink = False
-                        finally:  # the counts, once per run of chunks; exact whatever ended it
-                            resp.went_straight(taken)
-                            if at_sink:  # the file failed: its chunk was read, and never reached the file
-                                taken -= n
-                            self.delivered += taken
-                            if left is not None:
-                                left -= taken
+                        lane = file is not None and not extra  # (_straight's, then the steps below: a wait, the end)
+                    if lane and (left is None or left >= size):
+                        left = self._straight(resp, buf, view, size, left)
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -453,6 +430,36 @@ class Download:
         self._restart()
         raise errors.NetworkError("the answer holds more than the length it announced")
 
+    def _straight(self, resp, buf, view, size, left):
+        # File mode with nothing else to do: while the answer holds a whole chunk more, chunks go from the socket to
+        # the file in a few steps (docs/design.md: lookups per chunk). -> left less the bytes written (None stays
+        # None). The counts are told once per run of chunks, exact whatever ended it.
+        room = resp.straight() - size  # (a whole chunk more fits while the bytes read stay <= room)
+        if left is not None and left - size < room:
+            room = left - size
+        sock = resp.connection.sock
+        write = self.file.write
+        read = written = 0
+        try:
+            while read <= room:
+                n = sock.readinto(buf, size)
+                if not n:  # None: nothing waits; 0: the end, which the awaited read reports
+                    break
+                read += n
+                write(buf if n == size else view[:n])
+                written = read
+        except OSError as e:
+            if written < read:  # the file failed: its chunk was read, and never reached the file
+                raise self._file_error(e)
+            raise
+        finally:
+            resp.went_straight(read)
+            self.delivered += written
+        return None if left is None else left - written
+
+    def _file_error(self, e):
+        return errors.LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+
     def _answer_ended(self, resp, left, gained):
         # The end of an answer -> True when the body is complete, False when a request for the rest comes next (a
         # whole answer shorter than asked: a server's range cap). Raises for an answer that ended short.
@@ -481,7 +488,7 @@ class Download:
         if at_sink and self.chunk_callback is not None:  # the app's callback raised it: its own, never retried
             e = errors.CallbackError(e)
         elif at_sink and self.file is not None and isinstance(e, OSError):
-            e = errors.LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+            e = self._file_error(e)
         err = errors.classify(e, self.timeout)
         if err is None:
             raise e

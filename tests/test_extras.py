@@ -344,6 +344,28 @@ run(main())
     assert v["set_caller"] == ["Mine/4"]
 
 
+def test_the_default_user_agent_names_the_os_release(mpy, fault):
+    # On MicroPythonOS, mpos holds BuildInfo (mpos/build_info.py): its release goes into every default User-Agent
+    r = mpy.run("""
+import mpos, json
+from mpos import DownloadManager
+
+class BuildInfo:  # MicroPythonOS's shape
+    class version:
+        release = "0.18.0"
+
+mpos.BuildInfo = BuildInfo
+async def main():
+    agents = []
+    for i in range(2):
+        body = await DownloadManager.download_url(URL)
+        agents += [v for k, v in json.loads(body)["headers"] if k.lower() == "user-agent"]
+    result(agents=agents)
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.value["agents"] == ["MicroPythonOS/0.18.0"] * 2, r.value
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. post_url
 

@@ -717,17 +717,22 @@ def http_error(resp):
                             retry_after=retry_after)
 
 
+_os_agent = None  # "MicroPythonOS/<release>", found once: an import that fails searches the filesystem each time
+
+
 def with_user_agent(headers, user_agent):
     # the User-Agent is ours unless the caller gave one
+    global _os_agent
     if not any(name.lower() == "user-agent" for name in headers):
-        if not user_agent:
+        if not user_agent and _os_agent is None:
             try:
-                from mpos import info
+                from mpos import BuildInfo  # MicroPythonOS's (mpos/build_info.py)
 
-                user_agent = "MicroPythonOS/" + info.CURRENT_OS_VERSION
+                release = BuildInfo.version.release
             except (ImportError, AttributeError):
-                user_agent = "MicroPythonOS/0.0.0"
-        headers["User-Agent"] = user_agent
+                release = "0.0.0"
+            _os_agent = "MicroPythonOS/" + release
+        headers["User-Agent"] = user_agent or _os_agent
     return headers
 
 

@@ -166,6 +166,14 @@ def test_gzip_body_is_decoded_whole(mpy, fault, mode):
     ok(v, 200000, text=True)
 
 
+@pytest.mark.parametrize("chunk_size", [3, 1024])
+def test_a_gzip_body_whose_connection_closes_is_written_whole(mpy, fault, chunk_size):
+    # Decoded bytes still wait once the connection went (its close ended the body): file mode's straight lane,
+    # which reads from the socket itself, has none to read from, and the awaited reads hand them out
+    v = dl(mpy, fault.url("/bytes/134?gzip=1&cl=0"), "file", old=OLD, chunk_size=chunk_size)
+    ok(v, 134)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_gzip_body_cut_short_starts_over_or_fails(mpy, fault, mode):
     # Range would count compressed bytes: a coded body is never resumed, file and memory mode start over

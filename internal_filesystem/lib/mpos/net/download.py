@@ -437,6 +437,8 @@ class Download:
         room = resp.straight() - size  # (a whole chunk more fits while the bytes read stay <= room)
         if left is not None and left - size < room:
             room = left - size
+        if room < 0:  # (not a whole chunk: the awaited read takes what is left, and the end)
+            return left
         sock = resp.connection.sock
         write = self.file.write
         read = written = 0

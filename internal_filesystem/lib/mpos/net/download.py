@@ -149,9 +149,10 @@ class Download:
                         extra = (self.unwanted or self.max_size is not None or self.hasher is not None
                                  or self.progress_callback is not None or self.speed_callback is not None
                                  or self.deliver_until is not None)
-                        lane = file is not None and not extra  # (_straight's, then the steps below: a wait, the end)
-                    if lane and (left is None or left >= size):
-                        left = self._straight(resp, buf, view, size, left)
+                        # file mode with nothing else to do: _straight's, then the steps below (a wait, the end)
+                        straight_write = file.write if file is not None and not extra else None
+                    if straight_write is not None and (left is None or left >= size):
+                        left = self._straight(resp, buf, view, size, left, straight_write)
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -430,7 +431,7 @@ class Download:
         self._restart()
         raise errors.NetworkError("the answer holds more than the length it announced")
 
-    def _straight(self, resp, buf, view, size, left):
+    def _straight(self, resp, buf, view, size, left, write):
         # File mode with nothing else to do: while the answer holds a whole chunk more, chunks go from the socket to
         # the file in a few steps (docs/design.md: lookups per chunk). -> left less the bytes written (None stays
         # None). The counts are told once per run of chunks, exact whatever ended it.
@@ -440,7 +441,6 @@ class Download:
         if room < 0:  # (not a whole chunk: the awaited read takes what is left, and the end)
             return left
         sock = resp.connection.sock
-        write = self.file.write
         read = written = 0
         try:
             while read <= room:

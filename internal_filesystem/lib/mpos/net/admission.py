@@ -8,6 +8,8 @@
 # within a priority. State that threads share is guarded by a _thread lock (apps may call from threads), never held
 # across an await.
 
+from time import ticks_add, ticks_diff, ticks_ms
+
 try:
     import _thread
 
@@ -26,7 +28,8 @@ except ImportError:  # a port without threads
 
 _session = None
 _users = 0  # downloads and posts holding the session
-_closer = None  # the task that closes the idle session after idle_ms
+_closer = None  # the task that closes the idle session at _close_at (see _close_when_idle)
+_close_at = 0  # ticks_ms when the idle session closes, unless a user comes first
 _tls = None  # (the `ca` it was made for, its SSLContext): see tls_context
 _buffers = {}  # thread id -> (read buffer, its memoryview), shared by that thread's downloads (see read_buffer)
 _listed = []  # downloads queued or in flight, in arrival order
@@ -39,7 +42,7 @@ def acquire_session(download=None):
     # -> the shared session for one more user, who gives it back with release_session(), or None without aiohttp.
     # A download is listed in downloads() until then; one to an outfile that a listed download writes raises
     # LocalFileError instead (two writers of one .part would mix their bytes, and the second to finish lose the file).
-    global _session, _users, _closer
+    global _session, _users
     with _lock:
         if _listed and download is not None and download.outfile is not None:
             from . import errors, partfile  # (loaded with download.py: named here, not one more entry in these globals)
@@ -57,15 +60,12 @@ def acquire_session(download=None):
         if download is not None:
             _listed.append(download)  # (before the count: a heap too full for the list's growth counts nothing)
         _users += 1
-        closer, _closer = _closer, None
-    if closer is not None:
-        _cancel(closer)
     return _session
 
 
 def release_session(idle_ms, download=None):
     # One user less; the last one leaves the session open idle_ms more for the next download (0: closes it now)
-    global _session, _users, _closer
+    global _session, _users, _closer, _close_at
     with _lock:
         if download is not None:
             _listed.remove(download)
@@ -78,8 +78,18 @@ def release_session(idle_ms, download=None):
         close_now = idle_ms <= 0
         if close_now:
             _session = None
+            closer, _closer = _closer, None
+        else:
+            _close_at = ticks_add(ticks_ms(), idle_ms)
+            if _closer is not None and _closer.done():  # (cancelled by an app, or ended by a full heap)
+                _closer = None
+            closer = _closer
     if close_now:
+        if closer is not None:
+            _cancel(closer)
         idle.shutdown()
+        return
+    if closer is not None:  # the closer of the downloads before this one waits on, for the new _close_at
         return
     # Made outside the lock: a create_task that runs the coroutine's first step at once must not find it held
     try:
@@ -92,22 +102,29 @@ def release_session(idle_ms, download=None):
         close_session_now()
         return
     with _lock:
-        if _session is idle and not _users and _closer is None:
+        if _session is idle and _closer is None:
             _closer, closer = closer, None
-    if closer is not None:  # a download came (or the session went) meanwhile
+    if closer is not None:  # the session went (or another closer came) meanwhile
         _cancel(closer)
 
 
 async def _close_when_idle(idle, idle_ms):
+    # Closes the session once no user held it until _close_at. One task serves a run of downloads that follow each
+    # other, rather than one made and cancelled per download: it sleeps on while a user holds the session, idle_ms
+    # at a time, and reads _close_at anew each time it wakes.
     global _session, _closer
     from .. import TaskManager
 
-    await TaskManager.sleep_ms(idle_ms)
-    with _lock:
-        if _session is not idle or _users:
-            return
-        _session = None
-        _closer = None
+    while True:
+        with _lock:
+            if _session is not idle:  # closed by close_session(), which also took _closer
+                return
+            wait = ticks_diff(_close_at, ticks_ms())
+            if wait <= 0 and not _users:
+                _session = None
+                _closer = None
+                break
+        await TaskManager.sleep_ms(wait if wait > 0 else idle_ms)
     idle.shutdown()
 
 

@@ -93,6 +93,19 @@ def test_bytes_full_and_head(srv):
     assert resp.status == 200 and body == b"" and resp.getheader("Content-Length") == "100000"
 
 
+def test_a_request_from_before_a_reset_adds_nothing_to_served(srv):
+    # Each test resets the shared server first: a delayed answer to the test before must not count in this one's
+    with socket.create_connection(("127.0.0.1", srv.port)) as late:
+        late.sendall(b"GET /bytes/1000?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        srv.reset()
+        late.settimeout(5)
+        while b"\r\n\r\n" not in late.recv(65536):  # the answer goes out after the reset
+            pass
+    resp, body = get(srv, "/bytes/10")
+    assert body == payload(10) and srv.served == 10 and srv.requests == 1
+
+
 @pytest.mark.parametrize("rng,first,last", [
     ("bytes=10-19", 10, 19), ("bytes=999990-", 999990, 999999),
     ("bytes=-5", 999995, 999999), ("bytes=5-5000000", 5, 999999)])

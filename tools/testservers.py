@@ -306,8 +306,10 @@ class FaultServer(_LoopThread):
         self.force = {}  # query options forced on /bytes and /json: the resource changes, its URL does not
         self.log = []  # every request (a _Request, with .t the time.monotonic() it came and .connection its number)
         self.files = {}  # name -> the bytes /file/<name> serves
+        self._era = 0  # reset()s so far: a request from before the last one (a delay= outliving its test) adds nothing
 
     def reset(self):
+        self._era += 1
         self.connections = self.requests = 0
         self._keys.clear()
         self.served = 0
@@ -353,7 +355,7 @@ class FaultServer(_LoopThread):
                 if req is None:
                     break
                 self.requests += 1
-                req.t, req.connection = time.monotonic(), number
+                req.t, req.connection, req.era = time.monotonic(), number, self._era
                 self.log.append(req)
                 keep = (req.version == "HTTP/1.1"
                         and req.headers.get("connection", "").lower() != "close")
@@ -612,7 +614,8 @@ class FaultServer(_LoopThread):
         self._head(writer, req, status, headers, keep)
         if req.method == "HEAD":
             return
-        self.served += len(body[:limit])
+        if req.era == self._era:
+            self.served += len(body[:limit])
         await self._send_body(writer, body[:limit], sizes, chunked, q("ext") == "1", rate)
         await writer.drain()
 

@@ -403,6 +403,23 @@ def test_the_library_runs_under_micropythonos_own_package_init(mpy, fault, tmp_p
     assert results == [{"sync": True, "in_task": True, "sha": sha(payload(70001)), "listed": 1, "session": False}]
 
 
+def test_the_os_test_mocks_build_their_headers_with_merge_headers(mpy):
+    # MicroPythonOS's mpos/testing/mocks.py (MockDownloadManager) and its tests call upstream's private
+    # DownloadManager._merge_headers(headers): a new dict, the caller's headers and a User-Agent unless one is there
+    v = mpy.run("""
+from mpos import DownloadManager
+given = {"Accept": "application/json"}
+merged = DownloadManager._merge_headers(given)
+result(merged=merged, given=given, none=DownloadManager._merge_headers(None), bare=DownloadManager._merge_headers(),
+       own=DownloadManager._merge_headers({"user-agent": "Mine/1"}))
+""").value
+    agent = v["none"]["User-Agent"]
+    assert agent.startswith("MicroPythonOS/"), v
+    assert v["merged"] == {"Accept": "application/json", "User-Agent": agent}, v
+    assert v["given"] == {"Accept": "application/json"} and v["bare"] == {"User-Agent": agent}, v
+    assert v["own"] == {"user-agent": "Mine/1"}, v
+
+
 UPDATE_STAND_IN = """
 from mpos import DownloadManager, TaskManager
 

@@ -154,8 +154,8 @@ async def _post(url, data, headers, redact_url, idle_ms):
     if sess is None:
         warning("DownloadManager", "aiohttp is not available, cannot post to %s" % shown)
         return None
-    sent = _module("download").with_user_agent(dict(headers or {}), DownloadManager.user_agent)
     try:
+        sent = DownloadManager._merge_headers(headers)  # (in the try: whatever fails, the session is given back)
         async with sess.post(url, data=data, headers=sent, ssl=admission.tls_context(DownloadManager.ca)) as resp:
             body = await resp.read()
             if 200 <= resp.status < 300:
@@ -206,6 +206,12 @@ class DownloadManager:
     LocalFileError = errors.LocalFileError
     OutOfMemory = errors.OutOfMemory
     TLSError = errors.TLSError
+
+    @staticmethod
+    def _merge_headers(headers=None):
+        # -> a new dict: the caller's headers, and our User-Agent unless they hold one (upstream's name, which
+        # MicroPythonOS's test mocks call)
+        return _module("download").with_user_agent(dict(headers or {}), DownloadManager.user_agent)
 
 
 # What the imports above left behind (the import machinery's paths, the loader's buffers) is collected now, so the

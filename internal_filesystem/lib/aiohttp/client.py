@@ -8,7 +8,7 @@ from . import poll
 from .connection import Connection, forget, resolve, tls_context
 from . import errors
 from .response import ClientResponse
-from .url import form_encode, host_port, is_absolute, join_url, split_url
+from .url import host_port, split_url
 
 _TICK_MS = const(100)  # how often the watchdog looks at the waits under way
 _REDIRECT_BODY_MAX = const(2048)  # a redirect's body up to this size is read, so its connection serves the next hop
@@ -285,11 +285,16 @@ class ClientSession:
             raise RuntimeError("session is closed")
         if not isinstance(url, str):
             split_url(url)  # InvalidURL, naming the type
-        if self._base_url and not is_absolute(url):
-            url = join_url(self._base_url, url)
+        if self._base_url:
+            from .location import is_absolute, join_url
+
+            if not is_absolute(url):
+                url = join_url(self._base_url, url)
         if "#" in url:
             url = url.split("#", 1)[0]  # never sent, and not part of resp.url (as in aiohttp)
         if params:
+            from .form import form_encode
+
             url += ("&" if "?" in url else "?") + form_encode(params)
         split_url(url)
         if not isinstance(method, str) or not method.isalpha():
@@ -336,6 +341,8 @@ class ClientSession:
 
     def _redirect(self, resp, method, url, fields):
         # -> the URL a redirect leads to; the credentials and Host meant for another origin are dropped from fields
+        from .location import join_url
+
         try:
             new = join_url(url, resp.headers["Location"])
             new_origin = split_url(new)[:3]
@@ -412,6 +419,8 @@ def _body(data, json, fields):
         data = codec.dumps(json)
         content_type = "application/json"
     elif isinstance(data, dict):
+        from .form import form_encode
+
         data = form_encode(data)
         content_type = "application/x-www-form-urlencoded"
     elif isinstance(data, str):

@@ -1,0 +1,48 @@
+# A Location header (or a URL relative to a session's base_url) resolved against the URL it came with, as RFC 3986
+# section 5.2 does. Loaded on the first redirect or base_url.
+
+from .url import host_port, split_url
+
+
+def join_url(base, location):
+    """Resolve a Location header against the URL it came from, as RFC 3986 section 5.2 does: absolute,
+    //host, /path, relative, ?query, with "." and ".." segments taken out. The fragment is dropped: it is
+    never sent, and a Location of "#part" alone means the same resource."""
+    location = location.split("#", 1)[0]
+    if is_absolute(location):
+        return location  # split_url says whether it is a scheme we speak
+    scheme, host, port, target = split_url(base)
+    if location.startswith("//"):
+        return scheme + ":" + location
+    path = target.split("?", 1)[0]
+    if not location:
+        location = target
+    elif location.startswith("?"):
+        location = path + location
+    elif not location.startswith("/"):
+        location = path[: path.rfind("/") + 1] + location
+    path, question, query = location.partition("?")
+    return "%s://%s%s%s%s" % (scheme, host_port(scheme, host, port), _without_dots(path), question, query)
+
+
+def is_absolute(url):
+    # whether url starts with a scheme, "http:" or "mailto:" ("/a/http://b" does not)
+    i = url.find(":")
+    return i > 0 and url[0].isalpha() and all(c.isalpha() or c.isdigit() or c in "+-." for c in url[1:i])
+
+
+def _without_dots(path):
+    # "/a/b/../c/./d" -> "/a/c/d" (RFC 3986 remove_dot_segments, for a path that starts with "/")
+    segments = path.split("/")
+    if "." not in segments and ".." not in segments:
+        return path
+    out = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(out)

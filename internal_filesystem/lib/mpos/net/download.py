@@ -20,12 +20,12 @@ _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
-# A download's state; downloads() reports STATE_NAMES[state]
-QUEUED = const(0)
+# A download's state; downloads() reports STATE_NAMES[state]. (Public: the ones segments.py sets too.)
+_QUEUED = const(0)
 CONNECTING = const(1)
 DOWNLOADING = const(2)
-DONE = const(3)
-FAILED = const(4)
+_DONE = const(3)
+_FAILED = const(4)
 STATE_NAMES = ("queued", "connecting", "downloading", "done", "failed")
 
 _len = len  # a module global is found by hash, a builtin by a search, at every call (see docs/design.md)
@@ -53,7 +53,7 @@ class Download:
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
     length_is_ours = False  # this answer's length is ours (our range's end, or 0 after a 416), not the server's
     deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
-    state = QUEUED
+    state = _QUEUED
     speed = 0
     file = memory = hasher = None
     percent_said = -1  # the last percent given to progress_callback
@@ -243,7 +243,7 @@ class Download:
     def _failed(self, e):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
-        self.state = FAILED
+        self.state = _FAILED
         if isinstance(e, errors.CallbackError):
             self.log("stopped by its callback", e.error)
             raise e.error
@@ -572,7 +572,7 @@ class Download:
                 partfile.remove(part + ".state")
             except OSError as e:
                 raise errors.LocalFileError("cannot finish %s: %s" % (self.outfile, e))
-        self.state = DONE
+        self.state = _DONE
         return result
 
     # -- the sinks ------------------------------------------------------------------------------------------------

@@ -376,9 +376,10 @@ def _heap_holds(n):
     return n <= gc.mem_free()
 
 
-def _fitting_bytearray(n):
+def fitting_bytearray(n):
     # n bytes, or fewer (down to 128) when the heap holds no free run that long: made before a byte is read, so a
-    # smaller read loses nothing. (mpos/net/admission.py has its own: aiohttp imports nothing of mpos.)
+    # smaller read loses nothing (chunk callbacks are promised at most chunk_size bytes, not exactly that many).
+    # DownloadManager's read buffers are made with it too.
     while True:
         try:
             return bytearray(n)
@@ -922,7 +923,7 @@ class ClientResponse(StreamReader):
                 data = self.read_nowait(n)
                 if data:
                     return data
-            buf = _fitting_bytearray(n)  # (up to n bytes are asked for: fewer where the heap is cut into pieces)
+            buf = fitting_bytearray(n)  # (up to n bytes are asked for: fewer where the heap is cut into pieces)
             got = await self._readinto_slowly(buf)
             return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
         if self._decoder is None and not self._chunked and not self._until_close and _heap_holds(self._remaining):

@@ -183,21 +183,11 @@ def read_buffer(size):
     with _lock:
         shared = _buffers.get(me)
         if shared is None or len(shared[0]) != size:
+            from aiohttp.response import fitting_bytearray  # (loaded: a download is running)
+
             buf = fitting_bytearray(size)
             shared = _buffers[me] = (buf, memoryview(buf))
     return shared
-
-
-def fitting_bytearray(size):
-    # A heap cut into small pieces may have no free run of `size` bytes while holding plenty in total: a smaller
-    # buffer reads slower but works (chunk callbacks are promised at most chunk_size bytes, not exactly that many)
-    while True:
-        try:
-            return bytearray(size)
-        except MemoryError:
-            if size <= 128:  # the smallest read buffer worth taking
-                raise
-            size >>= 1
 
 
 # -- connection slots ----------------------------------------------------------------------------------------------

@@ -400,10 +400,12 @@ class Download:
             body = self.delivered + left - self.unwanted
             self._memory_room(body, self.delivered, body)
         if self.chunk_callback is not None:
+            from aiohttp.response import fitting_bytearray
+
             # the largest read whose bytes object (and the NUL after it) fits in the heap now
-            return None, None, _len(admission.fitting_bytearray(self.chunk_size + 1)) - 1
+            return None, None, _len(fitting_bytearray(self.chunk_size + 1)) - 1
         buf, view = admission.read_buffer(self.chunk_size)
-        return buf, view, _len(buf)  # smaller in a fragmented heap (see admission.fitting_bytearray)
+        return buf, view, _len(buf)  # smaller in a fragmented heap (see aiohttp.response.fitting_bytearray)
 
     def _screen(self, data, n):
         # A chunk's checks before its sink -> how many of its n bytes go on: none of those before the wanted range

@@ -53,7 +53,9 @@ def check_headers(headers, into):
     given = {} if into is not None and not isinstance(headers, dict) else into  # (a dict repeats no name)
     for name, value in headers.items() if hasattr(headers, "items") else headers:
         _check_text("header name", name)
-        if not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126 for c in name):
+        usual = name.replace("-", "").isalpha()  # letters and "-", checked in C; else char by char
+        if not usual and (not name or any(not (c.isalpha() or c.isdigit()) and c not in _TOKEN_CHARS or ord(c) > 126
+                                          for c in name)):
             raise ValueError("invalid header name: %r" % name)
         value = value if isinstance(value, str) else str(value)
         _check_text("header %s" % name, value)

@@ -638,6 +638,8 @@ PROGRAMMER_ERRORS = {
     "progress-not-callable": "dict(url=U, progress_callback='nope')",
     "chunk-not-callable": "dict(url=U, chunk_callback=42)",
     "outfile-and-chunk": "dict(url=U, outfile='x.bin', chunk_callback=print)",
+    "misspelt-keyword": "dict(url=U, outfile='x.bin', chunk_sise=4096)",
+    "unknown-keyword": "dict(url=U, callback=print)",
 }
 
 

@@ -64,19 +64,18 @@ class Download:
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
         self.url = url
-        if options.get("redact_url"):
-            self.redact_url = True
         if outfile is not None:
             self.outfile = outfile
         if chunk_callback is not None:
             self.chunk_callback = chunk_callback
         if total_size is not None:
             self.total_size = total_size
-        # download_url's keywords that become attributes of the same name, each set only when given
-        for name in ("progress_callback", "speed_callback", "chunk_size", "sha256", "max_size", "raise_errors",
-                     "deadline", "priority", "tries", "timeout"):
-            value = options.get(name)
-            if value is not None and (value or name not in ("tries", "timeout")):  # 0 tries or seconds: the default
+        # download_url's keywords (download_manager checked their names) become attributes of the same name, each
+        # set only when it differs from the class's default
+        for name, value in options.items():
+            if name == "segments" or value is None or value == getattr(self, name):
+                continue  # (segments= is Segmented's)
+            if value or name not in ("tries", "timeout"):  # 0 tries or seconds: the default
                 setattr(self, name, value)
         sent = {}
         for name, value in (headers or {}).items():

@@ -44,6 +44,10 @@ def downloads():
 
 def _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options):
     # Programmer errors are raised before any network traffic
+    for name in options:  # (a misspelt keyword would be ignored, and the download done without it)
+        if name not in ("progress_callback", "speed_callback", "chunk_size", "sha256", "max_size", "raise_errors",
+                        "deadline", "priority", "tries", "timeout", "redact_url", "segments"):
+            raise TypeError("unexpected keyword argument %r" % name)
     if outfile is not None and chunk_callback is not None:
         raise ValueError("use either outfile (save to a file) or chunk_callback (stream), not both")
     if not isinstance(url, str) or not url:

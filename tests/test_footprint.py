@@ -9,7 +9,7 @@ from tools.testservers import sha256_of
 
 CLIENT_MODULES = ["aiohttp.client", "aiohttp.connection", "aiohttp.errors", "aiohttp.response", "aiohttp.url",
                   "mpos.net.download"]
-OFF_THE_PLAIN_PATH = ["aiohttp.location", "aiohttp.form"]  # a redirect's Location, params= and data= dicts
+OFF_THE_PLAIN_PATH = ["aiohttp.location", "aiohttp.form", "aiohttp.chunkext"]  # Location, params=/data=, ";ext"
 
 
 def test_importing_loads_the_client_and_the_download_classes_on_first_use(mpy, fault):

@@ -22,7 +22,7 @@ _UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connecti
 _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
 _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # a field name's bytes
+TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # a field name's bytes
 _HEX = b"0123456789abcdefABCDEF"
 
 # The states of a _BodyRead
@@ -190,7 +190,7 @@ def is_field(buf, start, end):
     if buf[start:colon].replace(b"-", b"").isalpha():  # (the usual name, checked in C: a byte loop costs 25x more)
         return True
     for i in range(start, colon):
-        if buf[i] not in _TOKEN:
+        if buf[i] not in TOKEN:
             return False
     return True
 
@@ -285,60 +285,12 @@ def _chunk_size_line(line):
         i += 1
     if not 0 < i <= 16:
         return -1
-    if not _extensions_ok(line[i:end]):
-        return -1
-    return int(line[:i], 16)
+    if i < end:  # an extension, or what is not one: chunkext.py judges it, loaded when the first one comes
+        from .chunkext import extensions_ok
 
-
-def _extensions_ok(text):
-    # *( BWS ";" BWS name [ BWS "=" BWS value ] ), a name a token, a value a token or a quoted string
-    i, end = 0, _len(text)
-    while True:
-        blank = i
-        while i < end and text[i] in b" \t":
-            i += 1
-        if i == end:
-            return i == blank  # (blanks come before a ";" only: "1a\t" is no size line)
-        if text[i] != 59:  # ";"
-            return False
-        i = _skip_token(text, _skip_blanks(text, i + 1))
-        if i < 0:
-            return False
-        j = _skip_blanks(text, i)
-        if j < end and text[j] == 61:  # "="
-            i = _skip_blanks(text, j + 1)
-            i = _skip_quoted(text, i) if i < end and text[i] == 34 else _skip_token(text, i)
-            if i < 0:
-                return False
-
-
-def _skip_blanks(text, i):
-    while i < _len(text) and text[i] in b" \t":
-        i += 1
-    return i
-
-
-def _skip_token(text, i):
-    # -> past the token at i, or -1 when there is none
-    start = i
-    while i < _len(text) and text[i] in _TOKEN:
-        i += 1
-    return i if i > start else -1
-
-
-def _skip_quoted(text, i):
-    # -> past the quoted string at i (its opening quote), or -1 when it does not end or holds a control byte
-    i += 1
-    while i < _len(text):
-        b = text[i]
-        if b == 34:
-            return i + 1
-        if b == 92:  # a backslash: the next byte as it is
-            i += 1
-        elif b < 32 and b != 9 or b == 127:
+        if not extensions_ok(line[i:end]):
             return -1
-        i += 1
-    return -1
+    return int(line[:i], 16)
 
 
 def _chunk_size(buf, start, end):

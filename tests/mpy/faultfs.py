@@ -5,6 +5,8 @@
 import errno
 import vfs
 
+ENOSPC = 28  # (MicroPython's errno module has no name for it)
+
 # The operations counted, by name: the filesystem's own and its files'
 FS_OPS = ("open", "stat", "remove", "rename", "ilistdir", "mkdir", "rmdir", "statvfs")
 FILE_OPS = ("write", "read", "readinto", "readline", "seek", "flush", "close")
@@ -17,6 +19,7 @@ class FaultFS:
         # name to itself; so the paths are joined here
         self.real = vfs.VfsPosix()
         self.cap = cap  # bytes the files may hold together; None: no limit
+        self.rename_over = True  # False: a rename onto an existing file raises EEXIST (FAT without MicroPython's help)
         self.cwd = "/"
         self.count = 0  # operations so far (of the kinds `ops` names, when a fault is set)
         self.fail_at = None  # the operation number that fails
@@ -59,7 +62,7 @@ class FaultFS:
         return total
 
     def room(self):
-        return None if self.cap is None else max(self.cap - self.used(), 0)
+        return 1 << 30 if self.cap is None else max(self.cap - self.used(), 0)
 
     # -- the VFS methods vfs.mount() and os call --------------------------------------------------------------------
 
@@ -69,10 +72,15 @@ class FaultFS:
     def umount(self):
         pass
 
+    def full(self, op, path):
+        # A refusal for want of room, noted as a fault
+        self.hits.append((op, path, ENOSPC))
+        return OSError(ENOSPC)
+
     def open(self, path, mode):
         self.check("open", path)
-        if self.cap is not None and "w" in mode and self.room() == 0 and self.real_size(path) < 0:
-            raise OSError(errno.ENOSPC)  # a new file needs a block of its own
+        if self.room() == 0 and "w" in mode and self.real_size(path) < 0:
+            raise self.full("open", path)  # a new file needs a block of its own
         return FaultFile(self, path, self.real.open(self.path(path), mode), "a" in mode)
 
     def real_size(self, path):
@@ -91,6 +99,10 @@ class FaultFS:
 
     def rename(self, old, new):
         self.check("rename", old)
+        if self.room() == 0:
+            raise self.full("rename", old)  # littlefs commits a rename to a metadata block it may have no room for
+        if not self.rename_over and self.real_size(new) >= 0:
+            raise OSError(errno.EEXIST)
         self.real.rename(self.path(old), self.path(new))
 
     def ilistdir(self, path):
@@ -117,7 +129,7 @@ class FaultFS:
     def statvfs(self, path):
         self.check("statvfs", path)
         blocks = (self.cap or 1 << 30) // 512
-        free = blocks if self.cap is None else self.room() // 512
+        free = self.room() // 512
         return (512, 512, blocks, free, free, 0, 0, 0, 0, 255)
 
 
@@ -133,14 +145,14 @@ class FaultFile:
         fs = self.fs
         fs.check("write", self.name)
         if fs.cap is not None:
-            size = len(data)
-            here = fs.real_size(self.name) if self.append else self.real.tell()
-            # bytes that land past the file's end take room; those over its old bytes do not
-            fits = fs.room() + max(fs.real_size(self.name) - here, 0)
-            if size > fits:
+            end = fs.real_size(self.name)
+            here = end if self.append else self.real.tell()
+            # bytes that land past the file's end take room (a hole before them too); those over its old bytes do not
+            fits = max(fs.room() + end - here, 0)
+            if len(data) > fits:
                 if fits:
                     self.real.write(data[:fits])
-                raise OSError(errno.ENOSPC)
+                raise fs.full("write", self.name)
         return self.real.write(data)
 
     def read(self, *size):

@@ -271,6 +271,9 @@ class Download:
             raise e.error
         if isinstance(e, MemoryError):
             e = errors.OutOfMemory("out of memory")
+        if isinstance(e, OSError) and self.outfile is not None:
+            # the run loop sorted the network's OSErrors: one that reaches here is the flash's
+            e = self._file_error(self.outfile, e)
         if not isinstance(e, errors.DownloadError):
             self.log("failed", e)
             raise e
@@ -481,7 +484,7 @@ class Download:
         if at_sink and self.chunk_callback is not None:  # the app's callback raised it: its own, never retried
             e = errors.CallbackError(e)
         elif at_sink and self.file is not None and isinstance(e, OSError):
-            e = errors.LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
+            e = self._file_error("cannot write %s.part" % self.outfile, e)
         err = errors.classify(e, self.timeout)
         if err is None:
             raise e
@@ -542,6 +545,7 @@ class Download:
                     self.file.close()
                     self.file = None
                     partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
+                    partfile.remove(self.outfile + ".part.state")
                 raise errors.IntegrityError("sha256 mismatch: got %s" % got)
         result = True
         if self.mode() == "memory":  # the bytes are made before 100 % is said: a copy that does not fit fails it
@@ -562,11 +566,15 @@ class Download:
                 partfile.replace(part, self.outfile)
                 partfile.remove(part + ".state")
             except OSError as e:
-                raise errors.LocalFileError("cannot finish %s: %s" % (self.outfile, e))
+                raise self._file_error("cannot finish %s" % self.outfile, e)
         self.state = DONE
         return result
 
     # -- the sinks ------------------------------------------------------------------------------------------------
+
+    def _file_error(self, what, e):
+        # The filesystem's OSError -> the LocalFileError the download ends with
+        return errors.LocalFileError("%s: %s" % (what, e))
 
     def _open_file(self):
         part = self.outfile + ".part"
@@ -586,14 +594,14 @@ class Download:
                     with open(part, "wb") as copy:
                         partfile.each_block(self.outfile, self.chunk_size, copy.write)
                 except OSError as e:
-                    raise errors.LocalFileError("cannot copy %s to %s: %s" % (self.outfile, part, e))
+                    raise self._file_error("cannot copy %s to %s" % (self.outfile, part), e)
                 mode = "ab"
             if mode == "ab":
                 self.kept, self.range_start = self.range_start, 0
         try:
             self.file = open(part, mode)
         except OSError as e:
-            raise errors.LocalFileError("cannot write %s: %s" % (part, e))
+            raise self._file_error("cannot write %s" % part, e)
         if mode == "wb":
             partfile.remove(part + ".state")  # it describes a .part that is gone
         if self.kept and self.sha256:  # the bytes already on disk are hashed once, before new ones arrive
@@ -619,7 +627,7 @@ class Download:
             try:
                 partfile.write_record(self.outfile + ".part", record)
             except OSError as e:
-                raise errors.LocalFileError("cannot write %s.part.state: %s" % (self.outfile, e))
+                raise self._file_error("cannot write %s.part.state" % self.outfile, e)
             self.recorded = True
 
     def _restart(self):
@@ -629,8 +637,11 @@ class Download:
             raise errors.NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
                                % self.delivered, retry=False)
         if self.file is not None:
-            self.file.close()
-            self.file = open(self.outfile + ".part", "wb")
+            try:
+                self.file.close()
+                self.file = open(self.outfile + ".part", "wb")
+            except OSError as e:  # the flash's, not a failed try of the network's
+                raise self._file_error("cannot write %s.part" % self.outfile, e)
         if self.recorded:
             self.recorded = False
         if self.validator is not None:
@@ -688,6 +699,8 @@ class Download:
                     partfile.remove(part)
                     partfile.remove(part + ".state")
             except MemoryError:  # (no heap to look: an empty .part stays, and the next download takes it over)
+                pass
+            except OSError:  # (nor when the flash can't tell; a tuple of both would need heap)
                 pass
 
 

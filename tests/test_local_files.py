@@ -1,0 +1,241 @@
+"""A file download on a hostile flash: a filesystem that fills up or fails on demand (tests/mpy/faultfs.py, mounted at
+/flash on the unix port). Whatever the filesystem does, a download into it returns True with the exact bytes, or
+fails (False, or LocalFileError with raise_errors) with OUTFILE as it was, no .tmp left, no file handle, fd or
+listed download behind, its failure logged once with the filesystem's reason; and the next download works.
+
+The sweeps fail the k-th filesystem operation of a download for every k until one completes without meeting the fault
+(tools: SWEEP below; the suite runs every k on small bodies)."""
+import errno
+import hashlib
+import itertools
+
+import pytest
+
+from tools.testservers import payload
+
+SIZE = 5000  # a body of five 1 KB chunks: every operation of a download is met within a few dozen k
+OLD = b"the app's previous version\n" * 10
+DIR = "dl"  # OUTFILE's folder on the flash
+RUNS = itertools.count()  # sweeps run so far, for the fault server's keys
+
+# One scenario swept on MicroPython. A attempt: the flash set up as SETUP says (OUTFILE's old bytes, a .part left by
+# a cut download), the fault armed, one download; then its traces, and the next download with the fault gone.
+SWEEP = """
+import errno, os, vfs
+import asyncio
+from faultfs import FaultFS
+from mpos import DownloadManager
+import mpos._log
+
+DownloadManager.session_idle_ms = 0
+DownloadManager.retry_base_ms = 1
+if MIN_SEGMENT:
+    import mpos.net.segments
+    mpos.net.segments.min_segment = MIN_SEGMENT
+fs = FaultFS(ROOT, cap=None)
+vfs.mount(fs, "/flash")
+FOLDER = "/flash/" + DIR
+OUT = FOLDER + "/" + NAME
+LOGGED = []
+mpos._log.warning = lambda source, line: LOGGED.append(line)
+
+
+def wipe(real):
+    for entry in fs.real.ilistdir(real):
+        path = real + "/" + entry[0]
+        if entry[1] == 0x4000:
+            wipe(path)
+            fs.real.rmdir(path)
+        else:
+            fs.real.remove(path)
+
+
+def listing():
+    try:
+        return sorted(entry[0] for entry in os.ilistdir(FOLDER))
+    except OSError:
+        return None
+
+
+async def download(url, resume, **kw):
+    # -> True/False, or what it raised: [class, reason, message]
+    if resume:
+        kw["headers"] = {"Range": "bytes=%d-" % DownloadManager.get_resume_position(OUT)}
+    try:
+        return await DownloadManager.download_url(url, outfile=OUT, raise_errors=RAISE, **dict(KW, **kw))
+    except Exception as e:
+        return [type(e).__name__, getattr(e, "reason", None), str(e)]
+
+
+async def prepare(url):
+    wipe(ROOT)
+    if SETUP.get("mkdir", True):
+        os.mkdir(FOLDER)
+    if SETUP.get("old"):
+        with open(OUT, "wb") as f:
+            f.write(SETUP["old"])
+    if SETUP.get("cut"):  # a download cut after `cut` bytes, its .part and record left for a resume
+        DownloadManager.max_reconnects = 0
+        await DownloadManager.download_url(url, outfile=OUT)
+        DownloadManager.max_reconnects = 10
+
+
+ATTEMPTS = [0]
+
+
+async def attempt(cap, k, code, sticky):
+    # (a cut is the first request of a key: each attempt of each run has its own, in a URL its downloads share)
+    ATTEMPTS[0] += 1
+    url = URL + "&drop=%d&key=%s-%d" % (SETUP["cut"], RUN, ATTEMPTS[0]) if SETUP.get("cut") else URL
+    await prepare(url)
+    before = listing()
+    fds = fd_count()
+    fs.fail(k, code, OPS, sticky)
+    if cap is not None:  # bytes free for the download
+        fs.cap = fs.used() + cap
+    del LOGGED[:]
+    outcome = await download(url, SETUP.get("resume"))
+    hits = fs.hits
+    fs.fail_at = fs.cap = None
+    seen = {"cap": cap, "k": k, "errno": code, "sticky": sticky, "hits": hits, "outcome": outcome, "before": before,
+            "after": listing(), "out": sha256_file(OUT), "open": [f.name for f in fs.opened],
+            "fds": fd_count() - fds, "listed": len(DownloadManager.downloads()), "logged": list(LOGGED),
+            "reason": str(OSError(code))}
+    for f in list(fs.opened):
+        f.close()
+    if NEXT:
+        # (the resume recipe only while a .part is left: without one it would continue from OUTFILE, the old file)
+        seen["next"] = await download(url, SETUP.get("resume") and NAME + ".part" in (seen["after"] or ()))
+        seen["next_out"] = sha256_file(OUT)
+    return seen
+
+
+async def main():
+    for cap in CAPS:
+        for code in ERRNOS:
+            for sticky in STICKY:
+                for k in KS or range(1, 10000):
+                    seen = await attempt(cap, k, code, sticky)
+                    result(**seen)
+                    if not seen["hits"] and not KS:
+                        break
+
+run(main())
+"""
+
+
+def sweep(mpy, url, *, errnos=(errno.EIO,), ks=None, ops=None, sticky=(False,), caps=(None,), setup=None, kw=None,
+          raise_errors=True, next_download=True, min_segment=0, folder=DIR, name="app.bin"):
+    """Run SWEEP: -> its attempts, one dict each. ks None: every k until the download misses the fault; caps: the
+    bytes left free for the download, one attempt set each (None: all there is)."""
+    root = mpy.tmpdir / "flash"
+    root.mkdir(exist_ok=True)
+    return mpy.run(SWEEP, timeout=300, ROOT=str(root), URL=url, ERRNOS=list(errnos), KS=ks, OPS=ops,
+                   STICKY=list(sticky), CAPS=list(caps), SETUP=setup or {}, KW=kw or {}, RAISE=raise_errors,
+                   NEXT=next_download, MIN_SEGMENT=min_segment, DIR=folder, NAME=name, RUN=next(RUNS)).results
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_contract(seen, good, old):
+    """What every attempt must show, whatever the fault: -> a list of what it broke (empty: none)."""
+    broken = []
+    outcome = seen["outcome"]
+    if outcome is True:
+        if seen["out"] != good:
+            broken.append("success with wrong bytes")
+    else:
+        if seen["out"] != old:
+            broken.append("OUTFILE changed by a failed download")
+        if isinstance(outcome, list) and outcome[1] != "file" and seen["hits"]:
+            broken.append("a filesystem fault reported as %s %r" % (outcome[0], outcome[1]))
+        if len(seen["logged"]) != 1:
+            broken.append("logged %d times" % len(seen["logged"]))
+        elif seen["hits"] and seen["reason"] not in seen["logged"][0]:
+            broken.append("the log does not say the filesystem's reason")
+    # what the download leaves beside OUTFILE, unless the flash refused to remove it
+    refused = [path for op, path, code in seen["hits"] if op == "remove"]
+    left = [name for name in seen["after"] or () if "/%s/%s" % (DIR, name) not in refused]
+    if any(name.endswith(".tmp") for name in left):
+        broken.append("a .tmp left")
+    if seen["open"] or seen["fds"] or seen["listed"]:
+        broken.append("left behind: %s files open, %d fds, %d listed" % (seen["open"], seen["fds"], seen["listed"]))
+    if "next" in seen and (seen["next"] is not True or seen["next_out"] != good):
+        broken.append("the next download: %r" % (seen["next"],))
+    return broken
+
+
+def broken_attempts(results, good, old):
+    return [(r["k"], r["errno"], r["sticky"], r["hits"], r["outcome"], r["after"], b)
+            for r in results for b in [check_contract(r, good, old)] if b]
+
+
+# --- every fault, at every step of a download ------------------------------------------------------------------
+
+ERRNOS = (errno.EIO, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT)
+FS_OPS_BUT_STAT = ["open", "remove", "rename", "ilistdir", "mkdir", "rmdir", "statvfs", "write", "read", "readinto",
+                   "readline", "seek", "flush", "close"]
+SCENARIOS = {
+    "a new file": dict(path="/bytes/%d" % SIZE),
+    "a file replaced": dict(path="/bytes/%d" % SIZE, setup={"old": OLD}),
+    "through a redirect": dict(path="/redirect?to=/bytes/%d" % SIZE, setup={"old": OLD}),
+    # the documented resume recipe after a cut download (get_resume_position inside the faults' reach)
+    "a resume": dict(path="/bytes/%d?" % SIZE, setup={"old": OLD, "cut": 2500, "resume": True}),
+    "a resume with sha256": dict(path="/bytes/%d?" % SIZE, setup={"old": OLD, "cut": 2500, "resume": True},
+                                 kw={"sha256": sha(payload(SIZE))}),
+    # the resource changed since the cut: the .part starts over
+    "a resume that starts over": dict(path="/bytes/%d?newer=2" % SIZE, seed=1,
+                                      setup={"old": OLD, "cut": 2500, "resume": True}),
+    "segments": dict(path="/bytes/%d" % SIZE, setup={"old": OLD}, kw={"segments": 2}),
+    "segments with sha256": dict(path="/bytes/%d" % SIZE, setup={"old": OLD},
+                                 kw={"segments": 2, "sha256": sha(payload(SIZE))}),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_filesystem_fault_ends_in_the_right_file_or_the_old_one(mpy, fault, scenario):
+    # each errno, once and from then on (a flash gone read-only), at every operation until one is never reached
+    # (ENOENT where a file exists is no stat's answer: a stat that says so would make the resume recipe continue
+    # from OUTFILE, the old file)
+    s = SCENARIOS[scenario]
+    results = []
+    for errnos, ops in ((ERRNOS[:-1], None), (ERRNOS[-1:], FS_OPS_BUT_STAT)):
+        results += sweep(mpy, fault.url(s["path"]), errnos=errnos, ops=ops, sticky=(False, True),
+                         setup=s.get("setup"), kw=s.get("kw"), min_segment=1024)
+    assert len(results) > 10 * len(ERRNOS)  # (every step was met: a sweep ends only once k is past the last one)
+    old = s.get("setup", {}).get("old")
+    assert broken_attempts(results, sha(payload(SIZE, s.get("seed", 0))), old and sha(old)) == []
+
+
+# --- renames -----------------------------------------------------------------------------------------------------
+
+
+def test_a_rename_the_flash_refuses_never_costs_the_old_file(mpy, fault):
+    # every rename from the k-th on fails (EIO), while the rest of the filesystem works
+    results = sweep(mpy, fault.url("/bytes/%d" % SIZE), errnos=[errno.EIO], ops=["rename"], sticky=(True,),
+                    setup={"old": OLD})
+    assert [r["hits"][0][1] for r in results if r["hits"]] == ["/dl/app.bin.part.state.tmp", "/dl/app.bin.part"]
+    assert broken_attempts(results, sha(payload(SIZE)), sha(OLD)) == []
+
+
+RENAME_OVER = """
+import os, vfs
+from faultfs import FaultFS
+from mpos import DownloadManager
+
+fs = FaultFS(ROOT)
+fs.rename_over = False
+vfs.mount(fs, "/flash")
+with open("/flash/app.bin", "wb") as f:
+    f.write(b"old")
+ok = DownloadManager.download_url(URL, outfile="/flash/app.bin")
+result(ok=ok, out=sha256_file("/flash/app.bin"), files=sorted(os.listdir("/flash")))
+"""
+
+
+def test_a_filesystem_that_wont_rename_over_a_file_still_gets_it_replaced(mpy, fault):
+    (mpy.tmpdir / "flash").mkdir()
+    v = mpy.run(RENAME_OVER, ROOT=str(mpy.tmpdir / "flash"), URL=fault.url("/bytes/%d" % SIZE)).value
+    assert v == {"ok": True, "out": sha(payload(SIZE)), "files": ["app.bin"]}

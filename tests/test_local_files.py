@@ -160,6 +160,8 @@ def check_contract(seen, good, old):
     left = [name for name in seen["after"] or () if "/%s/%s" % (DIR, name) not in refused]
     if any(name.endswith(".tmp") for name in left):
         broken.append("a .tmp left")
+    if outcome is not True and seen["errno"] == errno.ENOSPC and seen["hits"] and any(".part" in n for n in left):
+        broken.append("a full flash keeps %s" % left)
     if seen["open"] or seen["fds"] or seen["listed"]:
         broken.append("left behind: %s files open, %d fds, %d listed" % (seen["open"], seen["fds"], seen["listed"]))
     if "next" in seen and (seen["next"] is not True or seen["next_out"] != good):
@@ -207,6 +209,27 @@ def test_every_filesystem_fault_ends_in_the_right_file_or_the_old_one(mpy, fault
     assert len(results) > 10 * len(ERRNOS)  # (every step was met: a sweep ends only once k is past the last one)
     old = s.get("setup", {}).get("old")
     assert broken_attempts(results, sha(payload(SIZE, s.get("seed", 0))), old and sha(old)) == []
+
+
+# --- a full flash ------------------------------------------------------------------------------------------------
+
+RECORD = 120  # bytes of OUTFILE.part.state, about
+# bytes free when a download starts: none, inside the record, mid-body, around the body's end and the record beside it
+CAPS = sorted({0, 1, 2, *range(20, RECORD + 10, 7), SIZE // 2, *range(SIZE - 3, SIZE + RECORD + 10)})
+
+
+@pytest.mark.parametrize("scenario", ["a file replaced", "a resume", "segments"])
+def test_a_full_flash_fails_the_download_and_gives_its_space_back(mpy, fault, scenario):
+    s = SCENARIOS[scenario]
+    results = sweep(mpy, fault.url(s["path"]), errnos=[errno.ENOSPC], ks=[None], caps=CAPS, setup=s.get("setup"),
+                    kw=s.get("kw"), min_segment=1024)
+    old = s["setup"]["old"]
+    assert broken_attempts(results, sha(payload(SIZE)), sha(old)) == []
+    done = [r["cap"] for r in results if r["outcome"] is True]
+    assert done and done == CAPS[CAPS.index(done[0]):]  # from some room on, every download fits
+    failed = [r for r in results if r["outcome"] is not True]
+    assert failed and all(r["outcome"][2].endswith("(no space left)") for r in failed)
+    assert all(r["after"] == ["app.bin"] for r in failed)  # the old file, and nothing of the download
 
 
 # --- renames -----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as 
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
 _SPEED_MS = const(1000)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
+_ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -277,6 +278,11 @@ class Download:
         if not isinstance(e, errors.DownloadError):
             self.log("failed", e)
             raise e
+        if isinstance(e, errors.LocalFileError) and e.full:
+            # A full flash gets its space back: a .part it has no room to finish is no resume (docs/decisions.md)
+            self.close()
+            partfile.remove(self.outfile + ".part")
+            partfile.remove(self.outfile + ".part.state")
         if isinstance(e, errors.OutOfMemory):
             # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
             # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
@@ -573,8 +579,12 @@ class Download:
     # -- the sinks ------------------------------------------------------------------------------------------------
 
     def _file_error(self, what, e):
-        # The filesystem's OSError -> the LocalFileError the download ends with
-        return errors.LocalFileError("%s: %s" % (what, e))
+        # The filesystem's OSError -> the LocalFileError the download ends with ("28" is all a port may say of ENOSPC)
+        full = getattr(e, "errno", None) == _ENOSPC
+        error = errors.LocalFileError("%s: %s%s" % (what, e, " (no space left)" if full else ""))
+        if full:
+            error.full = True
+        return error
 
     def _open_file(self):
         part = self.outfile + ".part"

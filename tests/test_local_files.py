@@ -262,3 +262,36 @@ def test_a_filesystem_that_wont_rename_over_a_file_still_gets_it_replaced(mpy, f
     (mpy.tmpdir / "flash").mkdir()
     v = mpy.run(RENAME_OVER, ROOT=str(mpy.tmpdir / "flash"), URL=fault.url("/bytes/%d" % SIZE)).value
     assert v == {"ok": True, "out": sha(payload(SIZE)), "files": ["app.bin"]}
+
+
+# --- paths that name no file -------------------------------------------------------------------------------------
+
+PATHS = """
+import os, vfs
+from faultfs import FaultFS
+from mpos import DownloadManager
+import mpos._log
+
+LOGGED = []
+mpos._log.warning = lambda source, line: LOGGED.append(line)
+vfs.mount(FaultFS(ROOT), "/flash")
+os.mkdir("/flash/dl")
+os.mkdir("/flash/dl/app.bin")
+fds = fd_count()
+for outfile in OUTFILES:
+    ok = DownloadManager.download_url(URL, outfile=outfile)
+    result(outfile=outfile, ok=ok, logged=LOGGED[-1:], files=sorted(os.listdir("/flash/dl")), fds=fd_count() - fds)
+"""
+
+
+def test_a_path_that_names_no_file_fails_before_a_byte_is_fetched(mpy, fault):
+    outfiles = ["/flash/missing/app.bin", "/flash/dl/app.bin", "/flash/dl/", "/flash/dl", "/flash/dl/new/"]
+    (mpy.tmpdir / "flash").mkdir()
+    results = mpy.run(PATHS, ROOT=str(mpy.tmpdir / "flash"), URL=fault.url("/bytes/%d" % SIZE),
+                      OUTFILES=outfiles).results
+    assert [r["outfile"] for r in results] == outfiles
+    for r in results:
+        assert r["ok"] is False and r["files"] == ["app.bin"] and r["fds"] == 0, r
+        assert len(r["logged"]) == 1 and r["outfile"] in r["logged"][0], r
+    assert "is a directory" in results[1]["logged"][0] and "ENOENT" in results[0]["logged"][0]
+    assert fault.log == []  # no request: each failed before it

@@ -18,6 +18,7 @@ _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known 
 _SPEED_MS = const(1000)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
+_DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -587,6 +588,14 @@ class Download:
         return error
 
     def _open_file(self):
+        import os
+
+        try:
+            directory = os.stat(self.outfile)[0] & _DIRECTORY
+        except OSError:
+            directory = 0
+        if directory:  # (else the whole body would come, for a rename that must fail)
+            raise errors.LocalFileError("%s is a directory" % self.outfile)
         part = self.outfile + ".part"
         mode = "wb"
         if self.range_start and self.range_end is None:

@@ -3,8 +3,8 @@
 fails (False, or LocalFileError with raise_errors) with OUTFILE as it was, no .tmp left, no file handle, fd or
 listed download behind, its failure logged once with the filesystem's reason; and the next download works.
 
-The sweeps fail the k-th filesystem operation of a download for every k until one completes without meeting the fault
-(tools: SWEEP below; the suite runs every k on small bodies)."""
+The sweeps (SWEEP below) fail the k-th filesystem operation of a download, for every k until one completes without
+meeting the fault, or leave it a given number of bytes of room: on 5 KB bodies, so every k runs in the suite."""
 import errno
 import hashlib
 import itertools
@@ -18,11 +18,10 @@ OLD = b"the app's previous version\n" * 10
 DIR = "dl"  # OUTFILE's folder on the flash
 RUNS = itertools.count()  # sweeps run so far, for the fault server's keys
 
-# One scenario swept on MicroPython. A attempt: the flash set up as SETUP says (OUTFILE's old bytes, a .part left by
+# One scenario swept on MicroPython. An attempt: the flash set up as SETUP says (OUTFILE's old bytes, a .part left by
 # a cut download), the fault armed, one download; then its traces, and the next download with the fault gone.
 SWEEP = """
-import errno, os, vfs
-import asyncio
+import os, vfs
 from faultfs import FaultFS
 from mpos import DownloadManager
 import mpos._log
@@ -32,7 +31,7 @@ DownloadManager.retry_base_ms = 1
 if MIN_SEGMENT:
     import mpos.net.segments
     mpos.net.segments.min_segment = MIN_SEGMENT
-fs = FaultFS(ROOT, cap=None)
+fs = FaultFS(ROOT)
 vfs.mount(fs, "/flash")
 FOLDER = "/flash/" + DIR
 OUT = FOLDER + "/" + NAME
@@ -43,7 +42,7 @@ mpos._log.warning = lambda source, line: LOGGED.append(line)
 def wipe(real):
     for entry in fs.real.ilistdir(real):
         path = real + "/" + entry[0]
-        if entry[1] == 0x4000:
+        if entry[1] == 0x4000:  # a directory
             wipe(path)
             fs.real.rmdir(path)
         else:
@@ -69,8 +68,7 @@ async def download(url, resume, **kw):
 
 async def prepare(url):
     wipe(ROOT)
-    if SETUP.get("mkdir", True):
-        os.mkdir(FOLDER)
+    os.mkdir(FOLDER)
     if SETUP.get("old"):
         with open(OUT, "wb") as f:
             f.write(SETUP["old"])
@@ -103,10 +101,9 @@ async def attempt(cap, k, code, sticky):
             "reason": str(OSError(code))}
     for f in list(fs.opened):
         f.close()
-    if NEXT:
-        # (the resume recipe only while a .part is left: without one it would continue from OUTFILE, the old file)
-        seen["next"] = await download(url, SETUP.get("resume") and NAME + ".part" in (seen["after"] or ()))
-        seen["next_out"] = sha256_file(OUT)
+    # (the resume recipe only while a .part is left: without one it would continue from OUTFILE, the old file)
+    seen["next"] = await download(url, SETUP.get("resume") and NAME + ".part" in (seen["after"] or ()))
+    seen["next_out"] = sha256_file(OUT)
     return seen
 
 
@@ -125,14 +122,14 @@ run(main())
 
 
 def sweep(mpy, url, *, errnos=(errno.EIO,), ks=None, ops=None, sticky=(False,), caps=(None,), setup=None, kw=None,
-          raise_errors=True, next_download=True, min_segment=0, folder=DIR, name="app.bin"):
-    """Run SWEEP: -> its attempts, one dict each. ks None: every k until the download misses the fault; caps: the
-    bytes left free for the download, one attempt set each (None: all there is)."""
+          raise_errors=True, min_segment=0):
+    """Run SWEEP: -> its attempts, one dict each. ks None: every k until the download misses the fault ([None]: no
+    fault); caps: the bytes left free for the download, one set of attempts each (None: all there is)."""
     root = mpy.tmpdir / "flash"
     root.mkdir(exist_ok=True)
     return mpy.run(SWEEP, timeout=300, ROOT=str(root), URL=url, ERRNOS=list(errnos), KS=ks, OPS=ops,
                    STICKY=list(sticky), CAPS=list(caps), SETUP=setup or {}, KW=kw or {}, RAISE=raise_errors,
-                   NEXT=next_download, MIN_SEGMENT=min_segment, DIR=folder, NAME=name, RUN=next(RUNS)).results
+                   MIN_SEGMENT=min_segment, DIR=DIR, NAME="app.bin", RUN=next(RUNS)).results
 
 
 def sha(data):
@@ -164,7 +161,7 @@ def check_contract(seen, good, old):
         broken.append("a full flash keeps %s" % left)
     if seen["open"] or seen["fds"] or seen["listed"]:
         broken.append("left behind: %s files open, %d fds, %d listed" % (seen["open"], seen["fds"], seen["listed"]))
-    if "next" in seen and (seen["next"] is not True or seen["next_out"] != good):
+    if seen["next"] is not True or seen["next_out"] != good:
         broken.append("the next download: %r" % (seen["next"],))
     return broken
 
@@ -182,6 +179,7 @@ FS_OPS_BUT_STAT = ["open", "remove", "rename", "ilistdir", "mkdir", "rmdir", "st
 SCENARIOS = {
     "a new file": dict(path="/bytes/%d" % SIZE),
     "a file replaced": dict(path="/bytes/%d" % SIZE, setup={"old": OLD}),
+    "a file replaced, without raise_errors": dict(path="/bytes/%d" % SIZE, setup={"old": OLD}, raise_errors=False),
     "through a redirect": dict(path="/redirect?to=/bytes/%d" % SIZE, setup={"old": OLD}),
     # the documented resume recipe after a cut download (get_resume_position inside the faults' reach)
     "a resume": dict(path="/bytes/%d?" % SIZE, setup={"old": OLD, "cut": 2500, "resume": True}),
@@ -205,7 +203,8 @@ def test_every_filesystem_fault_ends_in_the_right_file_or_the_old_one(mpy, fault
     results = []
     for errnos, ops in ((ERRNOS[:-1], None), (ERRNOS[-1:], FS_OPS_BUT_STAT)):
         results += sweep(mpy, fault.url(s["path"]), errnos=errnos, ops=ops, sticky=(False, True),
-                         setup=s.get("setup"), kw=s.get("kw"), min_segment=1024)
+                         setup=s.get("setup"), kw=s.get("kw"), min_segment=1024,
+                         raise_errors=s.get("raise_errors", True))
     assert len(results) > 10 * len(ERRNOS)  # (every step was met: a sweep ends only once k is past the last one)
     old = s.get("setup", {}).get("old")
     assert broken_attempts(results, sha(payload(SIZE, s.get("seed", 0))), old and sha(old)) == []
@@ -213,7 +212,7 @@ def test_every_filesystem_fault_ends_in_the_right_file_or_the_old_one(mpy, fault
 
 # --- a full flash ------------------------------------------------------------------------------------------------
 
-RECORD = 120  # bytes of OUTFILE.part.state, about
+RECORD = 60  # bytes of OUTFILE.part.state, about (the URL's hash, the ETag, the size)
 # bytes free when a download starts: none, inside the record, mid-body, around the body's end and the record beside it
 CAPS = sorted({0, 1, 2, *range(20, RECORD + 10, 7), SIZE // 2, *range(SIZE - 3, SIZE + RECORD + 10)})
 
@@ -295,3 +294,76 @@ def test_a_path_that_names_no_file_fails_before_a_byte_is_fetched(mpy, fault):
         assert len(r["logged"]) == 1 and r["outfile"] in r["logged"][0], r
     assert "is a directory" in results[1]["logged"][0] and "ENOENT" in results[0]["logged"][0]
     assert fault.log == []  # no request: each failed before it
+
+
+# --- the App Store: a .mpk unpacked by the chunk callback as it downloads ------------------------------------
+
+APP_STORE = """
+import os, vfs
+from faultfs import FaultFS
+from os_callers import *
+import mpos._log
+
+DownloadManager.session_idle_ms = 0
+DownloadManager.retry_base_ms = 1  # (a retry would show as a request more, not as a wait)
+mpos._log.warning = lambda source, line: None
+fs = FaultFS(ROOT)
+vfs.mount(fs, "/flash")
+os.chdir("/flash")  # the installer writes apps/<fullname> where it runs
+os.mkdir("apps")
+
+
+async def install():
+    # -> True, or what the installer raised
+    try:
+        return await download_and_install_package(URL, APP, download_url_size=SIZE)
+    except Exception as e:  # its RuntimeError, or an OSError of its own clean-up before the download
+        return [type(e).__name__, str(e)]
+
+
+def files():
+    # what is installed: None for nothing
+    return installed("apps/" + APP) if exists("apps/" + APP) else None
+
+
+async def main():
+    fds = fd_count()
+    for code in ERRNOS:
+        for sticky in (False, True):
+            for k in range(1, 10000):
+                fs.fail(k, code, None, sticky)
+                outcome = await install()
+                hits = fs.hits
+                fs.fail_at = None
+                for f in list(fs.opened):  # a failed install leaves the member it was writing open, for the collector
+                    f.close()
+                got = files()
+                remove_tree("apps/" + APP)
+                again = [await install(), files()]
+                result(k=k, errno=code, sticky=sticky, hits=hits, outcome=outcome, files=got, again=again,
+                       fds=fd_count() - fds, listed=len(DownloadManager.downloads()))
+                if not hits:
+                    break
+
+run(main())
+"""
+
+
+def test_an_app_store_install_on_a_failing_flash_fails_with_the_installers_error_once(mpy, fault):
+    # the flash's errors reach the installer through its chunk callback: the app's own, never retried
+    from test_os_modules import APP, APP_FILES, mpk
+
+    small = {name: data[:3000] for name, data in APP_FILES.items() if name != "res/mipmap-mdpi/icon_64x64.png"}
+    package = mpk(files=small)
+    fault.files["hello.mpk"] = package
+    (mpy.tmpdir / "flash").mkdir()
+    results = mpy.run(APP_STORE, ROOT=str(mpy.tmpdir / "flash"), URL=fault.url("/file/hello.mpk"), APP=APP,
+                      SIZE=len(package), ERRNOS=list(ERRNOS)).results
+    app = {name: sha(data) for name, data in small.items()}
+    assert len(results) > 10 * len(ERRNOS)
+    for r in results:
+        assert r["again"] == [True, app] and r["fds"] == r["listed"] == 0, r
+        assert r["files"] == app if r["outcome"] is True else r["hits"], r
+    failed = [r["outcome"] for r in results if r["outcome"] is not True]
+    assert all(f[0] == "RuntimeError" for f in failed if "Download failed" in f[1])
+    assert len(fault.log) <= 2 * len(results)  # each install one request at most: none retried

@@ -63,12 +63,20 @@ def fd_count():
 def leave_free(n):
     # Fill the heap but for n bytes in one piece: a test then sees what a device with n bytes free would,
     # whatever the imports before it cost and however many holes they left. The n bytes are taken first (first
-    # fit puts them at the free end), everything else is filled with ever smaller blocks, then they are let go.
+    # fit puts them near the free end), everything else is filled with ever smaller blocks, then they are let go.
+    # Not right at the free end when there is room: a stale word in a live object, left by a temporary that lay
+    # there (the compiler's), would keep them from being let go; 16 KB before them go into the filling.
     # A chain of pairs, not a list: a growing list would leave holes of its own. Keep the returned chain alive.
     import gc
 
     gc.collect()
-    spare = bytearray(n)
+    try:
+        gap = bytearray(16384)
+        spare = bytearray(n)
+    except MemoryError:
+        gap = None
+        spare = bytearray(n)
+    gap = None
     keep = None
     size = 4096
     while size >= 16:

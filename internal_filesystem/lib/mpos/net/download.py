@@ -17,6 +17,8 @@ _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as 
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
 _SPEED_MS = const(1000)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
+_ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
+_DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -248,9 +250,17 @@ class Download:
             raise e.error
         if isinstance(e, MemoryError):
             e = errors.OutOfMemory("out of memory")
+        if isinstance(e, OSError) and self.outfile is not None:
+            # the run loop sorted the network's OSErrors: one that reaches here is the flash's
+            e = self._file_error(self.outfile, e)
         if not isinstance(e, errors.DownloadError):
             self.log("failed", e)
             raise e
+        if isinstance(e, errors.LocalFileError) and e.full:
+            # A full flash gets its space back: a .part it has no room to finish is no resume (docs/decisions.md)
+            self.close()
+            partfile.remove(self.outfile + ".part")
+            partfile.remove(self.outfile + ".part.state")
         if isinstance(e, errors.OutOfMemory):
             # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
             # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
@@ -453,15 +463,12 @@ class Download:
                 written = read
         except OSError as e:
             if written < read:  # the file failed: its chunk was read, and never reached the file
-                raise self._file_error(e)
+                raise self._file_error("cannot write %s.part" % self.outfile, e)
             raise
         finally:
             resp.went_straight(read)
             self.delivered += written
         return None if left is None else left - written
-
-    def _file_error(self, e):
-        return errors.LocalFileError("cannot write %s.part: %s" % (self.outfile, e))
 
     def _answer_ended(self, resp, left, gained):
         # The end of an answer -> True when the body is complete, False when a request for the rest comes next (a
@@ -491,7 +498,7 @@ class Download:
         if at_sink and self.chunk_callback is not None:  # the app's callback raised it: its own, never retried
             e = errors.CallbackError(e)
         elif at_sink and self.file is not None and isinstance(e, OSError):
-            e = self._file_error(e)
+            e = self._file_error("cannot write %s.part" % self.outfile, e)
         err = errors.classify(e, self.timeout)
         if err is None:
             raise e
@@ -552,6 +559,7 @@ class Download:
                     self.file.close()
                     self.file = None
                     partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
+                    partfile.remove(self.outfile + ".part.state")
                 raise errors.IntegrityError("sha256 mismatch: got %s" % got)
         result = True
         if self.mode() == "memory":  # the bytes are made before 100 % is said: a copy that does not fit fails it
@@ -572,13 +580,29 @@ class Download:
                 partfile.replace(part, self.outfile)
                 partfile.remove(part + ".state")
             except OSError as e:
-                raise errors.LocalFileError("cannot finish %s: %s" % (self.outfile, e))
+                raise self._file_error("cannot finish %s" % self.outfile, e)
         self.state = _DONE
         return result
 
     # -- the sinks ------------------------------------------------------------------------------------------------
 
+    def _file_error(self, what, e):
+        # The filesystem's OSError -> the LocalFileError the download ends with ("28" is all a port may say of ENOSPC)
+        full = getattr(e, "errno", None) == _ENOSPC
+        error = errors.LocalFileError("%s: %s%s" % (what, e, " (no space left)" if full else ""))
+        if full:
+            error.full = True
+        return error
+
     def _open_file(self):
+        import os
+
+        try:
+            directory = os.stat(self.outfile)[0] & _DIRECTORY
+        except OSError:
+            directory = 0
+        if directory:  # (else the whole body would come, for a rename that must fail)
+            raise errors.LocalFileError("%s is a directory" % self.outfile)
         part = self.outfile + ".part"
         mode = "wb"
         if self.range_start and self.range_end is None:
@@ -596,14 +620,14 @@ class Download:
                     with open(part, "wb") as copy:
                         partfile.each_block(self.outfile, self.chunk_size, copy.write)
                 except OSError as e:
-                    raise errors.LocalFileError("cannot copy %s to %s: %s" % (self.outfile, part, e))
+                    raise self._file_error("cannot copy %s to %s" % (self.outfile, part), e)
                 mode = "ab"
             if mode == "ab":
                 self.kept, self.range_start = self.range_start, 0
         try:
             self.file = open(part, mode)
         except OSError as e:
-            raise errors.LocalFileError("cannot write %s: %s" % (part, e))
+            raise self._file_error("cannot write %s" % part, e)
         if mode == "wb":
             partfile.remove(part + ".state")  # it describes a .part that is gone
         if self.kept and self.sha256:  # the bytes already on disk are hashed once, before new ones arrive
@@ -629,7 +653,7 @@ class Download:
             try:
                 partfile.write_record(self.outfile + ".part", record)
             except OSError as e:
-                raise errors.LocalFileError("cannot write %s.part.state: %s" % (self.outfile, e))
+                raise self._file_error("cannot write %s.part.state" % self.outfile, e)
             self.recorded = True
 
     def _restart(self):
@@ -639,8 +663,11 @@ class Download:
             raise errors.NetworkError("the resource changed or Range was ignored after %d bytes were handed out"
                                % self.delivered, retry=False)
         if self.file is not None:
-            self.file.close()
-            self.file = open(self.outfile + ".part", "wb")
+            try:
+                self.file.close()
+                self.file = open(self.outfile + ".part", "wb")
+            except OSError as e:  # the flash's, not a failed try of the network's
+                raise self._file_error("cannot write %s.part" % self.outfile, e)
         if self.recorded:
             self.recorded = False
         if self.validator is not None:
@@ -698,6 +725,8 @@ class Download:
                     partfile.remove(part)
                     partfile.remove(part + ".state")
             except MemoryError:  # (no heap to look: an empty .part stays, and the next download takes it over)
+                pass
+            except OSError:  # (nor when the flash can't tell; a tuple of both would need heap)
                 pass
 
 

@@ -45,6 +45,7 @@ class IntegrityError(DownloadError):
 
 class LocalFileError(DownloadError):
     reason = "file"
+    full = False  # the filesystem had no space left (ENOSPC)
 
 
 class OutOfMemory(DownloadError):

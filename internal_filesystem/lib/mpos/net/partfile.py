@@ -7,10 +7,15 @@ import os
 
 
 def size_of(path):
-    # bytes in the file at path; -1 when there is none
+    # bytes in the file at path; -1 when there is none. A filesystem that can't tell raises: a .part it failed to
+    # stat is no absent one (taken for one, a resume would fetch a range literally into a fresh file)
     try:
         return os.stat(path)[6]
-    except OSError:
+    except OSError as e:
+        import errno  # (here, not at the top: every name in this module's dict takes a slot of heap)
+
+        if e.errno != errno.ENOENT:
+            raise
         return -1
 
 
@@ -24,9 +29,11 @@ def remove(path):
 def replace(src, dst):
     try:
         os.rename(src, dst)
-    except OSError:  # some filesystems (FAT) won't rename over an existing file
-        if size_of(src) < 0:
-            raise  # src is gone (removed from under the download): dst stays as it was
+    except OSError as e:  # some filesystems (FAT) won't rename over an existing file; any other failure keeps dst
+        import errno
+
+        if e.errno != errno.EEXIST:
+            raise
         remove(dst)
         os.rename(src, dst)
 
@@ -85,20 +92,27 @@ def write_record(part, record):
     import json
 
     path = part + ".state"
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(record))
-    replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(json.dumps(record))
+        replace(path + ".tmp", path)
+    except OSError:
+        remove(path + ".tmp")
+        raise
 
 
 def get_resume_position(outfile):
     """Bytes of partial data a Range request could continue from: OUTFILE.part if a failed download left
     one, else OUTFILE itself (a file written by an older version or by the app); 0 if neither exists."""
     part = outfile + ".part"
-    n = size_of(part)
-    if n > 0:
-        record = read_record(part)
-        if record is None or "todo" in record:
-            return 0  # a segmented partial (segments=) has holes: only segments= resumes it, by its record
-    if n < 0:
-        n = size_of(outfile)
+    try:
+        n = size_of(part)
+        if n > 0:
+            record = read_record(part)
+            if record is None or "todo" in record:
+                return 0  # a segmented partial (segments=) has holes: only segments= resumes it, by its record
+        if n < 0:
+            n = size_of(outfile)
+    except OSError:
+        return 0  # the filesystem can't tell: from the start is always right
     return max(n, 0)

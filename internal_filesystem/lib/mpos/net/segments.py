@@ -16,7 +16,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from . import admission, partfile
 from .download import CONNECTING, DOWNLOADING, Download, http_error, parse_content_range, with_user_agent
-from .errors import DownloadError, HTTPError, LocalFileError
+from .errors import DownloadError, HTTPError
 
 min_segment = 16384  # bytes: a smaller piece is not worth a request (and a TLS handshake) of its own
 save_ms = 1000  # record rewrites while data comes in, at most this often (flash wear vs. bytes fetched again)
@@ -231,7 +231,7 @@ class Segmented(Download):
             self.file.flush()
             partfile.write_record(part, record)
         except OSError as e:
-            raise LocalFileError("cannot write %s: %s" % (part, e))
+            raise self._file_error("cannot write %s" % part, e)
 
     def _check_same_resource(self, segment):
         # Did the segment get bytes of the resource the probe saw? (no: one plain stream from scratch)
@@ -276,7 +276,7 @@ class Segmented(Download):
                 partfile.remove(part + ".state")  # before the truncation: it must never vouch for the new file
             self.file = open(part, "wb" if fresh else "r+b")
         except OSError as e:
-            raise LocalFileError("cannot write %s: %s" % (part, e))
+            raise self._file_error("cannot write %s" % part, e)
         workers = min(connections, len(plan))
         self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
         self.unassigned = plan
@@ -308,11 +308,7 @@ class Segmented(Download):
             self.file.flush()
             self.hasher = hashlib.sha256()
             partfile.each_block(part, self.chunk_size, self.hasher.update)
-        try:
-            return await Download._finish(self)
-        finally:
-            if partfile.size_of(part) < 0:  # renamed (or removed after a sha256 mismatch): no record to keep
-                partfile.remove(part + ".state")
+        return await Download._finish(self)
 
     async def _stop(self, tasks, succeeded):
         # On failure or cancellation too: every segment stopped (each closes its connection), the slots given back,

@@ -307,7 +307,7 @@ class ClientSession:
             ClientTimeout(total=timeout) if timeout else self._timeout)
         hops = self._max_redirects if max_redirects is None else max_redirects
         end = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None  # for every hop, as in aiohttp
-        seen = []
+        history = []  # the redirects on the way, released; resp.history
         while True:
             resp = await self._send(method, url, fields, data, ssl, timeout, end)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
@@ -315,6 +315,8 @@ class ClientSession:
                     raise_for_status = self._raise_for_status
                 if raise_for_status:
                     await _check(resp, raise_for_status)
+                if history:
+                    resp.history = tuple(history)
                 return resp
             try:
                 length = resp.content_length
@@ -324,13 +326,14 @@ class ClientSession:
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
             new = self._redirect(resp, method, url, fields)
-            seen.append((method, url))
+            resp._body = resp._read = None  # (history tells status, url and headers: its bodies would be heap)
+            history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
                 fields.pop("content-type", None)
-            if (method, new) in seen:
+            if any(hop.method == method and hop.url == new for hop in history):
                 raise errors.TooManyRedirects(resp.status, "redirect loop at %s" % new)
-            if len(seen) > hops:
+            if len(history) > hops:
                 raise errors.TooManyRedirects(resp.status, "more than %d redirects" % hops)
             url = new
 

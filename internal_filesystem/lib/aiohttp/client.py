@@ -331,6 +331,8 @@ class ClientSession:
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
                 fields.pop("content-type", None)
+            if hasattr(data, "rewind") and not data.rewind():
+                raise errors.ClientResponseError(resp.status, "a streamed body can't be sent again to %s" % new)
             if any(hop.method == method and hop.url == new for hop in history):
                 raise errors.TooManyRedirects(resp.status, "redirect loop at %s" % new)
             if len(history) > hops:
@@ -360,8 +362,9 @@ class ClientSession:
         for name, field in fields.items():
             if name not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % field)
-        if data is not None or method in ("POST", "PUT", "PATCH"):
-            head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
+        if data is not None or method in ("POST", "PUT", "PATCH"):  # (a stream: aiohttp/upload.py frames it)
+            head.append(data.field() if hasattr(data, "field")
+                        else "Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")
         head = "".join(head).encode()
         # The TLS context is part of the key: a connection opened unverified must not serve a request that asks for
@@ -374,7 +377,7 @@ class ClientSession:
                 conn.wait_ms = ms(timeout.connect)
                 await conn.send(head)
                 if data:
-                    await conn.send(data)
+                    await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
                 conn.wait_ms = ms(timeout.sock_read)
                 conn.within_one_read(end)  # the whole head
                 await resp._start(end)
@@ -382,7 +385,8 @@ class ClientSession:
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a
                 # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
-                again = reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
+                again = (reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
+                         and (not hasattr(data, "rewind") or data.rewind()))
                 self._done_with(conn, False)
                 if not reused and (isinstance(e, OSError) or errors.kind_of(e, "ClientConnectionError")):
                     forget(host, port)  # a new connection failed: its address may be out of date
@@ -423,8 +427,15 @@ def _body(data, json, fields):
         content_type = "application/octet-stream"
     elif data is None:
         return None
-    else:
-        raise TypeError("data must be bytes, str or a dict of form fields, not %s" % type(data).__name__)
+    else:  # a file or an async iterable, streamed (aiohttp/upload.py)
+        from .upload import upload
+
+        stream = upload(data)
+        if stream is None:
+            raise TypeError("data must be bytes, str, a dict of form fields, a file opened 'rb' or an async "
+                            "iterable, not %s" % type(data).__name__)
+        data = stream
+        content_type = "application/octet-stream"
     if data:  # (an empty body goes without one, as with MicroPythonOS's aiohttp: aiohttp would name a type)
         fields.setdefault("content-type", ("Content-Type", content_type))
     return data.encode() if isinstance(data, str) else data

@@ -7,7 +7,7 @@ import asyncio
 from micropython import const
 
 _ANY = const(1024)  # what iter_any(), readchunk() and a search for a separator ask for at a time
-_LINE_MAX = const(65536)  # bytes up to a separator at most, as aiohttp's limit (a body without one must not fill the heap)
+_LINE_MAX = const(65536)  # bytes up to a separator at most, aiohttp's limit (a body without one must not fill the heap)
 _CRLF_DUE = const(-1)  # response._CRLF_DUE: the read ended a chunk (a const is inlined only in its own module)
 
 try:

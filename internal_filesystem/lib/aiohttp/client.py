@@ -101,7 +101,7 @@ class _RequestContext:
 
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
-    _base_url = _ssl = _default_tls = _watchdog_task = _auth = None
+    _base_url = _ssl = _default_tls = _watchdog_task = _auth = _connector = None
     _headers = {}  # the session's header fields, as check_headers(headers, into) merges them; never changed
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
@@ -115,9 +115,11 @@ class ClientSession:
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
-                 raise_for_status=False, connector=None, auth=None):
-        if connector is not None:  # an aiohttp.TCPConnector
+                 raise_for_status=False, connector=None, auth=None, connector_owner=True):
+        if connector is not None:  # an aiohttp.TCPConnector: its settings, its limits, closed with this session
             ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
+            connector.serve(self, connector_owner)
+            self._connector = connector
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
@@ -159,6 +161,8 @@ class ClientSession:
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None and task is not poll.current_task():
             task.cancel()
+        if self._connector is not None:
+            self._connector.left(self)
 
     # --- connections ---------------------------------------------------------------------------------------------
     def _tls_context(self, ssl):
@@ -201,6 +205,8 @@ class ClientSession:
                 self._idle.pop(0)[0].close()
         else:
             conn.close()
+        if self._connector is not None:
+            self._connector.released()
 
     async def _watchdog(self):
         # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends
@@ -221,6 +227,8 @@ class ClientSession:
 
     async def _connect(self, key, timeout, end):
         # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
+        if self._connector is not None:
+            await self._connector.wait_for_room(key, ms(timeout.connect))
         conn = self._take_idle(key)
         reused = conn is not None
         if not reused:

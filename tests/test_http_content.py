@@ -109,3 +109,17 @@ async for chunk in resp.content.iter_chunked(-1):
 result(none=none, rest=rest)
 """, URL=fault.url("/bytes/3000?text=1"))
     assert r.value == {"none": [], "rest": [hashlib.sha256(text_payload(3000)).hexdigest()]}
+
+
+@pytest.mark.parametrize("query", ["length=8000", "chunked=1&nolast=1"])
+def test_exception_tells_what_cut_the_body_short(mpy, fault, query):
+    # a body that ends before its Content-Length, a chunked body without its last chunk
+    r = in_a_response(mpy, """
+before = resp.content.exception()
+try:
+    await resp.content.read()
+except aiohttp.ClientPayloadError as e:
+    result(before=before, same=resp.content.exception() is e, error=str(e))
+""", URL=fault.url("/bytes/5000?" + query))
+    cut = "connection closed early" if query.startswith("length") else "chunked body cut short"
+    assert r.value == {"before": None, "same": True, "error": "response payload is not completed (%s)" % cut}

@@ -512,7 +512,8 @@ class _BodyRead:
 
 
 class StreamReader:
-    # resp.content: the body. A response is its own content (ClientResponse below): one object per request.
+    # The body's reads. A response is its own reader (ClientResponse below): one object per request, and DownloadManager
+    # reads it so; resp.content (aiohttp/streams.py) adds aiohttp's other reads on top of these.
     _chunked = _until_close = _eof = False
     _decoder = None  # compression.Inflate for a coded body
     _read = None  # the _BodyRead that readinto and read(n) return, made on first use
@@ -770,8 +771,8 @@ class StreamReader:
         # short like any other. The connection goes.
         self._eof = True
         self._let_go(False)
-        failure = self._failure = errors.ClientPayloadError("response payload is not completed (%s)" % (reason,))
-        raise failure
+        self._failure = errors.ClientPayloadError("response payload is not completed (%s)" % (reason,))
+        raise self._failure
 
     async def _readinto_framed(self, buf):
         try:
@@ -802,6 +803,8 @@ class StreamReader:
         except OSError as e:
             self._cut_short(e)
         except Exception as e:  # (not `except errors.X`: an exception passing by would make the classes)
+            if errors.kind_of(e, "ClientPayloadError"):
+                self._failure = e  # (resp.content.exception())
             if not errors.kind_of(e, "ServerDisconnectedError") or self._conn.sock is None:
                 raise  # a ServerDisconnectedError with no socket: this response was released, or its session closed
             self._cut_short(e)  # the body ended inside a chunk-size line or the trailers

@@ -164,7 +164,7 @@ run(main())
     types = [["application/octet-stream"]] * 3 + [["text/plain; charset=utf-8"], ["application/json"], ["text/xml"], []]
     bodies = [b"\x00\xff", b"ab", b"bc", "caf\u00e9".encode(), b"[1]", b"<a/>", b""]
     assert r.results == [{"type": t, "sha": hashlib.sha256(b).hexdigest()} for t, b in zip(types, bodies)] + [
-        {"err": "data must be bytes, str or a dict of form fields, not int"},
+        {"err": "data must be bytes, str, a dict of form fields, a file opened 'rb' or an async iterable, not int"},
         {"err": "data and json parameters can not be used at the same time"}]  # (aiohttp's words)
     assert fault.requests == len(bodies)  # the ones refused sent nothing
 

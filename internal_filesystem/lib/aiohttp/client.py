@@ -339,8 +339,8 @@ class ClientSession:
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
                 fields.pop("content-type", None)
-            if hasattr(data, "rewind") and not data.rewind():
-                raise errors.ClientResponseError(resp.status, "a streamed body can't be sent again to %s" % new)
+            if hasattr(data, "rewind") and not data.rewind():  # (aiohttp's error for it)
+                raise errors.ClientPayloadError("a streamed body can't be sent again to %s" % new)
             if any(hop.method == method and hop.url == new for hop in history):
                 raise errors.TooManyRedirects(resp.status, "redirect loop at %s" % new)
             if len(history) > hops:

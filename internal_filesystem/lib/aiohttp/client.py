@@ -118,8 +118,6 @@ class ClientSession:
                  raise_for_status=False, connector=None, auth=None, connector_owner=True):
         if connector is not None:  # an aiohttp.TCPConnector: its settings, its limits, closed with this session
             ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
-            connector.serve(self, connector_owner)
-            self._connector = connector
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
             raise ValueError("base_url must have a trailing '/': %r" % base_url)
@@ -136,6 +134,9 @@ class ClientSession:
                 setattr(self, name, value)
         self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
         self._busy = []  # connections serving a request
+        if connector is not None:
+            connector.serve(self, connector_owner)
+            self._connector = connector
 
     async def __aenter__(self):
         return self

@@ -56,8 +56,7 @@ run(main())
 
 def test_a_finished_response_leaves_its_pooled_connection_alone(mpy, fault):
     # A response read to its end gave its connection to the pool; reading it again (every way) must say "end"
-    # and take nothing from the next response now on that connection. (resp.content is the response itself, so
-    # read() too answers b"" once the body was read: content.read() loops end.)
+    # and take nothing from the next response now on that connection; resp.read() answers the body it kept.
     code = """
 import aiohttp
 
@@ -75,7 +74,7 @@ async def main():
 run(main())
 """
     r = mpy.run(code, URL=fault.url("/bytes/5000?"), CHUNKS=CHUNKS)
-    assert r.results == [{"first": sha256_of(5000), "again": [0, 0, 0, 0, 0], "second": sha256_of(5000)}] * 2
+    assert r.results == [{"first": sha256_of(5000), "again": [0, 0, 0, 0, 5000], "second": sha256_of(5000)}] * 2
     assert (fault.requests, fault.connections) == (4, 1)
 
 
@@ -286,11 +285,11 @@ async def fetch(session, url, buf, sha, held):
 async def warm_up(session):
     # import-time and first-use allocations out of the way (a frame of its own too): the error classes are made
     # when first named (a retried stale connection names them), asyncio loads its stream module on the public
-    # path's first wait
+    # path's first wait, aiohttp its streams module on the first resp.content
     aiohttp.ClientError
     asyncio.StreamReader
     async with session.get(WARM) as resp:
-        await resp.read()
+        await resp.content.read()
 
 async def main():
     held = {"base": 0, "head": 0, "mid": 0, "grow": 0, "got": 0}
@@ -432,3 +431,68 @@ run(main())
         srv.close()
     assert r.results == [{"how": how, "first": 10, "err": "ServerDisconnectedError"}
                          for how in ("read", "read_n", "readinto")] + [{"how": "read_nowait", "first": 10, "got": 0}]
+
+
+CONNECTOR = """
+import aiohttp, asyncio
+
+async def fetch(session, url):
+    async with session.get(url) as resp:
+        return sha256(await resp.read())
+"""
+
+
+@pytest.mark.parametrize("limits, opened", [({}, (5, 5)), ({"limit": 2}, (2, 2)), ({"limit_per_host": 1}, (1, 1)),
+                                            ({"limit": 1, "limit_per_host": 2}, (1, 1))])
+def test_a_connectors_limits_hold_requests_until_a_connection_comes_back(mpy, fault, fault_tls, limits, opened):
+    # aiohttp's limit: connections in use at once by the connector's sessions, limit_per_host: to one host and port;
+    # a request beyond them waits, and takes the connection that comes back. (Each answer comes after 50 ms, so that
+    # the requests overlap: with no limit, each opens a connection of its own.)
+    r = mpy.run(CONNECTOR + """
+async def main():
+    connector = aiohttp.TCPConnector(ssl=False, **LIMITS)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        result(shas=await asyncio.gather(*[fetch(session, url) for url in URLS]))
+run(main())
+""", LIMITS=limits, URLS=[fault.url("/bytes/6000?delay=0.05")] * 5 + [fault_tls.url("/bytes/6000?delay=0.05")] * 5)
+    assert r.value == {"shas": [sha256_of(6000)] * 10}
+    assert (fault.connections, fault_tls.connections) == opened
+
+
+def test_a_request_that_waits_for_a_connection_past_its_connect_timeout_is_a_timeout(mpy, fault):
+    r = mpy.run(CONNECTOR + """
+async def main():
+    timeout = aiohttp.ClientTimeout(connect=0.1)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+        async with session.get(URL) as held:
+            try:
+                await fetch(session, URL + "?second")
+            except aiohttp.ServerTimeoutError as e:
+                result(err=str(e), first=sha256(await held.read()))
+        result(after=await fetch(session, URL))
+run(main())
+""", URL=fault.url("/bytes/100"))
+    assert r.results == [{"err": "no connection came free within 100 ms", "first": sha256_of(100)},
+                         {"after": sha256_of(100)}]
+
+
+def test_a_session_closes_the_connector_it_owns_and_a_connector_closes_its_connections(mpy, fault):
+    r = mpy.run(CONNECTOR + """
+async def main():
+    fds = fd_count()
+    owned = aiohttp.TCPConnector()
+    async with aiohttp.ClientSession(connector=owned) as session:
+        await fetch(session, URL)
+    shared = aiohttp.TCPConnector()
+    for _ in range(2):  # connector_owner=False: it outlives each session
+        async with aiohttp.ClientSession(connector=shared, connector_owner=False) as session:
+            await fetch(session, URL)
+    result(owned=owned.closed, shared=shared.closed)
+    session = aiohttp.ClientSession(connector=shared, connector_owner=False)
+    await fetch(session, URL)
+    idle = fd_count() - fds
+    await shared.close()
+    result(idle=idle, fds=fd_count() - fds, closed=[shared.closed, session.closed])
+run(main())
+""", URL=fault.url("/bytes/100"))
+    assert r.results == [{"owned": True, "shared": False}, {"idle": 1, "fds": 0, "closed": [True, True]}]

@@ -72,6 +72,33 @@ def test_a_chain_of_ten_is_followed_by_default(mpy, fault, absolute):
     assert fault.requests == 11  # 10 redirects + the target
 
 
+def test_the_response_tells_the_redirects_that_led_to_it(mpy, fault):
+    # resp.history: each hop's status, url and headers, as aiohttp's; released, with no body kept
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            body = await resp.read()
+            bodies = []
+            for hop in resp.history:
+                bodies.append(await hop.read())
+            result(status=resp.status, url=resp.url, real_url=resp.real_url, sha=sha256(body),
+                   history=[(hop.status, hop.url, hop.headers["Location"], hop.closed, hop.connection)
+                            for hop in resp.history], kind=type(resp.history).__name__,
+                   bodies=bodies)
+        async with session.get(TARGET) as resp:
+            result(direct=resp.history)
+run(main())
+""", URL=chain(fault, 2, "bytes/700", "?code=307"), TARGET=fault.url("/bytes/700"))
+    target = fault.url("/bytes/700?code=307")
+    assert r.results == [{
+        "status": 200, "url": target, "real_url": target, "sha": sha256_of(700), "kind": "tuple",
+        "history": [[307, fault.url("/chain/1/bytes/700?code=307"), "/chain/0/bytes/700?code=307", True, None],
+                    [307, fault.url("/chain/0/bytes/700?code=307"), "/bytes/700?code=307", True, None]],
+        "bodies": ["", ""]}, {"direct": []}]
+
+
 @pytest.mark.parametrize("absolute", [False, True])
 def test_eleven_redirects_are_too_many(mpy, fault, absolute):
     got = go(mpy, chain(fault, 11, "bytes/7000", "?abs=1" if absolute else ""))

@@ -15,7 +15,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 |---|---|---|
 | /echo | a JSON account of the request: method, target, headers, body length and sha256 | /echo?a=1 |
 | /status/N | answers status N with a short body (retry_after=S adds Retry-After) | /status/503?retry_after=2 |
-| /redirect | one redirect, code= (default 302) to to= | /redirect?code=301&to=/bytes/10 |
+| /redirect | one redirect, code= (default 302) to to= (pad= pads its head too) | /redirect?code=301&to=/bytes/10 |
 | /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations, delay=S: each S s late) | /chain/3/bytes/10?abs=1 |
 | /loop | redirects to itself, for ever | /loop |
 | /stats | JSON {connections, requests} as the server counted them | /stats |
@@ -453,7 +453,8 @@ class FaultServer(_LoopThread):
         self._simple(writer, req, 200, json.dumps(obj).encode(), "application/json", keep=keep)
 
     def _redirect(self, writer, req, code, location, keep):
-        self._simple(writer, req, code, extra=[("Location", location)], keep=keep)
+        padding = _padding(req.q("pad", 0, int), req.q("padlen", 300, int))
+        self._simple(writer, req, code, extra=[("Location", location)] + padding, keep=keep)
 
     def _faulty(self, req):
         """Do the fault options apply to this request? (key/times gating) Also numbers it: req.nth, 1 for the

@@ -103,7 +103,7 @@ class _RequestContext:
 
 class ClientSession:
     # Defaults live on the class, and __init__ sets only what differs (docs/design.md: attribute tables).
-    _base_url = _ssl = _default_tls = _watchdog_task = _auth = None
+    _base_url = _ssl = _default_tls = _watchdog_task = _auth = _connector = None
     _headers = {}  # the session's header fields, as check_headers(headers, into) merges them; never changed
     _timeout = DEFAULT_TIMEOUT
     _max_redirects = 10
@@ -117,8 +117,8 @@ class ClientSession:
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
-                 raise_for_status=False, connector=None, auth=None):
-        if connector is not None:  # an aiohttp.TCPConnector
+                 raise_for_status=False, connector=None, auth=None, connector_owner=True):
+        if connector is not None:  # an aiohttp.TCPConnector: its settings, its limits, closed with this session
             ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):
             # as aiohttp: without it, "http://host/api/v1" joined with "users" would be "http://host/api/users"
@@ -136,6 +136,9 @@ class ClientSession:
                 setattr(self, name, value)
         self._idle = []  # (pooled connection, ticks_ms when it went idle), oldest first
         self._busy = []  # connections serving a request
+        if connector is not None:
+            connector.serve(self, connector_owner)
+            self._connector = connector
 
     async def __aenter__(self):
         return self
@@ -161,6 +164,8 @@ class ClientSession:
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None and task is not poll.current_task():
             task.cancel()
+        if self._connector is not None:
+            self._connector.left(self)
 
     # --- connections ---------------------------------------------------------------------------------------------
     def _tls_context(self, ssl):
@@ -203,6 +208,8 @@ class ClientSession:
                 self._idle.pop(0)[0].close()
         else:
             conn.close()
+        if self._connector is not None:
+            self._connector.released()
 
     async def _watchdog(self):
         # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends
@@ -223,6 +230,8 @@ class ClientSession:
 
     async def _connect(self, key, timeout, end):
         # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
+        if self._connector is not None:
+            await self._connector.wait_for_room(key, ms(timeout.connect))
         conn = self._take_idle(key)
         reused = conn is not None
         if not reused:
@@ -314,7 +323,7 @@ class ClientSession:
             ClientTimeout(total=timeout) if timeout else self._timeout)
         hops = self._max_redirects if max_redirects is None else max_redirects
         end = ticks_add(ticks_ms(), ms(timeout.total)) if timeout.total else None  # for every hop, as in aiohttp
-        seen = []
+        history = []  # the redirects on the way, released; resp.history
         while True:
             resp = await self._send(method, url, fields, data, ssl, timeout, end)
             if not allow_redirects or resp.status not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
@@ -322,6 +331,8 @@ class ClientSession:
                     raise_for_status = self._raise_for_status
                 if raise_for_status:
                     await _check(resp, raise_for_status)
+                if history:
+                    resp.history = tuple(history)
                 return resp
             try:
                 length = resp.content_length
@@ -331,13 +342,16 @@ class ClientSession:
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
             new = self._redirect(resp, method, url, fields)
-            seen.append((method, url))
+            resp._body = resp._read = None  # (history tells status, url and headers: its bodies would be heap)
+            history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
                 fields.pop("content-type", None)
-            if (method, new) in seen:
+            if hasattr(data, "rewind") and not data.rewind():  # (aiohttp's error for it)
+                raise errors.ClientPayloadError("a streamed body can't be sent again to %s" % new)
+            if any(hop.method == method and hop.url == new for hop in history):
                 raise errors.TooManyRedirects(resp.status, "redirect loop at %s" % new)
-            if len(seen) > hops:
+            if len(history) > hops:
                 raise errors.TooManyRedirects(resp.status, "more than %d redirects" % hops)
             url = new
 
@@ -366,8 +380,9 @@ class ClientSession:
         for name, field in fields.items():
             if name not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % field)
-        if data is not None or method in ("POST", "PUT", "PATCH"):
-            head.append("Content-Length: %d\r\n" % (len(data) if data else 0))
+        if data is not None or method in ("POST", "PUT", "PATCH"):  # (a stream: aiohttp/upload.py frames it)
+            head.append(data.field() if hasattr(data, "field")
+                        else "Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")
         head = "".join(head).encode()
         # The TLS context is part of the key: a connection opened unverified must not serve a request that asks for
@@ -380,7 +395,7 @@ class ClientSession:
                 conn.wait_ms = ms(timeout.connect)
                 await conn.send(head)
                 if data:
-                    await conn.send(data)
+                    await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
                 conn.wait_ms = ms(timeout.sock_read)
                 conn.within_one_read(end)  # the whole head
                 await resp._start(end)
@@ -388,7 +403,8 @@ class ClientSession:
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a
                 # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
-                again = reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
+                again = (reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
+                         and (not hasattr(data, "rewind") or data.rewind()))
                 self._done_with(conn, False)
                 if not reused and (isinstance(e, OSError) or errors.kind_of(e, "ClientConnectionError")):
                     forget(host, port)  # a new connection failed: its address may be out of date
@@ -431,8 +447,15 @@ def _body(data, json, fields):
         content_type = "application/octet-stream"
     elif data is None:
         return None
-    else:
-        raise TypeError("data must be bytes, str or a dict of form fields, not %s" % type(data).__name__)
+    else:  # a file or an async iterable, streamed (aiohttp/upload.py)
+        from .upload import upload
+
+        stream = upload(data)
+        if stream is None:
+            raise TypeError("data must be bytes, str, a dict of form fields, a file opened 'rb' or an async "
+                            "iterable, not %s" % type(data).__name__)
+        data = stream
+        content_type = "application/octet-stream"
     if data:  # (an empty body goes without one, as with MicroPythonOS's aiohttp: aiohttp would name a type)
         fields.setdefault("content-type", ("Content-Type", content_type))
     return data.encode() if isinstance(data, str) else data

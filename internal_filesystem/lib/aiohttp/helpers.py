@@ -35,9 +35,13 @@ class BasicAuth:
 
 class TCPConnector:
     # ssl: False, True or an SSLContext, as ClientSession's ssl=; force_close: no connection is reused;
-    # keepalive_timeout: seconds an idle connection is kept (None: the session's); limit: connections kept idle at
-    # most (0: no limit). Requests beyond limit are not held back (DownloadManager.max_connections does that).
-    # The DNS settings are taken and left to the resolver's own cache.
+    # keepalive_timeout: seconds an idle connection is kept (None: the session's); limit: connections in use at once
+    # by the sessions it serves, limit_per_host: to one host and port (0: no limit), as aiohttp counts them: a request
+    # beyond them waits for one to come back, within its connect timeout. limit also caps the idle ones each session
+    # keeps. The DNS settings are taken and left to the resolver's own cache.
+    _owner = None  # the session that closes it when it closes (connector_owner=True)
+    _room = None  # the asyncio.Event that requests waiting for a connection wait on
+
     def __init__(self, *, ssl=True, limit=100, limit_per_host=0, force_close=False, keepalive_timeout=None,
                  ttl_dns_cache=10, use_dns_cache=True, enable_cleanup_closed=False):
         self.ssl = ssl
@@ -46,6 +50,7 @@ class TCPConnector:
         self.force_close = force_close
         self.keepalive_timeout = keepalive_timeout
         self.closed = False
+        self._sessions = []
 
     def settings(self, ssl, pool_size, keepalive_timeout):
         # -> the session's (ssl, pool_size, keepalive_timeout) with this connector's: the session's ssl= wins
@@ -59,5 +64,57 @@ class TCPConnector:
             keepalive_timeout = self.keepalive_timeout
         return ssl, pool_size, keepalive_timeout
 
-    async def close(self):
+    def serve(self, session, owner):
+        if self.closed:
+            raise RuntimeError("connector is closed")
+        self._sessions.append(session)
+        if owner:
+            self._owner = session
+
+    def left(self, session):
+        # session closed: the connector goes with the session that owns it
+        if session in self._sessions:
+            self._sessions.remove(session)
+        if session is self._owner:
+            self.close()
+
+    def close(self):
+        # closes every connection of the sessions it serves, idle or in use (they are closed too, as aiohttp's
+        # session.closed says once its connector is). -> an awaitable that is done, as aiohttp's close() is awaited
         self.closed = True
+        for session in tuple(self._sessions):
+            session.shutdown()
+        return ()
+
+    def _full(self, key):
+        in_use = to_host = 0
+        for session in self._sessions:
+            for conn in session._busy:
+                in_use += 1
+                if conn.key[1] == key[1] and conn.key[2] == key[2]:
+                    to_host += 1
+        return self.limit and in_use >= self.limit or self.limit_per_host and to_host >= self.limit_per_host
+
+    async def wait_for_room(self, key, wait_ms):
+        # until a connection to key's host may be opened or taken from the pool; wait_ms: the connect timeout
+        while self._full(key):
+            import asyncio
+
+            if self._room is None:
+                self._room = asyncio.Event()
+            try:
+                if wait_ms is None:
+                    await self._room.wait()
+                else:
+                    await asyncio.wait_for_ms(self._room.wait(), wait_ms)
+            except asyncio.TimeoutError:
+                from . import errors
+
+                raise errors.ServerTimeoutError("no connection came free within %d ms" % wait_ms)
+
+    def released(self):
+        # a connection of its sessions came back (to the pool, or closed): the waiting requests look again
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()

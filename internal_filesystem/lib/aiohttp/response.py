@@ -467,7 +467,8 @@ class _BodyRead:
 
 
 class StreamReader:
-    # resp.content: the body. A response is its own content (ClientResponse below): one object per request.
+    # The body's reads. A response is its own reader (ClientResponse below): one object per request, and DownloadManager
+    # reads it so; resp.content (aiohttp/streams.py) adds aiohttp's other reads on top of these.
     _chunked = _until_close = _eof = False
     _decoder = None  # compression.Inflate for a coded body
     _read = None  # the _BodyRead that readinto and read(n) return, made on first use
@@ -725,7 +726,8 @@ class StreamReader:
         # short like any other. The connection goes.
         self._eof = True
         self._let_go(False)
-        raise errors.ClientPayloadError("response payload is not completed (%s)" % (reason,))
+        self._failure = errors.ClientPayloadError("response payload is not completed (%s)" % (reason,))
+        raise self._failure
 
     async def _readinto_framed(self, buf):
         try:
@@ -756,6 +758,8 @@ class StreamReader:
         except OSError as e:
             self._cut_short(e)
         except Exception as e:  # (not `except errors.X`: an exception passing by would make the classes)
+            if errors.kind_of(e, "ClientPayloadError"):
+                self._failure = e  # (resp.content.exception())
             if not errors.kind_of(e, "ServerDisconnectedError") or self._conn.sock is None:
                 raise  # a ServerDisconnectedError with no socket: this response was released, or its session closed
             self._cut_short(e)  # the body ended inside a chunk-size line or the trailers
@@ -814,11 +818,16 @@ class ClientResponse(StreamReader):
             self._let_go(True)
 
     def __getattr__(self, name):
-        # content, content_length, content_type, charset, ok, closed, connection: computed, as aiohttp's properties
-        # are, and the iterators over the body. (A property would make every attribute store on a response, several
-        # per chunk read, look through its classes first.)
-        if name == "content":
-            return self
+        # content, content_length, content_type, charset, ok, closed, connection, real_url: computed, as aiohttp's
+        # properties are. (A property would make every attribute store on a response, several per chunk read, look
+        # through its classes first.)
+        if name == "content":  # (aiohttp/streams.py, loaded on first use; kept, so asked for once)
+            from .streams import Content
+
+            content = self.content = Content(self)
+            return content
+        if name == "real_url":  # (the fragment is never sent, so the URL asked for is the one answered)
+            return self.url
         if name == "ok":
             return self.status < 400
         if name == "closed":
@@ -831,14 +840,12 @@ class ClientResponse(StreamReader):
             return int(value) if value and value.isdigit() and not self._chunked else None
         if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
             return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
-        if name in ("iter_chunked", "iter_any", "__aiter__"):  # (aiohttp/streams.py, loaded on first use)
-            from .streams import method
-
-            return method(self, name)
         if name == "charset":  # the Content-Type's charset parameter as sent, or None
             content_type = self.headers.get("Content-Type", "")
             i = content_type.lower().find("charset=")
             return content_type[i + 8 :].split(";", 1)[0].strip(" \t\"'") if i >= 0 else None
+        if name == "history":  # no redirect led here (client.py sets the redirects that did)
+            return ()
         raise AttributeError(name)
 
     def _let_go(self, reusable):
@@ -857,15 +864,14 @@ class ClientResponse(StreamReader):
     close = release
 
     def read(self, n=-1):
-        """The whole body as bytes (resp.read()), or up to n bytes of it (resp.content.read(n)): b"" at the end.
+        """The whole body as bytes (resp.read(), again on every call), or up to n bytes of it: b"" at the end.
         (awaitable) Up to n bytes: the bytes the socket makes, with no buffer filled and copied, when they are
         already here or the read only waits for them (as readinto, the awaitable is the response's _BodyRead)."""
         return self._body_read(None, n) if n > 0 else self._read_whole(n)
 
     async def _read_whole(self, n=-1):
         # read(n) when the bytes are not simply on their way (framing, a decoder, the end), and the whole body. That
-        # one is kept for text() and json(), as aiohttp keeps it; read() itself answers b"" at the end (resp.content
-        # is the response itself, and a content.read() loop must end).
+        # one is kept, and answers read(), text() and json() again, as aiohttp keeps it.
         if n >= 0:
             if not n:
                 return b""
@@ -880,6 +886,8 @@ class ClientResponse(StreamReader):
             buf = fitting_bytearray(n)  # (up to n bytes are asked for: fewer where the heap is cut into pieces)
             got = await self._readinto_slowly(buf)
             return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
+        if self._body is not None:
+            return self._body
         if self._decoder is None and not self._chunked and not self._until_close and _heap_holds(self._remaining):
             # One buffer of what is still to come (not of Content-Length: a HEAD answer has one and no body)
             n = self._remaining
@@ -901,8 +909,7 @@ class ClientResponse(StreamReader):
                     break
                 pieces.append(bytes(memoryview(buf)[:k]))
             body = b"".join(pieces)
-        if self._body is None:  # (a read() after the end answers b"": the body kept stays)
-            self._body = body
+        self._body = body
         return body
 
     async def text(self, encoding=None, errors="strict"):

@@ -143,6 +143,8 @@ class Download:
                             resp = None
                             continue
                         resp.headers = None  # what the download needs of the head is copied: the text goes
+                        if resp.history:  # and so do the heads of the redirects on the way (aiohttp keeps them)
+                            resp.history = ()
                         self.state = DOWNLOADING
                         buf, view, size = self._reader(left)
                         file = self.file

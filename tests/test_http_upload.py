@@ -1,0 +1,88 @@
+"""aiohttp client on MicroPython: request bodies that stream, as aiohttp sends them: a file opened "rb" (with its
+size as Content-Length) and an async iterable of bytes (Transfer-Encoding: chunked), never read whole into the heap."""
+import hashlib
+
+import pytest
+
+# A file of SIZE bytes (every byte value in turn, written a KB at a time), and an async iterable of pieces
+UPLOAD = """
+import aiohttp
+from testlib import pattern
+
+def write_file(path, size):
+    with open(path, "wb") as f:
+        for at in range(0, size, 1024):
+            f.write(pattern(min(1024, size - at)))
+
+class Pieces:
+    # the async iterable an app hands data=: each piece when asked (an empty one too, which must not end the body)
+    def __init__(self, sizes):
+        self._sizes = list(sizes)
+    def __aiter__(self):
+        return self
+    async def __anext__(self):
+        if not self._sizes:
+            raise StopAsyncIteration
+        return pattern(self._sizes.pop(0))
+
+async def echo(session, url, data):
+    # -> what the server received: its length, sha256 and the head's framing fields
+    async with session.post(url, data=data) as resp:
+        sent = await resp.json()
+    framing = {k.lower(): v for k, v in sent["headers"] if k.lower() in ("content-length", "transfer-encoding")}
+    return {"len": sent["body_len"], "sha": sent["body_sha256"], "framing": framing}
+"""
+
+
+def sha_of_pattern(*sizes):
+    return hashlib.sha256(b"".join(bytes(range(256)) * (n // 256) + bytes(range(n % 256)) for n in sizes)).hexdigest()
+
+
+def test_a_file_is_streamed_with_its_size_as_content_length(mpy, fault):
+    # 256 KB from a file in a 128 KB heap: read and sent a piece at a time, and the connection serves again
+    r = mpy.run(UPLOAD + """
+async def main():
+    write_file("upload.bin", SIZE)
+    async with aiohttp.ClientSession() as session:
+        with open("upload.bin", "rb") as f:
+            result(**await echo(session, URL, f))
+        with open("upload.bin", "rb") as f:
+            f.seek(SIZE - 1000)  # from where the file stands, as aiohttp sends it
+            result(**await echo(session, URL, f))
+run(main())
+""", URL=fault.url("/echo"), SIZE=262144, heapsize="128k", compiled=True)
+    whole = b"".join(bytes(range(256)) * 4 for _ in range(256))
+    assert r.results == [
+        {"len": 262144, "sha": hashlib.sha256(whole).hexdigest(), "framing": {"content-length": "262144"}},
+        {"len": 1000, "sha": hashlib.sha256(whole[-1000:]).hexdigest(), "framing": {"content-length": "1000"}}]
+
+
+def test_an_async_iterable_is_sent_chunked(mpy, fault):
+    r = mpy.run(UPLOAD + """
+async def main():
+    async with aiohttp.ClientSession() as session:
+        result(**await echo(session, URL, Pieces([3000, 0, 1, 700])))
+        result(**await echo(session, URL, Pieces([])))
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [
+        {"len": 3701, "sha": sha_of_pattern(3000, 1, 700), "framing": {"transfer-encoding": "chunked"}},
+        {"len": 0, "sha": sha_of_pattern(), "framing": {"transfer-encoding": "chunked"}}]
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_a_redirect_that_keeps_the_body_sends_a_file_again_and_refuses_an_iterator(mpy, fault, code):
+    r = mpy.run(UPLOAD + """
+async def main():
+    write_file("upload.bin", 5000)
+    async with aiohttp.ClientSession() as session:
+        with open("upload.bin", "rb") as f:
+            result(**await echo(session, URL, f))
+        try:
+            await echo(session, URL, Pieces([10]))
+        except aiohttp.ClientPayloadError as e:
+            result(refused=str(e))
+run(main())
+""", URL=fault.url("/redirect?code=%d&to=/echo" % code))
+    assert r.results == [{"len": 5000, "sha": sha_of_pattern(5000), "framing": {"content-length": "5000"}},
+                         {"refused": "a streamed body can't be sent again to %s" % fault.url("/echo")}]

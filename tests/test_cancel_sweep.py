@@ -21,6 +21,9 @@ from mpos.net import partfile
 DownloadManager.session_idle_ms = 0
 DownloadManager.retry_base_ms = 1
 DownloadManager.retry_max_ms = 20  # (a Retry-After too: the waits are cancelled in, not sat through)
+if KW.get('segments'):
+    from mpos.net import segments
+    segments.min_segment = 1000  # (4000 bytes in 3 segments)
 OUT = 'out.bin'
 
 def put(path, data):
@@ -51,8 +54,7 @@ def resume_headers():
 
 async def main():
     base = fd_count()
-    k = 0
-    cancelled = 0
+    k = cancelled = again = 0
     while k < LIMIT:
         put(OUT, OLD if MODE == 'file' else None)
         put(OUT + '.part', START)
@@ -61,14 +63,22 @@ async def main():
         if START:  # the .part of an earlier download of this URL, as it leaves it
             partfile.write_record(OUT + '.part', {'url': partfile.url_key(url), 'v': None, 'size': len(START) + SIZE})
         got, coro = call(url, KW, {'Range': 'bytes=%d-' % len(START)} if START else None)
-        how, what = await cancel_at(coro, k)
+        if WAIT_FOR:  # timed out after k ms instead
+            try:
+                how, what = 'finished', await asyncio.wait_for(coro, k / 1000)
+            except asyncio.TimeoutError:
+                how, what = 'cancelled', k
+        else:
+            how, what = await cancel_at(coro, k, AGAIN)
         if how == 'finished':
-            result(k=k, how=how, ok=what is not None and what is not False, cancelled=cancelled)
+            result(k=k, how=how, ok=what is not None and what is not False, cancelled=cancelled, again=again)
             return
         await settle()
         part = size(OUT + '.part')
         wrong = []
-        if how != 'cancelled':
+        if how == 'cancelled again':
+            again += 1
+        elif how != 'cancelled':
             wrong.append('%s %r' % (how, what))
         if fd_count() != base:
             wrong.append('%d fds left' % (fd_count() - base))
@@ -100,8 +110,8 @@ run(main())
 """
 
 
-def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400):
-    r = mpy.run(SWEEP, URL=url, SHA=sha, MODE=mode, KW=kw or {}, START=start, OLD=OLD, OLD_SHA=OLD_SHA, LIMIT=limit,
+def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None, wait_for=False):
+    r = mpy.run(SWEEP, AGAIN=again, WAIT_FOR=wait_for, URL=url, SHA=sha, MODE=mode, KW=kw or {}, START=start, OLD=OLD, OLD_SHA=OLD_SHA, LIMIT=limit,
                 SIZE=N - len(start or b""))
     v = r.value
     assert "wrong" not in v, v
@@ -139,6 +149,98 @@ def test_a_download_cancelled_at_any_step_of(mpy, fault, case):
     start = payload(N)[:1500] if case == "a resume" else None
     v = sweep(mpy, fault.url(path), sha256_of(N, text=text), "file", kw, start)
     assert v["cancelled"] > 5, v
+
+
+def test_a_second_cancel_during_the_cleanup_of_a_segmented_download(mpy, fault):
+    # A segmented download's cleanup awaits its segments' tasks: a cancel may come again meanwhile
+    v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "file", {"segments": 3}, again=0)
+    assert v["cancelled"] > 5 and v["again"] > 0, v
+
+
+@pytest.mark.parametrize("case", ["a plain body", "segments"])
+def test_a_download_timed_out_by_wait_for_after_any_number_of_ms(mpy, fault, case):
+    # by time, not by steps: segments= does most of its work in tasks of its own, which the steps do not count
+    v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "file", {"segments": 3} if case == "segments"
+              else {}, wait_for=True)
+    assert v["cancelled"] > 5, v
+
+
+# close_session() after k steps of the first of three downloads: each fails (False) or, if it had not begun, gets its
+# file; nothing is left behind; then eight downloads at once all hold a slot at once and get their exact files.
+CLOSE = """
+import asyncio
+from mpos import DownloadManager
+from mpos.net import admission
+from stepcancel import Stepped, loop_is_idle, settle, admission_is_free
+
+DownloadManager.session_idle_ms = 0
+DownloadManager.retry_base_ms = 1
+
+def put_old(names):
+    for name in names:
+        with open(name, 'wb') as f:
+            f.write(OLD)
+
+def left_right(names):
+    wrong = []
+    for name in names:
+        if sha256_file(name) not in (OLD_SHA, SHA):
+            wrong.append(name + ' is neither old nor new')
+        if size(name + '.part') == 0:
+            wrong.append(name + '.part is empty')
+    return wrong
+
+async def gather(tasks):
+    got = []
+    for task in tasks:
+        got.append(await task)
+    return got
+
+async def main():
+    base = fd_count()
+    k = 0
+    while True:
+        names = ['a%d.bin' % k, 'b%d.bin' % k, 'c%d.bin' % k]
+        put_old(names)
+        first = Stepped(DownloadManager.download_url(URL, outfile=names[0]))
+        tasks = [asyncio.create_task(first)] + [asyncio.create_task(DownloadManager.download_url(URL, outfile=name))
+                                               for name in names[1:]]
+        while first.steps < k and not tasks[0].done():
+            await asyncio.sleep(0)
+        if tasks[0].done():
+            break
+        await DownloadManager.close_session()
+        got = await gather(tasks)
+        await settle()
+        wrong = [] if all(r is True or r is False for r in got) else ['returned %r' % got]
+        wrong += loop_is_idle() + admission_is_free() + left_right(names)
+        if fd_count() != base:
+            wrong.append('%d fds left' % (fd_count() - base))
+        if wrong:
+            result(k=k, wrong=wrong)
+            return
+        k += 1
+    for task in tasks:
+        await task
+    # eight at once, each with a slot of its own at once
+    DownloadManager.max_connections = 8
+    names = ['n%d.bin' % i for i in range(8)]
+    tasks = [asyncio.create_task(DownloadManager.download_url(URL, outfile=name)) for name in names]
+    await asyncio.sleep(0)
+    slots = admission.in_use()
+    got = await gather(tasks)
+    wrong = [name for name in names if sha256_file(name) != SHA]
+    result(k=k, slots=slots, got=got, wrong=wrong, fds=fd_count() - base)
+
+run(main())
+"""
+
+
+def test_close_session_at_any_step_of_three_downloads(mpy, fault):
+    v = mpy.run(CLOSE, URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), OLD=OLD, OLD_SHA=OLD_SHA).value
+    assert "wrong" not in v or v["wrong"] == [], v
+    print(v)
+    assert v["k"] > 5 and v["slots"] == 8 and v["got"] == [True] * 8 and v["fds"] == 0, v
 
 
 # The client itself: ATTEMPT (code) defines `async def attempt(session)` -> what it got, as a sha256 hex; it is

@@ -22,11 +22,11 @@ class Stepped:
         return self.coro.close()
 
 
-async def cancel_at(coro, k, extra=None):
+async def cancel_at(coro, k, again=None):
     # Runs coro as a task and cancels it once it has taken k steps: -> ("finished", its result) when it ended first,
-    # ("cancelled", steps) when the CancelledError reached the canceller, ("swallowed", what it returned) when it did
-    # not. extra(task), if given, runs right after the cancel, before the cancelled task has run again (a second cancel,
-    # a close_session()).
+    # ("cancelled", steps) when the CancelledError reached the canceller (("cancelled again", steps) after a second
+    # cancel), ("swallowed", what it returned) when it did not. again: cancelled once more when it has taken that many
+    # steps of its cleanup, if it is still running then.
     stepped = Stepped(coro)
     task = asyncio.create_task(stepped)
     while stepped.steps < k and not task.done():
@@ -34,12 +34,17 @@ async def cancel_at(coro, k, extra=None):
     if task.done():
         return "finished", await task
     task.cancel()
-    if extra is not None:
-        extra(task)
+    how = "cancelled"
+    if again is not None:
+        while stepped.steps <= k + again and not task.done():
+            await asyncio.sleep(0)
+        if not task.done():
+            task.cancel()
+            how = "cancelled again"
     try:
         got = await task
     except asyncio.CancelledError:
-        return "cancelled", stepped.steps
+        return how, stepped.steps
     return "swallowed", got
 
 

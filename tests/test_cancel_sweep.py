@@ -43,9 +43,19 @@ def sink():
         return got, {'outfile': OUT}
     return got, {}
 
+async def progress(percent):
+    await asyncio.sleep(0)  # a step of its own: a cancel lands in it, the one at 100 % too
+
+async def keep(chunk):
+    await asyncio.sleep(0)
+
 def call(url, kw, headers):
     got, sinkkw = sink()
     kw = dict(kw, **sinkkw)
+    if kw.pop('async_callbacks', False):  # (a callback can't be passed in by value)
+        kw['progress_callback'] = progress
+        if MODE == 'stream':
+            kw['chunk_callback'] = lambda chunk: got.append(chunk) or keep(chunk)
     return got, DownloadManager.download_url(url, headers=headers, **kw)
 
 def resume_headers():
@@ -142,6 +152,12 @@ CASES = {
     "a chunked body": ("/bytes/%d?trickle=1&chunked=1&chunks=300" % N, {}),
     "a gzip body": ("/bytes/%d?trickle=1&gzip=1&text=1" % N, {}),
 }
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+def test_a_download_cancelled_at_any_step_of_its_async_callbacks(mpy, fault, mode):
+    v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), mode, {"async_callbacks": True})
+    assert v["cancelled"] > 5, v
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -416,3 +432,32 @@ run(main())
 def test_a_cancel_in_the_turn_a_read_times_out_reaches_the_canceller(mpy, fault, order):
     v = mpy.run(IN_THE_TURN, URL=fault.url("/bytes/4000?stall=1000&stall_s=0.4"), ORDER=order).value
     assert v == {"got": ["cancelled"] * 6, "fds": 0}, v
+
+
+def test_a_queued_download_cancelled_in_the_turn_its_slot_is_granted_passes_the_slot_on(mpy, fault):
+    # one slot: A holds it, B and C wait; B is cancelled in the turn A's end hands it the slot, before B runs
+    v = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+from stepcancel import loop_is_idle, settle, admission_is_free
+
+DownloadManager.session_idle_ms = 0
+DownloadManager.max_connections = 1
+
+async def main():
+    base = fd_count()
+    a, b, c = [asyncio.create_task(DownloadManager.download_url(URL, outfile=name)) for name in ('a', 'b', 'c')]
+    while not a.done():
+        await asyncio.sleep(0)
+    b.cancel()
+    try:
+        got_b = await b
+    except asyncio.CancelledError:
+        got_b = 'cancelled'
+    got = [await a, got_b, await c]
+    await settle()
+    result(got=got, c=sha256_file('c') == SHA, b=exists('b.part'), fds=fd_count() - base,
+           left=loop_is_idle() + admission_is_free())
+run(main())
+""", URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), timeout=20).value  # (a slot lost: a hang)
+    assert v == {"got": [True, "cancelled", True], "c": True, "b": False, "fds": 0, "left": []}, v

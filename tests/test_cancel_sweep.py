@@ -3,6 +3,8 @@ task, for k = 0, 1, 2 ... until it finishes first (tests/mpy/stepcancel.py). Aft
 reached the canceller, no fd is left, nothing waits in the event loop, DownloadManager holds no slot, OUTFILE is
 untouched, a .part stays only with data in it (docs/decisions.md), nothing was logged, and the next download of the
 same URL to the same OUTFILE gets the exact bytes."""
+import os
+
 import pytest
 
 from test_reliability import OLD, OLD_SHA
@@ -133,7 +135,9 @@ def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None
     return v
 
 
-N = 4000  # bytes of each resource: sent in pieces of 1, 2, 3, 5 ... bytes (trickle), a step each
+# bytes of each resource, sent in pieces of 1, 2, 3, 5 ... bytes (trickle), a step each: 4000 is 20 to 70 steps;
+# CANCEL_SWEEP_BYTES=30000 sweeps 150 to 300 (several minutes)
+N = int(os.environ.get("CANCEL_SWEEP_BYTES", 4000))
 
 
 @pytest.mark.parametrize("mode", ["file", "stream", "memory"])
@@ -461,3 +465,57 @@ async def main():
 run(main())
 """, URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), timeout=20).value  # (a slot lost: a hang)
     assert v == {"got": [True, "cancelled", True], "c": True, "b": False, "fds": 0, "left": []}, v
+
+
+# A websocket's reader and writer are woken when the websocket goes (the session closes): a cancel of theirs in that
+# same turn, before or after, is theirs to get, not a CLOSED message (an `async for` that ends and goes on after its
+# loop) or a ClientConnectionResetError.
+WS_TEARDOWN = """
+import asyncio
+from stepcancel import settle
+
+async def reader(ws):
+    async for msg in ws:
+        pass
+    return 'went on after its loop'
+
+async def writer(ws):
+    block = bytes(1 << 16)
+    for _ in range(1000):  # to a server that does not read: soon it waits
+        await ws.send_bytes(block)
+    return 'sent'
+
+async def outcome(task):
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 'cancelled'
+    except Exception as e:
+        return repr(e)
+
+async def main():
+    got = []
+    for work in (reader, writer):
+        for order in ('cancel, then close', 'close, then cancel'):
+            session = ws_session()
+            ws = await session.ws_connect(URL)
+            task = asyncio.create_task(work(ws))
+            await asyncio.sleep_ms(50)
+            if order == 'cancel, then close':
+                task.cancel()
+            session.shutdown()  # (what DownloadManager and `async with` do: ClientSession.close() without its await)
+            if order == 'close, then cancel':
+                task.cancel()
+            got.append(await outcome(task))
+            await settle()
+            result(fds=fd_count())
+    result(got=got)
+run(main())
+"""
+
+
+def test_a_websocket_task_cancelled_in_the_turn_its_session_closes_is_cancelled(mpy, ws_script):
+    srv = ws_script({"/quiet": [3]}, rcvbuf=4096)
+    r = mpy.run(WS_TEARDOWN, URL=srv.url("/quiet"))
+    assert r.value["got"] == ["cancelled"] * 4, r.value
+    assert len({x["fds"] for x in r.results[:-1]}) == 1, r.results  # no fd left by any

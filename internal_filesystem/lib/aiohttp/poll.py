@@ -73,7 +73,8 @@ def interrupt(task, error):
     if not internals:
         task.cancel()
         return True
-    if task.data is None or task.data is core._io_queue:  # (woken or still waiting: not cancelled)
+    pending = task.data  # what it waits in, or what its next run raises
+    if pending is not core.CancelledError and not isinstance(pending, BaseException):
         task.cancel()
         task.data = error
     return False

@@ -519,3 +519,32 @@ def test_a_websocket_task_cancelled_in_the_turn_its_session_closes_is_cancelled(
     r = mpy.run(WS_TEARDOWN, URL=srv.url("/quiet"))
     assert r.value["got"] == ["cancelled"] * 4, r.value
     assert len({x["fds"] for x in r.results[:-1]}) == 1, r.results  # no fd left by any
+
+
+def test_a_websocket_close_under_way_when_its_session_closes_ends_without_a_cancel(mpy, ws_script):
+    # close() waits for the server's Close (it is 2 s late); the session closes meanwhile: close() returns, raising no
+    # CancelledError that nobody asked for. Cancelled itself in that same turn, it is cancelled.
+    srv = ws_script({"/late": ["read", 2]})
+    r = mpy.run("""
+import asyncio
+from stepcancel import settle
+
+async def main():
+    base = fd_count()
+    for cancel in (False, True):
+        session = ws_session()
+        ws = await session.ws_connect(URL)
+        closer = asyncio.create_task(ws.close())
+        await asyncio.sleep_ms(100)
+        session.shutdown()
+        if cancel:
+            closer.cancel()
+        try:
+            got = await closer
+        except asyncio.CancelledError:
+            got = 'cancelled'
+        await settle()
+        result(cancel=cancel, got=got, fds=fd_count() - base)
+run(main())
+""", URL=srv.url("/late"))
+    assert r.results == [{"cancel": False, "got": True, "fds": 0}, {"cancel": True, "got": "cancelled", "fds": 0}]

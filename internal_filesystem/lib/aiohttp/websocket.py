@@ -588,6 +588,10 @@ class ClientWebSocketResponse:
         try:
             while self._state == _CLOSING:
                 await self._next()
+        except asyncio.CancelledError as e:
+            if self._reading is me or not _woken(e):  # close()'s own timeout, or a cancel of close() itself
+                raise
+            # (woken by _drop: the connection went, there is nothing left to drain)
         finally:
             if self._reading is me:
                 self._reading = None

@@ -54,6 +54,12 @@ async def keep(chunk):
 def call(url, kw, headers):
     got, sinkkw = sink()
     kw = dict(kw, **sinkkw)
+    nested = kw.pop('nested', None)
+    if nested:  # each chunk awaits a download of its own, in the same task (a slot past the cap: admission.admit)
+        async def fetch(chunk):
+            got.append(chunk)
+            assert await DownloadManager.download_url(nested) is not None
+        kw['chunk_callback'] = fetch
     if kw.pop('async_callbacks', False):  # (a callback can't be passed in by value)
         kw['progress_callback'] = progress
         if MODE == 'stream':
@@ -161,6 +167,12 @@ CASES = {
 @pytest.mark.parametrize("mode", ["file", "stream"])
 def test_a_download_cancelled_at_any_step_of_its_async_callbacks(mpy, fault, mode):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), mode, {"async_callbacks": True})
+    assert v["cancelled"] > 5, v
+
+
+def test_a_download_cancelled_at_any_step_of_the_downloads_its_callback_awaits(mpy, fault):
+    v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "stream",
+              {"nested": fault.url("/bytes/100?trickle=1"), "chunk_size": 1000})
     assert v["cancelled"] > 5, v
 
 
@@ -548,3 +560,28 @@ async def main():
 run(main())
 """, URL=srv.url("/late"))
     assert r.results == [{"cancel": False, "got": True, "fds": 0}, {"cancel": True, "got": "cancelled", "fds": 0}]
+
+
+def test_close_session_ends_a_download_waiting_to_retry_at_once(mpy, fault):
+    # A 503 with Retry-After: 5 makes the download wait 5 s before its next try; close_session() meanwhile ends it
+    # now (False), not 5 s later, so its OUTFILE is free for the next download at once.
+    v = mpy.run("""
+import asyncio, time
+from mpos import DownloadManager
+from stepcancel import admission_is_free
+
+DownloadManager.session_idle_ms = 0
+
+async def main():
+    task = asyncio.create_task(DownloadManager.download_url(URL + '&key=a', outfile='x.bin'))
+    await asyncio.sleep_ms(200)  # (the 503 came: it waits)
+    t0 = time.ticks_ms()
+    await DownloadManager.close_session()
+    got = await task
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    left = admission_is_free()
+    again = await DownloadManager.download_url(URL + '&key=b&times=0', outfile='x.bin')
+    result(got=got, ms=ms, left=left, again=again, sha=sha256_file('x.bin') == SHA)
+run(main())
+""", URL=fault.url("/bytes/%d?fail=503&retry_after=5" % N), SHA=sha256_of(N)).value
+    assert v["got"] is False and v["ms"] < 1000 and v["left"] == [] and v["again"] is True and v["sha"], v

@@ -137,7 +137,6 @@ def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None
     assert "wrong" not in v, v
     assert v["how"] == "finished" and v["ok"], v
     assert r.stderr == "", r.stderr  # a cancel is no failure: nothing is logged
-    print(v)
     return v
 
 
@@ -156,10 +155,10 @@ def test_a_download_cancelled_at_any_step(mpy, fault, mode):
 CASES = {
     "a resume": ("/bytes/%d?trickle=1" % N, {}),
     "segments": ("/bytes/%d?trickle=1" % N, {"segments": 3}),
-    "a redirect chain": ("/chain/3/bytes/%d?trickle=1" % N, {}),
+    "a redirect chain": ("/chain/2/bytes/%d?trickle=1" % N, {}),
     "a retry after a drop": ("/bytes/%d?trickle=1&drop=1500&key=K" % N, {}),
     "a 503 with Retry-After": ("/bytes/%d?trickle=1&fail=503&retry_after=1&key=K" % N, {}),
-    "a chunked body": ("/bytes/%d?trickle=1&chunked=1&chunks=300" % N, {}),
+    "a chunked body": ("/bytes/%d?trickle=1&chunked=1" % N, {}),
     "a gzip body": ("/bytes/%d?trickle=1&gzip=1&text=1" % N, {}),
 }
 
@@ -274,7 +273,6 @@ run(main())
 def test_close_session_at_any_step_of_three_downloads(mpy, fault):
     v = mpy.run(CLOSE, URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), OLD=OLD, OLD_SHA=OLD_SHA).value
     assert "wrong" not in v or v["wrong"] == [], v
-    print(v)
     assert v["k"] > 5 and v["slots"] == 8 and v["got"] == [True] * 8 and v["fds"] == 0, v
 
 
@@ -341,7 +339,6 @@ def client_sweep(mpy, attempt, url, sha, ca=None, limit=400):
     assert "wrong" not in v, v
     assert v["ok"] and v["fds"] == 0 and v["idle"] == [], v
     assert r.stderr == "", r.stderr
-    print(v)
     return v
 
 

@@ -132,9 +132,10 @@ run(main())
 
 def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None, wait_for=None):
     r = mpy.run(SWEEP, AGAIN=again, WAIT_FOR=wait_for, URL=url, SHA=sha, MODE=mode, KW=kw or {}, START=start, OLD=OLD,
-                OLD_SHA=OLD_SHA, LIMIT=limit, SIZE=N - len(start or b""))
+                OLD_SHA=OLD_SHA, LIMIT=limit, SIZE=N - len(start or b""), timeout=TIMEOUT)
     v = r.value
     assert "wrong" not in v, v
+    print(v)  # (the counts, for a long sweep run with -s)
     assert v["how"] == "finished" and v["ok"], v
     assert r.stderr == "", r.stderr  # a cancel is no failure: nothing is logged
     return v
@@ -143,6 +144,7 @@ def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None
 # bytes of each resource, sent in pieces of 1, 2, 3, 5 ... bytes (trickle), a step each: 4000 is 20 to 70 steps;
 # CANCEL_SWEEP_BYTES=30000 sweeps 150 to 300 (several minutes)
 N = int(os.environ.get("CANCEL_SWEEP_BYTES", 4000))
+TIMEOUT = 60 * max(1, N // 4000)  # seconds for one sweep
 
 
 @pytest.mark.parametrize("mode", ["file", "stream", "memory"])
@@ -271,7 +273,8 @@ run(main())
 
 
 def test_close_session_at_any_step_of_three_downloads(mpy, fault):
-    v = mpy.run(CLOSE, URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), OLD=OLD, OLD_SHA=OLD_SHA).value
+    v = mpy.run(CLOSE, URL=fault.url("/bytes/%d?trickle=1" % N), SHA=sha256_of(N), OLD=OLD, OLD_SHA=OLD_SHA,
+                timeout=TIMEOUT).value
     assert "wrong" not in v or v["wrong"] == [], v
     assert v["k"] > 5 and v["slots"] == 8 and v["got"] == [True] * 8 and v["fds"] == 0, v
 
@@ -334,9 +337,10 @@ async def attempt(session):
 
 
 def client_sweep(mpy, attempt, url, sha, ca=None, limit=400):
-    r = mpy.run(CLIENT + attempt + "\nrun(main())\n", URL=url, SHA=sha, CA=ca, LIMIT=limit)
+    r = mpy.run(CLIENT + attempt + "\nrun(main())\n", URL=url, SHA=sha, CA=ca, LIMIT=limit, timeout=TIMEOUT)
     v = r.value
     assert "wrong" not in v, v
+    print(v)  # (the counts, for a long sweep run with -s)
     assert v["ok"] and v["fds"] == 0 and v["idle"] == [], v
     assert r.stderr == "", r.stderr
     return v

@@ -1,6 +1,7 @@
 # ClientSession: requests, a pool of keep-alive connections, timeouts enforced by one watchdog task, redirects.
 
 import asyncio
+from errno import ETIMEDOUT
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
@@ -221,9 +222,8 @@ class ClientSession:
                 for conn in self._busy:
                     task = conn.waiter
                     if task is not None and conn.wait_until is not None and ticks_diff(now, conn.wait_until) >= 0:
-                        conn.timed_out = True
                         conn.wait_until = conn.deadline = conn.waiter = None
-                        task.cancel()
+                        conn.timed_out = poll.interrupt(task, errors.ServerTimeoutError("timed out", ETIMEDOUT))
         finally:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None

@@ -193,7 +193,7 @@ class Connection:
     wait_until = None  # the deadline of the wait under way, in ticks_ms
     deadline = None  # the deadline of the whole request (ClientTimeout.total), or of its head while it is read
     waiter = None  # the task waiting now: the watchdog cancels it at wait_until
-    timed_out = False  # the watchdog cancelled the waiter: its CancelledError is a timeout
+    timed_out = False  # the watchdog cancelled the waiter without internals: its CancelledError is a timeout
     chunked = False  # a chunked body streams: the read-ahead stays for its size lines
     streak = 0  # bytes read since this connection's reader last let other tasks run
 
@@ -256,7 +256,7 @@ class Connection:
             self.waiter = poll.current_task()
 
     def woke(self, e):
-        # A wait ended in e: the watchdog's cancellation is a timeout
+        # A wait ended in e: the watchdog's cancellation is a timeout (with internals it raises the timeout itself)
         self.wait_until = None
         # (asyncio throws the class CancelledError, a generator gets an instance)
         if self.timed_out and (e is asyncio.CancelledError or isinstance(e, asyncio.CancelledError)):

@@ -66,6 +66,20 @@ def write_all(sock, data):
             return
 
 
+def interrupt(task, error):
+    # Ends a task's wait by raising error in it -> whether the task must take its CancelledError for error (without
+    # internals: no other cancel can be told apart from this one). With internals another task's cancel wins: one
+    # that came since the task last ran is left as it is, one that comes after this replaces error.
+    if not internals:
+        task.cancel()
+        return True
+    pending = task.data  # what it waits in, or what its next run raises
+    if pending is not core.CancelledError and not isinstance(pending, BaseException):
+        task.cancel()
+        task.data = error
+    return False
+
+
 def finished_task(owner):
     # (internals) a Task that is done: awaiting it raises what its .data holds, from C; None where Task is not native
     if not internals or _NativeTask is None:

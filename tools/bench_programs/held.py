@@ -43,6 +43,10 @@ async def rounds():
                     return True
                 await chunk_callback(buf if n == 1024 else memoryview(buf)[:n])
 
+    async def drop(chunk):
+        pass
+
+    await client(URL, drop)  # resp.content's module (aiohttp/streams.py) loads on first use: not per request
     DownloadManager.max_connections = 8
     await held(2, stand_in, "warm")  # asyncio.Event and gather load on first use: not per download
     for n in (1, 8):

@@ -1085,6 +1085,23 @@ run(main())
     assert fault.connections == 1
 
 
+def test_a_shorter_idle_window_applies_to_the_next_download(mpy, fault):
+    # session_idle_ms is read when a download ends: one made shorter closes the session after the new window,
+    # not after the longer one the download before began
+    r = mpy.run("""
+from mpos import DownloadManager, TaskManager
+async def main():
+    DownloadManager.session_idle_ms = 5000
+    first = sha256(await DownloadManager.download_url(URL))
+    DownloadManager.session_idle_ms = 100
+    second = sha256(await DownloadManager.download_url(URL))
+    await TaskManager.sleep_ms(400)
+    result(shas=[first, second], later=DownloadManager.is_session_active(), tasks=len(TaskManager.list_tasks()))
+run(main())
+""", URL=fault.url("/bytes/3000"))
+    assert r.value == {"shas": [sha256_of(3000)] * 2, "later": False, "tasks": 0}, r.value
+
+
 def test_close_session_in_the_middle_of_a_download(mpy, fault):
     # close_session() works at any time: the download in flight ends (either way, cleanly), nothing stays open
     # and the next download gets a fresh session

@@ -67,6 +67,7 @@ def acquire_session(download=None):
 def release_session(idle_ms, download=None):
     # One user less; the last one leaves the session open idle_ms more for the next download (0: closes it now)
     global _session, _users, _closer, _close_at
+    stale = None  # a closer that must not close this session
     with _lock:
         if download is not None:
             _listed.remove(download)
@@ -79,15 +80,17 @@ def release_session(idle_ms, download=None):
         close_now = idle_ms <= 0
         if close_now:
             _session = None
-            closer, _closer = _closer, None
+            stale, _closer = _closer, None
         else:
-            _close_at = ticks_add(ticks_ms(), idle_ms)
-            if _closer is not None and _closer.done():  # (cancelled by an app, or ended by a full heap)
-                _closer = None
+            close_at = ticks_add(ticks_ms(), idle_ms)
+            if _closer is not None and (_closer.done() or ticks_diff(close_at, _close_at) < 0):
+                # ended (cancelled by an app, a full heap), or asleep until a later close (idle_ms was made shorter)
+                stale, _closer = _closer, None
+            _close_at = close_at
             closer = _closer
+    if stale is not None:
+        _cancel(stale)
     if close_now:
-        if closer is not None:
-            _cancel(closer)
         idle.shutdown()
         return
     if closer is not None:  # the closer of the downloads before this one sleeps on, until the new _close_at

@@ -476,6 +476,26 @@ run(main())
                          {"after": sha256_of(100)}]
 
 
+def test_a_session_that_closes_gives_its_connections_room_to_the_other_sessions_of_its_connector(mpy, fault):
+    # A session's close closes the connections it had in use: a request of another session of the connector,
+    # waiting for one under limit=, goes on at once, not once the response that held it is let go
+    r = mpy.run(CONNECTOR + """
+async def main():
+    connector = aiohttp.TCPConnector(limit=1)
+    first = aiohttp.ClientSession(connector=connector, connector_owner=False)
+    second = aiohttp.ClientSession(connector=connector, connector_owner=False)
+    held = await first.get(URL)
+    waiting = asyncio.create_task(fetch(second, URL))
+    await asyncio.sleep_ms(50)
+    await first.close()
+    result(sha=await asyncio.wait_for_ms(waiting, 1000))
+    held.release()
+    await second.close()
+run(main())
+""", URL=fault.url("/bytes/100"))
+    assert r.value == {"sha": sha256_of(100)}
+
+
 def test_a_session_closes_the_connector_it_owns_and_a_connector_closes_its_connections(mpy, fault):
     r = mpy.run(CONNECTOR + """
 async def main():

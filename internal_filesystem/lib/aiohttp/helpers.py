@@ -72,11 +72,12 @@ class TCPConnector:
             self._owner = session
 
     def left(self, session):
-        # session closed: the connector goes with the session that owns it
+        # session closed: the connections it had in use count no more, and the connector goes with its owner
         if session in self._sessions:
             self._sessions.remove(session)
         if session is self._owner:
             self.close()
+        self.released()
 
     def close(self):
         # closes every connection of the sessions it serves, idle or in use (they are closed too, as aiohttp's

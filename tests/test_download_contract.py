@@ -1060,8 +1060,9 @@ def test_session_closes_after_the_idle_window(mpy, fault, idle_ms):
 
 
 def test_downloads_one_after_another_share_one_idle_timer(mpy, fault):
-    # The session's idle timer is one task for a run of downloads (not one made and cancelled per download); a
-    # download longer than the idle window keeps the session, which closes idle_ms after the last one ends
+    # The session's idle timer is one task for a run of downloads within the idle window (not one made and
+    # cancelled per download); a download longer than the window keeps the session, which closes idle_ms after
+    # the last one ends
     r = mpy.run("""
 from mpos import DownloadManager, TaskManager
 async def main():
@@ -1069,19 +1070,36 @@ async def main():
     fds = fd_count()
     timers = []  # (the tasks themselves: kept alive, no address is reused)
     shas = []
-    for url in (URL, SLOW, URL):
+    for url in (URL, URL, SLOW, URL):
         shas.append(sha256(await DownloadManager.download_url(url)))
         timers.append(TaskManager.list_tasks())
     await TaskManager.sleep_ms(500)
-    result(shas=shas, sizes=[len(tasks) for tasks in timers], same=all(t == timers[0] for t in timers),
+    result(shas=shas, sizes=[len(tasks) for tasks in timers], same=timers[0] == timers[1],
            later=DownloadManager.is_session_active(), tasks=len(TaskManager.list_tasks()), fds=fd_count() - fds)
 run(main())
 """, URL=fault.url("/bytes/3000"), SLOW=fault.url("/bytes/60000?rate=100000"))
     got = r.value
-    assert got["shas"] == [sha256_of(3000), sha256_of(60000), sha256_of(3000)]
-    assert got["sizes"] == [1, 1, 1] and got["same"], got
+    assert got["shas"] == [sha256_of(3000), sha256_of(3000), sha256_of(60000), sha256_of(3000)]
+    assert got["sizes"] == [1, 1, 1, 1] and got["same"], got
     assert got["later"] is False and got["tasks"] == 0 and got["fds"] == 0, got
     assert fault.connections == 1
+
+
+def test_a_shorter_idle_window_applies_to_the_next_download(mpy, fault):
+    # session_idle_ms is read when a download ends: one made shorter closes the session after the new window,
+    # not after the longer one the download before began
+    r = mpy.run("""
+from mpos import DownloadManager, TaskManager
+async def main():
+    DownloadManager.session_idle_ms = 5000
+    first = sha256(await DownloadManager.download_url(URL))
+    DownloadManager.session_idle_ms = 100
+    second = sha256(await DownloadManager.download_url(URL))
+    await TaskManager.sleep_ms(400)
+    result(shas=[first, second], later=DownloadManager.is_session_active(), tasks=len(TaskManager.list_tasks()))
+run(main())
+""", URL=fault.url("/bytes/3000"))
+    assert r.value == {"shas": [sha256_of(3000)] * 2, "later": False, "tasks": 0}, r.value
 
 
 def test_close_session_in_the_middle_of_a_download(mpy, fault):

@@ -476,6 +476,49 @@ run(main())
                          {"after": sha256_of(100)}]
 
 
+def test_the_connect_timeout_bounds_the_whole_wait_for_a_connection_not_each_turn_of_it(mpy, fault):
+    # Two requests wait for the one connection; the first takes it when it comes back (at about 200 ms) and holds
+    # it 200 ms more: the second's 300 ms run out meanwhile, though it was woken when the connection came back
+    r = mpy.run(CONNECTOR + """
+async def main():
+    timeout = aiohttp.ClientTimeout(connect=0.3)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+        held = await session.get(URL)
+        first = asyncio.create_task(fetch(session, SLOW))
+        await asyncio.sleep_ms(10)
+        second = asyncio.create_task(fetch(session, URL))
+        await asyncio.sleep_ms(200)
+        held.release()
+        try:
+            got = await second
+        except aiohttp.ServerTimeoutError as e:
+            got = str(e)
+        result(first=await first, second=got)
+run(main())
+""", URL=fault.url("/bytes/100"), SLOW=fault.url("/bytes/100?delay=0.2"))
+    assert r.value == {"first": sha256_of(100), "second": "no connection came free within 300 ms"}
+
+
+def test_a_session_that_closes_gives_its_connections_room_to_the_other_sessions_of_its_connector(mpy, fault):
+    # A session's close closes the connections it had in use: a request of another session of the connector,
+    # waiting for one under limit=, goes on at once, not once the response that held it is let go
+    r = mpy.run(CONNECTOR + """
+async def main():
+    connector = aiohttp.TCPConnector(limit=1)
+    first = aiohttp.ClientSession(connector=connector, connector_owner=False)
+    second = aiohttp.ClientSession(connector=connector, connector_owner=False)
+    held = await first.get(URL)
+    waiting = asyncio.create_task(fetch(second, URL))
+    await asyncio.sleep_ms(50)
+    await first.close()
+    result(sha=await asyncio.wait_for_ms(waiting, 1000))
+    held.release()
+    await second.close()
+run(main())
+""", URL=fault.url("/bytes/100"))
+    assert r.value == {"sha": sha256_of(100)}
+
+
 def test_a_session_closes_the_connector_it_owns_and_a_connector_closes_its_connections(mpy, fault):
     r = mpy.run(CONNECTOR + """
 async def main():

@@ -123,15 +123,30 @@ run(main())
 
 # --- the session's idle close, where create_task runs a coroutine's first step at once ----------------------------
 
-EAGER = PRE + """
-from asyncio import core
-
-# MicroPythonOS's test harness: a TaskManager whose sleeps return at once and whose create_task runs the new
-# coroutine's first step there and then, in the caller; the event loop runs the rest.
+# A test harness's TaskManager (MicroPythonOS's MockTaskManager): its sleeps return at once
+NO_WAIT = PRE + """
 async def no_wait(t):
     pass
 
 TaskManager.sleep = TaskManager.sleep_ms = no_wait
+"""
+
+TWO_DOWNLOADS = """
+async def main():
+    shas = []
+    for i in range(2):
+        r = await DownloadManager.download_url(URL)
+        shas.append(sha256(r) if r else None)
+    await DownloadManager.close_session()
+    result(shas=shas)
+run(main())
+"""
+
+# ... and its create_task runs the new coroutine's first step there and then, in the caller; the event loop runs
+# the rest
+EAGER = NO_WAIT + """
+from asyncio import core
+
 real_create_task = TaskManager.create_task
 
 def eager_create_task(coro):
@@ -149,20 +164,18 @@ def eager_create_task(coro):
     return task
 
 TaskManager.create_task = eager_create_task
-
-async def main():
-    shas = []
-    for i in range(2):
-        r = await DownloadManager.download_url(URL)
-        shas.append(sha256(r) if r else None)
-    await DownloadManager.close_session()
-    result(shas=shas)
-run(main())
 """
 
 
 def test_the_idle_close_does_not_deadlock_when_create_task_runs_the_first_step_at_once(mpy, fault):
-    v = mpy.run(EAGER, URL=fault.url("/bytes/5000"), timeout=10).value  # a deadlock: MicroPython times out
+    v = mpy.run(EAGER + TWO_DOWNLOADS, URL=fault.url("/bytes/5000"), timeout=10).value  # a deadlock: a timeout
+    assert v["shas"] == [sha256_of(5000)] * 2, v
+
+
+def test_the_idle_close_does_not_spin_when_sleeps_return_at_once(mpy, fault):
+    # The session's closer, woken while the next download holds the session, must not wait for it in a loop of
+    # sleeps: one that returns at once never lets the download run again
+    v = mpy.run(NO_WAIT + TWO_DOWNLOADS, URL=fault.url("/bytes/5000"), timeout=10).value  # a spin: a timeout
     assert v["shas"] == [sha256_of(5000)] * 2, v
 
 

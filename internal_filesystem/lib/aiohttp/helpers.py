@@ -72,11 +72,12 @@ class TCPConnector:
             self._owner = session
 
     def left(self, session):
-        # session closed: the connector goes with the session that owns it
+        # session closed: the connections it had in use count no more, and the connector goes with its owner
         if session in self._sessions:
             self._sessions.remove(session)
         if session is self._owner:
             self.close()
+        self.released()
 
     def close(self):
         # closes every connection of the sessions it serves, idle or in use (they are closed too, as aiohttp's
@@ -96,17 +97,22 @@ class TCPConnector:
         return self.limit and in_use >= self.limit or self.limit_per_host and to_host >= self.limit_per_host
 
     async def wait_for_room(self, key, wait_ms):
-        # until a connection to key's host may be opened or taken from the pool; wait_ms: the connect timeout
+        # until a connection to key's host may be opened or taken from the pool; wait_ms: the connect timeout, for
+        # the whole wait (a request woken may find the connection that came back taken by another, and wait on)
+        end = None
         while self._full(key):
             import asyncio
+            from time import ticks_add, ticks_diff, ticks_ms
 
             if self._room is None:
                 self._room = asyncio.Event()
+            if wait_ms is None:
+                await self._room.wait()
+                continue
+            if end is None:
+                end = ticks_add(ticks_ms(), wait_ms)
             try:
-                if wait_ms is None:
-                    await self._room.wait()
-                else:
-                    await asyncio.wait_for_ms(self._room.wait(), wait_ms)
+                await asyncio.wait_for_ms(self._room.wait(), max(ticks_diff(end, ticks_ms()), 0))
             except asyncio.TimeoutError:
                 from . import errors
 

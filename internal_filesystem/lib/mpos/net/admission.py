@@ -67,6 +67,7 @@ def acquire_session(download=None):
 def release_session(idle_ms, download=None):
     # One user less; the last one leaves the session open idle_ms more for the next download (0: closes it now)
     global _session, _users, _closer, _close_at
+    stale = None  # a closer that must not close this session
     with _lock:
         if download is not None:
             _listed.remove(download)
@@ -79,24 +80,26 @@ def release_session(idle_ms, download=None):
         close_now = idle_ms <= 0
         if close_now:
             _session = None
-            closer, _closer = _closer, None
+            stale, _closer = _closer, None
         else:
-            _close_at = ticks_add(ticks_ms(), idle_ms)
-            if _closer is not None and _closer.done():  # (cancelled by an app, or ended by a full heap)
-                _closer = None
+            close_at = ticks_add(ticks_ms(), idle_ms)
+            if _closer is not None and (_closer.done() or ticks_diff(close_at, _close_at) < 0):
+                # ended (cancelled by an app, a full heap), or asleep until a later close (idle_ms was made shorter)
+                stale, _closer = _closer, None
+            _close_at = close_at
             closer = _closer
+    if stale is not None:
+        _cancel(stale)
     if close_now:
-        if closer is not None:
-            _cancel(closer)
         idle.shutdown()
         return
-    if closer is not None:  # the closer of the downloads before this one waits on, for the new _close_at
+    if closer is not None:  # the closer of the downloads before this one sleeps on, until the new _close_at
         return
     # Made outside the lock: a create_task that runs the coroutine's first step at once must not find it held
     try:
         from .. import TaskManager  # (loaded now if no one named it yet)
 
-        closer = TaskManager.create_task(_close_when_idle(idle, idle_ms))
+        closer = TaskManager.create_task(_close_when_idle(idle))
     except MemoryError:  # a download that ends in a full heap still ends as it would have: the session closes now
         closer = None
     if closer is None:  # (or TaskManager is disabled: nothing would close it later)
@@ -109,23 +112,28 @@ def release_session(idle_ms, download=None):
         _cancel(closer)
 
 
-async def _close_when_idle(idle, idle_ms):
-    # Closes the session once no user held it until _close_at. One task serves a run of downloads that follow each
-    # other, rather than one made and cancelled per download: it sleeps on while a user holds the session, idle_ms
-    # at a time, and reads _close_at anew each time it wakes.
+async def _close_when_idle(idle):
+    # Closes the session once no user held it until _close_at. One task serves the downloads that follow each other
+    # within the idle window: it sleeps until _close_at, and on while a user's release moved it later. It never
+    # waits on a user: a sleep that returns at once (a test's TaskManager) would turn that wait into a busy loop.
     global _session, _closer
     from .. import TaskManager
 
+    until = None  # the _close_at it slept until
     while True:
         with _lock:
             if _session is not idle:  # closed by close_session(), which also took _closer
                 return
-            wait = ticks_diff(_close_at, ticks_ms())
-            if wait <= 0 and not _users:
+            if _users and until is not None:  # woke in use: the last user makes the next closer (release_session)
+                _closer = None
+                return
+            if _close_at == until:
                 _session = None
                 _closer = None
                 break
-        await TaskManager.sleep_ms(wait if wait > 0 else idle_ms)
+            until = _close_at
+            wait = ticks_diff(until, ticks_ms())
+        await TaskManager.sleep_ms(wait if wait > 0 else 0)
     idle.shutdown()
 
 

@@ -121,6 +121,25 @@ run(main())
     assert v["got"] == [[False, ok], [True, "tls"], [True, ok], [True, "tls"], [True, ok]], v
 
 
+@pytest.mark.parametrize("ca", ["/no/such/ca.der", b"not a certificate", "-----BEGIN CERTIFICATE-----\nxyz\n"])
+def test_a_ca_that_cannot_be_loaded_fails_as_tls_at_once(mpy, fault_tls, ca):
+    # A missing file or bytes that are no certificate: no try can mend it, so none is made (no request is sent)
+    v = mpy.run(PRE + """
+async def main():
+    DownloadManager.ca = CA
+    try:
+        r = await DownloadManager.download_url(URL, raise_errors=True)
+        got = ["returned", repr(r)]
+    except DownloadManager.DownloadError as e:
+        got = describe(e)
+    DownloadManager.ca = None
+    result(got=got, default=sha256(await DownloadManager.download_url(URL)))
+run(main())
+""", URL=fault_tls.url("/bytes/1000"), CA=ca).value
+    assert v["got"][:2] == ["TLSError", "tls"] and "DownloadManager.ca" in v["got"][3], v
+    assert fault_tls.connections == 1 and v["default"] == sha256_of(1000)  # the download after it, with ca=None
+
+
 # --- the session's idle close, where create_task runs a coroutine's first step at once ----------------------------
 
 # A test harness's TaskManager (MicroPythonOS's MockTaskManager): its sleeps return at once

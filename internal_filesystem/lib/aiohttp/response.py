@@ -187,7 +187,7 @@ def is_field(buf, start, end):
     colon = buf.find(b":", start, end)
     if colon <= start:
         return False
-    if buf[start:colon].replace(b"-", b"").isalpha():  # (the usual name, checked in C: a byte loop costs 25x more)
+    if buf[start:colon].replace(b"-", b"").isalpha():  # the usual name (letters and "-"), checked in C at once
         return True
     for i in range(start, colon):
         if buf[i] not in TOKEN:

@@ -203,7 +203,12 @@ def tls_context(ca):
     if made is None or made[0] is not ca:
         import aiohttp
 
-        made = _tls = (ca, aiohttp.tls_context(ca))
+        try:
+            made = _tls = (ca, aiohttp.tls_context(ca))
+        except (OSError, ValueError) as e:  # no such file, or no certificate in it: no try can mend that
+            from . import errors
+
+            raise errors.TLSError("DownloadManager.ca can't be loaded: %r" % (e,))
     return made[1]
 
 

@@ -587,7 +587,8 @@ class Download:
     # -- the sinks ------------------------------------------------------------------------------------------------
 
     def _file_error(self, what, e):
-        # The filesystem's OSError -> the LocalFileError the download ends with ("28" is all a port may say of ENOSPC)
+        # The filesystem's OSError -> the LocalFileError the download ends with; a full one says so in words (a port's
+        # OSError may show ENOSPC as the bare number 28)
         full = getattr(e, "errno", None) == _ENOSPC
         error = errors.LocalFileError("%s: %s%s" % (what, e, " (no space left)" if full else ""))
         if full:

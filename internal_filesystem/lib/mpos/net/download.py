@@ -261,8 +261,7 @@ class Download:
         if isinstance(e, errors.LocalFileError) and e.full:
             # A full flash gets its space back: a .part it has no room to finish is no resume (docs/decisions.md)
             self.close()
-            partfile.remove(self.outfile + ".part")
-            partfile.remove(self.outfile + ".part.state")
+            self._discard_part()
         if isinstance(e, errors.OutOfMemory):
             # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
             # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
@@ -558,8 +557,7 @@ class Download:
                 if self.file is not None:
                     self.file.close()
                     self.file = None
-                    partfile.remove(self.outfile + ".part")  # wrong bytes are no base for a resume
-                    partfile.remove(self.outfile + ".part.state")
+                    self._discard_part()  # wrong bytes are no base for a resume
                 raise errors.IntegrityError("sha256 mismatch: got %s" % got)
         result = True
         if self.mode() == "memory":  # the bytes are made before 100 % is said: a copy that does not fit fails it
@@ -594,6 +592,12 @@ class Download:
         if full:
             error.full = True
         return error
+
+    def _discard_part(self):
+        # OUTFILE.part and its record go: nothing in them is worth a resume
+        part = self.outfile + ".part"
+        partfile.remove(part)
+        partfile.remove(part + ".state")
 
     def _open_file(self):
         import os
@@ -721,10 +725,8 @@ class Download:
             # A failure before the first byte (a 404, say) leaves no empty .part: it would hide OUTFILE from
             # get_resume_position(). A partial with data stays for a resume.
             try:
-                part = self.outfile + ".part"
-                if not self.kept and partfile.size_of(part) == 0:
-                    partfile.remove(part)
-                    partfile.remove(part + ".state")
+                if not self.kept and partfile.size_of(self.outfile + ".part") == 0:
+                    self._discard_part()
             except MemoryError:  # (no heap to look: an empty .part stays, and the next download takes it over)
                 pass
             except OSError:  # (nor when the flash can't tell; a tuple of both would need heap)

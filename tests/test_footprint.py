@@ -161,7 +161,7 @@ go = False
 got = []
 def name_one():
     while not go:
-        pass
+        time.sleep_ms(0)  # (a yield, not a spin: four spinning threads starved the main one on a loaded machine)
     got.append(errors.ClientResponseError)
 for _ in range(4):
     _thread.start_new_thread(name_one, ())

@@ -4,7 +4,7 @@
 # errors, poll (where it meets asyncio), compression and websocket (loaded only when a body is coded, or on the first
 # ws_connect). docs/design.md tells how a byte goes from the socket to the caller.
 
-from .loading import one_at_a_time as _one_at_a_time
+from .loading import load_name as _load_name, one_at_a_time as _one_at_a_time
 
 __version__ = "1.0.0"
 
@@ -34,12 +34,6 @@ def __getattr__(name):
         if name in names:
             if name == names[0]:  # a module: `from . import poll` asks the package before it imports the module
                 return __import__(name, globals(), None, True, 1)
-            return _one_at_a_time(_load, names[0], name)
+            return _one_at_a_time(_load_name, globals(), names[0], name)
     raise AttributeError(name)
 
-
-def _load(module, name):
-    here = globals()
-    if name not in here:  # (another thread may have loaded it meanwhile)
-        here[name] = getattr(__import__(module, here, None, True, 1), name)
-    return here[name]

@@ -1,5 +1,5 @@
-# What loads on first use loads by one thread at a time: MicroPython's imports take no lock, and a second thread
-# would find a module half run. The loading thread itself may come back while it loads (a callback that
+# What loads on first use loads by one thread at a time, aiohttp's and mpos's alike (mpos/_loading.py takes these):
+# MicroPython's imports take no lock, and a second thread would find a module half run. The loading thread itself may come back while it loads (a callback that
 # micropython.schedule runs between its bytecodes): it goes on at once rather than wait for itself.
 try:
     import _thread
@@ -23,3 +23,10 @@ def one_at_a_time(load, *args):
             return load(*args)
         finally:
             _owner = None
+
+
+def load_name(package, module, name):
+    # -> name from the package's module, kept in the package's globals: the next lookup finds it without __getattr__
+    if name not in package:  # (another thread may have loaded it meanwhile)
+        package[name] = getattr(__import__(module, package, None, True, 1), name)
+    return package[name]

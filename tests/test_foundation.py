@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, MicroPythonFailed, compile_lib
-from tools.mpy import library_files, mpy_cross
+from tools.mpy import LIB, library_files, mpy_cross
 from tools.testservers import sha256_of
 
 DOWNLOAD = """
@@ -47,6 +47,18 @@ def test_download_over_tls_exact_bytes(mpy, fault_tls, certs):
 @pytest.mark.parametrize("arch", [None, "xtensawin"])  # (xtensawin: the ESP32's, as a frozen build compiles it)
 def test_every_module_compiles_with_mpy_cross(tmp_path, arch):
     assert compile_lib(tmp_path, arch) == []
+
+
+def test_every_module_is_python_that_cpython_tools_can_read():
+    # A comment in the first two lines naming "...coding: x" is an encoding declaration to CPython (PEP 263), which
+    # then refuses the file: MicroPython ignores it, linters and editors do not.
+    refused = []
+    for name in library_files():
+        try:
+            compile((LIB / name).read_bytes(), name, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            refused.append("%s: %s" % (name, e.msg))
+    assert refused == []
 
 
 def test_the_benchmarks_micropython_programs_compile(tmp_path):

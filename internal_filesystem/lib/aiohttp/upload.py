@@ -1,6 +1,6 @@
 # A request body that streams, as aiohttp sends one: a file opened "rb" (with its size as Content-Length, when a
-# seek can tell it) or an async iterable of bytes (Transfer-Encoding: chunked). It goes out piece by piece: a log or
-# a photo is never read whole into the heap. Loaded by the first request that sends one.
+# seek can tell it) or an async iterable of bytes (sent chunked). It goes out piece by piece: a log or a photo is
+# never read whole into the heap. Loaded by the first request that sends one.
 
 from micropython import const
 

@@ -133,8 +133,7 @@ class Download:
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        if self.delivered > gained:  # the most held: bytes got again after a start-over are none
-                            gained = self.delivered
+                        gained = max(gained, self.delivered)  # the most held: bytes got again after a start-over are none
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body
@@ -142,10 +141,6 @@ class Download:
                             resp.release()
                             resp = None
                             continue
-                        resp.headers = None  # what the download needs of the head is copied: the text goes
-                        if resp.history:  # and so do the heads of the redirects on the way (aiohttp keeps them)
-                            resp.history = ()
-                        self.state = DOWNLOADING
                         buf, view, size = self._reader(left)
                         file = self.file
                         # a chunk has more to do than reach its sink: a plain download looks none of it up per chunk
@@ -173,16 +168,15 @@ class Download:
                         continue
                     if left is not None:
                         left -= n
-                        if left < 0:
-                            self._overlong()
+                    if left is not None and left < 0:  # (below 0 only as the framing went on after its length came)
+                        self._overlong()
                     if view is not None and n != size:
                         data = view[:n]
                     if extra:
-                        wanted = self._screen(data, n)
-                        if not wanted:
+                        data = self._screen(data, n)
+                        if data is None:
                             continue
-                        if wanted != n:
-                            data, n = data[:wanted], wanted
+                        n = _len(data)
                     at_sink = True  # until the next read, what fails is the sink's: a full disk, the app's callback
                     if file is not None:
                         file.write(data)
@@ -374,6 +368,10 @@ class Download:
             self._record_part()
         if unwanted != self.unwanted:
             self.unwanted = unwanted
+        resp.headers = None  # what the download needs of the head is copied: the text goes
+        if resp.history:  # and so do the heads of the redirects on the way (aiohttp keeps them)
+            resp.history = ()
+        self.state = DOWNLOADING
         return length
 
     def _partial(self, headers, pos):
@@ -418,19 +416,24 @@ class Download:
         return buf, view, _len(buf)  # smaller in a fragmented heap (see aiohttp.response.fitting_bytearray)
 
     def _screen(self, data, n):
-        # A chunk's checks before its sink -> how many of its n bytes go on: none of those before the wanted range
-        # (a 200 answer to a range request), none past its end; then max_size, in every mode, before a byte goes
-        # out; then sha256
+        # A chunk's checks before its sink -> its bytes that go on (data or its first bytes), None for none: none
+        # before the wanted range (a 200 answer to a range request), none past its end; then max_size, in every
+        # mode, before a byte goes out; then sha256
         if self.unwanted:
             self.unwanted -= n
-            return 0
+            return None
+        wanted = n
         if self.deliver_until is not None:
-            n = max(0, min(n, self.deliver_until - self.range_start - self.kept - self.delivered))
-        if self.max_size is not None and self.kept + self.delivered + n > self.max_size:
+            wanted = max(0, min(n, self.deliver_until - self.range_start - self.kept - self.delivered))
+            if not wanted:
+                return None
+        if self.max_size is not None and self.kept + self.delivered + wanted > self.max_size:
             raise errors.DownloadError("body exceeds max_size=%d" % self.max_size)
-        if self.hasher is not None and n:
-            self.hasher.update(data if n == _len(data) else data[:n])
-        return n
+        if wanted != n:
+            data = data[:wanted]
+        if self.hasher is not None:
+            self.hasher.update(data)
+        return data
 
     def _cut_after_its_end(self, e):
         # Whether e, met while the end of an answer's framing was read after all the bytes it announced, is the

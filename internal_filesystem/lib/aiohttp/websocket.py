@@ -741,6 +741,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         except OSError as e:
             raise ClientConnectionError("websocket %s:%d: %s" % (host, port, e), e.errno)
         _check(status, answer, key, protocols)
+        if session.closed:  # meanwhile: it would never close this websocket
+            raise ClientConnectionError("session closed while connecting to %s" % host)
     except BaseException:
         conn.close()
         raise

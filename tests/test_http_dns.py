@@ -144,6 +144,29 @@ run(main())
     assert v["shas"] == [sha256_of(50000)] * 2 and v["calls"] == 3, v  # a.test's late answer was kept
 
 
+def test_a_session_closed_while_it_looks_a_name_up_opens_no_connection(mpy, fault):
+    # The request ends when its lookup does: a connection opened after the close would be one the session no longer
+    # closes, waited on with no timeout (the session's watchdog went with it)
+    r = mpy.run(DNS + """
+async def main():
+    Resolver(delay_ms=200)
+    fds = fd_count()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=1))
+    request = asyncio.create_task(error_name(session.get(URL)))
+    await asyncio.sleep_ms(50)
+    await session.close()
+    try:
+        error = await asyncio.wait_for_ms(request, 2000)
+    except asyncio.TimeoutError:
+        error = "still waiting"
+    result(error=error, fds=fd_count() - fds)
+
+run(main())
+""", URL=url(fault, "closing.test", "/bytes/10?delay=5"))
+    assert r.value == {"error": "ClientConnectionError", "fds": 0}
+    assert fault.connections == 0
+
+
 # A failed lookup, as each port reports it: the unix port (a str), an ESP32 (a negative number), an errno with
 # its text, no argument at all.
 FAILURES = [('OSError("[addrinfo error -3]")', -3), ("OSError(-202)", -202),

@@ -70,6 +70,29 @@ run(main())
         {"len": 0, "sha": sha_of_pattern(), "framing": {"transfer-encoding": "chunked"}}]
 
 
+def test_a_piece_that_is_no_bytes_is_a_type_error(mpy, fault):
+    # A str piece counted its characters in the chunk's size line and sent its UTF-8 bytes: the server read a
+    # body other than the one meant, and no error was raised. aiohttp raises TypeError; the session goes on.
+    r = mpy.run(UPLOAD + """
+class Texts(Pieces):
+    async def __anext__(self):
+        if not self._sizes:
+            raise StopAsyncIteration
+        return self._sizes.pop(0)
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            result(sent=await echo(session, URL, Texts(["caf\u00e9"])))
+        except TypeError:
+            result(refused=True)
+        result(**await echo(session, URL, Pieces([10])))
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results == [{"refused": True},
+                         {"len": 10, "sha": sha_of_pattern(10), "framing": {"transfer-encoding": "chunked"}}]
+
+
 @pytest.mark.parametrize("code", [307, 308])
 def test_a_redirect_that_keeps_the_body_sends_a_file_again_and_refuses_an_iterator(mpy, fault, code):
     r = mpy.run(UPLOAD + """

@@ -269,6 +269,30 @@ run(main())
     assert r.value["error"] == "ServerTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
 
 
+def test_a_session_closed_during_the_handshake_leaves_no_websocket_open(mpy, ws_script):
+    # The session closes the websockets it knows: one whose handshake ended after the close would stay open
+    def late(key):
+        import time
+
+        time.sleep(0.3)
+        return handshake_answer(key)
+
+    srv = ws_script({"/late": []}, answers={"/late": late})
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    fds = fd_count()
+    session = ws_session()
+    connecting = asyncio.create_task(error_of(session.ws_connect(URL)))
+    await asyncio.sleep_ms(50)
+    await session.close()
+    result(error=(await connecting)[0], fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/late"))
+    assert r.value == {"error": "ClientConnectionError", "fds": 0}
+
+
 def test_a_close_without_a_code_is_1005_and_answered_without_one(mpy, ws_script):
     srv = ws_script({"/bare-close": [frame(8)]})
     r = mpy.run("""

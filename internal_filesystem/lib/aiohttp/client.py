@@ -249,7 +249,10 @@ class ClientSession:
             self._watchdog_task = asyncio.create_task(self._watchdog())
         if conn.sock is None:
             try:
-                conn.open(await resolve(key[1], key[2], ms(timeout.connect), conn.deadline))
+                address = await resolve(key[1], key[2], ms(timeout.connect), conn.deadline)
+                if self.closed:  # meanwhile: nothing would close this connection, nor time its waits
+                    raise errors.ClientConnectionError("session closed while connecting to %s" % key[1])
+                conn.open(address)
             except OSError as e:
                 self._done_with(conn, False)
                 raise errors.ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)

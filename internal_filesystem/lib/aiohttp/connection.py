@@ -56,7 +56,7 @@ def tls_context(ca=None):
 _getaddrinfo = socket.getaddrinfo  # tests put a slow resolver here: the built-in socket module can't be patched
 # A device that moves to another network follows its hosts' new addresses within a minute, and a batch of
 # downloads (the App Store's icons) costs one lookup. getaddrinfo does not say the record's own TTL.
-_DNS_TTL_MS = 60000
+_DNS_TTL_MS = const(60000)
 _DNS_WORKERS = const(2)  # lookup threads at once: an ESP32 runs only a few threads, and a stuck one can't be killed
 _DNS_POLL_MS = const(10)  # how often the event loop looks whether a lookup has finished
 # glibc's resolver loads NSS modules (mdns4_minimal takes about 80 KB of stack) and segfaults on a small stack

@@ -1,11 +1,12 @@
 # The client's exceptions, with CPython aiohttp's names and hierarchy where MicroPython allows it.
 #
-# The classes are made when one of them is first named (module __getattr__), all at once: each costs about 250 bytes
-# of heap (docs/performance.md), and a download that goes well names none. The modules raise them as
+# The classes are made when one of them is first named (module __getattr__), all at once: each is heap
+# (docs/performance.md), and a download that goes well names none. The modules raise them as
 # `errors.ServerDisconnectedError(...)` and test what they caught with kind_of(), which makes none (an exception
-# passing by, a MemoryError in a full heap, is no reason to); `from .errors import X` makes them too. They live in a table of their own,
-# published whole: this module's globals never change after import (a thread reading them while another grows
-# them could miss a name on a port without a global interpreter lock), and a MemoryError part way publishes none.
+# passing by, a MemoryError in a full heap, is no reason to); `from .errors import X` makes them too. They live in a
+# table of their own, published whole: this module's globals never change after import (a thread reading them while
+# another grows them could miss a name on a port without a global interpreter lock), and a MemoryError part way
+# publishes none.
 
 from .loading import one_at_a_time as _one_at_a_time
 

@@ -114,9 +114,10 @@ class TCPConnector:
             try:
                 await asyncio.wait_for_ms(self._room.wait(), max(ticks_diff(end, ticks_ms()), 0))
             except asyncio.TimeoutError:
+                from errno import ETIMEDOUT
                 from . import errors
 
-                raise errors.ServerTimeoutError("no connection came free within %d ms" % wait_ms)
+                raise errors.ServerTimeoutError("no connection came free within %d ms" % wait_ms, ETIMEDOUT)
 
     def released(self):
         # a connection of its sessions came back (to the pool, or closed): the waiting requests look again

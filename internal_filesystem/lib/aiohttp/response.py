@@ -318,8 +318,8 @@ def _chunk_size(buf, start, end):
 
 def _heap_holds(n):
     # Whether n bytes can be had: a length the server announced is only allocated up front when the heap holds it.
-    # gc.mem_free() walks the whole allocation table (5 million instructions on a 4 MB heap, more than the rest of a
-    # keep-alive request), so a small body is simply allocated, as any code would.
+    # gc.mem_free() walks the whole allocation table, which costs more than the rest of a keep-alive request, so a
+    # small body is simply allocated, as any code would.
     if n <= _ASK_ABOVE:
         return True
     import gc

@@ -79,6 +79,8 @@ class _Iterable(Upload):
     async def send_to(self, conn):
         self._sent = True
         async for data in self._iterable:
+            if not isinstance(data, (bytes, bytearray, memoryview)):  # (a str's size line would count characters)
+                raise TypeError("an async iterable's pieces must be bytes, not %s" % type(data).__name__)
             if data:  # (an empty chunk would end the body)
                 await _chunk(conn, data)
         await conn.send(_LAST_CHUNK)

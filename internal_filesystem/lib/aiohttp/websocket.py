@@ -641,25 +641,26 @@ class ClientWebSocketResponse:
             self._beat = None
             _wake(beat)
 
-    async def _heartbeat(self, ms):
-        # A ping after ms with nothing from the server; nothing within ms/2 of it: the connection is dead.
+    async def _heartbeat(self, interval_ms):
+        # A ping after interval_ms with nothing from the server; nothing within half that after it: the connection
+        # is dead.
         # Frames are read by receive(), so a heartbeat needs a receive (async for) running, as aiohttp's pongs do not.
         try:
             while self._state < _CLOSING:
                 quiet = ticks_diff(ticks_ms(), self._heard)
-                if quiet < ms:
-                    await asyncio.sleep_ms(ms - quiet)
+                if quiet < interval_ms:
+                    await asyncio.sleep_ms(interval_ms - quiet)
                     continue
                 sent = ticks_ms()
-                await asyncio.wait_for_ms(self._send(_OP_PING, b""), ms // 2)
-                await asyncio.sleep_ms(max(0, ms // 2 - ticks_diff(ticks_ms(), sent)))
+                await asyncio.wait_for_ms(self._send(_OP_PING, b""), interval_ms // 2)
+                await asyncio.sleep_ms(max(0, interval_ms // 2 - ticks_diff(ticks_ms(), sent)))
                 if ticks_diff(self._heard, sent) < 0:
                     raise asyncio.TimeoutError
         except asyncio.CancelledError:
             pass  # stopped by close() or _drop
         except Exception as e:
             if isinstance(e, asyncio.TimeoutError):
-                e = ServerTimeoutError("No PONG received after %s seconds" % (ms / 2000), errno.ETIMEDOUT)
+                e = ServerTimeoutError("No PONG received after %s seconds" % (interval_ms / 2000), errno.ETIMEDOUT)
             self._beat = None
             self._drop(e)
 
@@ -741,6 +742,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         except OSError as e:
             raise ClientConnectionError("websocket %s:%d: %s" % (host, port, e), e.errno)
         _check(status, answer, key, protocols)
+        if session.closed:  # meanwhile: it would never close this websocket
+            raise ClientConnectionError("session closed while connecting to %s" % host)
     except BaseException:
         conn.close()
         raise

@@ -116,7 +116,7 @@ class TCPConnector:
             except asyncio.TimeoutError:
                 from . import errors
 
-                raise errors.ServerTimeoutError("no connection came free within %d ms" % wait_ms)
+                raise errors.ConnectionTimeoutError("no connection came free within %d ms" % wait_ms)
 
     def released(self):
         # a connection of its sessions came back (to the pool, or closed): the waiting requests look again

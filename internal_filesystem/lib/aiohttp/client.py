@@ -380,7 +380,7 @@ class ClientSession:
         for name, field in fields.items():
             if name not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % field)
-        if data is not None or method in ("POST", "PUT", "PATCH"):  # (a stream: aiohttp/upload.py frames it)
+        if data is not None or method not in ("GET", "HEAD", "OPTIONS", "TRACE"):  # (a stream: upload.py frames it)
             head.append(data.field() if hasattr(data, "field")
                         else "Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")

@@ -196,3 +196,11 @@ def ws_script():
     yield start
     for srv in made:
         srv.close()
+
+
+@pytest.fixture
+def both(mpy, tmp_path):
+    """both.run(code, server=None, **values) -> (CPython aiohttp's results, ours): tools/differential.py."""
+    from tools.differential import Differential
+
+    return Differential(mpy, tmp_path)

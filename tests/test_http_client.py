@@ -33,7 +33,7 @@ async def main():
     for case in CASES:
         err, status = await attempt(case)
         result(case=case, err=err, status=status,
-               is_value_error=err in ("ValueError", "InvalidURL"))
+               is_value_error=err in ("ValueError", "InvalidURL", "InvalidUrlClientError", "NonHttpUrlClientError"))
 
 run(main())
 """
@@ -90,7 +90,7 @@ async def main():
             result(err=type(e).__name__, sub=issubclass(aiohttp.InvalidURL, ValueError))
 run(main())
 """)
-    assert r.value == {"err": "InvalidURL", "sub": True}
+    assert r.value == {"err": "NonHttpUrlClientError", "sub": True}
 
 
 def test_good_requests_still_go_out(mpy, fault):
@@ -829,5 +829,5 @@ async def main():
 run(main())
 """, URL=fault.url(""))
     assert r.results == [{"url": fault.url(p)} for p in ("/echo/a?x=1", "/b", "/c", "/echo/")] + [
-        {"err": "ValueError"}, {"err": "ValueError"}, {"err": "InvalidURL"}]
+        {"err": "ValueError"}, {"err": "ValueError"}, {"err": "InvalidUrlClientError"}]
     assert fault.requests == 4

@@ -138,7 +138,7 @@ async def main():
 run(main())
 """, URL=url(fault, "HOST"))
     v = r.value
-    assert v["errors"] == ["ServerTimeoutError"] * 2, v  # a ClientConnectionError
+    assert v["errors"] == ["ConnectionTimeoutError"] * 2, v  # a ClientConnectionError
     assert 90 <= v["ms"] < 280, v
     assert (v["fds"], v["threads"]) == (0, 0), v
     assert v["shas"] == [sha256_of(50000)] * 2 and v["calls"] == 3, v  # a.test's late answer was kept
@@ -288,7 +288,7 @@ async def main():
 run(main())
 """, URL=url(fault, "moved.test"), STALE_PORT=refused_port if stale == "refused" else unanswered_port)
     v = r.value
-    assert v["first"] == ("ClientConnectionError" if stale == "refused" else "ServerTimeoutError"), v
+    assert v["first"] == ("ClientConnectorError" if stale == "refused" else "ConnectionTimeoutError"), v
     assert v["sha"] == sha256_of(50000) and v["calls"] == 2, v
 
 

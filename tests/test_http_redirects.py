@@ -315,7 +315,7 @@ run(main())
 """, URL=srv.url("/r"))
     finally:
         srv.close()
-    assert r.value == {"err": "ServerTimeoutError"}
+    assert r.value == {"err": "SocketTimeoutError"}
     assert [path for _, _, path in srv.requests] == ["/r"]
 
 
@@ -338,5 +338,5 @@ run(main())
 """, URL=srv.url("/r"))
     finally:
         srv.close()
-    assert r.value == {"err": "ServerTimeoutError", "busy": 0, "idle": 0, "fds": 0}
+    assert r.value == {"err": "SocketTimeoutError", "busy": 0, "idle": 0, "fds": 0}
     assert len(srv.requests) == 2

@@ -49,34 +49,34 @@ def timed(mpy, fault, path, session=None, request=None, number=None, from_body=F
 def test_sock_read_fires_mid_body(mpy, fault, read_n):
     v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 0.5}, from_body=True,
               read_n=read_n)
-    assert (v["error"], v["phase"], v["got"], v["connection_error"]) == ("ServerTimeoutError", "body", 1000, True)
+    assert (v["error"], v["phase"], v["got"], v["connection_error"]) == ("SocketTimeoutError", "body", 1000, True)
     assert 450 <= v["ms"] <= 1500, v
 
 
 def test_sock_read_fires_before_the_head(mpy, fault):
     v = timed(mpy, fault, "/bytes/1000?delay=3", session={"sock_read": 0.5})
-    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "connect")
+    assert (v["error"], v["phase"]) == ("SocketTimeoutError", "connect")
     assert 450 <= v["ms"] <= 1500, v
 
 
 def test_per_request_timeout_overrides_the_session(mpy, fault):
     v = timed(mpy, fault, "/bytes/100000?stall=1000&stall_s=5", session={"sock_read": 30},
               request={"sock_read": 0.3}, from_body=True)
-    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "body")
+    assert (v["error"], v["phase"]) == ("SocketTimeoutError", "body")
     assert 250 <= v["ms"] <= 1200, v
 
 
 def test_total_fires_even_while_data_keeps_coming(mpy, fault):
     # 200 KB at 100 KB/s: every read gets data within sock_read, only the total deadline can stop it
     v = timed(mpy, fault, "/bytes/200000?rate=100000", session={"sock_read": 5, "total": 0.8})
-    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "body")
+    assert (v["error"], v["phase"]) == ("SocketTimeoutError", "body")
     assert 0 < v["got"] < 200000
     assert 700 <= v["ms"] <= 1800, v
 
 
 def test_total_as_a_plain_number_covers_the_head(mpy, fault):
     v = timed(mpy, fault, "/bytes/1000?delay=3", number=0.6)
-    assert (v["error"], v["phase"]) == ("ServerTimeoutError", "connect")
+    assert (v["error"], v["phase"]) == ("SocketTimeoutError", "connect")
     assert 550 <= v["ms"] <= 1600, v
 
 
@@ -84,7 +84,7 @@ def test_total_covers_every_hop_of_a_redirect_chain(mpy, fault):
     # three redirects, then the body, each answer 0.4 s late: each hop is within the total, the four are not (before,
     # each hop had a total of its own and the body came)
     v = timed(mpy, fault, "/chain/3/bytes/1000?delay=0.4", number=1)
-    assert (v["error"], v.get("phase")) == ("ServerTimeoutError", "connect"), v
+    assert (v["error"], v.get("phase")) == ("SocketTimeoutError", "connect"), v
     assert "/bytes/1000" not in [r.path for r in fault.log], [r.target for r in fault.log]
 
 
@@ -104,7 +104,7 @@ run(main())
 """, URL=srv.url("/t"))
     finally:
         srv.close()
-    assert r.value == {"err": "ServerTimeoutError"}
+    assert r.value == {"err": "SocketTimeoutError"}
 
 
 def test_no_timeout_fires_on_a_slow_but_steady_body(mpy, fault):
@@ -125,7 +125,7 @@ async def main():
             result(err=err[0], ms=time.ticks_diff(time.ticks_ms(), t0))
 run(main())
 """, URL=fault_tls.url("/bytes/100000?stall=3000&stall_s=5"), CA=certs.ca_der_path)
-    assert r.value["err"] == "ServerTimeoutError"
+    assert r.value["err"] == "SocketTimeoutError"
     assert 350 <= r.value["ms"] <= 1400, r.value
 
 

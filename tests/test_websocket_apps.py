@@ -112,8 +112,8 @@ async def main():
     result(errors=relay.errors[:4], waits=relay.waits[:4], fds=fd_count() - fds)
 run(main())
 """, timeout=30, URL=srv.url("/relay"), DEAD="ws://127.0.0.1:9/relay", MIN_WAIT=0.02, MAX_WAIT=0.5)
-    # the dropped connection is an ERROR message (RelayClosed above), each refusal a ClientConnectionError
-    assert r.value["errors"] == ["RelayClosed"] + ["ClientConnectionError"] * 3
+    # the dropped connection is an ERROR message (RelayClosed above), each refusal a ClientConnectorError
+    assert r.value["errors"] == ["RelayClosed"] + ["ClientConnectorError"] * 3
     assert r.value["waits"] == [0.06, 0.18, 0.5, 0.5] and r.value["fds"] == 0
 
 
@@ -194,4 +194,4 @@ def test_websockets_from_one_session_on_a_thread_some_of_them_bad(mpy, ws_aiohtt
         said = [text for who, text in log if who == i]
         # the first message back, then what came back of each answer: the chain grows one " / answer" a turn
         assert said[:2] == ["hello from %d, message 1" % i, "hello from %d, message 1 / answer" % i], said
-    assert [1, "ClientConnectionError"] in log and [3, "WSServerHandshakeError"] in log
+    assert [1, "ClientConnectorError"] in log and [3, "WSServerHandshakeError"] in log

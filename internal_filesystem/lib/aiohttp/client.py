@@ -223,7 +223,7 @@ class ClientSession:
                     task = conn.waiter
                     if task is not None and conn.wait_until is not None and ticks_diff(now, conn.wait_until) >= 0:
                         conn.wait_until = conn.deadline = conn.waiter = None
-                        conn.timed_out = poll.interrupt(task, errors.ServerTimeoutError("timed out", ETIMEDOUT))
+                        conn.timed_out = poll.interrupt(task, errors.SocketTimeoutError("timed out", ETIMEDOUT))
         finally:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None
@@ -255,7 +255,7 @@ class ClientSession:
                 conn.open(address)
             except OSError as e:
                 self._done_with(conn, False)
-                raise errors.ClientConnectionError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
+                raise errors.ClientConnectorError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
             except BaseException:
                 self._done_with(conn, False)
                 raise
@@ -383,7 +383,7 @@ class ClientSession:
         for name, field in fields.items():
             if name not in ("host", "content-length"):
                 head.append("%s: %s\r\n" % field)
-        if data is not None or method in ("POST", "PUT", "PATCH"):  # (a stream: aiohttp/upload.py frames it)
+        if data is not None or method not in ("GET", "HEAD", "OPTIONS", "TRACE"):  # (a stream: upload.py frames it)
             head.append(data.field() if hasattr(data, "field")
                         else "Content-Length: %d\r\n" % (len(data) if data else 0))
         head.append("\r\n")
@@ -394,11 +394,13 @@ class ClientSession:
         while True:
             conn, reused = await self._connect(key, timeout, end)
             resp = ClientResponse(self, method, url, conn)
+            connecting = True  # (a timeout then is the connect timeout, as aiohttp's ConnectionTimeoutError)
             try:
                 conn.wait_ms = ms(timeout.connect)
                 await conn.send(head)
                 if data:
                     await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
+                connecting = False
                 conn.wait_ms = ms(timeout.sock_read)
                 conn.within_one_read(end)  # the whole head
                 await resp._start(end)
@@ -413,8 +415,11 @@ class ClientSession:
                     forget(host, port)  # a new connection failed: its address may be out of date
                 if again and (isinstance(e, OSError) or errors.kind_of(e, "ServerDisconnectedError")):
                     continue
-                if isinstance(e, OSError):
-                    raise errors.ClientConnectionError("%s %s: %s" % (method, url, e), e.errno)
+                if isinstance(e, OSError):  # (a connect refused or reset shows at the first send)
+                    raise (errors.ClientConnectorError if connecting and not reused else errors.ClientOSError)(
+                        "%s %s: %s" % (method, url, e), e.errno)
+                if connecting and errors.kind_of(e, "SocketTimeoutError"):
+                    raise errors.ConnectionTimeoutError("%s %s: connect timeout" % (method, url), ETIMEDOUT)
                 raise
 
 

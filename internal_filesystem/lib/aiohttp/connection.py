@@ -157,7 +157,7 @@ async def resolve(host, port, connect_ms, end):
     while lookup is None or not lookup.done:
         if end is not None and ticks_diff(ticks_ms(), end) >= 0:
             # its thread finishes on its own; what it finds is kept for the next request
-            raise errors.ServerTimeoutError("looking up %s took longer than the connect timeout" % host, ETIMEDOUT)
+            raise errors.ConnectionTimeoutError("looking up %s took longer than the connect timeout" % host, ETIMEDOUT)
         await asyncio.sleep_ms(_DNS_POLL_MS)
         if lookup is None:
             lookup = _start_lookup(host, port)
@@ -260,7 +260,7 @@ class Connection:
         self.wait_until = None
         # (asyncio throws the class CancelledError, a generator gets an instance)
         if self.timed_out and (e is asyncio.CancelledError or isinstance(e, asyncio.CancelledError)):
-            raise errors.ServerTimeoutError("timed out", ETIMEDOUT)
+            raise errors.SocketTimeoutError("timed out", ETIMEDOUT)
         raise e
 
     def wait(self):

@@ -45,22 +45,41 @@ def _classes():
             super().__init__(msg)
             self.errno = errno
 
-    class ServerDisconnectedError(ClientConnectionError):
+    class ClientOSError(ClientConnectionError):
+        # aiohttp's is an OSError too (see ServerTimeoutError)
         pass
 
-    class ServerTimeoutError(ClientConnectionError):
-        # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
+    class ClientConnectorError(ClientOSError):
+        # the connection could not be made: refused, unreachable, no address
         pass
 
-    class ClientSSLError(ClientConnectionError):
+    class ClientConnectorDNSError(ClientConnectorError):
+        # a host name that could not be looked up; .errno is the resolver's code when it gave one
+        pass
+
+    class ClientSSLError(ClientConnectorError):
         pass
 
     class ClientConnectorCertificateError(ClientSSLError):
         # the server's certificate did not verify against the configured CA: trying again cannot help
         pass
 
-    class ClientConnectorDNSError(ClientConnectionError):
-        # a host name that could not be looked up; .errno is the resolver's code when it gave one
+    class ServerConnectionError(ClientConnectionError):
+        pass
+
+    class ServerDisconnectedError(ServerConnectionError):
+        pass
+
+    class ServerTimeoutError(ServerConnectionError):
+        # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
+        pass
+
+    class ConnectionTimeoutError(ServerTimeoutError):
+        # the connect timeout: a lookup, the TCP and TLS handshakes, the request going out, a pooled connection
+        pass
+
+    class SocketTimeoutError(ServerTimeoutError):
+        # the sock_read timeout: the server sent nothing for that long
         pass
 
     class ClientPayloadError(ClientError):
@@ -84,6 +103,13 @@ def _classes():
         # a bad URL given by the caller: a ValueError only (aiohttp's is a ClientError too; see ServerTimeoutError)
         pass
 
+    class InvalidUrlClientError(InvalidURL):
+        pass
+
+    class NonHttpUrlClientError(InvalidURL):
+        # a scheme other than http and https
+        pass
+
     class InvalidUrlRedirectClientError(ClientResponseError):
         # a redirect whose Location is no URL we can follow: the server's answer was bad, with the status it came with
         pass
@@ -91,15 +117,22 @@ def _classes():
     return {
         "ClientError": ClientError,
         "ClientConnectionError": ClientConnectionError,
-        "ServerDisconnectedError": ServerDisconnectedError,
-        "ServerTimeoutError": ServerTimeoutError,
+        "ClientOSError": ClientOSError,
+        "ClientConnectorError": ClientConnectorError,
+        "ClientConnectorDNSError": ClientConnectorDNSError,
         "ClientSSLError": ClientSSLError,
         "ClientConnectorCertificateError": ClientConnectorCertificateError,
-        "ClientConnectorDNSError": ClientConnectorDNSError,
+        "ServerConnectionError": ServerConnectionError,
+        "ServerDisconnectedError": ServerDisconnectedError,
+        "ServerTimeoutError": ServerTimeoutError,
+        "ConnectionTimeoutError": ConnectionTimeoutError,
+        "SocketTimeoutError": SocketTimeoutError,
         "ClientPayloadError": ClientPayloadError,
         "ClientResponseError": ClientResponseError,
         "TooManyRedirects": TooManyRedirects,
         "ContentTypeError": ContentTypeError,
         "InvalidURL": InvalidURL,
+        "InvalidUrlClientError": InvalidUrlClientError,
+        "NonHttpUrlClientError": NonHttpUrlClientError,
         "InvalidUrlRedirectClientError": InvalidUrlRedirectClientError,
     }

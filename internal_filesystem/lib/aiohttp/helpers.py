@@ -117,7 +117,7 @@ class TCPConnector:
                 from errno import ETIMEDOUT
                 from . import errors
 
-                raise errors.ServerTimeoutError("no connection came free within %d ms" % wait_ms, ETIMEDOUT)
+                raise errors.ConnectionTimeoutError("no connection came free within %d ms" % wait_ms, ETIMEDOUT)
 
     def released(self):
         # a connection of its sessions came back (to the pool, or closed): the waiting requests look again

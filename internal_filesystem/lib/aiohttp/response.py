@@ -937,24 +937,25 @@ class ClientResponse(StreamReader):
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with
-        # MicroPythonOS's aiohttp: only a body that is no JSON then is a ContentTypeError, a ClientResponseError
-        # (a login page's is no decoder's ValueError past `except aiohttp.ClientError`). content_type=None: the
-        # decoder's own error. An empty body is None.
+        # MicroPythonOS's aiohttp: only a body that is no JSON (an empty one too) then is a ContentTypeError, a
+        # ClientResponseError (a login page's is no decoder's ValueError past `except aiohttp.ClientError`).
+        # content_type=None: the decoder's own error. An empty body of the expected type is None.
         mimetype = self.content_type
         expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
                                         else content_type in mimetype)
         body = self._body if self._body is not None else await self.read()
-        if not body or body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
+        if body and not body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
+            if loads is None:
+                from json import loads
+            try:
+                return loads(self._decode(body, encoding, "strict"))
+            except ValueError:
+                if expected:
+                    raise
+        elif expected:
             return None
-        if loads is None:
-            from json import loads
-        try:
-            return loads(self._decode(body, encoding, "strict"))
-        except ValueError:
-            if expected:
-                raise
-        raise errors.ContentTypeError(self.status, "Attempt to decode JSON with unexpected mimetype: %s" % mimetype,
-                                      self.headers)
+        raise errors.ContentTypeError(self.status, "Attempt to decode JSON with unexpected mimetype: %s"
+                                      % self.headers.get("Content-Type", "").lower(), self.headers)
 
     def raise_for_status(self):
         if self.status >= 400:

@@ -5,19 +5,20 @@ from . import errors
 
 
 def split_url(url):
-    """-> (scheme, host, port, target). Raises InvalidURL naming the problem."""
+    """-> (scheme, host, port, target). Raises InvalidURL naming the problem (as aiohttp: NonHttpUrlClientError
+    for another scheme, else InvalidUrlClientError)."""
     if not isinstance(url, str):
-        raise errors.InvalidURL("URL must be str, not %s" % type(url).__name__)
+        raise errors.InvalidUrlClientError("URL must be str, not %s" % type(url).__name__)
     # (its bytes, not its characters: each character iterated would be a str of its own, looked up among the qstrs)
     data = url.encode()
     if data and (min(data) <= 32 or 127 in data):
-        raise errors.InvalidURL("URL contains whitespace or a control character: %r" % url)
+        raise errors.InvalidUrlClientError("URL contains whitespace or a control character: %r" % url)
     i = url.find("://")
     if i < 0:
-        raise errors.InvalidURL("URL has no scheme: %r" % url)
+        raise errors.InvalidUrlClientError("URL has no scheme: %r" % url)
     scheme = url[:i].lower()
     if scheme not in ("http", "https"):
-        raise errors.InvalidURL("unsupported URL scheme %r (only http and https)" % scheme)
+        raise errors.NonHttpUrlClientError("unsupported URL scheme %r (only http and https)" % scheme)
     rest = url[i + 3 :]
     end = len(rest)
     for k in (rest.find("/"), rest.find("?"), rest.find("#")):
@@ -28,12 +29,12 @@ def split_url(url):
     if not target.startswith("/"):
         target = "/" + target
     if "@" in authority:
-        raise errors.InvalidURL("credentials in the URL are not supported: %r" % url)
+        raise errors.InvalidUrlClientError("credentials in the URL are not supported: %r" % url)
     port = default_port(scheme)
     if authority.startswith("["):  # an IPv6 literal
         k = authority.find("]")
         if k < 0:
-            raise errors.InvalidURL("bad IPv6 address in %r" % url)
+            raise errors.InvalidUrlClientError("bad IPv6 address in %r" % url)
         host, tail = authority[1:k], authority[k + 1 :]
     else:
         host, colon, digits = authority.partition(":")
@@ -41,10 +42,10 @@ def split_url(url):
     if tail:
         digits = tail[1:]
         if tail[0] != ":" or not digits.isdigit() or not 0 < int(digits) < 65536:
-            raise errors.InvalidURL("bad port in URL: %r" % url)
+            raise errors.InvalidUrlClientError("bad port in URL: %r" % url)
         port = int(digits)
     if not host:
-        raise errors.InvalidURL("URL has no host: %r" % url)
+        raise errors.InvalidUrlClientError("URL has no host: %r" % url)
     return scheme, host, port, target
 
 

@@ -23,8 +23,8 @@ from time import ticks_diff, ticks_ms
 from . import poll
 from .client import _RequestContext, check_headers, ms
 from .connection import Connection, resolve
-from .errors import (ClientConnectionError, ClientError, ClientResponseError, ServerDisconnectedError,
-                     ServerTimeoutError)
+from .errors import (ClientConnectionError, ClientConnectorError, ClientError, ClientResponseError,
+                     ServerDisconnectedError, ServerTimeoutError)
 from .response import read_head
 from .url import host_port, split_url
 
@@ -82,13 +82,13 @@ class WSCloseCode:
 
 class WSMessage:
     # .type: a WSMsgType; .data: str (TEXT), bytes (BINARY, PING, PONG), the close code (CLOSE), the exception
-    # (ERROR); .extra: the close reason (CLOSE)
-    extra = None
+    # (ERROR); .extra: the close reason (CLOSE), None for CLOSING, CLOSED and ERROR, else "" (as aiohttp's)
+    extra = ""
 
-    def __init__(self, type, data, extra=None):
+    def __init__(self, type, data, extra=""):
         self.type = type
         self.data = data
-        if extra is not None:
+        if extra != "":
             self.extra = extra
 
     def json(self, *, loads=None):
@@ -100,8 +100,8 @@ class WSMessage:
         return "<WSMessage type=%d data=%r extra=%r>" % (self.type, self.data, self.extra)
 
 
-_CLOSED_MESSAGE = WSMessage(WSMsgType.CLOSED, None)
-_CLOSING_MESSAGE = WSMessage(WSMsgType.CLOSING, None)
+_CLOSED_MESSAGE = WSMessage(WSMsgType.CLOSED, None, None)
+_CLOSING_MESSAGE = WSMessage(WSMsgType.CLOSING, None, None)
 
 
 class WebSocketError(Exception):
@@ -379,7 +379,7 @@ class ClientWebSocketResponse:
             # woken by close() (a CLOSING message: its own receive takes the server's Close) or by _drop
             if self._state != _CLOSED:
                 return _CLOSING_MESSAGE
-            return WSMessage(WSMsgType.ERROR, self._exc) if self._exc is not None else _CLOSED_MESSAGE
+            return WSMessage(WSMsgType.ERROR, self._exc, None) if self._exc is not None else _CLOSED_MESSAGE
         except WebSocketError as e:
             self._reading = None
             return await self._fail(e)
@@ -387,7 +387,7 @@ class ClientWebSocketResponse:
             if isinstance(e, OSError):
                 e = ClientConnectionError("websocket: %s" % e, e.errno)
             self._drop(e)
-            return WSMessage(WSMsgType.ERROR, e)
+            return WSMessage(WSMsgType.ERROR, e, None)
         if self._reading is me:
             self._reading = None
         return msg
@@ -506,12 +506,12 @@ class ClientWebSocketResponse:
         return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
 
     def _ended(self):
-        # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5), or, cut
-        # inside a frame, an error
+        # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5) and, as in
+        # aiohttp, exception() a ClientConnectionResetError; cut inside a frame, an error
         conn = self._conn
         if self._left or self._op or conn.pos < conn.filled:
             raise ServerDisconnectedError("connection closed inside a frame")
-        self._drop()
+        self._drop(ClientConnectionResetError("connection lost"))
         return _CLOSED_MESSAGE
 
     async def _control(self, op, payload):
@@ -550,7 +550,7 @@ class ClientWebSocketResponse:
             pass  # the connection goes anyway
         finally:
             self._drop()
-        return WSMessage(WSMsgType.ERROR, e)
+        return WSMessage(WSMsgType.ERROR, e, None)
 
     # --- closing ------------------------------------------------------------------------------------------
     async def close(self, *, code=WSCloseCode.OK, message=b""):
@@ -740,7 +740,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
             await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting")
             status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer")
         except OSError as e:
-            raise ClientConnectionError("websocket %s:%d: %s" % (host, port, e), e.errno)
+            raise ClientConnectorError("websocket %s:%d: %s" % (host, port, e), e.errno)
         _check(status, answer, key, protocols)
         if session.closed:  # meanwhile: it would never close this websocket
             raise ClientConnectionError("session closed while connecting to %s" % host)

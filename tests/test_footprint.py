@@ -119,7 +119,7 @@ async def main():
            kin=issubclass(payload, ClientError), invalid_is_value_error=issubclass(errors.InvalidURL, ValueError))
 asyncio.run(main())
 """, URL=fault.url("/bytes/5000?truncate=2000"))
-    assert r.value == {"caught": "ClientPayloadError", "made": 13, "same": True, "kin": True,
+    assert r.value == {"caught": "ClientPayloadError", "made": 15, "same": True, "kin": True,
                        "invalid_is_value_error": True}
 
 
@@ -148,8 +148,8 @@ result(first=first, part=part, made=made(), caught=caught,
 """, FREE=free, heapsize="64k")
         outcomes.append(r.value)
     for outcome in outcomes:
-        assert outcome["made"] == 13 and outcome["caught"] == 302 and outcome["chain"], outcomes
-        assert outcome["part"] == (13 if outcome["first"] == "made" else 0), outcomes
+        assert outcome["made"] == 15 and outcome["caught"] == 302 and outcome["chain"], outcomes
+        assert outcome["part"] == (15 if outcome["first"] == "made" else 0), outcomes
     assert {o["first"] for o in outcomes} == {"made", "MemoryError"}, outcomes
 
 

@@ -44,6 +44,14 @@ def _classes():
             super().__init__(msg)
             self.errno = errno
 
+    class ClientOSError(ClientConnectionError):
+        # a socket's OSError, .errno its number (aiohttp's is an OSError too: MicroPython allows one built-in base)
+        pass
+
+    class ClientConnectorError(ClientOSError):
+        # no connection could be made: no socket free, a host unreachable, a refused connection...
+        pass
+
     class ServerDisconnectedError(ClientConnectionError):
         pass
 
@@ -51,14 +59,14 @@ def _classes():
         # Not also an asyncio.TimeoutError: MicroPython refuses a class with two built-in exception bases
         pass
 
-    class ClientSSLError(ClientConnectionError):
+    class ClientSSLError(ClientConnectorError):
         pass
 
     class ClientConnectorCertificateError(ClientSSLError):
         # the server's certificate did not verify against the configured CA: trying again cannot help
         pass
 
-    class ClientConnectorDNSError(ClientConnectionError):
+    class ClientConnectorDNSError(ClientConnectorError):
         # a host name that could not be looked up; .errno is the resolver's code when it gave one
         pass
 
@@ -90,6 +98,8 @@ def _classes():
     return {
         "ClientError": ClientError,
         "ClientConnectionError": ClientConnectionError,
+        "ClientOSError": ClientOSError,
+        "ClientConnectorError": ClientConnectorError,
         "ServerDisconnectedError": ServerDisconnectedError,
         "ServerTimeoutError": ServerTimeoutError,
         "ClientSSLError": ClientSSLError,

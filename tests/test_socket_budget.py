@@ -39,7 +39,8 @@ async def main():
 got, loop, held = run(main())
 shas = [sha256(g) if isinstance(g, bytes) else g and sha256_file(DIR + "/%d.png" % i) for i, g in enumerate(got)]
 parts = [i for i in range(20) if exists(DIR + "/%d.png.part" % i)]
-result(shas=shas, parts=parts, loop=loop, held=held, left=fd_count() - fds, most=budget and budget.most)
+result(shas=shas, parts=parts, loop=loop, held=held, left=fd_count() - fds, most=budget and budget.most,
+       refused=budget and budget.refused)
 """
 
 
@@ -51,15 +52,32 @@ def icon_shas():
 def test_twenty_icons_at_once_all_arrive_with_fewer_sockets_than_max_connections(mpy, fault, sockets):
     # A download that finds no socket waits for one of the others to give its own back: no try is spent on it
     r = mpy.run(ICONS, SOCKETS=sockets, FILES=True, URL=fault.base, DIR=str(mpy.tmpdir))
+    refused = r.value.pop("refused")
     assert r.value == {"shas": icon_shas(), "parts": [], "loop": [], "held": [], "left": 0, "most": sockets}, (
         r.stderr)
+    assert refused < 2 * 20, refused  # a request tries again when a socket came back, not in a loop (it made 6000)
+
+
+def test_a_segmented_download_takes_turns_on_fewer_sockets_than_segments(mpy, fault):
+    r = mpy.run("""
+from socketbudget import Budget
+from mpos import DownloadManager
+DownloadManager.session_idle_ms = 0
+DownloadManager.max_connections = 4
+fds = fd_count()
+budget = Budget(2).install()
+ok = DownloadManager.download_url(URL, outfile=OUT, segments=4, tries=1)
+result(ok=ok, sha=sha256_file(OUT), most=budget.most, few=budget.refused < 10, left=fd_count() - fds)
+""", URL=fault.url("/bytes/400000?rate=2000000"), OUT=str(mpy.tmpdir / "app.mpk"))
+    assert r.value == {"ok": True, "sha": sha256_of(400000), "most": 2, "few": True, "left": 0}
 
 
 def test_twenty_icons_at_once_all_arrive_when_the_descriptors_run_out(mpy, fault):
     # The unix port's own limit: 3 descriptors for stdin, stdout and stderr, 2 for sockets. In memory: on a device
     # files do not take sockets, here they would.
     r = mpy.run(ICONS, SOCKETS=None, FILES=False, URL=fault.base, DIR=str(mpy.tmpdir), fds=5)
-    assert r.value == {"shas": icon_shas(), "parts": [], "loop": [], "held": [], "left": 0, "most": None}, r.stderr
+    assert r.value == {"shas": icon_shas(), "parts": [], "loop": [], "held": [], "left": 0, "most": None,
+                       "refused": None}, r.stderr
 
 
 # What the client does when socket() fails: RUN(main) runs main(session) on a ClientSession of its own, the budget
@@ -255,3 +273,31 @@ def test_a_network_that_comes_back_between_tries_gives_the_exact_bytes(mpy, faul
     r = mpy.run(HELD_ELSEWHERE, SOCKETS=4, CONNECT_ERROR="EHOSTUNREACH", CONNECT_FAILS=2, URL=fault.url("/bytes/3000"),
                 OUT=str(mpy.tmpdir / "icon.png"))
     assert r.value["outcomes"][0] == sha256_of(3000) and r.value["tried"] == 2 + 4, r.value
+
+
+def test_a_name_lookup_with_no_descriptor_free_fails_as_a_network_error(mpy, fault):
+    # The app holds every descriptor the unix port has (fds=): the C library can't read /etc/hosts, and the lookup
+    # of "localhost" fails as a lookup, tried again, until the descriptors come back
+    r = mpy.run("""
+import socket
+from mpos import DownloadManager
+DownloadManager.retry_base_ms = DownloadManager.retry_max_ms = 1
+# (the modules a failure loads are loaded first: here, imports from source take a descriptor too)
+DownloadManager.download_url(URL.replace("localhost", "127.0.0.1").replace("/bytes/", "/status/503?n="), tries=2)
+fds = fd_count()
+held = []
+try:
+    while True:
+        held.append(socket.socket())
+except OSError as e:
+    full = e.errno
+try:
+    DownloadManager.download_url(URL, raise_errors=True)
+    failed = None
+except DownloadManager.DownloadError as e:
+    failed = [e.reason, DownloadManager.is_network_error(e), "cannot resolve localhost" in str(e)]
+for s in held:
+    s.close()
+result(full=full, failed=failed, then=sha256(DownloadManager.download_url(URL)), left=fd_count() - fds)
+""", URL=fault.url("/bytes/3000").replace("127.0.0.1", "localhost"), fds=12)
+    assert r.value == {"full": EMFILE, "failed": ["network", True, True], "then": sha256_of(3000), "left": 0}

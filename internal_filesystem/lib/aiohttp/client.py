@@ -199,6 +199,10 @@ class ClientSession:
 
     def _done_with(self, conn, reusable):
         # A request is over: its connection goes back to the pool, or is closed
+        room = self._room
+        if room is not None and conn.sock is not None:  # its socket comes free, or idle, for requests waiting for one
+            self._room = None
+            room.set()
         try:
             self._busy.remove(conn)
         except ValueError:
@@ -214,10 +218,6 @@ class ClientSession:
             conn.close()
         if self._connector is not None:
             self._connector.released()
-        room = self._room
-        if room is not None:
-            self._room = None
-            room.set()
 
     async def _watchdog(self):
         # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends

@@ -19,18 +19,12 @@ class Budget:
         self.most = 0  # the most open at once
         self.SOCK_STREAM = _real.SOCK_STREAM
         self.AF_INET = _real.AF_INET
-        self.getaddrinfo = _real.getaddrinfo
 
     def install(self):
         import aiohttp.connection
 
         aiohttp.connection.socket = self
         return self
-
-    def uninstall(self):
-        import aiohttp.connection
-
-        aiohttp.connection.socket = _real
 
     def open_now(self):
         # a socket closed by the client has given its descriptor back: fileno() says -1

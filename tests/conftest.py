@@ -62,14 +62,14 @@ class MicroPython:
             assert not errors, "\n".join(errors)
         return self._compiled
 
-    def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), **values):
+    def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), fds=None, **values):
         if not os.path.exists(micropython()):
             pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % micropython())
         if self.asyncio_path == "public":
             code = PUBLIC_ASYNCIO + code
         try:
             proc, results = _mpy.run(code, self.tmpdir, lib=self.lib(compiled), heapsize=heapsize,
-                                     timeout=timeout, args=args, **values)
+                                     timeout=timeout, args=args, fds=fds, **values)
         except subprocess.TimeoutExpired as e:
             raise MicroPythonFailed("MicroPython timed out after %ss\n--- stdout\n%s\n--- stderr\n%s" % (
                 timeout, e.stdout, e.stderr))

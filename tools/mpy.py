@@ -138,13 +138,20 @@ def build_unix(source, mpy_cross, manifest, out):
     return out / "micropython"
 
 
+def _limit_fds(fds):
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))
+
+
 def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, bare=False, path=None, binary=None,
-        **values):
+        fds=None, **values):
     """Run `code` (with NAME = repr(value) lines for each keyword) -> (CompletedProcess, [result dicts]).
     echo=True also shows the snippet's output while it runs (no timeout then). bare=True leaves out the test
     helpers (tests/mpy/testlib.py, compiled in the heap): for heap figures that should be the library's alone;
     the snippet then prints its own "@@RESULT {json}" line. path: MICROPYPATH itself, instead of micropypath(lib).
-    binary: another interpreter than micropython()."""
+    binary: another interpreter than micropython(). fds: the descriptors the interpreter may hold (its
+    RLIMIT_NOFILE, stdin, stdout and stderr included): socket() and open() then fail with EMFILE as on a full system."""
     head = "".join("%s = %r\n" % kv for kv in values.items())
     fd, script = tempfile.mkstemp(suffix=".py", dir=workdir)
     with os.fdopen(fd, "w") as f:
@@ -154,6 +161,7 @@ def run(code, workdir, lib=LIB, heapsize=None, timeout=60, args=(), echo=False, 
     if echo:
         proc = _echoing(cmd, env, workdir)
     else:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir,
+                              preexec_fn=fds and (lambda: _limit_fds(fds)))
     results = [json.loads(line[9:]) for line in proc.stdout.splitlines() if line.startswith("@@RESULT ")]
     return proc, results

@@ -17,6 +17,8 @@ _IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")  # may be sen
 _TOKEN_CHARS = "!#$%&'*+-.^_`|~"  # besides letters and digits, in a header name (RFC 9110 token)
 
 _PROBE = bytearray(1)  # what an idle connection's probe reads into
+_ENFILE = const(23)  # lwIP's "no socket left" (MicroPython's errno module names neither this nor EMFILE)
+_EMFILE = const(24)  # "too many open files": the unix port's descriptors are all taken
 
 
 class ClientTimeout:
@@ -114,6 +116,7 @@ class ClientSession:
     _auto_decompress = True
     _raise_for_status = False
     _websockets = ()  # the open websockets (kept by aiohttp/websocket.py): the session closes them
+    _room = None  # the asyncio.Event requests that found no socket free wait on; set when a connection is done with
     closed = False
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
@@ -196,6 +199,10 @@ class ClientSession:
 
     def _done_with(self, conn, reusable):
         # A request is over: its connection goes back to the pool, or is closed
+        room = self._room
+        if room is not None and conn.sock is not None:  # its socket comes free, or idle, for requests waiting for one
+            self._room = None
+            room.set()
         try:
             self._busy.remove(conn)
         except ValueError:
@@ -230,36 +237,62 @@ class ClientSession:
 
     async def _connect(self, key, timeout, end):
         # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
-        if self._connector is not None:
-            await self._connector.wait_for_room(key, ms(timeout.connect))
-        conn = self._take_idle(key)
-        reused = conn is not None
-        if not reused:
-            for other in self._busy:  # connections to one host share one key (tuple and host string)
-                if other.key == key:
-                    key = other.key
-                    break
-            conn = Connection(key)
-        self._busy.append(conn)
-        if conn.timed_out:
-            conn.timed_out = False
-        if end is not None or conn.deadline is not None:
-            conn.deadline = end
-        if self._watchdog_task is None and (timeout.total or timeout.connect or timeout.sock_read):
-            self._watchdog_task = asyncio.create_task(self._watchdog())
-        if conn.sock is None:
+        until = None  # while no socket is free: when waiting for one ends (see _make_room)
+        while True:
+            if self._connector is not None:
+                await self._connector.wait_for_room(key, ms(timeout.connect))
+            conn = self._take_idle(key)
+            reused = conn is not None
+            if not reused:
+                for other in self._busy:  # connections to one host share one key (tuple and host string)
+                    if other.key == key:
+                        key = other.key
+                        break
+                conn = Connection(key)
+            self._busy.append(conn)
+            if conn.timed_out:
+                conn.timed_out = False
+            if end is not None or conn.deadline is not None:
+                conn.deadline = end
+            if self._watchdog_task is None and (timeout.total or timeout.connect or timeout.sock_read):
+                self._watchdog_task = asyncio.create_task(self._watchdog())
+            if conn.sock is None:
+                try:
+                    address = await resolve(key[1], key[2], ms(timeout.connect), conn.deadline)
+                    if self.closed:  # meanwhile: nothing would close this connection, nor time its waits
+                        raise errors.ClientConnectionError("session closed while connecting to %s" % key[1])
+                    conn.open(address)
+                except OSError as e:
+                    self._done_with(conn, False)
+                    if until is None:
+                        until = _connect_end(timeout, end)
+                    await self._make_room(e, until, "cannot connect to %s:%d" % (key[1], key[2]))
+                    continue  # (a connection to the same host may have come back to the pool meanwhile)
+                except BaseException:
+                    self._done_with(conn, False)
+                    raise
+            return conn, reused
+
+    async def _make_room(self, e, until, what):
+        # A connection could not be opened: e. Returns when another try may find a socket free (e said none was, and
+        # the oldest idle connection was closed, or one of this session's requests ended before the ticks_ms `until`,
+        # None: no wait); else raises e as a ClientConnectorError, what the connection was for first.
+        import errno
+
+        no_socket = e.errno in (_ENFILE, _EMFILE, errno.ENOBUFS, errno.ENOMEM)
+        if no_socket and self._idle:
+            self._idle.pop(0)[0].close()
+            return
+        left = 0 if not no_socket or until is None or not self._busy else ticks_diff(until, ticks_ms())
+        if left > 0:
+            if self._room is None:
+                self._room = asyncio.Event()
             try:
-                address = await resolve(key[1], key[2], ms(timeout.connect), conn.deadline)
-                if self.closed:  # meanwhile: nothing would close this connection, nor time its waits
-                    raise errors.ClientConnectionError("session closed while connecting to %s" % key[1])
-                conn.open(address)
-            except OSError as e:
-                self._done_with(conn, False)
-                raise errors.ClientConnectorError("cannot connect to %s:%d: %s" % (key[1], key[2], e), e.errno)
-            except BaseException:
-                self._done_with(conn, False)
-                raise
-        return conn, reused
+                return await asyncio.wait_for_ms(self._room.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        why = "no socket free (OSError %d)" % e.errno if no_socket else e
+        raise errors.ClientConnectorError("%s: %s" % (what, why), e.errno)
 
     # --- requests ------------------------------------------------------------------------------------------------
     def request(self, method, url, **kw):
@@ -467,6 +500,14 @@ def _body(data, json, fields):
     if data:  # (an empty body goes without one, as with MicroPythonOS's aiohttp: aiohttp would name a type)
         fields.setdefault("content-type", ("Content-Type", content_type))
     return data.encode() if isinstance(data, str) else data
+
+
+def _connect_end(timeout, end):
+    # -> the ticks_ms by which a connection must be made: the connect timeout's, or the request's end if sooner
+    limit = ms(timeout.connect)
+    if limit is not None:
+        limit = ticks_add(ticks_ms(), limit)
+    return end if limit is None or end is not None and ticks_diff(end, limit) < 0 else limit
 
 
 def _closed_by_server(conn):

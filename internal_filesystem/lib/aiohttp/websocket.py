@@ -17,11 +17,11 @@ import struct
 from micropython import const
 from time import ticks_diff, ticks_ms
 
-# What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl) and
-# _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out, close and its
-# read-ahead buf[pos:filled].
+# What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl),
+# _make_room and _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out,
+# close and its read-ahead buf[pos:filled].
 from . import poll
-from .client import _RequestContext, check_headers, ms
+from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
 from .errors import (ClientConnectionError, ClientConnectorError, ClientError, ClientResponseError,
                      ServerDisconnectedError, ServerTimeoutError)
@@ -736,7 +736,15 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     t = session._timeout
     try:
         try:
-            conn.open(await resolve(host, port, ms(t.connect or t.total), None))
+            address = await resolve(host, port, ms(t.connect or t.total), None)
+            until = _connect_end(t, None)
+            while True:  # (no socket free: the session's idle connection goes first, or one of its requests' ends)
+                try:
+                    conn.open(address)
+                    break
+                except OSError as e:
+                    conn.close()
+                    await session._make_room(e, until, "websocket %s:%d" % (host, port))
             await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting")
             status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer")
         except OSError as e:

@@ -14,14 +14,13 @@ excerpt of the implementation: `response`, `tries_left`, a bare `return`), and t
 import hashlib
 import os
 import re
-import socket
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from tools.testservers import payload, sha256_of
+from tools.testservers import payload, refused_url, sha256_of
 
 SPEC = Path(os.environ.get("MPOS_SPEC", "/work/shared/spec/download-manager.md"))
 
@@ -552,14 +551,6 @@ def assert_progress(values):
     assert values[-1] == 100 and values.count(100) == 1, values
 
 
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # 1. The examples
 
@@ -965,7 +956,7 @@ def test_return_values_on_success(mpy, fault):
 
 @pytest.mark.parametrize("where", ["404", "500", "refused"])
 def test_return_values_on_failure(mpy, fault, where):
-    url = fault.url("/status/" + where) if where != "refused" else "http://127.0.0.1:%d/x" % closed_port()
+    url = fault.url("/status/" + where) if where != "refused" else refused_url()
     (mpy.tmpdir / "out.bin").write_bytes(b"keep me")
     got = mpy.run(MODES, URL=url).value
     assert (got["memory"], got["file"], got["stream"]) == (None, False, False)
@@ -1396,6 +1387,29 @@ result(**{k: DownloadManager.is_network_error(e) for k, e in cases.items()})
     false = {"ValueError", "ENOENT", "KeyError"}
     assert got == {k: k not in false for k in got}
     assert len(got) == 18
+
+
+def test_is_network_error_says_the_same_of_a_refused_connection_whoever_raised_it(mpy):
+    # An app that uses aiohttp itself and one that calls DownloadManager with raise_errors=True ask about one
+    # failure: nothing listens on the port
+    r = mpy.run("""
+import aiohttp
+from mpos import DownloadManager
+async def main():
+    said = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            await session.get(URL)
+    except Exception as e:
+        said["aiohttp"] = (type(e).__name__, DownloadManager.is_network_error(e))
+    try:
+        await DownloadManager.download_url(URL, raise_errors=True)
+    except Exception as e:
+        said["DownloadManager"] = (type(e).__name__, DownloadManager.is_network_error(e))
+    result(**said)
+run(main())
+""", URL=refused_url())
+    assert r.value == {"aiohttp": ["ClientConnectorError", True], "DownloadManager": ["NetworkError", True]}
 
 
 def test_get_resume_position(mpy):

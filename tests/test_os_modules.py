@@ -7,14 +7,13 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import zipfile
 
 import pytest
 
 from tools.mpy import LIB
 from tools.mpy import run as run_on
-from tools.testservers import payload
+from tools.testservers import payload, refused_url
 
 FIRMWARE = 150_123  # not a whole number of 4 KB blocks: the last block is padded with erased flash (0xFF)
 BLOCK = 4096
@@ -32,13 +31,6 @@ def sha(data):
 def ranges(fault):
     """The Range header of every request the server received (None: the whole resource)."""
     return [request.headers.get("range") for request in fault.log]
-
-
-def refused_url():
-    """A loopback URL nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "http://127.0.0.1:%d/osupdate.json" % s.getsockname()[1]
 
 
 # What the updater's snippets share: the partition's content and the updater's result, as the test reports them

@@ -2,14 +2,13 @@
 concurrency and security, each proven on the unix port against the fault server (exact hashes or an untouched
 outfile)."""
 import http.server
-import socket
 import threading
 
 import pytest
 
 from tools.bench import SMALL_HEAP
 from tools.mpy import ROMFS_PRELUDE, romfs_image
-from tools.testservers import payload, sha256_of, text_payload
+from tools.testservers import payload, refused_url, sha256_of, text_payload
 
 # --- snippets -------------------------------------------------------------------------------------------------
 
@@ -124,14 +123,6 @@ def resumed_at(sent, upto):
 def prefix_sha(n, k, start=0):
     # sha256 of bytes [start, k) of /bytes/n
     return __import__("hashlib").sha256(payload(n)[start:k]).hexdigest()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --- integrity ------------------------------------------------------------------------------------------------
@@ -576,7 +567,7 @@ def test_permanent_status_fails_at_once(mpy, fault, code):
 
 
 def test_refused_connection_fails_at_once(mpy):
-    url = "http://127.0.0.1:%d/x.bin" % free_port()
+    url = refused_url("/x.bin")
     v = dl(mpy, url, "file", old=OLD, raise_errors=True)
     assert v["ret"] == "raised" and v["err"][1] == "network", v
     assert v["ms"] < 500 and v["sha"] == OLD_SHA, v
@@ -617,7 +608,7 @@ async def main():
     res['default_file'] = await DownloadManager.download_url(BASE + '/status/404', outfile='x.bin')
     result(**res)
 run(main())
-""", BASE=fault.base, REFUSED="http://127.0.0.1:%d/" % free_port()).value
+""", BASE=fault.base, REFUSED=refused_url("/")).value
     assert v["http"][1:3] == ["http", 404], v
     assert v["network"][1] == "network"
     assert v["timeout"][1] == "timeout"

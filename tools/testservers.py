@@ -92,6 +92,13 @@ HOST = "127.0.0.1"
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"  # fixed, so If-Range tests can use it
 
 
+def refused_url(path="/x"):
+    """An http URL on a loopback port nothing listens on: a connection there is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "http://127.0.0.1:%d%s" % (s.getsockname()[1], path)
+
+
 # ---------------------------------------------------------------- payloads
 
 @functools.lru_cache(maxsize=8)  # tests fetch the same 20 MB body many times

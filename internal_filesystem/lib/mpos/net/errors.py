@@ -91,7 +91,7 @@ def is_network_error(e):
         if client.kind_of(e, "ClientSSLError"):
             return False
         if client.kind_of(e, "ClientConnectionError") or client.kind_of(e, "ClientPayloadError"):
-            return not _refused(e)
+            return True  # (a refused connection too: DownloadManager's NetworkError for it says True as well)
     code = _error_number(e)
     if code is not None and abs(code) in _NETWORK_CODES:
         return True

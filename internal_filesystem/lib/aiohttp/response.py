@@ -923,8 +923,8 @@ class ClientResponse(StreamReader):
         server_charset = None if encoding else self.charset
         charset = encoding or server_charset
         if not charset or charset.lower() in ("utf-8", "utf8"):
-            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (see utf8.lax)
-                if lead in body:
+            for lead in (b"\xc0", b"\xc1", b"\xe0", b"\xed", b"\xf0", b"\xf4", b"\xf5", b"\xf6", b"\xf7"):  # (utf8.lax)
+                if lead in body:  # (bytes in bytes: a search in C; an int is compared with each byte in turn)
                     break
             else:
                 try:

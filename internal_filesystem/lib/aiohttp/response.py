@@ -914,9 +914,9 @@ class ClientResponse(StreamReader):
 
     async def text(self, encoding=None, errors="strict"):
         body = self._body if self._body is not None else await self.read()
-        return self._decode(body, encoding, errors)
+        return await self._decode(body, encoding, errors)
 
-    def _decode(self, body, encoding, errors):
+    async def _decode(self, body, encoding, errors):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (a charset
         # given to decode() is ignored), and takes overlong forms, surrogates and code points past U+10FFFF too: any
         # other charset, and a body with a byte such a sequence starts with, go to charset.py.
@@ -933,7 +933,7 @@ class ClientResponse(StreamReader):
                     pass
         from .charset import decode
 
-        return decode(body, encoding, server_charset, errors)
+        return await decode(body, encoding, server_charset, errors)  # (it lets the loop turn as it goes)
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with
@@ -949,7 +949,7 @@ class ClientResponse(StreamReader):
         if loads is None:
             from json import loads
         try:
-            return loads(self._decode(body, encoding, "strict"))
+            return loads(await self._decode(body, encoding, "strict"))
         except ValueError:
             if expected:
                 raise

@@ -294,6 +294,16 @@ TEXTS = {
     "/text-latin1-high": ("latin1", b"from 0xa0: " + bytes(range(0xA0, 0x100))),
 }
 
+# Long bodies whose decoding is Python's work at every byte that is not ASCII: 64 KB of each charset's high bytes,
+# 64 KB of bytes no UTF-8 has (each one an error, and a U+FFFD's three bytes with "replace"), overlong forms
+LONG_TEXTS = {
+    "/long-latin1": ("iso-8859-1", "strict", bytes(range(0x20, 0x100)) * 293),
+    "/long-cp1252": ("windows-1252", "replace", bytes(range(0x20, 0x100)) * 293),
+    "/long-ascii": ("ascii", "replace", bytes(range(0x20, 0x100)) * 293),
+    "/long-bad-utf8": ("utf-8", "replace", b"\xff" * 65536),
+    "/long-lax-utf8": (None, "ignore", b"caf\xc3\xa9 \xc0\xaf " * 6554),
+}
+
 BIG = 20000
 RESPONSES = {
     "/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
@@ -373,6 +383,9 @@ RESPONSES = {
     # text() in the charsets servers name (the bodies: TEXTS below)
     **{path: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain%s\r\nContent-Length: %d\r\n\r\n" % (
         b"; charset=" + label.encode() if label else b"", len(body)) + body for path, (label, body) in TEXTS.items()},
+    **{path: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain%s\r\nContent-Length: %d\r\n\r\n" % (
+        b"; charset=" + label.encode() if label else b"", len(body)) + body
+       for path, (label, errors, body) in LONG_TEXTS.items()},
     # json() and the Content-Type: a captive portal's login page, a JSON API's own type, a raw file host's, nothing
     "/portal": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
     "/json-api": b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.api+json; charset=utf-8\r\nContent-Length: 8\r\n\r\n"
@@ -532,6 +545,26 @@ run(main())
         {"err": "LookupError", "message": "error handler 'backslashreplace' is not supported"},
         {"text": TEXTS["/text-cp1252"][1].decode("latin-1")},  # the caller's encoding wins over the server's
         {"text": "caf\u00e9!"}]
+
+
+@pytest.mark.parametrize("path", LONG_TEXTS)
+def test_text_of_a_long_body_lets_the_ui_run_while_it_decodes(mpy, raw, path):
+    # On a device the event loop is the UI's thread: a body decoded a byte at a time in Python must let it turn at
+    # least every 8 KB, and a long run of bad bytes must decode in a heap a few times the body's size
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            await resp.read()  # (the body is kept: text() only decodes it)
+            text, turns = await turns_during(resp.text(errors=ERRORS))
+            result(sha=sha256(text.encode()), n=len(text), turns=turns)
+run(main())
+""", heapsize="1M", URL=raw.url(path), ERRORS=LONG_TEXTS[path][1])
+    label, errors, body = LONG_TEXTS[path]
+    text = body.decode(label or "utf-8", errors)
+    assert r.value["sha"] == hashlib.sha256(text.encode()).hexdigest() and r.value["n"] == len(text)
+    assert r.value["turns"] >= len(body) // 8192, r.value
 
 
 def test_content_type_and_charset_as_in_aiohttp(mpy, raw):

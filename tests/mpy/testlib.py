@@ -169,6 +169,29 @@ async def error_of(coro):
     return None, None
 
 
+async def turns_during(aw):
+    # Await aw beside a task that counts its turns; -> (aw's result, the turns the event loop gave that task
+    # meanwhile): how often the work let the UI run
+    import asyncio
+
+    turns = [0]
+    done = []
+
+    async def count():
+        while not done:
+            await asyncio.sleep(0)
+            turns[0] += 1
+
+    task = asyncio.create_task(count())
+    await asyncio.sleep(0)
+    before = turns[0]
+    try:
+        return await aw, turns[0] - before
+    finally:
+        done.append(True)
+        await task
+
+
 def record_ranges():
     # Patch the client so every GET's Range and If-Range headers are noted: -> the list they go into.
     import aiohttp

@@ -1,9 +1,15 @@
 # Text in the charsets servers name, for ClientResponse.text() and json(): UTF-8 that is not valid, US-ASCII, latin-1
 # and windows-1252, with the error handlers "strict", "replace" and "ignore". Loaded only when the body is not plain
 # valid UTF-8: MicroPython's bytes.decode() knows UTF-8 alone (it ignores a charset and an error handler it is given).
+# A body is worked through in spans, with a turn of the event loop (the UI's) after each: the bytes that are not ASCII
+# take Python's time, one byte at a time, and a server chooses how many there are.
 
-from .response import from_latin1
+import asyncio
+from micropython import const
+
 from .utf8 import lax
+
+_SPAN = const(1024)  # body bytes worked through between two turns of the event loop
 
 _UTF8 = ("utf-8", "utf8", "u8", "utf")
 _ASCII = ("ascii", "us-ascii", "646")
@@ -15,9 +21,10 @@ _HANDLERS = ("strict", "replace", "ignore")
 _CP1252_HIGH = ("\u20ac\ufffd\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\ufffd\u017d\ufffd"
                 "\ufffd\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\ufffd\u017e\u0178")
 _REPLACEMENT = "\ufffd"
+_REPLACEMENT_BYTES = b"\xef\xbf\xbd"
 
 
-def decode(body, encoding, server_charset, errors):
+async def decode(body, encoding, server_charset, errors):
     # encoding: the caller's (an unknown one is a LookupError, as in CPython); else the server's charset, where an
     # unknown one means UTF-8, as aiohttp's fallback has it
     name = _known(encoding or server_charset)
@@ -26,12 +33,16 @@ def decode(body, encoding, server_charset, errors):
             raise LookupError("unknown encoding: %s" % encoding)
         name = "utf-8"
     if name == "utf-8":
-        return _utf8(body, errors, None if encoding or _known(server_charset) else server_charset)
+        return await _utf8(body, errors, None if encoding or _known(server_charset) else server_charset)
     if name == "ascii":
-        return _ascii(body, errors)
-    if name == "latin-1":
-        return from_latin1(body)
-    return _windows_1252(body, errors)
+        high = (None,) * 128
+    elif name == "latin-1":
+        high = tuple(chr(b).encode() for b in range(0x80, 0x100))
+    else:
+        high = tuple(None if char == _REPLACEMENT else char.encode() for char in _CP1252_HIGH)
+        high += tuple(chr(b).encode() for b in range(0xA0, 0x100))
+        name = "windows-1252"
+    return await _one_byte_each(body, high, name, errors)
 
 
 def _known(charset):
@@ -51,11 +62,56 @@ def _check_handler(errors):
         raise LookupError("error handler %r is not supported" % (errors,))
 
 
-def _bad_byte(body, i, charset):
-    return UnicodeError("can't decode byte 0x%02x in position %d as %s" % (body[i], i, charset))
+def _bad_byte(byte, i, charset):
+    return UnicodeError("can't decode byte 0x%02x in position %d as %s" % (byte, i, charset))
 
 
-def _utf8(body, errors, unsupported):
+def _plain(span):
+    # whether span (bytes, or a memoryview of them) is plain UTF-8 as MicroPython decodes it, -> its length in
+    # characters, or -1: checked in C
+    try:
+        return len(str(span, "utf-8"))
+    except UnicodeError:
+        return -1
+
+
+async def _one_byte_each(body, high, charset, errors):
+    # A charset of one byte per character: ASCII below 0x80, from there high[byte - 0x80], the character's UTF-8
+    # bytes (None: a byte the charset leaves undefined)
+    try:
+        text = body.decode()
+        if len(text) == len(body):  # (a character per byte: all of them ASCII)
+            return text
+    except UnicodeError:
+        pass
+    out = bytearray()
+    view = memoryview(body)
+    for start in range(0, len(body), _SPAN):
+        span = view[start : start + _SPAN]
+        if _plain(span) == len(span):
+            out += span
+        else:
+            _one_byte_span(out, span, start, high, charset, errors)
+        await asyncio.sleep(0)
+    return out.decode()
+
+
+def _one_byte_span(out, span, start, high, charset, errors):
+    append = out.append
+    for byte in span:
+        if byte < 0x80:
+            append(byte)
+            continue
+        char = high[byte - 0x80]
+        if char is None:
+            _check_handler(errors)
+            if errors == "strict":  # (the first undefined byte met: the first of its value in the span)
+                raise _bad_byte(byte, start + bytes(span).find(bytes((byte,))), charset)
+            char = _REPLACEMENT_BYTES if errors == "replace" else b""
+        out += char
+
+
+async def _utf8(body, errors, unsupported):
     # UTF-8 as the Unicode standard reads it (section 3.9): each maximal part of an ill-formed sequence is one error.
     # MicroPython's decode() where it agrees. unsupported: the charset the server named, when none decoded here.
     try:
@@ -64,10 +120,39 @@ def _utf8(body, errors, unsupported):
             return text
     except UnicodeError:
         pass
-    pieces = []
-    start = i = 0
+    out = bytearray()
+    view = memoryview(body)
+    start = 0
     end = len(body)
-    while i < end:
+    while start < end:
+        stop = _boundary(body, start + _SPAN, end)
+        span = bytes(view[start:stop])
+        if _plain(span) >= 0 and not lax(span):
+            out += span
+        else:
+            _utf8_span(out, body, start, stop, errors, unsupported)
+        start = stop
+        await asyncio.sleep(0)
+    return out.decode()
+
+
+def _boundary(body, i, end):
+    # -> where a span that would end at i may end with no sequence cut in two: before a byte that is no continuation
+    # byte, found within three bytes back; after three continuation bytes no sequence goes on, so i itself.
+    if i >= end:
+        return end
+    for k in range(i, i - 4, -1):
+        if not 0x80 <= body[k] <= 0xBF:
+            return k
+    return i
+
+
+def _utf8_span(out, body, i, stop, errors, unsupported):
+    # body[i:stop] onto out, its errors handled; the well-formed runs between them copied whole
+    view = memoryview(body)
+    end = len(body)
+    run = i
+    while i < stop:
         if body[i] < 0x80:
             i += 1
             continue
@@ -80,14 +165,13 @@ def _utf8(body, errors, unsupported):
             if unsupported:
                 raise UnicodeError("charset %s is not supported, and the body is no UTF-8 (byte 0x%02x in position "
                                    "%d)" % (unsupported, body[i], i))
-            raise _bad_byte(body, i, "utf-8")
-        pieces.append(body[start:i].decode())
+            raise _bad_byte(body[i], i, "utf-8")
+        out += view[run:i]
         if errors == "replace":
-            pieces.append(_REPLACEMENT)
+            out += _REPLACEMENT_BYTES
         i -= size
-        start = i
-    pieces.append(body[start:].decode())
-    return "".join(pieces)
+        run = i
+    out += view[run:stop]
 
 
 def _sequence(body, i, end):
@@ -111,42 +195,3 @@ def _sequence(body, i, end):
         low, high = 0x80, 0xBF  # (only the second byte has a narrower range)
         k += 1
     return size
-
-
-def _ascii(body, errors):
-    try:
-        text = body.decode()
-        if len(text) == len(body):  # (a character per byte: all of them ASCII)
-            return text
-    except UnicodeError:
-        pass
-    _check_handler(errors)
-    if errors == "strict":
-        for i in range(len(body)):
-            if body[i] >= 0x80:
-                raise _bad_byte(body, i, "ascii")
-    out = bytearray()
-    for b in body:
-        if b < 0x80:
-            out.append(b)
-        elif errors == "replace":
-            out += _REPLACEMENT.encode()
-    return out.decode()
-
-
-def _windows_1252(body, errors):
-    out = bytearray()
-    for i in range(len(body)):
-        b = body[i]
-        if b < 0x80:
-            out.append(b)
-            continue
-        char = _CP1252_HIGH[b - 0x80] if b < 0xA0 else chr(b)
-        if char == _REPLACEMENT:
-            _check_handler(errors)
-            if errors == "strict":
-                raise _bad_byte(body, i, "windows-1252")
-            if errors == "ignore":
-                continue
-        out += char.encode()
-    return out.decode()

@@ -914,17 +914,17 @@ class ClientResponse(StreamReader):
 
     async def text(self, encoding=None, errors="strict"):
         body = self._body if self._body is not None else await self.read()
-        return self._decode(body, encoding, errors)
+        return await self._decode(body, encoding, errors)
 
-    def _decode(self, body, encoding, errors):
+    async def _decode(self, body, encoding, errors):
         # In the charset the Content-Type names, UTF-8 when it names none. MicroPython decodes UTF-8 only (a charset
         # given to decode() is ignored), and takes overlong forms, surrogates and code points past U+10FFFF too: any
         # other charset, and a body with a byte such a sequence starts with, go to charset.py.
         server_charset = None if encoding else self.charset
         charset = encoding or server_charset
         if not charset or charset.lower() in ("utf-8", "utf8"):
-            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (see utf8.lax)
-                if lead in body:
+            for lead in (b"\xc0", b"\xc1", b"\xe0", b"\xed", b"\xf0", b"\xf4", b"\xf5", b"\xf6", b"\xf7"):  # (utf8.lax)
+                if lead in body:  # (bytes in bytes: a search in C; an int is compared with each byte in turn)
                     break
             else:
                 try:
@@ -933,7 +933,7 @@ class ClientResponse(StreamReader):
                     pass
         from .charset import decode
 
-        return decode(body, encoding, server_charset, errors)
+        return await decode(body, encoding, server_charset, errors)  # (it lets the loop turn as it goes)
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with
@@ -948,7 +948,7 @@ class ClientResponse(StreamReader):
             if loads is None:
                 from json import loads
             try:
-                return loads(self._decode(body, encoding, "strict"))
+                return loads(await self._decode(body, encoding, "strict"))
             except ValueError:
                 if expected:
                     raise

@@ -4,7 +4,7 @@
 
 # Lead bytes no UTF-8 has (C0, C1, F5 to F7: the decoder refuses F8 on), and lead bytes UTF-8 allows fewer second
 # bytes after (low, high)
-_NEVER_LEADS = b"\xc0\xc1\xf5\xf6\xf7"
+_NEVER_LEADS = (b"\xc0", b"\xc1", b"\xf5", b"\xf6", b"\xf7")  # (bytes in bytes searches in C, an int byte by byte)
 _NARROW_LEADS = ((0xE0, 0xA0, 0xBF), (0xED, 0x80, 0x9F), (0xF0, 0x90, 0xBF), (0xF4, 0x80, 0x8F))
 
 

@@ -11,7 +11,7 @@ def split_url(url):
         raise errors.InvalidUrlClientError("URL must be str, not %s" % type(url).__name__)
     # (its bytes, not its characters: each character iterated would be a str of its own, looked up among the qstrs)
     data = url.encode()
-    if data and (min(data) <= 32 or 127 in data):
+    if data and (min(data) <= 32 or b"\x7f" in data):  # (a bytes in bytes is searched in C, an int byte by byte)
         raise errors.InvalidUrlClientError("URL contains whitespace or a control character: %r" % url)
     i = url.find("://")
     if i < 0:

@@ -47,6 +47,7 @@ _OP_PONG = const(10)
 _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
+_KEEP = const(16384)  # a message buffer up to this size is kept for the next message; a bigger one goes with its message
 _NO_LIMIT = 1 << 63  # max_msg_size=0 (aiohttp's "no limit"): no frame can announce more (see _head)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
@@ -482,7 +483,10 @@ class ClientWebSocketResponse:
             if self._op & _FIN:
                 op, n = self._op & 0x0F, self._got
                 self._op = self._got = 0
-                return self._message(op, memoryview(self._buf)[:n])
+                msg = self._message(op, memoryview(self._buf)[:n])
+                if len(self._buf) > _KEEP:
+                    self._buf = None
+                return msg
 
     def _room(self, n):
         # a message buffer of at least n bytes, what it holds kept; doubled while a fragmented message grows

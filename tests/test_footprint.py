@@ -347,6 +347,35 @@ result(outcomes=outcomes, ok=ok, sha=sha256_file(OUT))
     assert r.stderr.count("failed (memory): out of memory") == 2, r.stderr  # each logged once, heap or none
 
 
+def test_a_first_download_with_no_file_descriptor_to_load_the_client_fails_as_documented(mpy, fault):
+    # Run from files (the desktop simulator), the first download reads the client's modules: with every descriptor
+    # taken that is an OSError (EMFILE), which ends the download as documented (None, or a NetworkError with
+    # raise_errors: descriptors come back), not a bare OSError out of download_url; a later one works
+    r = mpy.run("""
+from mpos import DownloadManager
+def first(**kw):
+    held = []
+    try:
+        while True:
+            held.append(open(OUT + ".x", "wb"))
+    except OSError:
+        pass
+    try:
+        return DownloadManager.download_url(URL, **kw)
+    except DownloadManager.DownloadError as e:
+        return e.reason
+    except Exception as e:
+        return repr(e)
+    finally:
+        for f in held:
+            f.close()
+outcomes = [first(), first(raise_errors=True)]
+result(outcomes=outcomes, sha=sha256(DownloadManager.download_url(URL)))
+""", URL=fault.url("/bytes/5000"), OUT=str(mpy.tmpdir / "out.bin"), fds=24)
+    assert r.value == {"outcomes": [None, "network"], "sha": sha256_of(5000)}, r.value
+    assert r.stderr.count("failed (network)") == 2, r.stderr  # each logged once
+
+
 # Each step a download takes can meet a full heap; micropython.heap_lock() makes it meet one there, every time
 WITHOUT_HEAP_IN = """
 import micropython

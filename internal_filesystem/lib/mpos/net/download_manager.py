@@ -116,21 +116,26 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
         if not _loop_runs_on():
             download.linger = False
         download = download.run()  # now its coroutine (made here: its frame is the largest; no new local, design.md)
-    except MemoryError:  # the first download loads the client and download.py: a full heap fails it as any other
-        return _sync_or_async(_out_of_memory(url, outfile is None and chunk_callback is None, options))
+    except (MemoryError, OSError) as e:
+        # The first download loads the client and download.py: a full heap fails it as any other, and so does a
+        # descriptor that can't be had to read their files (run from files, EMFILE: descriptors come back)
+        failure = (errors.OutOfMemory("out of memory") if isinstance(e, MemoryError)
+                   else errors.NetworkError("cannot load the client: %s" % (e,)))
+        return _sync_or_async(_cannot_start(url, outfile is None and chunk_callback is None, options, failure))
     return _sync_or_async(download)
 
 
-async def _out_of_memory(url, memory_mode, options):
-    # -> the documented failure value (or OutOfMemory, raised with raise_errors) of a download that could not start
+async def _cannot_start(url, memory_mode, options, failure):
+    # -> the documented failure value (or failure, a DownloadError raised with raise_errors) of a download that
+    # could not start
     try:
-        line = "download of %s failed (memory): out of memory" % url
+        line = "download of %s failed (%s): %s" % (url, failure.reason, failure)
         line = redact(line) if options.get("redact_url") else line
-    except MemoryError:  # no room even for the line: the reason goes out without the URL
-        line = "a download failed (memory): out of memory"
+    except MemoryError:  # no room even for the line (as Download.log says it)
+        line = "a download failed (no heap left to say more)"
     warning("DownloadManager", line)
     if options.get("raise_errors"):
-        raise errors.OutOfMemory("out of memory")
+        raise failure
     return None if memory_mode else False
 
 

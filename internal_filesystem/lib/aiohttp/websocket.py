@@ -4,10 +4,11 @@
 # for it. Each websocket owns one connection, never taken from or given back to the session's HTTP pool; the
 # session closes the ones still open when it closes (ClientSession.shutdown -> _going_away).
 #
-# Reading: frames are parsed from the connection's read-ahead (conn.buf[conn.pos:conn.filled]). A message that is all there
-# becomes its str or bytes straight from it; a longer one goes into the websocket's message buffer, which grows
-# to the largest message and is reused. The reader's state lives on the object (_left, _got, _op) and its only
-# waits are for the socket, so a receive() cancelled at any point (a timeout) loses no byte: the next one goes on.
+# Reading: frames are parsed from the connection's read-ahead (conn.buf[conn.pos:conn.filled]). A message that is
+# all there becomes its str or bytes straight from it; a longer one goes into the websocket's message buffer, which
+# grows with the messages and is reused up to _KEEP bytes. The reader's state lives on the object (_left, _got,
+# _op) and its only waits are for the socket, so a receive() cancelled at any point (a timeout) loses no byte: the
+# next one goes on.
 # Writing: one frame at a time (a Lock), masked with a fresh key per frame, in blocks XORed as big integers.
 
 import asyncio
@@ -47,7 +48,7 @@ _OP_PONG = const(10)
 _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
-_KEEP = const(16384)  # a message buffer up to this size is kept for the next message; a bigger one goes with its message
+_KEEP = const(16384)  # a message buffer up to this size is kept for the next message, a bigger one goes with its own
 _NO_LIMIT = 1 << 63  # max_msg_size=0 (aiohttp's "no limit"): no frame can announce more (see _head)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
@@ -800,11 +801,12 @@ def _check(status, answer, key, protocols):
         fail("Invalid response status" + (" (redirects are not followed)" if 300 <= status < 400 else ""))
     if answer.get("Upgrade", "").lower() != "websocket":
         fail("Invalid upgrade header")
-    if "upgrade" not in [t.strip().lower() for t in ",".join(answer.getall("Connection")).split(",")]:
+    if "upgrade" not in answer.tokens("Connection"):
         fail("Invalid connection header")
     import hashlib
 
-    if answer.get("Sec-WebSocket-Accept") != binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False).decode():
+    accept = binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False).decode()
+    if answer.get("Sec-WebSocket-Accept") != accept:
         fail("Invalid challenge response")
     chosen = answer.get("Sec-WebSocket-Protocol")
     if chosen is not None and chosen not in protocols:

@@ -133,7 +133,7 @@ class Download:
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        gained = max(gained, self.delivered)  # the most held: bytes got again after a start-over are none
+                        gained = max(gained, self.delivered)  # the most held (bytes got again after a start-over: none)
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body
@@ -341,7 +341,8 @@ class Download:
                 self.resource_size = length
                 if unwanted and length <= unwanted:  # no byte of the range exists: what a 416 says, said otherwise
                     raise self._past_the_end(length)
-            if self.range_end is not None and not self.content_coded and (length is None or length > self.range_end + 1):
+            if (self.range_end is not None and not self.content_coded
+                    and (length is None or length > self.range_end + 1)):
                 self.length_is_ours = True  # range_end + 1 is our cap: the body goes on past it, or may end before
                 length = self.range_end + 1
         elif status == 416 and (self.kept or self.delivered):
@@ -492,8 +493,8 @@ class Download:
 
     def _past_the_end(self, size):
         # The caller's range starts past the resource's end (size bytes): what a server that honours Range says
-        return errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes" % (self.range_start, size),
-                                416)
+        return errors.HTTPError("HTTP 416: the range starts at %d, the resource has %d bytes"
+                                % (self.range_start, size), 416)
 
     def _retry_wait(self, e, fails, end, at_sink):
         # What an attempt raised -> the wait before the next attempt, or raises what ends the download. fails:

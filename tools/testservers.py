@@ -16,7 +16,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | /echo | a JSON account of the request: method, target, headers, body length and sha256 | /echo?a=1 |
 | /status/N | answers status N with a short body (retry_after=S adds Retry-After) | /status/503?retry_after=2 |
 | /redirect | one redirect, code= (default 302) to to= (pad= pads its head too) | /redirect?code=301&to=/bytes/10 |
-| /chain/K/PATH | K redirects in a row, then /PATH (code=, abs=1: absolute Locations, delay=S: each S s late) | /chain/3/bytes/10?abs=1 |
+| /chain/K/PATH | K+1 redirects in a row (/chain/K-1/PATH .. /chain/0/PATH), then /PATH (code=, abs=1: absolute Locations, delay=S: each S s late) | /chain/3/bytes/10?abs=1 |
 | /loop | redirects to itself, for ever | /loop |
 | /stats | JSON {connections, requests} as the server counted them | /stats |
 | /file/NAME | the bytes FaultServer.files[NAME] (ETag "NAME"), with the options of /bytes/N | /file/a.mpk |

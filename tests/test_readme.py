@@ -42,11 +42,14 @@ def test_the_docs_have_their_examples():
 @pytest.mark.parametrize("code", EXAMPLES, ids=[c.splitlines()[-1][:40] for c in EXAMPLES])
 def test_example_runs(mpy, fault, files, ws_aiohttp, code):
     path = files / ("readme-%d.bin" % EXAMPLES.index(code))
+    screen = "DownloadManager.downloads()" in code  # it shows downloads in flight: its body must take a while
     r = mpy.run(code + SETTLE,
-                URL=fault.url("/bytes/%d" % SIZE), PATH=str(path), SHA=sha256_of(SIZE), SERVER=fault.url("/"),
-                WS_URL=ws_aiohttp.url("/echo"))
+                URL=fault.url("/bytes/%d%s" % (SIZE, "?rate=200000" if screen else "")), PATH=str(path),
+                SHA=sha256_of(SIZE), SERVER=fault.url("/"), WS_URL=ws_aiohttp.url("/echo"))
     assert r.value == {"done": True}
     assert "Traceback" not in r.stdout + r.stderr
+    if screen:
+        assert re.search(r"/bytes/%d\S* (queued|connecting|downloading) \d+ " % SIZE, r.stdout), r.stdout
     if "PATH" in code and "fail=" not in code:
         assert sha256_file_of(path) == sha256_of(SIZE)
 

@@ -1,8 +1,10 @@
 # An aiohttp-compatible async HTTP/1.1 client for MicroPython, with CPython aiohttp's names (ClientSession,
 # resp.status, resp.content.read(n)), keep-alive, timeouts that cost nothing per read, and sockets that are always
 # closed. The modules: client (ClientSession), connection (sockets, DNS, TLS), response (heads and bodies), url,
-# errors, poll (where it meets asyncio), compression and websocket (loaded only when a body is coded, or on the first
-# ws_connect). docs/design.md tells how a byte goes from the socket to the caller.
+# errors, poll (where it meets asyncio), loading (first-use loads, one thread at a time); loaded only when a request
+# needs them: helpers (BasicAuth, TCPConnector), streams (resp.content), location (redirects), form, upload,
+# chunkext, compression, charset and utf8 (text in other charsets), websocket (the first ws_connect). docs/design.md
+# tells how a byte goes from the socket to the caller.
 
 from .loading import load_name as _load_name, one_at_a_time as _one_at_a_time
 

@@ -56,3 +56,12 @@ def test_every_mutated_answer_gives_exact_bytes_or_a_clean_failure(tmp_path, cer
         seed, len(defects), ran, outcomes, "\n\n".join(defects))
     # the cases exercise both ways a download may end
     assert ONLY or outcomes.get("ok", 0) > ran // 5 and outcomes.get("fail", 0) > ran // 10, outcomes
+
+
+def test_the_oracle_reads_a_206_behind_a_1xx_head_as_a_206():
+    # Seed 8d981be1 case 1408: a 206 (Content-Range 85-591, close-delimited) after a 103 Early Hints head, cut 5
+    # bytes short, then the same answer to the resume: no correct client may succeed. The oracle once looked for
+    # "HTTP/1.1 206" at the answer's first byte and demanded a success.
+    case = fuzz.make_case("8d981be1", 1408)
+    assert case.well_formed.startswith(b"HTTP/1.1 103") and fuzz.decode(case.well_formed).status == 206
+    assert not fuzz._must_succeed(case)

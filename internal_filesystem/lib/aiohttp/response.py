@@ -863,6 +863,14 @@ class ClientResponse(StreamReader):
 
     close = release
 
+    def turn(self):
+        # async: once a reader that goes straight() has read the fair share, its turn: other tasks run and the
+        # request's deadline is checked, as at the next awaited read, and straight() gives room again; else done at
+        # once. (The awaited read would take the same turn through every layer of a read: here it costs little.)
+        # Here, not beside straight(): StreamReader's table is full, ClientResponse's has room (docs/design.md).
+        conn = self._conn
+        return conn.take_turn() if conn.streak >= _FAIR_SHARE else ()
+
     def read(self, n=-1):
         """The whole body as bytes (resp.read(), again on every call), or up to n bytes of it: b"" at the end.
         (awaitable) Up to n bytes: the bytes the socket makes, with no buffer filled and copied, when they are

@@ -151,6 +151,7 @@ class Download:
                         straight_write = file.write if file is not None and not extra else None
                     if straight_write is not None and (left is None or left >= size):
                         left = self._straight(resp, buf, view, size, left, straight_write)
+                        await resp.turn()  # the fair share came straight: other tasks' turn (else no wait)
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too

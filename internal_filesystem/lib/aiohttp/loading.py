@@ -1,6 +1,7 @@
 # What loads on first use loads by one thread at a time, aiohttp's and mpos's alike (mpos/_loading.py takes these):
-# MicroPython's imports take no lock, and a second thread would find a module half run. The loading thread itself may come back while it loads (a callback that
-# micropython.schedule runs between its bytecodes): it goes on at once rather than wait for itself.
+# MicroPython's imports take no lock, and a second thread would find a module half run. The loading thread itself may
+# come back while it loads (a callback that micropython.schedule runs between its bytecodes): it goes on at once rather
+# than wait for itself.
 try:
     import _thread
 

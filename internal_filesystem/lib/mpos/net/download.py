@@ -133,7 +133,7 @@ class Download:
             while not complete:
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
-                        gained = max(gained, self.delivered)  # the most held: bytes got again after a start-over are none
+                        gained = max(gained, self.delivered)  # the most held: bytes got again after a restart are none
                         left = -1  # (until this answer is accepted)
                         resp = await self._request(sess, end)  # no `async with`: its context would be held too
                         left = self._accept(resp)  # body bytes to read; None: until the server ends the body

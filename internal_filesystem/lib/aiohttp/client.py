@@ -165,8 +165,9 @@ class ClientSession:
             conn.close()
         self._idle = []
         self._busy = []
-        room, self._room = self._room, None
+        room = self._room
         if room is not None:  # the requests waiting for a socket end (see _make_room)
+            self._room = None
             room.set()
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None and task is not poll.current_task():

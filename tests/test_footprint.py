@@ -133,9 +133,11 @@ def first_try():
     ballast = leave_free(FREE)
     try:
         errors.ClientError
-        return "made"
+        first = "made"
     except MemoryError:
-        return "MemoryError"
+        first = "MemoryError"
+    ballast = None  # (its slot overwritten: a frame left by the failed try must not keep it alive)
+    return first
 first = first_try()
 heap_in_use()  # overwrites the dead stack, where a word left by the failed try would keep the ballast alive
 part = made()  # (counting names makes none)

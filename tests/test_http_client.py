@@ -282,7 +282,20 @@ BAD_UTF8 = (b"ok \xe2\x82\xac \xe9t\xc3\xa9 \x80 \xc0\x80 \xed\xa0\x80 \xf4\x90\
 # NARROW_UTF8: characters whose lead bytes start those too (U+0904, U+D7A3, U+1F600, U+10FFFF), all well-formed.
 LAX_UTF8 = b"\xc0\xaf \xe0\x80\xaf \xf0\x80\x80\xaf \xed\xa0\x80 \xf4\x90\x80\x80 \xf5\x80\x80\x80 \xc1\xbf ok"
 NARROW_UTF8 = "\u0904 \ud7a3 \U0001f600 \U0010ffff".encode()
+# Sequences, well-formed and not, across the 1 KB spans text() decodes one at a time (aiohttp/charset.py), a bad
+# byte after them so that the spans are decoded one by one; -> path: (label, body)
+SPAN_CUTS = [("utf-8", 1024 - k, seq.encode() + b"\xff") for seq in ("\u00e9", "\u20ac", "\U0001f600")
+             for k in range(1, len(seq.encode()) + 1)] + [
+    ("utf-8", 1023, b"\xe2\x82b \xff"),  # a sequence cut short across the boundary
+    ("utf-8", 1022, b"\xf0\x9f\x98\x80\x80\x80 \xff"),  # continuation bytes past a whole sequence
+    ("utf-8", 1020, b"\x80\x80\x80\x80\x80 ok"),  # five lone continuation bytes, the boundary among them
+    ("utf-8", 1023, b"\xed\xa0\x80 \xe0\x80\xaf \xc0\xaf"),  # a surrogate, overlong forms: decode() takes them
+    ("utf-8", 2047, b"\xf4\x90\x80\x80 ok"),  # past U+10FFFF, in the second span
+    ("windows-1252", 1024, b"\x81 \x8d"), ("windows-1252", 1023, b"\x80\x9d\x81"),
+    ("ascii", 1024, b"\x80"), ("ascii", 2047, b"\xff\xfe"), ("latin-1", 1023, b"\xc3\xa9\xe9")]
+SPAN_TEXTS = {"/text-span-%d" % i: (label, b"a" * at + cut) for i, (label, at, cut) in enumerate(SPAN_CUTS)}
 TEXTS = {
+    **SPAN_TEXTS,
     "/text-bad-utf8": ("UTF-8", BAD_UTF8),
     "/text-unlabelled": (None, BAD_UTF8),
     "/text-lax-utf8": ("utf-8", LAX_UTF8),

@@ -10,6 +10,8 @@ from tools.bench import SMALL_HEAP
 from tools.mpy import ROMFS_PRELUDE, romfs_image
 from tools.testservers import payload, refused_url, sha256_of, text_payload
 
+from test_http_dns import unanswered_port  # noqa: F401 (a fixture)
+
 # --- snippets -------------------------------------------------------------------------------------------------
 
 PRE = """
@@ -616,6 +618,47 @@ run(main())
     assert v["integrity"][1] == "integrity"
     assert v["file"][1] == "file"
     assert v["default"] is None and v["default_file"] is False
+
+
+def test_each_way_a_connection_fails_ends_as_docs_decisions_says(mpy, fault, unanswered_port):
+    # -> per failure: the reason, whether the error says another try may help, is_network_error(), and the attempts
+    # made of tries=2 (sockets made; lookups for the name that does not resolve; socket() calls for no socket free)
+    v = mpy.run(PRE + """
+import aiohttp.connection
+from socketbudget import Budget
+DownloadManager.retry_base_ms = DownloadManager.retry_max_ms = 1
+budget = Budget(100).install()
+lookups = []
+def no_such_name(host, port, *args, real=aiohttp.connection._getaddrinfo):
+    if host != "nowhere.invalid":
+        return real(host, port, *args)
+    lookups.append(host)
+    raise OSError(-2)
+aiohttp.connection._getaddrinfo = no_such_name
+
+async def why(url, sockets=100, **kw):
+    budget.sockets, budget.opened, budget.refused = sockets, 0, 0
+    del lookups[:]
+    try:
+        r = await DownloadManager.download_url(url, raise_errors=True, tries=2, timeout=0.3, **kw)
+        return ['returned', repr(r)]
+    except DownloadManager.DownloadError as e:
+        return [e.reason, e.retry, DownloadManager.is_network_error(e), budget.opened + budget.refused + len(lookups)]
+
+async def main():
+    res = {}
+    res['refused'] = await why(REFUSED)
+    res['no such name'] = await why('http://nowhere.invalid/x')
+    res['connect timeout'] = await why(UNANSWERED)
+    res['read timeout'] = await why(BASE + '/bytes/1000?stall=0&stall_s=5')
+    res['reset'] = await why(BASE + '/bytes/3000?drop=0')
+    res['no socket free'] = await why(BASE + '/bytes/3000', sockets=0)
+    result(**res)
+run(main())
+""", BASE=fault.base, REFUSED=refused_url("/"), UNANSWERED="http://127.0.0.1:%d/x" % unanswered_port).value
+    assert v == {"refused": ["network", False, True, 1], "no such name": ["network", True, True, 2],
+                 "connect timeout": ["timeout", True, True, 2], "read timeout": ["timeout", True, True, 2],
+                 "reset": ["network", True, True, 2], "no socket free": ["network", True, True, 2]}, v
 
 
 PROGRAMMER_ERRORS = {

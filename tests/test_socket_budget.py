@@ -301,3 +301,21 @@ for s in held:
 result(full=full, failed=failed, then=sha256(DownloadManager.download_url(URL)), left=fd_count() - fds)
 """, URL=fault.url("/bytes/3000").replace("127.0.0.1", "localhost"), fds=12)
     assert r.value == {"full": EMFILE, "failed": ["network", True, True], "then": sha256_of(3000), "left": 0}
+
+
+def test_a_request_waiting_for_a_socket_ends_when_its_session_closes(mpy, fault):
+    # close() gives every socket back: a request that waited for one then ends at once, not at its connect timeout
+    r = mpy.run(CLIENT + """
+import time
+async def main(session, budget):
+    await session.get(URL + "/bytes/5000?stall=100&stall_s=5")  # holds the only socket
+    waiting = asyncio.create_task(failure(get(session, URL + "/bytes/100", timeout=aiohttp.ClientTimeout(connect=3))))
+    await asyncio.sleep_ms(50)
+    t = time.ticks_ms()
+    await session.close()
+    got = await waiting
+    return [got, time.ticks_diff(time.ticks_ms(), t) < 1000, budget.most]
+RUN(main, 1)
+""", URL=fault.base)
+    assert r.value == {"got": [["ClientConnectionError", ["ClientError", "ClientConnectionError"], None, True, False],
+                               True, 1], "left": 0}

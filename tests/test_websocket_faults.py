@@ -7,6 +7,8 @@ import pytest
 
 from tools.wsservers import accept_key, close_frame, frame, handshake_answer
 
+from test_http_dns import unanswered_port  # noqa: F401 (a fixture)
+
 # A bad frame -> the close code the client must fail the connection with
 BAD_FRAMES = {
     "a masked frame": (frame(1, b"hi", mask=b"abcd"), 1002),
@@ -245,6 +247,22 @@ run(main())
         assert BAD_ANSWERS[x["path"]][1] in x["error"] and x["fds"] == 0, x
 
 
+# ws_connect within the session's timeout: -> the timeout's class, how long it took, the descriptors left
+TIMED_HANDSHAKE = """
+import asyncio, aiohttp, time
+
+async def main():
+    async with ws_session(timeout=aiohttp.ClientTimeout(**TIMEOUT)) as session:
+        fds = fd_count()
+        t0 = time.ticks_ms()
+        try:
+            await session.ws_connect(URL)
+        except aiohttp.ServerTimeoutError as e:
+            result(error=type(e).__name__, ms=time.ticks_diff(time.ticks_ms(), t0), fds=fd_count() - fds)
+run(main())
+"""
+
+
 def test_a_server_that_never_answers_times_out_by_the_sessions_sock_read(mpy, ws_script):
     def silent(key):
         import time
@@ -253,20 +271,14 @@ def test_a_server_that_never_answers_times_out_by_the_sessions_sock_read(mpy, ws
         return b""
 
     srv = ws_script({}, answers={"/silent": silent})
-    r = mpy.run("""
-import asyncio, aiohttp, time
+    r = mpy.run(TIMED_HANDSHAKE, URL=srv.url("/silent"), TIMEOUT={"sock_read": 0.2})
+    assert r.value["error"] == "SocketTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
 
-async def main():
-    async with ws_session(timeout=aiohttp.ClientTimeout(sock_read=0.2)) as session:
-        fds = fd_count()
-        t0 = time.ticks_ms()
-        try:
-            await session.ws_connect(URL)
-        except aiohttp.ServerTimeoutError as e:
-            result(error=type(e).__name__, ms=time.ticks_diff(time.ticks_ms(), t0), fds=fd_count() - fds)
-run(main())
-""", URL=srv.url("/silent"))
-    assert r.value["error"] == "ServerTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
+
+def test_a_connection_that_is_never_made_times_out_by_the_sessions_connect(mpy, unanswered_port):
+    # as a request's connect timeout, and aiohttp's: a ConnectionTimeoutError
+    r = mpy.run(TIMED_HANDSHAKE, URL="ws://127.0.0.1:%d/x" % unanswered_port, TIMEOUT={"connect": 0.2})
+    assert r.value["error"] == "ConnectionTimeoutError" and r.value["ms"] < 1500 and r.value["fds"] == 0
 
 
 def test_a_session_closed_during_the_handshake_leaves_no_websocket_open(mpy, ws_script):

@@ -165,6 +165,10 @@ class ClientSession:
             conn.close()
         self._idle = []
         self._busy = []
+        room = self._room
+        if room is not None:  # the requests waiting for a socket end (see _make_room)
+            self._room = None
+            room.set()
         task, self._watchdog_task = self._watchdog_task, None
         if task is not None and task is not poll.current_task():
             task.cancel()
@@ -276,7 +280,8 @@ class ClientSession:
     async def _make_room(self, e, until, what):
         # A connection could not be opened: e. Returns when another try may find a socket free (e said none was, and
         # the oldest idle connection was closed, or one of this session's requests ended before the ticks_ms `until`,
-        # None: no wait); else raises e as a ClientConnectorError, what the connection was for first.
+        # None: no wait); else raises e as a ClientConnectorError, what the connection was for first (a
+        # ClientConnectionError when the session closed meanwhile).
         import errno
 
         no_socket = e.errno in (_ENFILE, _EMFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -288,9 +293,13 @@ class ClientSession:
             if self._room is None:
                 self._room = asyncio.Event()
             try:
-                return await asyncio.wait_for_ms(self._room.wait(), left)
+                await asyncio.wait_for_ms(self._room.wait(), left)
             except asyncio.TimeoutError:
                 pass
+            else:
+                if self.closed:  # (woken by shutdown: no socket of this session's will come back)
+                    raise errors.ClientConnectionError("%s: session closed" % what)
+                return
         why = "no socket free (OSError %d)" % e.errno if no_socket else e
         raise errors.ClientConnectorError("%s: %s" % (what, why), e.errno)
 

@@ -25,7 +25,7 @@ from . import poll
 from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
 from .errors import (ClientConnectionError, ClientConnectorError, ClientError, ClientResponseError,
-                     ServerDisconnectedError, ServerTimeoutError)
+                     ConnectionTimeoutError, ServerDisconnectedError, ServerTimeoutError, SocketTimeoutError)
 from .response import read_head
 from .url import host_port, split_url
 
@@ -692,14 +692,14 @@ def ws_connect(session, url, **kw):
     return _WSContext(_connect(session, url, **kw))
 
 
-async def _within(aw, seconds, what):
-    # aw, bounded by seconds (None: unbounded); over time, a ServerTimeoutError naming what took so long
+async def _within(aw, seconds, what, timeout_error):
+    # aw, bounded by seconds (None: unbounded); over time, a timeout_error naming what took so long
     if not seconds:
         return await aw
     try:
         return await asyncio.wait_for_ms(aw, int(seconds * 1000))
     except asyncio.TimeoutError:
-        raise ServerTimeoutError("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
+        raise timeout_error("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
 
 
 async def _connect(session, url, *, method="GET", protocols=(), timeout=None, receive_timeout=None, autoclose=True,
@@ -750,8 +750,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
                 except OSError as e:
                     conn.close()
                     await session._make_room(e, until, "websocket %s:%d" % (host, port))
-            await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting")
-            status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer")
+            await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting", ConnectionTimeoutError)
+            status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer", SocketTimeoutError)
         except OSError as e:
             raise ClientConnectorError("websocket %s:%d: %s" % (host, port, e), e.errno)
         _check(status, answer, key, protocols)

@@ -93,6 +93,30 @@ run(main())
                          {"len": 10, "sha": sha_of_pattern(10), "framing": {"transfer-encoding": "chunked"}}]
 
 
+def test_a_body_that_fails_after_the_head_went_out_is_no_connect_error(mpy, fault):
+    # The connection was made (the head went out on it): the body's own OSError (a file that can't be read, a
+    # sensor gone) is a ClientOSError, not the ClientConnectorError of a connection that could not be made
+    r = mpy.run(UPLOAD + """
+import errno
+class Failing(Pieces):
+    async def __anext__(self):
+        if not self._sizes:
+            raise OSError(errno.EIO)
+        return pattern(self._sizes.pop(0))
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            await echo(session, URL, Failing([1000]))
+        except aiohttp.ClientConnectionError as e:
+            result(error=type(e).__name__, errno=e.errno, connector=isinstance(e, aiohttp.ClientConnectorError))
+        result(**await echo(session, URL, Pieces([10])))
+run(main())
+""", URL=fault.url("/echo"))
+    assert r.results[0] == {"error": "ClientOSError", "errno": 5, "connector": False}, r.results
+    assert r.results[1]["len"] == 10, r.results
+
+
 @pytest.mark.parametrize("code", [307, 308])
 def test_a_redirect_that_keeps_the_body_sends_a_file_again_and_refuses_an_iterator(mpy, fault, code):
     r = mpy.run(UPLOAD + """

@@ -436,13 +436,13 @@ class ClientSession:
         while True:
             conn, reused = await self._connect(key, timeout, end)
             resp = ClientResponse(self, method, url, conn)
-            connecting = True  # (a timeout then is the connect timeout, as aiohttp's ConnectionTimeoutError)
+            connecting = True  # until the head went out (a timeout then is the connect timeout: ConnectionTimeoutError)
             try:
                 conn.wait_ms = ms(timeout.connect)
                 await conn.send(head)
+                connecting = False  # (the TCP connect and the TLS handshake complete within the first send)
                 if data:
                     await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
-                connecting = False
                 conn.wait_ms = ms(timeout.sock_read)
                 conn.within_one_read(end)  # the whole head
                 await resp._start(end)

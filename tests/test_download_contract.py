@@ -1412,6 +1412,24 @@ run(main())
     assert r.value == {"aiohttp": ["ClientConnectorError", True], "DownloadManager": ["NetworkError", True]}
 
 
+def test_is_network_error_says_no_of_an_http_answer_whatever_its_reason(mpy, fault):
+    # A 504 Gateway Timeout is an answer: the network works. aiohttp's error for it, raised by raise_for_status,
+    # names "Timeout" in its message, which is_network_error's words once matched
+    r = mpy.run("""
+import aiohttp
+from mpos import DownloadManager
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            try:
+                resp.raise_for_status()
+            except aiohttp.ClientResponseError as e:
+                result(status=e.status, said=DownloadManager.is_network_error(e))
+run(main())
+""", URL=fault.url("/status/504"))
+    assert r.value == {"status": 504, "said": False}
+
+
 def test_get_resume_position(mpy):
     (mpy.tmpdir / "whole.bin").write_bytes(b"x" * 1234)
     (mpy.tmpdir / "both.bin").write_bytes(b"x" * 500)

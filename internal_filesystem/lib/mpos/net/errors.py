@@ -88,8 +88,8 @@ def is_network_error(e):
     except ImportError:
         client = None
     if client is not None:
-        if client.kind_of(e, "ClientSSLError"):
-            return False
+        if client.kind_of(e, "ClientSSLError") or client.kind_of(e, "ClientResponseError"):
+            return False  # (an answer came: the network works, whatever its reason phrase says, "Gateway Timeout")
         if client.kind_of(e, "ClientConnectionError") or client.kind_of(e, "ClientPayloadError"):
             return True  # (a refused connection too: DownloadManager's NetworkError for it says True as well)
     code = _error_number(e)

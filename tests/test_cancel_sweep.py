@@ -412,7 +412,8 @@ async def cancel_as_it_times_out(task, session):
             break
         waiting = busy[0] if busy and busy[0].waiter is not None else None
         if (ORDER == 'before' and waiting is not None and watchdog is not None and waiting.wait_until is not None
-                and ticks_diff(ticks_ms(), watchdog.ph_key) >= 0 and ticks_diff(watchdog.ph_key, waiting.wait_until) >= 0):
+                and ticks_diff(ticks_ms(), watchdog.ph_key) >= 0
+                and ticks_diff(watchdog.ph_key, waiting.wait_until) >= 0):
             break
     else:  # the wait timed out in a turn this task did not run in before the watchdog: no race, try again
         await error_of(task)
@@ -434,7 +435,8 @@ async def main():
         if len(got) % 2:
             task, session = asyncio.create_task(read(own)), lambda: own
         else:
-            task, session = asyncio.create_task(DownloadManager.download_url(URL, timeout=0.2)), lambda: admission._session
+            task = asyncio.create_task(DownloadManager.download_url(URL, timeout=0.2))
+            session = lambda: admission._session
         how = await cancel_as_it_times_out(task, session)
         if how == 'missed':
             missed += 1

@@ -2,9 +2,9 @@
 
 socket.getaddrinfo blocks its thread for as long as a lookup takes; on an ESP32 the event loop's thread is the UI's.
 The client looks names up on a worker thread and polls. These tests install a resolver of their own
-(`aiohttp.connection._getaddrinfo`: the built-in socket module can't be patched) that answers every name with 127.0.0.1 after
-a delay they choose, and check that other tasks keep their pace, that the bytes are exact, and the timeouts, the
-cache and its TTL, the bound on threads, failures, and that nothing leaks.
+(`aiohttp.connection._getaddrinfo`: the built-in socket module can't be patched) that answers every name with
+127.0.0.1 after a delay they choose, and check that other tasks keep their pace, that the bytes are exact, and the
+timeouts, the cache and its TTL, the bound on threads, failures, and that nothing leaks.
 """
 import socket
 

@@ -90,8 +90,9 @@ run(main())
 
 @pytest.mark.parametrize("server", ["honours Range", "ignores Range"])
 def test_a_paused_update_continues_from_bytes_written_so_far(mpy, fault, server):
-    # DownloadManager gives up where the connection ends early (no reconnects allowed); with raise_errors=True the updater sees a network
-    # error, pauses, drops the unfinished block and asks for the rest itself, as after Wi-Fi comes back.
+    # DownloadManager gives up where the connection ends early (no reconnects allowed); with raise_errors=True the
+    # updater sees a network error, pauses, drops the unfinished block and asks for the rest itself, as after Wi-Fi
+    # comes back.
     v = mpy.run(UPDATE + """
 DownloadManager.max_reconnects = 0
 async def main():

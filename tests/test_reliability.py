@@ -316,7 +316,8 @@ def test_resume_of_complete_file_starts_over_on_a_416_that_names_no_size(mpy, fa
     assert v["sent"] == [["bytes=8000-", None], [None, None]] and v["part"] == -1, v
 
 
-@pytest.mark.parametrize("limit", [{"kw": {"tries": 1}}, {"tune": {"max_reconnects": 0}}], ids=["tries=1", "no-reconnects"])
+@pytest.mark.parametrize("limit", [{"kw": {"tries": 1}}, {"tune": {"max_reconnects": 0}}],
+                         ids=["tries=1", "no-reconnects"])
 def test_a_start_over_after_a_416_spends_no_try(mpy, fault, limit):
     # the 416 is no failure of the link: the download asks again at once and gets the resource whole, even when it
     # may not try twice (before, it failed with "starting over" and the next call got the file)
@@ -1017,7 +1018,8 @@ def test_many_simultaneous_downloads(mpy, fault, max_connections):
     jobs[3] = (jobs[3][0] + "&drop=9000&key=d3", False)  # recovered on the way
     jobs[6] = (jobs[6][0] + "&fail=503&key=f6&times=1", False)
     jobs += [(fault.url("/status/404"), False), (fault.url("/bytes/30000?truncate=1000&norange=1"), False),
-             (fault.url("/bytes/30000?stall=2000&stall_s=2"), True), (fault.url("/bytes/30000?stall=0&stall_s=2"), True)]
+             (fault.url("/bytes/30000?stall=2000&stall_s=2"), True),
+             (fault.url("/bytes/30000?stall=0&stall_s=2"), True)]
     code = CONCURRENT.replace("DownloadManager.session_idle_ms = 200",
                               "DownloadManager.session_idle_ms = 200\n    DownloadManager.max_connections = %d"
                               % max_connections)

@@ -15,7 +15,7 @@ from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, fai
 from tools.mpy import LIB, micropypath, micropython
 from tools.testservers import gzip_bomb, payload, sha256_of
 
-REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "tls", "error")  # DownloadError and its subclasses
+REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "tls", "error")  # DownloadError and its kinds
 
 
 def fresh(v):

@@ -18,6 +18,7 @@ _BLOCK = const(1024)  # a head is kept in blocks of about this size (see CIMulti
 _READ_ALL_PIECE = const(1024)  # read() of a body of unknown length reads it in pieces of this size
 _ASK_ABOVE = const(16384)  # a body up to this size is allocated without asking gc.mem_free(), which scans the heap
 _FAIR_SHARE = const(65536)  # connection.FAIR_SHARE (a const is inlined only in its own module)
+_DRY = const(-1)  # a connection's streak once a straight() reader's last read found nothing (see turn())
 _UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connection frames
 _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
@@ -558,7 +559,7 @@ class StreamReader:
         # -> how many of the body's next bytes may be read from the socket itself (resp.connection.sock): the rest of
         # the frame, or of the fair share before other tasks get a turn; 0 while read-ahead bytes wait, with a
         # decoder, at the frame's end. A reader that takes them reads with sock.readinto(buf, k) and tells
-        # went_straight() how many it read before it reads any other way. DownloadManager's file mode reads so: a
+        # went_straight() how many it read, and awaits what that returns, before it reads any other way. DownloadManager's file mode reads so: a
         # chunk costs no Python call of ours (docs/design.md: the path of a byte).
         conn = self._conn
         remaining = self._remaining
@@ -567,11 +568,15 @@ class StreamReader:
             return 0
         return min(remaining, _FAIR_SHARE - conn.streak)
 
-    def went_straight(self, n):
-        # n bytes were read from the socket that straight() gave, within the bytes it allowed
+    def went_straight(self, n, dry):
+        # n bytes were read from the socket that straight() gave, within the bytes it allowed; dry: its last read
+        # found nothing (ClientResponse.turn() then waits for the socket)
+        conn = self._conn
         if n:
-            self._conn.streak += n
+            conn.streak += n
             self._count(n)
+        if dry and conn.streak < _FAIR_SHARE:
+            conn.streak = _DRY
 
     def read_nowait(self, n=-1):
         """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the
@@ -864,12 +869,17 @@ class ClientResponse(StreamReader):
     close = release
 
     def turn(self):
-        # async: once a reader that goes straight() has read the fair share, its turn: other tasks run and the
-        # request's deadline is checked, as at the next awaited read, and straight() gives room again; else done at
-        # once. (The awaited read would take the same turn through every layer of a read: here it costs little.)
-        # Here, not beside straight(): StreamReader's table is full, ClientResponse's has room (docs/design.md).
+        # async, for a reader that goes straight(), after went_straight(): once the fair share is read, its turn
+        # (other tasks run, the request's deadline is checked); when the socket ran dry, a wait for it (its read
+        # timeout armed); else done at once. An awaited read would take the turn or the wait through every layer of
+        # a read: here it costs little. (On ClientResponse: StreamReader's table is full, see docs/design.md.)
         conn = self._conn
-        return conn.take_turn() if conn.streak >= _FAIR_SHARE else ()
+        if conn.streak >= _FAIR_SHARE:
+            return conn.take_turn()
+        if conn.streak == _DRY:
+            conn.streak = 0  # (others run while it waits)
+            return conn.wait()
+        return ()
 
     def read(self, n=-1):
         """The whole body as bytes (resp.read(), again on every call), or up to n bytes of it: b"" at the end.

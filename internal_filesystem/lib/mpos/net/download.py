@@ -151,7 +151,7 @@ class Download:
                         straight_write = file.write if file is not None and not extra else None
                     if straight_write is not None and (left is None or left >= size):
                         left = self._straight(resp, buf, view, size, left, straight_write)
-                        await resp.turn()  # the fair share came straight: other tasks' turn (else no wait)
+                        await resp.turn()  # the fair share came: other tasks' turn; the socket ran dry: a wait for it
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -458,7 +458,7 @@ class Download:
         if room < 0:  # (not a whole chunk: the awaited read takes what is left, and the end)
             return left
         sock = resp.connection.sock
-        read = written = 0
+        read = written = n = 0
         try:
             while read <= room:
                 n = sock.readinto(buf, size)
@@ -472,7 +472,7 @@ class Download:
                 raise self._file_error("cannot write %s.part" % self.outfile, e)
             raise
         finally:
-            resp.went_straight(read)
+            resp.went_straight(read, n is None)
             self.delivered += written
         return None if left is None else left - written
 

@@ -127,7 +127,7 @@ def test_error_classes_cut_short_by_a_full_heap_are_made_whole_later(mpy):
     # With this little heap left, making the twenty classes runs out part way: none are published, and the next
     # use makes them all, one set that catches what it raises
     outcomes = []
-    for free in (600, 1800, 3600, 7200):
+    for free in (600, 1800, 3600, 7200, 14400, 28800):
         r = mpy.run(MADE + """
 def first_try():
     ballast = leave_free(FREE)

@@ -284,6 +284,8 @@ from mpos import DownloadManager
 DownloadManager.retry_base_ms = DownloadManager.retry_max_ms = 1
 # (the modules a failure loads are loaded first: here, imports from source take a descriptor too)
 DownloadManager.download_url(URL.replace("localhost", "127.0.0.1").replace("/bytes/", "/status/503?n="), tries=2)
+import aiohttp
+aiohttp.ClientError  # (and the client's error classes, made when one is first named)
 fds = fd_count()
 held = []
 try:

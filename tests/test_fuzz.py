@@ -65,3 +65,20 @@ def test_the_oracle_reads_a_206_behind_a_1xx_head_as_a_206():
     case = fuzz.make_case("8d981be1", 1408)
     assert case.well_formed.startswith(b"HTTP/1.1 103") and fuzz.decode(case.well_formed).status == 206
     assert not fuzz._must_succeed(case)
+
+
+def test_a_few_cases_are_long_and_cut_near_the_fair_share():
+    # Long cases (LONG_SHARE) reach what no short one does: DownloadManager's straight lane (file mode, nothing
+    # else per chunk) over plain TCP and TLS taking its turn after each FAIR_SHARE bytes, and the body's end.
+    cases = [fuzz.make_case("fuzz", i) for i in range(3000)]
+    long = [c for c in cases if c.long]
+    assert 0 < len(long) < len(cases) // 10
+    assert all(fuzz.FAIR_SHARE <= len(c.resource) <= 300000 for c in long)
+    straight = {c.tls for c in long if c.api == "dm" and c.mode == "file" and not c.sha and not c.progress}
+    assert straight == {False, True}
+    # where their answers are cut (closed, reset, stalled): near a multiple of FAIR_SHARE or near the end
+    cuts = [(len(c.wire), len(c.well_formed)) for c in long if any(m.startswith(("close ", "reset ", "stall "))
+                                                                     for m in c.mutations)]
+    near = [end for end, whole in cuts if min(end % fuzz.FAIR_SHARE, -end % fuzz.FAIR_SHARE) <= 5000
+            or whole - end <= 5000]
+    assert len(near) >= 0.9 * len(cuts) > 10

@@ -46,7 +46,7 @@ def _keep(job, body):
 async def dm_case(case):
     job = case.job
     mode = job["mode"]
-    kw = {"timeout": job["read_timeout"], "deadline": job["deadline"], "raise_errors": job["raise"]}
+    kw = {"timeout": job["read_timeout"], "deadline": job["case_deadline"], "raise_errors": job["raise"]}
     if job["sha256"]:
         kw["sha256"] = job["sha256"]
     if job["chunk"]:
@@ -119,15 +119,15 @@ async def dm_next(job):
 
 # --- aiohttp --------------------------------------------------------------------------------------------------
 
-def _timeout(job):
-    return aiohttp.ClientTimeout(total=job["deadline"], sock_read=job["read_timeout"])
+def _timeout(job, total):
+    return aiohttp.ClientTimeout(total=total, sock_read=job["read_timeout"])
 
 
 async def aio_case(case, session):
     job = case.job
     headers = {"Range": job["range"]} if job["range"] else None
     try:
-        async with session.get(job["url"], headers=headers, timeout=_timeout(job)) as resp:
+        async with session.get(job["url"], headers=headers, timeout=_timeout(job, job["case_deadline"])) as resp:
             body = await _body(case, resp)
     except aiohttp.ClientError as e:
         return "fail", _error(e)
@@ -163,7 +163,7 @@ async def _body(case, resp):
 
 async def aio_next(job, session):
     try:
-        async with session.get(job["good_url"], timeout=_timeout(job)) as resp:
+        async with session.get(job["good_url"], timeout=_timeout(job, job["deadline"])) as resp:
             body = await resp.read()
     except Exception as e:
         return _error(e)

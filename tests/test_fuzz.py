@@ -82,3 +82,15 @@ def test_a_few_cases_are_long_and_cut_near_the_fair_share():
     near = [end for end, whole in cuts if min(end % fuzz.FAIR_SHARE, -end % fuzz.FAIR_SHARE) <= 5000
             or whole - end <= 5000]
     assert len(near) >= 0.9 * len(cuts) > 10
+
+
+def test_the_oracle_judges_the_next_request_only_when_extra_bytes_came_with_the_answer():
+    # Seed 1ong0001 case 20046: a 206 with Content-Length, then "0\r\n\r\n" the server wrote 2 ms after the body's
+    # last byte; the client had sent its next request on the connection by then and read them as its answer. The
+    # oracle once called that a defect: no client can tell such bytes from an answer.
+    late = fuzz.make_case("1ong0001", 20046)
+    assert late.mutations == ["appended 5 bytes after the answer: b'0\\r\\n\\r\\n'"]
+    assert fuzz._late_extra_bytes(late)
+    # the same bytes written with the body's end: a client finds them before it reuses the connection
+    late.writes = [(cut, pause) for cut, pause in late.writes if cut < len(late.well_formed)]
+    assert not fuzz._late_extra_bytes(late)

@@ -128,18 +128,19 @@ async def aio_case(case, session):
     headers = {"Range": job["range"]} if job["range"] else None
     try:
         async with session.get(job["url"], headers=headers, timeout=_timeout(job, job["case_deadline"])) as resp:
-            body = await _body(case, resp)
+            with open(job["got"], "wb") as got:
+                await _body(case, resp, got)
     except aiohttp.ClientError as e:
         return "fail", _error(e)
-    _keep(job, body)
     return "ok", None
 
 
-async def _body(case, resp):
+async def _body(case, resp, got):
+    # the body's pieces go to the file as they come: a long one and its copy would not both fit in the heap
     mode, size = case.job["mode"], case.job["chunk"]
     if mode == "read":
-        return await resp.read()
-    body = bytearray()
+        got.write(await resp.read())
+        return
     if mode == "readinto":
         buf = bytearray(size)
         while True:
@@ -149,7 +150,7 @@ async def _body(case, resp):
                 break
             if not n:
                 break
-            body += memoryview(buf)[:n]
+            got.write(memoryview(buf)[:n])
     else:
         while True:
             piece = await resp.content.read(size)
@@ -157,8 +158,7 @@ async def _body(case, resp):
                 case.note("read(n)", "returned %s of %d bytes for n=%d" % (type(piece).__name__, len(piece), size))
             if not piece:
                 break
-            body += piece
-    return bytes(body)
+            got.write(piece)
 
 
 async def aio_next(job, session):

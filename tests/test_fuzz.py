@@ -94,3 +94,15 @@ def test_the_oracle_judges_the_next_request_only_when_extra_bytes_came_with_the_
     # the same bytes written with the body's end: a client finds them before it reuses the connection
     late.writes = [(cut, pause) for cut, pause in late.writes if cut < len(late.well_formed)]
     assert not fuzz._late_extra_bytes(late)
+
+
+def test_the_oracle_lets_a_long_body_held_in_memory_fail():
+    # Seed 1ong0001 case 36602: 286 KB to DownloadManager's memory mode, timing only, returned None after some 1600
+    # long cases in one MicroPython process and succeeds alone: a heap that many cases fragmented may hold no
+    # 286 KB piece, and the contract makes that a clean failure (OutOfMemory). A long body read in pieces (file,
+    # stream, readinto, read(n)) must still come whole.
+    case = fuzz.make_case("1ong0001", 36602)
+    assert case.long and case.mode == "memory" and not case.changed
+    assert not fuzz._must_succeed(case)
+    case.mode = "file"
+    assert fuzz._must_succeed(case)

@@ -65,3 +65,44 @@ def test_the_oracle_reads_a_206_behind_a_1xx_head_as_a_206():
     case = fuzz.make_case("8d981be1", 1408)
     assert case.well_formed.startswith(b"HTTP/1.1 103") and fuzz.decode(case.well_formed).status == 206
     assert not fuzz._must_succeed(case)
+
+
+def test_a_few_cases_are_long_and_cut_near_the_fair_share():
+    # Long cases (LONG_SHARE) reach what no short one does: DownloadManager's straight lane (file mode, nothing
+    # else per chunk) over plain TCP and TLS taking its turn after each FAIR_SHARE bytes, and the body's end.
+    cases = [fuzz.make_case("fuzz", i) for i in range(3000)]
+    long = [c for c in cases if c.long]
+    assert 0 < len(long) < len(cases) // 10
+    assert all(fuzz.FAIR_SHARE <= len(c.resource) <= 300000 for c in long)
+    straight = {c.tls for c in long if c.api == "dm" and c.mode == "file" and not c.sha and not c.progress}
+    assert straight == {False, True}
+    # where their answers are cut (closed, reset, stalled): near a multiple of FAIR_SHARE or near the end
+    cuts = [(len(c.wire), len(c.well_formed)) for c in long if any(m.startswith(("close ", "reset ", "stall "))
+                                                                     for m in c.mutations)]
+    near = [end for end, whole in cuts if min(end % fuzz.FAIR_SHARE, -end % fuzz.FAIR_SHARE) <= 5000
+            or whole - end <= 5000]
+    assert len(near) >= 0.9 * len(cuts) > 10
+
+
+def test_the_oracle_judges_the_next_request_only_when_extra_bytes_came_with_the_answer():
+    # Seed 1ong0001 case 20046: a 206 with Content-Length, then "0\r\n\r\n" the server wrote 2 ms after the body's
+    # last byte; the client had sent its next request on the connection by then and read them as its answer. The
+    # oracle once called that a defect: no client can tell such bytes from an answer.
+    late = fuzz.make_case("1ong0001", 20046)
+    assert late.mutations == ["appended 5 bytes after the answer: b'0\\r\\n\\r\\n'"]
+    assert fuzz._late_extra_bytes(late)
+    # the same bytes written with the body's end: a client finds them before it reuses the connection
+    late.writes = [(cut, pause) for cut, pause in late.writes if cut < len(late.well_formed)]
+    assert not fuzz._late_extra_bytes(late)
+
+
+def test_the_oracle_lets_a_long_body_held_in_memory_fail():
+    # Seed 1ong0001 case 36602: 286 KB to DownloadManager's memory mode, timing only, returned None after some 1600
+    # long cases in one MicroPython process and succeeds alone: a heap that many cases fragmented may hold no
+    # 286 KB piece, and the contract makes that a clean failure (OutOfMemory). A long body read in pieces (file,
+    # stream, readinto, read(n)) must still come whole.
+    case = fuzz.make_case("1ong0001", 36602)
+    assert case.long and case.mode == "memory" and not case.changed
+    assert not fuzz._must_succeed(case)
+    case.mode = "file"
+    assert fuzz._must_succeed(case)

@@ -49,9 +49,10 @@ from tools.mpy import LIB, TESTLIB, micropypath, micropython  # noqa: E402
 HOST = "127.0.0.1"
 READ_TIMEOUT = 0.5  # seconds: the client's per-read timeout in every case, so a stall is found fast
 DEADLINE = 5  # seconds: the client's bound on a whole case (DownloadManager deadline=, aiohttp total=)
-BOUND_MS = (DEADLINE + 1) * 1000  # a case that takes longer is a defect
 HANG_S = DEADLINE + 10  # no answer from MicroPython for this long: it hangs (it is killed and restarted)
 OLD = b"the previous file\n"  # what OUTFILE holds before a file-mode case that has one
+LONG_SHARE = 0.04  # of the cases: a resource of 64 KB to ~300 KB, mutated near the fair share's multiples and the end
+FAIR_SHARE = 65536  # aiohttp's connection.FAIR_SHARE: bytes read without a wait before other tasks get a turn
 
 TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CODINGS = (b"gzip", b"x-gzip", b"deflate", b"identity")
@@ -85,10 +86,17 @@ class Case:
     good: bytes = b""  # the resource the next request on the same session fetches
     persistent: bool = True  # the well-formed answer leaves its connection open for the next request
     tls: bool = False  # the answer goes over TLS, each write a record of its own
+    long: bool = False  # a long resource (LONG_SHARE), its mutations placed near hot spots (_hot_spot)
+    deadline: float = None  # the client's bound on the download (seconds), when shorter than DEADLINE
 
     @property
     def name(self):
         return "seed %s case %d" % (self.seed, self.index)
+
+    @property
+    def bound_ms(self):
+        # a case that takes longer is a defect
+        return ((self.deadline or DEADLINE) + 1) * 1000
 
     @property
     def changed(self):
@@ -133,6 +141,11 @@ def make_case(seed, index):
     rng = random.Random("%s:%d" % (seed, index))
     size = _pick(rng, [(1, 0), (3, rng.randint(1, 16)), (10, rng.randint(17, 1500)), (8, rng.randint(1500, 12000)),
                        (2, rng.randint(12000, 48000))])
+    # a long case draws its own choices apart, so every other case is what it was before long cases existed
+    long_rng = random.Random("%s:%d:long" % (seed, index))
+    long = long_rng.random() < LONG_SHARE
+    if long:
+        size = long_rng.randint(FAIR_SHARE, 300000)
     case = Case(seed=str(seed), index=index, api=_pick(rng, [(6, "dm"), (4, "aiohttp")]), mode="",
                 resource=_resource(rng, size), etag='"%08x"' % rng.getrandbits(32))
     if case.api == "dm":
@@ -146,6 +159,16 @@ def make_case(seed, index):
     else:
         case.mode = rng.choice(["read", "readinto", "readn"])
         case.chunk = rng.choice([1, 7, rng.randint(2, 5000), 1024])
+    if long:
+        case.long = True
+        if case.api == "aiohttp" and case.chunk < 100:
+            case.chunk = long_rng.choice([100, 1024, 4096])  # a byte at a time through 300 KB would take too long
+        if long_rng.random() < 0.6:  # DownloadManager's straight lane: file mode with nothing else to do per chunk
+            case.api, case.mode, case.sha, case.progress = "dm", "file", False, False
+            case.chunk = long_rng.choice([None, 100, 1000, 4096, 16384])
+            case.old_file = long_rng.random() < 0.5
+        elif case.api == "dm" and case.chunk is not None and case.chunk < 100:
+            case.chunk = long_rng.choice([None, 512, 4096])
     if size >= 2 and rng.random() < 0.2:
         lo = rng.randrange(size)
         if case.mode == "file" and lo == len(OLD):
@@ -157,8 +180,14 @@ def make_case(seed, index):
     case.good = _resource(rng, rng.randint(0, 3000))
     answer = _well_formed(rng, case)
     case.well_formed = bytes(answer.data)
-    _mutate(rng, case, answer)
+    _mutate(long_rng if long else rng, case, answer)
     case.tls = rng.random() < 0.3  # drawn last: the rest of a case is what it was before TLS cases existed
+    if long:
+        case.tls = long_rng.random() < 0.5
+        if long_rng.random() < 0.15:  # a deadline= that may expire mid-body, across a fair-share turn
+            case.deadline = round(long_rng.uniform(0.005, 0.15), 3)
+            if len(case.writes) < 4 and len(case.wire) > 1:
+                case.writes = _split(long_rng, len(case.wire), 8, 16)
     return case
 
 
@@ -188,6 +217,22 @@ class _Wire:
             if x < e - s:
                 return s + x
             x -= e - s
+
+    def nearest(self, pos, kinds):
+        # the byte position in one of the kinds nearest to pos; None if there is none
+        spans = [s for s in self.spans if s[2] in kinds and s[1] > s[0]]
+        return min((min(max(pos, s), e - 1) for s, e, _ in spans), key=lambda p: abs(p - pos), default=None)
+
+    def body_offset(self, k):
+        # the position of payload byte k (as sent: coded, if it is); past the last one, the end of the body
+        end = 0
+        for s, e, kind in self.spans:
+            if kind == "body":
+                if k < e - s:
+                    return s + k
+                k -= e - s
+                end = e
+        return end
 
     def kind(self, pos):
         for s, e, k in self.spans:
@@ -237,7 +282,7 @@ def _well_formed(rng, case):
     else:
         fields.append(("Accept-Ranges", "bytes"))
         body = full
-        if rng.random() < 0.35:
+        if rng.random() < (0.1 if case.long else 0.35):  # (a coded body is never read straight)
             case.coding = rng.choice(["gzip", "x-gzip", "deflate"])
             body = _code(case.coding, body)
             fields.append(("Content-Encoding", case.coding))
@@ -260,7 +305,7 @@ def _well_formed(rng, case):
     wire.add(_head(rng, version, case.status, fields), "head")
     wire.head = wire.spans[-1]  # the answer's own head, not an interim one
     if case.framing == "chunked":
-        _chunked(rng, wire, body)
+        _chunked(rng, wire, body, case.long)
     else:
         wire.add(body, "body")
     return wire
@@ -275,11 +320,13 @@ def _head(rng, version, status, fields):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _chunked(rng, wire, body):
+def _chunked(rng, wire, body, long=False):
     pos = 0
     while pos < len(body):
-        k = min(len(body) - pos, _pick(rng, [(3, rng.randint(1, 16)), (5, rng.randint(17, 2000)),
-                                             (1, rng.randint(2000, 9000))]))
+        sizes = [(3, rng.randint(1, 16)), (5, rng.randint(17, 2000)), (1, rng.randint(2000, 9000))]
+        if long:  # chunks that span a fair share too
+            sizes.append((4, rng.randint(9000, 2 * FAIR_SHARE)))
+        k = min(len(body) - pos, _pick(rng, sizes))
         wire.add(_size_line(rng, k), "framing")
         wire.add(body[pos:pos + k], "body")
         wire.add(b"\r\n", "framing")
@@ -328,16 +375,52 @@ def _mutate_lines(rng, case, wire):
     case.mutations.append("%s header line %r" % (how, line))
 
 
+def _hot_spot(rng, wire):
+    # For a long case: a position near a multiple of FAIR_SHARE bytes of body or of the answer, or near its end,
+    # where a reader that reads the fair share without waiting takes its turn or meets the body's end.
+    n = len(wire.data)
+    body = sum(e - s for s, e, kind in wire.spans if kind == "body")
+    spot = _pick(rng, [(4, wire.body_offset(FAIR_SHARE * rng.randint(1, max(1, body // FAIR_SHARE)))),
+                       (2, FAIR_SHARE * rng.randint(1, max(1, n // FAIR_SHARE))), (2, wire.body_offset(body)),
+                       (1, n)])
+    spot += _pick(rng, [(3, 0), (4, rng.randint(-16, 16)), (2, rng.randint(-4096, 4096))])
+    return max(0, min(spot, n))
+
+
+def _long_mutations(rng, case, wire):
+    # what only a long answer gets: a Content-Length near the body's length or a fair share's multiple, bytes
+    # after the answer's end
+    if case.framing == "length" and rng.random() < 0.15:
+        start, end, _ = wire.head
+        m = re.search(rb"(?im)^content-length:[ \t]*([0-9]+)", bytes(wire.data[start:end]))
+        if m:
+            old = int(m.group(1))
+            new = max(0, _pick(rng, [(2, old), (1, FAIR_SHARE * rng.randint(1, old // FAIR_SHARE + 1))])
+                      + rng.randint(-3, 3))
+            if new != old:
+                wire.replace(start + m.start(1), len(m.group(1)), b"%d" % new)
+                case.mutations.append("Content-Length %d -> %d" % (old, new))
+    if rng.random() < 0.15:
+        extra = rng.choice([b"\r\n", b"0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+                            rng.randbytes(rng.randint(1, 200))])
+        wire.add(extra, "framing")
+        case.mutations.append("appended %d bytes after the answer: %r" % (len(extra), _shown(extra, 40)))
+
+
 def _mutate(rng, case, wire):
     # byte mutations, then how the answer ends (early close, reset, stall), then how its writes are split
     if rng.random() < 0.12:
         _mutate_lines(rng, case, wire)
+    if case.long:
+        _long_mutations(rng, case, wire)
     kinds = {"head": 4, "framing": 3, "body": 3}
     for _ in range(_pick(rng, [(25, 0), (50, 1), (15, 2), (10, 3)])):
         where = _pick(rng, [(w, k) for k, w in kinds.items()])
         pos = wire.position(rng, (where,))
         if pos is None:
             continue
+        if case.long and where != "head" and rng.random() < 0.8:
+            pos = wire.nearest(_hot_spot(rng, wire), (where,))
         how = _pick(rng, [(4, "flip"), (3, "insert"), (3, "delete"), (2 if where != "body" else 0, "number")])
         if how == "flip":
             bit = rng.randrange(8)
@@ -353,13 +436,15 @@ def _mutate(rng, case, wire):
             case.mutations.append("deleted byte %d (%s): %r" % (pos, where, bytes(wire.data[pos:pos + 1])))
             wire.replace(pos, 1, b"")
         else:
-            _swap_number(rng, case, wire, where)
+            _swap_number(rng, case, wire, where, pos if case.long else None)
     data = bytes(wire.data)
     end = len(data)
     case.ending = _pick(rng, [(72, "keep"), (20, "close"), (5, "reset"), (3, "stall")])
     if case.ending != "keep":  # the answer ends early: closed, reset or left open and silent
         end = _pick(rng, [(3, len(data) - rng.randint(1, 5)), (2, wire.position(rng, ("head",)) or 0),
                           (2, wire.position(rng, ("framing",)) or 0), (3, rng.randrange(len(data) + 1))])
+        if case.long and rng.random() < 0.8:
+            end = _hot_spot(rng, wire)
         last = len(data) if case.ending == "stall" else len(data) - 1  # a close or a reset cuts a byte at least
         end = max(0, min(end, last))
         case.mutations.append("%s after byte %d of %d (%s)" % (case.ending, end, len(data), wire.kind(end)))
@@ -368,11 +453,17 @@ def _mutate(rng, case, wire):
         case.ending = "close"  # a changed answer is never followed by another on its connection
     case.writes = []
     if rng.random() < 0.6 and end > 1:
-        cuts = sorted(set(rng.randrange(1, end) for _ in range(rng.randint(1, 6))))
-        case.writes = [(c, _pick(rng, [(2, 0), (3, rng.uniform(0.001, 0.015))])) for c in cuts]
+        case.writes = _split(rng, end, 1, 6, [_hot_spot(rng, wire) for _ in range(3)] if case.long else ())
 
 
-def _swap_number(rng, case, wire, where):
+def _split(rng, end, fewest, most, spots=()):
+    # the writes of an answer of `end` bytes: cut at random places and at the spots, some with a pause after
+    cuts = set(rng.randrange(1, end) for _ in range(rng.randint(fewest, most)))
+    cuts = sorted(cuts | {c for c in spots if 0 < c < end})
+    return [(c, _pick(rng, [(2, 0), (3, rng.uniform(0.001, 0.015))])) for c in cuts]
+
+
+def _swap_number(rng, case, wire, where, near=None):
     # A number in the head (decimal) or a chunk-size line (hex) becomes an odd one: off by one, zero, huge. In
     # the head, most often one that frames the body (Content-Length, Content-Range) rather than a date's.
     digits = rb"[0-9]+" if where == "head" else rb"[0-9a-fA-F]+"
@@ -388,7 +479,7 @@ def _swap_number(rng, case, wire, where):
                     found.append((m.start() + s, m.end() + s))
     if not found:
         return
-    s, e = rng.choice(found)
+    s, e = rng.choice(found) if near is None else min(found, key=lambda f: abs(f[0] - near))
     old = bytes(wire.data[s:e])
     n = int(old, 10 if where == "head" else 16)
     new = rng.choice([0, 1, n - 1, n + 1, 2 * n + 7, 2 ** 31, 2 ** 32 + n, 2 ** 62, 2 ** 63, 2 ** 64 + 1, 10 ** 30])
@@ -418,6 +509,7 @@ class Message:
     delivered: bytes = b""  # payload bytes a streaming reader handed out before it failed (none if coded)
     coded: bool = False
     error: str = None
+    end: int = None  # the offset after the message: bytes from here on are no part of it
 
     def values(self, name):
         # a list-valued field, all its lines: lower-case elements, empty ones left out; None when absent
@@ -496,6 +588,7 @@ def _start(msg, data):
 def _payload(msg, data, p, eof):
     # the body's bytes as framed, transfer coding removed
     if msg.status in (101, 204, 304):
+        msg.end = p
         return b""
     te = msg.values(b"transfer-encoding")
     if te is not None:
@@ -513,10 +606,12 @@ def _payload(msg, data, p, eof):
         msg.delivered = data[p:p + n]
         if len(msg.delivered) < n:
             raise Short("%d of %d bytes" % (len(msg.delivered), n))
+        msg.end = p + n
         return msg.delivered
     msg.delivered = data[p:]
     if not eof:
         raise Short("the close that ends the body never came")
+    msg.end = len(data)
     return msg.delivered
 
 
@@ -547,7 +642,7 @@ def _chunks(msg, data, p):
             raise Short("the CRLF after chunk data")
         else:
             raise Bad("no CRLF after chunk data")
-    _fields(data, p, "trailer")
+    msg.end = _fields(data, p, "trailer")[1]
     return bytes(out)
 
 
@@ -604,8 +699,8 @@ def judge(case, job, result):
     if outcome in ("hang", "crash", "foreign"):
         trace = result.get("trace")
         problems.append("%s: %s%s" % (outcome, result.get("error"), "\n" + trace if trace else ""))
-    if outcome != "hang" and result.get("ms", 0) > BOUND_MS:
-        problems.append("took %d ms (bound %d ms)" % (result["ms"], BOUND_MS))
+    if outcome != "hang" and result.get("ms", 0) > case.bound_ms:
+        problems.append("took %d ms (bound %d ms)" % (result["ms"], case.bound_ms))
     if result.get("fds"):
         problems.append("%+d file descriptors after the case and its session were closed" % result["fds"])
     if outcome == "ok":
@@ -619,9 +714,17 @@ def judge(case, job, result):
             problems.append("failed on an answer a correct client reads: %s" % result.get("error"))
         if job["outfile"] and _read(job["outfile"]) != (OLD if case.old_file else None):
             problems.append("the failure changed OUTFILE: %r" % _shown(_read(job["outfile"]) or b"(removed)", 80))
-    if result.get("next") not in (None, "ok"):
+    if result.get("next") not in (None, "ok") and not _late_extra_bytes(case):
         problems.append("the next request on the same session: %s" % result["next"])
     return problems
+
+
+def _late_extra_bytes(case):
+    # Bytes after the answer's end that the server wrote apart from it, after the client may have sent its next
+    # request on the connection: no client can tell them from that request's answer. (Bytes that come with the
+    # answer's end are another matter: RFC 9112 section 6.3, no client may take them for an answer.)
+    end = decode(case.wire, case.ending != "stall").end
+    return end is not None and any(end <= cut < len(case.wire) for cut, _ in case.writes)
 
 
 def _read(path):
@@ -660,7 +763,9 @@ def _must_succeed(case):
     # the bytes: a close-delimited body ends at the close; DownloadManager resumes if the retry is answered,
     # unless a coded body's chunks went out already in stream mode, or a cut close-delimited body is taken for
     # whole and fails its sha256=.
-    if case.changed:
+    if case.changed or case.deadline is not None:  # (a short deadline= may expire on any answer)
+        return False
+    if case.long and case.mode in ("memory", "read"):  # a whole long body in one piece of a fragmented heap
         return False
     if len(case.wire) == len(case.well_formed) and case.ending in ("keep", "close"):
         return True
@@ -873,7 +978,8 @@ def job(case, url, good_url, workdir):
             "sha256": hashlib.sha256(case.wanted).hexdigest() if case.sha else None,
             "raise": case.raise_errors, "chunk": case.chunk, "progress": case.progress,
             "outfile": str(Path(workdir) / "outfile") if case.mode == "file" else None,
-            "got": str(Path(workdir) / "got"), "read_timeout": READ_TIMEOUT, "deadline": DEADLINE}
+            "got": str(Path(workdir) / "got"), "read_timeout": READ_TIMEOUT, "deadline": DEADLINE,
+            "case_deadline": case.deadline or DEADLINE}
 
 
 def describe(case):
@@ -888,6 +994,7 @@ def describe(case):
         "mutations: %s" % ("; ".join(case.mutations) or "none (timing only)"),
         "later requests: %s" % case.retries,
         "over %s" % ("TLS, a record per write" if case.tls else "plain TCP"),
+        "deadline: %s s" % (case.deadline or DEADLINE),
         "writes: %s" % (", ".join("%d (+%.0f ms)" % (e, p * 1000) for e, p in case.writes) or "one"),
         "strict reader: %s" % (msg.error or "status %d, %d bytes of body" % (msg.status, len(msg.body))),
         "answer as sent (%d bytes, then %s): %r" % (len(case.wire), case.ending, _shown(case.wire))]

@@ -46,7 +46,7 @@ def _keep(job, body):
 async def dm_case(case):
     job = case.job
     mode = job["mode"]
-    kw = {"timeout": job["read_timeout"], "deadline": job["deadline"], "raise_errors": job["raise"]}
+    kw = {"timeout": job["read_timeout"], "deadline": job["case_deadline"], "raise_errors": job["raise"]}
     if job["sha256"]:
         kw["sha256"] = job["sha256"]
     if job["chunk"]:
@@ -119,27 +119,28 @@ async def dm_next(job):
 
 # --- aiohttp --------------------------------------------------------------------------------------------------
 
-def _timeout(job):
-    return aiohttp.ClientTimeout(total=job["deadline"], sock_read=job["read_timeout"])
+def _timeout(job, total):
+    return aiohttp.ClientTimeout(total=total, sock_read=job["read_timeout"])
 
 
 async def aio_case(case, session):
     job = case.job
     headers = {"Range": job["range"]} if job["range"] else None
     try:
-        async with session.get(job["url"], headers=headers, timeout=_timeout(job)) as resp:
-            body = await _body(case, resp)
+        async with session.get(job["url"], headers=headers, timeout=_timeout(job, job["case_deadline"])) as resp:
+            with open(job["got"], "wb") as got:
+                await _body(case, resp, got)
     except aiohttp.ClientError as e:
         return "fail", _error(e)
-    _keep(job, body)
     return "ok", None
 
 
-async def _body(case, resp):
+async def _body(case, resp, got):
+    # the body's pieces go to the file as they come: a long one and its copy would not both fit in the heap
     mode, size = case.job["mode"], case.job["chunk"]
     if mode == "read":
-        return await resp.read()
-    body = bytearray()
+        got.write(await resp.read())
+        return
     if mode == "readinto":
         buf = bytearray(size)
         while True:
@@ -149,7 +150,7 @@ async def _body(case, resp):
                 break
             if not n:
                 break
-            body += memoryview(buf)[:n]
+            got.write(memoryview(buf)[:n])
     else:
         while True:
             piece = await resp.content.read(size)
@@ -157,13 +158,12 @@ async def _body(case, resp):
                 case.note("read(n)", "returned %s of %d bytes for n=%d" % (type(piece).__name__, len(piece), size))
             if not piece:
                 break
-            body += piece
-    return bytes(body)
+            got.write(piece)
 
 
 async def aio_next(job, session):
     try:
-        async with session.get(job["good_url"], timeout=_timeout(job)) as resp:
+        async with session.get(job["good_url"], timeout=_timeout(job, job["deadline"])) as resp:
             body = await resp.read()
     except Exception as e:
         return _error(e)

@@ -558,9 +558,10 @@ class StreamReader:
     def straight(self):
         # -> how many of the body's next bytes may be read from the socket itself (resp.connection.sock): the rest of
         # the frame, or of the fair share before other tasks get a turn; 0 while read-ahead bytes wait, with a
-        # decoder, at the frame's end. A reader that takes them reads with sock.readinto(buf, k) and tells
-        # went_straight() how many it read, and awaits what that returns, before it reads any other way. DownloadManager's file mode reads so: a
-        # chunk costs no Python call of ours (docs/design.md: the path of a byte).
+        # decoder, at the frame's end. A reader that takes them reads with sock.readinto(buf, k), tells
+        # went_straight() how many it read and awaits ClientResponse.turn() before it reads any other way.
+        # DownloadManager's file mode reads so: a chunk costs no Python call of ours (docs/design.md: the path of a
+        # byte).
         conn = self._conn
         remaining = self._remaining
         if (remaining <= 0 or conn.pos < conn.filled or conn.streak >= _FAIR_SHARE or self._decoder is not None

@@ -131,8 +131,9 @@ async def _cannot_start(url, memory_mode, options, failure):
     try:
         line = "download of %s failed (%s): %s" % (url, failure.reason, failure)
         line = redact(line) if options.get("redact_url") else line
-    except MemoryError:  # no room even for the line (as Download.log says it)
-        line = "a download failed (no heap left to say more)"
+    except MemoryError:  # no room even for the line: the reason goes out without the URL
+        line = ("a download failed (memory): out of memory" if isinstance(failure, errors.OutOfMemory)
+                else "a download failed (no heap left to say more)")
     warning("DownloadManager", line)
     if options.get("raise_errors"):
         raise failure

@@ -81,13 +81,6 @@ async def get(url, **kw):
     async with aiohttp.ClientSession() as session:
         async with session.get(url, **kw) as resp:
             return sha256(await resp.read())
-
-
-async def error_name(coro):
-    try:
-        await coro
-    except Exception as e:
-        return type(e).__name__
 """
 
 
@@ -125,8 +118,8 @@ async def main():
     fds, before = fd_count(), threads()
     t0 = time.ticks_ms()
     slow = aiohttp.ClientTimeout(connect=0.1)
-    errors = await asyncio.gather(error_name(get(URL.replace("HOST", "a.test"), timeout=slow)),
-                                  error_name(get(URL.replace("HOST", "b.test"), timeout=slow)))
+    errors = [name for name, _ in await asyncio.gather(error_of(get(URL.replace("HOST", "a.test"), timeout=slow)),
+                                                       error_of(get(URL.replace("HOST", "b.test"), timeout=slow)))]
     ms = time.ticks_diff(time.ticks_ms(), t0)
     await asyncio.sleep_ms(400)  # the lookups' threads finish meanwhile
     shas = []
@@ -152,11 +145,11 @@ async def main():
     Resolver(delay_ms=200)
     fds = fd_count()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=1))
-    request = asyncio.create_task(error_name(session.get(URL)))
+    request = asyncio.create_task(error_of(session.get(URL)))
     await asyncio.sleep_ms(50)
     await session.close()
     try:
-        error = await asyncio.wait_for_ms(request, 2000)
+        error = (await asyncio.wait_for_ms(request, 2000))[0]
     except asyncio.TimeoutError:
         error = "still waiting"
     result(error=error, fds=fd_count() - fds)
@@ -282,7 +275,7 @@ def test_an_address_that_fails_is_looked_up_again(mpy, fault, unanswered_port, s
 async def main():
     resolver = Resolver()
     resolver.moved["moved.test"] = STALE_PORT
-    first = await error_name(get(URL, timeout=aiohttp.ClientTimeout(connect=0.3)))
+    first = (await error_of(get(URL, timeout=aiohttp.ClientTimeout(connect=0.3))))[0]
     result(first=first, sha=await get(URL), calls=len(resolver.calls))
 
 run(main())

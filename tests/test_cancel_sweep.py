@@ -183,7 +183,9 @@ def test_a_download_cancelled_at_any_step_of(mpy, fault, case):
     text = "text=1" in path
     start = payload(N)[:1500] if case == "a resume" else None
     v = sweep(mpy, fault.url(path), sha256_of(N, text=text), "file", kw, start)
-    assert v["cancelled"] > (2 if text else 5), v  # (a gzip body of 4000 bytes of text is a few steps on the wire)
+    # (a gzip body of 4000 bytes of text is a few steps on the wire; segments= does most of its work in tasks of its
+    # own, which the steps do not count: a loaded machine's fresh-clone run finished it in 4)
+    assert v["cancelled"] > (2 if text or case == "segments" else 5), v
 
 
 def test_a_second_cancel_during_the_cleanup_of_a_segmented_download(mpy, fault):

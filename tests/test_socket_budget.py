@@ -211,6 +211,29 @@ RUN(main, 1)
     assert r.value == {"got": [CONNECTOR_ERROR, "still here", sha256_of(100)], "left": 0}
 
 
+@pytest.mark.parametrize("path, ends", [("/echo", "ws.close()"), ("/close/1000", "ws.receive()"),
+                                        ("/drop", "ws.receive()")], ids=["by us", "by the server", "connection lost"])
+def test_a_websocket_that_closes_gives_its_socket_to_a_request_waiting_for_one(mpy, fault, ws_aiohttp, path, ends):
+    # Two sockets, one a websocket's, one a stalled body's: a request waiting for one takes the websocket's as soon
+    # as it closes, however it closes, not at its connect timeout
+    r = mpy.run(WS + """
+import time
+async def main(session, budget):
+    ws = await session.ws_connect(URL)
+    stalled = await session.get(GET + "/bytes/5000?stall=100&stall_s=5")
+    waiting = asyncio.create_task(get(session, GET + "/bytes/100", timeout=aiohttp.ClientTimeout(connect=3)))
+    await asyncio.sleep_ms(50)
+    t = time.ticks_ms()
+    await """ + ends + """
+    got = await waiting
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    stalled.release()
+    return [got, waited < 1000, ws.closed, budget.most]
+RUN(main, 2)
+""", GET=fault.base, URL=ws_aiohttp.url(path))
+    assert r.value == {"got": [sha256_of(100), True, True, 2], "left": 0}
+
+
 # One download in each mode while the sockets are held elsewhere (the OS's websockets, another app) or while the
 # network is away; then the same download once they are back. -> each outcome: its value, or the reason and
 # is_network_error() of the DownloadError raised; the sockets tried; the old OUTFILE and .part; the fds left.

@@ -19,8 +19,8 @@ from micropython import const
 from time import ticks_diff, ticks_ms
 
 # What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl),
-# _make_room and _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out,
-# close and its read-ahead buf[pos:filled].
+# _make_room, _done_with and _websockets (its open websockets); from the connection: open, send, recv, fill,
+# handed_out, close and its read-ahead buf[pos:filled].
 from . import poll
 from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
@@ -632,7 +632,7 @@ class ClientWebSocketResponse:
             self._writing = None
             _wake(writer)
         self._stop_beat()
-        self._conn.close()
+        self._session._done_with(self._conn, False)  # closed: the session's requests waiting for a socket try again
         self._buf = None
         try:
             self._session._websockets.remove(self)
@@ -758,7 +758,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         if session.closed:  # meanwhile: it would never close this websocket
             raise ClientConnectionError("session closed while connecting to %s" % host)
     except BaseException:
-        conn.close()
+        session._done_with(conn, False)
         raise
     conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
     ws = ClientWebSocketResponse(session, conn)

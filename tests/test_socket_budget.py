@@ -234,6 +234,24 @@ RUN(main, 2)
     assert r.value == {"got": [sha256_of(100), True, True, 2], "left": 0}
 
 
+@pytest.mark.parametrize("timeout", [{"total": 0.3}, {"total": 0.3, "connect": 5}], ids=["total", "total first"])
+def test_a_websocket_waits_for_a_socket_no_longer_than_the_sessions_total_timeout(mpy, fault, ws_aiohttp, timeout):
+    # The session's total bounds a websocket's handshake, as in aiohttp: the wait for a socket (held by a stalled
+    # body) ends with it, neither at once nor at the connect timeout
+    r = mpy.run(WS + """
+import time
+async def main(session, budget):
+    stalled = await session.get(GET, timeout=aiohttp.ClientTimeout(sock_read=10))
+    t = time.ticks_ms()
+    got = await failure(session.ws_connect(URL))
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    stalled.release()
+    return [got, 250 <= waited < 1000]
+RUN(main, 1, timeout=aiohttp.ClientTimeout(**TIMEOUT))
+""", GET=fault.url("/bytes/5000?stall=100&stall_s=5"), URL=ws_aiohttp.url("/echo"), TIMEOUT=timeout)
+    assert r.value == {"got": [CONNECTOR_ERROR, True], "left": 0}
+
+
 # One download in each mode while the sockets are held elsewhere (the OS's websockets, another app) or while the
 # network is away; then the same download once they are back. -> each outcome: its value, or the reason and
 # is_network_error() of the DownloadError raised; the sockets tried; the old OUTFILE and .part; the fds left.

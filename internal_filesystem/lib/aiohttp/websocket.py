@@ -16,7 +16,7 @@ import binascii
 import errno
 import struct
 from micropython import const
-from time import ticks_diff, ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 
 # What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl),
 # _make_room, _done_with and _websockets (its open websockets); from the connection: open, send, recv, fill,
@@ -706,7 +706,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
                    autoping=True, heartbeat=None, origin=None, headers=None, ssl=None, compress=0,
                    max_msg_size=4 * 1024 * 1024, decode_text=True):
     # The opening handshake (RFC 6455 section 4.1) on a connection of the websocket's own. The session's timeout
-    # bounds it: `connect` the TCP and TLS setup and the request, `sock_read` the wait for the answer.
+    # bounds it: `connect` the TCP and TLS setup and the request, `sock_read` the wait for the answer (`total` each
+    # where unset); `total` also ends the name's lookup and the wait for a socket, counted from the start.
     if session.closed:
         raise RuntimeError("session is closed")
     if compress:
@@ -739,10 +740,11 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     head.append("\r\n")
     conn = Connection((scheme, host, port, session._tls_context(ssl) if scheme == "https" else None))
     t = session._timeout
+    end = ticks_add(ticks_ms(), ms(t.total)) if t.total else None
     try:
         try:
-            address = await resolve(host, port, ms(t.connect or t.total), None)
-            until = _connect_end(t, None)
+            address = await resolve(host, port, ms(t.connect), end)
+            until = _connect_end(t, end)
             while True:  # (no socket free: the session's idle connection goes first, or one of its requests' ends)
                 try:
                     conn.open(address)

@@ -155,6 +155,55 @@ RUN(main, 1)
     assert r.value == {"got": [CONNECTOR_ERROR, True], "left": 0}
 
 
+STALLS = "/bytes/5000?stall=100&stall_s=5"  # a body that stalls after 100 bytes, for 5 s: its connection is held
+
+# A GET of URL with a 1 s connect timeout waits while the responses of HELD (bodies that stall) are open; at 500 ms
+# then(session, budget, held) changes what it waits for. -> the name of what it failed with, and whether that was
+# within one connect timeout of its start in all
+ONE_CONNECT_TIMEOUT = CLIENT + """
+import time
+async def main(session, budget):
+    held = []
+    for url in HELD:
+        held.append(await session.get(url))
+    t = time.ticks_ms()
+    waiting = asyncio.create_task(failure(get(session, URL, timeout=aiohttp.ClientTimeout(connect=1))))
+    await asyncio.sleep_ms(500)
+    await then(session, budget, held)
+    got = await waiting
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    for resp in held:
+        resp.release()
+    return [got[0], 900 <= waited < 1300]
+"""
+
+
+def test_a_wait_for_a_connection_then_for_a_socket_lasts_one_connect_timeout_in_all(mpy, fault):
+    # TCPConnector(limit=2) is full: the GET waits for room there. At 500 ms a held response goes, and its socket
+    # with it (taken elsewhere: one socket left), so the GET waits for a socket next, until 1 s from its start
+    r = mpy.run(ONE_CONNECT_TIMEOUT + """
+async def then(session, budget, held):
+    budget.sockets = 1
+    held.pop().release()
+RUN(main, 2, connector=aiohttp.TCPConnector(limit=2))
+""", HELD=[fault.url(STALLS)] * 2, URL=fault.url("/bytes/100"))
+    assert r.value == {"got": ["ClientConnectorError", True], "left": 0}
+
+
+def test_a_wait_for_a_socket_then_for_a_connection_lasts_one_connect_timeout_in_all(mpy, fault, fault_tls):
+    # The other way round: the GET waits for the only socket, held by a response from another host. At 500 ms a
+    # second socket comes and a request to the GET's host takes it; then the held response goes, and the GET finds
+    # TCPConnector(limit_per_host=1) full, and waits there until 1 s from its start
+    r = mpy.run(ONE_CONNECT_TIMEOUT + """
+async def then(session, budget, held):
+    budget.sockets = 2
+    held.append(await session.get(SAME_HOST))
+    held.pop(0).release()
+RUN(main, 1, connector=aiohttp.TCPConnector(limit_per_host=1))
+""", HELD=[fault_tls.url(STALLS)], URL=fault.url("/bytes/100"), SAME_HOST=fault.url(STALLS))
+    assert r.value == {"got": ["ConnectionTimeoutError", True], "left": 0}
+
+
 def test_an_idle_connection_is_given_up_for_a_new_host(mpy, fault, real):
     # The pool keeps a connection to the first host; the second host gets its socket
     r = mpy.run(CLIENT + """

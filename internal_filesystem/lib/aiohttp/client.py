@@ -241,10 +241,10 @@ class ClientSession:
 
     async def _connect(self, key, timeout, end):
         # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
-        until = None  # while no socket is free: when waiting for one ends (see _make_room)
+        until = _connect_end(timeout, end)  # the connect phase's: its waits end by it, however often it tries
         while True:
             if self._connector is not None:
-                await self._connector.wait_for_room(key, ms(timeout.connect))
+                await self._connector.wait_for_room(key, until)
             conn = self._take_idle(key)
             reused = conn is not None
             if not reused:
@@ -268,8 +268,6 @@ class ClientSession:
                     conn.open(address)
                 except OSError as e:
                     self._done_with(conn, False)
-                    if until is None:
-                        until = _connect_end(timeout, end)
                     await self._make_room(e, until, "cannot connect to %s:%d" % (key[1], key[2]))
                     continue  # (a connection to the same host may have come back to the pool meanwhile)
                 except BaseException:

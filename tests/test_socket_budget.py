@@ -2,7 +2,8 @@
 and icons, the updater, apps' downloads), and socket() then raises OSError (ENFILE from lwIP, EMFILE on the unix port
 once its descriptors are gone). tests/mpy/socketbudget.py stands in for lwIP: at most N of the client's sockets open
 at once, one more refused with ENFILE; a connect() can be made to fail too, as on a Wi-Fi that went away. One test
-takes the unix port's real descriptors away instead (a lower RLIMIT_NOFILE)."""
+takes the unix port's real descriptors away instead (a lower RLIMIT_NOFILE). TLS connections whose mbedTLS finds no
+memory (tests/mpy/tlsmemory.py stands in for it) are made room for likewise."""
 import hashlib
 
 import pytest
@@ -214,6 +215,42 @@ async def main(session, budget):
 RUN(main, 1)
 """, FIRST=fault.url("/bytes/100"), SECOND=real.url("/stream/1500"))
     assert r.value == {"got": [sha256_of(100), sha256_of(1500), 1], "left": 0}
+
+
+# A TLS handshake that finds no memory (tests/mpy/tlsmemory.py: at most CONNECTIONS TLS sockets open at once, FAILS
+# says how one more fails, AT_WRAP where): the session's oldest idle connection goes, and its buffers with it.
+# main(session, budget) gets URLS one after another -> their sha256, or how one failed; the handshakes refused
+TLS_MEMORY = CLIENT + """
+from tlsmemory import TLSMemory, X509_ALLOC_FAILED
+tls = TLSMemory(CONNECTIONS, {"ENOMEM": errno.ENOMEM, "X509_ALLOC_FAILED": X509_ALLOC_FAILED}.get(FAILS), AT_WRAP)
+
+async def main(session, budget):
+    got = []
+    for url in URLS:
+        try:
+            got.append(await get(session, url))
+        except Exception as e:
+            got.append([type(e).__name__, getattr(e, "errno", None)])
+    return [got, tls.refused]
+RUN(main, 4, ssl=tls)
+"""
+
+
+@pytest.mark.parametrize("fails, at_wrap", [("ENOMEM", False), ("X509_ALLOC_FAILED", False), ("MemoryError", False),
+                                            ("ENOMEM", True), ("MemoryError", True)],
+                         ids=["handshake ENOMEM", "handshake X509_ALLOC_FAILED", "handshake MemoryError",
+                              "wrap ENOMEM", "wrap MemoryError"])
+def test_a_tls_handshake_short_of_memory_takes_the_memory_of_an_idle_connection(mpy, fault_tls, real_tls, fails,
+                                                                                 at_wrap):
+    # The pool keeps the first host's connection; the second host's handshake finds memory once it is closed
+    r = mpy.run(TLS_MEMORY, CONNECTIONS=1, FAILS=fails, AT_WRAP=at_wrap,
+                URLS=[fault_tls.url("/bytes/100"), real_tls.url("/stream/1500")])
+    assert r.value == {"got": [[sha256_of(100), sha256_of(1500)], 1], "left": 0}
+
+
+def test_a_tls_handshake_short_of_memory_with_no_idle_connection_fails_as_today(mpy, fault_tls):
+    r = mpy.run(TLS_MEMORY, CONNECTIONS=0, FAILS="ENOMEM", AT_WRAP=False, URLS=[fault_tls.url("/bytes/100")])
+    assert r.value == {"got": [[["ClientConnectorError", 12]], 1], "left": 0}
 
 
 WS = CLIENT + """

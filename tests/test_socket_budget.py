@@ -2,7 +2,8 @@
 and icons, the updater, apps' downloads), and socket() then raises OSError (ENFILE from lwIP, EMFILE on the unix port
 once its descriptors are gone). tests/mpy/socketbudget.py stands in for lwIP: at most N of the client's sockets open
 at once, one more refused with ENFILE; a connect() can be made to fail too, as on a Wi-Fi that went away. One test
-takes the unix port's real descriptors away instead (a lower RLIMIT_NOFILE)."""
+takes the unix port's real descriptors away instead (a lower RLIMIT_NOFILE). TLS connections whose mbedTLS finds no
+memory (tests/mpy/tlsmemory.py stands in for it) are made room for likewise."""
 import hashlib
 
 import pytest
@@ -155,6 +156,55 @@ RUN(main, 1)
     assert r.value == {"got": [CONNECTOR_ERROR, True], "left": 0}
 
 
+STALLS = "/bytes/5000?stall=100&stall_s=5"  # a body that stalls after 100 bytes, for 5 s: its connection is held
+
+# A GET of URL with a 1 s connect timeout waits while the responses of HELD (bodies that stall) are open; at 500 ms
+# then(session, budget, held) changes what it waits for. -> the name of what it failed with, and whether that was
+# within one connect timeout of its start in all
+ONE_CONNECT_TIMEOUT = CLIENT + """
+import time
+async def main(session, budget):
+    held = []
+    for url in HELD:
+        held.append(await session.get(url))
+    t = time.ticks_ms()
+    waiting = asyncio.create_task(failure(get(session, URL, timeout=aiohttp.ClientTimeout(connect=1))))
+    await asyncio.sleep_ms(500)
+    await then(session, budget, held)
+    got = await waiting
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    for resp in held:
+        resp.release()
+    return [got[0], 900 <= waited < 1300]
+"""
+
+
+def test_a_wait_for_a_connection_then_for_a_socket_lasts_one_connect_timeout_in_all(mpy, fault):
+    # TCPConnector(limit=2) is full: the GET waits for room there. At 500 ms a held response goes, and its socket
+    # with it (taken elsewhere: one socket left), so the GET waits for a socket next, until 1 s from its start
+    r = mpy.run(ONE_CONNECT_TIMEOUT + """
+async def then(session, budget, held):
+    budget.sockets = 1
+    held.pop().release()
+RUN(main, 2, connector=aiohttp.TCPConnector(limit=2))
+""", HELD=[fault.url(STALLS)] * 2, URL=fault.url("/bytes/100"))
+    assert r.value == {"got": ["ClientConnectorError", True], "left": 0}
+
+
+def test_a_wait_for_a_socket_then_for_a_connection_lasts_one_connect_timeout_in_all(mpy, fault, fault_tls):
+    # The other way round: the GET waits for the only socket, held by a response from another host. At 500 ms a
+    # second socket comes and a request to the GET's host takes it; then the held response goes, and the GET finds
+    # TCPConnector(limit_per_host=1) full, and waits there until 1 s from its start
+    r = mpy.run(ONE_CONNECT_TIMEOUT + """
+async def then(session, budget, held):
+    budget.sockets = 2
+    held.append(await session.get(SAME_HOST))
+    held.pop(0).release()
+RUN(main, 1, connector=aiohttp.TCPConnector(limit_per_host=1))
+""", HELD=[fault_tls.url(STALLS)], URL=fault.url("/bytes/100"), SAME_HOST=fault.url(STALLS))
+    assert r.value == {"got": ["ConnectionTimeoutError", True], "left": 0}
+
+
 def test_an_idle_connection_is_given_up_for_a_new_host(mpy, fault, real):
     # The pool keeps a connection to the first host; the second host gets its socket
     r = mpy.run(CLIENT + """
@@ -165,6 +215,42 @@ async def main(session, budget):
 RUN(main, 1)
 """, FIRST=fault.url("/bytes/100"), SECOND=real.url("/stream/1500"))
     assert r.value == {"got": [sha256_of(100), sha256_of(1500), 1], "left": 0}
+
+
+# A TLS handshake that finds no memory (tests/mpy/tlsmemory.py: at most CONNECTIONS TLS sockets open at once, FAILS
+# says how one more fails, AT_WRAP where): the session's oldest idle connection goes, and its buffers with it.
+# main(session, budget) gets URLS one after another -> their sha256, or how one failed; the handshakes refused
+TLS_MEMORY = CLIENT + """
+from tlsmemory import TLSMemory, X509_ALLOC_FAILED
+tls = TLSMemory(CONNECTIONS, {"ENOMEM": errno.ENOMEM, "X509_ALLOC_FAILED": X509_ALLOC_FAILED}.get(FAILS), AT_WRAP)
+
+async def main(session, budget):
+    got = []
+    for url in URLS:
+        try:
+            got.append(await get(session, url))
+        except Exception as e:
+            got.append([type(e).__name__, getattr(e, "errno", None)])
+    return [got, tls.refused]
+RUN(main, 4, ssl=tls)
+"""
+
+
+@pytest.mark.parametrize("fails, at_wrap", [("ENOMEM", False), ("X509_ALLOC_FAILED", False), ("MemoryError", False),
+                                            ("ENOMEM", True), ("MemoryError", True)],
+                         ids=["handshake ENOMEM", "handshake X509_ALLOC_FAILED", "handshake MemoryError",
+                              "wrap ENOMEM", "wrap MemoryError"])
+def test_a_tls_handshake_short_of_memory_takes_the_memory_of_an_idle_connection(mpy, fault_tls, real_tls, fails,
+                                                                                 at_wrap):
+    # The pool keeps the first host's connection; the second host's handshake finds memory once it is closed
+    r = mpy.run(TLS_MEMORY, CONNECTIONS=1, FAILS=fails, AT_WRAP=at_wrap,
+                URLS=[fault_tls.url("/bytes/100"), real_tls.url("/stream/1500")])
+    assert r.value == {"got": [[sha256_of(100), sha256_of(1500)], 1], "left": 0}
+
+
+def test_a_tls_handshake_short_of_memory_with_no_idle_connection_fails_as_today(mpy, fault_tls):
+    r = mpy.run(TLS_MEMORY, CONNECTIONS=0, FAILS="ENOMEM", AT_WRAP=False, URLS=[fault_tls.url("/bytes/100")])
+    assert r.value == {"got": [[["ClientConnectorError", 12]], 1], "left": 0}
 
 
 WS = CLIENT + """
@@ -209,6 +295,47 @@ async def main(session, budget):
 RUN(main, 1)
 """, GET=fault.url("/bytes/100"), URL=ws_aiohttp.url("/echo"))
     assert r.value == {"got": [CONNECTOR_ERROR, "still here", sha256_of(100)], "left": 0}
+
+
+@pytest.mark.parametrize("path, ends", [("/echo", "ws.close()"), ("/close/1000", "ws.receive()"),
+                                        ("/drop", "ws.receive()")], ids=["by us", "by the server", "connection lost"])
+def test_a_websocket_that_closes_gives_its_socket_to_a_request_waiting_for_one(mpy, fault, ws_aiohttp, path, ends):
+    # Two sockets, one a websocket's, one a stalled body's: a request waiting for one takes the websocket's as soon
+    # as it closes, however it closes, not at its connect timeout
+    r = mpy.run(WS + """
+import time
+async def main(session, budget):
+    ws = await session.ws_connect(URL)
+    stalled = await session.get(GET + "/bytes/5000?stall=100&stall_s=5")
+    waiting = asyncio.create_task(get(session, GET + "/bytes/100", timeout=aiohttp.ClientTimeout(connect=3)))
+    await asyncio.sleep_ms(50)
+    t = time.ticks_ms()
+    await """ + ends + """
+    got = await waiting
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    stalled.release()
+    return [got, waited < 1000, ws.closed, budget.most]
+RUN(main, 2)
+""", GET=fault.base, URL=ws_aiohttp.url(path))
+    assert r.value == {"got": [sha256_of(100), True, True, 2], "left": 0}
+
+
+@pytest.mark.parametrize("timeout", [{"total": 0.3}, {"total": 0.3, "connect": 5}], ids=["total", "total first"])
+def test_a_websocket_waits_for_a_socket_no_longer_than_the_sessions_total_timeout(mpy, fault, ws_aiohttp, timeout):
+    # The session's total bounds a websocket's handshake, as in aiohttp: the wait for a socket (held by a stalled
+    # body) ends with it, neither at once nor at the connect timeout
+    r = mpy.run(WS + """
+import time
+async def main(session, budget):
+    stalled = await session.get(GET, timeout=aiohttp.ClientTimeout(sock_read=10))
+    t = time.ticks_ms()
+    got = await failure(session.ws_connect(URL))
+    waited = time.ticks_diff(time.ticks_ms(), t)
+    stalled.release()
+    return [got, 250 <= waited < 1000]
+RUN(main, 1, timeout=aiohttp.ClientTimeout(**TIMEOUT))
+""", GET=fault.url("/bytes/5000?stall=100&stall_s=5"), URL=ws_aiohttp.url("/echo"), TIMEOUT=timeout)
+    assert r.value == {"got": [CONNECTOR_ERROR, True], "left": 0}
 
 
 # One download in each mode while the sockets are held elsewhere (the OS's websockets, another app) or while the

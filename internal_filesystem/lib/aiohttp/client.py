@@ -19,6 +19,7 @@ _TOKEN_CHARS = "!#$%&'*+-.^_`|~"  # besides letters and digits, in a header name
 _PROBE = bytearray(1)  # what an idle connection's probe reads into
 _ENFILE = const(23)  # lwIP's "no socket left" (MicroPython's errno module names neither this nor EMFILE)
 _EMFILE = const(24)  # "too many open files": the unix port's descriptors are all taken
+_X509_ALLOC_FAILED = const(-0x2880)  # mbedTLS found no memory for the server's certificate chain
 
 
 class ClientTimeout:
@@ -241,10 +242,10 @@ class ClientSession:
 
     async def _connect(self, key, timeout, end):
         # -> (a connection, whether it served a request before); end: the request's deadline in ticks, or None
-        until = None  # while no socket is free: when waiting for one ends (see _make_room)
+        until = _connect_end(timeout, end)  # the connect phase's: its waits end by it, however often it tries
         while True:
             if self._connector is not None:
-                await self._connector.wait_for_room(key, ms(timeout.connect))
+                await self._connector.wait_for_room(key, until)
             conn = self._take_idle(key)
             reused = conn is not None
             if not reused:
@@ -268,12 +269,12 @@ class ClientSession:
                     conn.open(address)
                 except OSError as e:
                     self._done_with(conn, False)
-                    if until is None:
-                        until = _connect_end(timeout, end)
                     await self._make_room(e, until, "cannot connect to %s:%d" % (key[1], key[2]))
                     continue  # (a connection to the same host may have come back to the pool meanwhile)
-                except BaseException:
+                except BaseException as e:
                     self._done_with(conn, False)
+                    if self._freed_memory(e):  # (a MemoryError: OSErrors went to _make_room)
+                        continue
                     raise
             return conn, reused
 
@@ -302,6 +303,18 @@ class ClientSession:
                 return
         why = "no socket free (OSError %d)" % e.errno if no_socket else e
         raise errors.ClientConnectorError("%s: %s" % (what, why), e.errno)
+
+    def _freed_memory(self, e):
+        # A new connection failed with e. -> whether e said it found no memory (mbedTLS's buffers, which come from
+        # an ESP32's IDF heap, or MicroPython's heap) and the oldest idle connection was closed, its TLS buffers
+        # with it: it may then be tried again at once
+        import errno
+
+        if self._idle and (isinstance(e, MemoryError) or isinstance(e, OSError) and e.errno in (
+                errno.ENOMEM, _X509_ALLOC_FAILED)):
+            self._idle.pop(0)[0].close()
+            return True
+        return False
 
     # --- requests ------------------------------------------------------------------------------------------------
     def request(self, method, url, **kw):
@@ -453,6 +466,8 @@ class ClientSession:
                 again = (reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
                          and (not hasattr(data, "rewind") or data.rewind()))
                 self._done_with(conn, False)
+                if connecting and not reused and self._freed_memory(e):  # (the TLS handshake runs in the first send)
+                    continue
                 if not reused and (isinstance(e, OSError) or errors.kind_of(e, "ClientConnectionError")):
                     forget(host, port)  # a new connection failed: its address may be out of date
                 if again and (isinstance(e, OSError) or errors.kind_of(e, "ServerDisconnectedError")):

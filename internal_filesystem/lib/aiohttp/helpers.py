@@ -37,8 +37,8 @@ class TCPConnector:
     # ssl: False, True or an SSLContext, as ClientSession's ssl=; force_close: no connection is reused;
     # keepalive_timeout: seconds an idle connection is kept (None: the session's); limit: connections in use at once
     # by the sessions it serves, limit_per_host: to one host and port (0: no limit), as aiohttp counts them: a request
-    # beyond them waits for one to come back, within its connect timeout. limit also caps the idle ones each session
-    # keeps. The DNS settings are taken and left to the resolver's own cache.
+    # beyond them waits for one to come back, within its connect timeout (and total). limit also caps the idle ones
+    # each session keeps. The DNS settings are taken and left to the resolver's own cache.
     _owner = None  # the session that closes it when it closes (connector_owner=True)
     _room = None  # the asyncio.Event that requests waiting for a connection wait on
 
@@ -96,28 +96,26 @@ class TCPConnector:
                     to_host += 1
         return self.limit and in_use >= self.limit or self.limit_per_host and to_host >= self.limit_per_host
 
-    async def wait_for_room(self, key, wait_ms):
-        # until a connection to key's host may be opened or taken from the pool; wait_ms: the connect timeout, for
-        # the whole wait (a request woken may find the connection that came back taken by another, and wait on)
-        end = None
+    async def wait_for_room(self, key, until):
+        # until a connection to key's host may be opened or taken from the pool. until: the ticks_ms by which the
+        # request's connect phase ends (None: never), however often it waits here (woken, it may find the connection
+        # that came back taken by another; it may come back after finding no socket free)
         while self._full(key):
             import asyncio
-            from time import ticks_add, ticks_diff, ticks_ms
+            from time import ticks_diff, ticks_ms
 
             if self._room is None:
                 self._room = asyncio.Event()
-            if wait_ms is None:
+            if until is None:
                 await self._room.wait()
                 continue
-            if end is None:
-                end = ticks_add(ticks_ms(), wait_ms)
             try:
-                await asyncio.wait_for_ms(self._room.wait(), max(ticks_diff(end, ticks_ms()), 0))
+                await asyncio.wait_for_ms(self._room.wait(), max(ticks_diff(until, ticks_ms()), 0))
             except asyncio.TimeoutError:
                 from errno import ETIMEDOUT
                 from . import errors
 
-                raise errors.ConnectionTimeoutError("no connection came free within %d ms" % wait_ms, ETIMEDOUT)
+                raise errors.ConnectionTimeoutError("no connection came free within the connect timeout", ETIMEDOUT)
 
     def released(self):
         # a connection of its sessions came back (to the pool, or closed): the waiting requests look again

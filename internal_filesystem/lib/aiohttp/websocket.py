@@ -16,11 +16,11 @@ import binascii
 import errno
 import struct
 from micropython import const
-from time import ticks_diff, ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 
 # What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl),
-# _make_room and _websockets (its open websockets); from the connection: open, send, recv, fill, handed_out,
-# close and its read-ahead buf[pos:filled].
+# _make_room, _done_with and _websockets (its open websockets); from the connection: open, send, recv, fill,
+# handed_out, close and its read-ahead buf[pos:filled].
 from . import poll
 from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
@@ -632,7 +632,7 @@ class ClientWebSocketResponse:
             self._writing = None
             _wake(writer)
         self._stop_beat()
-        self._conn.close()
+        self._session._done_with(self._conn, False)  # closed: the session's requests waiting for a socket try again
         self._buf = None
         try:
             self._session._websockets.remove(self)
@@ -706,7 +706,8 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
                    autoping=True, heartbeat=None, origin=None, headers=None, ssl=None, compress=0,
                    max_msg_size=4 * 1024 * 1024, decode_text=True):
     # The opening handshake (RFC 6455 section 4.1) on a connection of the websocket's own. The session's timeout
-    # bounds it: `connect` the TCP and TLS setup and the request, `sock_read` the wait for the answer.
+    # bounds it: `connect` the TCP and TLS setup and the request, `sock_read` the wait for the answer (`total` each
+    # where unset); `total` also ends the name's lookup and the wait for a socket, counted from the start.
     if session.closed:
         raise RuntimeError("session is closed")
     if compress:
@@ -739,10 +740,11 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     head.append("\r\n")
     conn = Connection((scheme, host, port, session._tls_context(ssl) if scheme == "https" else None))
     t = session._timeout
+    end = ticks_add(ticks_ms(), ms(t.total)) if t.total else None
     try:
         try:
-            address = await resolve(host, port, ms(t.connect or t.total), None)
-            until = _connect_end(t, None)
+            address = await resolve(host, port, ms(t.connect), end)
+            until = _connect_end(t, end)
             while True:  # (no socket free: the session's idle connection goes first, or one of its requests' ends)
                 try:
                     conn.open(address)
@@ -758,7 +760,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         if session.closed:  # meanwhile: it would never close this websocket
             raise ClientConnectionError("session closed while connecting to %s" % host)
     except BaseException:
-        conn.close()
+        session._done_with(conn, False)
         raise
     conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
     ws = ClientWebSocketResponse(session, conn)

@@ -86,6 +86,9 @@ async def measure(name, make):
 def chunk(data):
     pass
 
+def slow_chunk(data):
+    time.sleep_ms(2)  # a flash partition written from the callback, as MicroPythonOS's updater does
+
 async def dm(url, **kw):
     got = await DownloadManager.download_url(url, **kw)
     return len(got) if isinstance(got, bytes) else got
@@ -149,6 +152,8 @@ def cases(fault, fault_tls, fast, script, wsserver, out):
         ("memory, chunked 1 MB", "dm(%r)" % fault.url("/bytes/%d?chunked=1&chunks=65536" % (big // 4))),
         ("memory, gzip 1 MB text", "dm(%r)" % fault.url("/bytes/%d?text=1&gzip=1" % (big // 4))),
         ("stream, plain 4 MB", "dm(%r, chunk_callback=chunk)" % fault.url("/bytes/%d" % big)),
+        ("stream, 1 MB to a callback of 2 ms a chunk", "dm(%r, chunk_callback=slow_chunk)"
+         % fast.url("/bytes/%d" % (big // 4))),
         ("stream, TLS 4 MB", "dm(%r, chunk_callback=chunk)" % fault_tls.url("/bytes/%d" % big)),
         ("stream, gzip bomb 20 MB", "dm(%r, chunk_callback=chunk)" % fault.url("/bytes/1?bomb=20")),
         ("read(1024) loop, gzip bomb 20 MB", "get(%r, 'read_n')" % fault.url("/bytes/1?bomb=20")),

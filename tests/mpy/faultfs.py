@@ -3,6 +3,7 @@
 # what fits, as FAT does), and fail the k-th operation (open, stat, remove, rename, listing, a file's write, read,
 # flush or close...) with a chosen errno, once or from then on (a card that went read-only). Never frozen.
 import errno
+import time
 import vfs
 
 ENOSPC = 28  # (MicroPython's errno module has no name for it)
@@ -28,6 +29,7 @@ class FaultFS:
         self.sticky = False  # every counted operation from fail_at on fails
         self.hits = []  # (operation, path, errno) of each fault raised
         self.opened = []  # the files open now
+        self.write_ms = 0  # each write takes this long, as a slow flash's do (a sector erased, a block committed)
 
     def fail(self, at, code=errno.EIO, ops=None, sticky=False):
         # The at-th operation from now (1 for the next) of the kinds in ops (None: any) raises OSError(code)
@@ -144,6 +146,8 @@ class FaultFile:
     def write(self, data):
         fs = self.fs
         fs.check("write", self.name)
+        if fs.write_ms:
+            time.sleep_ms(fs.write_ms)
         if fs.cap is not None:
             end = fs.real_size(self.name)
             here = end if self.append else self.real.tell()

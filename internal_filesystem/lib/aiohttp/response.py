@@ -569,15 +569,18 @@ class StreamReader:
             return 0
         return min(remaining, _FAIR_SHARE - conn.streak)
 
-    def went_straight(self, n, dry):
+    def went_straight(self, n, dry, due=False):
         # n bytes were read from the socket that straight() gave, within the bytes it allowed; dry: its last read
-        # found nothing (ClientResponse.turn() then waits for the socket)
+        # found nothing (ClientResponse.turn() then waits for the socket); due: the reader wants its turn now (its
+        # sink held the loop long)
         conn = self._conn
         if n:
             conn.streak += n
             self._count(n)
         if dry and conn.streak < _FAIR_SHARE:
             conn.streak = _DRY
+        elif due:
+            conn.streak = _FAIR_SHARE
 
     def read_nowait(self, n=-1):
         """Body bytes that are already here, at most n (n < 0: a buffer's worth), without waiting: b"" when the

@@ -19,6 +19,8 @@ _SPEED_MS = const(1000)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
 _DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
+_SLICE = const(4096)  # bytes handed to a sink between two looks at the clock (see _TURN_MS)
+_TURN_MS = const(20)  # the longest a slow sink (a flash write, the app's callback) holds the loop (the UI) unturned
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -129,8 +131,16 @@ class Download:
             if self.segmented and await self._segments(sess):
                 return True
             end = self._begin()  # the deadline in ticks, or None
-            fails = gained = 0
+            fails = gained = sunk = 0  # sunk: bytes handed to the sink since the clock was last looked at
+            since = ticks_ms()  # when this loop last gave others a turn of its own accord
             while not complete:
+                if sunk >= _SLICE:  # the socket may never make it wait while the sink is slow: a turn by the clock
+                    sunk = 0
+                    if ticks_diff(ticks_ms(), since) >= _TURN_MS:
+                        import asyncio  # (loaded already: aiohttp runs on it)
+
+                        await asyncio.sleep_ms(0)
+                        since = ticks_ms()
                 try:
                     if resp is None:  # a request: the first, or after a failure or a whole answer that fell short
                         gained = max(gained, self.delivered)  # the most held (bytes got again after a start-over: none)
@@ -151,7 +161,8 @@ class Download:
                         straight_write = file.write if file is not None and not extra else None
                     if straight_write is not None and (left is None or left >= size):
                         left = self._straight(resp, buf, view, size, left, straight_write)
-                        await resp.turn()  # the fair share came: other tasks' turn; the socket ran dry: a wait for it
+                        await resp.turn()  # the fair share or _TURN_MS came: others' turn; the socket ran dry: a wait
+                        since = ticks_ms()
                     n = size if left is None or left >= size else left
                     if not n and not resp.at_eof() and not self.length_is_ours:
                         n = size  # the announced length came: the answer's own framing must end here too
@@ -190,6 +201,7 @@ class Download:
                         data = None
                     at_sink = False
                     self.delivered += n
+                    sunk += n
                     if extra and left != 0 and self._report_due():
                         await self._report()
                 except Exception as e:
@@ -459,20 +471,32 @@ class Download:
             return left
         sock = resp.connection.sock
         read = written = n = 0
+        # A slow flash gets the loop's turn by the clock (due), looked at every _SLICE bytes while it is slow
+        due = False
+        began = ticks_ms()
+        stop = _SLICE if _SLICE < room else room
         try:
-            while read <= room:
-                n = sock.readinto(buf, size)
-                if not n:  # None: nothing waits; 0: the end, which the awaited read reports
+            while True:
+                while read <= stop:
+                    n = sock.readinto(buf, size)
+                    if not n:  # None: nothing waits; 0: the end, which the awaited read reports
+                        break
+                    read += n
+                    write(buf if n == size else view[:n])
+                    written = read
+                if not n or stop == room:
                     break
-                read += n
-                write(buf if n == size else view[:n])
-                written = read
+                spent = ticks_diff(ticks_ms(), began)
+                due = spent >= _TURN_MS
+                if due:
+                    break
+                stop = room if not spent or stop + _SLICE > room else stop + _SLICE  # (no ms yet: a fast sink)
         except OSError as e:
             if written < read:  # the file failed: its chunk was read, and never reached the file
                 raise self._file_error("cannot write %s.part" % self.outfile, e)
             raise
         finally:
-            resp.went_straight(read, n is None)
+            resp.went_straight(read, n is None, due)
             self.delivered += written
         return None if left is None else left - written
 

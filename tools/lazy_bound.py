@@ -78,6 +78,15 @@ def noting_copy(dst):
     (dst / "calls_noted.py").write_text("CALLED = set()\n")
 
 
+def _class_body_names(cls):
+    # -> the names the statements of a class body use outside its functions
+    names = set()
+    for statement in cls.body:
+        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.update(node.id for node in ast.walk(statement) if isinstance(node, ast.Name))
+    return names
+
+
 def stripped_copy(dst, called):
     # A copy without the functions never called that nothing names while the modules load; -> how many went
     shutil.copytree(LIB, dst)
@@ -101,6 +110,8 @@ def stripped_copy(dst, called):
                 continue  # (a nested def runs with the function that holds it)
             if isinstance(holder, ast.Module) and (node.name in named or node.name in own_names):
                 continue
+            if isinstance(holder, ast.ClassDef) and node.name in _class_body_names(holder):
+                continue  # (an alias made while the class is: `__next__ = send`)
             first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
             spans.append((first, node.end_lineno, node.col_offset))
         for first, last, indent in sorted(spans, reverse=True):
@@ -148,7 +159,8 @@ def held_after(binary, work, url):
         proc, res = mpy.run(HELD_AFTER, work, heapsize="256k", timeout=120, bare=True, binary=str(binary),
                             path=".frozen:%s" % mpy.TESTLIB, URL=url, OUT=str(work / "out.bin"))
         if not res:
-            sys.exit("the download failed:\n%s" % proc.stderr[-2000:])
+            # (MicroPython prints a traceback on stdout)
+            sys.exit("the download failed:\n%s" % (proc.stdout + proc.stderr)[-2000:])
         held.append(res[-1]["held"])
     return min(held)
 
@@ -165,7 +177,7 @@ def main(argv):
             proc, res = mpy.run(NOTE_CALLS, work, lib=noting, heapsize=heap, timeout=120, bare=True, URL=noted_url,
                                 OUT=str(work / "out.bin"))
             if not res:
-                sys.exit("the noted download failed:\n%s" % proc.stderr[-2000:])
+                sys.exit("the noted download failed:\n%s" % (proc.stdout + proc.stderr)[-2000:])
             called.update(res[-1])
         gone = stripped_copy(stripped, called)
         bound = build(source, mpy_cross, stripped, ROOT / "build" / "lazy-bound")

@@ -27,7 +27,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | text=1 | compressible text instead of random bytes | text=1&gzip=1 |
 | etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
 | novalidator=1 | neither ETag nor Last-Modified (a generated page): a resume can send no If-Range | novalidator=1 |
-| gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib); a Range then counts coded bytes | gzip=1 |
+| gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib; deflate=raw: a bare deflate stream, as IIS sent it); a Range then counts coded bytes | gzip=1 |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
 | ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
 | bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
@@ -561,8 +561,8 @@ class FaultServer(_LoopThread):
             if q("gztrunc") == "1":
                 body = body[:len(body) // 2]  # a gzip stream that never ends
             headers.append(("Content-Encoding", "gzip"))
-        elif q("deflate") == "1":
-            body = zlib.compress(body)
+        elif q("deflate") in ("1", "raw"):
+            body = zlib.compress(body) if q("deflate") == "1" else _raw_deflate(body)
             headers.append(("Content-Encoding", "deflate"))
         elif "ce" in req.query:
             body = _encode(body, q("ce"))
@@ -702,6 +702,12 @@ def _encode(body, codings):
         elif name not in ("", "identity", "chunked"):
             body = body.translate(_FLIP)
     return body
+
+
+def _raw_deflate(body):
+    # a deflate stream without the zlib wrapper, its window the full 32 KB
+    coder = zlib.compressobj(wbits=-15)
+    return coder.compress(body) + coder.flush()
 
 
 @functools.lru_cache(maxsize=2)

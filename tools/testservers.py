@@ -692,14 +692,15 @@ _FLIP = bytes(range(255, -1, -1))
 
 def _encode(body, codings):
     """body coded by each coding a Content-Encoding or Transfer-Encoding value lists, in order: gzip and deflate for
-    real, identity and chunked (framing, done elsewhere) not at all, any other name by flipping every bit."""
+    real, identity and chunked (framing, done elsewhere) not at all, nor the names servers send meaning identity
+    (none, the charset utf-8), any other name by flipping every bit."""
     for name in codings.replace("\r\n", " ").split(","):
         name = name.strip().lower()
         if name in ("gzip", "x-gzip"):
             body = gzip.compress(body, mtime=0)
         elif name == "deflate":
             body = zlib.compress(body)
-        elif name not in ("", "identity", "chunked"):
+        elif name not in ("", "identity", "chunked", "none", "utf-8"):
             body = body.translate(_FLIP)
     return body
 

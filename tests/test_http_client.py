@@ -359,6 +359,9 @@ RESPONSES = {
     # field names are tokens: one that is not is no field, and the head is refused
     "/latin1-name": b"HTTP/1.1 200 OK\r\nX-Caf\xe9: 1\r\nContent-Length: 2\r\n\r\nok",
     "/space-in-name": b"HTTP/1.1 200 OK\r\nTransfer-Encodin g: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    # blanks between a name and its colon are no part of it: RFC 9112 section 5.1 has a proxy remove them from a
+    # response (embedded and PHP servers send "Name : value")
+    "/space-before-colon": b"HTTP/1.1 200 OK\r\nContent-Type : text/plain\r\nContent-Length\t \t: 2\r\n\r\nok",
     "/odd-version": b"HTTP/1.1R 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/bare-cr": b"HTTP/1.1 200 OK\r\nETag: \"a\"\rb\r\nContent-Length: 2\r\n\r\nok",
     # only whitespace is trimmed from a value: a control byte makes the length unreadable
@@ -458,6 +461,19 @@ def test_malformed_or_oversized_head_is_a_client_response_error(mpy, raw, path):
 def test_a_coding_on_a_bodyless_answer_is_no_error(mpy, raw):
     assert heads(mpy, raw, ["/no-content-br"])["/no-content-br"] == {
         "path": "/no-content-br", "status": 204, "body": "", "n": 1}
+
+
+def test_blanks_before_a_fields_colon_are_dropped(mpy, raw):
+    r = mpy.run("""
+import aiohttp
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            result(body=await resp.text(), type=resp.content_type, length=resp.content_length,
+                   names=sorted(resp.headers.keys()))
+run(main())
+""", URL=raw.url("/space-before-colon"))
+    assert r.value == {"body": "ok", "type": "text/plain", "length": 2, "names": ["content-length", "content-type"]}
 
 
 def test_chunk_extensions_are_read_past(mpy, raw):

@@ -20,7 +20,8 @@ Content-Length) and stops there, while the oracle needs this project's rules wri
 - a Content-Encoding other than gzip, x-gzip, deflate (zlib) and identity is a failure; codings stack; "none",
   "utf-8" and "utf8" are identity (what servers send meaning it);
 - a body shorter than its Content-Length, a chunked body cut short, a bad Content-Length are failures;
-- header and trailer names are tokens; a line may end in a bare LF; obs-fold joins lines with a space;
+- header and trailer names are tokens, blanks before their colon dropped; a line may end in a bare LF; obs-fold
+  joins lines with a space;
 - 1xx heads (but 101) come before the answer; 101, 204 and 304 have no body.
 
     python tools/fuzz.py SEED CASE    # the case: request, answer as sent, mutations, the strict reader's verdict
@@ -550,6 +551,7 @@ def _fields(data, p, what):
             value = (value + b" " + line.strip(b" \t")).strip(b" ")
         else:
             name, sep, value = line.partition(b":")
+            name = name.rstrip(b" \t")  # blanks before the colon: a proxy removes them (RFC 9112 section 5.1)
             if not sep or not TOKEN.fullmatch(name):
                 raise Bad("%s line without a token name: %r" % (what, line[:60]))
             name, value = name.lower(), value.strip(b" \t")

@@ -193,10 +193,12 @@ def is_field(buf, start, end):
         return False
     if buf[start:colon].replace(b"-", b"").isalpha():  # the usual name (letters and "-"), checked in C at once
         return True
-    for i in range(start, colon):
-        if buf[i] not in TOKEN:
-            return False
-    return True
+    i = start
+    while i < colon and buf[i] in TOKEN:
+        i += 1
+    while start < i < colon and buf[i] in b" \t":  # "Name : value": blanks a proxy removes (RFC 9112 section 5.1)
+        i += 1
+    return i == colon
 
 
 def _add_field(blocks, buf, start, end):
@@ -215,8 +217,10 @@ def _add_field(blocks, buf, start, end):
     view = memoryview(buf)
     i, j = colon, end
     if not fold:
-        name = bytes(view[start:colon]).lower()
-        i += 1
+        while buf[i - 1] in b" \t":  # (blanks before the colon, which is_field let through)
+            i -= 1
+        name = bytes(view[start:i]).lower()
+        i = colon + 1
     while i < j and buf[i] in b" \t\r\n":  # the value without the blanks around it (a form feed is no blank)
         i += 1
     while j > i and buf[j - 1] in b" \t\r\n":

@@ -17,6 +17,7 @@ FRAMINGS = {
     "content-length": "",
     "chunked": CHUNKS,
     "chunked-ext-trailer": CHUNKS + "&ext=1&trailer=1",
+    "chunked-padded": CHUNKS + "&ext=pad",  # sizes padded with spaces, as ESPAsyncWebServer sends them
     "close-delimited": "cl=0",
 }
 

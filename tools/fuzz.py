@@ -619,8 +619,8 @@ def _payload(msg, data, p, eof):
     return msg.delivered
 
 
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|\"(?:[^\"\\]|\\.)*\"))?)*"
-                        % ((TOKEN.pattern,) * 2))
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|\"(?:[^\"\\]|\\.)*\"))?)* *"
+                        % ((TOKEN.pattern,) * 2))  # (spaces may end it: ESPAsyncWebServer pads sizes with them)
 
 
 def _chunks(msg, data, p):

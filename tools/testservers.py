@@ -43,7 +43,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | crange=V | a 206's Content-Range header says V instead (the body is unchanged) | crange=bytes 0-99/4611686018427387904 |
 | length=V | Content-Length: V whatever the body, then a close; with chunked=1 or te= beside it, kept alive | length=4611686018427387904 |
 | chunked=1 | Transfer-Encoding: chunked; chunks=a,b,.. sizes the chunks in turn (default 1000) | chunked=1&chunks=1,7,300 |
-| trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line | chunked=1&ext=1 |
+| trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line (ext=pad: spaces after each size, to four characters, as ESPAsyncWebServer sends) | chunked=1&ext=1 |
 | nolast=1 | with chunked=1: no last chunk, the connection just closes | chunked=1&nolast=1 |
 | te=V | a chunked body under Transfer-Encoding: V, coded first as ce= does (CR LF SP in V folds the line) | te=gzip, chunked |
 | cl=0 | no Content-Length: the body ends when the connection closes | cl=0 |
@@ -624,7 +624,7 @@ class FaultServer(_LoopThread):
             return
         if req.era == self._era:
             self.served += len(body[:limit])
-        await self._send_body(writer, body[:limit], sizes, chunked, q("ext") == "1", rate)
+        await self._send_body(writer, body[:limit], sizes, chunked, q("ext"), rate)
         await writer.drain()
 
         if cut == "drop":
@@ -661,7 +661,8 @@ class FaultServer(_LoopThread):
             piece = data[sent:sent + sizes[i % len(sizes)]]
             i += 1
             if chunked:
-                size_line = b"%x;piece=%d\r\n" % (len(piece), i) if ext else b"%x\r\n" % len(piece)
+                size_line = (b"%x;piece=%d\r\n" % (len(piece), i) if ext == "1" else
+                             b"%-4x\r\n" % len(piece) if ext == "pad" else b"%x\r\n" % len(piece))
                 writer.write(size_line + piece + b"\r\n")
             else:
                 writer.write(piece)

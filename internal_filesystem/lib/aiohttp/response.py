@@ -286,8 +286,11 @@ def _coding(headers, status):
 
 def _chunk_size_line(line):
     # -> the size a chunk-size line gives, or -1 when it is none: 1 to 16 hex digits, then optionally an extension
-    # (";..."), then the line's end (RFC 9112 section 7.1). int(x, 16) took "+0", "0x10", "1_0" and spaces.
+    # (";..."), then spaces, then the line's end (RFC 9112 section 7.1, and the spaces ESPAsyncWebServer pads a size
+    # to four characters with). int(x, 16) took "+0", "0x10", "1_0" and spaces before the digits.
     end = _len(line) - (2 if line.endswith(b"\r\n") else 1)
+    while end and line[end - 1] == 32:
+        end -= 1
     i = 0
     while i < end and line[i] in _HEX:
         i += 1
@@ -302,8 +305,8 @@ def _chunk_size_line(line):
 
 
 def _chunk_size(buf, start, end):
-    # The chunk size in the line buf[start:end + 1] ("hex\r\n" or "hex;ext\r\n"), or 0 when it is the last chunk
-    # or looks unusual in any way: the slow path then reads the line again and does the full checks.
+    # The chunk size in the line buf[start:end + 1] ("hex\r\n", "hex  \r\n" or "hex;ext\r\n"), or 0 when it is the
+    # last chunk or looks unusual in any way: the slow path then reads the line again and does the full checks.
     if end < 0 or end - start > 9:
         return 0
     n = 0
@@ -318,6 +321,8 @@ def _chunk_size(buf, start, end):
             n = n * 16 + digit - 55
         else:
             break
+        i += 1
+    while i < end - 1 and buf[i] == 32:  # (ESPAsyncWebServer's padding)
         i += 1
     if buf[end - 1] != 13 or i != end - 1:  # the digits end the line (an extension is checked the slow way)
         return 0

@@ -17,6 +17,7 @@ FRAMINGS = {
     "content-length": "",
     "chunked": CHUNKS,
     "chunked-ext-trailer": CHUNKS + "&ext=1&trailer=1",
+    "chunked-padded": CHUNKS + "&ext=pad",  # sizes padded with spaces, as ESPAsyncWebServer sends them
     "close-delimited": "cl=0",
 }
 
@@ -114,7 +115,7 @@ def test_one_byte_reads_of_a_chunked_body(mpy, fault):
     assert got == {"status": 200, "sha": sha256_of(3000), "total": 3000, "eof": True}
 
 
-@pytest.mark.parametrize("coding", ["gzip=1", "deflate=1"])
+@pytest.mark.parametrize("coding", ["gzip=1", "deflate=1", "deflate=raw"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked", "close-delimited"])
 def test_gzip_and_deflate_are_decoded_to_the_exact_text(mpy, fault, coding, framing):
     url = fault.url("/bytes/60000?text=1&%s&%s" % (coding, FRAMINGS[framing]))

@@ -277,12 +277,21 @@ def test_dot_segments_and_a_url_inside_the_path(mpy, fault):
     assert r.value["echo"]["path"] == "/echo/http://x.org/"
 
 
-@pytest.mark.parametrize("to", ["ftp://127.0.0.1/x", "/a b", "http://127.0.0.1:99999/"])
+@pytest.mark.parametrize("to", ["ftp://127.0.0.1/x", "http://127.0.0.1:99999/", "/a\tb"])
 def test_a_location_that_is_no_url_is_a_client_error(mpy, fault, to):
     # the server's mistake, not the caller's: caught by `except aiohttp.ClientError`, with the status
     got = go(mpy, fault.url("/redirect?code=301&to=" + quote(to, safe="")))
     assert (got["error"], got["status"]) == ("InvalidUrlRedirectClientError", 301)
     assert fault.requests == 1
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_a_space_in_a_location_is_sent_percent_encoded(mpy, fault, relative):
+    # nginx (return 302 "/a b") and apache (Redirect) send the path they were given as it is, relative or absolute;
+    # browsers and curl follow it encoded
+    to = "/echo/a b?q=c d"
+    r = mpy.run(ECHO, URL=fault.url("/redirect?to=" + quote(to if relative else fault.url(to), safe="")))
+    assert (r.value["status"], r.value["echo"]["path"]) == (200, "/echo/a%20b?q=c%20d")
 
 
 def test_a_host_header_of_ones_own_stays_with_its_origin(mpy, fault, twin):

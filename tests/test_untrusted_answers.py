@@ -267,9 +267,10 @@ run(main())
 # or a vertical tab (%0C, %0B) is no blank around a value, so "chunked\f" is another coding.
 TE_REFUSED = ["gzip, chunked", "x-custom, chunked", "chunkeda", "chunked%0C", "%0Bchunked"]
 TE_READ = ["Chunked", "%0D%0A%20chunked"]
-# Content codings: gzip, x-gzip, deflate, identity, as tokens of a list
+# Content codings: gzip, x-gzip, deflate, identity, as tokens of a list; "none" and a charset (an S3 object's metadata)
+# are what servers send meaning identity
 CE_REFUSED = ["br", "compress", "x-custom"]
-CE_READ = ["identity, gzip", "gzip,", "%0D%0A%20gzip", "x-gzip", "GZIP"]
+CE_READ = ["identity, gzip", "gzip,", "%0D%0A%20gzip", "x-gzip", "GZIP", "none", "UTF-8"]
 
 
 def coded(option, value):

@@ -17,9 +17,11 @@ Why our own reader and not h11: h11 refuses what a client may accept (obs-fold, 
 Content-Length) and stops there, while the oracle needs this project's rules written out, in one place:
 - chunked in Transfer-Encoding wins over Content-Length; any other transfer coding is a failure, and so is any
   transfer coding in an HTTP/1.0 answer (RFC 9112 section 6.1);
-- a Content-Encoding other than gzip, x-gzip, deflate (zlib) and identity is a failure; codings stack;
+- a Content-Encoding other than gzip, x-gzip, deflate (zlib) and identity is a failure; codings stack; "none",
+  "utf-8" and "utf8" are identity (what servers send meaning it);
 - a body shorter than its Content-Length, a chunked body cut short, a bad Content-Length are failures;
-- header and trailer names are tokens; a line may end in a bare LF; obs-fold joins lines with a space;
+- header and trailer names are tokens, blanks before their colon dropped; a line may end in a bare LF; obs-fold
+  joins lines with a space;
 - 1xx heads (but 101) come before the answer; 101, 204 and 304 have no body.
 
     python tools/fuzz.py SEED CASE    # the case: request, answer as sent, mutations, the strict reader's verdict
@@ -55,7 +57,8 @@ LONG_SHARE = 0.04  # of the cases: a resource of 64 KB to ~300 KB, mutated near 
 FAIR_SHARE = 65536  # aiohttp's connection.FAIR_SHARE: bytes read without a wait before other tasks get a turn
 
 TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CODINGS = (b"gzip", b"x-gzip", b"deflate", b"identity")
+_UNCODED = (b"identity", b"none", b"utf-8", b"utf8")
+_CODINGS = (b"gzip", b"x-gzip", b"deflate") + _UNCODED
 
 
 # ---------------------------------------------------------------- the case
@@ -548,6 +551,7 @@ def _fields(data, p, what):
             value = (value + b" " + line.strip(b" \t")).strip(b" ")
         else:
             name, sep, value = line.partition(b":")
+            name = name.rstrip(b" \t")  # blanks before the colon: a proxy removes them (RFC 9112 section 5.1)
             if not sep or not TOKEN.fullmatch(name):
                 raise Bad("%s line without a token name: %r" % (what, line[:60]))
             name, value = name.lower(), value.strip(b" \t")
@@ -615,8 +619,8 @@ def _payload(msg, data, p, eof):
     return msg.delivered
 
 
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|\"(?:[^\"\\]|\\.)*\"))?)*"
-                        % ((TOKEN.pattern,) * 2))
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|\"(?:[^\"\\]|\\.)*\"))?)* *"
+                        % ((TOKEN.pattern,) * 2))  # (spaces may end it: ESPAsyncWebServer pads sizes with them)
 
 
 def _chunks(msg, data, p):
@@ -651,11 +655,11 @@ def _decoded(msg, raw):
     for c in codings:
         if c not in _CODINGS:
             raise Bad("content coding %r" % c)
-    msg.coded = any(c != b"identity" for c in codings)
+    msg.coded = any(c not in _UNCODED for c in codings)
     if not raw:
         return raw  # no body: nothing to decode
     for c in reversed(codings):
-        if c != b"identity":
+        if c not in _UNCODED:
             z = zlib.decompressobj(wbits=15 if c == b"deflate" else 31)
             try:
                 raw = z.decompress(raw)

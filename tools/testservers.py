@@ -27,7 +27,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | text=1 | compressible text instead of random bytes | text=1&gzip=1 |
 | etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
 | novalidator=1 | neither ETag nor Last-Modified (a generated page): a resume can send no If-Range | novalidator=1 |
-| gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib); a Range then counts coded bytes | gzip=1 |
+| gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib; deflate=raw: a bare deflate stream, as IIS sent it); a Range then counts coded bytes | gzip=1 |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
 | ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
 | bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
@@ -43,7 +43,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | crange=V | a 206's Content-Range header says V instead (the body is unchanged) | crange=bytes 0-99/4611686018427387904 |
 | length=V | Content-Length: V whatever the body, then a close; with chunked=1 or te= beside it, kept alive | length=4611686018427387904 |
 | chunked=1 | Transfer-Encoding: chunked; chunks=a,b,.. sizes the chunks in turn (default 1000) | chunked=1&chunks=1,7,300 |
-| trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line | chunked=1&ext=1 |
+| trailer=1, ext=1 | with chunked=1: an X-Checksum trailer; extensions on every size line (ext=pad: spaces after each size, to four characters, as ESPAsyncWebServer sends) | chunked=1&ext=1 |
 | nolast=1 | with chunked=1: no last chunk, the connection just closes | chunked=1&nolast=1 |
 | te=V | a chunked body under Transfer-Encoding: V, coded first as ce= does (CR LF SP in V folds the line) | te=gzip, chunked |
 | cl=0 | no Content-Length: the body ends when the connection closes | cl=0 |
@@ -561,8 +561,8 @@ class FaultServer(_LoopThread):
             if q("gztrunc") == "1":
                 body = body[:len(body) // 2]  # a gzip stream that never ends
             headers.append(("Content-Encoding", "gzip"))
-        elif q("deflate") == "1":
-            body = zlib.compress(body)
+        elif q("deflate") in ("1", "raw"):
+            body = zlib.compress(body) if q("deflate") == "1" else _raw_deflate(body)
             headers.append(("Content-Encoding", "deflate"))
         elif "ce" in req.query:
             body = _encode(body, q("ce"))
@@ -624,7 +624,7 @@ class FaultServer(_LoopThread):
             return
         if req.era == self._era:
             self.served += len(body[:limit])
-        await self._send_body(writer, body[:limit], sizes, chunked, q("ext") == "1", rate)
+        await self._send_body(writer, body[:limit], sizes, chunked, q("ext"), rate)
         await writer.drain()
 
         if cut == "drop":
@@ -661,7 +661,8 @@ class FaultServer(_LoopThread):
             piece = data[sent:sent + sizes[i % len(sizes)]]
             i += 1
             if chunked:
-                size_line = b"%x;piece=%d\r\n" % (len(piece), i) if ext else b"%x\r\n" % len(piece)
+                size_line = (b"%x;piece=%d\r\n" % (len(piece), i) if ext == "1" else
+                             b"%-4x\r\n" % len(piece) if ext == "pad" else b"%x\r\n" % len(piece))
                 writer.write(size_line + piece + b"\r\n")
             else:
                 writer.write(piece)
@@ -692,16 +693,23 @@ _FLIP = bytes(range(255, -1, -1))
 
 def _encode(body, codings):
     """body coded by each coding a Content-Encoding or Transfer-Encoding value lists, in order: gzip and deflate for
-    real, identity and chunked (framing, done elsewhere) not at all, any other name by flipping every bit."""
+    real, identity and chunked (framing, done elsewhere) not at all, nor the names servers send meaning identity
+    (none, the charset utf-8), any other name by flipping every bit."""
     for name in codings.replace("\r\n", " ").split(","):
         name = name.strip().lower()
         if name in ("gzip", "x-gzip"):
             body = gzip.compress(body, mtime=0)
         elif name == "deflate":
             body = zlib.compress(body)
-        elif name not in ("", "identity", "chunked"):
+        elif name not in ("", "identity", "chunked", "none", "utf-8"):
             body = body.translate(_FLIP)
     return body
+
+
+def _raw_deflate(body):
+    # a deflate stream without the zlib wrapper, its window the full 32 KB
+    coder = zlib.compressobj(wbits=-15)
+    return coder.compress(body) + coder.flush()
 
 
 @functools.lru_cache(maxsize=2)

@@ -82,7 +82,10 @@ class Inflate:
         if self._stream is None:
             import deflate
 
-            self._stream = deflate.DeflateIO(self._coded, self._format())
+            coding = self._format()
+            # a bare stream names no window size: the largest, 32 KB as with gzip (DeflateIO's default, 256 bytes,
+            # fails at the first reference further back)
+            self._stream = deflate.DeflateIO(self._coded, coding, 15 if coding == deflate.RAW else 0)
         out = buf if self._arrived or len(buf) <= _STEP else memoryview(buf)[:_STEP]
         coded = self._coded
         coded.seek(self._read_at)

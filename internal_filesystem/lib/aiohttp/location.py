@@ -7,8 +7,9 @@ from .url import host_port, split_url
 def join_url(base, location):
     """Resolve a Location header against the URL it came from, as RFC 3986 section 5.2 does: absolute,
     //host, /path, relative, ?query, with "." and ".." segments taken out. The fragment is dropped: it is
-    never sent, and a Location of "#part" alone means the same resource."""
-    location = location.split("#", 1)[0]
+    never sent, and a Location of "#part" alone means the same resource. A space is sent as %20, as browsers and
+    curl send it: nginx and apache put a path they were given with one in a Location as it is."""
+    location = location.split("#", 1)[0].replace(" ", "%20")
     if is_absolute(location):
         return location  # split_url says whether it is a scheme we speak
     scheme, host, port, target = split_url(base)

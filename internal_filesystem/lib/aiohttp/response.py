@@ -23,6 +23,9 @@ _UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connecti
 _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
 _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
+# Content-Encodings that code nothing: identity, and what servers send meaning it (curl reads "none" so; a charset is
+# what s3cmd and others set on S3 objects)
+_UNCODED = ("identity", "none", "utf-8", "utf8")
 TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # a field name's bytes
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -190,10 +193,12 @@ def is_field(buf, start, end):
         return False
     if buf[start:colon].replace(b"-", b"").isalpha():  # the usual name (letters and "-"), checked in C at once
         return True
-    for i in range(start, colon):
-        if buf[i] not in TOKEN:
-            return False
-    return True
+    i = start
+    while i < colon and buf[i] in TOKEN:
+        i += 1
+    while start < i < colon and buf[i] in b" \t":  # "Name : value": blanks a proxy removes (RFC 9112 section 5.1)
+        i += 1
+    return i == colon
 
 
 def _add_field(blocks, buf, start, end):
@@ -212,8 +217,10 @@ def _add_field(blocks, buf, start, end):
     view = memoryview(buf)
     i, j = colon, end
     if not fold:
-        name = bytes(view[start:colon]).lower()
-        i += 1
+        while buf[i - 1] in b" \t":  # (blanks before the colon, which is_field let through)
+            i -= 1
+        name = bytes(view[start:i]).lower()
+        i = colon + 1
     while i < j and buf[i] in b" \t\r\n":  # the value without the blanks around it (a form feed is no blank)
         i += 1
     while j > i and buf[j - 1] in b" \t\r\n":
@@ -269,7 +276,7 @@ def _framing(headers, status, bodyless, version):
 def _coding(headers, status):
     # -> the Content-Encoding to undo, or None. One that can't be undone is refused: coded bytes handed on as the
     # body would be wrong bytes reported as success.
-    codings = [t for t in headers.tokens("Content-Encoding") if t != "identity"]
+    codings = [t for t in headers.tokens("Content-Encoding") if t not in _UNCODED]
     if not codings:
         return None
     if _len(codings) > 1 or codings[0] not in _DECODABLE:
@@ -279,8 +286,11 @@ def _coding(headers, status):
 
 def _chunk_size_line(line):
     # -> the size a chunk-size line gives, or -1 when it is none: 1 to 16 hex digits, then optionally an extension
-    # (";..."), then the line's end (RFC 9112 section 7.1). int(x, 16) took "+0", "0x10", "1_0" and spaces.
+    # (";..."), then spaces, then the line's end (RFC 9112 section 7.1, and the spaces ESPAsyncWebServer pads a size
+    # to four characters with). int(x, 16) took "+0", "0x10", "1_0" and spaces before the digits.
     end = _len(line) - (2 if line.endswith(b"\r\n") else 1)
+    while end and line[end - 1] == 32:
+        end -= 1
     i = 0
     while i < end and line[i] in _HEX:
         i += 1
@@ -295,8 +305,8 @@ def _chunk_size_line(line):
 
 
 def _chunk_size(buf, start, end):
-    # The chunk size in the line buf[start:end + 1] ("hex\r\n" or "hex;ext\r\n"), or 0 when it is the last chunk
-    # or looks unusual in any way: the slow path then reads the line again and does the full checks.
+    # The chunk size in the line buf[start:end + 1] ("hex\r\n", "hex  \r\n" or "hex;ext\r\n"), or 0 when it is the
+    # last chunk or looks unusual in any way: the slow path then reads the line again and does the full checks.
     if end < 0 or end - start > 9:
         return 0
     n = 0
@@ -311,6 +321,8 @@ def _chunk_size(buf, start, end):
             n = n * 16 + digit - 55
         else:
             break
+        i += 1
+    while i < end - 1 and buf[i] == 32:  # (ESPAsyncWebServer's padding)
         i += 1
     if buf[end - 1] != 13 or i != end - 1:  # the digits end the line (an extension is checked the slow way)
         return 0

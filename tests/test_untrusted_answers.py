@@ -13,7 +13,7 @@ import pytest
 
 from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, failed, ok, prefix_sha
 from tools.mpy import LIB, micropypath, micropython
-from tools.testservers import gzip_bomb, payload, sha256_of
+from tools.testservers import ScriptServer, gzip_bomb, payload, sha256_of
 
 REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "tls", "error")  # DownloadError and its kinds
 
@@ -401,6 +401,16 @@ def test_without_a_validator_a_416_to_the_resume_starts_over(mpy, fault, case, m
     v = dl(mpy, fault.url(path), mode, old=OLD)
     ok(v, n, seed)
     assert v["sent"] == [[None, None], ["bytes=%d-" % resumed_at, None], [None, None]], v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_206_for_more_than_the_range_asked_gives_the_range(mpy, mode):
+    # asked for bytes 0-99, the server sends 0-999, as its Content-Range says: the range's 100 bytes are the answer
+    head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/1000\r\nContent-Length: 1000\r\n\r\n"
+    with ScriptServer({"/r": [head + payload(1000), "close"]}) as srv:
+        v = dl(mpy, srv.url("/r"), mode, old=OLD, headers={"Range": "bytes=0-99"}, raise_errors=True)
+    assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(1000, 100), v
+    assert len(srv.requests) == 1, srv.requests
 
 
 @pytest.mark.parametrize("mode", MODES)

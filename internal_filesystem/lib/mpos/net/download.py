@@ -398,7 +398,8 @@ class Download:
         if total is not None:
             self.resource_size = total
         if self.range_end is not None and last > self.range_end:
-            return self.range_end - pos + 1  # more than asked for: only the range (a segment's neighbour)
+            self.length_is_ours = True  # more than asked for: only the range (a segment's neighbour), no more read
+            return self.range_end - pos + 1
         return last - first + 1
 
     def _reader(self, left):

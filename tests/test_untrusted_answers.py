@@ -445,3 +445,14 @@ def test_a_range_whose_framing_is_cut_after_its_last_byte_is_complete(mpy, fault
     # range is whole (a resume would ask for bytes past its end)
     v = dl(mpy, fault.url("/bytes/5000?chunked=1&nolast=1"), mode, headers={"Range": "bytes=1000-1999"})
     assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(5000, 2000, start=1000), v
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+def test_a_framing_cut_after_a_206_that_gained_nothing_is_one_failed_try(mpy, fault, mode):
+    # 206s of 20000 bytes each, every one without its chunked body's end. The third names a new version: the
+    # download starts over, and the next 206 brings bytes it held before the start-over (no new ones). That is one
+    # failed try of five, not the end of the download.
+    url = fault.url("/bytes/100000?chunked=1&nolast=1&rangemax=20000&key=g%s&newer=3&ifrange=ignore" % mode)
+    v = dl(mpy, url, mode, old=OLD, headers={"Range": "bytes=0-99999"}, tries=5, raise_errors=True,
+           tune={"retry_base_ms": 1})
+    ok(v, 100000, seed=1)

@@ -53,7 +53,7 @@ class Download:
     validator = None  # ETag or Last-Modified, for If-Range on a resume
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
-    length_is_ours = False  # this answer's length is ours (our range's end, or 0 after a 416), not the server's
+    length_is_ours = False  # this answer ends at its length (our range's end, 0 after a 416, its framing cut after it)
     deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
     state = _QUEUED
     speed = 0
@@ -194,8 +194,7 @@ class Download:
                         await self._report()
                 except Exception as e:
                     if resp is not None and left == 0 and not at_sink and self._cut_after_its_end(e):
-                        complete = self._answer_ended(resp, 0, gained)
-                        resp = None
+                        self.length_is_ours = True  # all it announced came: the next turn ends it (in the try)
                         continue
                     if resp is not None:
                         resp.release()

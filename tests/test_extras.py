@@ -259,6 +259,31 @@ run(main())
         assert isinstance(bps, int) and 50_000 <= bps <= 200_000, v
 
 
+def test_speed_after_a_start_over_counts_the_new_bytes(mpy, fault):
+    # The first answer is cut after 150000 bytes; the resume finds a new version (a 200) and the download starts
+    # over from byte 0. Each speed reported is the bytes since the one before, never less than none. The clock is
+    # the test's: 100 ms pass at every reading.
+    r = mpy.run("""
+from mpos import DownloadManager
+from mpos.net import download
+CLOCK = [0]
+def clock():
+    CLOCK[0] += 100
+    return CLOCK[0]
+download.ticks_ms = clock
+DownloadManager.retry_base_ms = 1
+SPEEDS = []
+async def main():
+    data = await DownloadManager.download_url(URL, speed_callback=SPEEDS.append)
+    result(data=sha256(data) if data else None, speeds=SPEEDS, sent=len(SENT))
+SENT = record_ranges()
+run(main())
+""", URL=fault.url("/bytes/200000?drop=150000&key=s&newer=2"))
+    v = r.value
+    assert v["data"] == sha256_of(200000, seed=1) and v["sent"] == 2, v
+    assert len(v["speeds"]) > 2 and min(v["speeds"]) > 0, v
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. downloads()
 

@@ -685,6 +685,8 @@ class Download:
         if self.resource_size is not None:
             self.resource_size = None
         self.kept = self.delivered = 0  # (percent_said stays: progress never goes back, it waits until it is passed)
+        if self.speed_callback is not None:
+            self.speed_from = 0  # the next speed counts the bytes since the start-over
         if self.sha256:
             import hashlib
 

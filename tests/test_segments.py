@@ -171,6 +171,36 @@ def test_callers_range_is_the_plain_engines_job(mpy, fault):
     assert v["sha"] == hashlib.sha256(payload(300000)[1000:]).hexdigest()
 
 
+# The resume recipe with segments=: a .part that a plain download left (here one cut short by a stall and a cancel)
+# is continued only as far as its record vouches for it, as without segments= (docs/decisions.md)
+RECIPE = BASE + """
+async def main():
+    try:
+        await TaskManager.wait_for(DownloadManager.download_url(STALL, outfile=OUT), 0.5)
+    except asyncio.TimeoutError:
+        pass
+    pos = DownloadManager.get_resume_position(OUT)
+    r = await DownloadManager.download_url(GOOD, outfile=OUT, segments=2, headers={'Range': 'bytes=%d-' % pos})
+    await DownloadManager.close_session()
+    result(pos=pos, r=r, sha=sha256_file(OUT), sent=SENT)
+run(main())
+"""
+RECIPES = {  # -> (the URL cut short (its first answer stalls), the URL resumed, the seed of what it serves then)
+    "unchanged": ("/bytes/100000?stall=30000&stall_s=3&key=u", None, 0),
+    "changed": ("/bytes/100000?stall=30000&stall_s=3&key=c&newer=2", None, 1),
+    "another URL": ("/bytes/100000?stall=30000&stall_s=3", "/bytes/100000?seed=2", 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPES))
+def test_the_resume_recipe_with_segments_checks_what_the_part_is_a_part_of(mpy, fault, case):
+    stall, good, seed = RECIPES[case]
+    v = mpy.run(RECIPE, STALL=fault.url(stall), GOOD=fault.url(good or stall), OUT="o.bin").value
+    assert v["pos"] == 30000 and v["r"] is True and v["sha"] == sha256_of(100000, seed), v
+    if case != "another URL":
+        assert v["sent"][1] == ["bytes=30000-", '"100000-0"'], v  # If-Range: the version the .part holds
+
+
 @pytest.mark.parametrize("if_range", ["honoured", "ignored"])
 def test_resource_changing_under_the_segments_restarts_plain(mpy, fault, if_range):
     # The probe and the first segment see seed 0; the other segments (and the plain GET after) get another

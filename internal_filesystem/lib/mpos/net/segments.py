@@ -149,13 +149,14 @@ class Segmented(Download):
         # scratch
         if self.deadline is not None:
             self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
-        # A caller's Range (parsed into range_start and range_end) asks for part of the resource: the run loop's job
+        # A caller's Range (parsed into range_start and range_end) asks for part of the resource, or resumes a .part
+        # as far as its record vouches for it: the run loop's job
         if not self.range_start and self.range_end is None:
             probed = await self._probe(sess)
             if probed is not None and await self._run_segments(sess, probed[0], probed[1]):
                 return True
-        # The plain stream truncates the .part: first the record that described it goes
-        partfile.remove(self.outfile + ".part.state")
+            # The plain stream truncates the .part: first the record that described it goes
+            partfile.remove(self.outfile + ".part.state")
         self.deadline = self._seconds_left()
         return False
 

@@ -158,6 +158,37 @@ run(main())
     assert fault.requests == 5  # A, B, X, D, E: the cancelled ones never reached the server
 
 
+def test_deadline_counts_the_wait_for_a_slot(mpy, fault):
+    # One slot, held for 2 s by A: B (deadline=0.5) waits behind it and fails when its time is up, without a request
+    # of its own; C, queued after B, gets the slot when A ends.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 1
+SENT = record_ranges()
+async def timed(url, **kw):
+    t0 = ticks_ms()
+    try:
+        r = len(await DownloadManager.download_url(url, raise_errors=True, **kw))
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    return [r, ticks_diff(ticks_ms(), t0), len(SENT)]
+async def main():
+    a = asyncio.create_task(fetch("A", URLA))
+    await asyncio.sleep_ms(0)
+    b = asyncio.create_task(timed(URLB, deadline=0.5))
+    c = asyncio.create_task(fetch("C", URLC))
+    result(a=await a, b=await b, c=await c, hashes=[hexof("A"), hexof("C")], queue=len(admission.waiting()),
+           active=admission.in_use())
+run(main())
+""", URLA=fault.url("/bytes/100000?rate=50000&seed=1"), URLB=fault.url("/bytes/1000?seed=2"),
+        URLC=fault.url("/bytes/1000?seed=3"))
+    v = r.value
+    assert v["b"][0] == ["DownloadTimeout", "timeout"] and 450 <= v["b"][1] < 1000 and v["b"][2] == 1, v
+    assert v["a"] is True and v["c"] is True, v
+    assert v["hashes"] == [sha256_of(100000, seed=1), sha256_of(1000, seed=3)], v
+    assert v["queue"] == 0 and v["active"] == 0, v
+    assert fault.requests == 2
+
+
 def test_a_download_awaited_in_another_downloads_callback_does_not_wait_for_its_slot(mpy, fault):
     # max 1: the updater streams the firmware and, on its first chunk, fetches the release notes and awaits them; at
     # 40 % of the .mpk an app fetches its icon the same way. Each inner download needs a slot its own parent holds:

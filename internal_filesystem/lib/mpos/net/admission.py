@@ -230,10 +230,10 @@ def read_buffer(size):
 # -- connection slots ----------------------------------------------------------------------------------------------
 
 
-async def admit(priority, limit):
-    # Returns once the running task holds one more slot; raises (cancellation) holding none. A download awaited in a
-    # callback of one that holds a slot in this task gets one at once, past the cap: its parent waits for it, so it
-    # would wait for ever for its parent's slot.
+async def admit(priority, limit, end=None):
+    # Returns once the running task holds one more slot; raises (cancellation, DownloadTimeout at `end`, a ticks_ms)
+    # holding none. A download awaited in a callback of one that holds a slot in this task gets one at once, past the
+    # cap: its parent waits for it, so it would wait for ever for its parent's slot.
     global _in_use
     import asyncio
 
@@ -248,13 +248,20 @@ async def admit(priority, limit):
         place += 1
     _waiting.insert(place, (priority, granted))
     try:
-        await granted.wait()
+        if end is None:
+            await granted.wait()
+        else:
+            await asyncio.wait_for_ms(granted.wait(), max(ticks_diff(end, ticks_ms()), 0))
         _holders.append(me)
-    except BaseException:
-        if granted.is_set():  # granted a slot while being cancelled, or with no heap to note it: pass it on
+    except BaseException as e:
+        if granted.is_set():  # granted a slot while being cancelled or timed out, or no heap to note it: pass it on
             leave(limit)
         else:
             _waiting.remove((priority, granted))
+        if isinstance(e, asyncio.TimeoutError):
+            from . import errors
+
+            raise errors.DownloadTimeout("deadline reached while waiting for a connection slot")
         raise
 
 

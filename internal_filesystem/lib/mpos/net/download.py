@@ -39,6 +39,7 @@ class Download:
     tunables = None  # the DownloadManager class, whose attributes are the tunables: set by download_manager
     total_size = progress_callback = speed_callback = chunk_callback = sha256 = max_size = raise_errors = None
     deadline = outfile = None
+    deadline_ticks = None  # ticks_ms when deadline= ends the download, from the moment it queues for its slot
     priority = 0
     chunk_size = _CHUNK
     tries = _TRIES
@@ -229,7 +230,11 @@ class Download:
         return sess
 
     def _admit(self):
-        return admission.admit(self.priority, self.tunables.max_connections)
+        if self.deadline is not None:  # (the wait for a slot counts)
+            from time import ticks_add
+
+            self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
+        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks)
 
     def _exit(self, admitted):
         if admitted:
@@ -276,14 +281,9 @@ class Download:
             self.hasher = hashlib.sha256()
         if self.mode() == "file":
             self._open_file()
-        started = ticks_ms()
         if self.speed_callback is not None:
-            self.speed_since, self.speed_from = started, 0
-        if self.deadline is None:
-            return None
-        from time import ticks_add
-
-        return ticks_add(started, int(self.deadline * 1000))
+            self.speed_since, self.speed_from = ticks_ms(), 0
+        return self.deadline_ticks
 
     def _request(self, sess, end):
         # -> this attempt's GET, for run to await: our headers, a Range from where we stopped, the timeouts. A plain

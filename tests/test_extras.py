@@ -158,6 +158,28 @@ run(main())
     assert fault.requests == 5  # A, B, X, D, E: the cancelled ones never reached the server
 
 
+@pytest.mark.parametrize("cap", [0, -1])
+def test_a_cap_below_one_lets_one_download_run_at_a_time(mpy, fault, cap):
+    # max_connections = 0 (or less) would have every download wait for ever: it means one at a time
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = CAP
+async def main():
+    s = asyncio.create_task(sampler())
+    try:
+        rs = await asyncio.wait_for(asyncio.gather(*[fetch(n, URL) for n in "ABC"]), 10)
+    except asyncio.TimeoutError:
+        rs = "never done"
+    STOP[0] = True
+    await s
+    result(results=rs, max=MAX, hashes=[hexof(n) for n in "ABC"], queue=len(admission.waiting()),
+           active=admission.in_use())
+run(main())
+""", CAP=cap, URL=fault.url("/bytes/20000?rate=200000"))
+    v = r.value
+    assert v["results"] == [True] * 3 and v["hashes"] == [sha256_of(20000)] * 3, v
+    assert v["max"]["inflight"] == 1 and v["queue"] == 0 and v["active"] == 0, v
+
+
 def test_deadline_counts_the_wait_for_a_slot(mpy, fault):
     # One slot, held for 2 s by A: B (deadline=0.5) waits behind it and fails when its time is up, without a request
     # of its own; C, queued after B, gets the slot when A ends.

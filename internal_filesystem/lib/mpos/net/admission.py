@@ -238,7 +238,7 @@ async def admit(priority, limit, end=None):
     import asyncio
 
     me = asyncio.current_task()
-    if _in_use < limit and not _waiting or me in _holders:
+    if _in_use < max(limit, 1) and not _waiting or me in _holders:  # (a cap below one is one: none would start)
         _holders.append(me)  # before the slot is counted: in a full heap it fails holding none
         _in_use += 1
         return
@@ -273,7 +273,7 @@ def leave(limit, own=False):
         import asyncio
 
         _holders.remove(asyncio.current_task())
-    if _waiting and _in_use <= limit:
+    if _waiting and _in_use <= max(limit, 1):
         _waiting.pop(0)[1].set()
     else:
         _in_use -= 1

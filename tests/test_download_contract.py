@@ -1050,6 +1050,25 @@ def test_session_closes_after_the_idle_window(mpy, fault, idle_ms):
     assert got == {"sha": sha256_of(3000), "right_after": idle_ms > 0, "later": False, "fds": 0}
 
 
+@pytest.mark.parametrize("idle_ms, kept", [("sys.maxsize", True), ("float('inf')", True), ("150.0", False)])
+def test_an_idle_window_of_any_length_keeps_the_session_that_long(mpy, fault, idle_ms, kept):
+    # an app that means "for ever" may write sys.maxsize, one that computes it a float: the download still
+    # succeeds, and the session stays until then (or until close_session())
+    got = mpy.run("""
+import sys
+from mpos import DownloadManager, TaskManager
+async def main():
+    DownloadManager.session_idle_ms = eval(IDLE_MS)
+    data = await DownloadManager.download_url(URL)
+    await TaskManager.sleep_ms(400)
+    later = DownloadManager.is_session_active()
+    await DownloadManager.close_session()
+    result(sha=sha256(data), later=later, tasks=len(TaskManager.list_tasks()))
+run(main())
+""", URL=fault.url("/bytes/3000"), IDLE_MS=idle_ms).value
+    assert got == {"sha": sha256_of(3000), "later": kept, "tasks": 0}, got
+
+
 def test_downloads_one_after_another_share_one_idle_timer(mpy, fault):
     # The session's idle timer is one task for a run of downloads within the idle window (not one made and
     # cancelled per download); a download longer than the window keeps the session, which closes idle_ms after

@@ -589,6 +589,16 @@ def test_deadline_bounds_the_whole_download(mpy, fault):
     assert 900 <= v["ms"] < 1600, v
 
 
+@pytest.mark.parametrize("deadline", [2 ** 63 - 1, 1e30, -1e30])
+def test_a_deadline_beyond_what_ticks_count_is_no_error(mpy, fault, deadline):
+    # sys.maxsize seconds or a computed 1e30 is no deadline at all; -1e30 is one long past
+    v = dl(mpy, fault.url("/bytes/3000"), "file", old=OLD, deadline=deadline, raise_errors=True)
+    if deadline > 0:
+        ok(v, 3000)
+    else:
+        assert v["ret"] == "raised" and v["err"][1] == "timeout" and v["sha"] == OLD_SHA, v
+
+
 # --- failing well ---------------------------------------------------------------------------------------------
 
 def test_raise_errors_reasons(mpy, fault, tmp_path):

@@ -19,6 +19,7 @@ _SPEED_MS = const(1000)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
 _DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
+_LONGEST_DEADLINE_MS = const(1 << 28)  # a longer deadline= is none: ticks_add reaches 2**29 ms on a 32-bit port
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -230,10 +231,11 @@ class Download:
         return sess
 
     def _admit(self):
-        if self.deadline is not None:  # (the wait for a slot counts)
+        ms = None if self.deadline is None else self.deadline * 1000
+        if ms is not None and ms < _LONGEST_DEADLINE_MS:  # (the wait for a slot counts)
             from time import ticks_add
 
-            self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
+            self.deadline_ticks = ticks_add(ticks_ms(), int(max(ms, 0)))
         return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks)
 
     def _exit(self, admitted):

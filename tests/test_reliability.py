@@ -685,6 +685,11 @@ PROGRAMMER_ERRORS = {
     "outfile-and-chunk": "dict(url=U, outfile='x.bin', chunk_callback=print)",
     "misspelt-keyword": "dict(url=U, outfile='x.bin', chunk_sise=4096)",
     "unknown-keyword": "dict(url=U, callback=print)",
+    "timeout-str": "dict(url=U, outfile='x.bin', timeout='5')",
+    "deadline-str": "dict(url=U, outfile='x.bin', deadline='5')",
+    "tries-str": "dict(url=U, outfile='x.bin', tries='3')",
+    "priority-str": "dict(url=U, outfile='x.bin', priority='high')",
+    "timeout-bool": "dict(url=U, outfile='x.bin', timeout=True)",
 }
 
 

@@ -797,6 +797,16 @@ run(main())
 """
 
 
+def test_a_weak_etag_is_never_sent_as_if_range(mpy, fault):
+    # RFC 9110 13.1.5: a client never sends a weak entity tag in If-Range, and no server lets one match (it sends the
+    # whole resource again). The resume after a cut sends none, and goes on from where the cut left it.
+    v = dl(mpy, fault.url("/bytes/100000?drop=30000&key=w&etag=W/%22x%22"), "file", old=OLD)
+    ok(v, 100000)
+    k = resumed_at(v["sent"], 30000)
+    assert v["sent"][1][1] is None and len(v["sent"]) == 2, v
+    assert fault.served == 30000 + 100000 - k
+
+
 def test_cancelled_resume_keeps_partial_and_previous_outfile(mpy, fault):
     url = fault.url("/bytes/50000?stall=21000&stall_s=3&key=cancelled&times=1")  # stalls once
     v = mpy.run(CANCELLED_RESUME, OLD=OLD, STALL=url, GOOD=url).value

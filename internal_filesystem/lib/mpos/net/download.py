@@ -361,8 +361,9 @@ class Download:
         else:
             raise http_error(resp)
         if self.validator is None:
+            # (a weak ETag is none: no server lets it match an If-Range, RFC 9110 13.1.5, nor does it vouch for bytes)
             validator = headers.get("ETag") or headers.get("Last-Modified")
-            if validator is not None:  # an attribute set is a slot in this download's table: only when there is one
+            if validator is not None and not validator.startswith("W/"):  # (an attribute set is a slot in its table)
                 self.validator = validator
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tools.mpy import LIB, micropypath, micropython
-from tools.testservers import payload, sha256_of
+from tools.testservers import ScriptServer, payload, sha256_of
 
 BASE = """
 import asyncio, os, sys, time, json
@@ -149,6 +149,17 @@ def test_odd_servers_fall_back_to_one_plain_stream(mpy, fault, query, size, text
     done_cleanly(v, size, text=text)
     assert v["sent"] == [["bytes=0-0", None], [None, None]], v  # the probe, then one plain GET
     assert fault.requests == 2
+
+
+def test_a_probe_answered_with_more_than_its_byte_falls_back_to_one_plain_stream(mpy):
+    # a server that answers bytes=0-0 with the whole resource as a 206: the probe does not read it into the heap,
+    # and no segment goes to a server that ignores where ranges end
+    head = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99999/100000\r\nContent-Length: 100000\r\n"
+            b"ETag: \"e\"\r\n\r\n")
+    with ScriptServer({"/r": [head + payload(100000)]}) as srv:
+        v = one(mpy, srv.url("/r"), segments=4, min_segment=1000)
+    done_cleanly(v, 100000)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v
 
 
 def test_empty_resource_falls_back(mpy, fault):

@@ -267,7 +267,7 @@ from mpos.net import admission
 async def main():
     held, failure = 0, None
     while failure is None and held < 20:
-        admit = admission.admit(0, 100)  # (made while there is heap: only admit's own steps run in the full one)
+        admit = admission.admit(0, 100, None)  # (made while there is heap: only admit's own steps run in the full one)
         micropython.heap_lock()
         try:
             await admit

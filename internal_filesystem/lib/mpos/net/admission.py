@@ -233,7 +233,7 @@ def read_buffer(size):
 # -- connection slots ----------------------------------------------------------------------------------------------
 
 
-async def admit(priority, limit, end=None):
+async def admit(priority, limit, end):
     # Returns once the running task holds one more slot; raises (cancellation, DownloadTimeout at `end`, a ticks_ms)
     # holding none. A download awaited in a callback of one that holds a slot in this task gets one at once, past the
     # cap: its parent waits for it, so it would wait for ever for its parent's slot.

@@ -59,6 +59,19 @@ async def sampler():
         MAX["inflight"] = max(MAX["inflight"], inflight)
         MAX["downloading"] = max(MAX["downloading"], down)
         await asyncio.sleep_ms(3)
+
+async def sampled(aw):
+    # -> what aw gives, awaited while the sampler counts
+    s = asyncio.create_task(sampler())
+    try:
+        return await aw
+    finally:
+        STOP[0] = True
+        await s
+
+def report(results, names):
+    result(results=results, max=MAX, hashes=[hexof(n) for n in names], queue=len(admission.waiting()),
+           active=admission.in_use())
 """
 
 
@@ -164,20 +177,36 @@ def test_a_cap_below_one_lets_one_download_run_at_a_time(mpy, fault, cap):
     r = mpy.run(ADMISSION_HEAD + """
 DownloadManager.max_connections = CAP
 async def main():
-    s = asyncio.create_task(sampler())
     try:
-        rs = await asyncio.wait_for(asyncio.gather(*[fetch(n, URL) for n in "ABC"]), 10)
+        rs = await sampled(asyncio.wait_for(asyncio.gather(*[fetch(n, URL) for n in "ABC"]), 10))
     except asyncio.TimeoutError:
         rs = "never done"
-    STOP[0] = True
-    await s
-    result(results=rs, max=MAX, hashes=[hexof(n) for n in "ABC"], queue=len(admission.waiting()),
-           active=admission.in_use())
+    report(rs, "ABC")
 run(main())
 """, CAP=cap, URL=fault.url("/bytes/20000?rate=200000"))
     v = r.value
     assert v["results"] == [True] * 3 and v["hashes"] == [sha256_of(20000)] * 3, v
     assert v["max"]["inflight"] == 1 and v["queue"] == 0 and v["active"] == 0, v
+
+
+def test_a_cap_raised_while_downloads_wait_lets_them_start(mpy, fault):
+    # One slot, held by A; B, C and D wait. The app raises the cap to 3: once A ends, B, C and D run together.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 1
+async def raise_the_cap():
+    a = asyncio.create_task(fetch("A", URLA))
+    await asyncio.sleep_ms(0)
+    waiting = [asyncio.create_task(fetch(n, URL)) for n in "BCD"]
+    await asyncio.sleep_ms(20)
+    DownloadManager.max_connections = 3
+    return await asyncio.gather(a, *waiting)
+async def main():
+    report(await sampled(raise_the_cap()), "BCD")
+run(main())
+""", URLA=fault.url("/bytes/20000?rate=100000&seed=1"), URL=fault.url("/bytes/60000?rate=100000"))
+    v = r.value
+    assert v["results"] == [True] * 4 and v["hashes"] == [sha256_of(60000)] * 3, v
+    assert v["max"]["inflight"] == 3 and v["queue"] == 0 and v["active"] == 0, v
 
 
 def test_deadline_counts_the_wait_for_a_slot(mpy, fault):

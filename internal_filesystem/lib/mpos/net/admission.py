@@ -270,16 +270,16 @@ async def admit(priority, limit, end):
 
 def leave(limit, own=False):
     # Gives a slot back (own: the one admit() gave the running task): it passes straight to the best waiting
-    # download while the cap allows
+    # download while the cap allows, and so do the slots a cap raised since then adds
     global _in_use
     if own:
         import asyncio
 
         _holders.remove(asyncio.current_task())
-    if _waiting and _in_use <= max(limit, 1):
+    _in_use -= 1
+    while _waiting and _in_use < max(limit, 1):
+        _in_use += 1
         _waiting.pop(0)[1].set()
-    else:
-        _in_use -= 1
 
 
 def free(limit):

@@ -17,6 +17,7 @@ import re
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -1518,6 +1519,16 @@ def test_redact_url_keeps_path_and_query_out_of_the_log(mpy, fault):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "404" in lines[0], r.stderr
     assert "s3cr3t" not in r.stderr and "/status" not in r.stderr and "127.0.0.1" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["a query without a path", "a redirect's password"])
+def test_redact_url_keeps_keys_out_of_the_log_wherever_the_url_has_them(mpy, fault, where):
+    host = fault.base.split("//")[1]
+    url = {"a query without a path": "http://%s?key=s3cr3t" % host,  # (the error quotes a redirect's target)
+           "a redirect's password": fault.url("/redirect?to=" + quote("http://app:s3cr3t@%s/x" % host))}[where]
+    r = mpy.run(FAIL, URL=url, KW={"redact_url": True})
+    assert r.value == {"got": None}
+    assert "s3cr3t" not in r.stderr and "127.0.0.1" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------

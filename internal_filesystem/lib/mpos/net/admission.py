@@ -249,23 +249,41 @@ async def admit(priority, limit, end):
     place = 0
     while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones
         place += 1
-    _waiting.insert(place, (priority, granted))
+    entry = (priority, granted)
+    _waiting.insert(place, entry)
+    # At `end` a timer takes the entry out and marks it expired (asyncio.wait_for would turn a cancel that comes as
+    # the time runs out into a TimeoutError)
+    expired = []
+    timer = None
+    if end is not None:
+
+        async def expire(entry, end, expired):  # (only names of its own: none of admit's becomes a cell)
+            from asyncio import sleep_ms
+
+            await sleep_ms(ticks_diff(end, ticks_ms()))
+            if entry in _waiting:
+                _waiting.remove(entry)
+                expired.append(entry)
+                entry[1].set()
+
+        timer = asyncio.create_task(expire(entry, end, expired))
     try:
-        if end is None:
-            await granted.wait()
-        else:
-            await asyncio.wait_for_ms(granted.wait(), max(ticks_diff(end, ticks_ms()), 0))
-        _holders.append(me)
-    except BaseException as e:
-        if granted.is_set():  # granted a slot while being cancelled or timed out, or no heap to note it: pass it on
-            leave(limit)
-        else:
-            _waiting.remove((priority, granted))
-        if isinstance(e, asyncio.TimeoutError):
+        await granted.wait()
+        if expired:
             from . import errors
 
             raise errors.DownloadTimeout("deadline reached while waiting for a connection slot")
+        _holders.append(me)
+    except BaseException:
+        if not expired:  # (an expired entry holds nothing)
+            if granted.is_set():  # granted a slot while being cancelled, or with no heap to note it: pass it on
+                leave(limit)
+            else:
+                _waiting.remove(entry)
         raise
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def leave(limit, own=False):

@@ -15,7 +15,10 @@ _ASK_AGAIN = const(-2)  # _accept: the answer is no part of the resource and the
 _TRIES = const(3)  # attempts in a row that gain no byte before giving up: the spec's "3 tries"
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
-_SPEED_MS = const(1000)
+_SPEED_MS = const(1000)  # speed_callback is called about this often
+_SMALLEST_CHUNK = const(128)  # stream mode halves its chunks in a fragmented heap down to this (fitting_bytearray's)
+_FIRST_ROOM = const(4096)  # memory mode's first buffer for a body of unknown length (it doubles from there)
+_MOST_DOUBLINGS = const(16)  # the retry wait doubles this often at most (then retry_max_ms caps it anyway)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
 _DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
@@ -202,7 +205,7 @@ class Download:
                         resp.release()
                         resp = None
                     if (isinstance(e, MemoryError) and self.chunk_callback is not None and not at_sink
-                            and self.chunk_size > 128):
+                            and self.chunk_size > _SMALLEST_CHUNK):
                         # Stream mode, no room for a chunk's bytes in a heap cut into pieces. Bytes the socket gave
                         # up were never handed out: the next request resumes after the last that was, in chunks
                         # half as big. (A read is not retried in place: the bytes object is made after the read.)
@@ -520,7 +523,8 @@ class Download:
 
         delay = err.retry_after
         if delay is None:
-            delay = tunables.retry_base_ms * (1 << min(self.reconnects - 1, 16)) / 1000 * (0.5 + random.random())
+            doublings = min(self.reconnects - 1, _MOST_DOUBLINGS)
+            delay = tunables.retry_base_ms * (1 << doublings) / 1000 * (0.5 + random.random())
         delay = min(delay, tunables.retry_max_ms / 1000)
         if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
             raise errors.DownloadTimeout("deadline reached")
@@ -720,7 +724,7 @@ class Download:
         # when the length is unknown (a chunked or close-delimited body) and doubles as needed
         have = 0 if self.memory is None else len(self.memory)
         if have < end:
-            self._memory_room(max(2 * have, end, 4096), end - len(data), end)
+            self._memory_room(max(2 * have, end, _FIRST_ROOM), end - len(data), end)
         self.memory[end - len(data) : end] = data
 
     def close(self):

@@ -486,6 +486,46 @@ run(main())
     assert v == {"got": [True, "cancelled", True], "c": True, "b": False, "fds": 0, "left": []}, v
 
 
+def test_a_download_queued_with_a_deadline_cancelled_at_every_step_leaves_nothing(mpy, fault):
+    # one slot, held by a download that stalls; behind it one with deadline=0.2 (its wait for the slot has a timer
+    # of its own), cancelled at its k-th step for every k until its deadline ends it first
+    v = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+from stepcancel import cancel_at, loop_is_idle, settle, admission_is_free
+
+DownloadManager.session_idle_ms = 0
+DownloadManager.max_connections = 1
+
+async def queued():
+    try:
+        return await DownloadManager.download_url(URL, deadline=0.2, raise_errors=True)
+    except DownloadManager.DownloadTimeout:
+        return 'timed out'
+
+async def main():
+    base = fd_count()
+    outcomes = []
+    left = []
+    while not outcomes or outcomes[-1][0] != 'finished':
+        holder = asyncio.create_task(DownloadManager.download_url(STALL))
+        await asyncio.sleep_ms(20)
+        outcomes.append(await cancel_at(queued(), len(outcomes)))
+        holder.cancel()
+        try:
+            await holder
+        except asyncio.CancelledError:
+            pass
+        await settle()
+        left += loop_is_idle() + admission_is_free()
+    result(outcomes=outcomes, left=left, fds=fd_count() - base)
+run(main())
+""", STALL=fault.url("/bytes/4000?stall=1000&stall_s=5"), URL=fault.url("/bytes/1000"), timeout=60).value
+    assert v["left"] == [] and v["fds"] == 0, v
+    assert v["outcomes"][-1] == ["finished", "timed out"] and len(v["outcomes"]) > 2, v
+    assert all(how == "cancelled" for how, steps in v["outcomes"][:-1]), v
+
+
 # A websocket's reader and writer are woken when the websocket goes (the session closes): a cancel of theirs in that
 # same turn, before or after, is theirs to get, not a CLOSED message (an `async for` that ends and goes on after its
 # loop) or a ClientConnectionResetError.

@@ -17,6 +17,7 @@ import re
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -1050,6 +1051,25 @@ def test_session_closes_after_the_idle_window(mpy, fault, idle_ms):
     assert got == {"sha": sha256_of(3000), "right_after": idle_ms > 0, "later": False, "fds": 0}
 
 
+@pytest.mark.parametrize("idle_ms, kept", [("sys.maxsize", True), ("float('inf')", True), ("150.0", False)])
+def test_an_idle_window_of_any_length_keeps_the_session_that_long(mpy, fault, idle_ms, kept):
+    # an app that means "for ever" may write sys.maxsize, one that computes it a float: the download still
+    # succeeds, and the session stays until then (or until close_session())
+    got = mpy.run("""
+import sys
+from mpos import DownloadManager, TaskManager
+async def main():
+    DownloadManager.session_idle_ms = eval(IDLE_MS)
+    data = await DownloadManager.download_url(URL)
+    await TaskManager.sleep_ms(400)
+    later = DownloadManager.is_session_active()
+    await DownloadManager.close_session()
+    result(sha=sha256(data), later=later, tasks=len(TaskManager.list_tasks()))
+run(main())
+""", URL=fault.url("/bytes/3000"), IDLE_MS=idle_ms).value
+    assert got == {"sha": sha256_of(3000), "later": kept, "tasks": 0}, got
+
+
 def test_downloads_one_after_another_share_one_idle_timer(mpy, fault):
     # The session's idle timer is one task for a run of downloads within the idle window (not one made and
     # cancelled per download); a download longer than the window keeps the session, which closes idle_ms after
@@ -1499,6 +1519,16 @@ def test_redact_url_keeps_path_and_query_out_of_the_log(mpy, fault):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "404" in lines[0], r.stderr
     assert "s3cr3t" not in r.stderr and "/status" not in r.stderr and "127.0.0.1" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["a query without a path", "a redirect's password"])
+def test_redact_url_keeps_keys_out_of_the_log_wherever_the_url_has_them(mpy, fault, where):
+    host = fault.base.split("//")[1]
+    url = {"a query without a path": "http://%s?key=s3cr3t" % host,  # (the error quotes a redirect's target)
+           "a redirect's password": fault.url("/redirect?to=" + quote("http://app:s3cr3t@%s/x" % host))}[where]
+    r = mpy.run(FAIL, URL=url, KW={"redact_url": True})
+    assert r.value == {"got": None}
+    assert "s3cr3t" not in r.stderr and "127.0.0.1" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,19 @@ async def sampler():
         MAX["inflight"] = max(MAX["inflight"], inflight)
         MAX["downloading"] = max(MAX["downloading"], down)
         await asyncio.sleep_ms(3)
+
+async def sampled(aw):
+    # -> what aw gives, awaited while the sampler counts
+    s = asyncio.create_task(sampler())
+    try:
+        return await aw
+    finally:
+        STOP[0] = True
+        await s
+
+def report(results, names):
+    result(results=results, max=MAX, hashes=[hexof(n) for n in names], queue=len(admission.waiting()),
+           active=admission.in_use())
 """
 
 
@@ -158,6 +171,75 @@ run(main())
     assert fault.requests == 5  # A, B, X, D, E: the cancelled ones never reached the server
 
 
+@pytest.mark.parametrize("cap", [0, -1])
+def test_a_cap_below_one_lets_one_download_run_at_a_time(mpy, fault, cap):
+    # max_connections = 0 (or less) would have every download wait for ever: it means one at a time
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = CAP
+async def main():
+    try:
+        rs = await sampled(asyncio.wait_for(asyncio.gather(*[fetch(n, URL) for n in "ABC"]), 10))
+    except asyncio.TimeoutError:
+        rs = "never done"
+    report(rs, "ABC")
+run(main())
+""", CAP=cap, URL=fault.url("/bytes/20000?rate=200000"))
+    v = r.value
+    assert v["results"] == [True] * 3 and v["hashes"] == [sha256_of(20000)] * 3, v
+    assert v["max"]["inflight"] == 1 and v["queue"] == 0 and v["active"] == 0, v
+
+
+def test_a_cap_raised_while_downloads_wait_lets_them_start(mpy, fault):
+    # One slot, held by A; B, C and D wait. The app raises the cap to 3: once A ends, B, C and D run together.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 1
+async def raise_the_cap():
+    a = asyncio.create_task(fetch("A", URLA))
+    await asyncio.sleep_ms(0)
+    waiting = [asyncio.create_task(fetch(n, URL)) for n in "BCD"]
+    await asyncio.sleep_ms(20)
+    DownloadManager.max_connections = 3
+    return await asyncio.gather(a, *waiting)
+async def main():
+    report(await sampled(raise_the_cap()), "BCD")
+run(main())
+""", URLA=fault.url("/bytes/20000?rate=100000&seed=1"), URL=fault.url("/bytes/60000?rate=100000"))
+    v = r.value
+    assert v["results"] == [True] * 4 and v["hashes"] == [sha256_of(60000)] * 3, v
+    assert v["max"]["inflight"] == 3 and v["queue"] == 0 and v["active"] == 0, v
+
+
+def test_deadline_counts_the_wait_for_a_slot(mpy, fault):
+    # One slot, held for 2 s by A: B (deadline=0.5) waits behind it and fails when its time is up, without a request
+    # of its own; C, queued after B, gets the slot when A ends.
+    r = mpy.run(ADMISSION_HEAD + """
+DownloadManager.max_connections = 1
+SENT = record_ranges()
+async def timed(url, **kw):
+    t0 = ticks_ms()
+    try:
+        r = len(await DownloadManager.download_url(url, raise_errors=True, **kw))
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    return [r, ticks_diff(ticks_ms(), t0), len(SENT)]
+async def main():
+    a = asyncio.create_task(fetch("A", URLA))
+    await asyncio.sleep_ms(0)
+    b = asyncio.create_task(timed(URLB, deadline=0.5))
+    c = asyncio.create_task(fetch("C", URLC))
+    result(a=await a, b=await b, c=await c, hashes=[hexof("A"), hexof("C")], queue=len(admission.waiting()),
+           active=admission.in_use())
+run(main())
+""", URLA=fault.url("/bytes/100000?rate=50000&seed=1"), URLB=fault.url("/bytes/1000?seed=2"),
+        URLC=fault.url("/bytes/1000?seed=3"))
+    v = r.value
+    assert v["b"][0] == ["DownloadTimeout", "timeout"] and 450 <= v["b"][1] < 1000 and v["b"][2] == 1, v
+    assert v["a"] is True and v["c"] is True, v
+    assert v["hashes"] == [sha256_of(100000, seed=1), sha256_of(1000, seed=3)], v
+    assert v["queue"] == 0 and v["active"] == 0, v
+    assert fault.requests == 2
+
+
 def test_a_download_awaited_in_another_downloads_callback_does_not_wait_for_its_slot(mpy, fault):
     # max 1: the updater streams the firmware and, on its first chunk, fetches the release notes and awaits them; at
     # 40 % of the .mpk an app fetches its icon the same way. Each inner download needs a slot its own parent holds:
@@ -214,7 +296,7 @@ from mpos.net import admission
 async def main():
     held, failure = 0, None
     while failure is None and held < 20:
-        admit = admission.admit(0, 100)  # (made while there is heap: only admit's own steps run in the full one)
+        admit = admission.admit(0, 100, None)  # (made while there is heap: only admit's own steps run in the full one)
         micropython.heap_lock()
         try:
             await admit
@@ -257,6 +339,31 @@ run(main())
     assert len(calls) <= v["ms"] // 950, v
     for _, bps in calls:
         assert isinstance(bps, int) and 50_000 <= bps <= 200_000, v
+
+
+def test_speed_after_a_start_over_counts_the_new_bytes(mpy, fault):
+    # The first answer is cut after 150000 bytes; the resume finds a new version (a 200) and the download starts
+    # over from byte 0. Each speed reported is the bytes since the one before, never less than none. The clock is
+    # the test's: 100 ms pass at every reading.
+    r = mpy.run("""
+from mpos import DownloadManager
+from mpos.net import download
+CLOCK = [0]
+def clock():
+    CLOCK[0] += 100
+    return CLOCK[0]
+download.ticks_ms = clock
+DownloadManager.retry_base_ms = 1
+SPEEDS = []
+async def main():
+    data = await DownloadManager.download_url(URL, speed_callback=SPEEDS.append)
+    result(data=sha256(data) if data else None, speeds=SPEEDS, sent=len(SENT))
+SENT = record_ranges()
+run(main())
+""", URL=fault.url("/bytes/200000?drop=150000&key=s&newer=2"))
+    v = r.value
+    assert v["data"] == sha256_of(200000, seed=1) and v["sent"] == 2, v
+    assert len(v["speeds"]) > 2 and min(v["speeds"]) > 0, v
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -589,6 +589,16 @@ def test_deadline_bounds_the_whole_download(mpy, fault):
     assert 900 <= v["ms"] < 1600, v
 
 
+@pytest.mark.parametrize("deadline", [2 ** 63 - 1, 1e30, -1e30])
+def test_a_deadline_beyond_what_ticks_count_is_no_error(mpy, fault, deadline):
+    # sys.maxsize seconds or a computed 1e30 is no deadline at all; -1e30 is one long past
+    v = dl(mpy, fault.url("/bytes/3000"), "file", old=OLD, deadline=deadline, raise_errors=True)
+    if deadline > 0:
+        ok(v, 3000)
+    else:
+        assert v["ret"] == "raised" and v["err"][1] == "timeout" and v["sha"] == OLD_SHA, v
+
+
 # --- failing well ---------------------------------------------------------------------------------------------
 
 def test_raise_errors_reasons(mpy, fault, tmp_path):
@@ -675,6 +685,11 @@ PROGRAMMER_ERRORS = {
     "outfile-and-chunk": "dict(url=U, outfile='x.bin', chunk_callback=print)",
     "misspelt-keyword": "dict(url=U, outfile='x.bin', chunk_sise=4096)",
     "unknown-keyword": "dict(url=U, callback=print)",
+    "timeout-str": "dict(url=U, outfile='x.bin', timeout='5')",
+    "deadline-str": "dict(url=U, outfile='x.bin', deadline='5')",
+    "tries-str": "dict(url=U, outfile='x.bin', tries='3')",
+    "priority-str": "dict(url=U, outfile='x.bin', priority='high')",
+    "timeout-bool": "dict(url=U, outfile='x.bin', timeout=True)",
 }
 
 
@@ -780,6 +795,16 @@ async def main():
     result(pos=pos, same=same, r=r, sha=sha256_file('o.bin'), sent=SENT)
 run(main())
 """
+
+
+def test_a_weak_etag_is_never_sent_as_if_range(mpy, fault):
+    # RFC 9110 13.1.5: a client never sends a weak entity tag in If-Range, and no server lets one match (it sends the
+    # whole resource again). The resume after a cut sends none, and goes on from where the cut left it.
+    v = dl(mpy, fault.url("/bytes/100000?drop=30000&key=w&etag=W/%22x%22"), "file", old=OLD)
+    ok(v, 100000)
+    k = resumed_at(v["sent"], 30000)
+    assert v["sent"][1][1] is None and len(v["sent"]) == 2, v
+    assert fault.served == 30000 + 100000 - k
 
 
 def test_cancelled_resume_keeps_partial_and_previous_outfile(mpy, fault):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tools.mpy import LIB, micropypath, micropython
-from tools.testservers import payload, sha256_of
+from tools.testservers import ScriptServer, payload, sha256_of
 
 BASE = """
 import asyncio, os, sys, time, json
@@ -151,6 +151,17 @@ def test_odd_servers_fall_back_to_one_plain_stream(mpy, fault, query, size, text
     assert fault.requests == 2
 
 
+def test_a_probe_answered_with_more_than_its_byte_falls_back_to_one_plain_stream(mpy):
+    # a server that answers bytes=0-0 with the whole resource as a 206: the probe does not read it into the heap,
+    # and no segment goes to a server that ignores where ranges end
+    head = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99999/100000\r\nContent-Length: 100000\r\n"
+            b"ETag: \"e\"\r\n\r\n")
+    with ScriptServer({"/r": [head + payload(100000)]}) as srv:
+        v = one(mpy, srv.url("/r"), segments=4, min_segment=1000)
+    done_cleanly(v, 100000)
+    assert v["sent"] == [["bytes=0-0", None], [None, None]], v
+
+
 def test_empty_resource_falls_back(mpy, fault):
     # bytes=0-0 of 0 bytes is a 416: no size to split; the plain stream makes the empty file
     v = one(mpy, fault.url("/bytes/0"), segments=4)
@@ -169,6 +180,36 @@ def test_callers_range_is_the_plain_engines_job(mpy, fault):
     v = one(mpy, fault.url("/bytes/300000"), segments=4, headers={"Range": "bytes=1000-"})
     assert v["r"] is True and v["sent"] == [["bytes=1000-", None]], v
     assert v["sha"] == hashlib.sha256(payload(300000)[1000:]).hexdigest()
+
+
+# The resume recipe with segments=: a .part that a plain download left (here one cut short by a stall and a cancel)
+# is continued only as far as its record vouches for it, as without segments= (docs/decisions.md)
+RECIPE = BASE + """
+async def main():
+    try:
+        await TaskManager.wait_for(DownloadManager.download_url(STALL, outfile=OUT), 0.5)
+    except asyncio.TimeoutError:
+        pass
+    pos = DownloadManager.get_resume_position(OUT)
+    r = await DownloadManager.download_url(GOOD, outfile=OUT, segments=2, headers={'Range': 'bytes=%d-' % pos})
+    await DownloadManager.close_session()
+    result(pos=pos, r=r, sha=sha256_file(OUT), sent=SENT)
+run(main())
+"""
+RECIPES = {  # -> (the URL cut short (its first answer stalls), the URL resumed, the seed of what it serves then)
+    "unchanged": ("/bytes/100000?stall=30000&stall_s=3&key=u", None, 0),
+    "changed": ("/bytes/100000?stall=30000&stall_s=3&key=c&newer=2", None, 1),
+    "another URL": ("/bytes/100000?stall=30000&stall_s=3", "/bytes/100000?seed=2", 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPES))
+def test_the_resume_recipe_with_segments_checks_what_the_part_is_a_part_of(mpy, fault, case):
+    stall, good, seed = RECIPES[case]
+    v = mpy.run(RECIPE, STALL=fault.url(stall), GOOD=fault.url(good or stall), OUT="o.bin").value
+    assert v["pos"] == 30000 and v["r"] is True and v["sha"] == sha256_of(100000, seed), v
+    if case != "another URL":
+        assert v["sent"][1] == ["bytes=30000-", '"100000-0"'], v  # If-Range: the version the .part holds
 
 
 @pytest.mark.parametrize("if_range", ["honoured", "ignored"])

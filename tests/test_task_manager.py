@@ -294,3 +294,25 @@ result(sum=ran[0][0], other_thread=ran[0][1] != _thread.get_ident(), returned_in
        kept=kept, placeholder=TaskManager.start_new_thread())
 """)
     assert r.value == {"sum": 5, "other_thread": True, "returned_int": True, "kept": 32 * 1024, "placeholder": None}
+
+
+def test_wait_for_with_a_timeout_past_what_ticks_count_waits_without_one(mpy):
+    # float('inf') or sys.maxsize seconds: the awaitable's result, and nothing printed by a timer that could not start
+    r = mpy.run("""
+import asyncio, sys
+from mpos import TaskManager
+
+async def work():
+    await asyncio.sleep_ms(20)
+    return 7
+
+async def main():
+    got = []
+    for timeout in (float('inf'), sys.maxsize):
+        got.append(await TaskManager.wait_for(work(), timeout))
+    result(got=got)
+    await asyncio.sleep_ms(20)
+
+run(main())
+""")
+    assert r.value == {"got": [7, 7]} and r.stdout.count("\n") == 1 and r.stderr == "", (r.stdout, r.stderr)

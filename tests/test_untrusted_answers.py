@@ -13,7 +13,7 @@ import pytest
 
 from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, failed, ok, prefix_sha
 from tools.mpy import LIB, micropypath, micropython
-from tools.testservers import gzip_bomb, payload, sha256_of
+from tools.testservers import ScriptServer, gzip_bomb, payload, sha256_of
 
 REASONS = ("http", "network", "timeout", "integrity", "file", "memory", "tls", "error")  # DownloadError and its kinds
 
@@ -405,6 +405,16 @@ def test_without_a_validator_a_416_to_the_resume_starts_over(mpy, fault, case, m
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_206_for_more_than_the_range_asked_gives_the_range(mpy, mode):
+    # asked for bytes 0-99, the server sends 0-999, as its Content-Range says: the range's 100 bytes are the answer
+    head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/1000\r\nContent-Length: 1000\r\n\r\n"
+    with ScriptServer({"/r": [head + payload(1000), "close"]}) as srv:
+        v = dl(mpy, srv.url("/r"), mode, old=OLD, headers={"Range": "bytes=0-99"}, raise_errors=True)
+    assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(1000, 100), v
+    assert len(srv.requests) == 1, srv.requests
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_206_longer_than_its_content_range_is_no_answer(mpy, fault, mode):
     # the resumed answer says 2000 bytes and its body holds the 70000 to the end: what comes past what it announced
     # shows the answer is wrong, and what was taken of it is not trusted
@@ -436,3 +446,14 @@ def test_a_range_whose_framing_is_cut_after_its_last_byte_is_complete(mpy, fault
     # range is whole (a resume would ask for bytes past its end)
     v = dl(mpy, fault.url("/bytes/5000?chunked=1&nolast=1"), mode, headers={"Range": "bytes=1000-1999"})
     assert v["ret"] in ("bytes", True) and v["sha"] == prefix_sha(5000, 2000, start=1000), v
+
+
+@pytest.mark.parametrize("mode", ["memory", "file"])
+def test_a_framing_cut_after_a_206_that_gained_nothing_is_one_failed_try(mpy, fault, mode):
+    # 206s of 20000 bytes each, every one without its chunked body's end. The third names a new version: the
+    # download starts over, and the next 206 brings bytes it held before the start-over (no new ones). That is one
+    # failed try of five, not the end of the download.
+    url = fault.url("/bytes/100000?chunked=1&nolast=1&rangemax=20000&key=g%s&newer=3&ifrange=ignore" % mode)
+    v = dl(mpy, url, mode, old=OLD, headers={"Range": "bytes=0-99999"}, tries=5, raise_errors=True,
+           tune={"retry_base_ms": 1})
+    ok(v, 100000, seed=1)

@@ -577,7 +577,9 @@ class FaultServer(_LoopThread):
             if_range = req.headers.get("if-range")
             if rng is None and "unasked" in req.query:
                 rng = "bytes=" + q("unasked")
-            if rng and (if_range is None or if_range in (etag, last_modified) or q("ifrange") == "ignore"):
+            # a strong comparison (RFC 9110 13.1.5): a weak ETag matches no If-Range
+            matches = if_range is not None and not if_range.startswith("W/") and if_range in (etag, last_modified)
+            if rng and (if_range is None or matches or q("ifrange") == "ignore"):
                 span = _parse_range(rng, len(body))
                 if span == "unsatisfiable":
                     extra = [] if q("bare416") == "1" else [("Content-Range", "bytes */%d" % len(body))]

@@ -26,18 +26,20 @@ def warning(source, msg):
 
 
 def redact(text):
-    # Every URL in text as scheme://host/…: paths and queries may carry keys (wallet apps), also those of a
-    # redirect's target that an error quotes
+    # Every URL in text as scheme://host/…: paths, queries and a user's password may carry keys (wallet apps),
+    # also those of a redirect's target that an error quotes
     out = []
     start = text.find("://")
     while start >= 0:
-        host_end = start + 3
-        while host_end < len(text) and text[host_end] not in "/ \t'\"":
+        host_start = host_end = start + 3
+        while host_end < len(text) and text[host_end] not in "/?# \t'\"":
+            if text[host_end] == "@":
+                host_start = host_end + 1
             host_end += 1
         url_end = host_end
         while url_end < len(text) and text[url_end] not in " \t'\"":
             url_end += 1
-        out.append(text[:host_end] + ("/…" if url_end > host_end else ""))
+        out.append(text[: start + 3] + text[host_start:host_end] + ("/…" if url_end > host_end else ""))
         text = text[url_end:]
         start = text.find("://")
     out.append(text)

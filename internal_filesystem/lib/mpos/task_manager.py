@@ -6,6 +6,7 @@ from micropython import const
 from ._log import warning
 
 _IDLE_MS = const(10)  # the event loop wakes at least this often while the OS runs (the UI's pace)
+_LONGEST_TIMEOUT_S = const(1 << 18)  # about 3 days: asyncio's timers reach 2**29 ms ahead on a 32-bit port
 
 
 class TaskManager:
@@ -113,7 +114,7 @@ class TaskManager:
         # asyncio.wait_for, except that what finished is never reported as timed out: the awaitable runs in a task
         # of its own that the alarm cancels only while it is not done, and a cancellation that reaches this task
         # comes from outside (never turned into TimeoutError) and is passed on to the awaitable.
-        if timeout is None:
+        if timeout is None or timeout >= _LONGEST_TIMEOUT_S:  # (a longer one could not be timed: none)
             return await awaitable
         done = asyncio.Event()
         out = [None, None]  # the result, or the exception

@@ -8,7 +8,10 @@
 # within a priority. State that threads share is guarded by a _thread lock (apps may call from threads), never held
 # across an await.
 
+from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
+
+_LONGEST_IDLE_MS = const(1 << 28)  # about 3 days: ticks_add reaches 2**29 ms ahead on a 32-bit port, no further
 
 try:
     import _thread
@@ -82,7 +85,7 @@ def release_session(idle_ms, download=None):
             _session = None
             stale, _closer = _closer, None
         else:
-            close_at = ticks_add(ticks_ms(), idle_ms)
+            close_at = ticks_add(ticks_ms(), int(min(idle_ms, _LONGEST_IDLE_MS)))  # (an app's sys.maxsize, a float)
             if _closer is not None and (_closer.done() or ticks_diff(close_at, _close_at) < 0):
                 # ended (cancelled by an app, a full heap), or asleep until a later close (idle_ms was made shorter)
                 stale, _closer = _closer, None
@@ -230,15 +233,15 @@ def read_buffer(size):
 # -- connection slots ----------------------------------------------------------------------------------------------
 
 
-async def admit(priority, limit):
-    # Returns once the running task holds one more slot; raises (cancellation) holding none. A download awaited in a
-    # callback of one that holds a slot in this task gets one at once, past the cap: its parent waits for it, so it
-    # would wait for ever for its parent's slot.
+async def admit(priority, limit, end):
+    # Returns once the running task holds one more slot; raises (cancellation, DownloadTimeout at `end`, a ticks_ms)
+    # holding none. A download awaited in a callback of one that holds a slot in this task gets one at once, past the
+    # cap: its parent waits for it, so it would wait for ever for its parent's slot.
     global _in_use
     import asyncio
 
     me = asyncio.current_task()
-    if _in_use < limit and not _waiting or me in _holders:
+    if _in_use < max(limit, 1) and not _waiting or me in _holders:  # (a cap below one is one: none would start)
         _holders.append(me)  # before the slot is counted: in a full heap it fails holding none
         _in_use += 1
         return
@@ -246,30 +249,55 @@ async def admit(priority, limit):
     place = 0
     while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones
         place += 1
-    _waiting.insert(place, (priority, granted))
+    entry = (priority, granted)
+    _waiting.insert(place, entry)
+    # At `end` a timer takes the entry out and marks it expired (asyncio.wait_for would turn a cancel that comes as
+    # the time runs out into a TimeoutError)
+    expired = []
+    timer = None
+    if end is not None:
+
+        async def expire(entry, end, expired):  # (only names of its own: none of admit's becomes a cell)
+            from asyncio import sleep_ms
+
+            await sleep_ms(ticks_diff(end, ticks_ms()))
+            if entry in _waiting:
+                _waiting.remove(entry)
+                expired.append(entry)
+                entry[1].set()
+
+        timer = asyncio.create_task(expire(entry, end, expired))
     try:
         await granted.wait()
+        if expired:
+            from . import errors
+
+            raise errors.DownloadTimeout("deadline reached while waiting for a connection slot")
         _holders.append(me)
     except BaseException:
-        if granted.is_set():  # granted a slot while being cancelled, or with no heap to note it: pass it on
-            leave(limit)
-        else:
-            _waiting.remove((priority, granted))
+        if not expired:  # (an expired entry holds nothing)
+            if granted.is_set():  # granted a slot while being cancelled, or with no heap to note it: pass it on
+                leave(limit)
+            else:
+                _waiting.remove(entry)
         raise
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def leave(limit, own=False):
     # Gives a slot back (own: the one admit() gave the running task): it passes straight to the best waiting
-    # download while the cap allows
+    # download while the cap allows, and so do the slots a cap raised since then adds
     global _in_use
     if own:
         import asyncio
 
         _holders.remove(asyncio.current_task())
-    if _waiting and _in_use <= limit:
+    _in_use -= 1
+    while _waiting and _in_use < max(limit, 1):
+        _in_use += 1
         _waiting.pop(0)[1].set()
-    else:
-        _in_use -= 1
 
 
 def free(limit):

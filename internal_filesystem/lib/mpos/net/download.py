@@ -15,12 +15,16 @@ _ASK_AGAIN = const(-2)  # _accept: the answer is no part of the resource and the
 _TRIES = const(3)  # attempts in a row that gain no byte before giving up: the spec's "3 tries"
 _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as failed
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
-_SPEED_MS = const(1000)
+_SPEED_MS = const(1000)  # speed_callback is called about this often
+_SMALLEST_CHUNK = const(128)  # stream mode halves its chunks in a fragmented heap down to this (fitting_bytearray's)
+_FIRST_ROOM = const(4096)  # memory mode's first buffer for a body of unknown length (it doubles from there)
+_MOST_DOUBLINGS = const(16)  # the retry wait doubles this often at most (then retry_max_ms caps it anyway)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
 _DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
 _SLICE = const(4096)  # bytes handed to a sink between two looks at the clock (see _TURN_MS)
 _TURN_MS = const(20)  # the longest a slow sink (a flash write, the app's callback) holds the loop (the UI) unturned
+_LONGEST_DEADLINE_MS = const(1 << 28)  # a longer deadline= is none: ticks_add reaches 2**29 ms on a 32-bit port
 
 TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
 
@@ -41,6 +45,7 @@ class Download:
     tunables = None  # the DownloadManager class, whose attributes are the tunables: set by download_manager
     total_size = progress_callback = speed_callback = chunk_callback = sha256 = max_size = raise_errors = None
     deadline = outfile = None
+    deadline_ticks = None  # ticks_ms when deadline= ends the download, from the moment it queues for its slot
     priority = 0
     chunk_size = _CHUNK
     tries = _TRIES
@@ -55,7 +60,7 @@ class Download:
     validator = None  # ETag or Last-Modified, for If-Range on a resume
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
-    length_is_ours = False  # this answer's length is ours (our range's end, or 0 after a 416), not the server's
+    length_is_ours = False  # this answer ends at its length (our range's end, 0 after a 416, its framing cut after it)
     deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
     state = _QUEUED
     speed = 0
@@ -206,14 +211,13 @@ class Download:
                         await self._report()
                 except Exception as e:
                     if resp is not None and left == 0 and not at_sink and self._cut_after_its_end(e):
-                        complete = self._answer_ended(resp, 0, gained)
-                        resp = None
+                        self.length_is_ours = True  # all it announced came: the next turn ends it (in the try)
                         continue
                     if resp is not None:
                         resp.release()
                         resp = None
                     if (isinstance(e, MemoryError) and self.chunk_callback is not None and not at_sink
-                            and self.chunk_size > 128):
+                            and self.chunk_size > _SMALLEST_CHUNK):
                         # Stream mode, no room for a chunk's bytes in a heap cut into pieces. Bytes the socket gave
                         # up were never handed out: the next request resumes after the last that was, in chunks
                         # half as big. (A read is not retried in place: the bytes object is made after the read.)
@@ -242,7 +246,12 @@ class Download:
         return sess
 
     def _admit(self):
-        return admission.admit(self.priority, self.tunables.max_connections)
+        ms = None if self.deadline is None else self.deadline * 1000
+        if ms is not None and ms < _LONGEST_DEADLINE_MS:  # (the wait for a slot counts)
+            from time import ticks_add
+
+            self.deadline_ticks = ticks_add(ticks_ms(), int(max(ms, 0)))
+        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks)
 
     def _exit(self, admitted):
         if admitted:
@@ -289,14 +298,9 @@ class Download:
             self.hasher = hashlib.sha256()
         if self.mode() == "file":
             self._open_file()
-        started = ticks_ms()
         if self.speed_callback is not None:
-            self.speed_since, self.speed_from = started, 0
-        if self.deadline is None:
-            return None
-        from time import ticks_add
-
-        return ticks_add(started, int(self.deadline * 1000))
+            self.speed_since, self.speed_from = ticks_ms(), 0
+        return self.deadline_ticks
 
     def _request(self, sess, end):
         # -> this attempt's GET, for run to await: our headers, a Range from where we stopped, the timeouts. A plain
@@ -372,8 +376,9 @@ class Download:
         else:
             raise http_error(resp)
         if self.validator is None:
+            # (a weak ETag is none: no server lets it match an If-Range, RFC 9110 13.1.5, nor does it vouch for bytes)
             validator = headers.get("ETag") or headers.get("Last-Modified")
-            if validator is not None:  # an attribute set is a slot in this download's table: only when there is one
+            if validator is not None and not validator.startswith("W/"):  # (an attribute set is a slot in its table)
                 self.validator = validator
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):
@@ -410,7 +415,8 @@ class Download:
         if total is not None:
             self.resource_size = total
         if self.range_end is not None and last > self.range_end:
-            return self.range_end - pos + 1  # more than asked for: only the range (a segment's neighbour)
+            self.length_is_ours = True  # more than asked for: only the range (a segment's neighbour), no more read
+            return self.range_end - pos + 1
         return last - first + 1
 
     def _reader(self, left):
@@ -541,7 +547,8 @@ class Download:
 
         delay = err.retry_after
         if delay is None:
-            delay = tunables.retry_base_ms * (1 << min(self.reconnects - 1, 16)) / 1000 * (0.5 + random.random())
+            doublings = min(self.reconnects - 1, _MOST_DOUBLINGS)
+            delay = tunables.retry_base_ms * (1 << doublings) / 1000 * (0.5 + random.random())
         delay = min(delay, tunables.retry_max_ms / 1000)
         if end is not None and ticks_diff(end, ticks_ms()) / 1000 <= delay:
             raise errors.DownloadTimeout("deadline reached")
@@ -709,6 +716,8 @@ class Download:
         if self.resource_size is not None:
             self.resource_size = None
         self.kept = self.delivered = 0  # (percent_said stays: progress never goes back, it waits until it is passed)
+        if self.speed_callback is not None:
+            self.speed_from = 0  # the next speed counts the bytes since the start-over
         if self.sha256:
             import hashlib
 
@@ -739,7 +748,7 @@ class Download:
         # when the length is unknown (a chunked or close-delimited body) and doubles as needed
         have = 0 if self.memory is None else len(self.memory)
         if have < end:
-            self._memory_room(max(2 * have, end, 4096), end - len(data), end)
+            self._memory_room(max(2 * have, end, _FIRST_ROOM), end - len(data), end)
         self.memory[end - len(data) : end] = data
 
     def close(self):

@@ -63,6 +63,10 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
                 raise TypeError("%s must be an int, got %r" % (name, value))
             if value < 0 or (value == 0 and name == "chunk_size"):
                 raise ValueError("%s must be positive, got %d" % (name, value))
+    for name in ("tries", "timeout", "deadline", "priority"):  # (else a str would fail once the request went out)
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError("%s must be a number, got %r" % (name, value))
     for name, callback in (("progress_callback", progress_callback), ("chunk_callback", chunk_callback),
                            ("speed_callback", options.get("speed_callback"))):
         if callback is not None and not callable(callback):

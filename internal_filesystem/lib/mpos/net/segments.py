@@ -12,7 +12,7 @@
 # - Besides its own slot the download takes only slots free right now: it never passes max_connections nor makes a
 #   queued download wait longer.
 import asyncio
-from time import ticks_add, ticks_diff, ticks_ms
+from time import ticks_diff, ticks_ms
 
 from . import admission, partfile
 from .download import CONNECTING, DOWNLOADING, Download, http_error, parse_content_range, with_user_agent
@@ -56,9 +56,10 @@ class _Segment(Download):
         # total_size: run calls the download's _on_progress once per percent of this range (its cap of 99 never
         # reached before the end), so N segments give the caller every percent of the file
         Download.__init__(self, download.url, download.outfile, None, last - first + 2, headers, {
-            "timeout": download.timeout, "tries": download.tries, "deadline": download._seconds_left(),
-            "chunk_size": download.chunk_size, "progress_callback": download._on_progress,
-            "speed_callback": download._on_progress})
+            "timeout": download.timeout, "tries": download.tries, "chunk_size": download.chunk_size,
+            "progress_callback": download._on_progress, "speed_callback": download._on_progress})
+        if download.deadline_ticks is not None:
+            self.deadline_ticks = download.deadline_ticks
         self.file = self.writer = _RangeWriter(download, first, last)
         self.download = download
         self.client_session = sess
@@ -129,7 +130,6 @@ def _split(missing, connections):
 class Segmented(Download):
     # The download as the caller and downloads() see it: its connection slot, callbacks, sha256 and the .part.
     segmented = True  # run calls _segments first, once admitted
-    deadline_ticks = None
     file_position = -1  # where the shared .part's handle stands; -1: unknown
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
@@ -140,23 +140,17 @@ class Segmented(Download):
         self.extra_slots = 0  # connection slots taken besides the download's own, not yet given back
         self.finished_bytes = 0  # bytes of the segments that are done
 
-    def _seconds_left(self):
-        # of deadline= (None: no deadline)
-        return None if self.deadline_ticks is None else max(ticks_diff(self.deadline_ticks, ticks_ms()), 1) / 1000
-
     async def _segments(self, sess):
         # -> True when the download was done over ranged connections; else run goes on with one plain stream from
         # scratch
-        if self.deadline is not None:
-            self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
-        # A caller's Range (parsed into range_start and range_end) asks for part of the resource: the run loop's job
+        # A caller's Range (parsed into range_start and range_end) asks for part of the resource, or resumes a .part
+        # as far as its record vouches for it: the run loop's job
         if not self.range_start and self.range_end is None:
             probed = await self._probe(sess)
             if probed is not None and await self._run_segments(sess, probed[0], probed[1]):
                 return True
-        # The plain stream truncates the .part: first the record that described it goes
-        partfile.remove(self.outfile + ".part.state")
-        self.deadline = self._seconds_left()
+            # The plain stream truncates the .part: first the record that described it goes
+            partfile.remove(self.outfile + ".part.state")
         return False
 
     async def _probe(self, sess):
@@ -180,14 +174,16 @@ class Segmented(Download):
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)
         headers["Range"] = "bytes=0-0"
         self.state = CONNECTING
-        timeout = aiohttp.ClientTimeout(total=self._seconds_left(), connect=self.timeout, sock_read=self.timeout)
+        end = self.deadline_ticks
+        total = None if end is None else max(ticks_diff(end, ticks_ms()), 1) / 1000  # (what deadline= leaves)
+        timeout = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)
         async with sess.get(self.url, headers=headers, timeout=timeout,
                             ssl=admission.tls_context(self.tunables.ca)) as resp:
             if resp.status >= 400:  # a failure, not an answer about ranges
                 raise http_error(resp)
             got = parse_content_range(resp.headers.get("Content-Range"))
-            if resp.status != 206 or got is None or got[0] or not got[2]:
-                return None
+            if resp.status != 206 or got is None or got[0] or got[1] or not got[2]:
+                return None  # (more than byte 0: the server ignores where a range ends, and the body is not read)
             if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                 return None  # ranges of coded bytes do not make the file
             validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")  # as run's If-Range

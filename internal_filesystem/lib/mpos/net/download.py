@@ -283,8 +283,9 @@ class Download:
         if self.deadline is None:
             return None
         from time import ticks_add
+        from aiohttp.client import ms  # (loaded: the session is made)
 
-        return ticks_add(started, int(self.deadline * 1000))
+        return ticks_add(started, ms(self.deadline))
 
     def _request(self, sess, end):
         # -> this attempt's GET, for run to await: our headers, a Range from where we stopped, the timeouts. A plain

@@ -148,7 +148,9 @@ class Segmented(Download):
         # -> True when the download was done over ranged connections; else run goes on with one plain stream from
         # scratch
         if self.deadline is not None:
-            self.deadline_ticks = ticks_add(ticks_ms(), int(self.deadline * 1000))
+            from aiohttp.client import ms  # (loaded: the session is made)
+
+            self.deadline_ticks = ticks_add(ticks_ms(), ms(self.deadline))
         # A caller's Range (parsed into range_start and range_end) asks for part of the resource: the run loop's job
         if not self.range_start and self.range_end is None:
             probed = await self._probe(sess)

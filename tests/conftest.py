@@ -1,6 +1,6 @@
 """pytest side of the harness: every test runs its code on MicroPython in a subprocess.
 
-`mpy.run(code, heapsize=None, timeout=60, compiled=False, **values)` writes `code` to a file, prefixes it with
+`mpy.run(code, heapsize=HEAP, timeout=60, compiled=False, **values)` writes `code` to a file, prefixes it with
 `NAME = repr(value)` for each keyword, runs it on the unix port and returns a `Run` with the parsed `result(...)`
 lines. A non-zero exit fails the test with MicroPython's own traceback, verbatim.
 """
@@ -47,6 +47,11 @@ _poll.register = _internals
 """
 
 
+# The unix port's own heap on a 64-bit build, named so that a 32-bit build (half that by default, as the ESP32's
+# word size) runs each test in as many bytes: bodies of some 100 KB kept whole in memory, several at once
+HEAP = "2M"
+
+
 class MicroPython:
     def __init__(self, tmpdir, asyncio_path="internals"):
         self.tmpdir = Path(tmpdir)
@@ -62,7 +67,7 @@ class MicroPython:
             assert not errors, "\n".join(errors)
         return self._compiled
 
-    def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), fds=None, **values):
+    def run(self, code, heapsize=HEAP, timeout=60, compiled=False, check=True, args=(), fds=None, **values):
         if not os.path.exists(micropython()):
             pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % micropython())
         if self.asyncio_path == "public":

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import testservers, wsservers  # noqa: E402
-from tools.mpy import LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
+from tools.mpy import HEAP, LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
 from tools import mpy as _mpy  # noqa: E402
 
 
@@ -45,11 +45,6 @@ def _internals(*args):
     raise AssertionError("asyncio's internals used on the public path")
 _poll.register = _internals
 """
-
-
-# The unix port's own heap on a 64-bit build, named so that a 32-bit build (half that by default, as the ESP32's
-# word size) runs each test in as many bytes: bodies of some 100 KB kept whole in memory, several at once
-HEAP = "2M"
 
 
 class MicroPython:

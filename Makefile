@@ -33,9 +33,16 @@ FROZEN_MICROPYTHON := build/unix/micropython
 FROZEN_JOBS ?= 2
 # Files and folders: a module removed from the library changes its folder's time.
 FROZEN_INPUTS := $(shell find internal_filesystem/lib manifest.py manifests -not -name '*.pyc' -not -name __pycache__)
+# `make test-m32` and `make test-m32-frozen`: the same unix port built 32-bit (the ESP32's word size: 4-byte words,
+# 31-bit small ints, 30-bit ticks), as the pinned interpreter is and with the library frozen in. Not part of `make test`
+# or CI: it needs a 32-bit C toolchain (Debian: apt-get install gcc-multilib).
+M32_MICROPYTHON := build/unix-m32/micropython
+M32_FROZEN_MICROPYTHON := build/unix-m32-frozen/micropython
+M32_MAKE = $(MAKE) -C $(MPY_DIR)/ports/unix -j$(FROZEN_JOBS) MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0 \
+	MICROPY_MPYCROSS=$(abspath $(MPY_CROSS))
 
-.PHONY: test test-frozen frozen micropython-source micropython-source-missing mpy-package bench callgrind heap-census demo \
-	download clean
+.PHONY: test test-frozen test-m32 test-m32-frozen m32-toolchain frozen micropython-source micropython-source-missing \
+	mpy-package bench callgrind heap-census demo download clean
 
 # The stamp is newer than the pins after one install, so a second run skips it.
 $(STAMP): tools/requirements.txt
@@ -56,6 +63,13 @@ test: $(STAMP)
 # The same suite on the unix port built here with the library frozen in.
 test-frozen: $(STAMP) $(FROZEN_MICROPYTHON)
 	MICROPYTHON=$(abspath $(FROZEN_MICROPYTHON)) $(BIN)/python -m pytest -q -n 4 tests
+
+# The suite on the 32-bit builds (see M32_MICROPYTHON above)
+test-m32: $(STAMP) $(M32_MICROPYTHON)
+	MICROPYTHON=$(abspath $(M32_MICROPYTHON)) $(BIN)/python -m pytest -q -n 4 tests
+
+test-m32-frozen: $(STAMP) $(M32_FROZEN_MICROPYTHON)
+	MICROPYTHON=$(abspath $(M32_FROZEN_MICROPYTHON)) $(BIN)/python -m pytest -q -n 4 tests
 
 frozen: $(FROZEN_MICROPYTHON)
 
@@ -87,6 +101,21 @@ $(FROZEN_MICROPYTHON): $(MPY_CROSS) $(FROZEN_INPUTS)
 	$(MAKE) -C $(MPY_DIR)/ports/unix -j$(FROZEN_JOBS) BUILD=$(abspath build/unix) MICROPY_PY_FFI=0 \
 		MICROPY_MPYCROSS=$(abspath $(MPY_CROSS)) FROZEN_MANIFEST=$(abspath manifests/unix.py) >build/unix.log 2>&1 \
 		|| { tail -n 30 build/unix.log; exit 1; }
+	touch $@
+
+m32-toolchain:
+	@echo 'int main(void) { return 0; }' | $(CC) -m32 -x c -o /dev/null - 2>/dev/null || { echo "make test-m32 needs" \
+		"a C compiler that builds 32-bit programs (-m32), and found none: on Debian, apt-get install gcc-multilib" >&2; \
+		exit 1; }
+
+$(M32_MICROPYTHON): $(MPY_CROSS) | m32-toolchain
+	$(M32_MAKE) BUILD=$(abspath build/unix-m32) >build/unix-m32.log 2>&1 || { tail -n 30 build/unix-m32.log; exit 1; }
+	touch $@
+
+$(M32_FROZEN_MICROPYTHON): $(MPY_CROSS) $(FROZEN_INPUTS) | m32-toolchain
+	rm -f build/unix-m32-frozen/frozen_content.c
+	$(M32_MAKE) BUILD=$(abspath build/unix-m32-frozen) FROZEN_MANIFEST=$(abspath manifests/unix.py) \
+		>build/unix-m32-frozen.log 2>&1 || { tail -n 30 build/unix-m32-frozen.log; exit 1; }
 	touch $@
 
 # The library as .mpy files and their package.json, for mip on a board short of heap (see docs/usage.md).

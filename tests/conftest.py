@@ -1,6 +1,6 @@
 """pytest side of the harness: every test runs its code on MicroPython in a subprocess.
 
-`mpy.run(code, heapsize=None, timeout=60, compiled=False, **values)` writes `code` to a file, prefixes it with
+`mpy.run(code, heapsize=HEAP, timeout=60, compiled=False, **values)` writes `code` to a file, prefixes it with
 `NAME = repr(value)` for each keyword, runs it on the unix port and returns a `Run` with the parsed `result(...)`
 lines. A non-zero exit fails the test with MicroPython's own traceback, verbatim.
 """
@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import testservers, wsservers  # noqa: E402
-from tools.mpy import LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
+from tools.mpy import HEAP, LIB, ROOT, compile_lib, micropython, micropypath  # noqa: E402,F401
 from tools import mpy as _mpy  # noqa: E402
 
 
@@ -62,7 +62,7 @@ class MicroPython:
             assert not errors, "\n".join(errors)
         return self._compiled
 
-    def run(self, code, heapsize=None, timeout=60, compiled=False, check=True, args=(), fds=None, **values):
+    def run(self, code, heapsize=HEAP, timeout=60, compiled=False, check=True, args=(), fds=None, **values):
         if not os.path.exists(micropython()):
             pytest.fail("MicroPython interpreter not found at %s (set MICROPYTHON=...)" % micropython())
         if self.asyncio_path == "public":

@@ -1556,17 +1556,22 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("free_kb, outcome", [(300, "refused"), (440, "no room for the copy"), (700, "fits")])
-def test_a_body_too_big_for_memory_mode_fails_before_100_percent_is_said(mpy, fault, free_kb, outcome):
+# The same in a heap with holes of these sizes, in this order, and no other room
+IN_A_CUT_UP_HEAP = IN_A_FULL_HEAP.replace("leave_free(FREE)", "leave_holes(*HOLES)")
+
+
+@pytest.mark.parametrize("holes_kb, outcome", [((300,), "refused"), ((150, 150, 230), "no room for the copy"),
+                                               ((700,), "fits")])
+def test_a_body_too_big_for_memory_mode_fails_before_100_percent_is_said(mpy, fault, holes_kb, outcome):
     # The result is a bytes copy of the buffer the body is read into: both must fit at the end. A heap with room for
-    # the buffer alone fails before the body is read; one whose free heap is too cut up for the copy fails at the
-    # copy, before 100 % is said.
-    r = mpy.run(IN_A_FULL_HEAP, heapsize="1M", URL=fault.url("/bytes/200000"), FREE=free_kb * 1024)
+    # the buffer alone fails before the body is read; one with room for both, but in holes too small for the copy
+    # once the buffer took the largest, fails at the copy, once the body is read and before 100 % is said.
+    r = mpy.run(IN_A_CUT_UP_HEAP, heapsize="1M", URL=fault.url("/bytes/200000"), HOLES=[kb * 1024 for kb in holes_kb])
     if outcome == "fits":
         assert r.value == {"sha": sha256_of(200000), "said": 100}, r.stderr
         return
-    assert r.value["sha"] is None and r.value["said"] < (0 if outcome == "refused" else 100), r.value
-    assert "failed (memory)" in r.stderr and (outcome != "refused" or "does not fit" in r.stderr), r.stderr
+    assert r.value == {"sha": None, "said": -1 if outcome == "refused" else 99}, r.value
+    assert "failed (memory)" in r.stderr and ("does not fit" in r.stderr) == (outcome == "refused"), r.stderr
 
 
 @pytest.mark.parametrize("free_kb", [700, 820])

@@ -113,6 +113,17 @@ def test_no_timeout_fires_on_a_slow_but_steady_body(mpy, fault):
     assert v == {"error": None, "got": 100000}
 
 
+# 7 days is more than a 32-bit port's ticks_ms can time (an ESP32's: ticks_add refuses 6.2 days), 30 days more than a
+# machine word of milliseconds: such timeouts wait as long as ticks can (about 3 days), and the request goes through
+@pytest.mark.parametrize("days", [7, 30])
+def test_timeouts_of_days_let_the_request_through(mpy, fault, days):
+    s = days * 86400
+    v = timed(mpy, fault, "/bytes/100000", session={"total": s, "connect": s, "sock_read": s})
+    assert v == {"error": None, "got": 100000}
+    v = timed(mpy, fault, "/bytes/100000", number=s)
+    assert v == {"error": None, "got": 100000}
+
+
 def test_timeout_over_tls(mpy, fault_tls, certs):
     r = mpy.run("""
 import aiohttp, time

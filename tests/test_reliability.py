@@ -599,6 +599,17 @@ def test_a_deadline_beyond_what_ticks_count_is_no_error(mpy, fault, deadline):
         assert v["ret"] == "raised" and v["err"][1] == "timeout" and v["sha"] == OLD_SHA, v
 
 
+# 7 days is more than a 32-bit port's ticks_ms can time (an ESP32's: ticks_add refuses 6.2 days), 30 days more than a
+# machine word of milliseconds: such a deadline is none, such a timeout waits as long as ticks can (about 3 days), and
+# the download goes through
+@pytest.mark.parametrize("days", [7, 30])
+@pytest.mark.parametrize("mode,kw", [("memory", {}), ("file", {}), ("stream", {}), ("file", {"segments": 2})],
+                         ids=MODES + ["segments"])
+def test_a_deadline_and_timeout_of_days_still_download(mpy, fault, mode, kw, days):
+    s = days * 86400
+    ok(dl(mpy, fault.url("/bytes/50000"), mode, old=OLD, deadline=s, timeout=s, raise_errors=True, **kw), 50000)
+
+
 # --- failing well ---------------------------------------------------------------------------------------------
 
 def test_raise_errors_reasons(mpy, fault, tmp_path):

@@ -278,6 +278,38 @@ run(main())
     assert r.value == {"echo": "still there?", "closed": False}
 
 
+@pytest.mark.parametrize("days", [7, 30])  # more than a 32-bit port's ticks_ms can time; than a machine word in ms
+def test_timeouts_and_heartbeat_of_days_are_waited_as_ticks_allow(mpy, ws_aiohttp, days):
+    # asyncio orders its waits by ticks_diff: a wait timed too far ahead passes for due before a task queued a moment
+    # earlier, and the loop sleeps on it instead of running that task (the ticker here)
+    r = mpy.run("""
+import asyncio, aiohttp, time
+
+async def main():
+    turns = [0]
+
+    async def ticker():
+        while True:
+            turns[0] += 1
+            await asyncio.sleep_ms(0)
+
+    timeout = aiohttp.ClientTimeout(total=S, connect=S, sock_read=S)
+    async with ws_session(timeout=timeout) as session:
+        async with session.ws_connect(URL, heartbeat=S, receive_timeout=S,
+                                      timeout=aiohttp.ClientWSTimeout(ws_close=S)) as ws:
+            task = asyncio.create_task(ticker())
+            await ws.send_bytes(pattern(5000))
+            time.sleep_ms(5)  # work on the loop: the ticker waits in the queue
+            echo = await ws.receive_bytes(timeout=S)
+            before = turns[0]
+            await asyncio.sleep_ms(10)
+            task.cancel()
+            result(echo=sha256(echo), sent=sha256(pattern(5000)), ticked=turns[0] > before, closed=await ws.close())
+run(main())
+""", timeout=20, URL=ws_aiohttp.url("/echo"), S=days * 86400)
+    assert r.value == {"echo": r.value["sent"], "sent": r.value["sent"], "ticked": True, "closed": True}
+
+
 # --- cancellation and timeouts ------------------------------------------------------------------------------
 
 def test_cancelling_at_any_point_leaks_no_socket(mpy, ws_script):

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.mpy import LIB, TESTLIB, micropypath, micropython  # noqa: E402
+from tools.mpy import HEAP, LIB, TESTLIB, micropypath, micropython  # noqa: E402
 
 HOST = "127.0.0.1"
 READ_TIMEOUT = 0.5  # seconds: the client's per-read timeout in every case, so a stall is found fast
@@ -927,9 +927,9 @@ class Client:
 
     def _start(self):
         env = dict(os.environ, MICROPYPATH=micropypath(self.lib))
-        self.proc = subprocess.Popen([micropython(), str(TESTLIB / "fuzzclient.py")], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.workdir,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, str(TESTLIB / "fuzzclient.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     cwd=self.workdir, text=True, bufsize=1)
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self._error), daemon=True).start()

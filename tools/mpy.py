@@ -8,6 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "internal_filesystem" / "lib"
 TESTLIB = ROOT / "tests" / "mpy"
+# The tests' heap unless one names its own: the unix port's default on a 64-bit build, named so that a 32-bit build
+# (half that by default, at the ESP32's word size) runs them in as many bytes: bodies of some 100 KB kept whole in
+# memory, several at once
+HEAP = "2M"
 
 
 def micropython():

@@ -77,7 +77,33 @@ def leave_free(n):
         gap = None
         spare = bytearray(n)
     gap = None
-    keep = None
+    keep = _fill(None)
+    spare = None
+    return keep
+
+
+def leave_holes(*sizes):
+    # Fill the heap but for holes of these sizes, each in one piece, apart, in this order up the heap (first fit then
+    # takes small blocks from the first): a heap with that much free but no run longer than the largest hole. They
+    # are cut from one block that the rest of the heap is filled around, so nothing else lands between them.
+    import gc
+
+    gc.collect()
+    room = bytearray(sum(sizes) + 256 * len(sizes))  # (and room for the pairs that keep them)
+    keep = _fill(None)
+    room = None
+    gc.collect()
+    holes = None
+    for n in sizes:
+        holes = (bytearray(n), holes)
+        keep = (bytearray(0), keep)  # (live: the hole and the next stay apart)
+    keep = _fill(keep)
+    holes = None
+    return keep
+
+
+def _fill(keep):
+    # the heap's free blocks, filled with ever smaller ones chained to keep -> the chain
     size = 4096
     while size >= 16:
         try:
@@ -85,7 +111,6 @@ def leave_free(n):
                 keep = (bytearray(size - 16), keep)
         except MemoryError:
             size //= 4
-    spare = None
     return keep
 
 

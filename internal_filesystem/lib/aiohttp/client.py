@@ -20,6 +20,9 @@ _PROBE = bytearray(1)  # what an idle connection's probe reads into
 _ENFILE = const(23)  # lwIP's "no socket left" (MicroPython's errno module names neither this nor EMFILE)
 _EMFILE = const(24)  # "too many open files": the unix port's descriptors are all taken
 _X509_ALLOC_FAILED = const(-0x2880)  # mbedTLS found no memory for the server's certificate chain
+# The longest wait a 32-bit port (an ESP32) can time, about 3.1 days: half what ticks_add takes, as asyncio compares
+# a deadline with every other by ticks_diff
+_LONGEST_MS = const(0x0FFFFFFF)
 
 
 class ClientTimeout:
@@ -34,7 +37,8 @@ DEFAULT_TIMEOUT = ClientTimeout(connect=30, sock_read=60)
 
 
 def ms(seconds):
-    return None if seconds is None else int(seconds * 1000)
+    # a timeout in seconds -> ms for ticks_add and asyncio's waits; a longer one than ticks hold waits that long
+    return None if seconds is None else int(min(seconds * 1000, _LONGEST_MS))
 
 
 def _check_text(what, text):

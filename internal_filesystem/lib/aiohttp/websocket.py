@@ -341,7 +341,7 @@ class ClientWebSocketResponse:
             raise RuntimeError("Concurrent call to receive() is not allowed")
         timeout = timeout or self._receive_timeout
         if timeout:
-            return await asyncio.wait_for_ms(self._receive(), int(timeout * 1000))
+            return await asyncio.wait_for_ms(self._receive(), ms(timeout))
         return await self._receive()
 
     async def receive_str(self, *, timeout=None):
@@ -697,7 +697,7 @@ async def _within(aw, seconds, what, timeout_error):
     if not seconds:
         return await aw
     try:
-        return await asyncio.wait_for_ms(aw, int(seconds * 1000))
+        return await asyncio.wait_for_ms(aw, ms(seconds))
     except asyncio.TimeoutError:
         raise timeout_error("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
 
@@ -780,7 +780,7 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
     session._websockets.append(ws)
     if heartbeat:
         ws._heard = ticks_ms()
-        ws._beat = asyncio.create_task(ws._heartbeat(int(heartbeat * 1000)))
+        ws._beat = asyncio.create_task(ws._heartbeat(ms(heartbeat)))
     return ws
 
 

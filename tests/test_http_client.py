@@ -61,6 +61,21 @@ def test_header_injection_is_refused(mpy, fault):
     refused(mpy, fault, cases)
 
 
+def test_a_url_with_credentials_is_refused_without_quoting_them(mpy, fault):
+    # apps log the error's message: the password stays out of it (BasicAuth is the way to send one)
+    r = mpy.run("""
+import aiohttp
+async def main():
+    try:
+        await aiohttp.ClientSession().get(URL)
+    except aiohttp.InvalidUrlClientError as e:
+        result(message=str(e))
+run(main())
+""", URL="http://app:s3cr3t@127.0.0.1:%d/x" % fault.port)
+    assert "s3cr3t" not in r.value["message"] and "127.0.0.1:%d" % fault.port in r.value["message"], r.value
+    assert fault.connections == 0
+
+
 def test_bad_methods_are_refused(mpy, fault):
     url = fault.url("/echo")
     refused(mpy, fault, [{"url": url, "method": m} for m in ["GET /x HTTP/1.1\r\n", "GE T", "", "G\r\nET"]])

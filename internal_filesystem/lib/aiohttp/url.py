@@ -28,8 +28,9 @@ def split_url(url):
     target = target.split("#", 1)[0]
     if not target.startswith("/"):
         target = "/" + target
-    if "@" in authority:
-        raise errors.InvalidUrlClientError("credentials in the URL are not supported: %r" % url)
+    if "@" in authority:  # (the message, which apps log, leaves the password out)
+        raise errors.InvalidUrlClientError("credentials in the URL are not supported (auth=BasicAuth(...) is): "
+                                           "%s://...@%s" % (scheme, authority.rsplit("@", 1)[1]))
     port = default_port(scheme)
     if authority.startswith("["):  # an IPv6 literal
         k = authority.find("]")

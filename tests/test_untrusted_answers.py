@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, failed, ok, prefix_sha
+from test_reliability import CANCELLED_RESUME, MODES, OLD, OLD_SHA, PRE, dl, failed, ok, prefix_sha, resumed_at
 from tools.mpy import LIB, micropypath, micropython
 from tools.testservers import ScriptServer, gzip_bomb, payload, sha256_of
 
@@ -267,6 +267,14 @@ run(main())
 # or a vertical tab (%0C, %0B) is no blank around a value, so "chunked\f" is another coding.
 TE_REFUSED = ["gzip, chunked", "x-custom, chunked", "chunkeda", "chunked%0C", "%0Bchunked"]
 TE_READ = ["Chunked", "%0D%0A%20chunked"]
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("length", [None, 0, 5])
+def test_a_204_has_no_body_whatever_length_it_names(mpy, fault, mode, length):
+    # RFC 9112 section 6.3: a 204 ends at its head; a Content-Length on it names nothing that follows
+    v = dl(mpy, fault.url("/status/204" + ("" if length is None else "?length=%d" % length)), mode, old=OLD)
+    ok(v, 0)
+
+
 # Content codings: gzip, x-gzip, deflate, identity, as tokens of a list; "none" and a charset (an S3 object's metadata)
 # are what servers send meaning identity
 CE_REFUSED = ["br", "compress", "x-custom"]
@@ -289,6 +297,15 @@ def test_a_coding_the_client_cannot_read_is_a_failure_not_the_body(mpy, fault, m
 @pytest.mark.parametrize("path", [coded("te", v) for v in TE_READ] + [coded("ce", v) for v in CE_READ])
 def test_codings_are_matched_as_tokens(mpy, fault, mode, path):
     ok(dl(mpy, fault.url(path), mode, old=OLD), 20000)
+
+
+@pytest.mark.parametrize("coding", ["none", "UTF-8"])
+def test_a_body_coded_with_nothing_is_resumed_after_a_cut(mpy, fault, coding):
+    # a Content-Encoding that codes nothing keeps the length and ranges of the bytes: a cut goes on from the .part
+    v = dl(mpy, fault.url("/bytes/100000?ce=%s&drop=30000&key=uncoded-%s" % (coding, coding)), "file", old=OLD)
+    ok(v, 100000)
+    k = resumed_at(v["sent"], 30000)
+    assert fault.served == 30000 + 100000 - k, v
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -500,6 +500,8 @@ class FaultServer(_LoopThread):
         elif route == "status" and len(args) == 1 and args[0].isdigit():
             code = int(args[0])
             extra = [("Retry-After", req.q("retry_after"))] if "retry_after" in req.query else []
+            if "length" in req.query and code in (204, 304):  # a stray length on an answer that has no body
+                extra.append(("Content-Length", req.q("length")))
             self._simple(writer, req, code, b"status %d" % code, extra=extra, keep=keep)
         elif route == "redirect":
             self._redirect(writer, req, req.q("code", 302, int), req.q("to", "/"), keep)

@@ -24,8 +24,8 @@ _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
 _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
 # Content-Encodings that code nothing: identity, and what servers send meaning it (curl reads "none" so; a charset is
-# what s3cmd and others set on S3 objects)
-_UNCODED = ("identity", "none", "utf-8", "utf8")
+# what s3cmd and others set on S3 objects). DownloadManager takes a length and ranges of such a body as they are.
+UNCODED = ("identity", "none", "utf-8", "utf8")
 TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # a field name's bytes
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -276,7 +276,7 @@ def _framing(headers, status, bodyless, version):
 def _coding(headers, status):
     # -> the Content-Encoding to undo, or None. One that can't be undone is refused: coded bytes handed on as the
     # body would be wrong bytes reported as success.
-    codings = [t for t in headers.tokens("Content-Encoding") if t not in _UNCODED]
+    codings = [t for t in headers.tokens("Content-Encoding") if t not in UNCODED]
     if not codings:
         return None
     if _len(codings) > 1 or codings[0] not in _DECODABLE:

@@ -347,10 +347,12 @@ class Download:
             if pos:  # Range ignored (or If-Range says the resource changed): start over from byte 0
                 self._restart()
                 unwanted = self.range_start
-            length = resp.content_length
+            length = resp.content_length if status != 204 else 0  # (a 204 ends at its head, whatever it says)
             # Content-Length counts coded bytes and reads hand out decoded ones, so a coded body's length is
             # unknown (the client still fails one that does not end)
-            if any(token != "identity" for token in headers.tokens("Content-Encoding")):
+            from aiohttp.response import UNCODED
+
+            if any(token not in UNCODED for token in headers.tokens("Content-Encoding")):
                 length, self.content_coded = None, True
                 if self.range_end is not None:  # its decoded bytes past the range are read (to the checksum), dropped
                     self.deliver_until = self.range_end + 1

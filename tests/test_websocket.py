@@ -224,6 +224,29 @@ run(main())
     assert r.value["fds"] == 0
 
 
+def test_a_sender_the_socket_never_makes_wait_lets_other_tasks_run(mpy, ws_script):
+    # Loopback takes megabytes before a send must wait: a websocket sending in a loop must still step aside every
+    # 64 KB, or the UI and the session's other websockets stop for as long as its socket takes the frames
+    srv = ws_script({"/sink": []})  # reads every frame up to our Close
+    r = mpy.run("""
+import asyncio
+
+async def send_all(ws):
+    for k in range(1024):
+        await ws.send_bytes(bytes(1024))  # frames of one write each
+    await ws.send_bytes(bytes(1 << 20))  # and a frame of many
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            _, turns = await turns_during(send_all(ws))
+    result(turns=turns)
+run(main())
+""", URL=srv.url("/sink"))
+    assert r.value["turns"] >= 30  # one at least every 64 KB of the two megabytes
+    assert [len(p) for _, op, p in srv.frames if op == 2] == [1024] * 1024 + [1 << 20]
+
+
 def test_closing_the_session_closes_its_websockets(mpy, ws_server):
     r = mpy.run("""
 import asyncio

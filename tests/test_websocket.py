@@ -339,6 +339,7 @@ run(main())
     assert r.value["cancelled"] >= 50 and r.value["still_open"] == 0 and r.value["fds"] == 0
 
 
+@pytest.mark.asyncio_paths  # receive()'s timeout tells its own cancel from others' by asyncio's internals
 def test_a_timed_out_receive_loses_no_byte_of_the_message(mpy, ws_script):
     data = frame(2, bytes(range(256)) * 64)  # 16 KB, sent in four pieces a while apart
     srv = ws_script({"/slow": [data[:5], 0.3, data[5:3000], 0.3, data[3000:9000], 0.3, data[9000:]]})
@@ -361,6 +362,47 @@ run(main())
     import hashlib
 
     assert r.value["timeouts"] >= 3 and r.value["sha"] == hashlib.sha256(bytes(range(256)) * 64).hexdigest()
+
+
+@pytest.mark.asyncio_paths  # receive()'s timeout tells its own cancel from others' by asyncio's internals
+def test_a_message_read_just_as_the_receive_times_out_is_not_lost(mpy, ws_script):
+    # Another task holds the loop (a UI frame) while the message comes in, and again once receive()'s task is
+    # woken for it, until past its timeout: the message is read after the deadline, and must still be handed out
+    # (by that receive, or by the next one once that one raised TimeoutError)
+    message = bytes(range(256)) * 40
+    srv = ws_script({"/late": ["read", frame(2, message), frame(2, b"after")]})
+    r = mpy.run("""
+import asyncio, time
+from aiohttp import WSMsgType
+
+async def busy_ui(ws):
+    await asyncio.sleep_ms(20)  # the receive below waits for the socket
+    await ws.send_str("go")  # the server's message comes while the loop is busy
+    time.sleep_ms(300)
+    await asyncio.sleep_ms(0)  # the receive's task is woken here, before its timeout
+    time.sleep_ms(400)  # and runs after it
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            ui = asyncio.create_task(busy_ui(ws))
+            got = []
+            while len(got) < 2:
+                try:
+                    msg = await ws.receive(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type != WSMsgType.BINARY:
+                    got.append([msg.type, None])  # (the connection ended)
+                    break
+                got.append([msg.type, sha256(msg.data)])
+            await ui
+    result(got=got)
+run(main())
+""", URL=srv.url("/late"))
+    import hashlib
+
+    assert r.value["got"] == [[2, hashlib.sha256(data).hexdigest()] for data in (message, b"after")]
 
 
 def test_a_receive_timing_out_does_not_strand_a_send_waiting_on_the_same_socket(mpy, ws_script):

@@ -214,9 +214,17 @@ def _wake(task):
         poll.interrupt(task, asyncio.CancelledError(_wake))
 
 
-def _woken(e):
-    # Whether a CancelledError is _wake's rather than another task's (without asyncio's internals: assumed)
-    return not poll.internals or e.args and e.args[0] is _wake
+def _woken(e, by=_wake):
+    # Whether a CancelledError is by's (_wake's, _alarm's) rather than another task's (without asyncio's internals:
+    # assumed)
+    return not poll.internals or e.args and e.args[0] is by
+
+
+async def _alarm(task, end):
+    # receive()'s timeout, at the ticks_ms end: it stops the reading task only where that waits, so a message read as
+    # the time runs out is returned (asyncio.wait_for drops a result that comes then)
+    await asyncio.sleep_ms(ticks_diff(end, ticks_ms()))
+    poll.interrupt(task, asyncio.CancelledError(_alarm))
 
 
 class ClientWebSocketResponse:
@@ -351,9 +359,17 @@ class ClientWebSocketResponse:
         if self._reading is not None:
             raise RuntimeError("Concurrent call to receive() is not allowed")
         timeout = timeout or self._receive_timeout
-        if timeout:
-            return await asyncio.wait_for_ms(self._receive(), int(timeout * 1000))
-        return await self._receive()
+        if not timeout:
+            return await self._receive()
+        alarm = asyncio.create_task(_alarm(poll.current_task(), ticks_add(ticks_ms(), int(timeout * 1000))))
+        try:
+            return await self._receive()
+        except asyncio.CancelledError as e:
+            if alarm.done() and _woken(e, _alarm):
+                raise asyncio.TimeoutError
+            raise
+        finally:
+            alarm.cancel()
 
     async def receive_str(self, *, timeout=None):
         return (await self._receive_type(WSMsgType.TEXT, timeout)).data

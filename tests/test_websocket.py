@@ -509,6 +509,27 @@ run(main())
     assert r.value["same"] and 250 <= r.value["ms"] < 1500
 
 
+def test_closing_while_the_heartbeats_ping_waits_behind_a_send_is_a_clean_close(mpy, ws_script):
+    # The ping (after 1 s of quiet, given 0.5 s to go out) waits for the frame being sent; close() stops the
+    # heartbeat there, inside its bounded send, and its own Close goes out once the frame has
+    srv = ws_script({"/busy": [1.5, "read"]}, rcvbuf=4096)
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        ws = await session.ws_connect(URL, heartbeat=1.0)
+        send = asyncio.create_task(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold
+        await asyncio.sleep_ms(1200)
+        closed = await ws.close()
+        sent = await error_of(send)
+        result(closed=closed, sent=sent[0], code=ws.close_code, exception=repr(ws.exception()))
+run(main())
+""", heapsize="20M", URL=srv.url("/busy"))
+    assert r.value == {"closed": True, "sent": None, "code": 1000, "exception": "None"}
+    assert srv.client_close_codes() == [1000]
+
+
 def test_heartbeat_keeps_a_connection_open_while_a_long_message_arrives_slowly(mpy, ws_script):
     # 20 KB in 1 KB pieces 50 ms apart: a second of one message, five heartbeat periods
     message = bytes(range(256)) * 80

@@ -211,20 +211,20 @@ def _wake(task):
     # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty and
     # (with asyncio's internals) by _woken: another task's cancel before or after this one wins (poll.interrupt)
     if task is not None and task is not poll.current_task():
-        poll.interrupt(task, asyncio.CancelledError(_wake))
+        poll.interrupt(task, asyncio.CancelledError(None, _wake))
 
 
 def _woken(e, by=_wake):
     # Whether a CancelledError is by's (_wake's, _alarm's) rather than another task's (without asyncio's internals:
-    # assumed)
-    return not poll.internals or e.args and e.args[0] is by
+    # assumed). by is its second argument: asyncio.wait_for, which the task may be in, reads a first one as its own.
+    return not poll.internals or len(e.args) > 1 and e.args[1] is by
 
 
 async def _alarm(task, end):
     # receive()'s timeout, at the ticks_ms end: it stops the reading task only where that waits, so a message read as
     # the time runs out is returned (asyncio.wait_for drops a result that comes then)
     await asyncio.sleep_ms(ticks_diff(end, ticks_ms()))
-    poll.interrupt(task, asyncio.CancelledError(_alarm))
+    poll.interrupt(task, asyncio.CancelledError(None, _alarm))
 
 
 class ClientWebSocketResponse:

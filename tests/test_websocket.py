@@ -224,6 +224,29 @@ run(main())
     assert r.value["fds"] == 0
 
 
+def test_a_sender_the_socket_never_makes_wait_lets_other_tasks_run(mpy, ws_script):
+    # Loopback takes megabytes before a send must wait: a websocket sending in a loop must still step aside every
+    # 64 KB, or the UI and the session's other websockets stop for as long as its socket takes the frames
+    srv = ws_script({"/sink": []})  # reads every frame up to our Close
+    r = mpy.run("""
+import asyncio
+
+async def send_all(ws):
+    for k in range(1024):
+        await ws.send_bytes(bytes(1024))  # frames of one write each
+    await ws.send_bytes(bytes(1 << 20))  # and a frame of many
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            _, turns = await turns_during(send_all(ws))
+    result(turns=turns)
+run(main())
+""", URL=srv.url("/sink"))
+    assert r.value["turns"] >= 30  # one at least every 64 KB of the two megabytes
+    assert [len(p) for _, op, p in srv.frames if op == 2] == [1024] * 1024 + [1 << 20]
+
+
 def test_closing_the_session_closes_its_websockets(mpy, ws_server):
     r = mpy.run("""
 import asyncio
@@ -348,6 +371,7 @@ run(main())
     assert r.value["cancelled"] >= 50 and r.value["still_open"] == 0 and r.value["fds"] == 0
 
 
+@pytest.mark.asyncio_paths  # receive()'s timeout tells its own cancel from others' by asyncio's internals
 def test_a_timed_out_receive_loses_no_byte_of_the_message(mpy, ws_script):
     data = frame(2, bytes(range(256)) * 64)  # 16 KB, sent in four pieces a while apart
     srv = ws_script({"/slow": [data[:5], 0.3, data[5:3000], 0.3, data[3000:9000], 0.3, data[9000:]]})
@@ -370,6 +394,47 @@ run(main())
     import hashlib
 
     assert r.value["timeouts"] >= 3 and r.value["sha"] == hashlib.sha256(bytes(range(256)) * 64).hexdigest()
+
+
+@pytest.mark.asyncio_paths  # receive()'s timeout tells its own cancel from others' by asyncio's internals
+def test_a_message_read_just_as_the_receive_times_out_is_not_lost(mpy, ws_script):
+    # Another task holds the loop (a UI frame) while the message comes in, and again once receive()'s task is
+    # woken for it, until past its timeout: the message is read after the deadline, and must still be handed out
+    # (by that receive, or by the next one once that one raised TimeoutError)
+    message = bytes(range(256)) * 40
+    srv = ws_script({"/late": ["read", frame(2, message), frame(2, b"after")]})
+    r = mpy.run("""
+import asyncio, time
+from aiohttp import WSMsgType
+
+async def busy_ui(ws):
+    await asyncio.sleep_ms(20)  # the receive below waits for the socket
+    await ws.send_str("go")  # the server's message comes while the loop is busy
+    time.sleep_ms(300)
+    await asyncio.sleep_ms(0)  # the receive's task is woken here, before its timeout
+    time.sleep_ms(400)  # and runs after it
+
+async def main():
+    async with ws_session() as session:
+        async with session.ws_connect(URL) as ws:
+            ui = asyncio.create_task(busy_ui(ws))
+            got = []
+            while len(got) < 2:
+                try:
+                    msg = await ws.receive(timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type != WSMsgType.BINARY:
+                    got.append([msg.type, None])  # (the connection ended)
+                    break
+                got.append([msg.type, sha256(msg.data)])
+            await ui
+    result(got=got)
+run(main())
+""", URL=srv.url("/late"))
+    import hashlib
+
+    assert r.value["got"] == [[2, hashlib.sha256(data).hexdigest()] for data in (message, b"after")]
 
 
 def test_a_receive_timing_out_does_not_strand_a_send_waiting_on_the_same_socket(mpy, ws_script):
@@ -474,6 +539,27 @@ run(main())
 """, URL=srv.url("/mute"))
     assert r.value["type"] == 258 and r.value["error"] == "ServerTimeoutError" and r.value["code"] == 1006
     assert r.value["same"] and 250 <= r.value["ms"] < 1500
+
+
+def test_closing_while_the_heartbeats_ping_waits_behind_a_send_is_a_clean_close(mpy, ws_script):
+    # The ping (after 1 s of quiet, given 0.5 s to go out) waits for the frame being sent; close() stops the
+    # heartbeat there, inside its bounded send, and its own Close goes out once the frame has
+    srv = ws_script({"/busy": [1.5, "read"]}, rcvbuf=4096)
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        ws = await session.ws_connect(URL, heartbeat=1.0)
+        send = asyncio.create_task(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold
+        await asyncio.sleep_ms(1200)
+        closed = await ws.close()
+        sent = await error_of(send)
+        result(closed=closed, sent=sent[0], code=ws.close_code, exception=repr(ws.exception()))
+run(main())
+""", heapsize="20M", URL=srv.url("/busy"))
+    assert r.value == {"closed": True, "sent": None, "code": 1000, "exception": "None"}
+    assert srv.client_close_codes() == [1000]
 
 
 def test_heartbeat_keeps_a_connection_open_while_a_long_message_arrives_slowly(mpy, ws_script):

@@ -9,7 +9,9 @@
 # grows with the messages and is reused up to _KEEP bytes. The reader's state lives on the object (_left, _got,
 # _op) and its only waits are for the socket, so a receive() cancelled at any point (a timeout) loses no byte: the
 # next one goes on.
-# Writing: one frame at a time (a Lock), masked with a fresh key per frame, in blocks XORed as big integers.
+# Writing: one frame at a time (a Lock), masked with a fresh key per frame, in blocks XORed as big integers. The
+# socket may take frame after frame without a wait: the bytes go on the connection's streak, as reads do, and after
+# FAIR_SHARE other tasks get a turn.
 
 import asyncio
 import binascii
@@ -48,6 +50,7 @@ _OP_PONG = const(10)
 _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
+_FAIR_SHARE = const(65536)  # connection.FAIR_SHARE (a const is inlined only in its own module)
 _KEEP = const(16384)  # a message buffer up to this size is kept for the next message, a bigger one goes with its own
 _NO_LIMIT = 1 << 63  # max_msg_size=0 (aiohttp's "no limit"): no frame can announce more (see _head)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -208,12 +211,20 @@ def _wake(task):
     # A task parked on this websocket's socket gets CancelledError, which it recognises by its slot being empty and
     # (with asyncio's internals) by _woken: another task's cancel before or after this one wins (poll.interrupt)
     if task is not None and task is not poll.current_task():
-        poll.interrupt(task, asyncio.CancelledError(_wake))
+        poll.interrupt(task, asyncio.CancelledError(None, _wake))
 
 
-def _woken(e):
-    # Whether a CancelledError is _wake's rather than another task's (without asyncio's internals: assumed)
-    return not poll.internals or e.args and e.args[0] is _wake
+def _woken(e, by=_wake):
+    # Whether a CancelledError is by's (_wake's, _alarm's) rather than another task's (without asyncio's internals:
+    # assumed). by is its second argument: asyncio.wait_for, which the task may be in, reads a first one as its own.
+    return not poll.internals or len(e.args) > 1 and e.args[1] is by
+
+
+async def _alarm(task, end):
+    # receive()'s timeout, at the ticks_ms end: it stops the reading task only where that waits, so a message read as
+    # the time runs out is returned (asyncio.wait_for drops a result that comes then)
+    await asyncio.sleep_ms(ticks_diff(end, ticks_ms()))
+    poll.interrupt(task, asyncio.CancelledError(None, _alarm))
 
 
 class ClientWebSocketResponse:
@@ -285,18 +296,26 @@ class ClientWebSocketResponse:
         # connection is dropped: the server could never tell where the next frame starts.
         n = len(data)
         key = _random(4)
-        await self._lock.acquire()
         conn = self._conn
+        if conn.streak >= _FAIR_SHARE:  # the socket may take frame after frame without a wait: others get a turn
+            await conn.take_turn()  # (before the lock: a cancel here costs no frame)
+        await self._lock.acquire()
         try:
             if conn.sock is None or self._state >= _CLOSING and op != _OP_CLOSE:
                 raise ClientConnectionResetError("Cannot write to closing transport")
             self._writing = poll.current_task()
             mv = memoryview(data)
-            await conn.send(_frame(op, key, mv[:_BLOCK], n))
+            piece = _frame(op, key, mv[:_BLOCK], n)
+            conn.streak += len(piece)
+            await conn.send(piece)
             if n > _BLOCK:
                 block_key = int.from_bytes(key * (_BLOCK // 4), "little")
                 for off in range(_BLOCK, n, _BLOCK):
-                    await conn.send(_mask(mv[off : off + _BLOCK], key, block_key))
+                    if conn.streak >= _FAIR_SHARE:  # (a long frame, likewise)
+                        await conn.take_turn()
+                    piece = _mask(mv[off : off + _BLOCK], key, block_key)
+                    conn.streak += len(piece)
+                    await conn.send(piece)
         except asyncio.CancelledError as e:
             if self._writing is not poll.current_task() and _woken(e):  # woken by _drop: the connection went
                 raise ClientConnectionResetError("websocket closed while sending")
@@ -340,9 +359,17 @@ class ClientWebSocketResponse:
         if self._reading is not None:
             raise RuntimeError("Concurrent call to receive() is not allowed")
         timeout = timeout or self._receive_timeout
-        if timeout:
-            return await asyncio.wait_for_ms(self._receive(), ms(timeout))
-        return await self._receive()
+        if not timeout:
+            return await self._receive()
+        alarm = asyncio.create_task(_alarm(poll.current_task(), ticks_add(ticks_ms(), ms(timeout))))
+        try:
+            return await self._receive()
+        except asyncio.CancelledError as e:
+            if alarm.done() and _woken(e, _alarm):
+                raise asyncio.TimeoutError
+            raise
+        finally:
+            alarm.cancel()
 
     async def receive_str(self, *, timeout=None):
         return (await self._receive_type(WSMsgType.TEXT, timeout)).data

@@ -210,7 +210,6 @@ def test_a_download_timed_out_by_wait_for_after_any_number_of_ms(mpy, fault, cas
 CLOSE = """
 import asyncio
 from mpos import DownloadManager
-from mpos.net import admission
 from stepcancel import Stepped, loop_is_idle, settle, admission_is_free
 
 DownloadManager.session_idle_ms = 0
@@ -267,7 +266,7 @@ async def main():
     names = ['n%d.bin' % i for i in range(8)]
     tasks = [asyncio.create_task(DownloadManager.download_url(URL, outfile=name)) for name in names]
     await asyncio.sleep(0)
-    slots = admission.in_use()
+    slots = slots_taken()
     got = await gather(tasks)
     wrong = [name for name in names if sha256_file(name) != SHA]
     result(k=k, slots=slots, got=got, wrong=wrong, fds=fd_count() - base)

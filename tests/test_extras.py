@@ -16,7 +16,6 @@ from tools.testservers import sha256_of
 # came, plus a sampler that counts downloads in flight (connecting or downloading) every few ms.
 ADMISSION_HEAD = """
 from mpos import DownloadManager, TaskManager
-from mpos.net import admission  # the connection slots and the queue for them
 import asyncio
 import hashlib, binascii
 from time import ticks_ms, ticks_diff
@@ -70,8 +69,8 @@ async def sampled(aw):
         await s
 
 def report(results, names):
-    result(results=results, max=MAX, hashes=[hexof(n) for n in names], queue=len(admission.waiting()),
-           active=admission.in_use())
+    result(results=results, max=MAX, hashes=[hexof(n) for n in names], queue=len(slot_queue()),
+           active=slots_taken())
 """
 
 
@@ -90,7 +89,7 @@ async def main():
     await s
     result(results=list(rs), order=ORDER, first=FIRST, done=DONE_AT, max=MAX,
            hashes={n: hexof(n) for n, u, p in jobs}, left=DownloadManager.downloads(),
-           queue=len(admission.waiting()), active=admission.in_use())
+           queue=len(slot_queue()), active=slots_taken())
 run(main())
 """, URLA=fault.url("/bytes/10000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),
         URLC=fault.url("/bytes/20000?rate=100000&seed=3"), URLD=fault.url("/bytes/20000?rate=100000&seed=4"),
@@ -133,7 +132,7 @@ async def main():
     states_before = [d["state"] for d in DownloadManager.downloads()]
     tc2.cancel()
     await asyncio.sleep_ms(60)
-    queued_after_cancel = len(admission.waiting())
+    queued_after_cancel = len(slot_queue())
     states_after = [d["state"] for d in DownloadManager.downloads()]
     outcomes = {}
     for name, t in (("A", ta), ("B", tb), ("C1", tc1), ("C2", tc2), ("X", tx), ("D", td), ("E", te)):
@@ -147,7 +146,7 @@ async def main():
     await s
     result(outcomes=outcomes, first=FIRST, done=DONE_AT, max=MAX, order=ORDER,
            hashes={n: hexof(n) for n in ("A", "B", "D", "E")}, left=DownloadManager.downloads(),
-           queue=len(admission.waiting()), active=admission.in_use(), before=states_before,
+           queue=len(slot_queue()), active=slots_taken(), before=states_before,
            after=states_after, queued_after_cancel=queued_after_cancel)
 run(main())
 """, URLA=fault.url("/bytes/30000?rate=100000&seed=1"), URLB=fault.url("/bytes/60000?rate=100000&seed=2"),
@@ -227,8 +226,8 @@ async def main():
     await asyncio.sleep_ms(0)
     b = asyncio.create_task(timed(URLB, deadline=0.5))
     c = asyncio.create_task(fetch("C", URLC))
-    result(a=await a, b=await b, c=await c, hashes=[hexof("A"), hexof("C")], queue=len(admission.waiting()),
-           active=admission.in_use())
+    result(a=await a, b=await b, c=await c, hashes=[hexof("A"), hexof("C")], queue=len(slot_queue()),
+           active=slots_taken())
 run(main())
 """, URLA=fault.url("/bytes/100000?rate=50000&seed=1"), URLB=fault.url("/bytes/1000?seed=2"),
         URLC=fault.url("/bytes/1000?seed=3"))
@@ -272,7 +271,7 @@ async def main():
     except asyncio.TimeoutError:
         done = "hung"
     result(done=done, inner=INNER, mpk=sha256_file("app.mpk"), queued=hexof("queued"), first=FIRST, ended=DONE_AT,
-           left=DownloadManager.downloads(), queue=len(admission.waiting()), active=admission.in_use())
+           left=DownloadManager.downloads(), queue=len(slot_queue()), active=slots_taken())
 run(main())
 """, FIRMWARE=fault.url("/bytes/60000?seed=1"), MPK=fault.url("/bytes/40000?seed=2"),
         NOTES=fault.url("/bytes/2000?seed=3"), ICON=fault.url("/bytes/3000?seed=4"),
@@ -305,7 +304,7 @@ async def main():
             failure = e
         finally:
             micropython.heap_unlock()
-    result(failed=failure is not None, held=held, counted=admission.in_use())
+    result(failed=failure is not None, held=held, counted=slots_taken())
 run(main())
 """)
     v = r.value

@@ -33,7 +33,7 @@ def state(out):
 # BASE, with every segmented download kept, to check that none has a segment worker still running once the call
 # returned, and what a download may leave behind (BASE alone for the tests that check segments.py is never loaded)
 PRE = BASE + """
-from mpos.net import admission, segments
+from mpos.net import segments
 
 MASTERS = []
 _init = segments.Segmented.__init__
@@ -46,8 +46,8 @@ def running_segments():
 
 def leaks(base):
     # what a download may leave behind: fds, tasks, slots, queue entries, listed downloads, the session
-    return {'fds': fd_count() - base, 'tasks': len(TaskManager.task_list), 'active': admission.in_use(),
-            'queue': len(admission.waiting()), 'listed': len(DownloadManager.downloads()),
+    return {'fds': fd_count() - base, 'tasks': len(TaskManager.task_list), 'active': slots_taken(),
+            'queue': len(slot_queue()), 'listed': len(DownloadManager.downloads()),
             'session': DownloadManager.is_session_active(), 'segments': running_segments()}
 """
 
@@ -350,8 +350,8 @@ async def main():
     except asyncio.TimeoutError:
         r = 'cancelled'
     ms = time.ticks_diff(time.ticks_ms(), t0)
-    inflight = {'listed': DownloadManager.downloads(), 'active': admission.in_use(),
-                'queue': len(admission.waiting()), 'segments': running_segments(), 'masters': len(MASTERS)}
+    inflight = {'listed': DownloadManager.downloads(), 'active': slots_taken(),
+                'queue': len(slot_queue()), 'segments': running_segments(), 'masters': len(MASTERS)}
     with open(OUT, 'rb') as f:
         old_kept = f.read() == OLD
     pos = DownloadManager.get_resume_position(OUT)
@@ -590,8 +590,8 @@ MAX = [0]
 STOP = [False]
 async def sampler():
     while not STOP[0]:
-        MAX[0] = max(MAX[0], admission.in_use())
-        q = admission.waiting()
+        MAX[0] = max(MAX[0], slots_taken())
+        q = slot_queue()
         if not QUEUES or QUEUES[-1] != q:
             QUEUES.append(q)
         await asyncio.sleep_ms(1)
@@ -605,13 +605,13 @@ async def main():
     low = asyncio.create_task(DownloadManager.download_url(URLL, outfile='l.bin'))
     high = asyncio.create_task(DownloadManager.download_url(URLH, outfile='h.bin', priority=5))
     await asyncio.sleep_ms(20)
-    queued = len(admission.waiting())
+    queued = len(slot_queue())
     rs = []
     for t in (b, seg, low, high):
         rs.append(await t)
     STOP[0] = True
     await s
-    result(rs=rs, queued=queued, max=MAX[0], queues=QUEUES, active=admission.in_use(),
+    result(rs=rs, queued=queued, max=MAX[0], queues=QUEUES, active=slots_taken(),
            shas=[sha256_file(f) for f in ('b.bin', 's.bin', 'l.bin', 'h.bin')], sent=SENT)
 run(main())
 """, URLB=fault.url("/bytes/400000?rate=200000&seed=1"), URLS=fault.url("/bytes/300000?rate=200000&seed=2"),
@@ -832,8 +832,8 @@ async def main():
         except asyncio.CancelledError:
             pass
         await asyncio.sleep(0.2)
-        left.append([admission.in_use(), len(admission.waiting()), len(DownloadManager.downloads()),
-                     admission.session_users()])
+        left.append([slots_taken(), len(slot_queue()), len(DownloadManager.downloads()),
+                     session_users()])
     ok = await DownloadManager.download_url(URL2, outfile=OUT)  # and the next download still gets going
     result(left=left, ok=ok, sha=sha256_file(OUT))
 run(main())

@@ -75,10 +75,11 @@ async def settle():
 def admission_is_free():
     # -> what DownloadManager still holds: slots, waiters, listed downloads, session users ([] when nothing)
     from mpos.net import admission
+    from testlib import session_users, slot_queue, slots_taken
 
     held = []
-    for name, value in (("slots", admission.in_use()), ("waiting", len(admission.waiting())),
-                        ("listed", len(admission.listed())), ("users", admission.session_users())):
+    for name, value in (("slots", slots_taken()), ("waiting", len(slot_queue())),
+                        ("listed", len(admission.listed())), ("users", session_users())):
         if value:
             held.append("%s %d" % (name, value))
     return held

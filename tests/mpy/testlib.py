@@ -114,6 +114,27 @@ def _fill(keep):
     return keep
 
 
+def slots_taken():
+    # the connection slots DownloadManager's downloads hold now
+    from mpos.net import admission
+
+    return admission._in_use
+
+
+def slot_queue():
+    # the priorities of the downloads waiting for a connection slot, in the order they will get one
+    from mpos.net import admission
+
+    return [priority for priority, granted in admission._waiting]
+
+
+def session_users():
+    # the downloads and posts holding DownloadManager's shared session
+    from mpos.net import admission
+
+    return admission._users
+
+
 def heap_in_use():
     # gc.mem_alloc() after a collection, with the dead C stack below this call overwritten first: the unix port's
     # collector scans the stack conservatively, and words a deeper call left there keep its garbage alive (how

@@ -12,32 +12,33 @@ __version__ = "1.0.0"
 
 # Each public name loads with its module on first use, as extmod/asyncio/__init__.py loads its parts: `import aiohttp`
 # costs a module object, and the heap for the client is taken when an app first names it (docs/performance.md).
-# A tuple of constants is stored with the bytecode, so this table takes no heap.
+# A line per module: its name, then the names it holds, each followed by a space. One str: a tuple of them, run from
+# an .mpy file or ROMFS, would be built in the heap when this module loads, with an object for each name (frozen,
+# neither takes heap).
 _WHERE = (
-    ("client", "ClientSession", "ClientTimeout", "DEFAULT_TIMEOUT", "check_headers"),
-    ("connection", "tls_context"),
-    ("helpers", "BasicAuth", "TCPConnector"),
-    ("errors", "ClientError", "ClientConnectionError", "ClientConnectorCertificateError", "ClientConnectorDNSError",
-     "ClientConnectorError", "ClientOSError", "ClientPayloadError", "ClientResponseError", "ClientSSLError",
-     "ConnectionTimeoutError", "ContentTypeError", "InvalidURL", "InvalidUrlClientError",
-     "InvalidUrlRedirectClientError", "NonHttpUrlClientError", "ServerConnectionError", "ServerDisconnectedError",
-     "ServerTimeoutError", "SocketTimeoutError", "TooManyRedirects"),
-    ("response", "CIMultiDictProxy", "ClientResponse", "StreamReader"),
-    ("url", "split_url"),
-    ("location", "join_url"),
-    ("poll",),
-    ("websocket", "WSMsgType", "WSMessage", "WSCloseCode", "WSServerHandshakeError", "WSMessageTypeError",
-     "ClientWebSocketResponse", "ClientWSTimeout", "WebSocketError", "ClientConnectionResetError"),
+    "\nclient ClientSession ClientTimeout DEFAULT_TIMEOUT check_headers "
+    "\nconnection tls_context "
+    "\nhelpers BasicAuth TCPConnector "
+    "\nerrors ClientError ClientConnectionError ClientConnectorCertificateError ClientConnectorDNSError "
+    "ClientConnectorError ClientOSError ClientPayloadError ClientResponseError ClientSSLError ConnectionTimeoutError "
+    "ContentTypeError InvalidURL InvalidUrlClientError InvalidUrlRedirectClientError NonHttpUrlClientError "
+    "ServerConnectionError ServerDisconnectedError ServerTimeoutError SocketTimeoutError TooManyRedirects "
+    "\nresponse CIMultiDictProxy ClientResponse StreamReader "
+    "\nurl split_url "
+    "\nlocation join_url "
+    "\npoll "
+    "\nwebsocket WSMsgType WSMessage WSCloseCode WSServerHandshakeError WSMessageTypeError ClientWebSocketResponse "
+    "ClientWSTimeout WebSocketError ClientConnectionResetError "
 )
 
 
 def __getattr__(name):
     if name == "__all__":  # `from aiohttp import *`: every public name, each loaded on the way
-        return [public for names in _WHERE for public in names[1:]]
-    for names in _WHERE:
-        if name in names:
-            if name == names[0]:  # a module: `from . import poll` asks the package before it imports the module
-                return __import__(name, globals(), None, True, 1)
-            return _one_at_a_time(_load_name, globals(), names[0], name)
-    raise AttributeError(name)
-
+        return [public for line in _WHERE.split("\n") for public in line.split()[1:]]
+    if "\n%s " % name in _WHERE:  # a module: `from . import poll` asks the package before it imports the module
+        return __import__(name, globals(), None, True, 1)
+    i = _WHERE.find(" %s " % name)  # (found in place, not split: garbage made here would lie below the module loaded)
+    if i < 0:
+        raise AttributeError(name)
+    line = _WHERE.rfind("\n", 0, i) + 1
+    return _one_at_a_time(_load_name, globals(), _WHERE[line : _WHERE.find(" ", line)], name)

@@ -403,7 +403,9 @@ class ClientSession:
                     await resp.read()  # so the connection can serve the next hop
             finally:
                 resp.release()  # also when that read fails or times out: the caller never sees this response
-            new = self._redirect(resp, method, url, fields)
+            from .location import redirect
+
+            new = redirect(resp, url, fields, self._allow_downgrade)
             resp._body = resp._read = None  # (history tells status, url and headers: its bodies would be heap)
             history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
@@ -416,23 +418,6 @@ class ClientSession:
             if len(history) > hops:
                 raise errors.TooManyRedirects(resp.status, "more than %d redirects" % hops)
             url = new
-
-    def _redirect(self, resp, method, url, fields):
-        # -> the URL a redirect leads to; the credentials and Host meant for another origin are dropped from fields
-        from .location import join_url
-
-        try:
-            new = join_url(url, resp.headers["Location"])
-            new_origin = split_url(new)[:3]
-        except errors.InvalidURL as e:  # the server's URL, not the caller's: a bad response
-            raise errors.InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
-        origin = split_url(url)[:3]
-        if origin[0] == "https" and new_origin[0] == "http" and not self._allow_downgrade:
-            raise errors.ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
-        if new_origin != origin:
-            for name in ("authorization", "cookie", "host"):
-                fields.pop(name, None)
-        return new
 
     async def _send(self, method, url, fields, data, ssl, timeout, end):
         scheme, host, port, target = split_url(url)

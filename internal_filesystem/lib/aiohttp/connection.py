@@ -134,17 +134,6 @@ def _start_lookup(host, port):
     return lookup
 
 
-def _dns_error(host, e):
-    # A failed lookup. Its code: ESP32 raises OSError(-202), the unix port OSError("[addrinfo error -3]").
-    code = e.args[0] if e.args else None
-    if isinstance(code, str):
-        try:
-            code = int(code.rstrip("]").rsplit(" ", 1)[-1])
-        except ValueError:
-            code = None
-    return errors.ClientConnectorDNSError("cannot resolve %s: %s" % (host, e), code)
-
-
 async def resolve(host, port, connect_ms, end):
     # -> the addrinfo of host:port, known within connect_ms and before the ticks_ms end (None: no limit)
     address = _cached(host, port)
@@ -162,10 +151,18 @@ async def resolve(host, port, connect_ms, end):
         if lookup is None:
             lookup = _start_lookup(host, port)
     address = _settle(lookup)
-    if isinstance(lookup.error, OSError):
-        raise _dns_error(host, lookup.error)
-    if lookup.error is not None:
-        raise lookup.error
+    error = lookup.error
+    if isinstance(error, OSError):
+        # its code: ESP32 raises OSError(-202), the unix port OSError("[addrinfo error -3]")
+        code = error.args[0] if error.args else None
+        if isinstance(code, str):
+            try:
+                code = int(code.rstrip("]").rsplit(" ", 1)[-1])
+            except ValueError:
+                code = None
+        raise errors.ClientConnectorDNSError("cannot resolve %s: %s" % (host, error), code)
+    if error is not None:
+        raise error
     if address is None:
         raise errors.ClientConnectorDNSError("cannot resolve %s: no address" % host)
     return address
@@ -174,11 +171,6 @@ async def resolve(host, port, connect_ms, end):
 def forget(host, port):
     # an address that failed: the next connect looks the name up again
     _dns.pop((host, port), None)
-
-
-def _one_line(e):
-    # an exception's text on one line: mbedTLS's reasons come with line breaks around them
-    return " ".join(str(e).split())
 
 
 class Connection:
@@ -312,8 +304,10 @@ class Connection:
         try:
             yield from poll.write_all(self.sock, data)
         except ValueError as e:
-            # mbedTLS reports a certificate that did not verify as ValueError, with the reason as its text
-            raise errors.ClientConnectorCertificateError("TLS certificate verification failed: %s" % _one_line(e))
+            # mbedTLS reports a certificate that did not verify as ValueError, with the reason as its text (on one
+            # line here: it comes with line breaks around it)
+            raise errors.ClientConnectorCertificateError("TLS certificate verification failed: %s"
+                                                         % " ".join(str(e).split()))
         except BaseException as e:
             self.woke(e)
         self.wait_until = None

@@ -1,7 +1,25 @@
 # A Location header (or a URL relative to a session's base_url) resolved against the URL it came with, as RFC 3986
-# section 5.2 does. Loaded on the first redirect or base_url.
+# section 5.2 does, and where a redirect may lead. Loaded on the first redirect or base_url.
 
+from . import errors
 from .url import host_port, split_url
+
+
+def redirect(resp, url, fields, allow_downgrade):
+    # -> the URL the redirect resp (to a request for url) leads to; the credentials and Host meant for another origin
+    # are dropped from fields, the request's header fields
+    try:
+        new = join_url(url, resp.headers["Location"])
+        new_origin = split_url(new)[:3]
+    except errors.InvalidURL as e:  # the server's URL, not the caller's: a bad response
+        raise errors.InvalidUrlRedirectClientError(resp.status, "bad redirect: %s" % e)
+    origin = split_url(url)[:3]
+    if origin[0] == "https" and new_origin[0] == "http" and not allow_downgrade:
+        raise errors.ClientResponseError(resp.status, "refused redirect from https to http: %s" % new)
+    if new_origin != origin:
+        for name in ("authorization", "cookie", "host"):
+            fields.pop(name, None)
+    return new
 
 
 def join_url(base, location):

@@ -45,12 +45,9 @@ def latin1(line):
     try:
         return line.decode()
     except UnicodeError:
-        return from_latin1(line)
-
-
-def from_latin1(data):
+        pass
     out = bytearray()  # each byte from 0x80 up becomes its code point's two UTF-8 bytes
-    for b in data:
+    for b in line:
         if b < 0x80:
             out.append(b)
         else:
@@ -178,11 +175,6 @@ async def read_head(conn):
     blocks[-1] += b"\n"
     reason = parts[2] if _len(parts) > 2 else ""
     return parts[0], status, "OK" if reason == "OK" else reason, CIMultiDictProxy(blocks)  # (the constant "OK")
-
-
-def _is_json(mimetype):
-    # application/json, or a JSON-based type such as application/vnd.api+json (what aiohttp's json() takes)
-    return mimetype.startswith("application/") and (mimetype == "application/json" or mimetype.endswith("+json"))
 
 
 def is_field(buf, start, end):
@@ -957,8 +949,8 @@ class ClientResponse(StreamReader):
         server_charset = None if encoding else self.charset
         charset = encoding or server_charset
         if not charset or charset.lower() in ("utf-8", "utf8"):
-            for lead in (b"\xc0", b"\xc1", b"\xe0", b"\xed", b"\xf0", b"\xf4", b"\xf5", b"\xf6", b"\xf7"):  # (utf8.lax)
-                if lead in body:  # (bytes in bytes: a search in C; an int is compared with each byte in turn)
+            for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (utf8.lax's; one bytes: a tuple is heap in ROMFS)
+                if bytes((lead,)) in body:  # (bytes in bytes: a search in C; an int is compared with each byte in turn)
                     break
             else:
                 try:
@@ -975,8 +967,10 @@ class ClientResponse(StreamReader):
         # ClientResponseError (a login page's is no decoder's ValueError past `except aiohttp.ClientError`).
         # content_type=None: the decoder's own error. An empty body of the expected type is None.
         mimetype = self.content_type
-        expected = not content_type or (_is_json(mimetype) if content_type == "application/json"
-                                        else content_type in mimetype)
+        if content_type == "application/json":  # or a JSON-based type, application/vnd.api+json (as aiohttp takes)
+            expected = mimetype == content_type or mimetype.startswith("application/") and mimetype.endswith("+json")
+        else:
+            expected = not content_type or content_type in mimetype
         body = self._body if self._body is not None else await self.read()
         if body and not body.isspace():  # (not strip(): it would copy the body, beside the body and what it decodes to)
             if loads is None:

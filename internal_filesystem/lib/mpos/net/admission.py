@@ -156,10 +156,6 @@ def is_session_active():
         return _session is not None
 
 
-def session_users():
-    return _users
-
-
 def close_session_now():
     # The session and every connection, now, whoever holds it; a download waiting to retry tries at once (and
     # finds the session closed)
@@ -311,15 +307,6 @@ def take_free(wanted, limit):
     taken = min(wanted, free(limit))
     _in_use += taken
     return taken
-
-
-def in_use():
-    return _in_use
-
-
-def waiting():
-    # the priorities of the downloads waiting for a slot, in the order they will get one
-    return [priority for priority, granted in _waiting]
 
 
 def listed():

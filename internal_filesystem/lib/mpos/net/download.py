@@ -26,15 +26,12 @@ _SLICE = const(4096)  # bytes handed to a sink between two looks at the clock (s
 _TURN_MS = const(20)  # the longest a slow sink (a flash write, the app's callback) holds the loop (the UI) unturned
 _LONGEST_DEADLINE_MS = const(1 << 28)  # a longer deadline= is none: ticks_add reaches 2**29 ms on a 32-bit port
 
-TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)  # worth another try
-
-# A download's state; downloads() reports STATE_NAMES[state]. (Public: the ones segments.py sets too.)
+# A download's state, which downloads() reports by name. (Public: the ones segments.py sets too.)
 _QUEUED = const(0)
 CONNECTING = const(1)
 DOWNLOADING = const(2)
 _DONE = const(3)
 _FAILED = const(4)
-STATE_NAMES = ("queued", "connecting", "downloading", "done", "failed")
 
 _len = len  # a module global is found by hash, a builtin by a search, at every call (see docs/design.md)
 
@@ -186,7 +183,8 @@ class Download:
                     if left is not None:
                         left -= n
                     if left is not None and left < 0:  # (below 0 only as the framing went on after its length came)
-                        self._overlong()
+                        self._restart()  # none of the answer is trusted: it starts over (stream mode fails)
+                        raise errors.NetworkError("the answer holds more than the length it announced")
                     if view is not None and n != size:
                         data = view[:n]
                     if extra:
@@ -210,8 +208,11 @@ class Download:
                     if extra and left != 0 and self._report_due():
                         await self._report()
                 except Exception as e:
-                    if resp is not None and left == 0 and not at_sink and self._cut_after_its_end(e):
-                        self.length_is_ours = True  # all it announced came: the next turn ends it (in the try)
+                    # The network's failure (a cut, a stall) as the end of the framing was read after all the bytes an
+                    # answer announced: they are all here, and no more came. The next turn ends it (in the try).
+                    if (resp is not None and left == 0 and not at_sink
+                            and isinstance(errors.classify(e, self.timeout), errors.NetworkError)):
+                        self.length_is_ours = True
                         continue
                     if resp is not None:
                         resp.release()
@@ -456,17 +457,6 @@ class Download:
         if self.hasher is not None:
             self.hasher.update(data)
         return data
-
-    def _cut_after_its_end(self, e):
-        # Whether e, met while the end of an answer's framing was read after all the bytes it announced, is the
-        # network's (a cut, a stall): then every byte it announced is here, and no more came
-        return isinstance(errors.classify(e, self.timeout), errors.NetworkError)
-
-    def _overlong(self):
-        # The answer held more than the length it announced: none of it is trusted, the download starts over (stream
-        # mode, which can't take chunks back, fails)
-        self._restart()
-        raise errors.NetworkError("the answer holds more than the length it announced")
 
     def _straight(self, resp, buf, view, size, left, write):
         # File mode with nothing else to do: while the answer holds a whole chunk more, chunks go from the socket to
@@ -788,8 +778,8 @@ def http_error(resp):
     status = resp.status
     retry_after = resp.headers.get("Retry-After")
     retry_after = int(retry_after) if retry_after and retry_after.strip().isdigit() else None
-    return errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=status in TRANSIENT_STATUSES,
-                            retry_after=retry_after)
+    transient = status in (408, 429, 500, 502, 503, 504)  # worth another try
+    return errors.HTTPError("HTTP %d %s" % (status, resp.reason), status, retry=transient, retry_after=retry_after)
 
 
 _os_agent = None  # "MicroPythonOS/<release>", found once: an import that fails searches the filesystem each time

@@ -33,10 +33,10 @@ def downloads():
     """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked)."""
     listed = admission.listed()
     if not listed:
-        return []  # (and download.py may not be loaded yet)
-    download = _module("download")
+        return []
+    states = "queued connecting downloading done failed".split()  # (download.py's states, in their order)
     return [
-        {"url": redact(d.url) if d.redact_url else d.url, "state": download.STATE_NAMES[d.state],
+        {"url": redact(d.url) if d.redact_url else d.url, "state": states[d.state],
          "done": d.kept + d.delivered, "total": d.total_size or d.resource_size, "speed": d.speed}
         for d in listed
     ]

@@ -96,9 +96,10 @@ def is_network_error(e):
     if code is not None and abs(code) in _NETWORK_CODES:
         return True
     msg = str(e).lower()
-    for words in ("connection reset", "connection aborted", "broken pipe", "network unreachable", "host unreachable",
-                  "failed to download chunk", "timed out", "timeout", "etimedout", "econnreset", "econnaborted",
-                  "ehostunreach", "addrinfo"):
+    # (one str, split when asked: a tuple of them would be built in the heap at import, run from ROMFS or .mpy)
+    for words in ("connection reset|connection aborted|broken pipe|network unreachable|host unreachable|"
+                  "failed to download chunk|timed out|timeout|etimedout|econnreset|econnaborted|ehostunreach|"
+                  "addrinfo").split("|"):
         if words in msg:
             return True
     return False

@@ -114,8 +114,7 @@ def measure_smallest_heap(work, url, size, frozen=None):
         return r["code"], r["used"]
 
     def downloads_in(kb, snippet, extra, where, how):
-        if out.exists():
-            out.unlink()
+        mpy.no_download_at(out)
         # bare: the test helpers would take heap of their own (~3 KB, compiled from source)
         proc, res = mpy.run(snippet, work, lib=lib, heapsize=str(kb * 1024 + extra), timeout=120, bare=True,
                             URL=url, OUT=str(out), **how)

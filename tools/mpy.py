@@ -91,6 +91,13 @@ sys.path.insert(0, "/rom")
 """
 
 
+def no_download_at(out):
+    """Removes OUTFILE and what a cut download leaves beside it: a run after a failed one starts from byte 0, rather
+    than resuming (a smaller job) from the .part and its record."""
+    for suffix in ("", ".part", ".part.state"):
+        Path(str(out) + suffix).unlink(missing_ok=True)
+
+
 def micropypath(lib=LIB):
     # .frozen first, or `import asyncio` fails (MICROPYPATH replaces the whole path)
     return ".frozen:%s:%s" % (lib, TESTLIB)

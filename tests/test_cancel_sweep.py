@@ -363,10 +363,12 @@ def test_a_tls_request_cancelled_at_any_step(mpy, fault_tls, certs):
 
 
 WS_ATTEMPT = """
+MESSAGE = pattern(600000)  # made once: 600 KB made afresh per attempt (1.2 MB at its peak) cut a 2 MB heap into holes
+
 async def attempt(session):
     # a handshake, a message each way, a close
     async with session.ws_connect(URL) as ws:
-        await ws.send_bytes(pattern(600000))
+        await ws.send_bytes(MESSAGE)
         got = await ws.receive_bytes()
         await ws.close()
     return sha256(got)

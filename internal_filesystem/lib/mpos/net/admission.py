@@ -11,7 +11,7 @@
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
-_LONGEST_IDLE_MS = const(1 << 28)  # about 3 days: ticks_add reaches 2**29 ms ahead on a 32-bit port, no further
+_LONGEST_MS = const(0x0FFFFFFF)  # aiohttp.client's: the longest wait a 32-bit port's ticks time (about 3.1 days)
 
 try:
     import _thread
@@ -85,7 +85,7 @@ def release_session(idle_ms, download=None):
             _session = None
             stale, _closer = _closer, None
         else:
-            close_at = ticks_add(ticks_ms(), int(min(idle_ms, _LONGEST_IDLE_MS)))  # (an app's sys.maxsize, a float)
+            close_at = ticks_add(ticks_ms(), int(min(idle_ms, _LONGEST_MS)))  # (an app's sys.maxsize, a float)
             if _closer is not None and (_closer.done() or ticks_diff(close_at, _close_at) < 0):
                 # ended (cancelled by an app, a full heap), or asleep until a later close (idle_ms was made shorter)
                 stale, _closer = _closer, None

@@ -24,7 +24,7 @@ _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module h
 _DIRECTORY = const(0x4000)  # the bit of os.stat()'s mode that marks a directory
 _SLICE = const(4096)  # bytes handed to a sink between two looks at the clock (see _TURN_MS)
 _TURN_MS = const(20)  # the longest a slow sink (a flash write, the app's callback) holds the loop (the UI) unturned
-_LONGEST_DEADLINE_MS = const(1 << 28)  # a longer deadline= is none: ticks_add reaches 2**29 ms on a 32-bit port
+_LONGEST_MS = const(0x0FFFFFFF)  # aiohttp.client's: the longest wait 32-bit ticks time; a longer deadline= is none
 
 # A download's state, which downloads() reports by name. (Public: the ones segments.py sets too.)
 _QUEUED = const(0)
@@ -248,7 +248,7 @@ class Download:
 
     def _admit(self):
         ms = None if self.deadline is None else self.deadline * 1000
-        if ms is not None and ms < _LONGEST_DEADLINE_MS:  # (the wait for a slot counts)
+        if ms is not None and ms < _LONGEST_MS:  # (the wait for a slot counts)
             from time import ticks_add
 
             self.deadline_ticks = ticks_add(ticks_ms(), int(max(ms, 0)))

@@ -248,6 +248,25 @@ def test_a_tls_handshake_short_of_memory_takes_the_memory_of_an_idle_connection(
     assert r.value == {"got": [[sha256_of(100), sha256_of(1500)], 1], "left": 0}
 
 
+@pytest.mark.parametrize("fails, at_wrap", [("ENOMEM", False), ("X509_ALLOC_FAILED", False), ("MemoryError", False),
+                                            ("MemoryError", True)],
+                         ids=["handshake ENOMEM", "handshake X509_ALLOC_FAILED", "handshake MemoryError",
+                              "wrap MemoryError"])
+def test_a_websocket_short_of_tls_memory_takes_the_memory_of_an_idle_connection(mpy, fault_tls, ws_aiohttp_tls,
+                                                                                 fails, at_wrap):
+    # A wallet app's wss:// after the App Store's https:// download, on a device with room for one TLS connection
+    r = mpy.run(TLS_MEMORY.replace("RUN(main, 4, ssl=tls)", """
+async def connect(session, budget):
+    got = await get(session, GET)
+    async with session.ws_connect(URL) as ws:
+        await ws.send_str("hello")
+        msg = await ws.receive()
+    return [got, msg.data, tls.refused]
+RUN(connect, 4, ssl=tls)"""), CONNECTIONS=1, FAILS=fails, AT_WRAP=at_wrap, URLS=[], GET=fault_tls.url("/bytes/100"),
+                URL=ws_aiohttp_tls.url("/echo"))
+    assert r.value == {"got": [sha256_of(100), "hello", 1], "left": 0}
+
+
 def test_a_tls_handshake_short_of_memory_with_no_idle_connection_fails_as_today(mpy, fault_tls):
     r = mpy.run(TLS_MEMORY, CONNECTIONS=0, FAILS="ENOMEM", AT_WRAP=False, URLS=[fault_tls.url("/bytes/100")])
     assert r.value == {"got": [[["ClientConnectorError", 12]], 1], "left": 0}

@@ -21,8 +21,8 @@ from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
 # What this module takes from the HTTP client. From the session: closed, _headers, _timeout, _tls_context(ssl),
-# _make_room, _done_with and _websockets (its open websockets); from the connection: open, send, recv, fill,
-# handed_out, close and its read-ahead buf[pos:filled].
+# _make_room, _freed_memory, _done_with and _websockets (its open websockets); from the connection: open, send, recv,
+# fill, handed_out, close and its read-ahead buf[pos:filled].
 from . import poll
 from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
@@ -772,14 +772,23 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         try:
             address = await resolve(host, port, ms(t.connect), end)
             until = _connect_end(t, end)
-            while True:  # (no socket free: the session's idle connection goes first, or one of its requests' ends)
+            head = "".join(head).encode()
+            while True:  # no socket or no TLS memory free: the session's oldest idle connection goes first, or a
+                # socket waits for one of its requests to end
+                opened = False
                 try:
                     conn.open(address)
+                    opened = True
+                    # (a TLS handshake runs in the first send)
+                    await _within(conn.send(head), t.connect or t.total, "connecting", ConnectionTimeoutError)
                     break
-                except OSError as e:
+                except BaseException as e:
                     conn.close()
+                    if session._freed_memory(e):
+                        continue
+                    if opened or not isinstance(e, OSError):
+                        raise
                     await session._make_room(e, until, "websocket %s:%d" % (host, port))
-            await _within(conn.send("".join(head).encode()), t.connect or t.total, "connecting", ConnectionTimeoutError)
             status, answer = await _within(_answer(conn), t.sock_read or t.total, "the answer", SocketTimeoutError)
         except OSError as e:
             raise ClientConnectorError("websocket %s:%d: %s" % (host, port, e), e.errno)

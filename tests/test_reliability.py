@@ -233,10 +233,11 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("spelled", ["out.bin", "./out.bin", "CWD//out.bin"])
+@pytest.mark.parametrize("spelled", ["out.bin", "./out.bin", "CWD//out.bin", "out.bin.part", "out.bin.part.state"])
 def test_a_second_download_to_an_outfile_being_downloaded_fails_and_the_first_ends_whole(mpy, fault, spelled):
     # Two writers of one .part would mix their bytes, and the second to finish would find the .part gone; a path
-    # spelled otherwise names the same .part
+    # spelled otherwise names the same .part. A download to the first's .part (or its .state) would rename its own
+    # bytes onto the file the first is writing, and the first then hand them out as out.bin.
     v = mpy.run(ONE_OUTFILE, SLOW=fault.url("/bytes/100000?rate=400000"), FAST=fault.url("/bytes/3000"),
                 OLD=OLD, SPELLED=spelled).value
     assert v == {"second": "file", "third": False, "first": True, "sha": sha256_of(100000), "left": []}, v

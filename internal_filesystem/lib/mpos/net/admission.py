@@ -44,8 +44,9 @@ _resting = []  # the tasks of downloads waiting before their next try (see rest)
 
 def acquire_session(download=None):
     # -> the shared session for one more user, who gives it back with release_session(), or None without aiohttp.
-    # A download is listed in downloads() until then; one to an outfile that a listed download writes raises
-    # LocalFileError instead (two writers of one .part would mix their bytes, and the second to finish lose the file).
+    # A download is listed in downloads() until then; one that would write a file a listed download writes (its
+    # outfile, .part or .state) raises LocalFileError instead (two writers of one .part would mix their bytes, and
+    # the second to finish lose the file).
     global _session, _users
     with _lock:
         if _listed and download is not None and download.outfile is not None:
@@ -53,8 +54,8 @@ def acquire_session(download=None):
 
             path = partfile.canonical(download.outfile)
             for other in _listed:
-                if other.outfile is not None and partfile.canonical(other.outfile) == path:
-                    raise errors.LocalFileError("%s is being downloaded already" % download.outfile)
+                if other.outfile is not None and partfile.share_a_file(path, partfile.canonical(other.outfile)):
+                    raise errors.LocalFileError("%s: another download writes it, or its .part" % download.outfile)
         if _session is None:
             try:
                 import aiohttp

@@ -53,6 +53,14 @@ def canonical(path):
     return "/" + "/".join(names)
 
 
+def share_a_file(path, other):
+    # -> whether downloads to these two canonical paths write one file: a download to X writes X, X.part and
+    # X.part.state
+    if len(path) > len(other):
+        path, other = other, path
+    return other in (path, path + ".part", path + ".part.state")
+
+
 def each_block(path, block_size, take):
     # take(block) for the file's content, one block_size buffer at a time
     with open(path, "rb") as f:

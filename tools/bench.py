@@ -3,6 +3,7 @@ with its baseline in the same MicroPython process (rounds alternate; the best ro
 shared machine moves both sides alike. Prints one table; `--json` prints the raw numbers too.
 
     .venv/bin/python tools/bench.py [--quick] [--json] [--frozen build/unix/micropython]
+                                    [--frozen-m32 build/unix-m32-frozen/micropython]
 """
 import json
 import sys
@@ -87,16 +88,18 @@ SMALL_HEAP = _program("small_heap")
 
 CODE_RAM = _program("code_ram")
 
-HEAPS_KB = (24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 96, 104, 112, 128)
+HEAPS_KB = (16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 84, 88, 96, 104, 112, 128)
 
 
-def measure_smallest_heap(work, url, size, frozen=None):
+def measure_smallest_heap(work, url, size, frozen=None, frozen_m32=None):
     """-> {"ram": smallest heap in KB that downloads `size` bytes to a file with the .mpy files loaded into RAM,
     "romfs": the same with their bytecode run in place from a ROMFS image (the image's own bytes not counted),
     "code_ram": heap the library takes when loaded from .mpy files, once a download ran, "code_romfs": the same run
     from the ROMFS image}, and with a `frozen` interpreter (one with the library frozen in, from make frozen)
     "frozen", "code_frozen" (at import) and "used_frozen" (once a download ran), with nothing but its frozen
-    modules on the path. A heap figure is None when even the largest tried is not enough."""
+    modules on the path; with `frozen_m32` (the same built 32-bit, make test-m32-frozen's) the same three figures
+    named "frozen_m32", "code_frozen_m32", "used_frozen_m32". A heap figure is None when even the largest tried is
+    not enough."""
     import hashlib
 
     lib = Path(work) / "mpy-lib"
@@ -137,11 +140,12 @@ def measure_smallest_heap(work, url, size, frozen=None):
     figures = {"ram": smallest(SMALL_HEAP, 0, str(lib)), "code_ram": code_ram(str(lib))[1],
                "romfs": smallest(mpy.ROMFS_PRELUDE + SMALL_HEAP, image.stat().st_size, "/rom/", IMAGE=str(image)),
                "code_romfs": code_ram("/rom/", mpy.ROMFS_PRELUDE, IMAGE=str(image))[1]}
-    if frozen:
-        # frozen modules are named without a folder: mpos/net/download_manager.py, aiohttp/__init__.py
-        only_frozen = {"binary": frozen, "path": ".frozen:%s" % mpy.TESTLIB}
-        figures["frozen"] = smallest(SMALL_HEAP, 0, "mpos/", **only_frozen)
-        figures["code_frozen"], figures["used_frozen"] = code_ram("aiohttp/", **only_frozen)
+    for binary, name in ((frozen, "frozen"), (frozen_m32, "frozen_m32")):
+        if binary:
+            # frozen modules are named without a folder: mpos/net/download_manager.py, aiohttp/__init__.py
+            only_frozen = {"binary": binary, "path": ".frozen:%s" % mpy.TESTLIB}
+            figures[name] = smallest(SMALL_HEAP, 0, "mpos/", **only_frozen)
+            figures["code_" + name], figures["used_" + name] = code_ram("aiohttp/", **only_frozen)
     return figures
 
 
@@ -303,7 +307,8 @@ def check(proc, res, what):
 
 def main(argv):
     quick = "--quick" in argv
-    frozen = str(Path(argv[argv.index("--frozen") + 1]).resolve()) if "--frozen" in argv else None
+    frozen, frozen_m32 = (str(Path(argv[argv.index(flag) + 1]).resolve()) if flag in argv else None
+                          for flag in ("--frozen", "--frozen-m32"))
     size = (4 if quick else 20) * 1024 * 1024
     rounds = 2 if quick else 4
     rows = []
@@ -342,7 +347,7 @@ def main(argv):
                          "%.3f s vs %.3f s" % (r["one"] / 1e6, r["none"] / 1e6),
                          "%.2fx" % (r["none"] / r["one"]), "target ~1.0x (costs nothing)"))
             small = raw["smallest_heap"] = measure_smallest_heap(work, srv.url("/bytes/%d" % (3 * 2**20)), 3 * 2**20,
-                                                                 frozen)
+                                                                 frozen, frozen_m32)
 
             def kb(figure):
                 return "%s KB" % figure if figure else "> %d KB" % HEAPS_KB[-1]
@@ -358,6 +363,15 @@ def main(argv):
                              "%.1f KB" % (small["code_frozen"] / 1024), "", "target <= 16 KB"))
                 rows.append(("  the same once a download ran (the client and download.py load with it)",
                              "%.1f KB" % (small["used_frozen"] / 1024), "", "report"))
+                if frozen_m32:
+                    rows.append(("  the smallest heap, frozen into the unix port built 32-bit (an ESP32's word size)",
+                                 kb(small["frozen_m32"]), "", "report"))
+                    rows.append(("  heap at import / once a download ran, frozen, 32-bit",
+                                 "%.1f / %.1f KB" % (small["code_frozen_m32"] / 1024, small["used_frozen_m32"] / 1024),
+                                 "", "report"))
+                else:
+                    rows.append(("  the same built 32-bit (an ESP32's word size)", "not measured", "",
+                                 "needs a 32-bit C toolchain: apt-get install gcc-multilib"))
             rows.append(("smallest heap for 3 MB to a file, .mpy files loaded into RAM",
                          kb(small["ram"]), "", "(no flash to run from)"))
             rows.append(("  of which the library once a download ran, loaded from .mpy files",

@@ -423,3 +423,40 @@ async def main():
 run(main())
 """, URL=url)
     assert r.value["err"] in ("ClientResponseError", "ServerDisconnectedError", "ClientConnectionError")
+
+
+STATUS_LINES = {  # the status line -> (status, reason) as read, or None: refused
+    b"HTTP/1.1 200 OK": (200, "OK"),
+    b"HTTP/1.1 200": (200, ""),  # the reason phrase is optional, its space too (RFC 9112 section 4)
+    b"HTTP/1.1 599 Odd": (599, "Odd"),
+    b"HTTP/1.1 200 caf\xe9": (200, "caf\u00e9"),  # obs-text, as latin-1
+    b"HTTP/1.1 600 Odd": None,
+    b"HTTP/1.1 20 OK": None,
+    # a bare CR (RFC 9112 section 2.2) or a NUL in the reason phrase: refused, as in a field value (resp.reason
+    # handed them to the app)
+    b"HTTP/1.1 200 OK\rX": None,
+    b"HTTP/1.1 200 O\0K": None,
+}
+
+
+def test_a_status_line_is_read_as_rfc_9112_has_it(mpy):
+    srv = ScriptServer({"/%d" % i: [line + b"\r\nContent-Length: 2\r\n\r\nok", "close"]
+                        for i, line in enumerate(STATUS_LINES)})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            try:
+                async with session.get(url) as resp:
+                    result(read=[resp.status, resp.reason, await resp.text()])
+            except aiohttp.ClientResponseError:
+                result(read=None)
+
+run(main())
+""", URLS=[srv.url("/%d" % i) for i in range(len(STATUS_LINES))])
+    finally:
+        srv.close()
+    assert [x["read"] for x in r.results] == [None if want is None else [*want, "ok"] for want in STATUS_LINES.values()]

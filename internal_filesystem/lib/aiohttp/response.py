@@ -146,7 +146,8 @@ async def read_head(conn):
             raise errors.ServerDisconnectedError("server closed the connection without a response")
         parts = latin1(line).rstrip("\r\n").split(" ", 2)
         if (_len(parts) < 2 or _len(parts[0]) != 8 or not parts[0].startswith("HTTP/1.") or not parts[0][7].isdigit()
-                or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"):
+                or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"
+                or line.find(b"\r", 0, _len(line) - 2) >= 0 or b"\0" in line):  # (a bare CR or a NUL, as in a value)
             raise errors.ClientResponseError(0, "bad status line %r" % line[:80])  # (a status is 100 to 599)
         status = int(parts[1])
         size += _len(line)

@@ -267,6 +267,8 @@ RESOLVED = {
     "#top": "http://h:81/a/b/c?x=1", "d#top": "http://h:81/a/b/d",  # a fragment is never sent
     "//o:9/p#z": "http://o:9/p", "https://o/p": "https://o/p",
     "/e/http://x.org/": "http://h:81/e/http://x.org/",  # a path, not a scheme
+    # dot segments go from an absolute or network-path reference too (RFC 3986 section 5.2.2)
+    "//o/p/../q/./r?s/../t": "http://o/q/r?s/../t", "https://o:8/a/b/..": "https://o:8/a/", "http://o": "http://o",
 }
 
 

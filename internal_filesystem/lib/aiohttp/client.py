@@ -410,7 +410,8 @@ class ClientSession:
             history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
-                fields.pop("content-type", None)
+                for name in ("content-type", "content-encoding", "content-language", "content-location"):
+                    fields.pop(name, None)  # the body's own fields go with it (RFC 9110 section 15.4)
             if hasattr(data, "rewind") and not data.rewind():  # (aiohttp's error for it)
                 raise errors.ClientPayloadError("a streamed body can't be sent again to %s" % new)
             if any(hop.method == method and hop.url == new for hop in history):

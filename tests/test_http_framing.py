@@ -460,3 +460,25 @@ run(main())
     finally:
         srv.close()
     assert [x["read"] for x in r.results] == [None if want is None else [*want, "ok"] for want in STATUS_LINES.values()]
+
+
+def test_an_obs_fold_is_one_space_and_an_empty_value_gains_none(mpy):
+    # RFC 9112 section 5.2: each obs-fold is replaced by a space before the value is read; a value that starts on
+    # the next line has no space before it (resp.content_length of "Content-Length:\r\n 2" was None, and the body
+    # framed by 2 all the same)
+    head = (b"HTTP/1.1 200 OK\r\nX-A:\r\n folded\r\n\t again\r\nX-B: a:\r\n b\r\nContent-Length:\r\n 2\r\n\r\nok")
+    srv = ScriptServer({"/fold": [head, "close"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            result(a=resp.headers["X-A"], b=resp.headers["X-B"], length=resp.content_length, body=await resp.text())
+
+run(main())
+""", URL=srv.url("/fold"))
+    finally:
+        srv.close()
+    assert r.value == {"a": "folded again", "b": "a: b", "length": 2, "body": "ok"}

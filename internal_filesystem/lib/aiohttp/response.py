@@ -229,7 +229,7 @@ def _add_field(blocks, buf, start, end):
         block += b"\n"
         block += name
         block += b":"
-    elif i < j:
+    elif i < j and block.find(b":", block.rfind(b"\n")) < _len(block) - 1:  # (an empty value gains no space)
         block += b" "
     block += view[i:j]
     return True

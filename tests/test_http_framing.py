@@ -482,3 +482,32 @@ run(main())
     finally:
         srv.close()
     assert r.value == {"a": "folded again", "b": "a: b", "length": 2, "body": "ok"}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("lengths,want", [(b"2, 2", 2), (b"2\r\nContent-Length: 2", 2), (b"x", None)])
+def test_content_length_is_the_length_that_frames_the_body(mpy, method, lengths, want):
+    # RFC 9110 section 8.6 reads "2, 2" as 2, and so did the framing; resp.content_length said None (DownloadManager
+    # then took the length for unknown). One that can't be read is no length, on a HEAD answer too.
+    srv = ScriptServer({"/n": [b"HTTP/1.1 200 OK\r\nContent-Length: " + lengths + b"\r\n\r\n"
+                               + (b"ok" if method == "GET" and want else b""), "close"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.request(METHOD, URL) as resp:
+                result(length=resp.content_length, body=await resp.text())
+        except aiohttp.ClientResponseError:
+            result(refused=True)
+
+run(main())
+""", URL=srv.url("/n"), METHOD=method)
+    finally:
+        srv.close()
+    if want is None and method == "GET":
+        assert r.value == {"refused": True}
+    else:
+        assert r.value == {"length": want, "body": "ok" if method == "GET" else ""}

@@ -849,9 +849,12 @@ class ClientResponse(StreamReader):
         if name == "connection":  # (as aiohttp's: None once the response let it go)
             return None if self._released else self._conn
         if name == "content_length":
-            # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
-            value = self.headers.get("Content-Length")
-            return int(value) if value and value.isdigit() and not self._chunked else None
+            # as it frames the body ("2, 2" is 2); None when it does not (chunked wins over a Content-Length sent with
+            # it) or can't be read (a HEAD answer's is not checked)
+            try:
+                return None if self._chunked else _content_length(self.headers, self.status)
+            except Exception:
+                return None
         if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
             return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
         if name == "charset":  # the Content-Type's charset parameter as sent, or None

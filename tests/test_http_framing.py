@@ -511,3 +511,54 @@ run(main())
         assert r.value == {"refused": True}
     else:
         assert r.value == {"length": want, "body": "ok" if method == "GET" else ""}
+
+
+NEXT_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+CHUNKED_OK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+FRAMED = {  # a path -> (its answer, its body as read or None: refused, whether its connection serves the next)
+    # trailer fields never frame (RFC 9110 section 6.5.1): one named Content-Length changes nothing
+    "/trailer-length": (CHUNKED_OK + b"2\r\nok\r\n0\r\nContent-Length: 100\r\nTransfer-Encoding: x\r\n\r\n", "ok",
+                        True),
+    # a chunk size is hex digits, leading zeros too (RFC 9112 section 7.1), up to 16 of them here
+    "/zeros": (CHUNKED_OK + b"0000000000000002\r\nok\r\n0000\r\n\r\n", "ok", True),
+    "/zeros-17": (CHUNKED_OK + b"00000000000000002\r\nok\r\n0\r\n\r\n", None, False),
+    # bytes after a whole answer, in the same write: no answer to anything asked, so not the next request's
+    "/pipelined": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + NEXT_ANSWER.replace(b"next", b"evil"), "ok",
+                   False),
+    "/after-chunked": (CHUNKED_OK + b"2\r\nok\r\n0\r\n\r\n" + NEXT_ANSWER.replace(b"next", b"evil"), "ok", False),
+    # a bodyless answer's framing fields frame nothing (RFC 9110 sections 15.3.5 and 15.4.5)
+    "/204": (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "", True),
+    "/304": (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "", True),
+    # 1xx heads before the answer, however many, with fields or not; an HTTP/1.0 answer ends its connection
+    "/1xx": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+             b"HTTP/1.1 103 Early Hints\r\nContent-Length: 9\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "ok", True),
+    "/http10": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", "ok", False),
+    "/close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, Close\r\n\r\nok", "ok", False),
+}
+
+
+@pytest.mark.parametrize("path", list(FRAMED))
+def test_what_frames_an_answer_and_whether_its_connection_serves_again(mpy, path):
+    answer, body, again = FRAMED[path]
+    srv = ScriptServer({path: [answer], "/next": [NEXT_ANSWER]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(URL) as resp:
+                result(body=await resp.text())
+        except aiohttp.ClientError:
+            result(body=None)
+        async with session.get(NEXT) as resp:
+            result(next=await resp.text())
+
+run(main())
+""", URL=srv.url(path), NEXT=srv.url("/next"))
+    finally:
+        srv.close()
+    assert r.results == [{"body": body}, {"next": "next"}]
+    assert [number for number, _, _ in srv.requests] == [1, 1 if again else 2]

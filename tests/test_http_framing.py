@@ -423,3 +423,142 @@ async def main():
 run(main())
 """, URL=url)
     assert r.value["err"] in ("ClientResponseError", "ServerDisconnectedError", "ClientConnectionError")
+
+
+STATUS_LINES = {  # the status line -> (status, reason) as read, or None: refused
+    b"HTTP/1.1 200 OK": (200, "OK"),
+    b"HTTP/1.1 200": (200, ""),  # the reason phrase is optional, its space too (RFC 9112 section 4)
+    b"HTTP/1.1 599 Odd": (599, "Odd"),
+    b"HTTP/1.1 200 caf\xe9": (200, "caf\u00e9"),  # obs-text, as latin-1
+    b"HTTP/1.1 600 Odd": None,
+    b"HTTP/1.1 20 OK": None,
+    # a bare CR (RFC 9112 section 2.2) or a NUL in the reason phrase: refused, as in a field value (resp.reason
+    # handed them to the app)
+    b"HTTP/1.1 200 OK\rX": None,
+    b"HTTP/1.1 200 O\0K": None,
+}
+
+
+def test_a_status_line_is_read_as_rfc_9112_has_it(mpy):
+    srv = ScriptServer({"/%d" % i: [line + b"\r\nContent-Length: 2\r\n\r\nok", "close"]
+                        for i, line in enumerate(STATUS_LINES)})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        for url in URLS:
+            try:
+                async with session.get(url) as resp:
+                    result(read=[resp.status, resp.reason, await resp.text()])
+            except aiohttp.ClientResponseError:
+                result(read=None)
+
+run(main())
+""", URLS=[srv.url("/%d" % i) for i in range(len(STATUS_LINES))])
+    finally:
+        srv.close()
+    assert [x["read"] for x in r.results] == [None if want is None else [*want, "ok"] for want in STATUS_LINES.values()]
+
+
+def test_an_obs_fold_is_one_space_and_an_empty_value_gains_none(mpy):
+    # RFC 9112 section 5.2: each obs-fold is replaced by a space before the value is read; a value that starts on
+    # the next line has no space before it (resp.content_length of "Content-Length:\r\n 2" was None, and the body
+    # framed by 2 all the same)
+    head = (b"HTTP/1.1 200 OK\r\nX-A:\r\n folded\r\n\t again\r\nX-B: a:\r\n b\r\nContent-Length:\r\n 2\r\n\r\nok")
+    srv = ScriptServer({"/fold": [head, "close"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL) as resp:
+            result(a=resp.headers["X-A"], b=resp.headers["X-B"], length=resp.content_length, body=await resp.text())
+
+run(main())
+""", URL=srv.url("/fold"))
+    finally:
+        srv.close()
+    assert r.value == {"a": "folded again", "b": "a: b", "length": 2, "body": "ok"}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("lengths,want", [(b"2, 2", 2), (b"2\r\nContent-Length: 2", 2), (b"x", None)])
+def test_content_length_is_the_length_that_frames_the_body(mpy, method, lengths, want):
+    # RFC 9110 section 8.6 reads "2, 2" as 2, and so did the framing; resp.content_length said None (DownloadManager
+    # then took the length for unknown). One that can't be read is no length, on a HEAD answer too.
+    srv = ScriptServer({"/n": [b"HTTP/1.1 200 OK\r\nContent-Length: " + lengths + b"\r\n\r\n"
+                               + (b"ok" if method == "GET" and want else b""), "close"]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.request(METHOD, URL) as resp:
+                result(length=resp.content_length, body=await resp.text())
+        except aiohttp.ClientResponseError:
+            result(refused=True)
+
+run(main())
+""", URL=srv.url("/n"), METHOD=method)
+    finally:
+        srv.close()
+    if want is None and method == "GET":
+        assert r.value == {"refused": True}
+    else:
+        assert r.value == {"length": want, "body": "ok" if method == "GET" else ""}
+
+
+NEXT_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+CHUNKED_OK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+FRAMED = {  # a path -> (its answer, its body as read or None: refused, whether its connection serves the next)
+    # trailer fields never frame (RFC 9110 section 6.5.1): one named Content-Length changes nothing
+    "/trailer-length": (CHUNKED_OK + b"2\r\nok\r\n0\r\nContent-Length: 100\r\nTransfer-Encoding: x\r\n\r\n", "ok",
+                        True),
+    # a chunk size is hex digits, leading zeros too (RFC 9112 section 7.1), up to 16 of them here
+    "/zeros": (CHUNKED_OK + b"0000000000000002\r\nok\r\n0000\r\n\r\n", "ok", True),
+    "/zeros-17": (CHUNKED_OK + b"00000000000000002\r\nok\r\n0\r\n\r\n", None, False),
+    # bytes after a whole answer, in the same write: no answer to anything asked, so not the next request's
+    "/pipelined": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + NEXT_ANSWER.replace(b"next", b"evil"), "ok",
+                   False),
+    "/after-chunked": (CHUNKED_OK + b"2\r\nok\r\n0\r\n\r\n" + NEXT_ANSWER.replace(b"next", b"evil"), "ok", False),
+    # a bodyless answer's framing fields frame nothing (RFC 9110 sections 15.3.5 and 15.4.5)
+    "/204": (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "", True),
+    "/304": (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "", True),
+    # 1xx heads before the answer, however many, with fields or not; an HTTP/1.0 answer ends its connection
+    "/1xx": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+             b"HTTP/1.1 103 Early Hints\r\nContent-Length: 9\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "ok", True),
+    "/http10": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok", "ok", False),
+    "/close": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, Close\r\n\r\nok", "ok", False),
+}
+
+
+@pytest.mark.parametrize("path", list(FRAMED))
+def test_what_frames_an_answer_and_whether_its_connection_serves_again(mpy, path):
+    answer, body, again = FRAMED[path]
+    srv = ScriptServer({path: [answer], "/next": [NEXT_ANSWER]})
+    try:
+        r = mpy.run("""
+import aiohttp
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(URL) as resp:
+                result(body=await resp.text())
+        except aiohttp.ClientError:
+            result(body=None)
+        async with session.get(NEXT) as resp:
+            result(next=await resp.text())
+
+run(main())
+""", URL=srv.url(path), NEXT=srv.url("/next"))
+    finally:
+        srv.close()
+    assert r.results == [{"body": body}, {"next": "next"}]
+    assert [number for number, _, _ in srv.requests] == [1, 1 if again else 2]

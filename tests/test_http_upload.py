@@ -4,6 +4,8 @@ import hashlib
 
 import pytest
 
+from tools.testservers import ScriptServer
+
 # A file of SIZE bytes (every byte value in turn, written a KB at a time), and an async iterable of pieces
 UPLOAD = """
 import aiohttp
@@ -133,3 +135,53 @@ run(main())
 """, URL=fault.url("/redirect?code=%d&to=/echo" % code))
     assert r.results == [{"len": 5000, "sha": sha_of_pattern(5000), "framing": {"content-length": "5000"}},
                          {"refused": "a streamed body can't be sent again to %s" % fault.url("/echo")}]
+
+
+REFUSED = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+
+
+@pytest.mark.parametrize("body", ["file", "iterable"])
+@pytest.mark.parametrize("script", [[REFUSED, "reset"], [REFUSED, 0.3, "reset"], [REFUSED, 30, "reset"]],
+                         ids=["reset", "stall-then-reset", "stall"])
+def test_an_answer_that_comes_before_the_whole_body_went_out_is_the_answer(mpy, body, script):
+    # A server that refuses an upload (nginx's client_max_body_size, a 401) answers after the head and closes
+    # without reading the rest: the client's next write meets the reset. RFC 9112 section 9.5: the answer is the
+    # caller's, not that write error (it was a ClientOSError ECONNRESET), and the connection serves nothing more.
+    # (Not over TLS: MicroPython's TLS socket refuses every read after a write failed, modtls_mbedtls.c last_error.)
+    # 16 MB: more than the socket buffers on both sides hold, so the body can't all go out before the reset. A
+    # server that neither reads nor closes: the answer once the write has waited its timeout (the connect timeout).
+    srv = ScriptServer({"/upload": script, "/next": [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"]},
+                       unread=("/upload",))
+    try:
+        r = mpy.run(UPLOAD + """
+class Same(Pieces):
+    # 16 MB of one 64 KB piece, again and again
+    async def __anext__(self):
+        if not self._sizes:
+            raise StopAsyncIteration
+        self._sizes.pop()
+        return PIECE
+
+PIECE = pattern(65536)
+
+async def main():
+    if BODY == "file":
+        with open("upload.bin", "wb") as f:
+            for _ in range(256):
+                f.write(PIECE)
+    fds = fd_count()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(connect=1)) as session:
+        data = open("upload.bin", "rb") if BODY == "file" else Same([0] * 256)
+        async with session.post(URL, data=data) as resp:
+            result(status=resp.status, body=await resp.text())
+        if BODY == "file":
+            data.close()
+        async with session.get(NEXT) as resp:
+            result(next=await resp.text())
+    result(fds_left=fd_count() - fds)
+run(main())
+""", URL=srv.url("/upload"), NEXT=srv.url("/next"), BODY=body)
+    finally:
+        srv.close()
+    assert r.results == [{"status": 413, "body": "too large"}, {"next": "next"}, {"fds_left": 0}]
+    assert [number for number, _, _ in srv.requests] == [1, 2]

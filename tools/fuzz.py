@@ -578,7 +578,8 @@ def _start(msg, data):
     p = 0
     while True:
         line, p = _line(data, p)
-        m = re.fullmatch(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: .*)?", line, re.S)  # the reason phrase is ignored
+        # the reason phrase is ignored, but a bare CR (RFC 9112 section 2.2) or a NUL in it makes the line bad
+        m = re.fullmatch(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: [^\r\0]*)?", line, re.S)
         if not m:
             raise Bad("status line %r" % line[:60])
         msg.version, msg.status = int(m.group(1)), int(m.group(2))

@@ -929,12 +929,15 @@ class ScriptServer(_ThreadServer):
     """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
 
     scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
-    ends the connection (after the client has closed its side, so unread data causes no RST). Without "close" the
-    connection reads its next request: keep-alive. `requests` records (connection number, method, path).
+    ends the connection (after the client has closed its side, so unread data causes no RST), "reset" ends it with
+    an RST at once. Without either the connection reads its next request: keep-alive. A path in `unread` is answered
+    as soon as its head is in, its request body left unread (a server refusing an upload). `requests` records
+    (connection number, method, path).
     """
 
-    def __init__(self, scripts, certs=None):
+    def __init__(self, scripts, certs=None, unread=()):
         self.scripts = scripts  # (set before the first connection can be answered)
+        self.unread = unread
         self.requests = []
         super().__init__(certs)  # TLS: each bytes step goes out as one record (< 16 KB)
 
@@ -955,16 +958,19 @@ class ScriptServer(_ThreadServer):
                     name, _, value = line.partition(":")
                     if name.strip().lower() == "content-length":
                         length = int(value)
-                while len(data) < length:
+                method, path = lines[0].split(" ")[:2]
+                while len(data) < length and path not in self.unread:
                     data += conn.recv(4096)
                 data = data[length:]
-                method, path = lines[0].split(" ")[:2]
                 self.requests.append((number, method, path))
                 for step in self.scripts[path]:
                     if step == "close":
                         conn.shutdown(socket.SHUT_WR)
                         while conn.recv(4096):
                             pass
+                        return
+                    if step == "reset":
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         return
                     if isinstance(step, bytes):
                         conn.sendall(step)

@@ -410,7 +410,8 @@ class ClientSession:
             history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
                 method, data = "GET", None
-                fields.pop("content-type", None)
+                for name in ("content-type", "content-encoding", "content-language", "content-location"):
+                    fields.pop(name, None)  # the body's own fields go with it (RFC 9110 section 15.4)
             if hasattr(data, "rewind") and not data.rewind():  # (aiohttp's error for it)
                 raise errors.ClientPayloadError("a streamed body can't be sent again to %s" % new)
             if any(hop.method == method and hop.url == new for hop in history):
@@ -443,11 +444,19 @@ class ClientSession:
                 conn.wait_ms = ms(timeout.connect)
                 await conn.send(head)
                 connecting = False  # (the TCP connect and the TLS handshake complete within the first send)
+                early = False  # the server answered before the whole body went out (a 413, a 401), and stopped reading
                 if data:
-                    await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
+                    try:
+                        await (data.send_to(conn) if hasattr(data, "send_to") else conn.send(data))
+                    except Exception as e:
+                        early = (isinstance(e, OSError) or errors.kind_of(e, "SocketTimeoutError")) and conn.answered()
+                        if not early:
+                            raise
                 conn.wait_ms = ms(timeout.sock_read)
                 conn.within_one_read(end)  # the whole head
                 await resp._start(end)
+                if early:  # (its answer is the caller's, not a write error; the rest of the body can't follow)
+                    resp._reusable = False
                 return resp
             except BaseException as e:
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a

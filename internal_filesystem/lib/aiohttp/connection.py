@@ -342,6 +342,20 @@ class Connection:
         self.filled += n
         return n
 
+    def answered(self):
+        # -> whether bytes of an answer are here now (taken into the read-ahead), without waiting: after a request
+        # body that could not all go out, they are the answer the server sent before it stopped reading or closed
+        if self.pos < self.filled:
+            return True
+        try:
+            if self.buf is None:
+                self.buf = bytearray(_READ_AHEAD)
+            self.pos = 0
+            self.filled = self.sock.readinto(self.buf) or 0
+        except Exception:  # (reset, with nothing queued before it; a TLS socket past its error)
+            return False
+        return self.filled > 0
+
     def line_end(self):
         # async: where the next line ends in the read-ahead (just past its "\n"), the line left unread; 0 at EOF
         searched = 0  # bytes after pos already searched

@@ -28,11 +28,15 @@ def join_url(base, location):
     never sent, and a Location of "#part" alone means the same resource. A space is sent as %20, as browsers and
     curl send it: nginx and apache put a path they were given with one in a Location as it is."""
     location = location.split("#", 1)[0].replace(" ", "%20")
-    if is_absolute(location):
-        return location  # split_url says whether it is a scheme we speak
-    scheme, host, port, target = split_url(base)
     if location.startswith("//"):
-        return scheme + ":" + location
+        location = split_url(base)[0] + ":" + location
+    if is_absolute(location):  # (split_url says whether it is a scheme we speak)
+        i = location.find("/", location.find("://") + 3) if "://" in location else -1
+        if i < 0:
+            return location
+        path, question, query = location[i:].partition("?")  # its dot segments go too (RFC 3986 section 5.2.2)
+        return location[:i] + _without_dots(path) + question + query
+    scheme, host, port, target = split_url(base)
     path = target.split("?", 1)[0]
     if not location:
         location = target

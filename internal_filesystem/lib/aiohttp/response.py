@@ -146,7 +146,8 @@ async def read_head(conn):
             raise errors.ServerDisconnectedError("server closed the connection without a response")
         parts = latin1(line).rstrip("\r\n").split(" ", 2)
         if (_len(parts) < 2 or _len(parts[0]) != 8 or not parts[0].startswith("HTTP/1.") or not parts[0][7].isdigit()
-                or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"):
+                or _len(parts[1]) != 3 or not parts[1].isdigit() or not "1" <= parts[1][0] <= "5"
+                or line.find(b"\r", 0, _len(line) - 2) >= 0 or b"\0" in line):  # (a bare CR or a NUL, as in a value)
             raise errors.ClientResponseError(0, "bad status line %r" % line[:80])  # (a status is 100 to 599)
         status = int(parts[1])
         size += _len(line)
@@ -228,7 +229,7 @@ def _add_field(blocks, buf, start, end):
         block += b"\n"
         block += name
         block += b":"
-    elif i < j:
+    elif i < j and block.find(b":", block.rfind(b"\n")) < _len(block) - 1:  # (an empty value gains no space)
         block += b" "
     block += view[i:j]
     return True
@@ -848,9 +849,12 @@ class ClientResponse(StreamReader):
         if name == "connection":  # (as aiohttp's: None once the response let it go)
             return None if self._released else self._conn
         if name == "content_length":
-            # None when the body is not framed by it (chunked wins over a Content-Length sent with it)
-            value = self.headers.get("Content-Length")
-            return int(value) if value and value.isdigit() and not self._chunked else None
+            # as it frames the body ("2, 2" is 2); None when it does not (chunked wins over a Content-Length sent with
+            # it) or can't be read (a HEAD answer's is not checked)
+            try:
+                return None if self._chunked else _content_length(self.headers, self.status)
+            except Exception:
+                return None
         if name == "content_type":  # the media type alone, lower case; aiohttp's default when none is sent
             return self.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip(" \t").lower()
         if name == "charset":  # the Content-Type's charset parameter as sent, or None

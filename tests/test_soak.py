@@ -5,6 +5,7 @@ untouched; recoverable faults (one drop, truncation, stall or 503 per download) 
 ones all fail; at the end no file descriptor, session or task is left over.
 """
 import hashlib
+import os
 import random
 
 from tools.testservers import sha256_of
@@ -130,3 +131,71 @@ def test_soak_plan_is_reproducible():
     a, b = plan(), plan()
     assert a == b
     assert hashlib.sha256(repr(a).encode()).hexdigest() == hashlib.sha256(repr(b).encode()).hexdigest()
+
+
+# --- Heap that grows with use ---------------------------------------------------------------------------------------
+# MicroPythonOS runs for days: the App Store fetches hundreds of icons, the OS updater checks every few hours, apps
+# reconnect their websockets after every Wi-Fi drop. Each kind of use below runs ROUNDS times to warm up (pools,
+# queues and buffers at their size), then ROUNDS times more, measured: what those keep must stay within SLACK bytes
+# in all, not per use. SOAK_ROUNDS=1000 runs each that often (minutes), where a leak of one byte per use shows.
+
+SOAK_ROUNDS = int(os.environ.get("SOAK_ROUNDS", "0"))
+SLACK = 512  # bytes, all uses together: the collector's own bookkeeping moves by a few blocks
+
+SOAK_HEAP = """
+import asyncio, socket
+import aiohttp
+from aiohttp import connection
+from mpos import DownloadManager, TaskManager
+
+
+def on_loopback(host, port, *args, lookup=connection._getaddrinfo):
+    # every name under .test is 127.0.0.1: as many hosts as a test likes, all served by the test's server
+    return lookup("127.0.0.1" if host.endswith(".test") else host, port, *args)
+
+
+connection._getaddrinfo = on_loopback
+
+
+async def growth(name, use, rounds):
+    # -> reports the heap `rounds` more uses kept, after as many to warm up
+    for i in range(rounds):
+        await use(i)
+    before = heap_in_use()
+    for i in range(rounds, 2 * rounds):
+        await use(i)
+    result(use=name, kept=heap_in_use() - before)
+"""
+
+
+def rounds(default):
+    return SOAK_ROUNDS or default
+
+
+def growth_of(run):
+    # the use -> the bytes it kept, from the snippet's growth() reports
+    return {r["use"]: r["kept"] for r in run.results if "use" in r}
+
+
+def test_an_idle_connection_holds_no_read_ahead(mpy, fault):
+    # A chunked answer keeps the connection's read-ahead for its size lines, and a head line of 5 KB doubles it to
+    # 8 KB. Once the body is read the connection goes back to the pool, and the next head makes a new read-ahead:
+    # kept while idle, it was up to 8 KB per pooled connection (4), for as long as the session was used.
+    run = mpy.run(SOAK_HEAP + """
+async def get(session, host, query):
+    async with session.get("http://%s:%d/bytes/3000?%s" % (host, PORT, query)) as resp:
+        assert len(await resp.read()) == 3000
+
+async def main():
+    async with aiohttp.ClientSession() as session:
+        held = []
+        for query in ("seed=1", "chunked=1&pad=3&padlen=5000"):
+            for host in ("a.test", "b.test", "c.test", "d.test"):
+                await get(session, host, query)
+            held.append(heap_in_use())
+        result(idle=len(session._idle), more=held[1] - held[0])
+
+run(main())
+""", PORT=fault.port)
+    assert run.value["idle"] == 4
+    assert run.value["more"] <= SLACK, run.value

@@ -308,13 +308,20 @@ async def use(i):
     "queued past its deadline, queued and cancelled": ("""
 async def use(i):
     DownloadManager.max_connections = 1
-    first = asyncio.create_task(DownloadManager.download_url(URL + "/bytes/2000?delay=0.02&u=%d" % i))
+    let_go = asyncio.Event()
+
+    async def hold(chunk):  # the first download holds the one slot until the others are done with
+        await let_go.wait()
+
+    first = asyncio.create_task(DownloadManager.download_url(URL + "/bytes/2000?u=%d" % i, chunk_callback=hold))
     queued = [asyncio.create_task(DownloadManager.download_url(URL + "/bytes/10", priority=p)) for p in range(3)]
-    await asyncio.sleep_ms(0)  # (the first holds the slot, the others wait for it)
+    while [d["state"] for d in DownloadManager.downloads()].count("queued") < 3:  # the first has the slot
+        await asyncio.sleep_ms(0)
     assert await DownloadManager.download_url(URL + "/bytes/10", deadline=0.005) is None
     for task in queued:
         task.cancel()
-    assert await first is not None
+    let_go.set()
+    assert await first
     DownloadManager.max_connections = 3
 """, 25, NOISY),
     "stopped by its callback": ("""

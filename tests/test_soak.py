@@ -370,6 +370,13 @@ async def use(i):
     async with session.get("http://h%d.test:%d/json/5?chunked=1" % (i, PORT)) as resp:
         await resp.json()
 """, 50),
+    "answers looked at and let go unread": ("""
+async def use(i):
+    async with session.get(URL + "/bytes/3000") as resp:  # (an app that wanted only the status)
+        assert resp.status == 200
+    resp = await session.get(URL + "/status/404")
+    resp.release()
+""", 50),
     "requests that fail: refused, 404 raised, read timeout": ("""
 async def use(i):
     for url, timeout in ((REFUSED, None), (URL + "/status/404", None), (URL + "/bytes/999?stall=9&stall_s=1", 0.01)):

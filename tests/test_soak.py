@@ -459,6 +459,7 @@ async def use(i):
 }
 
 
+@pytest.mark.parametrize("mpy", ["internals", "public"], indirect=True)  # both ways a wait goes (aiohttp/poll.py)
 @pytest.mark.parametrize("name", list(CLIENT))
 def test_the_client_and_tasks_keep_no_heap(mpy, fault, ws_aiohttp, name):
     code, default = CLIENT[name]

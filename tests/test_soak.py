@@ -369,6 +369,7 @@ async def use(i):
 async def use(i):
     async with session.get("http://h%d.test:%d/json/5?chunked=1" % (i, PORT)) as resp:
         await resp.json()
+    assert len(session._idle) <= 4  # its pool_size: the oldest idle connection goes first
 """, 50),
     "answers looked at and let go unread": ("""
 async def use(i):

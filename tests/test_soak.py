@@ -3,6 +3,10 @@
 Every download that reports success has exactly the right bytes; every failure left the previous outfile
 untouched; recoverable faults (one drop, truncation, stall or 503 per download) are all recovered; permanent
 ones all fail; at the end no file descriptor, session or task is left over.
+
+Heap that grows with use: each kind of use (downloads that succeed, fail, time out, are cancelled or redirected to
+many hosts; sessions, websockets and tasks made and ended) runs many times in one process, and what it keeps on the
+heap must stay within a small fixed slack in all. SOAK_ROUNDS=1000 for a long run.
 """
 import hashlib
 import os
@@ -143,6 +147,7 @@ def test_soak_plan_is_reproducible():
 # per use shows.
 
 SOAK_ROUNDS = int(os.environ.get("SOAK_ROUNDS", "0"))
+TIME_LIMIT = 300 + SOAK_ROUNDS  # seconds a snippet may run: a use that waits for a read timeout takes about 0.2 s
 SLACK = 512  # bytes, all uses together: the collector's own bookkeeping moves by a few blocks
 # Uses that cancel, or run several downloads at once: what the collector still finds pointed to after one (a frame
 # from asyncio's queue or a stack, the last use's buffers) flips between levels up to about 4.5 KB apart, for
@@ -349,7 +354,7 @@ async def main():
            names=len(connection._dns))
 
 run(main())
-""", NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port, REFUSED=refused_url(), timeout=300)
+""", NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port, REFUSED=refused_url(), timeout=TIME_LIMIT)
     assert growth_of(run)[name] <= (noisy or [SLACK])[0], run.results
     assert run.value == {"fds": 0, "tasks": 0, "listed": 0, "names": run.value["names"]}, run.value
     assert run.value["names"] <= DNS_KEPT, run.value  # the names looked up: a cache of a bounded size
@@ -482,7 +487,7 @@ async def main():
 
 run(main())
 """, NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port, REFUSED=refused_url(),
-                  WS=ws_aiohttp.base, WS_REFUSED=refused_url().replace("http", "ws"), timeout=300)
+                  WS=ws_aiohttp.base, WS_REFUSED=refused_url().replace("http", "ws"), timeout=TIME_LIMIT)
     assert growth_of(run)[name] <= SLACK, run.results
     assert run.value == {"fds": 0, "tasks": 0, "busy": 0, "names": run.value["names"]}, run.value
     assert run.value["names"] <= DNS_KEPT, run.value
@@ -503,7 +508,7 @@ base = fd_count()
 for i in uses("downloads", ROUNDS):
     download(i)
 result(fds=fd_count() - base, tasks=len(TaskManager.list_tasks()), session=DownloadManager.is_session_active())
-""", ROUNDS=rounds(25), URL=fault.base, REFUSED=refused_url(), timeout=300)
+""", ROUNDS=rounds(25), URL=fault.base, REFUSED=refused_url(), timeout=TIME_LIMIT)
     assert growth_of(run)["downloads"] <= SLACK, run.results
     assert run.value == {"fds": 0, "tasks": 0, "session": False}
 
@@ -544,6 +549,6 @@ async def main():
            session=DownloadManager.is_session_active())
 
 run(main())
-""", ROUNDS=rounds(20), URL=fault.base, PORT=fault.port, WS=ws_aiohttp.base, timeout=300)
+""", ROUNDS=rounds(20), URL=fault.base, PORT=fault.port, WS=ws_aiohttp.base, timeout=TIME_LIMIT)
     assert run.value["more"] <= NOISY, run.value
     assert not run.value["tasks"] and not run.value["session"], run.value

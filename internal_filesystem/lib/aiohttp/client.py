@@ -220,6 +220,9 @@ class ClientSession:
         if conn.deadline is not None:
             conn.deadline = None
         if reusable and not self.closed and conn.sock is not None and conn.pos == conn.filled and self._pool_size > 0:
+            if conn.buf is not None:  # (a chunked body's read-ahead, all read: the next head makes its own)
+                conn.buf = None
+                conn.pos = conn.filled = 0
             self._idle.append((conn, ticks_ms()))
             if len(self._idle) > self._pool_size:
                 self._idle.pop(0)[0].close()

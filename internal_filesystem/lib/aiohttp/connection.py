@@ -57,6 +57,9 @@ _getaddrinfo = socket.getaddrinfo  # tests put a slow resolver here: the built-i
 # A device that moves to another network follows its hosts' new addresses within a minute, and a batch of
 # downloads (the App Store's icons) costs one lookup. getaddrinfo does not say the record's own TTL.
 _DNS_TTL_MS = const(60000)
+# Host and port pairs kept at most: a device talks to a few hosts, and an app that walks through many (redirects to
+# mirrors, a list of relays) must not grow the cache for ever; the next one empties it (dicts keep no order here)
+_DNS_KEPT = const(8)
 _DNS_WORKERS = const(2)  # lookup threads at once: an ESP32 runs only a few threads, and a stuck one can't be killed
 _DNS_POLL_MS = const(10)  # how often the event loop looks whether a lookup has finished
 # glibc's resolver loads NSS modules (mdns4_minimal takes about 80 KB of stack) and segfaults on a small stack
@@ -103,7 +106,7 @@ def _settle(lookup):
             address = candidate
             break
     if address is not None:
-        if _len(_dns) >= 8:
+        if _len(_dns) >= _DNS_KEPT:
             _dns.clear()
         _dns[(lookup.host, lookup.port)] = (address, ticks_ms())
     return address

@@ -106,7 +106,7 @@ run(main())
     v = r.value
     assert v["sha"] == sha256_of(50000)
     assert v["ms"] >= 2000 and v["calls"] == [["slow.test", True]], v  # it did wait, on a worker thread
-    assert v["longest"] < 50, v
+    assert v["longest"] < 1000, v  # a lookup on the event loop would stop it for the whole 2 s (not a speed check)
 
 
 def test_a_lookup_slower_than_the_connect_timeout_fails_cleanly(mpy, fault):

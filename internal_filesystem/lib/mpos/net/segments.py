@@ -6,9 +6,9 @@
 #   Download's run loop on this same object.
 # - One .part handle for all segments: littlefs and FAT cache a file per handle, and two handles writing one file
 #   lose each other's data.
-# - The record (see partfile.py) lists the ranges still missing, is written only after the data it vouches for is
-#   flushed, and is trusted only for the same URL, size and validator and a .part long enough. A resource that
-#   changes under the segments -> one plain stream from scratch.
+# - The record (see partfile.py) lists the ranges still missing, is written first with all of them (before a byte)
+#   and then only after the data it vouches for is flushed, and is trusted only for the same URL, size and validator
+#   and a .part long enough. A resource that changes under the segments -> one plain stream from scratch.
 # - Besides its own slot the download takes only slots free right now: it never passes max_connections nor makes a
 #   queued download wait longer.
 import asyncio
@@ -275,9 +275,11 @@ class Segmented(Download):
             self.file = open(part, "wb" if fresh else "r+b")
         except OSError as e:
             raise self._file_error("cannot write %s" % part, e)
+        self.unassigned = plan
+        if fresh:  # recorded all missing before a byte lands: a .part with holes never passes for a plain partial
+            self._save_record()  # (get_resume_position's), whatever ends this download before its first save
         workers = min(connections, len(plan))
         self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
-        self.unassigned = plan
         self.kept = size - sum(last - first + 1 for first, last in plan)
         self.delivered = self.finished_bytes = 0
         self.saved_at = self.speed_since = ticks_ms()

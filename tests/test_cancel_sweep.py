@@ -17,7 +17,7 @@ SWEEP = """
 import asyncio, os
 from mpos import DownloadManager, TaskManager
 from mpos.net import partfile
-from stepcancel import cancel_at, loop_is_idle, settle, admission_is_free
+from stepcancel import cancel_at, loop_is_idle, settle, admission_is_free, put
 
 WAIT_FOR = {'asyncio': asyncio.wait_for, 'TaskManager': TaskManager.wait_for}.get(WAIT_FOR)
 
@@ -28,14 +28,6 @@ if KW.get('segments'):
     from mpos.net import segments
     segments.min_segment = 1000  # (4000 bytes in 3 segments)
 OUT = 'out.bin'
-
-def put(path, data):
-    if data is None:
-        if exists(path):
-            os.remove(path)
-    else:
-        with open(path, 'wb') as f:
-            f.write(data)
 
 def sink():
     got = []
@@ -286,7 +278,7 @@ def test_close_session_at_any_step_of_three_downloads(mpy, fault):
 # cancelled at every step in turn on one session, which must then serve the next attempt exactly.
 CLIENT = """
 import asyncio, aiohttp
-from stepcancel import cancel_at, loop_is_idle, settle
+from stepcancel import cancel_at, loop_is_idle, settle, session_is_clean
 
 async def main():
     base = fd_count()
@@ -298,11 +290,7 @@ async def main():
             break
         await settle()
         wrong = [] if how == 'cancelled' else ['%s %r' % (how, what)]
-        wrong += loop_is_idle(session._watchdog_task)
-        if session._busy or any(conn.sock is None for conn, _ in session._idle):
-            wrong.append('the pool holds %d busy, %d dead' % (len(session._busy), len(session._idle)))
-        if fd_count() - base > len(session._idle):
-            wrong.append('%d fds left' % (fd_count() - base - len(session._idle)))
+        wrong += loop_is_idle(session._watchdog_task) + session_is_clean(session, base)
         got = await attempt(session)
         if got != SHA:
             wrong.append('the next attempt got %r' % got)

@@ -383,32 +383,23 @@ run(main())
 KILLME = """
 from mpos import DownloadManager
 from mpos.net import segments
-segments.save_ms = 50
+segments.save_ms = SAVE_MS
 DownloadManager.max_connections = 4
 DownloadManager.download_url(URL, outfile=OUT, segments=4)
 """
 
 
-def test_resume_after_the_process_is_killed(mpy, fault, tmp_path):
-    # A MicroPython process is killed (SIGKILL: no cleanup at all, as in a reboot) once its state file shows
-    # progress; a second process finishes the file and asks the server for exactly what the record says is missing.
-    n = 1000000
-    url = fault.url("/bytes/%d?rate=200000" % n)
-    out = str(tmp_path / "killed.bin")
+def kill_when(tmp_path, url, out, save_ms, ready):
+    # A MicroPython process downloads url to out in 4 segments, recording its progress every save_ms, and is killed
+    # (SIGKILL: no cleanup at all, as in a reboot) once ready() says so
     script = tmp_path / "killme.py"
-    script.write_text("URL = %r\nOUT = %r\n" % (url, out) + KILLME)
+    script.write_text("URL = %r\nOUT = %r\nSAVE_MS = %d\n" % (url, out, save_ms) + KILLME)
     env = dict(os.environ, MICROPYPATH=micropypath(LIB))
     proc = subprocess.Popen([micropython(), str(script)], cwd=str(tmp_path), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         t0 = time.time()
-        while time.time() - t0 < 20:
-            try:
-                with open(out + ".part.state") as f:
-                    if missing(json.load(f)) < n * 0.7:
-                        break
-            except (OSError, ValueError):
-                pass
+        while time.time() - t0 < 20 and not ready():
             time.sleep(0.02)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGKILL)
@@ -417,6 +408,23 @@ def test_resume_after_the_process_is_killed(mpy, fault, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_resume_after_the_process_is_killed(mpy, fault, tmp_path):
+    # Killed once its state file shows progress; a second process finishes the file and asks the server for exactly
+    # what the record says is missing.
+    n = 1000000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    out = str(tmp_path / "killed.bin")
+
+    def progressed():
+        try:
+            with open(out + ".part.state") as f:
+                return missing(json.load(f)) < n * 0.7
+        except (OSError, ValueError):
+            return False
+
+    kill_when(tmp_path, url, out, 50, progressed)
     with open(out + ".part.state") as f:
         st = json.load(f)  # the record as the killed process left it
     left = missing(st)
@@ -427,6 +435,25 @@ def test_resume_after_the_process_is_killed(mpy, fault, tmp_path):
     done_cleanly(v, n)
     assert fault.served == left + 1, (fault.served, left)
     assert fault.served < n
+
+
+def test_a_kill_before_the_first_record_save_leaves_no_partial_for_the_resume_recipe(mpy, fault, tmp_path):
+    # Killed with bytes in the .part (each segment writes at its own offset: it has holes) before any save of its
+    # progress: the record says all of it is missing, so get_resume_position() says 0 and the spec's resume recipe
+    # gets the exact file, not one continued after the holes (which it got while the first record came with the
+    # first save: a MemoryError, a kill or a power cut before it left the .part unrecorded)
+    n = 1000000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    out = str(tmp_path / "killed.bin")
+    kill_when(tmp_path, url, out, 10 ** 9, lambda: os.path.exists(out + ".part") and os.path.getsize(out + ".part"))
+    assert os.path.getsize(out + ".part") > 0 and not os.path.exists(out)
+    v = mpy.run("""
+from mpos import DownloadManager
+n = DownloadManager.get_resume_position(OUT)
+ok = DownloadManager.download_url(URL, outfile=OUT, headers={'Range': 'bytes=%d-' % n} if n else None)
+result(n=n, ok=ok, sha=sha256_file(OUT))
+""", URL=url, OUT=out).value
+    assert v == {"n": 0, "ok": True, "sha": sha256_of(n)}, v
 
 
 # --- failing and recovering segments ----------------------------------------------------------------------------

@@ -105,8 +105,9 @@ class _RequestContext:
             resp._in_context = True
         return resp
 
-    async def __aexit__(self, *exc):
-        self._resp.release()
+    def __aexit__(self, exc_type, exc, tb):
+        # (no coroutine to make: in a heap that just ran out, the connection goes back all the same)
+        return self._resp.release()
 
 
 class ClientSession:
@@ -152,24 +153,24 @@ class ClientSession:
     async def __aenter__(self):
         return self
 
-    async def __aexit__(self, *exc):
-        await self.close()
+    def __aexit__(self, exc_type, exc, tb):
+        # close(), with no coroutine to make: in a heap that just ran out, the connections go all the same
+        self.shutdown()
+        return asyncio.sleep(0)
 
     async def close(self):
         self.shutdown()
         await asyncio.sleep(0)
 
     def shutdown(self):
-        # close() without awaiting: safe in a `finally` of a cancelled task
-        self.closed = True
+        # close() without awaiting: safe in a `finally` of a cancelled task, and in one whose heap just ran out: the
+        # sockets, the waiters and the watchdog go first, allocating nothing (with no websocket open), then the state
         for ws in tuple(self._websockets):
             ws._going_away()
         for conn in self._busy:
             conn.close()
         for conn, _ in self._idle:
             conn.close()
-        self._idle = []
-        self._busy = []
         room = self._room
         if room is not None:  # the requests waiting for a socket end (see _make_room)
             self._room = None
@@ -179,6 +180,9 @@ class ClientSession:
             task.cancel()
         if self._connector is not None:
             self._connector.left(self)
+        self.closed = True  # (nothing ran since the first line that would have looked)
+        self._idle = []
+        self._busy = []
 
     # --- connections ---------------------------------------------------------------------------------------------
     def _tls_context(self, ssl):
@@ -212,11 +216,12 @@ class ClientSession:
         if room is not None and conn.sock is not None:  # its socket comes free, or idle, for requests waiting for one
             self._room = None
             room.set()
-        try:
+        if conn in self._busy:  # (no ValueError: made in a full heap, it would take over the MemoryError under way)
             self._busy.remove(conn)
-        except ValueError:
-            pass
-        conn.waiter = conn.wait_until = None
+        if conn.waiter is not None:  # (each set only when it holds something: an attribute set anew would take heap)
+            conn.waiter = None
+        if conn.wait_until is not None:
+            conn.wait_until = None
         if conn.deadline is not None:
             conn.deadline = None
         if reusable and not self.closed and conn.sock is not None and conn.pos == conn.filled and self._pool_size > 0:

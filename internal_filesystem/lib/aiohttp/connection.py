@@ -171,6 +171,14 @@ async def resolve(host, port, connect_ms, end):
     return address
 
 
+def _close(sock):
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
 def forget(host, port):
     # an address that failed: the next connect looks the name up again
     _dns.pop((host, port), None)
@@ -219,12 +227,9 @@ class Connection:
             self.sock.setblocking(False)
 
     def close(self):
-        for sock in (self.sock, self.tcp):  # (closing the TCP socket again after its TLS socket did is harmless)
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+        # Allocates nothing (no tuple to loop over): it runs in the cleanup of a heap that just ran out
+        _close(self.sock)
+        _close(self.tcp)  # (closing the TCP socket again after its TLS socket did is harmless)
         self.sock = None
         if self.tcp is not None:
             self.tcp = None

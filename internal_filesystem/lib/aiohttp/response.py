@@ -869,8 +869,12 @@ class ClientResponse(StreamReader):
         # The request is over: its body was read to the end (reusable), or its connection can't be trusted further
         if self._released:
             return
-        self._released = True
-        self._session._done_with(self._conn, reusable and self._reusable)
+        reusable = reusable and self._reusable
+        try:
+            self._released = True
+        except MemoryError:  # no room for one more attribute: the connection goes all the same, and is not reused
+            reusable = False  # (a second release then finds it closed already)
+        self._session._done_with(self._conn, reusable)
 
     def release(self):
         # Closing is the only safe choice for a body that was not read to its end. -> an awaitable that is done, so
@@ -999,8 +1003,8 @@ class ClientResponse(StreamReader):
         self._in_context = True
         return self
 
-    async def __aexit__(self, *exc):
-        self.release()
+    def __aexit__(self, exc_type, exc, tb):
+        return self.release()  # (no coroutine to make: see _RequestContext's)
 
     def __repr__(self):
         return "<ClientResponse(%s) [%d %s]>" % (self.url, self.status, self.reason)

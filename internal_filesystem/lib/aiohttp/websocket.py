@@ -644,27 +644,30 @@ class ClientWebSocketResponse:
         # The connection goes, now: the end of every path. The tasks parked on its socket are woken first (one
         # left parked on a closed socket would never wake); a receive() woken here returns CLOSED, or ERROR with
         # exc.
-        if exc is not None and self._exc is None:
-            self._exc = exc
-        if self._state == _CLOSED:
-            return
-        self._state = _CLOSED
-        if self.close_code is None:
-            self.close_code = WSCloseCode.ABNORMAL_CLOSURE
-        reader, writer = self._reading, self._writing
-        if reader is not None:
-            self._reading = None
-            _wake(reader)
-        if writer is not None:
-            self._writing = None
-            _wake(writer)
-        self._stop_beat()
-        self._session._done_with(self._conn, False)  # closed: the session's requests waiting for a socket try again
-        self._buf = None
-        try:
-            self._session._websockets.remove(self)
-        except ValueError:
-            pass
+        gone = self._state == _CLOSED
+        try:  # (what allocates: in a heap that just ran out, the connection goes all the same)
+            if exc is not None and self._exc is None:
+                self._exc = exc
+            if gone:
+                return
+            self._state = _CLOSED
+            if self.close_code is None:
+                self.close_code = WSCloseCode.ABNORMAL_CLOSURE
+            reader, writer = self._reading, self._writing
+            if reader is not None:
+                self._reading = None
+                _wake(reader)
+            if writer is not None:
+                self._writing = None
+                _wake(writer)
+            self._stop_beat()
+        finally:
+            if not gone:
+                self._session._done_with(self._conn, False)  # closed: the requests waiting for a socket try again
+                websockets = self._session._websockets
+                if self in websockets:  # (no ValueError: made in a full heap, it would replace the MemoryError)
+                    websockets.remove(self)
+                self._buf = None
 
     # --- heartbeat ----------------------------------------------------------------------------------------
     def _stop_beat(self):
@@ -708,11 +711,16 @@ def _control_payload(message):
 class _WSContext(_RequestContext):
     # `async with session.ws_connect(url) as ws:` closes ws at the end; cancelled, it goes at once (no waiting for
     # the server's Close). `await session.ws_connect(url)` gives ws itself.
-    async def __aexit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-            self._resp._going_away()
-        else:
-            await self._resp.close()
+    def __aexit__(self, exc_type, exc, tb):
+        # (no coroutine of its own, nor close()'s when the heap ran out: the websocket goes all the same)
+        if exc_type is None or not (issubclass(exc_type, asyncio.CancelledError) or issubclass(exc_type, MemoryError)):
+            try:
+                return self._resp.close()
+            except MemoryError:
+                self._resp._going_away()
+                raise
+        self._resp._going_away()
+        return ()
 
 
 def ws_connect(session, url, **kw):
@@ -795,25 +803,25 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         _check(status, answer, key, protocols)
         if session.closed:  # meanwhile: it would never close this websocket
             raise ClientConnectionError("session closed while connecting to %s" % host)
-    except BaseException:
+        conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
+        ws = ClientWebSocketResponse(session, conn)
+        for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size or _NO_LIMIT),
+                            ("_autoclose", autoclose), ("_autoping", autoping), ("_decode", decode_text)):
+            if value != getattr(ClientWebSocketResponse, name):
+                setattr(ws, name, value)
+        if isinstance(timeout, (int, float)):
+            timeout = ClientWSTimeout(ws_close=timeout)  # (aiohttp's older meaning of a number here)
+        if timeout is not None:
+            ws._close_timeout = timeout.ws_close
+            ws._receive_timeout = timeout.ws_receive
+        if receive_timeout is not None:
+            ws._receive_timeout = receive_timeout
+        if not session._websockets:
+            session._websockets = []
+        session._websockets.append(ws)
+    except BaseException:  # (a full heap too, until the session knows the websocket: nothing else would close it)
         session._done_with(conn, False)
         raise
-    conn.handed_out(0)  # (lets go of the read-ahead buffer if the answer left nothing in it)
-    ws = ClientWebSocketResponse(session, conn)
-    for name, value in (("protocol", answer.get("Sec-WebSocket-Protocol")), ("_max", max_msg_size or _NO_LIMIT),
-                        ("_autoclose", autoclose), ("_autoping", autoping), ("_decode", decode_text)):
-        if value != getattr(ClientWebSocketResponse, name):
-            setattr(ws, name, value)
-    if isinstance(timeout, (int, float)):
-        timeout = ClientWSTimeout(ws_close=timeout)  # (aiohttp's older meaning of a number here)
-    if timeout is not None:
-        ws._close_timeout = timeout.ws_close
-        ws._receive_timeout = timeout.ws_receive
-    if receive_timeout is not None:
-        ws._receive_timeout = receive_timeout
-    if not session._websockets:
-        session._websockets = []
-    session._websockets.append(ws)
     if heartbeat:
         ws._heard = ticks_ms()
         ws._beat = asyncio.create_task(ws._heartbeat(ms(heartbeat)))

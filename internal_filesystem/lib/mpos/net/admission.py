@@ -95,7 +95,10 @@ def release_session(idle_ms, download=None):
     if stale is not None:
         _cancel(stale)
     if close_now:
-        idle.shutdown()
+        try:
+            idle.shutdown()
+        except MemoryError:  # (its sockets and its watchdog went first: the rest is the state of a session no one holds)
+            pass
         return
     if closer is not None:  # the closer of the downloads before this one sleeps on, until the new _close_at
         return

@@ -232,9 +232,11 @@ class Download:
         except Exception as e:
             return self._failed(e)
         finally:
-            if resp is not None:
-                resp.release()
-            self._exit(admitted)
+            try:
+                if resp is not None:
+                    resp.release()
+            finally:  # (the slot and the session go back whatever a heap that just ran out fails above)
+                self._exit(admitted)
 
     # What run does before and after its attempts, in plain methods: their locals would be slots in run's frame.
     # A segment overrides them: the Segmented download it is part of holds the session, the slot and the listing.
@@ -263,12 +265,26 @@ class Download:
     def _failed(self, e):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
-        self.state = _FAILED
+        if isinstance(e, MemoryError) or isinstance(e, errors.OutOfMemory):
+            # The heap back first, for the words that say why: the buffers go, and what a stale word the failed
+            # deep call chain left on the C stack (the collector scans it conservatively) kept of the one too big
+            import gc
+
+            self.close()
+            gc.collect()
+            try:
+                if isinstance(e, MemoryError):
+                    e = errors.OutOfMemory("out of memory")
+                self.state = _FAILED
+            except MemoryError:  # a heap full of what others hold: the documented failure all the same, unsaid
+                if self.raise_errors:
+                    raise
+                return None if self.mode() == "memory" else False
+        else:
+            self.state = _FAILED
         if isinstance(e, errors.CallbackError):
             self.log("stopped by its callback", e.error)
             raise e.error
-        if isinstance(e, MemoryError):
-            e = errors.OutOfMemory("out of memory")
         if isinstance(e, OSError) and self.outfile is not None:
             # the run loop sorted the network's OSErrors: one that reaches here is the flash's
             e = self._file_error(self.outfile, e)
@@ -279,13 +295,6 @@ class Download:
             # A full flash gets its space back: a .part it has no room to finish is no resume (docs/decisions.md)
             self.close()
             self._discard_part()
-        if isinstance(e, errors.OutOfMemory):
-            # The heap back now, not at the next collection: a stale word the failed deep call chain left on the C
-            # stack, which the collector scans conservatively, could keep the buffer that did not fit alive
-            import gc
-
-            self.close()
-            gc.collect()
         self.log("failed", e)
         if self.raise_errors:
             raise e

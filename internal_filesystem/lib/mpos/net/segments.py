@@ -6,9 +6,9 @@
 #   Download's run loop on this same object.
 # - One .part handle for all segments: littlefs and FAT cache a file per handle, and two handles writing one file
 #   lose each other's data.
-# - The record (see partfile.py) lists the ranges still missing, is written only after the data it vouches for is
-#   flushed, and is trusted only for the same URL, size and validator and a .part long enough. A resource that
-#   changes under the segments -> one plain stream from scratch.
+# - The record (see partfile.py) lists the ranges still missing, is written first with all of them (before a byte)
+#   and then only after the data it vouches for is flushed, and is trusted only for the same URL, size and validator
+#   and a .part long enough. A resource that changes under the segments -> one plain stream from scratch.
 # - Besides its own slot the download takes only slots free right now: it never passes max_connections nor makes a
 #   queued download wait longer.
 import asyncio
@@ -131,6 +131,7 @@ class Segmented(Download):
     # The download as the caller and downloads() see it: its connection slot, callbacks, sha256 and the .part.
     segmented = True  # run calls _segments first, once admitted
     file_position = -1  # where the shared .part's handle stands; -1: unknown
+    failure = None  # what ended a segment: the download's failure (a _GoPlain: go plain)
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
         Download.__init__(self, url, outfile, chunk_callback, total_size, headers, options)
@@ -275,26 +276,37 @@ class Segmented(Download):
             self.file = open(part, "wb" if fresh else "r+b")
         except OSError as e:
             raise self._file_error("cannot write %s" % part, e)
-        workers = min(connections, len(plan))
-        self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
         self.unassigned = plan
-        self.kept = size - sum(last - first + 1 for first, last in plan)
-        self.delivered = self.finished_bytes = 0
-        self.saved_at = self.speed_since = ticks_ms()
-        self.speed_from = 0
-        self.state = DOWNLOADING
-        self.failure = None
-        self.workers_left = workers
-        self.wake = asyncio.Event()
-        tasks = [asyncio.create_task(self._worker(sess, i > 0)) for i in range(workers)]
+        if fresh:  # recorded all missing before a byte lands: a .part with holes never passes for a plain partial
+            self._save_record()  # (get_resume_position's), whatever ends this download before its first save
+        workers = min(connections, len(plan))
+        tasks = [None] * workers  # each task in its place as it is made, where _stop finds it whatever fails next
+        self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
         succeeded = False
-        try:
+        try:  # (from the slots on: a full heap may fail any line, and the finally gives them back)
+            self.kept = size - sum(last - first + 1 for first, last in plan)
+            self.delivered = self.finished_bytes = 0
+            self.saved_at = self.speed_since = ticks_ms()
+            self.speed_from = 0
+            self.state = DOWNLOADING
+            self.workers_left = workers
+            self.wake = asyncio.Event()
+            for i in range(workers):
+                tasks[i] = asyncio.create_task(self._worker(sess, i > 0))
             while self.workers_left and self.failure is None:
                 await self.wake.wait()
                 self.wake.clear()
             succeeded = self.failure is None
         finally:
-            await self._stop(tasks, succeeded)
+            for task in tasks:
+                if task is not None:  # (None: not made, the heap ran out first)
+                    task.cancel()
+            try:
+                await self._stop(tasks, succeeded)
+            finally:  # the slots, even when a full heap could not make _stop's coroutine: they are counted, not made
+                while self.extra_slots:
+                    self.extra_slots -= 1
+                    admission.leave(self.tunables.max_connections)
         if self.failure is not None:
             return self._after_failure()
         # Every range is in. sha256= is checked by one read pass over the assembled file (the segments arrive out of
@@ -309,18 +321,14 @@ class Segmented(Download):
         return await Download._finish(self)
 
     async def _stop(self, tasks, succeeded):
-        # On failure or cancellation too: every segment stopped (each closes its connection), the slots given back,
-        # the progress recorded. A task cancelled before it ran skips its own cleanup, hence all of it here.
+        # On failure or cancellation too, once the segments are cancelled: each ended (closing its connection), the
+        # progress recorded. A task cancelled before it ran skips its own cleanup, hence all of it here.
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except BaseException:
-                pass
-        while self.extra_slots:
-            self.extra_slots -= 1
-            admission.leave(self.tunables.max_connections)
+            if task is not None:
+                try:
+                    await task
+                except BaseException:
+                    pass
         self.delivered = self.finished_bytes + sum(s.delivered for s in self.in_flight)
         if not succeeded and not isinstance(self.failure, _GoPlain) and self.kept + self.delivered:
             try:

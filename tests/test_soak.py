@@ -362,7 +362,8 @@ run(main())
 
 
 # The client as apps use it (Nostr, the Lightning wallet: a session, websockets that reconnect after every drop) and
-# TaskManager. `session` is one long-lived ClientSession.
+# TaskManager. `session` is one long-lived ClientSession. As DOWNLOADS: its code, default rounds, and NOISY where a
+# use cancels a task.
 CLIENT = {
     "sessions opened and closed": ("""
 async def use(i):
@@ -410,7 +411,7 @@ async def use(i):
     ws = await session.ws_connect(WS + "/drop", heartbeat=30)
     async for message in ws:
         pass
-""", 50),
+""", 50, NOISY),  # (its heartbeat task is cancelled)
     "websockets refused, or answered 404": ("""
 async def use(i):
     for url in (WS_REFUSED, WS + "/status/404"):
@@ -427,7 +428,7 @@ async def use(i):
     await asyncio.sleep_ms(0)
     await own.close()
     await reading
-""", 50),
+""", 50, NOISY),  # (its heartbeat task is cancelled)
     "receive timeouts on one websocket": ("""
 async def use(i):
     global open_ws
@@ -468,7 +469,7 @@ async def use(i):
 @pytest.mark.parametrize("mpy", ["internals", "public"], indirect=True)  # both ways a wait goes (aiohttp/poll.py)
 @pytest.mark.parametrize("name", list(CLIENT))
 def test_the_client_and_tasks_keep_no_heap(mpy, fault, ws_aiohttp, name):
-    code, default = CLIENT[name]
+    code, default, *noisy = CLIENT[name]
     run = mpy.run(SOAK_HEAP + """
 
 session = aiohttp.ClientSession()
@@ -488,7 +489,7 @@ async def main():
 run(main())
 """, NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port, REFUSED=refused_url(),
                   WS=ws_aiohttp.base, WS_REFUSED=refused_url().replace("http", "ws"), timeout=TIME_LIMIT)
-    assert growth_of(run)[name] <= SLACK, run.results
+    assert growth_of(run)[name] <= (noisy or [SLACK])[0], run.results
     assert run.value == {"fds": 0, "tasks": 0, "busy": 0, "names": run.value["names"]}, run.value
     assert run.value["names"] <= DNS_KEPT, run.value
 

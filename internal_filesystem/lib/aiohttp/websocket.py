@@ -322,8 +322,9 @@ class ClientWebSocketResponse:
             self._drop()
             raise
         except OSError as e:
+            e = ClientConnectionResetError("websocket: %s" % e, e.errno)  # (what a reader woken by _drop returns)
             self._drop(e)
-            raise ClientConnectionResetError("websocket: %s" % e, e.errno)
+            raise e
         finally:
             if self._writing is poll.current_task():
                 self._writing = None

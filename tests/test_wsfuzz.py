@@ -61,3 +61,41 @@ def test_every_mutated_websocket_gives_exact_messages_then_a_clean_end(tmp_path)
         seed, len(defects), ran, outcomes, "\n\n".join(defects))
     # the cases reach every end: refused handshakes, the server's Close, failures, TCP ends
     assert ONLY or all(outcomes.get(k, 0) > ran // 30 for k in ("refused", "close", "fail")), outcomes
+
+
+def proper_head():
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: %s\r\n\r\n" % wsfuzz.ACCEPT)
+
+
+def _verdict(wire, ending="close", **kw):
+    # the oracle on a proper handshake answer (for the key "k") followed by wire
+    case = wsfuzz.Case("oracle", 0, ending=ending, head=proper_head(), **kw)
+    return wsfuzz.expect(case, case.head_for("k") + wire, "k")
+
+
+def test_the_oracle_lets_a_client_fail_bad_utf8_as_soon_as_no_text_can_continue_it():
+    # "caf\xc3" can still become text; "\x28" after it can't: a client may fail there, or at the message's end
+    F = wsfuzz.Frame
+    wire = b"".join(F(*f).encode() for f in [(1, b"caf\xc3", False), (9, b"p"), (0, b"(", False), (9, b"q"),
+                                             (0, b"!")])
+    v = _verdict(wire)
+    assert (v.main.end.kind, v.main.end.codes, v.main.pings) == ("fail", {1007}, [b"p", b"q"])
+    assert [(o.end.codes, o.pings) for o in v.others] == [({1007}, [b"p"]), ({1007}, [b"p", b"q"])]
+
+
+def test_the_oracle_reads_the_answer_after_an_interim_one():
+    # A 100 Continue head, then frames (seed wsfuzz, an early version; seed 1351943f case 3668 a 105 by a bit flip):
+    # the client waits for the real answer, which the frames never make; a timeout or the connection's end, not a
+    # WSServerHandshakeError, ends the handshake. The oracle once took the 1xx for the answer.
+    frames = wsfuzz.Frame(1, b"hi").encode() + wsfuzz.Frame(8, b"\x03\xe8").encode()
+    for interim in (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 105 Switching Protocols\r\n\r\n"):
+        assert wsfuzz.handshake_verdict(interim + frames, "k", [])[::2] == ("fail", None)
+    answer = b"HTTP/1.1 100 Continue\r\n\r\n" + wsfuzz.Case("oracle", 0, head=proper_head()).head_for("k")
+    assert wsfuzz.handshake_verdict(answer + frames, "k", [])[::2] == ("ok", len(answer))
+
+
+def test_the_oracle_lets_a_message_the_heap_cannot_hold_be_refused():
+    # a frame announcing 3 MB (under max_msg_size) that never comes: a stall, or 1009 at once
+    v = _verdict(wsfuzz.Frame(2, b"", announce=3 << 20).encode(), ending="stall")
+    assert v.main.end.kind == "stall" and [o.end.codes for o in v.others] == [{1009}]

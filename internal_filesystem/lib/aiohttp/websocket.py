@@ -609,6 +609,8 @@ class ClientWebSocketResponse:
             if st == _OPEN:
                 await asyncio.wait_for_ms(self._drain(), ms(self._close_timeout))
         except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
+            if isinstance(e, OSError):  # (as receive() gives it)
+                e = ClientConnectionError("websocket: %s" % e, e.errno)
             if self._exc is None:
                 self._exc = e
         finally:

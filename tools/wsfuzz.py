@@ -43,6 +43,7 @@ from tools.fuzz import Client as _Client  # noqa: E402
 
 HOST = "127.0.0.1"
 READ_TIMEOUT = 1.0  # seconds: the client's receive timeout, so a stall is found fast
+ANSWER_TIMEOUT = 3.0  # seconds: the session's sock_read, the wait for the handshake's answer (a loaded machine)
 CLOSE_TIMEOUT = 0.5  # seconds: the client's ws_close
 BOUND_MS = 6000  # a case (handshake to close()) that takes longer is a defect
 HEAP_LIMIT = 256 * 1024  # a message announced longer than this may be refused with 1009 (the client's heap is 2 MB)
@@ -98,8 +99,10 @@ class Frame:
 class Case:
     seed: str
     index: int
-    api: str = "receive"  # "receive" (ws.receive(timeout=)), "iter" (async for, receive_timeout=), or "echo"
-    # (receive(), each message sent back, while another task sends text messages "\0chat N")
+    api: str = "receive"  # "receive" (ws.receive(timeout=)), "iter" (async for, receive_timeout=), "echo"
+    # (receive(), each message sent back, while another task sends text messages "\0chat N"), or "closer"
+    # (receive(), and another task's close() once close_after messages came)
+    close_after: int = 0
     protocols: list = field(default_factory=list)  # offered
     autoping: bool = True
     autoclose: bool = True  # False: the server's Close is answered by the app's close() (the fuzz client's: 1000)
@@ -192,7 +195,8 @@ def _close(rng):
 def make_case(seed, index):
     rng = random.Random("%s/%d" % (seed, index))
     case = Case(seed, index)
-    case.api = _pick(rng, [(4, "receive"), (3, "iter"), (3, "echo")])
+    case.api = _pick(rng, [(4, "receive"), (3, "iter"), (3, "echo"), (2, "closer")])
+    case.close_after = rng.randint(0, 3)
     case.protocols = _pick(rng, [(6, []), (2, ["chat"]), (2, ["chat", "superchat"])])
     case.autoping = rng.random() < 0.8
     case.autoclose = rng.random() < 0.85
@@ -740,6 +744,8 @@ def judge(case, verdict, result, record):
     if verdict.handshake == "fail":
         return problems + ["handshake accepted where it must fail (%s)" % verdict.why]
     paths = [verdict.main] + verdict.others
+    if case.api == "closer" and result["messages"][-1:] == [[256]]:
+        return problems + _closed_early(paths, case, result, record)
     if case.ending == "reset":
         match = _reset_match(paths, case.api, result)
     else:
@@ -751,6 +757,21 @@ def judge(case, verdict, result, record):
         problems += _replies(match, case, record, result)
     if case.api != "iter" and match.end.kind != "stall" and result["after"] != 257:
         problems.append("receive() after the end gave type %s, not CLOSED" % result["after"])
+    return problems
+
+
+def _closed_early(paths, case, result, record):
+    # "closer": close() from another task after close_after messages made receive() return CLOSING; what came
+    # before it must be a path's first messages (at least close_after of them), what came after is drained
+    got = [m[:3] if m[0] in (1, 2) else m for m in result["messages"][:-1]]
+    problems = []
+    if not any(got == [_message(k, x) for k, x in p.messages][:len(got)] for p in paths) or len(got) < case.close_after:
+        problems.append("messages before CLOSING differ: %s" % _difference(paths[0], case.api, result))
+    closes = [p for op, p in record.frames if op == 8]
+    if case.ending != "reset" and closes[:1] != [struct.pack(">H", 1000)]:
+        problems.append("close() sent %r, not a Close with 1000 first" % closes)
+    if result.get("closer") is not True or result["after"] != 257:
+        problems.append("close() returned %r, then receive() gave %s" % (result.get("closer"), result["after"]))
     return problems
 
 
@@ -989,7 +1010,7 @@ class Client(_Client):
 def job(case, url, good_url):
     """The JSON line for tests/mpy/wsfuzzclient.py."""
     return {"i": case.index, "url": url, "good_url": good_url, "api": case.api, "protocols": case.protocols,
-            "autoping": case.autoping, "autoclose": case.autoclose, "max": case.max_msg_size, "read_timeout": READ_TIMEOUT,
+            "autoping": case.autoping, "autoclose": case.autoclose, "close_after": case.close_after, "max": case.max_msg_size, "read_timeout": READ_TIMEOUT, "answer_timeout": ANSWER_TIMEOUT,
             "close_timeout": CLOSE_TIMEOUT, "deadline": BOUND_MS / 1000}
 
 

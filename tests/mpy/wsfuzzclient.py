@@ -66,7 +66,7 @@ async def ws_case(job, session, out):
     out["handshake"] = "ok"
     seen, notes = out["messages"], out["notes"]
     end = "stop"
-    chatter = None
+    chatter = closing = None
     try:
         if job["api"] == "iter":
             async for msg in ws:
@@ -77,6 +77,8 @@ async def ws_case(job, session, out):
         else:
             chatter = asyncio.create_task(_chatter(ws, notes)) if job["api"] == "echo" else None
             while len(seen) <= _MOST:
+                if closing is None and job["api"] == "closer" and len(seen) >= job["close_after"]:
+                    closing = asyncio.create_task(ws.close())  # it runs once this task's receive() waits
                 msg = await ws.receive(timeout=job["read_timeout"])
                 seen.append(_seen(msg, notes))
                 if msg.type in _ENDS:
@@ -87,6 +89,8 @@ async def ws_case(job, session, out):
                 end = "too many"
     except asyncio.TimeoutError:
         end = "timeout"
+    if closing is not None:
+        out["closer"] = await closing
     exc = ws.exception()
     out.update(end=end, close_code=ws.close_code, exception=_error(exc) if exc else None)
     if exc is not None and not isinstance(exc, (aiohttp.ClientError, aiohttp.WebSocketError, asyncio.TimeoutError)):
@@ -139,7 +143,7 @@ async def ws_next(job, session):
 
 
 async def run_case(job, out):
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=job["read_timeout"]))
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=job["answer_timeout"]))
     try:
         t0 = ticks_ms()
         await ws_case(job, session, out)

@@ -435,7 +435,9 @@ def _timing(rng, case):
         cuts[len(case.head)] = rng.choice((0, 0.002))
     for _ in range(_pick(rng, [(4, 0), (4, rng.randint(1, 4)), (2, rng.randint(5, 10))])):
         cuts[rng.randint(1, total)] = rng.choice((0, 0, 0.001, 0.005))
-    if rng.random() < 0.15:
+    if rng.random() < 0.05 and total < 600:  # all of it, byte by byte
+        cuts.update((i, 0) for i in range(1, total))
+    elif rng.random() < 0.15:
         start = rng.randint(0, total)
         for i in range(start, min(total, start + rng.randint(5, 40))):
             cuts[i] = rng.choice((0, 0.0005))

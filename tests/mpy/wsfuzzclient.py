@@ -9,22 +9,10 @@ from time import ticks_diff, ticks_ms
 
 import aiohttp
 from aiohttp import WSMsgType
-from testlib import fd_count, result, sha256
+from testlib import described, fd_count, result, sha256, traceback_of
 
 _ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 _MOST = 200  # messages a case may deliver (the longest well-formed sequence has under 100)
-
-
-def _error(e):
-    return "%s: %s" % (type(e).__name__, e)
-
-
-def _trace(e):
-    import io
-
-    out = io.StringIO()
-    sys.print_exception(e, out)
-    return out.getvalue()
 
 
 def _seen(msg, notes):
@@ -45,7 +33,7 @@ def _seen(msg, notes):
     if t == WSMsgType.ERROR:
         e = msg.data
         if not isinstance(e, (aiohttp.ClientError, aiohttp.WebSocketError)):
-            notes.append("an ERROR message carries a foreign %s" % _error(e))
+            notes.append("an ERROR message carries a foreign %s" % described(e))
         return [t, type(e).__name__, getattr(e, "code", None), isinstance(e, aiohttp.ClientError), str(e)[:80]]
     return [t]
 
@@ -61,7 +49,7 @@ async def ws_case(job, session, out):
     try:
         ws = await session.ws_connect(job["url"], **kw)
     except aiohttp.ClientError as e:
-        out.update(handshake="refused", error=_error(e), error_type=type(e).__name__, client_error=True)
+        out.update(handshake="refused", error=described(e), error_type=type(e).__name__, client_error=True)
         return
     out["handshake"] = "ok"
     seen, notes = out["messages"], out["notes"]
@@ -92,9 +80,9 @@ async def ws_case(job, session, out):
     if closing is not None:
         out["closer"] = await closing
     exc = ws.exception()
-    out.update(end=end, close_code=ws.close_code, exception=_error(exc) if exc else None)
+    out.update(end=end, close_code=ws.close_code, exception=described(exc) if exc else None)
     if exc is not None and not isinstance(exc, (aiohttp.ClientError, aiohttp.WebSocketError, asyncio.TimeoutError)):
-        notes.append("exception() is a foreign %s" % _error(exc))
+        notes.append("exception() is a foreign %s" % described(exc))
     if job["api"] != "iter" and end != "timeout":
         out["after"] = (await ws.receive(timeout=job["read_timeout"])).type
     closed = await ws.close()
@@ -116,7 +104,7 @@ async def _chatter(ws, notes):
     except aiohttp.ClientConnectionResetError:
         pass  # the websocket closed while the send waited its turn
     except Exception as e:
-        notes.append("chatter's send_str: " + _error(e))
+        notes.append("chatter's send_str: " + described(e))
 
 
 async def _echo(ws, msg, notes):
@@ -128,7 +116,7 @@ async def _echo(ws, msg, notes):
     except aiohttp.ClientConnectionResetError:
         pass  # the server reset the connection
     except Exception as e:
-        notes.append("echo: " + _error(e))
+        notes.append("echo: " + described(e))
 
 
 async def ws_next(job, session):
@@ -138,7 +126,7 @@ async def ws_next(job, session):
             got = await ws.receive_str(timeout=2)
             end = await ws.receive(timeout=2)
     except Exception as e:
-        return _error(e)
+        return described(e)
     return "ok" if got == "next" and end.type == WSMsgType.CLOSE and end.data == 1000 else "got %r, %r" % (got, end)
 
 
@@ -169,7 +157,7 @@ async def main():
         except asyncio.TimeoutError:
             out.update(outcome="hang", error="not done after %d s" % (2 * job["deadline"] + 2))
         except BaseException as e:  # the foreign exceptions the fuzzer looks for (CancelledError too)
-            out.update(outcome="foreign", error=_error(e), trace=_trace(e))
+            out.update(outcome="foreign", error=described(e), trace=traceback_of(e))
         if out["ms"] is None:
             out["ms"] = ticks_diff(ticks_ms(), t0)
         await asyncio.sleep_ms(1)

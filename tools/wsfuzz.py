@@ -101,7 +101,7 @@ class Case:
     index: int
     api: str = "receive"  # "receive" (ws.receive(timeout=)), "iter" (async for, receive_timeout=), "echo"
     # (receive(), each message sent back, while another task sends text messages "\0chat N"), or "closer"
-    # (receive(), and another task's close() once close_after messages came)
+    # (receive(), the same second task sending, and a third's close() once close_after messages came)
     close_after: int = 0
     protocols: list = field(default_factory=list)  # offered
     autoping: bool = True
@@ -757,6 +757,11 @@ def judge(case, verdict, result, record):
         return problems
     if case.ending != "reset":
         problems += _replies(match, case, record, result)
+    # close() after the end has nothing to do; after a stall, or a Close async for ended on with autoclose=False,
+    # it closes
+    closes = match.end.kind == "stall" or case.api == "iter" and not case.autoclose and match.end.kind == "close"
+    if result["close_returned"] is not closes:
+        problems.append("close() returned %r after %s" % (result["close_returned"], match.end))
     if case.api != "iter" and match.end.kind != "stall" and result["after"] != 257:
         problems.append("receive() after the end gave type %s, not CLOSED" % result["after"])
     return problems
@@ -769,6 +774,7 @@ def _closed_early(paths, case, result, record):
     problems = []
     if not any(got == [_message(k, x) for k, x in p.messages][:len(got)] for p in paths) or len(got) < case.close_after:
         problems.append("messages before CLOSING differ: %s" % _difference(paths[0], case.api, result))
+    problems += _sent_data(case, record)
     closes = [p for op, p in record.frames if op == 8]
     if case.ending != "reset" and closes[:1] != [struct.pack(">H", 1000)]:
         problems.append("close() sent %r, not a Close with 1000 first" % closes)
@@ -789,7 +795,7 @@ def _reset_match(paths, api, result):
         last = got[-1] if got else None
         # (CLOSED: the reset met a send first, which closed the websocket with exception() set)
         errored = last and (last[0] == 258 and last[1] != "WebSocketError" and last[3] or
-                            last == [257] and api == "echo" and result["exception"])
+                            last == [257] and api in ("echo", "closer") and result["exception"])
         if head == want[:len(head)] and errored:
             return Path_(p.messages[:len(head)], End("reset"), [])
     return None
@@ -806,22 +812,14 @@ def _replies(path, case, record, result):
         problems.append("%d of %d pings answered" % (len(pongs), len(path.pings)))
     if not case.autoping and pongs:
         problems.append("pongs sent with autoping=False: %r" % pongs)
-    data = [(op, p) for op, p in record.frames if op in (1, 2)]
-    others = [op for op, p in record.frames if op not in (1, 2, 8, 10)]
-    if others or data and case.api != "echo":
-        problems.append("the client sent frames of opcodes %r" % (others or [op for op, p in data]))
+    problems += _sent_data(case, record)
     if case.api == "echo":
-        chat = [p for op, p in data if op == 1 and p.startswith(b"\0chat ")]
-        if chat != [b"\0chat %d" % k for k in range(len(chat))]:
-            problems.append("the chatter's messages came as %r" % chat[:10])
-        echoed = [(op, p) for op, p in data if not (op == 1 and p.startswith(b"\0chat "))]
+        echoed = [(op, p) for op, p in record.frames if op in (1, 2) and not (op == 1 and p.startswith(b"\0chat "))]
         delivered = [(1 if k == "text" else 2, p) for k, p in path.messages if k in ("text", "binary")]
         if echoed != delivered:
             problems.append("echoed %s for the messages %s" % (_short([(op, p[:20]) for op, p in echoed]),
                                                                 _short([(op, p[:20]) for op, p in delivered])))
     end = path.end
-    if len(closes) > 1 or closes and record.frames[-1][0] != 8:
-        problems.append("Closes sent: %r, then more" % closes)
     # the Close the end calls for: the server's code echoed (none for none), the failure's code, or the fuzz
     # client's own close() after a stall (1000)
     echo = b"" if end.code == 1005 else struct.pack(">H", end.code or 0)
@@ -829,6 +827,25 @@ def _replies(path, case, record, result):
             "fail": struct.pack(">H", result["close_code"] or 0), "stall": struct.pack(">H", 1000)}.get(end.kind)
     if want is not None and (not closes or closes[0] != want):
         problems.append("sent Close %r, where %s calls for %r" % (closes, end, want))
+    return problems
+
+
+def _sent_data(case, record):
+    # the data frames the client sent: the chatter's in order ("echo", "closer"), the echoes ("echo"); nothing after
+    # its Close
+    problems = []
+    data = [(op, p) for op, p in record.frames if op in (1, 2)]
+    others = [op for op, p in record.frames if op not in (1, 2, 8, 10)]
+    if others or data and case.api not in ("echo", "closer"):
+        problems.append("the client sent frames of opcodes %r" % (others or [op for op, p in data]))
+    chat = [p for op, p in data if op == 1 and p.startswith(b"\0chat ")]
+    if chat != [b"\0chat %d" % k for k in range(len(chat))]:
+        problems.append("the chatter's messages came as %r" % chat[:10])
+    if case.api == "closer" and len(chat) != len(data):
+        problems.append("the client sent data frames that were not the chatter's")
+    closes = [p for op, p in record.frames if op == 8]
+    if len(closes) > 1 or closes and record.frames[-1][0] != 8:
+        problems.append("Closes sent: %r, then more" % closes)
     return problems
 
 

@@ -63,7 +63,7 @@ async def ws_case(job, session, out):
                     end = "too many"
                     break
         else:
-            chatter = asyncio.create_task(_chatter(ws, notes)) if job["api"] == "echo" else None
+            chatter = asyncio.create_task(_chatter(ws, notes)) if job["api"] in ("echo", "closer") else None
             while len(seen) <= _MOST:
                 if closing is None and job["api"] == "closer" and len(seen) >= job["close_after"]:
                     closing = asyncio.create_task(ws.close())  # it runs once this task's receive() waits
@@ -71,7 +71,7 @@ async def ws_case(job, session, out):
                 seen.append(_seen(msg, notes))
                 if msg.type in _ENDS:
                     break
-                if chatter is not None:
+                if job["api"] == "echo":
                     await _echo(ws, msg, notes)
             else:
                 end = "too many"
@@ -94,7 +94,7 @@ async def ws_case(job, session, out):
 
 
 async def _chatter(ws, notes):
-    # "echo": a second task sends text messages while the first reads and echoes, until the websocket closes
+    # "echo", "closer": a second task sends text messages while the first reads, until the websocket closes
     k = 0
     try:
         while not ws.closed:

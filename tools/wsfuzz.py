@@ -1,16 +1,17 @@
 """A seeded mutation fuzzer for the websocket client (CPython side; tests/test_wsfuzz.py runs it).
 
-Case i of seed s is fully determined by (s, i): how the client connects (protocols offered, autoping,
-max_msg_size, `async for` or `receive()`), the opening handshake's answer (proper, or mutated: status line,
-Sec-WebSocket-Accept, Upgrade and Connection, a subprotocol or extension not offered, header names' case, bit
-flips, a head cut short, frames in the same write), a well-formed sequence of server frames (text and binary
-messages, fragmented with continuation frames, pings and pongs between and inside fragments, payloads of 0, 125,
-126, 127, 65535, 65536 and 65537 bytes, UTF-8 split anywhere across fragments, a Close with code and reason or none)
-and the mutations made to it (bit flips, RSV bits, masked frames, bad opcodes, control frames over 125 bytes or
-fragmented, lengths with the top bit set, not minimally encoded or off, stray and misplaced continuations, bad
-UTF-8, bad Close payloads, bytes inserted, deleted or appended after the Close, a truncation), written as the case
-says (split with pauses, a stretch trickled byte by byte) and ended by the server's Close, a FIN, a reset or a
-stall.
+Case i of seed s is fully determined by (s, i): how the client connects and reads (protocols offered, autoping,
+autoclose, max_msg_size; `async for`, `receive()`, `receive()` echoing each message while a second task sends, or
+`receive()` while a second task sends and a third calls close()), the opening handshake's answer (proper, or
+mutated: status line, Sec-WebSocket-Accept, Upgrade and Connection, a subprotocol or extension not offered, header
+names' case, bit flips, a head cut short, frames in the same write), a well-formed sequence of server frames (text
+and binary messages, fragmented with continuation frames, pings and pongs between and inside fragments, payloads of
+0, 125, 126, 127, 65535, 65536 and 65537 bytes, UTF-8 split anywhere across fragments, a Close with code and reason
+or none) and the mutations made to it (bit flips, RSV bits, masked frames, bad opcodes, control frames over 125
+bytes or fragmented, lengths with the top bit set, not minimally encoded or off, stray and misplaced continuations,
+bad UTF-8, bad Close payloads, bytes inserted, deleted or appended after the Close, a truncation), written as the
+case says (split with pauses, a stretch or all of it byte by byte) and ended by the server's Close, a FIN, a reset
+or a stall.
 
 The oracle (expect(), below) is RFC 6455's client side written out on its own, from the bytes the server actually
 sent: whether the handshake must succeed, fail or may do either, and the messages a correct client delivers in order
@@ -464,7 +465,7 @@ class End:
 
 
 @dataclass
-class Path_:
+class Course:
     # messages a correct client delivers, then its end; pings: the pings it must have answered by then
     messages: list
     end: End
@@ -476,7 +477,7 @@ class Verdict:
     handshake: str  # ok, fail, either
     why: str = ""
     complete: bool = True  # the answer's head ends (else the client can only time out or see the connection end)
-    main: Path_ = None  # when the handshake succeeds
+    main: Course = None  # when the handshake succeeds
     others: list = field(default_factory=list)  # other Path_s a correct client may take
 
 
@@ -570,7 +571,7 @@ def _frames(v, data, case):
     message = None  # the fragmented message under way: [opcode, payload so far]
 
     def other(end):
-        others.append(Path_(list(messages), end, list(pings)))
+        others.append(Course(list(messages), end, list(pings)))
 
     def fail(codes, why):
         return End("fail", codes=frozenset(codes), why=why)
@@ -672,7 +673,7 @@ def _frames(v, data, case):
                     messages.append(("text" if op == 1 else "binary", bytes(body)))
 
     end = walk()
-    v.main = Path_(messages, end, pings)
+    v.main = Course(messages, end, pings)
     v.others = others
 
 
@@ -797,7 +798,7 @@ def _reset_match(paths, api, result):
         errored = last and (last[0] == 258 and last[1] != "WebSocketError" and last[3] or
                             last == [257] and api in ("echo", "closer") and result["exception"])
         if head == want[:len(head)] and errored:
-            return Path_(p.messages[:len(head)], End("reset"), [])
+            return Course(p.messages[:len(head)], End("reset"), [])
     return None
 
 
@@ -1029,7 +1030,8 @@ class Client(_Client):
 def job(case, url, good_url):
     """The JSON line for tests/mpy/wsfuzzclient.py."""
     return {"i": case.index, "url": url, "good_url": good_url, "api": case.api, "protocols": case.protocols,
-            "autoping": case.autoping, "autoclose": case.autoclose, "close_after": case.close_after, "max": case.max_msg_size, "read_timeout": READ_TIMEOUT, "answer_timeout": ANSWER_TIMEOUT,
+            "autoping": case.autoping, "autoclose": case.autoclose, "close_after": case.close_after,
+            "max": case.max_msg_size, "read_timeout": READ_TIMEOUT, "answer_timeout": ANSWER_TIMEOUT,
             "close_timeout": CLOSE_TIMEOUT, "deadline": BOUND_MS / 1000}
 
 

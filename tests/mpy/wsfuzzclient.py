@@ -39,7 +39,8 @@ def _seen(msg, notes):
 
 
 async def ws_case(job, session, out):
-    kw = {"autoping": job["autoping"], "autoclose": job["autoclose"], "timeout": aiohttp.ClientWSTimeout(ws_close=job["close_timeout"])}
+    kw = {"autoping": job["autoping"], "autoclose": job["autoclose"],
+          "timeout": aiohttp.ClientWSTimeout(ws_close=job["close_timeout"])}
     if job["api"] == "iter":
         kw["receive_timeout"] = job["read_timeout"]
     if job["protocols"]:

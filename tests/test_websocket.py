@@ -121,6 +121,32 @@ run(main())
     assert r.value["code"] == (1000 if "aiohttp" in type(ws_server).__name__.lower() else 4002)
 
 
+def test_close_from_another_task_gives_the_waiting_receive_closing_even_if_the_server_answers_at_once(mpy,
+                                                                                                     ws_script):
+    # Found by the fuzzer (seed hb2 case 204, 2 runs in 3): close() wakes the waiting receive() once its Close is out
+    # (woken before, the reader's task could drop the connection before our Close went); when the server's answer
+    # came first, the reader read it and returned a CLOSE message instead
+    srv = ws_script({"/answer": []})  # answers our Close with its code at once
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        seen = set()
+        for i in range(20):
+            ws = await session.ws_connect(URL)
+            reader = asyncio.create_task(ws.receive())
+            await asyncio.sleep(0)  # the reader waits on the socket
+            closed = await ws.close()
+            seen.add(((await reader).type, closed, (await ws.receive()).type))
+        result(seen=sorted(seen), fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/answer"))
+    assert r.value == {"seen": [[256, True, 257]], "fds": 0}  # CLOSING, close() did it, then CLOSED
+    assert srv.client_close_codes() == [1000] * 20
+
+
 def test_subprotocols_are_negotiated(mpy, ws_server):
     r = mpy.run("""
 import asyncio

@@ -566,9 +566,11 @@ class ClientWebSocketResponse:
                 self._stop_beat()
                 await self._reply(_OP_CLOSE, payload[:2])  # their code back (RFC 6455 section 5.5.1)
                 self._drop()
-        else:  # the answer to our Close
-            self._drop()
-        return WSMessage(WSMsgType.CLOSE, code, reason)
+            return WSMessage(WSMsgType.CLOSE, code, reason)
+        # the answer to our Close: for close()'s drain, or a receive() that was waiting when close() began, which
+        # close() wakes only once its Close is out (the server may answer first)
+        self._drop()
+        return _CLOSING_MESSAGE
 
     async def _fail(self, e):
         # RFC 6455 section 7.1.7: a Close with the code, then the connection goes (the server's Close is not awaited)

@@ -44,6 +44,7 @@ from tools.fuzz import Client as _Client  # noqa: E402
 
 HOST = "127.0.0.1"
 READ_TIMEOUT = 1.0  # seconds: the client's receive timeout, so a stall is found fast
+HEARTBEAT = 0.4  # seconds: ws_connect(heartbeat=) in some cases; the fail comes 0.6 s into a quiet spell
 ANSWER_TIMEOUT = 3.0  # seconds: the session's sock_read, the wait for the handshake's answer (a loaded machine)
 CLOSE_TIMEOUT = 0.5  # seconds: the client's ws_close
 BOUND_MS = 6000  # a case (handshake to close()) that takes longer is a defect
@@ -104,6 +105,7 @@ class Case:
     # (receive(), each message sent back, while another task sends text messages "\0chat N"), or "closer"
     # (receive(), the same second task sending, and a third's close() once close_after messages came)
     close_after: int = 0
+    heartbeat: float = None  # ws_connect(heartbeat=): the server never answers its pings, so a quiet spell ends it
     protocols: list = field(default_factory=list)  # offered
     autoping: bool = True
     autoclose: bool = True  # False: the server's Close is answered by the app's close() (the fuzz client's: 1000)
@@ -198,6 +200,7 @@ def make_case(seed, index):
     case = Case(seed, index)
     case.api = _pick(rng, [(4, "receive"), (3, "iter"), (3, "echo"), (2, "closer")])
     case.close_after = rng.randint(0, 3)
+    case.heartbeat = HEARTBEAT if rng.random() < 0.12 else None
     case.protocols = _pick(rng, [(6, []), (2, ["chat"]), (2, ["chat", "superchat"])])
     case.autoping = rng.random() < 0.8
     case.autoclose = rng.random() < 0.85
@@ -749,14 +752,16 @@ def judge(case, verdict, result, record):
     paths = [verdict.main] + verdict.others
     if case.api == "closer" and result["messages"][-1:] == [[256]]:
         return problems + _closed_early(paths, case, result, record)
-    if case.ending == "reset":
-        match = _reset_match(paths, case.api, result)
-    else:
-        match = next((p for p in paths if _ends_as(p, case.api, result["messages"], result) is None), None)
+    match = next((p for p in paths if _ends_as(p, case.api, result["messages"], result) is None), None)
+    if match is None and case.ending == "reset":
+        match = _cut_short(paths, result, lambda last: last[0] == 258 and last[1] != "WebSocketError" and last[3]
+                           or last == [257] and case.api in ("echo", "closer") and result["exception"])
+    if match is None and case.heartbeat:
+        match = _cut_short(paths, result, lambda last: last[:2] == [258, "ServerTimeoutError"])
     if match is None:
         problems.append("messages and end differ: %s" % _difference(verdict.main, case.api, result))
         return problems
-    if case.ending != "reset":
+    if case.ending != "reset" and match.end.kind != "heartbeat":  # (a reset may take the client's frames with it)
         problems += _replies(match, case, record, result)
     # close() after the end has nothing to do; after a stall, or a Close async for ended on with autoclose=False,
     # it closes
@@ -784,21 +789,18 @@ def _closed_early(paths, case, result, record):
     return problems
 
 
-def _reset_match(paths, api, result):
-    # A reset drops what the server's socket had not sent yet: a prefix of a path, then a connection error; or the
-    # path itself when all of it arrived
+def _cut_short(paths, result, cut):
+    # A course's first messages, then an end cut(last message) accepts -> that course, cut short; or None. A reset
+    # drops what the server's socket had not sent yet (a connection error, or CLOSED when a send met the reset
+    # first, with exception() set); a heartbeat whose pings no one answers fails a quiet connection at any point.
     got = result["messages"]
+    head = [m[:3] if m[0] in (1, 2) else m for m in got[:-1]]
+    if not got or not cut(got[-1]) or result["end"] == "timeout":
+        return None
     for p in paths:
-        if _ends_as(p, api, got, result) is None:
-            return p
-        want = [_message(k, x) for k, x in p.messages]
-        head = [m[:3] if m[0] in (1, 2) else m for m in got[:-1]]
-        last = got[-1] if got else None
-        # (CLOSED: the reset met a send first, which closed the websocket with exception() set)
-        errored = last and (last[0] == 258 and last[1] != "WebSocketError" and last[3] or
-                            last == [257] and api in ("echo", "closer") and result["exception"])
-        if head == want[:len(head)] and errored:
-            return Course(p.messages[:len(head)], End("reset"), [])
+        if head == [_message(k, x) for k, x in p.messages][:len(head)]:
+            return Course(p.messages[:len(head)], End("heartbeat" if got[-1][:2] == [258, "ServerTimeoutError"]
+                                                      else "reset"), [])
     return None
 
 
@@ -836,7 +838,7 @@ def _sent_data(case, record):
     # its Close
     problems = []
     data = [(op, p) for op, p in record.frames if op in (1, 2)]
-    others = [op for op, p in record.frames if op not in (1, 2, 8, 10)]
+    others = [op for op, p in record.frames if op not in (1, 2, 8, 10) and not (op == 9 and case.heartbeat)]
     if others or data and case.api not in ("echo", "closer"):
         problems.append("the client sent frames of opcodes %r" % (others or [op for op, p in data]))
     chat = [p for op, p in data if op == 1 and p.startswith(b"\0chat ")]
@@ -1031,7 +1033,7 @@ def job(case, url, good_url):
     """The JSON line for tests/mpy/wsfuzzclient.py."""
     return {"i": case.index, "url": url, "good_url": good_url, "api": case.api, "protocols": case.protocols,
             "autoping": case.autoping, "autoclose": case.autoclose, "close_after": case.close_after,
-            "max": case.max_msg_size, "read_timeout": READ_TIMEOUT, "answer_timeout": ANSWER_TIMEOUT,
+            "max": case.max_msg_size, "heartbeat": case.heartbeat, "read_timeout": READ_TIMEOUT, "answer_timeout": ANSWER_TIMEOUT,
             "close_timeout": CLOSE_TIMEOUT, "deadline": BOUND_MS / 1000}
 
 
@@ -1040,8 +1042,9 @@ def describe(case, verdict=None):
     sample = verdict is None
     if sample:
         verdict = expect(case, case.head_for("dGhlIHNhbXBsZSBub25jZQ==") + case.wire, "dGhlIHNhbXBsZSBub25jZQ==")
-    out = ["%s: %s, protocols %r, autoping=%s, autoclose=%s, max_msg_size=%s" % (
-        case.name, case.api, case.protocols, case.autoping, case.autoclose, case.max_msg_size),
+    out = ["%s: %s%s, protocols %r, autoping=%s, autoclose=%s, max_msg_size=%s, heartbeat=%s" % (
+        case.name, case.api, " after %d" % case.close_after if case.api == "closer" else "", case.protocols,
+        case.autoping, case.autoclose, case.max_msg_size, case.heartbeat),
            "frames before mutation: %s" % ", ".join(
                "%s%s%s(%d)" % (OP_NAMES.get(f.op, f.op), "" if f.fin else "~", "" if not f.op == 8 else
                                 " %r" % f.payload[:2], len(f.payload)) for f in case.frames),

@@ -45,6 +45,8 @@ async def ws_case(job, session, out):
         kw["receive_timeout"] = job["read_timeout"]
     if job["protocols"]:
         kw["protocols"] = tuple(job["protocols"])
+    if job["heartbeat"]:
+        kw["heartbeat"] = job["heartbeat"]
     if job["max"] is not None:
         kw["max_msg_size"] = job["max"]
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.fuzz import Client as _Client  # noqa: E402
+from tools.fuzz import Client as _Client, FuzzServer, _pick  # noqa: E402 (_pick: a weighted choice)
 
 HOST = "127.0.0.1"
 READ_TIMEOUT = 1.0  # seconds: the client's receive timeout, so a stall is found fast
@@ -130,16 +130,6 @@ class Case:
             pos = int(pos) % len(value)
             value = value[:pos] + bytes([value[pos] ^ 1 << int(bit)]) + value[pos + 1:]
         return self.head.replace(ACCEPT, value)
-
-
-def _pick(rng, weighted):
-    total = sum(w for w, _ in weighted)
-    x = rng.random() * total
-    for w, v in weighted:
-        x -= w
-        if x < 0:
-            return v
-    return weighted[-1][1]
 
 
 def _text(rng, size):
@@ -876,28 +866,20 @@ class Record:
         self.done = threading.Event()
 
 
-class WSFuzzServer(socketserver.ThreadingTCPServer):
+class WSFuzzServer(FuzzServer):
     """Loopback server for the cases: /case/ID answers the handshake with the case's head (the accept value made
     for the client's key) and writes its wire as the case says, then ends as it says; /good/ID is a clean websocket
-    that echoes one message and closes with 1000."""
-    daemon_threads = True
-    allow_reuse_address = True
+    that echoes one message and closes with 1000. (Plain TCP: the HTTP fuzzer's server, its handler and its
+    cases replaced.)"""
 
     def __init__(self):
-        super().__init__((HOST, 0), _Handler)
+        socketserver.ThreadingTCPServer.__init__(self, (HOST, 0), _Handler)
         self.port = self.server_address[1]
+        self._tls = None
         self.cases = {}
         self.records = {}
         self._next = 0
         self._lock = threading.Lock()
-
-    def __enter__(self):
-        threading.Thread(target=self.serve_forever, daemon=True, name="WSFuzzServer").start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
 
     def add(self, case):
         """-> (the case's id, its URL, the URL of the next websocket)"""

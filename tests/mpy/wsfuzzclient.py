@@ -1,7 +1,7 @@
 # The MicroPython side of the websocket fuzzer (tools/wsfuzz.py): one case per JSON line on stdin, one result() line
-# per case. Each case runs on a fresh session: ws_connect, every message until the end (`async for` or
-# receive(timeout=)), close(), then a clean websocket on the same session; then the session is closed and the
-# process's file descriptors counted.
+# per case. Each case runs on a fresh session: ws_connect, every message until the end (`async for`, or
+# receive(timeout=) alone, echoing beside a sending task, or beside a sending task and a closing one), close(), then
+# a clean websocket on the same session; then the session is closed and the process's file descriptors counted.
 import asyncio
 import json
 import sys

@@ -147,6 +147,30 @@ run(main())
     assert srv.client_close_codes() == [1000] * 20
 
 
+def test_a_servers_close_crossing_ours_while_it_waits_behind_a_send_still_gets_our_close(mpy, ws_script):
+    # Found by the fuzzer (seed f480f036 case 1358, a pong holding the socket): a Close the server sent on its own
+    # after close() began was taken for the answer to ours and the connection dropped before ours went out: the
+    # server never got the Close RFC 6455 section 5.5.1 requires, and the waiting reader got a CLOSE message
+    srv = ws_script({"/cross": [0.2, close_frame(4001)]}, rcvbuf=4096)  # reads nothing before its Close
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        send = asyncio.create_task(error_of(ws.send_bytes(bytes(8 << 20))))  # holds the socket until the server reads
+        reader = asyncio.create_task(ws.receive())
+        await asyncio.sleep(0)
+        closed = await ws.close()  # our Close waits behind the message; the server's comes meanwhile
+        result(closed=closed, reader=(await reader).type, send=(await send)[0], close_code=ws.close_code,
+               fds=fd_count() - fds)
+run(main())
+""", heapsize="20M", URL=srv.url("/cross"))
+    assert r.value == {"closed": True, "reader": 256, "send": None, "close_code": 4001, "fds": 0}
+    assert srv.client_close_codes() == [1000]
+
+
 def test_subprotocols_are_negotiated(mpy, ws_server):
     r = mpy.run("""
 import asyncio

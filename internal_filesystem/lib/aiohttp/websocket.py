@@ -567,9 +567,9 @@ class ClientWebSocketResponse:
                 await self._reply(_OP_CLOSE, payload[:2])  # their code back (RFC 6455 section 5.5.1)
                 self._drop()
             return WSMessage(WSMsgType.CLOSE, code, reason)
-        # the answer to our Close: for close()'s drain, or a receive() that was waiting when close() began, which
-        # close() wakes only once its Close is out (the server may answer first)
-        self._drop()
+        # close() began: the answer to our Close, or the server's own Close crossing ours while it waits to go out
+        # (behind a send). close() ends the connection once its Close is out; a receive() that was waiting when it
+        # began (close() wakes it only then) returns CLOSING.
         return _CLOSING_MESSAGE
 
     async def _fail(self, e):
@@ -623,7 +623,7 @@ class ClientWebSocketResponse:
         # after our Close: what still comes is read and let go, up to the server's Close (_control takes it)
         me = self._reading = poll.current_task()
         try:
-            while self._state == _CLOSING:
+            while self._state == _CLOSING and self.close_code is None:  # (set: the server's Close came)
                 await self._next()
         except asyncio.CancelledError as e:
             if self._reading is me or not _woken(e):  # close()'s own timeout, or a cancel of close() itself

@@ -171,6 +171,30 @@ run(main())
     assert srv.client_close_codes() == [1000]
 
 
+def test_a_bad_frame_read_while_our_close_waits_behind_a_send_still_lets_our_close_go(mpy, ws_script):
+    # Found by the fuzzer (seed wsfuzz case 29, under load): the reader failing the connection found close() under
+    # way, took its Close for sent and dropped the connection: no Close went out at all
+    srv = ws_script({"/bad": [0.2, frame(1, b"x", rsv=4)]}, rcvbuf=4096)  # reads nothing before its bad frame
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        send = asyncio.create_task(error_of(ws.send_bytes(bytes(8 << 20))))  # holds the socket until the server reads
+        reader = asyncio.create_task(ws.receive())
+        await asyncio.sleep(0)
+        closed = await ws.close()  # our Close waits behind the message; the bad frame comes meanwhile
+        msg = await reader
+        result(closed=closed, reader=[msg.type, msg.data.code], send=(await send)[0], close_code=ws.close_code,
+               fds=fd_count() - fds)
+run(main())
+""", heapsize="20M", URL=srv.url("/bad"))
+    assert r.value == {"closed": True, "reader": [258, 1002], "send": None, "close_code": 1002, "fds": 0}
+    assert srv.client_close_codes() == [1000]
+
+
 def test_subprotocols_are_negotiated(mpy, ws_server):
     r = mpy.run("""
 import asyncio

@@ -576,6 +576,8 @@ class ClientWebSocketResponse:
         # RFC 6455 section 7.1.7: a Close with the code, then the connection goes (the server's Close is not awaited)
         self.close_code = e.code
         self._exc = e
+        if self._state == _CLOSING:  # close() is under way: its Close (maybe waiting behind a send) goes first
+            return WSMessage(WSMsgType.ERROR, e, None)
         try:
             if self._state < _CLOSING:
                 self._state = _CLOSING

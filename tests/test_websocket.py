@@ -147,11 +147,19 @@ run(main())
     assert srv.client_close_codes() == [1000] * 20
 
 
-def test_a_servers_close_crossing_ours_while_it_waits_behind_a_send_still_gets_our_close(mpy, ws_script):
-    # Found by the fuzzer (seed f480f036 case 1358, a pong holding the socket): a Close the server sent on its own
-    # after close() began was taken for the answer to ours and the connection dropped before ours went out: the
-    # server never got the Close RFC 6455 section 5.5.1 requires, and the waiting reader got a CLOSE message
-    srv = ws_script({"/cross": [0.2, close_frame(4001)]}, rcvbuf=4096)  # reads nothing before its Close
+# What the server sends while our Close waits behind a send -> how the waiting receive() ends, and close_code. Found
+# by the fuzzer: in CLOSING, the reader took the server's own Close for the answer to ours (seed f480f036 case 1358)
+# and a bad frame for a failure after our Close (seed wsfuzz case 29), dropped the connection, and ours never went.
+WHILE_OUR_CLOSE_WAITS = {
+    "the server's own Close": (close_frame(4001), [256, None], 4001),
+    "a bad frame": (frame(1, b"x", rsv=4), [258, 1002], 1002),
+}
+
+
+@pytest.mark.parametrize("what", WHILE_OUR_CLOSE_WAITS)
+def test_our_close_goes_out_whatever_comes_while_it_waits_behind_a_send(mpy, ws_script, what):
+    data, reader, code = WHILE_OUR_CLOSE_WAITS[what]
+    srv = ws_script({"/late": [0.2, data]}, rcvbuf=4096)  # reads nothing before it sends data
     r = mpy.run("""
 import asyncio
 
@@ -162,36 +170,13 @@ async def main():
         send = asyncio.create_task(error_of(ws.send_bytes(bytes(8 << 20))))  # holds the socket until the server reads
         reader = asyncio.create_task(ws.receive())
         await asyncio.sleep(0)
-        closed = await ws.close()  # our Close waits behind the message; the server's comes meanwhile
-        result(closed=closed, reader=(await reader).type, send=(await send)[0], close_code=ws.close_code,
-               fds=fd_count() - fds)
-run(main())
-""", heapsize="20M", URL=srv.url("/cross"))
-    assert r.value == {"closed": True, "reader": 256, "send": None, "close_code": 4001, "fds": 0}
-    assert srv.client_close_codes() == [1000]
-
-
-def test_a_bad_frame_read_while_our_close_waits_behind_a_send_still_lets_our_close_go(mpy, ws_script):
-    # Found by the fuzzer (seed wsfuzz case 29, under load): the reader failing the connection found close() under
-    # way, took its Close for sent and dropped the connection: no Close went out at all
-    srv = ws_script({"/bad": [0.2, frame(1, b"x", rsv=4)]}, rcvbuf=4096)  # reads nothing before its bad frame
-    r = mpy.run("""
-import asyncio
-
-async def main():
-    async with ws_session() as session:
-        fds = fd_count()
-        ws = await session.ws_connect(URL)
-        send = asyncio.create_task(error_of(ws.send_bytes(bytes(8 << 20))))  # holds the socket until the server reads
-        reader = asyncio.create_task(ws.receive())
-        await asyncio.sleep(0)
-        closed = await ws.close()  # our Close waits behind the message; the bad frame comes meanwhile
+        closed = await ws.close()  # our Close waits behind the message; the server's frame comes meanwhile
         msg = await reader
-        result(closed=closed, reader=[msg.type, msg.data.code], send=(await send)[0], close_code=ws.close_code,
-               fds=fd_count() - fds)
+        result(closed=closed, reader=[msg.type, getattr(msg.data, "code", None)], send=(await send)[0],
+               close_code=ws.close_code, fds=fd_count() - fds)
 run(main())
-""", heapsize="20M", URL=srv.url("/bad"))
-    assert r.value == {"closed": True, "reader": [258, 1002], "send": None, "close_code": 1002, "fds": 0}
+""", heapsize="20M", URL=srv.url("/late"))
+    assert r.value == {"closed": True, "reader": reader, "send": None, "close_code": code, "fds": 0}
     assert srv.client_close_codes() == [1000]
 
 

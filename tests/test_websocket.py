@@ -121,6 +121,65 @@ run(main())
     assert r.value["code"] == (1000 if "aiohttp" in type(ws_server).__name__.lower() else 4002)
 
 
+def test_close_from_another_task_gives_the_waiting_receive_closing_even_if_the_server_answers_at_once(mpy,
+                                                                                                     ws_script):
+    # Found by the fuzzer (seed hb2 case 204, 2 runs in 3): close() wakes the waiting receive() once its Close is out
+    # (woken before, the reader's task could drop the connection before our Close went); when the server's answer
+    # came first, the reader read it and returned a CLOSE message instead
+    srv = ws_script({"/answer": []})  # answers our Close with its code at once
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        seen = set()
+        for i in range(20):
+            ws = await session.ws_connect(URL)
+            reader = asyncio.create_task(ws.receive())
+            await asyncio.sleep(0)  # the reader waits on the socket
+            closed = await ws.close()
+            seen.add(((await reader).type, closed, (await ws.receive()).type))
+        result(seen=sorted(seen), fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/answer"))
+    assert r.value == {"seen": [[256, True, 257]], "fds": 0}  # CLOSING, close() did it, then CLOSED
+    assert srv.client_close_codes() == [1000] * 20
+
+
+# What the server sends while our Close waits behind a send -> how the waiting receive() ends, and close_code. Found
+# by the fuzzer: in CLOSING, the reader took the server's own Close for the answer to ours (seed f480f036 case 1358)
+# and a bad frame for a failure after our Close (seed wsfuzz case 29), dropped the connection, and ours never went.
+WHILE_OUR_CLOSE_WAITS = {
+    "the server's own Close": (close_frame(4001), [256, None], 4001),
+    "a bad frame": (frame(1, b"x", rsv=4), [258, 1002], 1002),
+}
+
+
+@pytest.mark.parametrize("what", WHILE_OUR_CLOSE_WAITS)
+def test_our_close_goes_out_whatever_comes_while_it_waits_behind_a_send(mpy, ws_script, what):
+    data, reader, code = WHILE_OUR_CLOSE_WAITS[what]
+    srv = ws_script({"/late": [0.2, data]}, rcvbuf=4096)  # reads nothing before it sends data
+    r = mpy.run("""
+import asyncio
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        send = asyncio.create_task(error_of(ws.send_bytes(bytes(8 << 20))))  # holds the socket until the server reads
+        reader = asyncio.create_task(ws.receive())
+        await asyncio.sleep(0)
+        closed = await ws.close()  # our Close waits behind the message; the server's frame comes meanwhile
+        msg = await reader
+        result(closed=closed, reader=[msg.type, getattr(msg.data, "code", None)], send=(await send)[0],
+               close_code=ws.close_code, fds=fd_count() - fds)
+run(main())
+""", heapsize="20M", URL=srv.url("/late"))
+    assert r.value == {"closed": True, "reader": reader, "send": None, "close_code": code, "fds": 0}
+    assert srv.client_close_codes() == [1000]
+
+
 def test_subprotocols_are_negotiated(mpy, ws_server):
     r = mpy.run("""
 import asyncio

@@ -319,3 +319,47 @@ run(main())
 """, URL=srv.url("/bare-close"))
     assert r.value == {"type": 8, "code": 1005, "reason": "", "close_code": 1005}
     assert srv.client_close_codes() == [None]  # an empty Close back: there was no code to echo
+
+
+def test_a_send_the_reset_connection_refuses_leaves_a_client_error_for_the_reader(mpy, ws_script):
+    # Found by the fuzzer (seed e1 case 138): a send that met the server's reset dropped the connection with the
+    # socket's bare OSError, which exception() and a reader woken by the drop (its ERROR message) then gave out
+    srv = ws_script({"/reset": ["read", "drop"]}, rcvbuf=4096)  # a reset once our first message came
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        await ws.send_str("go")
+        send = await error_of(ws.send_bytes(bytes(8 << 20)))  # more than the socket buffers hold: it meets the reset
+        e = ws.exception()
+        result(send=send[0], exception=type(e).__name__, client_error=isinstance(e, aiohttp.ClientConnectionError),
+               close_code=ws.close_code, fds=fd_count() - fds)
+run(main())
+""", heapsize="20M", URL=srv.url("/reset"))
+    assert r.value == {"send": "ClientConnectionResetError", "exception": "ClientConnectionResetError",
+                       "client_error": True, "close_code": 1006, "fds": 0}
+
+
+def test_a_reset_while_close_waits_for_the_servers_close_leaves_a_client_error(mpy, ws_script):
+    # Found by the fuzzer (seed cl2 case 180): close() read on for the server's Close, met the reset, and kept the
+    # socket's bare OSError for exception(), where a receive() that meets it gives a ClientConnectionError
+    srv = ws_script({"/reset": ["read", "drop"]})  # our Close is read, then the connection is reset
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        closed = await ws.close()
+        e = ws.exception()
+        result(closed=closed, exception=type(e).__name__, client_error=isinstance(e, aiohttp.ClientConnectionError),
+               close_code=ws.close_code, fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/reset"))
+    assert r.value == {"closed": True, "exception": "ClientConnectionError", "client_error": True, "close_code": 1006,
+                       "fds": 0}
+    assert srv.client_close_codes() == [1000]

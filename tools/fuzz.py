@@ -919,6 +919,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class Client:
     """One long-lived MicroPython process running tests/mpy/fuzzclient.py: run(job) sends a case as a JSON
     line and waits for its result line. A process that hangs is killed and the next run starts a fresh one."""
+    script = "fuzzclient.py"  # in tests/mpy
 
     def __init__(self, workdir, lib=LIB):
         self.workdir = Path(workdir)
@@ -928,9 +929,9 @@ class Client:
 
     def _start(self):
         env = dict(os.environ, MICROPYPATH=micropypath(self.lib))
-        self.proc = subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, str(TESTLIB / "fuzzclient.py")],
+        self.proc = subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, str(TESTLIB / self.script)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                     cwd=self.workdir, text=True, bufsize=1)
+                                     cwd=self.workdir, text=True, errors="backslashreplace", bufsize=1)
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self._error), daemon=True).start()

@@ -10,7 +10,7 @@ from time import ticks_diff, ticks_ms
 import aiohttp
 from mpos import DownloadManager
 DownloadError = DownloadManager.DownloadError
-from testlib import fd_count, result, sha256
+from testlib import described, fd_count, result, sha256, traceback_of
 
 
 class Case:
@@ -22,18 +22,6 @@ class Case:
 
     def note(self, what, detail):
         self.notes.append({"what": what, "detail": detail})
-
-
-def _error(e):
-    return "%s: %s" % (type(e).__name__, e)
-
-
-def _trace(e):
-    import io
-
-    out = io.StringIO()
-    sys.print_exception(e, out)
-    return out.getvalue()
 
 
 def _keep(job, body):
@@ -77,8 +65,8 @@ async def dm_case(case):
         _check_progress(case, progress, r)
     if isinstance(r, DownloadError):
         if not job["raise"]:
-            return "foreign", "%s raised without raise_errors" % _error(r)
-        return "fail", _error(r)
+            return "foreign", "%s raised without raise_errors" % described(r)
+        return "fail", described(r)
     if r is None or r is False:
         if job["raise"]:
             case.note("raise_errors", "returned %r instead of raising" % (r,))
@@ -113,7 +101,7 @@ async def dm_next(job):
         body = await DownloadManager.download_url(job["good_url"], timeout=job["read_timeout"],
                                                   deadline=job["deadline"], raise_errors=True)
     except Exception as e:
-        return _error(e)
+        return described(e)
     return "ok" if sha256(body) == job["good_sha"] else "wrong bytes (%d)" % len(body)
 
 
@@ -131,7 +119,7 @@ async def aio_case(case, session):
             with open(job["got"], "wb") as got:
                 await _body(case, resp, got)
     except aiohttp.ClientError as e:
-        return "fail", _error(e)
+        return "fail", described(e)
     return "ok", None
 
 
@@ -166,7 +154,7 @@ async def aio_next(job, session):
         async with session.get(job["good_url"], timeout=_timeout(job, job["deadline"])) as resp:
             body = await resp.read()
     except Exception as e:
-        return _error(e)
+        return described(e)
     return "ok" if sha256(body) == job["good_sha"] else "wrong bytes (%d)" % len(body)
 
 
@@ -207,7 +195,7 @@ async def main():
             outcome, error, nxt = "hang", "not done after %d s" % (2 * case.job["deadline"] + 2), None
             await DownloadManager.close_session()
         except BaseException as e:  # the foreign exceptions the fuzzer looks for (CancelledError too)
-            outcome, error, nxt, trace = "foreign", _error(e), None, _trace(e)
+            outcome, error, nxt, trace = "foreign", described(e), None, traceback_of(e)
             await DownloadManager.close_session()
         if case.ms is None:  # it never ended
             case.ms = ticks_diff(ticks_ms(), t0)

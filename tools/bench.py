@@ -112,7 +112,8 @@ def measure_smallest_heap(work, url, size, frozen=None, frozen_m32=None):
 
     def code_ram(where, prelude="", **how):
         # -> (heap at import, heap once a download ran)
-        r = check(*mpy.run(prelude + CODE_RAM, work, lib=lib, heapsize="1M", URL=small_url, **how), "code ram")[-1]
+        r = check(*mpy.run(prelude + CODE_RAM, work, lib=lib, heapsize="1M", URL=small_url, bare=True,
+                           **how), "code ram")[-1]
         assert r["file"].startswith(where), r
         return r["code"], r["used"]
 

@@ -322,7 +322,10 @@ def test_heap_held_by_a_request(mpy, fault, framing):
     v = heap(mpy, fault, framing)
     assert v["head"] < 4096, v  # a live request (response, headers, connection buffer) costs < 4 KB
     assert v["mid"] < 4096, v  # and reading half a megabyte adds nothing that stays
-    assert v["after"] < 1024, v  # once released, the pooled connection keeps little
+    # once released, the pooled connection keeps little: -512 to 672 bytes in six runs on either build, and 1024
+    # once in a fresh clone's frozen run (a block made once during the request and kept, a table's growth, lands
+    # in the count or not); a read-ahead kept in the pool was 8 KB (test_soak.py counts the bytes exactly)
+    assert v["after"] < 2048, v
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

@@ -213,17 +213,18 @@ async def get(session, host, query):
 
 async def main():
     async with aiohttp.ClientSession() as session:
-        held = []
-        for query in ("seed=1", "chunked=1&pad=3&padlen=5000"):
-            for host in ("a.test", "b.test", "c.test", "d.test"):
-                await get(session, host, query)
-            held.append(heap_in_use())
-        result(idle=len(session._idle), more=held[1] - held[0])
+        held = {}  # query -> the least in use after its rounds (a single look moved by up to 672 B in CI)
+        for _ in range(3):
+            for query in ("seed=1", "chunked=1&pad=3&padlen=5000"):
+                for host in ("a.test", "b.test", "c.test", "d.test"):
+                    await get(session, host, query)
+                held[query] = min(held.get(query, 1 << 30), heap_in_use())
+        result(idle=len(session._idle), more=held["chunked=1&pad=3&padlen=5000"] - held["seed=1"])
 
 run(main())
 """, PORT=fault.port)
     assert run.value["idle"] == 4
-    assert run.value["more"] <= SLACK, run.value
+    assert run.value["more"] <= 2048, run.value  # (one connection keeping its 8 KB read-ahead would show)
 
 
 # Each kind of DownloadManager use: `async def use(i)` (i counts the uses), the rounds it runs by default, and NOISY

@@ -2,6 +2,7 @@
 frames of every kind RFC 6455 forbids, connections cut inside a frame, bad handshakes, bytes one at a time."""
 import hashlib
 import struct
+import threading
 
 import pytest
 
@@ -59,6 +60,32 @@ def test_a_bad_frame_fails_the_connection_with_its_close_code(mpy, ws_script, na
     assert srv.client_close_codes() == [code]  # said to the server before the connection went
     if code == 1009:  # refused by its announced length, not by a failed attempt to make room for it
         assert "max_msg_size" in reason
+
+
+def test_a_failure_reads_out_what_the_server_still_sent_so_our_last_messages_reach_it(mpy, ws_script):
+    # Found by the fuzzer (seed fd20a3c4 case 4281, under load): after a bad frame the client closed its socket
+    # with the server's next bytes unread. Linux then resets the connection and throws away what the socket had not
+    # sent yet: the end of the client's last message, and its Close. Here the server reads only once the client is
+    # done with the websocket (the gate), through a small receive buffer, so most of that message is still queued.
+    gate = threading.Event()
+    srv = ws_script({"/bad": [frame(1, b"hi", rsv=4) + frame(2, bytes(20000)), gate]}, rcvbuf=4096)
+    r = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL, timeout=aiohttp.ClientWSTimeout(ws_close=0.3))
+        await ws.send_bytes(bytes(range(256)) * 1024)  # taken by the socket's send buffer, not sent yet
+        msg = await ws.receive()
+        result(type=msg.type, close_code=ws.close_code, fds=fd_count() - fds)
+run(main())
+""", URL=srv.url("/bad"))
+    gate.set()
+    assert r.value == {"type": 258, "close_code": 1002, "fds": 0}
+    assert srv.client_close_codes() == [1002]
+    assert [(op, hashlib.sha256(payload).hexdigest()) for _, op, payload in srv.frames] == [
+        (2, hashlib.sha256(bytes(range(256)) * 1024).hexdigest()), (8, hashlib.sha256(b"\x03\xea").hexdigest())]
 
 
 def test_a_message_the_heap_cannot_hold_is_refused_with_1009(mpy, ws_script):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import socket
 import struct
+import threading
 import time
 
 import websockets
@@ -205,9 +206,9 @@ def close_frame(code, reason=b""):
 
 class ScriptWSServer(ScriptServer):
     """Answers each connection's handshake, then runs the script of its path: bytes are sent, a number is a pause in
-    seconds, "read" waits for one frame from the client, "echo" sends that frame back, "fin" ends the sending side
-    (a clean TCP close), "drop" ends the connection at once (RST). After the script it reads what the client
-    still sends up to its Close, answers that with its code, then closes.
+    seconds, a threading.Event is waited for (the test sets it), "read" waits for one frame from the client, "echo"
+    sends that frame back, "fin" ends the sending side (a clean TCP close), "drop" ends the connection at once (RST).
+    After the script it reads what the client still sends up to its Close, answers that with its code, then closes.
 
     answers[path](key), where given, is the head to send instead of a proper 101. `frames` records every frame the
     client sent as (connection number, opcode, payload); `heads` each request head. rcvbuf: the size of each
@@ -254,6 +255,8 @@ class ScriptWSServer(ScriptServer):
                         conn.sendall(frame(last[0], last[1]))
                 elif isinstance(step, bytes):
                     conn.sendall(step)
+                elif isinstance(step, threading.Event):
+                    step.wait(10)
                 else:
                     time.sleep(step)
             while True:  # what the client still sends, up to its Close, which is answered

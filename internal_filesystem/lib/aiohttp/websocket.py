@@ -51,6 +51,7 @@ _FIN = const(0x80)
 
 _BLOCK = const(1024)  # bytes masked at a time: a large frame is never copied whole
 _FAIR_SHARE = const(65536)  # connection.FAIR_SHARE (a const is inlined only in its own module)
+_DISCARD = const(256)  # bytes per read while a failed connection's last bytes are let go of
 _KEEP = const(16384)  # a message buffer up to this size is kept for the next message, a bigger one goes with its own
 _NO_LIMIT = 1 << 63  # max_msg_size=0 (aiohttp's "no limit"): no frame can announce more (see _head)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -582,12 +583,23 @@ class ClientWebSocketResponse:
             if self._state < _CLOSING:
                 self._state = _CLOSING
                 self._stop_beat()
-                await asyncio.wait_for_ms(self._send(_OP_CLOSE, struct.pack(">H", e.code)), ms(self._close_timeout))
+                await asyncio.wait_for_ms(self._close_unheard(e.code), ms(self._close_timeout))
         except Exception:
             pass  # the connection goes anyway
         finally:
             self._drop()
         return WSMessage(WSMsgType.ERROR, e, None)
+
+    async def _close_unheard(self, code):
+        # A failure's Close, then what the server still sends is let go of unread until it closes TCP (RFC 6455
+        # section 7.1.1): a socket closed with bytes unread sends a reset, and the server's kernel then drops what
+        # the server had not read yet of ours, our last messages and the Close among them
+        await self._send(_OP_CLOSE, struct.pack(">H", code))
+        conn = self._conn
+        into = conn.buf or self._buf or bytearray(_DISCARD)  # (reused: nothing in either is delivered any more)
+        conn.pos = conn.filled = 0
+        while await conn.recv(into):
+            pass
 
     # --- closing ------------------------------------------------------------------------------------------
     async def close(self, *, code=WSCloseCode.OK, message=b""):

@@ -418,6 +418,46 @@ def check_downloads_listing(mpy, fault, which):
     assert red.startswith(fault.base) and "/bytes" not in red and "rate" not in red, red
 
 
+RANGED = """
+from mpos import DownloadManager
+SEEN = []  # (percent, done, total) at each progress callback
+def progress(percent):
+    d = DownloadManager.downloads()[0]
+    SEEN.append((percent, d["done"], d["total"]))
+async def main():
+    kw = {"outfile": "out.bin"} if MODE == "file" else {"chunk_callback": got.append} if MODE == "stream" else {}
+    data = await DownloadManager.download_url(URL, headers={"Range": RANGE}, progress_callback=progress,
+                                              chunk_size=100, **kw)
+    if MODE == "file":
+        data = open("out.bin", "rb").read() if data else None
+    elif MODE == "stream":
+        data = b"".join(got) if data else None
+    result(sha=sha256(data), n=len(data), seen=SEEN)
+got = []
+run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["memory", "file", "stream"])
+@pytest.mark.parametrize("asked, first, n, query", [
+    ("bytes=0-999", 0, 1000, ""),
+    ("bytes=1000-1999", 1000, 1000, ""),
+    ("bytes=1000-1999", 1000, 1000, "?norange=1"),  # the whole resource comes, the range is cut out of it
+    ("bytes=45000-", 45000, 5000, ""),
+    ("bytes=49000-60000", 49000, 1000, ""),  # past the end: the range is what the resource holds of it
+])
+def test_a_callers_range_is_the_total_of_downloads_and_of_the_percentages(mpy, fault, mode, asked, first, n, query):
+    # What this download delivers is its total: downloads() says it, and the percentages count towards it
+    v = mpy.run(RANGED, URL=fault.url("/bytes/50000" + query), RANGE=asked, MODE=mode).value
+    import hashlib
+    from tools.testservers import payload
+    assert v["n"] == n and v["sha"] == hashlib.sha256(payload(50000)[first:first + n]).hexdigest(), v
+    seen = v["seen"]
+    assert seen[-1][0] == 100 and all(total == n for _, _, total in seen), seen
+    assert all(percent == min(done * 100 // n, 99) for percent, done, _ in seen[:-1]), seen
+    assert max(percent for percent, _, _ in seen[:-1]) >= 80, seen  # the bar moves all the way, not 2 % then 100
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 4. User-Agent
 

@@ -111,6 +111,44 @@ run(main())
     assert fault.requests == 7
 
 
+def test_close_session_ends_the_download_under_way_and_the_queued_ones_start_afresh(mpy, fault):
+    # close_session() while A holds the only slot and B, C, D wait for it: A fails (its old file untouched, its .part
+    # kept for a resume), the queued ones had sent nothing and get their exact bodies on a session of their own
+    # (file, memory and stream mode); nothing is held after.
+    r = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+DownloadManager.max_connections = 1
+DownloadManager.session_idle_ms = 0
+with open("a.bin", "wb") as f:
+    f.write(b"old")
+async def main():
+    fds = fd_count()
+    streamed = []
+    a = asyncio.create_task(DownloadManager.download_url(SLOW, outfile="a.bin"))
+    b = asyncio.create_task(DownloadManager.download_url(FAST, outfile="b.bin"))
+    c = asyncio.create_task(DownloadManager.download_url(FAST))
+    d = asyncio.create_task(DownloadManager.download_url(FAST, chunk_callback=streamed.append))
+    while [x["state"] for x in DownloadManager.downloads()] != ["downloading", "queued", "queued", "queued"]:
+        await asyncio.sleep_ms(5)
+    await asyncio.sleep_ms(50)
+    await DownloadManager.close_session()
+    got = [await a, await b, await c, await d]
+    with open("a.bin", "rb") as f:
+        old = f.read().decode()
+    result(got=[got[0], got[1], sha256(got[2]), got[3]], a=old,
+           b=sha256_file("b.bin"), streamed=sha256(b"".join(streamed)), part=size("a.bin.part") > 0,
+           fds=fd_count() - fds, active=DownloadManager.is_session_active(), listed=DownloadManager.downloads(),
+           slots=slots_taken(), queue=len(slot_queue()))
+run(main())
+""", SLOW=fault.url("/bytes/200000?rate=100000"), FAST=fault.url("/bytes/3000"))
+    v = r.value
+    body = sha256_of(3000)
+    assert v["got"] == [False, True, body, True] and v["b"] == body and v["streamed"] == body, v
+    assert v["a"] == "old" and v["part"], v
+    assert v["fds"] == 0 and v["active"] is False and v["listed"] == [] and v["slots"] == 0 and v["queue"] == 0, v
+
+
 def test_admission_cancel_while_queued_and_failure_releases_slot(mpy, fault):
     # max 2: A (0.3 s) and B (0.6 s) take the slots; C1 (cancelled by a wait_for timeout) and C2
     # (task.cancel()) wait in the queue, then X (a 404), D and E. The cancelled ones never start and leave the
@@ -295,7 +333,7 @@ from mpos.net import admission
 async def main():
     held, failure = 0, None
     while failure is None and held < 20:
-        admit = admission.admit(0, 100, None)  # (made while there is heap: only admit's own steps run in the full one)
+        admit = admission.admit(0, 100, None, None)  # (made while there is heap: only its own steps run in a full one)
         micropython.heap_lock()
         try:
             await admit

@@ -128,7 +128,7 @@ class Download:
         admitted = complete = at_sink = False
         resp = None  # the answer being read; None between requests
         try:
-            await self._admit()
+            sess = await self._admit(sess)  # (a new session if close_session() came while it waited for its slot)
             admitted = True
             if self.segmented and await self._segments(sess):
                 return True
@@ -248,13 +248,13 @@ class Download:
             self.log("cannot start: aiohttp is not available")
         return sess
 
-    def _admit(self):
+    def _admit(self, sess):
         ms = None if self.deadline is None else self.deadline * 1000
         if ms is not None and ms < _LONGEST_MS:  # (the wait for a slot counts)
             from time import ticks_add
 
             self.deadline_ticks = ticks_add(ticks_ms(), int(max(ms, 0)))
-        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks)
+        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks, sess)
 
     def _exit(self, admitted):
         if admitted:

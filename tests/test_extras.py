@@ -596,3 +596,44 @@ result(type=type(data).__name__, data=sha256(data) if isinstance(data, bytes) el
     assert v["ok"] is True and v["out"] == sha256_of(30000)
     assert v["session"] is False
     assert v["inner"] == sha256_of(12345, seed=3)
+
+
+def test_a_thread_beside_the_task_managers_loop_gets_the_result_and_the_loop_runs_the_download(mpy, fault):
+    # A thread's code is synchronous: as at top level, download_url returns the result (it raises what the download
+    # raises). TaskManager's loop runs the download and its callbacks, in the loop's thread; the thread waits.
+    r = mpy.run("""
+import _thread
+from mpos import DownloadManager, TaskManager
+OUT = {}
+def worker():
+    try:
+        OUT["memory"] = sha256(DownloadManager.download_url(URL))
+        OUT["file"] = DownloadManager.download_url(URL, outfile="t.bin")
+        OUT["failed"] = DownloadManager.download_url(MISSING)
+        try:
+            DownloadManager.download_url(MISSING, raise_errors=True)
+        except DownloadManager.HTTPError as e:
+            OUT["raised"] = e.status
+        threads = []
+        DownloadManager.download_url(URL, progress_callback=lambda percent: threads.append(_thread.get_ident()))
+        OUT["callbacks_in_the_loop"] = set(threads) == {LOOP}
+    except Exception as e:
+        OUT["error"] = repr(e)
+    TaskManager.stop()
+LOOP = _thread.get_ident()
+TaskManager.start_new_thread(worker)
+TaskManager.start()
+async def later():
+    pass
+try:
+    TaskManager.run_from_thread(later())  # (start() returned: no loop runs)
+except RuntimeError as e:
+    OUT["no_loop"] = str(e)
+result(out=OUT, file=sha256_file("t.bin"))
+""", URL=fault.url("/bytes/3000"), MISSING=fault.url("/status/404"))
+    v = r.value
+    out = v["out"]
+    assert out.pop("no_loop").startswith("run_from_thread: no TaskManager.start()"), v
+    assert out == {"memory": sha256_of(3000), "file": True, "failed": None, "raised": 404,
+                   "callbacks_in_the_loop": True}, v
+    assert v["file"] == sha256_of(3000), v

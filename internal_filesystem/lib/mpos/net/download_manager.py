@@ -93,7 +93,20 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
 
 def _sync_or_async(coro):
     # From synchronous code or the REPL (no event loop running) the download runs to completion and the result is
-    # returned; under a running loop the coroutine is returned for the caller to await.
+    # returned; under a running loop the coroutine is returned for the caller to await. From a thread beside
+    # TaskManager's loop, that loop runs it while the thread waits for its result (asyncio is the loop thread's).
+    task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
+    loop = None
+    if task_manager is not None:
+        try:
+            loop = task_manager.TaskManager.loop_thread()
+        except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
+            pass
+    if loop is not None:
+        import _thread  # (start() runs: the port has threads)
+
+        if loop != _thread.get_ident():
+            return task_manager.TaskManager.run_from_thread(coro)
     return coro if _loop_runs_on() else asyncio.run(coro)
 
 

@@ -111,6 +111,44 @@ run(main())
     assert fault.requests == 7
 
 
+def test_close_session_ends_the_download_under_way_and_the_queued_ones_start_afresh(mpy, fault):
+    # close_session() while A holds the only slot and B, C, D wait for it: A fails (its old file untouched, its .part
+    # kept for a resume), the queued ones had sent nothing and get their exact bodies on a session of their own
+    # (file, memory and stream mode); nothing is held after.
+    r = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+DownloadManager.max_connections = 1
+DownloadManager.session_idle_ms = 0
+with open("a.bin", "wb") as f:
+    f.write(b"old")
+async def main():
+    fds = fd_count()
+    streamed = []
+    a = asyncio.create_task(DownloadManager.download_url(SLOW, outfile="a.bin"))
+    b = asyncio.create_task(DownloadManager.download_url(FAST, outfile="b.bin"))
+    c = asyncio.create_task(DownloadManager.download_url(FAST))
+    d = asyncio.create_task(DownloadManager.download_url(FAST, chunk_callback=streamed.append))
+    while [x["state"] for x in DownloadManager.downloads()] != ["downloading", "queued", "queued", "queued"]:
+        await asyncio.sleep_ms(5)
+    await asyncio.sleep_ms(50)
+    await DownloadManager.close_session()
+    got = [await a, await b, await c, await d]
+    with open("a.bin", "rb") as f:
+        old = f.read().decode()
+    result(got=[got[0], got[1], sha256(got[2]), got[3]], a=old,
+           b=sha256_file("b.bin"), streamed=sha256(b"".join(streamed)), part=size("a.bin.part") > 0,
+           fds=fd_count() - fds, active=DownloadManager.is_session_active(), listed=DownloadManager.downloads(),
+           slots=slots_taken(), queue=len(slot_queue()))
+run(main())
+""", SLOW=fault.url("/bytes/200000?rate=100000"), FAST=fault.url("/bytes/3000"))
+    v = r.value
+    body = sha256_of(3000)
+    assert v["got"] == [False, True, body, True] and v["b"] == body and v["streamed"] == body, v
+    assert v["a"] == "old" and v["part"], v
+    assert v["fds"] == 0 and v["active"] is False and v["listed"] == [] and v["slots"] == 0 and v["queue"] == 0, v
+
+
 def test_admission_cancel_while_queued_and_failure_releases_slot(mpy, fault):
     # max 2: A (0.3 s) and B (0.6 s) take the slots; C1 (cancelled by a wait_for timeout) and C2
     # (task.cancel()) wait in the queue, then X (a 404), D and E. The cancelled ones never start and leave the
@@ -295,7 +333,7 @@ from mpos.net import admission
 async def main():
     held, failure = 0, None
     while failure is None and held < 20:
-        admit = admission.admit(0, 100, None)  # (made while there is heap: only admit's own steps run in the full one)
+        admit = admission.admit(0, 100, None, None)  # (made while there is heap: only its own steps run in a full one)
         micropython.heap_lock()
         try:
             await admit
@@ -418,6 +456,46 @@ def check_downloads_listing(mpy, fault, which):
     assert red.startswith(fault.base) and "/bytes" not in red and "rate" not in red, red
 
 
+RANGED = """
+from mpos import DownloadManager
+SEEN = []  # (percent, done, total) at each progress callback
+def progress(percent):
+    d = DownloadManager.downloads()[0]
+    SEEN.append((percent, d["done"], d["total"]))
+async def main():
+    kw = {"outfile": "out.bin"} if MODE == "file" else {"chunk_callback": got.append} if MODE == "stream" else {}
+    data = await DownloadManager.download_url(URL, headers={"Range": RANGE}, progress_callback=progress,
+                                              chunk_size=100, **kw)
+    if MODE == "file":
+        data = open("out.bin", "rb").read() if data else None
+    elif MODE == "stream":
+        data = b"".join(got) if data else None
+    result(sha=sha256(data), n=len(data), seen=SEEN)
+got = []
+run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["memory", "file", "stream"])
+@pytest.mark.parametrize("asked, first, n, query", [
+    ("bytes=0-999", 0, 1000, ""),
+    ("bytes=1000-1999", 1000, 1000, ""),
+    ("bytes=1000-1999", 1000, 1000, "?norange=1"),  # the whole resource comes, the range is cut out of it
+    ("bytes=45000-", 45000, 5000, ""),
+    ("bytes=49000-60000", 49000, 1000, ""),  # past the end: the range is what the resource holds of it
+])
+def test_a_callers_range_is_the_total_of_downloads_and_of_the_percentages(mpy, fault, mode, asked, first, n, query):
+    # What this download delivers is its total: downloads() says it, and the percentages count towards it
+    v = mpy.run(RANGED, URL=fault.url("/bytes/50000" + query), RANGE=asked, MODE=mode).value
+    import hashlib
+    from tools.testservers import payload
+    assert v["n"] == n and v["sha"] == hashlib.sha256(payload(50000)[first:first + n]).hexdigest(), v
+    seen = v["seen"]
+    assert seen[-1][0] == 100 and all(total == n for _, _, total in seen), seen
+    assert all(percent == min(done * 100 // n, 99) for percent, done, _ in seen[:-1]), seen
+    assert max(percent for percent, _, _ in seen[:-1]) >= 80, seen  # the bar moves all the way, not 2 % then 100
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 4. User-Agent
 
@@ -518,3 +596,44 @@ result(type=type(data).__name__, data=sha256(data) if isinstance(data, bytes) el
     assert v["ok"] is True and v["out"] == sha256_of(30000)
     assert v["session"] is False
     assert v["inner"] == sha256_of(12345, seed=3)
+
+
+def test_a_thread_beside_the_task_managers_loop_gets_the_result_and_the_loop_runs_the_download(mpy, fault):
+    # A thread's code is synchronous: as at top level, download_url returns the result (it raises what the download
+    # raises). TaskManager's loop runs the download and its callbacks, in the loop's thread; the thread waits.
+    r = mpy.run("""
+import _thread
+from mpos import DownloadManager, TaskManager
+OUT = {}
+def worker():
+    try:
+        OUT["memory"] = sha256(DownloadManager.download_url(URL))
+        OUT["file"] = DownloadManager.download_url(URL, outfile="t.bin")
+        OUT["failed"] = DownloadManager.download_url(MISSING)
+        try:
+            DownloadManager.download_url(MISSING, raise_errors=True)
+        except DownloadManager.HTTPError as e:
+            OUT["raised"] = e.status
+        threads = []
+        DownloadManager.download_url(URL, progress_callback=lambda percent: threads.append(_thread.get_ident()))
+        OUT["callbacks_in_the_loop"] = set(threads) == {LOOP}
+    except Exception as e:
+        OUT["error"] = repr(e)
+    TaskManager.stop()
+LOOP = _thread.get_ident()
+TaskManager.start_new_thread(worker)
+TaskManager.start()
+async def later():
+    pass
+try:
+    TaskManager.run_from_thread(later())  # (start() returned: no loop runs)
+except RuntimeError as e:
+    OUT["no_loop"] = str(e)
+result(out=OUT, file=sha256_file("t.bin"))
+""", URL=fault.url("/bytes/3000"), MISSING=fault.url("/status/404"))
+    v = r.value
+    out = v["out"]
+    assert out.pop("no_loop").startswith("run_from_thread: no TaskManager.start()"), v
+    assert out == {"memory": sha256_of(3000), "file": True, "failed": None, "raised": 404,
+                   "callbacks_in_the_loop": True}, v
+    assert v["file"] == sha256_of(3000), v

@@ -77,10 +77,11 @@ async def main():
     async with aiohttp.ClientSession() as s:
         async with s.get(URL) as r:
             poll = select.poll()  # (asks the socket whether bytes wait, before the count starts)
-            poll.register(r.content._conn.sock, select.POLLIN)
+            poll.register(r._conn.sock, select.POLLIN)
+            r.content  # (made before the count starts: its module loads when it is first asked for)
             while True:
                 # bytes wait, and this is not the read after 64 KB that lets other tasks run (a generator)
-                now = HOW == "awaited" and bool(poll.poll(0)) and r.content._conn.streak + 1024 < 65536
+                now = HOW == "awaited" and bool(poll.poll(0)) and r._conn.streak + 1024 < 65536
                 t0 = micropython.mem_total()  # every byte allocated, even what is freed at once
                 if HOW == "awaited":  # the aiohttp way
                     n = await r.content.readinto(buf)

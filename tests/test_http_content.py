@@ -123,3 +123,22 @@ except aiohttp.ClientPayloadError as e:
 """, URL=fault.url("/bytes/5000?" + query))
     cut = "connection closed early" if query.startswith("length") else "chunked body cut short"
     assert r.value == {"before": None, "same": True, "error": "response payload is not completed (%s)" % cut}
+
+
+def test_content_has_the_stream_readers_names_only(mpy, fault):
+    # resp.content is aiohttp's StreamReader: a name of the response (status, text, json...) or a misspelt read is
+    # an AttributeError there, as in aiohttp, not the response's attribute answered through the content
+    r = in_a_response(mpy, """
+missing = []
+for name in ("status", "headers", "text", "json", "release", "ok", "url", "raed", "_conn"):
+    try:
+        getattr(resp.content, name)
+        missing.append(name + " answered")
+    except AttributeError as e:
+        missing.append(str(e))
+body = await resp.content.read()
+result(missing=missing, total=resp.content.total_bytes, n=len(body), has=hasattr(resp.content, "readline"))
+""", URL=fault.url("/bytes/3000"))
+    names = ("status", "headers", "text", "json", "release", "ok", "url", "raed", "_conn")
+    assert r.value == {"missing": ["'Content' object has no attribute '%s'" % name for name in names],
+                       "total": 3000, "n": 3000, "has": True}, r.value

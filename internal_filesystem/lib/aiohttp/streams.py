@@ -41,8 +41,10 @@ class Content:
         self._resp = resp
 
     def __getattr__(self, name):
-        # the rest of the response's reader: total_bytes, straight(), the connection...
-        return getattr(self._resp, name)
+        # aiohttp's StreamReader names only: the response's own (status, json(), ...) are no names of its content
+        if name == "total_bytes":  # (the body's bytes read so far: the response counts them)
+            return self._resp.total_bytes
+        raise AttributeError("'Content' object has no attribute '%s'" % name)
 
     def _take(self, n):
         # up to n of the bytes held (n < 0: all of them)

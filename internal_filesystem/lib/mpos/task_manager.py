@@ -14,13 +14,63 @@ class TaskManager:
     keep_running = None
     disabled = False
     _idler = None  # the task start() runs the event loop for
+    _loop_thread = None  # the thread in start(), whose event loop runs every task, while it is there
+    _handed = []  # [coroutine, lock, result, exception] other threads handed over (see run_from_thread)
+    _handing = None  # the _thread lock that guards _handed and _loop_thread
 
     @classmethod
     async def _idle(cls):
         # Keeps the event loop running until stop(), or until a newer one replaces it (see start())
         me = cls._idler = asyncio.current_task()
         while cls.keep_running and cls._idler is me:
+            if cls._handed:
+                cls._start_handed()
             await asyncio.sleep_ms(_IDLE_MS)
+
+    @classmethod
+    def loop_thread(cls):
+        """The _thread ident of the thread whose start() runs the event loop, None while none does."""
+        return cls._loop_thread
+
+    @classmethod
+    def run_from_thread(cls, coro):
+        """Run coro on the event loop that start() runs in another thread and wait for it there: -> its result, or
+        raises its exception. Only asyncio's own thread may touch its queue: the loop starts coro within _IDLE_MS.
+        A RuntimeError if no start() runs in another thread (coro is closed, never run)."""
+        import _thread
+
+        handed = [coro, _thread.allocate_lock(), None, None]
+        handed[1].acquire()  # released by the loop once coro ended
+        running = False
+        if cls._handing is not None:  # (made by the first start())
+            with cls._handing:
+                running = cls._loop_thread not in (None, _thread.get_ident())
+                if running:
+                    cls._handed.append(handed)
+        if not running:
+            coro.close()
+            raise RuntimeError("run_from_thread: no TaskManager.start() runs the event loop in another thread")
+        handed[1].acquire()
+        if handed[3] is not None:
+            raise handed[3]
+        return handed[2]
+
+    @classmethod
+    def _start_handed(cls):
+        with cls._handing:
+            handed, cls._handed = cls._handed, []
+        for one in handed:
+            asyncio.create_task(cls._serve(one))
+
+    @staticmethod
+    async def _serve(handed):
+        try:
+            handed[2] = await handed[0]
+        except BaseException as e:  # (the waiting thread raises it)
+            handed[3] = e
+        finally:
+            handed[0] = None
+            handed[1].release()
 
     @classmethod
     def start(cls):
@@ -31,12 +81,34 @@ class TaskManager:
             warning("TaskManager", "start() while disabled: the event loop does not run")
             return
         cls.keep_running = True
-        while cls.keep_running:
-            try:
-                asyncio.run(cls._idle())
-            except KeyboardInterrupt:
-                warning("TaskManager", "KeyboardInterrupt in the event loop; the other tasks go on (stop() ends it)")
-        cls._idler = None
+        cls._note_loop_thread(True)
+        try:
+            while cls.keep_running:
+                try:
+                    asyncio.run(cls._idle())
+                except KeyboardInterrupt:
+                    warning("TaskManager",
+                            "KeyboardInterrupt in the event loop; the other tasks go on (stop() ends it)")
+        finally:
+            cls._idler = None
+            cls._note_loop_thread(False)
+
+    @classmethod
+    def _note_loop_thread(cls, running):
+        # The thread of start() while it runs; what other threads handed over and the loop never started fails then
+        try:
+            import _thread
+        except ImportError:  # (a port without threads: none can hand anything over)
+            return
+        if cls._handing is None:
+            cls._handing = _thread.allocate_lock()
+        with cls._handing:
+            cls._loop_thread = _thread.get_ident() if running else None
+            handed, cls._handed = cls._handed, []
+        for one in handed:
+            one[0].close()
+            one[3] = RuntimeError("the event loop stopped before it ran this")
+            one[1].release()
 
     @classmethod
     def stop(cls):

@@ -233,10 +233,12 @@ def read_buffer(size):
 # -- connection slots ----------------------------------------------------------------------------------------------
 
 
-async def admit(priority, limit, end):
-    # Returns once the running task holds one more slot; raises (cancellation, DownloadTimeout at `end`, a ticks_ms)
-    # holding none. A download awaited in a callback of one that holds a slot in this task gets one at once, past the
-    # cap: its parent waits for it, so it would wait for ever for its parent's slot.
+async def admit(priority, limit, end, sess):
+    # Returns once the running task holds one more slot -> the session to send its requests on: sess, or the one of
+    # now if close_session() closed sess while the download waited (it had sent nothing: it starts as a download
+    # called after close_session() would). Raises (cancellation, DownloadTimeout at `end`, a ticks_ms) holding none.
+    # A download awaited in a callback of one that holds a slot in this task gets one at once, past the cap: its
+    # parent waits for it, so it would wait for ever for its parent's slot.
     global _in_use
     import asyncio
 
@@ -244,7 +246,7 @@ async def admit(priority, limit, end):
     if _in_use < max(limit, 1) and not _waiting or me in _holders:  # (a cap below one is one: none would start)
         _holders.append(me)  # before the slot is counted: in a full heap it fails holding none
         _in_use += 1
-        return
+        return sess
     granted = asyncio.Event()
     place = 0
     while place < len(_waiting) and _waiting[place][0] >= priority:  # behind all of its priority and higher ones
@@ -273,6 +275,7 @@ async def admit(priority, limit, end):
             from . import errors
 
             raise errors.DownloadTimeout("deadline reached while waiting for a connection slot")
+        sess = _open_session(sess)  # (before the slot is noted: a full heap passes it on, below)
         _holders.append(me)
     except BaseException:
         if not expired:  # (an expired entry holds nothing)
@@ -284,6 +287,18 @@ async def admit(priority, limit, end):
     finally:
         if timer is not None:
             timer.cancel()
+    return sess
+
+
+def _open_session(held):
+    # -> held while it is the shared session, else the shared session of now, made if close_session() left none
+    global _session
+    with _lock:
+        if _session is None:  # (it goes only by close_session() while a download holds it)
+            import aiohttp  # (loaded: held was made by it)
+
+            _session = aiohttp.ClientSession()
+        return _session
 
 
 def leave(limit, own=False):

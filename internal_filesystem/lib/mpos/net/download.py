@@ -128,7 +128,7 @@ class Download:
         admitted = complete = at_sink = False
         resp = None  # the answer being read; None between requests
         try:
-            await self._admit()
+            sess = await self._admit(sess)  # (a new session if close_session() came while it waited for its slot)
             admitted = True
             if self.segmented and await self._segments(sess):
                 return True
@@ -248,13 +248,13 @@ class Download:
             self.log("cannot start: aiohttp is not available")
         return sess
 
-    def _admit(self):
+    def _admit(self, sess):
         ms = None if self.deadline is None else self.deadline * 1000
         if ms is not None and ms < _LONGEST_MS:  # (the wait for a slot counts)
             from time import ticks_add
 
             self.deadline_ticks = ticks_add(ticks_ms(), int(max(ms, 0)))
-        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks)
+        return admission.admit(self.priority, self.tunables.max_connections, self.deadline_ticks, sess)
 
     def _exit(self, admitted):
         if admitted:
@@ -564,11 +564,19 @@ class Download:
         return self.speed_callback is not None and ticks_diff(ticks_ms(), self.speed_since) >= _SPEED_MS
 
     def _percent_now(self):
-        total = self.total_size or self.resource_size or _ASSUMED_SIZE
-        if self.total_size is None and self.resource_size is not None and self.range_start:
-            total = (self.resource_size if self.range_end is None else self.range_end + 1) - self.range_start
         # 100 is said once, at the very end; an unknown or wrong size never overshoots
-        return min((self.kept + self.delivered) * 100 // max(total, 1), 99)
+        return min((self.kept + self.delivered) * 100 // max(self.expected_size() or _ASSUMED_SIZE, 1), 99)
+
+    def expected_size(self):
+        # -> the bytes kept + delivered count once the download is complete, None while unknown: total_size as the
+        # caller gave it, else the caller's range of the resource (its end cut at the resource's), else the resource.
+        # (A resume of a .part counts from byte 0: kept holds the bytes before range_start, which is 0 then.)
+        if self.total_size:
+            return self.total_size
+        end = self.resource_size
+        if self.range_end is not None and (end is None or end > self.range_end):
+            end = self.range_end + 1
+        return None if end is None else max(end - self.range_start, 0)
 
     async def _report(self):
         if self.progress_callback is not None:

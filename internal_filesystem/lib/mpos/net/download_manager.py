@@ -30,14 +30,15 @@ async def close_session():
 
 
 def downloads():
-    """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked)."""
+    """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked). total: the bytes
+    done reaches at the end (of a caller's Range, the range's), None while unknown."""
     listed = admission.listed()
     if not listed:
         return []
     states = "queued connecting downloading done failed".split()  # (download.py's states, in their order)
     return [
         {"url": redact(d.url) if d.redact_url else d.url, "state": states[d.state],
-         "done": d.kept + d.delivered, "total": d.total_size or d.resource_size, "speed": d.speed}
+         "done": d.kept + d.delivered, "total": d.expected_size(), "speed": d.speed}
         for d in listed
     ]
 
@@ -92,7 +93,20 @@ def _check(url, outfile, total_size, progress_callback, chunk_callback, headers,
 
 def _sync_or_async(coro):
     # From synchronous code or the REPL (no event loop running) the download runs to completion and the result is
-    # returned; under a running loop the coroutine is returned for the caller to await.
+    # returned; under a running loop the coroutine is returned for the caller to await. From a thread beside
+    # TaskManager's loop, that loop runs it while the thread waits for its result (asyncio is the loop thread's).
+    task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
+    loop = None
+    if task_manager is not None:
+        try:
+            loop = task_manager.TaskManager.loop_thread()
+        except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
+            pass
+    if loop is not None:
+        import _thread  # (start() runs: the port has threads)
+
+        if loop != _thread.get_ident():
+            return task_manager.TaskManager.run_from_thread(coro)
     return coro if _loop_runs_on() else asyncio.run(coro)
 
 

@@ -67,8 +67,8 @@ class _Segment(Download):
     def _enter(self):
         return self.client_session
 
-    async def _admit(self):
-        pass
+    async def _admit(self, sess):
+        return sess  # (the download's slot and session)
 
     def _exit(self, admitted):
         pass

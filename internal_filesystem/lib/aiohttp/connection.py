@@ -1,11 +1,9 @@
 # One TCP or TLS connection: opening it (the host name looked up off the event loop), reading and writing without
 # blocking, waits the session's watchdog can time out, and the read-ahead that heads and chunk-size lines go through.
 
-import io
-import select
 import socket
 import sys
-from errno import EINPROGRESS, EINVAL, EIO, ETIMEDOUT
+from errno import EINPROGRESS, ETIMEDOUT
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
@@ -186,93 +184,13 @@ def forget(host, port):
     _dns.pop((host, port), None)
 
 
-_ALERT = const(21)  # a TLS record's type: an alert
-_STREAM_POLL = const(3)  # the stream ioctls MicroPython's TLS socket passes down to the stream under it
-_STREAM_CLOSE = const(4)
-
-
-class _Wire(io.IOBase):
-    # The TCP socket as mbedTLS reads and writes it. MicroPython's TLS socket reads b"" both for the server's
-    # close_notify and for a TCP end without one (mbedTLS maps its transport's EOF to 0 as well), and its stream
-    # reads go on past a close_notify to fill the buffer: only the records themselves tell the two apart. TLS 1.2
-    # (all MicroPython's mbedTLS speaks) sends an alert's record type in the clear; a fatal alert makes mbedTLS
-    # fail the read, so an alert record before the end is the close_notify (a warning, at most: the server's own).
-    # mbedTLS asks for a record's 5-byte header, then for its body. Called from C inside mbedTLS: nothing may raise.
-    notified = False  # an alert record came: the TLS stream may end cleanly
-    poller = None  # a select.poll of the TCP socket, made at the first wait on the TLS socket
-    header = 0  # bytes of the current record's header read (5: reading its body)
-    left = 0  # bytes of the current record's body still to come
-    length = 0  # the length read from the header so far
-
-    def __init__(self, tcp):
-        self.tcp = tcp
-
-    def readinto(self, buf):
-        try:
-            n = self.tcp.readinto(buf)
-        except OSError as e:
-            return -e.errno
-        except Exception:
-            return -EIO
-        i = 0
-        while n and i < n:  # follow the records' framing through what came
-            header = self.header
-            if header == 5:
-                step = min(self.left, n - i)
-                i += step
-                self.left -= step
-                if not self.left:
-                    self.header = 0
-                continue
-            if header == 0 and buf[i] == _ALERT:
-                self.notified = True
-            if header >= 3:
-                self.length = (self.length << 8 | buf[i]) if header == 4 else buf[i]
-            self.header = header = header + 1
-            i += 1
-            if header == 5:
-                self.left = self.length
-                if not self.left:
-                    self.header = 0
-        return n
-
-    def write(self, buf):
-        try:
-            return self.tcp.write(buf)
-        except OSError as e:
-            return -e.errno
-        except Exception:
-            return -EIO
-
-    def setblocking(self, flag):
-        self.tcp.setblocking(flag)
-
-    def ioctl(self, request, arg):
-        if request == _STREAM_POLL:
-            try:
-                poller = self.poller
-                if poller is None:
-                    poller = self.poller = select.poll()
-                    poller.register(self.tcp)
-                poller.modify(self.tcp, arg)
-                for entry in poller.ipoll(0):
-                    return entry[1]
-                return 0
-            except Exception:
-                return arg  # (no memory for the poller: ready, so the TLS socket's read or write says what it is)
-        if request == _STREAM_CLOSE:
-            _close(self.tcp)
-            return 0
-        return -EINVAL
-
-
 class Connection:
     # Reads try the non-blocking socket first and wait in the event loop only when it has nothing; while a task
     # waits, wait_until holds the deadline the session's watchdog enforces, so a timeout costs nothing while data
     # keeps coming. Defaults live on the class (docs/design.md: attribute tables).
     sock = None
     tcp = None  # under TLS, the TCP socket: MicroPython's TLS socket lets go of it unclosed when a handshake fails
-    wire = None  # under TLS, the _Wire between the TLS socket and the TCP socket
+    wire = None  # under TLS, the wire.Wire between the TLS socket and the TCP socket
     buf = None  # the read-ahead, for heads and chunk-size lines; made when needed (see handed_out)
     pos = filled = 0  # the read-ahead not handed out yet: buf[pos:filled]
     wait_ms = None  # how long one wait may last in the phase under way (connect, or read)
@@ -306,7 +224,9 @@ class Connection:
                 raise
         if scheme == "https":
             self.tcp = sock
-            self.wire = _Wire(sock)
+            from .wire import Wire  # (loaded by the first https connection: plain HTTP never needs it)
+
+            self.wire = Wire(sock)
             self.sock = ctx.wrap_socket(self.wire, server_hostname=host, do_handshake_on_connect=False)
             self.sock.setblocking(False)
 

@@ -769,8 +769,8 @@ class StreamReader:
                         return 0
                     self._eof = True
                     self._let_go(False)
-                    raise errors.ClientPayloadError("response payload is not completed (%s)" % (
-                        "TLS connection closed without close_notify" if self._until_close else "connection closed early"))
+                    why = "TLS connection closed without close_notify" if self._until_close else "connection closed early"
+                    raise errors.ClientPayloadError("response payload is not completed (%s)" % why)
             return self._count(n)
         except OSError as e:
             self._cut_short(e)

@@ -10,7 +10,8 @@ from tools.testservers import sha256_of
 
 CLIENT_MODULES = ["aiohttp.client", "aiohttp.connection", "aiohttp.errors", "aiohttp.response", "aiohttp.url",
                   "mpos.net.download"]
-OFF_THE_PLAIN_PATH = ["aiohttp.location", "aiohttp.form", "aiohttp.chunkext"]  # Location, params=/data=, ";ext"
+OFF_THE_PLAIN_PATH = ["aiohttp.location", "aiohttp.form", "aiohttp.chunkext",  # Location, params=/data=, ";ext",
+                      "aiohttp.wire"]  # https
 
 
 def test_importing_loads_the_client_and_the_download_classes_on_first_use(mpy, fault):

@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.mpy import HEAP, LIB, TESTLIB, micropypath, micropython  # noqa: E402
+from tools.testservers import send_close_notify  # noqa: E402
 
 HOST = "127.0.0.1"
 READ_TIMEOUT = 0.5  # seconds: the client's per-read timeout in every case, so a stall is found fast
@@ -904,6 +905,7 @@ class _Handler(socketserver.StreamRequestHandler):
             sock.close()  # now: a shutdown() first would send a FIN before the RST
             return False
         if case.ending == "close":
+            sock = send_close_notify(sock)  # over TLS a close_notify first: without one a close-delimited body is cut short
             sock.shutdown(socket.SHUT_WR)  # the client sees the end at once; what it still sends is read below
             sock.settimeout(2)
             while sock.recv(65536):  # until the client closes

@@ -929,8 +929,9 @@ class ScriptServer(_ThreadServer):
     """Answers by script, byte for byte, for what no well-behaved server sends (1xx heads, cut lines...).
 
     scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
-    ends the connection (after the client has closed its side, so unread data causes no RST), "reset" ends it with
-    an RST at once. Without either the connection reads its next request: keep-alive. A path in `unread` is answered
+    ends the connection (after the client has closed its side, so unread data causes no RST; over TLS without a
+    close_notify, as a truncation looks), "notify" ends it the same way after a TLS close_notify (as a correct TLS
+    server does), "reset" ends it with an RST at once. Without either the connection reads its next request: keep-alive. A path in `unread` is answered
     as soon as its head is in, its request body left unread (a server refusing an upload). `requests` records
     (connection number, method, path).
     """
@@ -964,6 +965,9 @@ class ScriptServer(_ThreadServer):
                 data = data[length:]
                 self.requests.append((number, method, path))
                 for step in self.scripts[path]:
+                    if step == "notify":  # (TLS) a close_notify alert, then as "close"
+                        conn = send_close_notify(conn)
+                        step = "close"
                     if step == "close":
                         conn.shutdown(socket.SHUT_WR)
                         while conn.recv(4096):
@@ -980,6 +984,21 @@ class ScriptServer(_ThreadServer):
             pass
         finally:
             conn.close()
+
+
+def send_close_notify(conn):
+    """Sends a TLS connection's close_notify without waiting for the client's (which MicroPython never sends); ->
+    the socket to go on with. A plain socket is returned as it is."""
+    if not isinstance(conn, ssl.SSLSocket):
+        return conn
+    timeout = conn.gettimeout()
+    conn.setblocking(False)
+    try:
+        conn.unwrap()  # sends the alert, then wants to read the client's
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass
+    conn.settimeout(timeout)
+    return conn
 
 
 class Endless:

@@ -22,7 +22,7 @@ class TLSMemory:
         # a TCP socket closed by the client has given its descriptor back: fileno() says -1
         self.tcp = [s for s in self.tcp if s.fileno() >= 0]
         if len(self.tcp) < self.connections:
-            self.tcp.append(sock)
+            self.tcp.append(getattr(sock, "tcp", sock))  # (the client hands its TCP socket over in a _Wire)
             return self.ctx.wrap_socket(sock, **kw)
         self.refused += 1
         if self.at_wrap:

@@ -190,6 +190,7 @@ class Connection:
     # keeps coming. Defaults live on the class (docs/design.md: attribute tables).
     sock = None
     tcp = None  # under TLS, the TCP socket: MicroPython's TLS socket lets go of it unclosed when a handshake fails
+    wire = None  # under TLS, the wire.Wire between the TLS socket and the TCP socket
     buf = None  # the read-ahead, for heads and chunk-size lines; made when needed (see handed_out)
     pos = filled = 0  # the read-ahead not handed out yet: buf[pos:filled]
     wait_ms = None  # how long one wait may last in the phase under way (connect, or read)
@@ -223,7 +224,10 @@ class Connection:
                 raise
         if scheme == "https":
             self.tcp = sock
-            self.sock = ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            from .wire import Wire  # (loaded by the first https connection: plain HTTP never needs it)
+
+            self.wire = Wire(sock)
+            self.sock = ctx.wrap_socket(self.wire, server_hostname=host, do_handshake_on_connect=False)
             self.sock.setblocking(False)
 
     def close(self):
@@ -233,6 +237,7 @@ class Connection:
         self.sock = None
         if self.tcp is not None:
             self.tcp = None
+            self.wire = None
         if self.buf is not None:  # read-ahead that came before the close is not handed out after it
             self.buf = None
             self.pos = self.filled = 0

@@ -762,12 +762,15 @@ class StreamReader:
                     raise errors.ServerDisconnectedError("connection closed")
                 n = await conn.recv(buf if _len(buf) <= remaining else memoryview(buf)[:remaining])
                 if not n:
-                    if self._until_close:
+                    # Over TLS only the server's close_notify ends a body that ends with the connection: a TCP end
+                    # without one may be a truncation (RFC 9110 section 9.8)
+                    if self._until_close and (conn.wire is None or conn.wire.notified):
                         self._body_ended(False)
                         return 0
                     self._eof = True
                     self._let_go(False)
-                    raise errors.ClientPayloadError("response payload is not completed (connection closed early)")
+                    why = "TLS connection closed without close_notify" if self._until_close else "connection closed early"
+                    raise errors.ClientPayloadError("response payload is not completed (%s)" % why)
             return self._count(n)
         except OSError as e:
             self._cut_short(e)

@@ -1,0 +1,90 @@
+# The TCP socket under a TLS connection, as mbedTLS reads and writes it: it follows the records going by, so that a
+# body that ends with the connection is known whole only after the server's close_notify (connection.py, response.py).
+
+import io
+import select
+from errno import EINVAL, EIO
+from micropython import const
+
+_ALERT = const(21)  # a TLS record's type: an alert
+_STREAM_POLL = const(3)  # the stream ioctls MicroPython's TLS socket passes down to the stream under it
+_STREAM_CLOSE = const(4)
+
+
+class Wire(io.IOBase):
+    # The TCP socket as mbedTLS reads and writes it. MicroPython's TLS socket reads b"" both for the server's
+    # close_notify and for a TCP end without one (mbedTLS maps its transport's EOF to 0 as well), and its stream
+    # reads go on past a close_notify to fill the buffer: only the records themselves tell the two apart. TLS 1.2
+    # (all MicroPython's mbedTLS speaks) sends an alert's record type in the clear; a fatal alert makes mbedTLS
+    # fail the read, so an alert record before the end is the close_notify (a warning, at most: the server's own).
+    # A build with TLS 1.3 hides every record's type: such a body then never counts as whole, the safe side.
+    # mbedTLS asks for a record's 5-byte header, then for its body. Called from C inside mbedTLS: nothing may raise.
+    notified = False  # an alert record came: the TLS stream may end cleanly
+    poller = None  # a select.poll of the TCP socket, made at the first wait on the TLS socket
+    header = 0  # bytes of the current record's header read (5: reading its body)
+    left = 0  # bytes of the current record's body still to come
+    length = 0  # the length read from the header so far
+
+    def __init__(self, tcp):
+        self.tcp = tcp
+
+    def readinto(self, buf):
+        try:
+            n = self.tcp.readinto(buf)
+        except OSError as e:
+            return -e.errno
+        except Exception:
+            return -EIO
+        i = 0
+        while n and i < n:  # follow the records' framing through what came
+            header = self.header
+            if header == 5:
+                step = min(self.left, n - i)
+                i += step
+                self.left -= step
+                if not self.left:
+                    self.header = 0
+                continue
+            if header == 0 and buf[i] == _ALERT:
+                self.notified = True
+            if header >= 3:
+                self.length = (self.length << 8 | buf[i]) if header == 4 else buf[i]
+            self.header = header = header + 1
+            i += 1
+            if header == 5:
+                self.left = self.length
+                if not self.left:
+                    self.header = 0
+        return n
+
+    def write(self, buf):
+        try:
+            return self.tcp.write(buf)
+        except OSError as e:
+            return -e.errno
+        except Exception:
+            return -EIO
+
+    def setblocking(self, flag):
+        self.tcp.setblocking(flag)
+
+    def ioctl(self, request, arg):
+        if request == _STREAM_POLL:
+            try:
+                poller = self.poller
+                if poller is None:
+                    poller = self.poller = select.poll()
+                    poller.register(self.tcp)
+                poller.modify(self.tcp, arg)
+                for entry in poller.ipoll(0):
+                    return entry[1]
+                return 0
+            except Exception:
+                return arg  # (no memory for the poller: ready, so the TLS socket's read or write says what it is)
+        if request == _STREAM_CLOSE:
+            try:
+                self.tcp.close()
+            except OSError:
+                pass
+            return 0
+        return -EINVAL

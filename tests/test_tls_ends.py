@@ -1,0 +1,72 @@
+"""How a TLS connection's end frames an answer. MicroPython's TLS socket reads b"" both for the server's close_notify
+and for a TCP FIN without one (mbedTLS maps its transport's EOF to the same 0); a body that the end of the connection
+frames is whole only after a close_notify (RFC 9110 section 9.8): a FIN alone may be a truncation (an attacker's, or
+a link dropped through a middlebox). A body framed by its length or by chunks is judged by its framing."""
+import hashlib
+
+import pytest
+
+from test_http_framing import TLS_RECORDS as READS  # resp.read(), then resp.content.read(4096) to the end
+from test_reliability import MODES, OLD, dl, failed
+from tools.testservers import ScriptServer, payload
+
+BODY = payload(20000)
+SHA = hashlib.sha256(BODY).hexdigest()
+RECORDS = [BODY[i:i + 4000] for i in range(0, len(BODY), 4000)]  # a TLS record each
+UNTIL_CLOSE = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+
+
+def chunked(records):
+    return [b"%x\r\n%s\r\n" % (len(r), r) for r in records]
+
+
+# name -> (the script, whether the body must come whole)
+ANSWERS = {
+    "until-close, close_notify": ([UNTIL_CLOSE] + RECORDS + [0.05, "notify"], True),
+    "until-close, FIN without close_notify": ([UNTIL_CLOSE] + RECORDS + [0.05, "close"], False),
+    # (the alert right behind the last data: MicroPython's stream read takes both in one call, and the next read
+    # meets the TCP end)
+    "until-close, close_notify at once": ([UNTIL_CLOSE] + RECORDS + ["notify"], True),
+    "until-close, reset": ([UNTIL_CLOSE] + RECORDS + [0.05, "reset"], False),
+    "length, whole, FIN without close_notify": ([LENGTH % len(BODY)] + RECORDS + [0.05, "close"], True),
+    "length, short, close_notify": ([LENGTH % (len(BODY) + 1)] + RECORDS + [0.05, "notify"], False),
+    "chunked, whole, FIN without close_notify": ([CHUNKED] + chunked(RECORDS) + [b"0\r\n\r\n", 0.05, "close"], True),
+    "chunked, cut, close_notify": ([CHUNKED] + chunked(RECORDS) + [0.05, "notify"], False),
+}
+
+
+@pytest.mark.parametrize("answer", list(ANSWERS))
+def test_a_tls_answer_is_whole_only_as_its_framing_or_a_close_notify_says(mpy, certs, answer):
+    script, whole = ANSWERS[answer]
+    with ScriptServer({"/r": script}, certs=certs) as srv:
+        r = mpy.run(READS, URL=srv.url("/r"))
+    for got in r.results:
+        if whole:
+            assert got.get("sha") == SHA, got
+        else:
+            assert "ClientPayloadError" in got.get("error", ""), got
+    assert [got["how"] for got in r.results] == ["read", "read(n)"]
+
+
+def test_the_same_body_over_plain_tcp_ends_with_the_fin(mpy):
+    # (no TLS: the FIN is all there is to end it)
+    with ScriptServer({"/r": [UNTIL_CLOSE] + RECORDS + [0.05, "close"]}) as srv:
+        r = mpy.run(READS, URL=srv.url("/r"))
+    assert [got.get("sha") for got in r.results] == [SHA, SHA]
+
+
+TUNE = {"retry_base_ms": 1, "retry_max_ms": 2}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ending", ["notify", "close"])
+def test_download_url_takes_a_tls_body_the_connection_frames_only_after_a_close_notify(mpy, certs, mode, ending):
+    with ScriptServer({"/r": [UNTIL_CLOSE] + RECORDS + [0.05, ending]}, certs=certs) as srv:
+        v = dl(mpy, srv.url("/r"), mode, old=OLD, tune=TUNE)
+    if ending == "notify":
+        assert (v["err"], v["ret"], v["sha"], v["len"]) == (None, "bytes" if mode == "memory" else True, SHA,
+                                                            len(BODY)), v
+    else:
+        failed(v, mode)

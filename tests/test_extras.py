@@ -602,10 +602,12 @@ def test_a_thread_beside_the_task_managers_loop_gets_the_result_and_the_loop_run
     # A thread's code is synchronous: as at top level, download_url returns the result (it raises what the download
     # raises). TaskManager's loop runs the download and its callbacks, in the loop's thread; the thread waits.
     r = mpy.run("""
-import _thread
+import _thread, time
 from mpos import DownloadManager, TaskManager
 OUT = {}
 def worker():
+    while TaskManager.loop_thread() is None:  # (this thread may run before start() does)
+        time.sleep_ms(1)
     try:
         OUT["memory"] = sha256(DownloadManager.download_url(URL))
         OUT["file"] = DownloadManager.download_url(URL, outfile="t.bin")

@@ -639,3 +639,26 @@ result(out=OUT, file=sha256_file("t.bin"))
     assert out == {"memory": sha256_of(3000), "file": True, "failed": None, "raised": 404,
                    "callbacks_in_the_loop": True}, v
     assert v["file"] == sha256_of(3000), v
+
+
+def test_a_thread_whose_download_the_loop_was_running_when_stop_came_gets_a_runtime_error(mpy, fault):
+    # stop() ends start(): the download under way stays in asyncio's queue, and its thread, waiting for a result
+    # the loop will not make, is answered at once instead of waiting forever
+    r = mpy.run("""
+import _thread, time
+from mpos import DownloadManager, TaskManager
+OUT = {}
+def worker():
+    while TaskManager.loop_thread() is None:  # (this thread may run before start() does)
+        time.sleep_ms(1)
+    try:
+        OUT["returned"] = DownloadManager.download_url(URL, progress_callback=lambda percent: TaskManager.stop())
+    except RuntimeError as e:
+        OUT["raised"] = str(e)
+TaskManager.start_new_thread(worker)
+TaskManager.start()
+while not OUT:
+    time.sleep_ms(1)
+result(**OUT)
+""", URL=fault.url("/bytes/300000?trickle=1"))
+    assert r.value == {"raised": "the event loop stopped while it ran this"}

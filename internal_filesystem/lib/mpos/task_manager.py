@@ -16,6 +16,7 @@ class TaskManager:
     _idler = None  # the task start() runs the event loop for
     _loop_thread = None  # the thread in start(), whose event loop runs every task, while it is there
     _handed = []  # [coroutine, lock, result, exception] other threads handed over (see run_from_thread)
+    _serving = []  # those the loop runs now, their threads waiting (touched by the loop's thread only)
     _handing = None  # the _thread lock that guards _handed and _loop_thread
 
     @classmethod
@@ -61,16 +62,30 @@ class TaskManager:
             handed, cls._handed = cls._handed, []
         for one in handed:
             asyncio.create_task(cls._serve(one))
+            cls._serving.append(one)
 
-    @staticmethod
-    async def _serve(handed):
+    @classmethod
+    async def _serve(cls, handed):
         try:
-            handed[2] = await handed[0]
+            result = await handed[0]
+            if handed[0] is not None:
+                handed[2] = result
         except BaseException as e:  # (the waiting thread raises it)
-            handed[3] = e
+            cls._answer(handed, e)
         finally:
-            handed[0] = None
-            handed[1].release()
+            cls._answer(handed)
+
+    @classmethod
+    def _answer(cls, handed, error=None):
+        # The waiting thread goes on, once (handed[0] None: answered), raising error if one is given
+        if handed[0] is None:
+            return
+        handed[0] = None
+        if error is not None:
+            handed[3] = error
+        if handed in cls._serving:
+            cls._serving.remove(handed)
+        handed[1].release()
 
     @classmethod
     def start(cls):
@@ -95,7 +110,7 @@ class TaskManager:
 
     @classmethod
     def _note_loop_thread(cls, running):
-        # The thread of start() while it runs; what other threads handed over and the loop never started fails then
+        # The thread of start() while it runs; once it returns, what other threads handed over fails, started or not
         try:
             import _thread
         except ImportError:  # (a port without threads: none can hand anything over)
@@ -107,8 +122,10 @@ class TaskManager:
             handed, cls._handed = cls._handed, []
         for one in handed:
             one[0].close()
-            one[3] = RuntimeError("the event loop stopped before it ran this")
-            one[1].release()
+            cls._answer(one, RuntimeError("the event loop stopped before it ran this"))
+        if not running:  # (what was under way stays in asyncio's queue: a later start() takes it on, unanswered)
+            for one in cls._serving[:]:
+                cls._answer(one, RuntimeError("the event loop stopped while it ran this"))
 
     @classmethod
     def stop(cls):

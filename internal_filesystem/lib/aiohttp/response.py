@@ -266,10 +266,22 @@ def _framing(headers, status, bodyless, version):
     return None, True
 
 
+def content_codings(headers):
+    # -> the body's Content-Encodings in order, lower-case, leaving out those that code nothing. Each list element
+    # whole: a content coding takes no parameters, so "gzip;q=1" or ";gzip" is a coding of its own, none known.
+    out = []
+    for value in headers.getall("Content-Encoding"):
+        for coding in value.split(","):
+            coding = coding.strip(" \t").lower()  # (strip() would take a form feed too)
+            if coding and coding not in UNCODED:
+                out.append(coding)
+    return out
+
+
 def _coding(headers, status):
     # -> the Content-Encoding to undo, or None. One that can't be undone is refused: coded bytes handed on as the
     # body would be wrong bytes reported as success.
-    codings = [t for t in headers.tokens("Content-Encoding") if t not in UNCODED]
+    codings = content_codings(headers)
     if not codings:
         return None
     if _len(codings) > 1 or codings[0] not in _DECODABLE:

@@ -360,9 +360,9 @@ class Download:
             length = resp.content_length if status != 204 else 0  # (a 204 ends at its head, whatever it says)
             # Content-Length counts coded bytes and reads hand out decoded ones, so a coded body's length is
             # unknown (the client still fails one that does not end)
-            from aiohttp.response import UNCODED
+            from aiohttp.response import content_codings
 
-            if any(token not in UNCODED for token in headers.tokens("Content-Encoding")):
+            if content_codings(headers):
                 length, self.content_coded = None, True
                 if self.range_end is not None:  # its decoded bytes past the range are read (to the checksum), dropped
                     self.deliver_until = self.range_end + 1

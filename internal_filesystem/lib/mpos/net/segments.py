@@ -185,9 +185,9 @@ class Segmented(Download):
             got = parse_content_range(resp.headers.get("Content-Range"))
             if resp.status != 206 or got is None or got[0] or got[1] or not got[2]:
                 return None  # (more than byte 0: the server ignores where a range ends, and the body is not read)
-            from aiohttp.response import UNCODED
+            from aiohttp.response import content_codings
 
-            if any(token not in UNCODED for token in resp.headers.tokens("Content-Encoding")):
+            if content_codings(resp.headers):
                 return None  # ranges of coded bytes do not make the file
             validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")  # as run's If-Range
             if validator and validator.startswith("W/"):

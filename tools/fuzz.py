@@ -27,6 +27,7 @@ Content-Length) and stops there, while the oracle needs this project's rules wri
     python tools/fuzz.py SEED CASE    # the case: request, answer as sent, mutations, the strict reader's verdict
     FUZZ_SEED=SEED FUZZ_CASE=CASE .venv/bin/python -m pytest tests/test_fuzz.py    # run that case alone
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.mpy import HEAP, LIB, TESTLIB, micropypath, micropython  # noqa: E402
 from tools.testservers import send_close_notify  # noqa: E402
 
+SIOCOUTQ = 0x5411  # Linux: bytes in a socket's send queue, not yet acknowledged
 HOST = "127.0.0.1"
 READ_TIMEOUT = 0.5  # seconds: the client's per-read timeout in every case, so a stall is found fast
 DEADLINE = 5  # seconds: the client's bound on a whole case (DownloadManager deadline=, aiohttp total=)
@@ -901,6 +903,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if case.ending == "keep":
             return True
         if case.ending == "reset":
+            _sent(sock)  # the oracle holds that what was written arrives: a reset throws away what is still queued
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # now: a shutdown() first would send a FIN before the RST
             return False
@@ -914,6 +917,15 @@ class _Handler(socketserver.StreamRequestHandler):
             sock.settimeout(3 * DEADLINE)
             sock.recv(65536)
         return False
+
+
+def _sent(sock, limit=2.0):
+    # Waits (up to limit seconds) until the peer has acknowledged every byte written (Linux's SIOCOUTQ: 0)
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0] == 0:
+            return
+        time.sleep(0.001)
 
 
 # ---------------------------------------------------------------- the client on MicroPython

@@ -908,7 +908,8 @@ class _Handler(socketserver.StreamRequestHandler):
             sock.close()  # now: a shutdown() first would send a FIN before the RST
             return False
         if case.ending == "close":
-            sock = send_close_notify(sock)  # over TLS a close_notify first: without one a close-delimited body is cut short
+            # over TLS a close_notify first: without one a close-delimited body is cut short
+            sock = send_close_notify(sock)
             sock.shutdown(socket.SHUT_WR)  # the client sees the end at once; what it still sends is read below
             sock.settimeout(2)
             while sock.recv(65536):  # until the client closes

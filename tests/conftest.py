@@ -186,11 +186,12 @@ def ws_server(request):
 
 @pytest.fixture
 def ws_script():
-    """ws_script(scripts, answers=None, rcvbuf=None) -> a ScriptWSServer (tools/wsservers.py), closed after the test."""
+    """ws_script(scripts, answers=None, rcvbuf=None, certs=None) -> a ScriptWSServer (tools/wsservers.py), closed after
+    the test; with certs (the suite's) it serves wss://."""
     made = []
 
-    def start(scripts, answers=None, rcvbuf=None):
-        made.append(wsservers.ScriptWSServer(scripts, answers, rcvbuf))
+    def start(scripts, answers=None, rcvbuf=None, certs=None):
+        made.append(wsservers.ScriptWSServer(scripts, answers, rcvbuf, certs))
         return made[-1]
 
     yield start

@@ -140,18 +140,20 @@ run(main())
 REFUSED = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("body", ["file", "iterable"])
 @pytest.mark.parametrize("script", [[REFUSED, "reset"], [REFUSED, 0.3, "reset"], [REFUSED, 30, "reset"]],
                          ids=["reset", "stall-then-reset", "stall"])
-def test_an_answer_that_comes_before_the_whole_body_went_out_is_the_answer(mpy, body, script):
+def test_an_answer_that_comes_before_the_whole_body_went_out_is_the_answer(mpy, certs, scheme, body, script):
     # A server that refuses an upload (nginx's client_max_body_size, a 401) answers after the head and closes
     # without reading the rest: the client's next write meets the reset. RFC 9112 section 9.5: the answer is the
     # caller's, not that write error (it was a ClientOSError ECONNRESET), and the connection serves nothing more.
-    # (Not over TLS: MicroPython's TLS socket refuses every read after a write failed, modtls_mbedtls.c last_error.)
+    # Over TLS as well: MicroPython's TLS socket refuses every read after a write failed (modtls_mbedtls.c
+    # last_error), so the wire under it keeps a failed TCP write from mbedTLS (aiohttp/wire.py).
     # 16 MB: more than the socket buffers on both sides hold, so the body can't all go out before the reset. A
     # server that neither reads nor closes: the answer once the write has waited its timeout (the connect timeout).
     srv = ScriptServer({"/upload": script, "/next": [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"]},
-                       unread=("/upload",))
+                       certs=certs if scheme == "https" else None, unread=("/upload",))
     try:
         r = mpy.run(UPLOAD + """
 class Same(Pieces):

@@ -3,6 +3,7 @@ and for a TCP FIN without one (mbedTLS maps its transport's EOF to the same 0); 
 frames is whole only after a close_notify (RFC 9110 section 9.8): a FIN alone may be a truncation (an attacker's, or
 a link dropped through a middlebox). A body framed by its length or by chunks is judged by its framing."""
 import hashlib
+import socket
 
 import pytest
 
@@ -70,3 +71,26 @@ def test_download_url_takes_a_tls_body_the_connection_frames_only_after_a_close_
                                                             len(BODY)), v
     else:
         failed(v, mode)
+
+
+def test_a_refused_tls_connection_says_so_as_a_plain_one_does(mpy):
+    # The TCP write that fails under TLS is kept by the wire, never told to mbedTLS (aiohttp/wire.py): the handshake
+    # then fails on the connection's end, and the error the caller gets must still be the write's, ECONNREFUSED
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    r = mpy.run("""
+import aiohttp
+async def main():
+    fds = fd_count()
+    async with aiohttp.ClientSession() as session:
+        for scheme in ("http", "https"):
+            try:
+                async with session.get("%s://127.0.0.1:%d/" % (scheme, PORT)):
+                    pass
+            except aiohttp.ClientConnectorError as e:
+                result(scheme=scheme, errno=e.errno)
+    result(fds_left=fd_count() - fds)
+run(main())
+""", PORT=port)
+    assert r.results == [{"scheme": "http", "errno": 111}, {"scheme": "https", "errno": 111}, {"fds_left": 0}]

@@ -62,13 +62,38 @@ def test_a_bad_frame_fails_the_connection_with_its_close_code(mpy, ws_script, na
         assert "max_msg_size" in reason
 
 
-def test_a_failure_reads_out_what_the_server_still_sent_so_our_last_messages_reach_it(mpy, ws_script):
-    # Found by the fuzzer (seed fd20a3c4 case 4281, under load): after a bad frame the client closed its socket
-    # with the server's next bytes unread. Linux then resets the connection and throws away what the socket had not
-    # sent yet: the end of the client's last message, and its Close. Here the server reads only once the client is
-    # done with the websocket (the gate), through a small receive buffer, so most of that message is still queued.
+# How the client ends while its last message still sits in its socket (the server reads only once the client is
+# done, through a small receive buffer) -> the server's script, the client's end, what it reports, our Close's code.
+# Whichever way it ends, it reads what the server sent first: a socket closed with bytes unread resets, and the reset
+# drops what the server had not read yet.
+LAST_MESSAGE_ENDS = {
+    # Found by the fuzzer (seed fd20a3c4 case 4281, under load): after a bad frame the client closed its socket with
+    # the server's next bytes unread, and Linux's reset threw away the end of the client's last message and its Close
+    "a failure": ([frame(1, b"hi", rsv=4) + frame(2, bytes(20000))], """
+        msg = await ws.receive()
+        result(type=msg.type, close_code=ws.close_code, fds=fd_count() - fds)
+""", {"type": 258, "close_code": 1002}, 1002),
+    # close(): our Close, then what comes is read up to the server's Close, which a server not reading can't send
+    "close()": ([frame(2, bytes(20000))], """
+        closed = await ws.close()
+        result(closed=closed, close_code=ws.close_code, fds=fd_count() - fds)
+""", {"closed": True, "close_code": 1006}, 1000),
+    # autoclose: the server's Close, answered with ours, then the connection goes
+    "autoclose": ([frame(2, bytes(20000)) + close_frame(4000)], """
+        first = await ws.receive()
+        msg = await ws.receive()
+        result(first=first.type, type=msg.type, close_code=ws.close_code, fds=fd_count() - fds)
+""", {"first": 2, "type": 8, "close_code": 4000}, 4000),
+}
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+@pytest.mark.parametrize("end", LAST_MESSAGE_ENDS)
+def test_our_last_message_reaches_a_server_that_reads_late_however_the_websocket_ends(mpy, ws_script, certs, end,
+                                                                                   scheme):
+    script, code, outcome, close_code = LAST_MESSAGE_ENDS[end]
     gate = threading.Event()
-    srv = ws_script({"/bad": [frame(1, b"hi", rsv=4) + frame(2, bytes(20000)), gate]}, rcvbuf=4096)
+    srv = ws_script({"/late": script + [gate]}, rcvbuf=4096, certs=certs if scheme == "wss" else None)
     r = mpy.run("""
 import asyncio, aiohttp
 
@@ -77,15 +102,15 @@ async def main():
         fds = fd_count()
         ws = await session.ws_connect(URL, timeout=aiohttp.ClientWSTimeout(ws_close=0.3))
         await ws.send_bytes(bytes(range(256)) * 1024)  # taken by the socket's send buffer, not sent yet
-        msg = await ws.receive()
-        result(type=msg.type, close_code=ws.close_code, fds=fd_count() - fds)
+""" + code + """
 run(main())
-""", URL=srv.url("/bad"))
+""", URL=srv.url("/late"))
     gate.set()
-    assert r.value == {"type": 258, "close_code": 1002, "fds": 0}
-    assert srv.client_close_codes() == [1002]
+    assert r.value == dict(outcome, fds=0)
+    assert srv.client_close_codes() == [close_code]
     assert [(op, hashlib.sha256(payload).hexdigest()) for _, op, payload in srv.frames] == [
-        (2, hashlib.sha256(bytes(range(256)) * 1024).hexdigest()), (8, hashlib.sha256(b"\x03\xea").hexdigest())]
+        (2, hashlib.sha256(bytes(range(256)) * 1024).hexdigest()),
+        (8, hashlib.sha256(struct.pack(">H", close_code)).hexdigest())]
 
 
 def test_a_message_the_heap_cannot_hold_is_refused_with_1009(mpy, ws_script):
@@ -348,10 +373,13 @@ run(main())
     assert srv.client_close_codes() == [None]  # an empty Close back: there was no code to echo
 
 
-def test_a_send_the_reset_connection_refuses_leaves_a_client_error_for_the_reader(mpy, ws_script):
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_send_the_reset_connection_refuses_leaves_a_client_error_for_the_reader(mpy, ws_script, certs, scheme):
     # Found by the fuzzer (seed e1 case 138): a send that met the server's reset dropped the connection with the
-    # socket's bare OSError, which exception() and a reader woken by the drop (its ERROR message) then gave out
-    srv = ws_script({"/reset": ["read", "drop"]}, rcvbuf=4096)  # a reset once our first message came
+    # socket's bare OSError, which exception() and a reader woken by the drop (its ERROR message) then gave out.
+    # (Over TLS the failed TCP write reaches the send past mbedTLS: aiohttp/wire.py.)
+    srv = ws_script({"/reset": ["read", "drop"]}, rcvbuf=4096,  # a reset once our first message came
+                    certs=certs if scheme == "wss" else None)
     r = mpy.run("""
 import asyncio, aiohttp
 

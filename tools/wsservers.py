@@ -212,19 +212,20 @@ class ScriptWSServer(ScriptServer):
 
     answers[path](key), where given, is the head to send instead of a proper 101. `frames` records every frame the
     client sent as (connection number, opcode, payload); `heads` each request head. rcvbuf: the size of each
-    connection's receive buffer (small, a client's sends soon wait).
+    connection's receive buffer (small, a client's sends soon wait). certs: wss://, each bytes step one or more TLS
+    records (a step over 16 KB is split), "fin" a TCP FIN without a close_notify, as a truncation looks.
     """
 
-    def __init__(self, scripts, answers=None, rcvbuf=None):
+    def __init__(self, scripts, answers=None, rcvbuf=None, certs=None):
         self.answers = answers or {}
         self.frames = []
         self.heads = []
-        super().__init__(scripts)
+        super().__init__(scripts, certs)
         if rcvbuf:  # on the listening socket: accepted ones inherit it, window scaling included
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 
     def url(self, path):
-        return "ws://%s:%d%s" % (HOST, self.port, path)
+        return "%s://%s:%d%s" % ("wss" if self._tls else "ws", HOST, self.port, path)
 
     def client_close_codes(self, timeout=5):
         end = time.monotonic() + timeout
@@ -234,8 +235,10 @@ class ScriptWSServer(ScriptServer):
 
     def _answer(self, conn, number):
         conn.settimeout(10)
-        reader = _Frames(conn)
         try:
+            if self._tls:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            reader = _Frames(conn)
             head = reader.until(b"\r\n\r\n").decode("latin-1")
             self.heads.append(head)
             path = head.split(" ")[1]
@@ -246,8 +249,8 @@ class ScriptWSServer(ScriptServer):
                 if step == "drop":
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
-                if step == "fin":
-                    conn.shutdown(socket.SHUT_WR)
+                if step == "fin":  # (socket's own: an SSLSocket's shutdown() would read the rest unencrypted)
+                    socket.socket.shutdown(conn, socket.SHUT_WR)
                 elif step in ("read", "echo"):
                     last = reader.next()
                     self.frames.append((number,) + last)

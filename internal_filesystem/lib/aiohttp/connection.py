@@ -316,14 +316,25 @@ class Connection:
         self.arm()
         try:
             yield from poll.write_all(self.sock, data)
+            self.wrote()
         except ValueError as e:
             # mbedTLS reports a certificate that did not verify as ValueError, with the reason as its text (on one
             # line here: it comes with line breaks around it)
             raise errors.ClientConnectorCertificateError("TLS certificate verification failed: %s"
                                                          % " ".join(str(e).split()))
+        except Exception as e:
+            self.wrote()  # (a handshake whose TCP write failed fails later, on the EOF: the write's errno is the why)
+            self.woke(e)
         except BaseException as e:
             self.woke(e)
         self.wait_until = None
+
+    def wrote(self):
+        # Under TLS a TCP write that failed shows only here (wire.py): its errno, as the plain socket raises it
+        wire = self.wire
+        if wire is not None and wire.write_error:
+            self.wait_until = None
+            raise OSError(wire.write_error)
 
     def handed_out(self, n):
         # n bytes of the read-ahead were handed out. Once a body that is not chunked has nothing in it, the buffer

@@ -24,6 +24,7 @@ class Wire(io.IOBase):
     header = 0  # bytes of the current record's header read (5: reading its body)
     left = 0  # bytes of the current record's body still to come
     length = 0  # the length read from the header so far
+    write_error = 0  # the errno of the TCP write that failed: the connection's writes are over (Connection.send)
 
     def __init__(self, tcp):
         self.tcp = tcp
@@ -58,10 +59,17 @@ class Wire(io.IOBase):
         return n
 
     def write(self, buf):
+        # A write that fails is kept here, never told to mbedTLS: MicroPython's TLS socket fails every read after a
+        # failed write (modtls_mbedtls.c, last_error), and the answer a server sent before it stopped reading (a 413
+        # to an upload) must still be read. mbedTLS is told the bytes went (so it neither holds a record to send
+        # again nor has a waiter poll a socket in error, which is always ready); Connection.send raises the error.
+        if self.write_error:
+            return len(buf)
         try:
             return self.tcp.write(buf)
         except OSError as e:
-            return -e.errno
+            self.write_error = e.errno or EIO
+            return len(buf)
         except Exception:
             return -EIO
 

@@ -598,16 +598,24 @@ result(type=type(data).__name__, data=sha256(data) if isinstance(data, bytes) el
     assert v["inner"] == sha256_of(12345, seed=3)
 
 
-def test_a_thread_beside_the_task_managers_loop_gets_the_result_and_the_loop_runs_the_download(mpy, fault):
-    # A thread's code is synchronous: as at top level, download_url returns the result (it raises what the download
-    # raises). TaskManager's loop runs the download and its callbacks, in the loop's thread; the thread waits.
-    r = mpy.run("""
+# A thread beside TaskManager's loop: OUT takes what the thread got, the loop's thread reports it
+BESIDE_THE_LOOP = """
 import _thread, time
 from mpos import DownloadManager, TaskManager
 OUT = {}
-def worker():
-    while TaskManager.loop_thread() is None:  # (this thread may run before start() does)
+
+def wait_for_the_loop():
+    while TaskManager.loop_thread() is None:  # (the thread may run before start() does)
         time.sleep_ms(1)
+"""
+
+
+def test_a_thread_beside_the_task_managers_loop_gets_the_result_and_the_loop_runs_the_download(mpy, fault):
+    # A thread's code is synchronous: as at top level, download_url returns the result (it raises what the download
+    # raises). TaskManager's loop runs the download and its callbacks, in the loop's thread; the thread waits.
+    r = mpy.run(BESIDE_THE_LOOP + """
+def worker():
+    wait_for_the_loop()
     try:
         OUT["memory"] = sha256(DownloadManager.download_url(URL))
         OUT["file"] = DownloadManager.download_url(URL, outfile="t.bin")
@@ -644,13 +652,9 @@ result(out=OUT, file=sha256_file("t.bin"))
 def test_a_thread_whose_download_the_loop_was_running_when_stop_came_gets_a_runtime_error(mpy, fault):
     # stop() ends start(): the download under way stays in asyncio's queue, and its thread, waiting for a result
     # the loop will not make, is answered at once instead of waiting forever
-    r = mpy.run("""
-import _thread, time
-from mpos import DownloadManager, TaskManager
-OUT = {}
+    r = mpy.run(BESIDE_THE_LOOP + """
 def worker():
-    while TaskManager.loop_thread() is None:  # (this thread may run before start() does)
-        time.sleep_ms(1)
+    wait_for_the_loop()
     try:
         OUT["returned"] = DownloadManager.download_url(URL, progress_callback=lambda percent: TaskManager.stop())
     except RuntimeError as e:

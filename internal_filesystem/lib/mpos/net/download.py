@@ -54,7 +54,7 @@ class Download:
     kept = 0  # bytes of the resource already in the .part when this download began (a resume)
     delivered = 0  # bytes this download handed on, each counted once it reached its sink
     resource_size = None  # the whole resource's size, once an answer told it
-    validator = None  # ETag or Last-Modified, for If-Range on a resume
+    validator = None  # ETag or Last-Modified: for If-Range on a resume (unless weak), and to tell a changed resource
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
     length_is_ours = False  # this answer ends at its length (our range's end, 0 after a 416, its framing cut after it)
@@ -330,8 +330,8 @@ class Download:
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)  # let go once it is sent
         if pos or self.range_end is not None:
             headers["Range"] = "bytes=%d-%s" % (pos, "" if self.range_end is None else self.range_end)
-            if self.validator and (self.kept or self.delivered):
-                headers["If-Range"] = self.validator
+            if self.validator and (self.kept or self.delivered) and not self.validator.startswith("W/"):
+                headers["If-Range"] = self.validator  # (a weak ETag matches no If-Range, RFC 9110 13.1.5)
         total = None
         if end is not None:
             total = ticks_diff(end, ticks_ms()) / 1000
@@ -378,7 +378,8 @@ class Download:
             # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold, unless
             # it names another size than an answer before did: then If-Range was ignored. Without If-Range, only the
             # caller's resume is taken at its word.)
-            if ((self.validator is not None or not self.delivered) and self.resource_size in (None, pos)
+            if ((self.validator is not None and not self.validator.startswith("W/") or not self.delivered)
+                    and self.resource_size in (None, pos)
                     and headers.get("Content-Range", "").endswith("/%d" % pos)):
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 length = 0  # we hold the whole resource already (the answer before was cut after its last byte)
@@ -388,9 +389,10 @@ class Download:
         else:
             raise http_error(resp)
         if self.validator is None:
-            # (a weak ETag is none: no server lets it match an If-Range, RFC 9110 13.1.5, nor does it vouch for bytes)
+            # A weak ETag goes in no If-Range, but a resume's 206 that names another was cut from another version
+            # (apache weakens a file's ETag for the second after it changed): compared like a strong one
             validator = headers.get("ETag") or headers.get("Last-Modified")
-            if validator is not None and not validator.startswith("W/"):  # (an attribute set is a slot in its table)
+            if validator is not None:  # (an attribute set is a slot in its table)
                 self.validator = validator
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):

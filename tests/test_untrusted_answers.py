@@ -98,6 +98,17 @@ def test_the_resume_recipe_after_a_cancel_checks_the_validator(mpy, fault, chang
     assert v["sent"][1] == ["bytes=30000-", '"100000-0"'], v  # If-Range: the version the .part holds
 
 
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_resume_recipe_under_a_weak_etag_checks_it_without_if_range(mpy, fault, changed):
+    # The .part's record keeps the weak ETag: no If-Range names it, but a 206 of another version starts over
+    url = fault.url(resume_url(changed, "honours If-Range", "w") + "&weak=1")
+    v = mpy.run(CANCELLED_RESUME, STALL=url, GOOD=url, OLD=OLD).value
+    assert v["pos"] == 30000 and v["r"] is True, v
+    assert v["sha"] == sha256_of(100000, seed=1 if changed else 0), v
+    assert v["sent"][1] == ["bytes=30000-", None], v
+    assert v["sent"][2:] == ([[None, None]] if changed else []), v  # changed: the whole resource asked again
+
+
 def test_the_resume_recipe_never_continues_a_part_made_from_another_url(mpy, fault):
     first, other = fault.url("/bytes/100000?stall=30000&stall_s=3"), fault.url("/bytes/100000?seed=2")
     v = mpy.run(CANCELLED_RESUME, STALL=first, GOOD=other, OLD=OLD).value

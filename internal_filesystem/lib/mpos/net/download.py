@@ -751,7 +751,10 @@ class Download:
         # when the length is unknown (a chunked or close-delimited body) and doubles as needed
         have = 0 if self.memory is None else len(self.memory)
         if have < end:
-            self._memory_room(max(2 * have, end, _FIRST_ROOM), end - len(data), end)
+            room = max(2 * have, end, _FIRST_ROOM)
+            if self.max_size is not None and room > self.max_size:  # (end never passes it: _screen fails that first)
+                room = max(self.max_size, end)  # doubled past max_size, room for bytes that would never come
+            self._memory_room(room, end - len(data), end)
         self.memory[end - len(data) : end] = data
 
     def close(self):

@@ -421,7 +421,7 @@ class Download:
             raise errors.NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, content_range))
         first, last, total = got
         validator = headers.get("ETag") or headers.get("Last-Modified")
-        if (validator is not None and self.validator is not None and validator != self.validator
+        if (validator is not None and self.validator is not None and _opaque(validator) != _opaque(self.validator)
                 or total is not None and self.resource_size is not None and total != self.resource_size):
             self._restart()
             raise errors.NetworkError("the resource changed during the download (now %s, %s bytes)"
@@ -785,6 +785,12 @@ async def _call(callback, arg):
             await returned
     except Exception as e:
         raise e if isinstance(e, errors.CallbackError) else errors.CallbackError(e)
+
+
+def _opaque(validator):
+    # An ETag without its weak mark, for the weak comparison of RFC 9110 8.8.3.2: apache sends W/"tag" for a file
+    # changed within the last second, and "tag" once a second has passed
+    return validator[2:] if validator.startswith("W/") else validator
 
 
 def http_error(resp):

@@ -317,6 +317,19 @@ def test_a_resource_that_changes_while_if_range_is_ignored(srv):
     assert resp.status == 200 and body == payload(1000, 1)
 
 
+def test_a_weak_etag_changes_with_each_version_and_matches_no_if_range(srv):
+    resp, body = get(srv, "/bytes/1000?key=k&newer=2&weak=1")
+    assert body == payload(1000) and resp.getheader("ETag") == 'W/"1000-0"'
+    # named in If-Range it matches nothing (RFC 9110 13.1.5: a strong comparison), so the Range comes whole
+    resp, body = get(srv, "/bytes/1000?key=k&newer=2&weak=1", {"Range": "bytes=10-", "If-Range": 'W/"1000-1"'})
+    assert resp.status == 200 and body == payload(1000, 1) and resp.getheader("ETag") == 'W/"1000-1"'
+    # a Range without If-Range is served from whatever version is there now
+    resp, body = get(srv, "/bytes/1000?key=k&newer=2&weak=1", {"Range": "bytes=10-"})
+    assert resp.status == 206 and body == payload(1000, 1)[10:]
+    # weak=first: the key's first answer only, as apache's for a file that has just changed, a second later
+    assert [get(srv, "/bytes/1000?key=f&weak=first")[0].getheader("ETag") for _ in range(2)] == ['W/"1000-0"', '"1000-0"']
+
+
 def test_versions_grow_keep_a_pinned_etag_or_change_only_the_etag(srv):
     get(srv, "/bytes/1000?key=g&newer=2&grow=500&etag=fixed")
     resp, body = get(srv, "/bytes/1000?key=g&newer=2&grow=500&etag=fixed", {"Range": "bytes=10-", "If-Range": "fixed"})

@@ -46,9 +46,12 @@ CHANGES = {
     "etag-changed": "/bytes/100000?drop=30000&key=c&newer=2&tagonly=1&ifrange=ignore",
     # it shrank to the 30000 bytes held, If-Range ignored: the resume's 416 names 30000, not the size first seen
     "shrank-to-what-is-held": "/bytes/100000?truncate=30000&key=c&newer=2&grow=-70000&ifrange=ignore",
+    # a weak ETag (apache's for a file changed within the last second): no If-Range may name it, and a Range alone
+    # is served from the new version; only the 206's other ETag tells
+    "weak-etag": "/bytes/100000?drop=30000&key=c&newer=2&weak=1",
 }
 NEW = {"if-range-ignored": (100000, 1), "total-changed": (105000, 1), "etag-changed": (100000, 0),
-       "shrank-to-what-is-held": (30000, 1)}
+       "shrank-to-what-is-held": (30000, 1), "weak-etag": (100000, 1)}
 
 
 @pytest.mark.parametrize("mode", ["memory", "file"])
@@ -57,6 +60,17 @@ def test_an_answer_from_another_version_makes_file_and_memory_mode_start_over(mp
     v = dl(mpy, fault.url(CHANGES[change]), mode, old=OLD)
     ok(v, *NEW[change])
     fresh(v)
+
+
+@pytest.mark.parametrize("mode", ["memory", "file", "stream"])
+def test_a_weak_etag_that_turns_strong_is_still_the_same_version(mpy, fault, mode):
+    # apache weakens the ETag of a file changed within the last second, and a second later sends the same tag
+    # strong: compared weakly (RFC 9110 8.8.3.2) it names the same version, and the resume goes on, even in stream mode
+    v = dl(mpy, fault.url("/bytes/100000?drop=30000&key=f&weak=first"), mode, old=OLD)
+    ok(v, 100000)
+    k = resumed_at(v["sent"], 30000)
+    assert len(v["sent"]) == 2 and v["sent"][1][1] is None, v  # (no If-Range names a weak ETag)
+    assert fault.served == 30000 + 100000 - k
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -93,6 +107,17 @@ def test_the_resume_recipe_after_a_cancel_checks_the_validator(mpy, fault, chang
     assert v["pos"] == 30000 and v["r"] is True, v
     assert v["sha"] == sha256_of(100000, seed=1 if changed else 0), v
     assert v["sent"][1] == ["bytes=30000-", '"100000-0"'], v  # If-Range: the version the .part holds
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_resume_recipe_under_a_weak_etag_checks_it_without_if_range(mpy, fault, changed):
+    # The .part's record keeps the weak ETag: no If-Range names it, but a 206 of another version starts over
+    url = fault.url(resume_url(changed, "honours If-Range", "w") + "&weak=1")
+    v = mpy.run(CANCELLED_RESUME, STALL=url, GOOD=url, OLD=OLD).value
+    assert v["pos"] == 30000 and v["r"] is True, v
+    assert v["sha"] == sha256_of(100000, seed=1 if changed else 0), v
+    assert v["sent"][1] == ["bytes=30000-", None], v
+    assert v["sent"][2:] == ([[None, None]] if changed else []), v  # changed: the whole resource asked again
 
 
 def test_the_resume_recipe_never_continues_a_part_made_from_another_url(mpy, fault):

@@ -26,6 +26,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | seed=S | other bytes (and ETag "N-S") for the same N | seed=3 |
 | text=1 | compressible text instead of random bytes | text=1&gzip=1 |
 | etag=V | the ETag is V, for every version of the resource (etag= empty: an empty ETag) | etag="fixed" |
+| weak=1 | the ETag is weak, W/"N-S" (apache's for a file changed within the last second; Express's always); weak=first: only for the key's first request (apache's a second later) | weak=first&key=a |
 | novalidator=1 | neither ETag nor Last-Modified (a generated page): a resume can send no If-Range | novalidator=1 |
 | gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib; deflate=raw: a bare deflate stream, as IIS sent it); a Range then counts coded bytes | gzip=1 |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
@@ -549,7 +550,8 @@ class FaultServer(_LoopThread):
                 size = n if tagonly else n + version * q("grow", 0, int)
                 seed = q("seed", 0, int)
                 body = text_payload(size) if q("text") == "1" else payload(size, seed if tagonly else seed + version)
-                etag = q("etag", '"%d-%d"' % (size, seed + version))
+                weak = q("weak") == "1" or q("weak") == "first" and req.nth <= 1
+                etag = q("etag", ('W/"%d-%d"' if weak else '"%d-%d"') % (size, seed + version))
                 last_modified = _http_date(version)
             headers = [("Content-Type", "application/octet-stream"), ("ETag", etag),
                        ("Last-Modified", last_modified)]

@@ -54,7 +54,7 @@ class Download:
     kept = 0  # bytes of the resource already in the .part when this download began (a resume)
     delivered = 0  # bytes this download handed on, each counted once it reached its sink
     resource_size = None  # the whole resource's size, once an answer told it
-    validator = None  # ETag or Last-Modified, for If-Range on a resume
+    validator = None  # ETag or Last-Modified: for If-Range on a resume (unless weak), and to tell a changed resource
     content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
     length_is_ours = False  # this answer ends at its length (our range's end, 0 after a 416, its framing cut after it)
@@ -330,8 +330,8 @@ class Download:
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)  # let go once it is sent
         if pos or self.range_end is not None:
             headers["Range"] = "bytes=%d-%s" % (pos, "" if self.range_end is None else self.range_end)
-            if self.validator and (self.kept or self.delivered):
-                headers["If-Range"] = self.validator
+            if self.validator and (self.kept or self.delivered) and not self.validator.startswith("W/"):
+                headers["If-Range"] = self.validator  # (a weak ETag matches no If-Range, RFC 9110 13.1.5)
         total = None
         if end is not None:
             total = ticks_diff(end, ticks_ms()) / 1000
@@ -378,7 +378,8 @@ class Download:
             # (with If-Range sent, a changed resource would have come whole: a 416 is about the one we hold, unless
             # it names another size than an answer before did: then If-Range was ignored. Without If-Range, only the
             # caller's resume is taken at its word.)
-            if ((self.validator is not None or not self.delivered) and self.resource_size in (None, pos)
+            if ((self.validator is not None and not self.validator.startswith("W/") or not self.delivered)
+                    and self.resource_size in (None, pos)
                     and headers.get("Content-Range", "").endswith("/%d" % pos)):
                 self.length_is_ours = True  # its body, if any, is an error page: not one byte of the resource
                 length = 0  # we hold the whole resource already (the answer before was cut after its last byte)
@@ -388,9 +389,10 @@ class Download:
         else:
             raise http_error(resp)
         if self.validator is None:
-            # (a weak ETag is none: no server lets it match an If-Range, RFC 9110 13.1.5, nor does it vouch for bytes)
+            # A weak ETag goes in no If-Range, but a resume's 206 that names another was cut from another version
+            # (apache weakens a file's ETag for the second after it changed): compared like a strong one
             validator = headers.get("ETag") or headers.get("Last-Modified")
-            if validator is not None and not validator.startswith("W/"):  # (an attribute set is a slot in its table)
+            if validator is not None:  # (an attribute set is a slot in its table)
                 self.validator = validator
         if self.max_size is not None and length is not None and (
                 self.kept + self.delivered + length - unwanted > self.max_size):
@@ -419,7 +421,7 @@ class Download:
             raise errors.NetworkError("206 with a Content-Range not starting at %d: %s" % (pos, content_range))
         first, last, total = got
         validator = headers.get("ETag") or headers.get("Last-Modified")
-        if (validator is not None and self.validator is not None and validator != self.validator
+        if (validator is not None and self.validator is not None and _opaque(validator) != _opaque(self.validator)
                 or total is not None and self.resource_size is not None and total != self.resource_size):
             self._restart()
             raise errors.NetworkError("the resource changed during the download (now %s, %s bytes)"
@@ -757,7 +759,10 @@ class Download:
         # when the length is unknown (a chunked or close-delimited body) and doubles as needed
         have = 0 if self.memory is None else len(self.memory)
         if have < end:
-            self._memory_room(max(2 * have, end, _FIRST_ROOM), end - len(data), end)
+            room = max(2 * have, end, _FIRST_ROOM)
+            if self.max_size is not None and room > self.max_size:  # (end never passes it: _screen fails that first)
+                room = max(self.max_size, end)  # doubled past max_size, room for bytes that would never come
+            self._memory_room(room, end - len(data), end)
         self.memory[end - len(data) : end] = data
 
     def close(self):
@@ -788,6 +793,12 @@ async def _call(callback, arg):
             await returned
     except Exception as e:
         raise e if isinstance(e, errors.CallbackError) else errors.CallbackError(e)
+
+
+def _opaque(validator):
+    # An ETag without its weak mark, for the weak comparison of RFC 9110 8.8.3.2: apache sends W/"tag" for a file
+    # changed within the last second, and "tag" once a second has passed
+    return validator[2:] if validator.startswith("W/") else validator
 
 
 def http_error(resp):

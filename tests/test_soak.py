@@ -260,7 +260,7 @@ async def use(i):
     "reset mid-body": ("""
 async def use(i):
     assert await DownloadManager.download_url(URL + "/bytes/20000?drop=5000&norange=1&u=%d" % i, tries=1) is None
-""", 50),
+""", 100, 1024),  # (beside other tests it kept up to 672 bytes in 50 rounds, 0 in 200: a block a use is 1600)
     "read timeout": ("""
 async def use(i):
     url = URL + "/bytes/20000?stall=5000&stall_s=1&norange=1&u=%d" % i

@@ -390,7 +390,7 @@ class Download:
             raise http_error(resp)
         if self.validator is None:
             # A weak ETag goes in no If-Range, but a resume's 206 that names another was cut from another version
-            # (apache weakens a file's ETag for the second after it changed): compared like a strong one
+            # (apache weakens a file's ETag for the second after it changed): see _opaque
             validator = headers.get("ETag") or headers.get("Last-Modified")
             if validator is not None:  # (an attribute set is a slot in its table)
                 self.validator = validator

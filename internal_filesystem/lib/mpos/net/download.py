@@ -761,7 +761,7 @@ class Download:
         if have < end:
             room = max(2 * have, end, _FIRST_ROOM)
             if self.max_size is not None and room > self.max_size:  # (end never passes it: _screen fails that first)
-                room = max(self.max_size, end)  # doubled past max_size, room for bytes that would never come
+                room = max(self.max_size, end)  # (room past max_size would be for bytes that fail the download)
             self._memory_room(room, end - len(data), end)
         self.memory[end - len(data) : end] = data
 

@@ -99,3 +99,16 @@ def test_the_oracle_lets_a_message_the_heap_cannot_hold_be_refused():
     # a frame announcing 3 MB (under max_msg_size) that never comes: a stall, or 1009 at once
     v = _verdict(wsfuzz.Frame(2, b"", announce=3 << 20).encode(), ending="stall")
     assert v.main.end.kind == "stall" and [o.end.codes for o in v.others] == [{1009}]
+
+
+def test_the_server_answers_our_close_after_a_stall_only_between_frames():
+    # Seed 80fda265 case 892: the wire stalls one byte into a frame ("x"); the server once answered the client's
+    # Close all the same, and the client read "x" and that Close as one masked frame (1002), where the oracle says
+    # the stream stops at "x"
+    case = wsfuzz.make_case("80fda265", 892)
+    record = wsfuzz.Record("k")
+    record.head = case.head_for("k") + case.wire
+    assert case.wire.endswith(b"x") and case.ending == "stall"
+    assert wsfuzz._stalled_inside_a_frame(case, record)
+    record.head = record.head[:-1]  # the same stall after the last whole frame: the server's Close may follow
+    assert not wsfuzz._stalled_inside_a_frame(case, record)

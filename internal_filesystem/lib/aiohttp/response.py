@@ -85,13 +85,14 @@ class CIMultiDictProxy:
 
     def tokens(self, name):
         # a list-valued field (Connection, Transfer-Encoding...), which may come in several lines, as its lower-case
-        # tokens without parameters: "gzip, Chunked" -> ["gzip", "chunked"]; so "chunkeda" is not "chunked"
+        # tokens without parameters: "gzip, Chunked" -> ["gzip", "chunked"]; so "chunkeda" is not "chunked". An
+        # element with no name before its ";" (";chunked") stays whole: a name no one knows, not an empty element.
         out = []
         for value in self.getall(name):
-            for token in value.split(","):
-                token = token.split(";", 1)[0].strip(" \t").lower()  # (strip() would take a form feed too)
-                if token:
-                    out.append(token)
+            for element in value.split(","):
+                element = element.strip(" \t")  # (strip() would take a form feed too)
+                if element:
+                    out.append((element.split(";", 1)[0].rstrip(" \t") or element).lower())
         return out
 
     def __getitem__(self, name):

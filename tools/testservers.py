@@ -933,9 +933,9 @@ class ScriptServer(_ThreadServer):
     scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
     ends the connection (after the client has closed its side, so unread data causes no RST; over TLS without a
     close_notify, as a truncation looks), "notify" ends it the same way after a TLS close_notify (as a correct TLS
-    server does), "reset" ends it with an RST at once. Without either the connection reads its next request: keep-alive. A path in `unread` is answered
-    as soon as its head is in, its request body left unread (a server refusing an upload). `requests` records
-    (connection number, method, path).
+    server does), "reset" ends it with an RST at once. Without either the connection reads its next request:
+    keep-alive. A path in `unread` is answered as soon as its head is in, its request body left unread (a server
+    refusing an upload). `requests` records (connection number, method, path).
     """
 
     def __init__(self, scripts, certs=None, unread=()):

@@ -782,7 +782,9 @@ class StreamReader:
                         return 0
                     self._eof = True
                     self._let_go(False)
-                    why = "TLS connection closed without close_notify" if self._until_close else "connection closed early"
+                    why = "connection closed early"
+                    if self._until_close:  # (a TLS one, without its close_notify)
+                        why = "TLS connection closed without close_notify"
                     raise errors.ClientPayloadError("response payload is not completed (%s)" % why)
             return self._count(n)
         except OSError as e:

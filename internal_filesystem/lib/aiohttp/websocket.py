@@ -592,8 +592,8 @@ class ClientWebSocketResponse:
 
     async def _close_unheard(self, code):
         # A failure's Close, then what the server still sends is let go of unread until it closes TCP (RFC 6455
-        # section 7.1.1): a socket closed with bytes unread sends a reset, and the server's kernel then drops what
-        # the server had not read yet of ours, our last messages and the Close among them
+        # section 7.1.1): a socket closed with bytes unread resets the connection and throws away what it had not
+        # sent yet, our last messages and the Close among them
         await self._send(_OP_CLOSE, struct.pack(">H", code))
         conn = self._conn
         into = conn.buf or self._buf or bytearray(_DISCARD)  # (reused: nothing in either is delivered any more)

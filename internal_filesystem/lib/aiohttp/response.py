@@ -268,15 +268,9 @@ def _framing(headers, status, bodyless, version):
 
 
 def content_codings(headers):
-    # -> the body's Content-Encodings in order, lower-case, leaving out those that code nothing. Each list element
-    # whole: a content coding takes no parameters, so "gzip;q=1" or ";gzip" is a coding of its own, none known.
-    out = []
-    for value in headers.getall("Content-Encoding"):
-        for coding in value.split(","):
-            coding = coding.strip(" \t").lower()  # (strip() would take a form feed too)
-            if coding and coding not in UNCODED:
-                out.append(coding)
-    return out
+    # -> the body's Content-Encodings in order, lower-case, leaving out those that code nothing (";gzip" is one no
+    # one can undo: see tokens)
+    return [t for t in headers.tokens("Content-Encoding") if t not in UNCODED]
 
 
 def _coding(headers, status):

@@ -47,7 +47,7 @@ def acquire_session(download=None):
     # A download is listed in downloads() until then; one that would write a file a listed download writes (its
     # outfile, .part or .state) raises LocalFileError instead (two writers of one .part would mix their bytes, and
     # the second to finish lose the file).
-    global _session, _users
+    global _users
     with _lock:
         if _listed and download is not None and download.outfile is not None:
             from . import errors, partfile  # (loaded with download.py: named here, not one more entry in these globals)
@@ -56,12 +56,8 @@ def acquire_session(download=None):
             for other in _listed:
                 if other.outfile is not None and partfile.share_a_file(path, partfile.canonical(other.outfile)):
                     raise errors.LocalFileError("%s: another download writes it, or its .part" % download.outfile)
-        if _session is None:
-            try:
-                import aiohttp
-            except ImportError:
-                return None
-            _session = aiohttp.ClientSession()
+        if _shared_session() is None:
+            return None
         if download is not None:
             _listed.append(download)  # (before the count: a heap too full for the list's growth counts nothing)
         _users += 1
@@ -275,7 +271,8 @@ async def admit(priority, limit, end, sess):
             from . import errors
 
             raise errors.DownloadTimeout("deadline reached while waiting for a connection slot")
-        sess = _open_session(sess)  # (before the slot is noted: a full heap passes it on, below)
+        with _lock:  # (before the slot is noted: a full heap passes it on, below)
+            sess = _shared_session()  # made anew if close_session() closed the one held while it waited
         _holders.append(me)
     except BaseException:
         if not expired:  # (an expired entry holds nothing)
@@ -290,15 +287,16 @@ async def admit(priority, limit, end, sess):
     return sess
 
 
-def _open_session(held):
-    # -> held while it is the shared session, else the shared session of now, made if close_session() left none
+def _shared_session():
+    # -> the shared session, made if there is none (the caller holds _lock); None without aiohttp
     global _session
-    with _lock:
-        if _session is None:  # (it goes only by close_session() while a download holds it)
-            import aiohttp  # (loaded: held was made by it)
-
-            _session = aiohttp.ClientSession()
-        return _session
+    if _session is None:
+        try:
+            import aiohttp
+        except ImportError:
+            return None
+        _session = aiohttp.ClientSession()
+    return _session
 
 
 def leave(limit, own=False):

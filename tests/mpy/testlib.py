@@ -102,6 +102,26 @@ def leave_holes(*sizes):
     return keep
 
 
+def squeeze(singles):
+    # Every free block of the heap taken, singles' items last (floats: one block each, on 64-bit) -> a chain to keep
+    # alive. What the caller made just before and lets go after is then the only room, first fit taking it in order.
+    # Fill the chain once more (_fill) after this returns: this frame is on the heap (design.md).
+    import gc
+
+    keep = (singles, None)
+    i = 0
+    for _ in range(3):  # (an allocation that fails collects first: what that lets go is filled the next time)
+        gc.collect()
+        keep = _fill(keep)
+        try:
+            while i < len(singles):
+                singles[i] = i + 0.5
+                i += 1
+        except MemoryError:
+            pass
+    return keep
+
+
 def _fill(keep):
     # the heap's free blocks, filled with ever smaller ones chained to keep -> the chain
     size = 4096

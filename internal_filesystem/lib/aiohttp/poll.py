@@ -10,6 +10,8 @@
 # first way public.
 
 import asyncio
+import gc
+from micropython import const
 
 try:
     from asyncio import core
@@ -19,6 +21,8 @@ except ImportError:
 
 internals = core is not None and hasattr(core, "_io_queue") and hasattr(core, "cur_task")
 _NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it reads
+_RESERVE = const(128)  # bytes: a poller's entry and its grown fd array (16 sockets), 64-bit
+_reserve = bytearray(_RESERVE)  # let go only to mend a poller that ran out of heap halfway (see _mend)
 
 
 def current_task():
@@ -33,10 +37,39 @@ def current_task():
 
 def register(sock, write):
     # (internals) the running task waits in the poller for sock, once it yields None
-    if write:
-        core._io_queue.queue_write(sock)
-    else:
-        core._io_queue.queue_read(sock)
+    io = core._io_queue
+    if _reserve is None:
+        _remake_reserve()
+    try:
+        if write:
+            io.queue_write(sock)
+        else:
+            io.queue_read(sock)
+    except MemoryError as e:
+        if io.map.get(id(sock)) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
+            _mend(io, sock)
+        raise e
+
+
+def _mend(io, sock):
+    # asyncio's IOQueue puts sock in its map, then in its select.poll: a MemoryError halfway through poll.register()
+    # leaves the poller a slot with no object, which its next poll() dereferences and crashes the interpreter
+    # (extmod/modselect.c: "This case is not handled"; unregister() dereferences it too, on the unix port). A second
+    # register() fills the slot, with the reserve let go for it; then both entries go.
+    global _reserve
+    del io.map[id(sock)]
+    _reserve = None
+    gc.collect()
+    io.poller.register(sock)
+    io.poller.unregister(sock)
+
+
+def _remake_reserve():
+    global _reserve
+    try:
+        _reserve = bytearray(_RESERVE)
+    except MemoryError:
+        pass  # (the next wait tries again)
 
 
 def readable(sock):

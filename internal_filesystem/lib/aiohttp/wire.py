@@ -80,9 +80,10 @@ class Wire(io.IOBase):
         if request == _STREAM_POLL:
             try:
                 poller = self.poller
-                if poller is None:
-                    poller = self.poller = select.poll()
+                if poller is None:  # (kept once whole: a register() out of heap halfway leaves a slot poll() crashes on)
+                    poller = select.poll()
                     poller.register(self.tcp)
+                    self.poller = poller
                 poller.modify(self.tcp, arg)
                 for entry in poller.ipoll(0):
                     return entry[1]

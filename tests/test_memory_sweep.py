@@ -140,13 +140,10 @@ def test_a_resume_out_of_memory_at_any_step(mpy, fault, how):
     assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
-# (TLS in "lock" only: "fill" lets a turn's first allocations succeed, and one in ten runs or so, asyncio's
-# select.poll.register() then runs out of heap halfway and the next poll() crashes the interpreter: a MicroPython bug,
-# extmod/modselect.c says "This case is not handled". A socket registered after the one it was made with, the TLS
-# one, makes it likely.)
 @pytest.mark.parametrize("mode", ["memory", "file"])
-def test_a_tls_download_out_of_memory_at_any_step(mpy, fault_tls, certs, mode):
-    v = sweep(mpy, fault_tls.url("/bytes/%d?trickle=1" % N), "lock", mode, {"chunk_size": 256}, ca=certs.ca_der_path)
+@pytest.mark.parametrize("how", HOWS)
+def test_a_tls_download_out_of_memory_at_any_step(mpy, fault_tls, certs, mode, how):
+    v = sweep(mpy, fault_tls.url("/bytes/%d?trickle=1" % N), how, mode, {"chunk_size": 256}, ca=certs.ca_der_path)
     assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
@@ -207,8 +204,9 @@ def test_a_request_out_of_memory_at_any_step(mpy, fault, how):
     assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
-def test_a_tls_request_out_of_memory_at_any_step(mpy, fault_tls, certs):
-    v = client_sweep(mpy, ATTEMPTS["read"], fault_tls.url("/bytes/%d?trickle=1" % N), sha256_of(N), "lock",
+@pytest.mark.parametrize("how", HOWS)
+def test_a_tls_request_out_of_memory_at_any_step(mpy, fault_tls, certs, how):
+    v = client_sweep(mpy, ATTEMPTS["read"], fault_tls.url("/bytes/%d?trickle=1" % N), sha256_of(N), how,
                      certs.ca_der_path)
     assert v["k"] > SWEPT and v["failed"] > 0, v
 

@@ -211,53 +211,79 @@ def test_a_tls_request_out_of_memory_at_any_step(mpy, fault_tls, certs, how):
     assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
-# A wait whose socket is new to the event loop's select.poll, begun with the heap full but for 0, 1, 2 ... pairs of
-# blocks: with a few, poll.register() runs out of heap halfway, and the slot it leaves used to crash the interpreter
-# at the loop's next poll (a segfault, seen in the websocket sweep below, "fill", one run in twenty).
+# A wait whose socket is new to the event loop's select.poll, begun with the heap full but for 0, 1, 2 ... blocks
+# (32 bytes each, on 64-bit), with PARKED other sockets waiting: with a few, poll.register() runs out of heap
+# halfway, and the slot it leaves used to crash the interpreter at the loop's next poll (a segfault, seen in the
+# websocket sweep below, "fill", one run in twenty). With many parked, mending it takes more heap (the fd array).
 WAIT_IN_A_FULL_HEAP = """
 import asyncio, socket
 from asyncio import core
 from aiohttp import poll
-from testlib import squeeze, _fill
+from testlib import squeeze, fill
 
-def wait_once(sock, free_pairs, mended):
+def connected():
+    # a socket the server says nothing on until it is asked
+    sock = socket.socket()
+    sock.connect(socket.getaddrinfo(HOST, PORT)[0][-1])
+    sock.setblocking(False)
+    return sock
+
+def wait(sock):
+    poll.register(sock, False)
+    yield
+
+def wait_once(sock, free_blocks):
     # -> whether sock's wait began (and ended: sock is readable)
-    pairs = [(i, i) for i in range(8)]  # (two blocks each)
-    keep = _fill(squeeze([None] * 1024))
-    for i in range(free_pairs):
-        pairs[i] = None
+    blocks = [(i, i) for i in range(8)]  # (a 2-tuple: one block)
+    keep = fill(squeeze([None] * 1024))
+    for i in range(free_blocks):
+        blocks[i] = None
     try:
         poll.register(sock, False)
     except MemoryError:
-        mended[0] += getattr(poll, "_reserve", 0) is None  # (the reserve went: register() ran out halfway)
         return False
     finally:
-        keep = pairs = None
+        keep = blocks = None
     yield
     return True
 
+mended = [0]  # calls of poll._mend: register() ran out of heap after asyncio's entry was made
+mend = getattr(poll, '_mend', None)
+
+def counted_mend(io, sock):
+    mended[0] += 1
+    mend(io, sock)
+
+if mend is not None:
+    poll._mend = counted_mend
+
 async def main():
-    sock = socket.socket()
-    sock.connect(socket.getaddrinfo(HOST, PORT)[0][-1])
+    parked = [connected() for _ in range(PARKED)]
+    waiting = [asyncio.create_task(wait(other)) for other in parked]
+    await asyncio.sleep(0)
+    sock = connected()
     sock.write(b'GET /bytes/10 HTTP/1.0\\r\\n\\r\\n')  # (never read: the socket stays readable)
-    sock.setblocking(False)
     began = []
-    mended = [0]
-    for free_pairs in range(8):
-        began.append(await wait_once(sock, free_pairs, mended))
+    for free_blocks in range(8):
+        began.append(await wait_once(sock, free_blocks))
         await asyncio.sleep(0)  # the loop polls
-    sock.close()
+    for task in waiting:
+        task.cancel()
+    await asyncio.sleep(0)
+    for other in parked + [sock]:
+        other.close()
     result(began=began, mended=mended[0], polled=len(core._io_queue.map))
 
 run(main())
 """
 
 
-def test_a_wait_that_finds_no_heap_for_the_poller_leaves_the_event_loop_whole(mpy, fault):
-    r = mpy.run(WAIT_IN_A_FULL_HEAP, HOST=HOST, PORT=fault.port, heapsize="256k")
+@pytest.mark.parametrize("parked", [0, 16, 40])
+def test_a_wait_that_finds_no_heap_for_the_poller_leaves_the_event_loop_whole(mpy, fault, parked):
+    r = mpy.run(WAIT_IN_A_FULL_HEAP, HOST=HOST, PORT=fault.port, PARKED=parked, heapsize="256k")
     v = r.value
     assert v["began"][0] is False and v["began"][-1] is True and v["polled"] == 0, v
-    assert v["mended"] > 0, v  # (the poller ran out halfway at least once: the case that crashed)
+    assert v["mended"] > 0, v  # (the case that crashed)
 
 
 # The same for the poller of the TCP socket under a TLS one (aiohttp/wire.py), which a wait asks whether it is ready.

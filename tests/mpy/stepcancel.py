@@ -144,10 +144,10 @@ class Starved(Stepped):
         if self.how == "lock":
             micropython.heap_lock()
         else:
-            from testlib import _fill
+            from testlib import fill
 
             gc.collect()
-            hogs = _fill(None)
+            hogs = fill(None)
         try:
             return coro.send(value) if exc is None else coro.throw(exc)
         finally:

@@ -77,7 +77,7 @@ def leave_free(n):
         gap = None
         spare = bytearray(n)
     gap = None
-    keep = _fill(None)
+    keep = fill(None)
     spare = None
     return keep
 
@@ -90,29 +90,29 @@ def leave_holes(*sizes):
 
     gc.collect()
     room = bytearray(sum(sizes) + 256 * len(sizes))  # (and room for the pairs that keep them)
-    keep = _fill(None)
+    keep = fill(None)
     room = None
     gc.collect()
     holes = None
     for n in sizes:
         holes = (bytearray(n), holes)
         keep = (bytearray(0), keep)  # (live: the hole and the next stay apart)
-    keep = _fill(keep)
+    keep = fill(keep)
     holes = None
     return keep
 
 
 def squeeze(singles):
-    # Every free block of the heap taken, singles' items last (floats: one block each, on 64-bit) -> a chain to keep
-    # alive. What the caller made just before and lets go after is then the only room, first fit taking it in order.
-    # Fill the chain once more (_fill) after this returns: this frame is on the heap (design.md).
+    # Every free block of the heap taken, singles' items last (floats: one block each) -> a chain to keep alive. What
+    # the caller made just before and lets go after is then the only room, first fit taking it in order. Fill the
+    # chain once more (fill) after this returns: this frame is on the heap (design.md).
     import gc
 
     keep = (singles, None)
     i = 0
     for _ in range(3):  # (an allocation that fails collects first: what that lets go is filled the next time)
         gc.collect()
-        keep = _fill(keep)
+        keep = fill(keep)
         try:
             while i < len(singles):
                 singles[i] = i + 0.5
@@ -122,7 +122,7 @@ def squeeze(singles):
     return keep
 
 
-def _fill(keep):
+def fill(keep):
     # the heap's free blocks, filled with ever smaller ones chained to keep -> the chain
     size = 4096
     while size >= 16:

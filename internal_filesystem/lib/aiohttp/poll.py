@@ -5,13 +5,14 @@
 #   the event loop's IOQueue and yields; a read whose result is ready hands the awaiting task a finished native
 #   Task, which raises the result from C. Neither allocates, per wait or per read.
 # - asyncio's public API only, for any other asyncio: a Stream waits and writes; results are raised from Python,
-#   and a read that must wait goes through a generator of its own.
+#   and a read that must wait goes through a generator of its own. (A Stream's wait that runs out of heap inside
+#   select.poll is not mended there: see _mend.)
 # A proposal for MicroPython's streams is in docs/design.md: a readinto() whose awaitable is reused would make the
 # first way public.
 
 import asyncio
 import gc
-from micropython import const
+import select
 
 try:
     from asyncio import core
@@ -21,8 +22,11 @@ except ImportError:
 
 internals = core is not None and hasattr(core, "_io_queue") and hasattr(core, "cur_task")
 _NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it reads
-_RESERVE = const(128)  # bytes: a poller's entry and its grown fd array (16 sockets), 64-bit
-_reserve = bytearray(_RESERVE)  # let go only to mend a poller that ran out of heap halfway (see _mend)
+# (see _mend) Where select.poll keeps an array of fds (the unix port: no select.select), a poller's half-made slot is
+# mended with heap: a reserve, let go for it, made for as many sockets as were ever polled at once and then some.
+_mend_needs_heap = not hasattr(select, "select")
+_reserve = None
+_reserve_covers = 0  # sockets polled at once that the reserve has room for
 
 
 def current_task():
@@ -38,8 +42,6 @@ def current_task():
 def register(sock, write):
     # (internals) the running task waits in the poller for sock, once it yields None
     io = core._io_queue
-    if _reserve is None:
-        _remake_reserve()
     try:
         if write:
             io.queue_write(sock)
@@ -49,27 +51,38 @@ def register(sock, write):
         if io.map.get(id(sock)) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
             _mend(io, sock)
         raise e
+    if _mend_needs_heap and len(io.map) > _reserve_covers:
+        _remake_reserve(len(io.map))
 
 
 def _mend(io, sock):
     # asyncio's IOQueue puts sock in its map, then in its select.poll: a MemoryError halfway through poll.register()
     # leaves the poller a slot with no object, which its next poll() dereferences and crashes the interpreter
-    # (extmod/modselect.c: "This case is not handled"; unregister() dereferences it too, on the unix port). A second
-    # register() fills the slot, with the reserve let go for it; then both entries go.
-    global _reserve
+    # (extmod/modselect.c: "This case is not handled"). unregister() takes the slot away, except where the poller
+    # keeps an array of fds: there it dereferences the slot too, and a second register() must fill it first.
+    global _reserve, _reserve_covers
     del io.map[id(sock)]
-    _reserve = None
-    gc.collect()
-    io.poller.register(sock)
+    if _mend_needs_heap:
+        _reserve = None
+        _reserve_covers = 0
+        gc.collect()
+        io.poller.register(sock)
     io.poller.unregister(sock)
 
 
-def _remake_reserve():
-    global _reserve
+def _remake_reserve(polled):
+    # A reserve for the poller's next entry (32 bytes) and its fd array grown (8 bytes a socket, 4 more at a time)
+    global _reserve, _reserve_covers
+    collecting = gc.isenabled()
+    gc.disable()  # (or an allocation that fails collects first: on every wait while the heap is short)
     try:
-        _reserve = bytearray(_RESERVE)
+        _reserve = bytearray(64 + 8 * (polled + 8))
+        _reserve_covers = polled + 4
     except MemoryError:
         pass  # (the next wait tries again)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def readable(sock):

@@ -483,10 +483,11 @@ run(main())
 
 def test_the_connect_timeout_bounds_the_whole_wait_for_a_connection_not_each_turn_of_it(mpy, fault):
     # Two requests wait for the one connection; the first takes it when it comes back (at about 200 ms) and holds
-    # it 200 ms more: the second's 300 ms run out meanwhile, though it was woken when the connection came back
+    # it 500 ms more: the second's 600 ms run out meanwhile, though it was woken when the connection came back (the
+    # first has 400 ms to spare: a loaded machine once took more than 100 between the two)
     r = mpy.run(CONNECTOR + """
 async def main():
-    timeout = aiohttp.ClientTimeout(connect=0.3)
+    timeout = aiohttp.ClientTimeout(connect=0.6)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
         held = await session.get(URL)
         first = asyncio.create_task(fetch(session, SLOW))
@@ -500,7 +501,7 @@ async def main():
             got = str(e)
         result(first=await first, second=got)
 run(main())
-""", URL=fault.url("/bytes/100"), SLOW=fault.url("/bytes/100?delay=0.2"))
+""", URL=fault.url("/bytes/100"), SLOW=fault.url("/bytes/100?delay=0.5"))
     assert r.value == {"first": sha256_of(100), "second": "no connection came free within the connect timeout"}
 
 

@@ -75,6 +75,7 @@ import json
 import os
 import random
 import signal
+import select
 import socket
 import ssl
 import stat
@@ -1003,10 +1004,17 @@ def send_close_notify(conn):
     timeout = conn.gettimeout()
     conn.setblocking(False)
     try:
-        conn.unwrap()  # sends the alert, then wants to read the client's
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass
-    conn.settimeout(timeout)
+        while True:
+            try:
+                conn.unwrap()  # sends the alert, then wants to read the client's
+            except ssl.SSLWantWriteError:  # (a full send buffer: the alert is not out yet)
+                select.select([], [conn], [], timeout)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            break
+    finally:
+        conn.settimeout(timeout)
     return conn
 
 

@@ -75,6 +75,7 @@ import json
 import os
 import random
 import signal
+import select
 import socket
 import ssl
 import stat
@@ -933,7 +934,8 @@ class ScriptServer(_ThreadServer):
     scripts[path] is a list of steps (or an Endless script): bytes are sent, a number is a pause in seconds, "close"
     ends the connection (after the client has closed its side, so unread data causes no RST; over TLS without a
     close_notify, as a truncation looks), "notify" ends it the same way after a TLS close_notify (as a correct TLS
-    server does), "reset" ends it with an RST at once. Without either the connection reads its next request:
+    server does), "notify-hold" sends the close_notify and keeps TCP open until the client closes (as openssl
+    s_server -WWW does), "reset" ends it with an RST at once. Without either the connection reads its next request:
     keep-alive. A path in `unread` is answered as soon as its head is in, its request body left unread (a server
     refusing an upload). `requests` records (connection number, method, path).
     """
@@ -967,6 +969,12 @@ class ScriptServer(_ThreadServer):
                 data = data[length:]
                 self.requests.append((number, method, path))
                 for step in self.scripts[path]:
+                    if step == "notify-hold":  # (TLS) a close_notify alert, then no FIN before the client's
+                        conn = send_close_notify(conn)
+                        conn.settimeout(None)  # (a daemon thread: the client's exit ends it at the latest)
+                        while conn.recv(4096):
+                            pass
+                        return
                     if step == "notify":  # (TLS) a close_notify alert, then as "close"
                         conn = send_close_notify(conn)
                         step = "close"
@@ -996,10 +1004,17 @@ def send_close_notify(conn):
     timeout = conn.gettimeout()
     conn.setblocking(False)
     try:
-        conn.unwrap()  # sends the alert, then wants to read the client's
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass
-    conn.settimeout(timeout)
+        while True:
+            try:
+                conn.unwrap()  # sends the alert, then wants to read the client's
+            except ssl.SSLWantWriteError:  # (a full send buffer: the alert is not out yet)
+                select.select([], [conn], [], timeout)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            break
+    finally:
+        conn.settimeout(timeout)
     return conn
 
 

@@ -247,8 +247,9 @@ class Connection:
         # by asking it in a loop with 1 ms sleeps (unix port). Only after the TLS socket itself was read and had
         # nothing (read_nothing): then it holds no whole record, and more must come over TCP first (a read that must
         # write first would need renegotiation, which MicroPython's mbedTLS leaves off). Otherwise bytes may sit
-        # decrypted inside it, which only it can tell.
-        return self.tcp if read_nothing and self.tcp is not None else self.sock
+        # decrypted inside it, which only it can tell; and once the server's close_notify is coming, the TLS
+        # socket's wire says the end at once where the TCP socket may never become readable (wire.py).
+        return self.tcp if read_nothing and self.tcp is not None and not self.wire.notified else self.sock
 
     def arm(self):
         # Before a wait: its deadline, for the watchdog to enforce on the running task

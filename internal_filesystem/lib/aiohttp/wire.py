@@ -9,6 +9,7 @@ from micropython import const
 _ALERT = const(21)  # a TLS record's type: an alert
 _STREAM_POLL = const(3)  # the stream ioctls MicroPython's TLS socket passes down to the stream under it
 _STREAM_CLOSE = const(4)
+_POLL_RD = const(1)  # a poll's readable flag
 
 
 class Wire(io.IOBase):
@@ -17,9 +18,13 @@ class Wire(io.IOBase):
     # reads go on past a close_notify to fill the buffer: only the records themselves tell the two apart. TLS 1.2
     # (all MicroPython's mbedTLS speaks) sends an alert's record type in the clear; a fatal alert makes mbedTLS
     # fail the read, so an alert record before the end is the close_notify (a warning, at most: the server's own).
+    # Nothing may follow a close_notify, and a server may hold TCP open after it until the client closes (openssl
+    # s_server -WWW does): once the alert record is whole, the wire is at its end for mbedTLS and for a poll, as
+    # after a FIN, and a read never waits for a FIN that only the client's close would bring.
     # A build with TLS 1.3 hides every record's type: such a body then never counts as whole, the safe side.
     # mbedTLS asks for a record's 5-byte header, then for its body. Called from C inside mbedTLS: nothing may raise.
     notified = False  # an alert record came: the TLS stream may end cleanly
+    ended = False  # that alert record is whole: the wire reads as ended (0), and polls readable
     poller = None  # a select.poll of the TCP socket, made at the first wait on the TLS socket
     header = 0  # bytes of the current record's header read (5: reading its body)
     left = 0  # bytes of the current record's body still to come
@@ -30,6 +35,8 @@ class Wire(io.IOBase):
         self.tcp = tcp
 
     def readinto(self, buf):
+        if self.ended:
+            return 0
         try:
             n = self.tcp.readinto(buf)
         except OSError as e:
@@ -45,6 +52,7 @@ class Wire(io.IOBase):
                 self.left -= step
                 if not self.left:
                     self.header = 0
+                    self.ended = self.notified
                 continue
             if header == 0 and buf[i] == _ALERT:
                 self.notified = True
@@ -56,6 +64,7 @@ class Wire(io.IOBase):
                 self.left = self.length
                 if not self.left:
                     self.header = 0
+                    self.ended = self.notified
         return n
 
     def write(self, buf):
@@ -78,6 +87,8 @@ class Wire(io.IOBase):
 
     def ioctl(self, request, arg):
         if request == _STREAM_POLL:
+            if self.ended and arg & _POLL_RD:
+                return _POLL_RD
             try:
                 poller = self.poller
                 if poller is None:  # (kept once whole: a register() out of heap halfway leaves a slot poll() crashes on)

@@ -210,7 +210,8 @@ class Download:
                 except Exception as e:
                     # The network's failure (a cut, a stall) as the end of the framing was read after all the bytes an
                     # answer announced: they are all here, and no more came. The next turn ends it (in the try).
-                    if (resp is not None and left == 0 and not at_sink
+                    # (a MemoryError is looked at before classify() makes an exception: see _failed)
+                    if (resp is not None and left == 0 and not at_sink and not isinstance(e, MemoryError)
                             and isinstance(errors.classify(e, self.timeout), errors.NetworkError)):
                         self.length_is_ours = True
                         continue
@@ -264,8 +265,11 @@ class Download:
 
     def _failed(self, e):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
-        # always (as it raised it), anything else as it is (a defect is never hidden behind None/False)
-        if isinstance(e, MemoryError) or isinstance(e, errors.OutOfMemory):
+        # always (as it raised it), anything else as it is (a defect is never hidden behind None/False).
+        # A MemoryError made in a full heap is MicroPython's one emergency exception object, which the next exception
+        # made in a full heap retypes: its type is read once, before anything here can make one.
+        memory = isinstance(e, MemoryError)
+        if memory or isinstance(e, errors.OutOfMemory):
             # The heap back first, for the words that say why: the buffers go, and what a stale word the failed
             # deep call chain left on the C stack (the collector scans it conservatively) kept of the one too big
             import gc
@@ -273,7 +277,7 @@ class Download:
             self.close()
             gc.collect()
             try:
-                if isinstance(e, MemoryError):
+                if memory:
                     e = errors.OutOfMemory("out of memory")
                 self.state = _FAILED
             except MemoryError:  # a heap full of what others hold: the documented failure all the same, unsaid
@@ -619,11 +623,12 @@ class Download:
             await _call(self.progress_callback, 100)
         if self.file is not None:
             part = self.outfile + ".part"
+            record = part + ".state"  # (made first: once OUTFILE is in place, nothing may fail for want of heap)
             try:
                 self.file.close()
                 self.file = None
                 partfile.replace(part, self.outfile)
-                partfile.remove(part + ".state")
+                partfile.remove(record)
             except OSError as e:
                 raise self._file_error("cannot finish %s" % self.outfile, e)
         self.state = _DONE

@@ -85,6 +85,10 @@ def _remake_reserve(polled):
             gc.enable()
 
 
+if _mend_needs_heap:
+    _remake_reserve(4)  # (made at import, for 8 sockets: a wait makes it only when more are polled at once)
+
+
 def readable(sock):
     # async: until sock has something to read, or has closed
     if internals:

@@ -55,6 +55,20 @@ def test_a_tls_answer_is_whole_only_as_its_framing_or_a_close_notify_says(mpy, c
     assert [got["how"] for got in r.results] == ["read", "read(n)"]
 
 
+@pytest.mark.parametrize("ending, whole", [("notify", True), ("close", False)])
+def test_a_warning_in_the_handshake_is_not_the_end_of_the_stream(mpy, certs, ending, whole):
+    # apache's unrecognized_name warning, in the clear before its ServerHello: mbedTLS skips it, and so must the
+    # reading of the end (it was taken for the close_notify: the handshake then met an end, and had it not, a FIN
+    # would have counted as a clean end)
+    with ScriptServer({"/r": [UNTIL_CLOSE] + RECORDS + [0.05, ending]}, certs=certs, hello_alert=True) as srv:
+        r = mpy.run(READS, URL=srv.url("/r"))
+    for got in r.results:
+        if whole:
+            assert got.get("sha") == SHA, got
+        else:
+            assert "ClientPayloadError" in got.get("error", ""), got
+
+
 def test_the_same_body_over_plain_tcp_ends_with_the_fin(mpy):
     # (no TLS: the FIN is all there is to end it)
     with ScriptServer({"/r": [UNTIL_CLOSE] + RECORDS + [0.05, "close"]}) as srv:

@@ -937,12 +937,15 @@ class ScriptServer(_ThreadServer):
     server does), "notify-hold" sends the close_notify and keeps TCP open until the client closes (as openssl
     s_server -WWW does), "reset" ends it with an RST at once. Without either the connection reads its next request:
     keep-alive. A path in `unread` is answered as soon as its head is in, its request body left unread (a server
-    refusing an upload). `requests` records (connection number, method, path).
+    refusing an upload). With hello_alert (TLS), each connection begins with a warning alert in the clear, before
+    the ServerHello: unrecognized_name, as apache sends when the name asked for is not its ServerName.
+    `requests` records (connection number, method, path).
     """
 
-    def __init__(self, scripts, certs=None, unread=()):
+    def __init__(self, scripts, certs=None, unread=(), hello_alert=False):
         self.scripts = scripts  # (set before the first connection can be answered)
         self.unread = unread
+        self.hello_alert = hello_alert
         self.requests = []
         super().__init__(certs)  # TLS: each bytes step goes out as one record (< 16 KB)
 
@@ -951,6 +954,8 @@ class ScriptServer(_ThreadServer):
         data = b""
         try:
             if self._tls:
+                if self.hello_alert:
+                    conn.sendall(UNRECOGNIZED_NAME)
                 conn = self._tls.wrap_socket(conn, server_side=True)
             while True:
                 read = self._read_head(conn, data)
@@ -994,6 +999,9 @@ class ScriptServer(_ThreadServer):
             pass
         finally:
             conn.close()
+
+
+UNRECOGNIZED_NAME = bytes([21, 3, 3, 0, 2, 1, 112])  # a TLS 1.2 alert record: warning (1), unrecognized_name (112)
 
 
 def send_close_notify(conn):

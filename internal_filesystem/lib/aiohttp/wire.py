@@ -6,7 +6,8 @@ import select
 from errno import EINVAL, EIO
 from micropython import const
 
-_ALERT = const(21)  # a TLS record's type: an alert
+_CHANGE_CIPHER_SPEC = const(20)  # TLS record types
+_ALERT = const(21)
 _STREAM_POLL = const(3)  # the stream ioctls MicroPython's TLS socket passes down to the stream under it
 _STREAM_CLOSE = const(4)
 _POLL_RD = const(1)  # a poll's readable flag
@@ -16,14 +17,17 @@ class Wire(io.IOBase):
     # The TCP socket as mbedTLS reads and writes it. MicroPython's TLS socket reads b"" both for the server's
     # close_notify and for a TCP end without one (mbedTLS maps its transport's EOF to 0 as well), and its stream
     # reads go on past a close_notify to fill the buffer: only the records themselves tell the two apart. TLS 1.2
-    # (all MicroPython's mbedTLS speaks) sends an alert's record type in the clear; a fatal alert makes mbedTLS
-    # fail the read, so an alert record before the end is the close_notify (a warning, at most: the server's own).
+    # (all MicroPython's mbedTLS speaks) sends an alert's record type in the clear. Before the server's
+    # ChangeCipherSpec an alert is a handshake's warning mbedTLS skips (apache's unrecognized_name) or a fatal one
+    # that fails the handshake; after it, a fatal alert fails the read, and a warning is taken for the close_notify
+    # (another warning's description is encrypted: no TLS 1.2 server is known to send one and go on).
     # Nothing may follow a close_notify, and a server may hold TCP open after it until the client closes (openssl
     # s_server -WWW does): once the alert record is whole, the wire is at its end for mbedTLS and for a poll, as
     # after a FIN, and a read never waits for a FIN that only the client's close would bring.
     # A build with TLS 1.3 hides every record's type: such a body then never counts as whole, the safe side.
     # mbedTLS asks for a record's 5-byte header, then for its body. Called from C inside mbedTLS: nothing may raise.
-    notified = False  # an alert record came: the TLS stream may end cleanly
+    ciphered = False  # the server's ChangeCipherSpec came: its records are encrypted from here on
+    notified = False  # an alert record came after it: the TLS stream may end cleanly
     ended = False  # that alert record is whole: the wire reads as ended (0), and polls readable
     poller = None  # a select.poll of the TCP socket, made at the first wait on the TLS socket
     header = 0  # bytes of the current record's header read (5: reading its body)
@@ -54,8 +58,11 @@ class Wire(io.IOBase):
                     self.header = 0
                     self.ended = self.notified
                 continue
-            if header == 0 and buf[i] == _ALERT:
-                self.notified = True
+            if header == 0:
+                if buf[i] == _CHANGE_CIPHER_SPEC:
+                    self.ciphered = True
+                elif buf[i] == _ALERT and self.ciphered:
+                    self.notified = True
             if header >= 3:
                 self.length = (self.length << 8 | buf[i]) if header == 4 else buf[i]
             self.header = header = header + 1

@@ -346,7 +346,7 @@ def test_a_websocket_out_of_memory_at_any_step(mpy, ws_script, how):
 # heap. It must fail as out of memory all the same.
 RETYPED = """
 import micropython
-from aiohttp.response import StreamReader
+from aiohttp.response import ClientResponse, StreamReader
 from mpos import DownloadManager
 from mpos.net import errors
 from mpos.net.download import Download
@@ -397,10 +397,25 @@ def at_eof(self):
         raise out_of_heap()
     return real_at_eof(self)
 
+def readinto_nowait_half_way(self, buf):
+    if got[0] >= N // 2:
+        got[0] = -N  # (once)
+        raise out_of_heap()
+    return readinto_nowait(self, buf)
+
+real_release = ClientResponse.release
+
+def release_meeting_an_error(self):
+    made_in_a_full_heap(OSError)
+    real_release(self)
+
 StreamReader.readinto_nowait = readinto_nowait
 if CASE == 'classify':  # the loop runs out of heap, then classify() makes OutOfMemory
     errors.OutOfMemory = NoRoomForItsNativePart
     StreamReader.at_eof = at_eof
+elif CASE == 'release':  # the loop runs out of heap half way, then letting the response go meets an error
+    StreamReader.readinto_nowait = readinto_nowait_half_way
+    ClientResponse.release = release_meeting_an_error
 else:  # the result is made out of heap, then the download's close() meets an error
     Download._finish = finish_out_of_heap
     Download.close = close_meeting_an_error
@@ -413,17 +428,17 @@ async def main():
         what = 'raised ' + e.reason
     except BaseException as e:
         what = 'raised %s %s' % (type(e).__name__, e)
-    result(what=what, read=got[0])
+    result(what='%d bytes' % len(what) if isinstance(what, bytes) else what, read=got[0])
 
 run(main())
 """
 
 
-@pytest.mark.parametrize("case", ["classify", "close"])
+@pytest.mark.parametrize("case", ["classify", "release", "close"])
 def test_a_memory_error_retyped_by_the_next_exception_still_fails_as_out_of_memory(mpy, fault, case):
     r = mpy.run(RETYPED, URL=fault.url("/bytes/%d" % N), N=N, CASE=case)
-    assert r.value == {"what": "raised memory", "read": N + (case == "classify")}, r.value
-
+    read = {"classify": N + 1, "release": -N, "close": N}[case]
+    assert r.value == {"what": "raised memory", "read": read}, r.value
 
 
 # Once OUTFILE is in place the download is done: a heap that runs out after the rename (the name of the .part's

@@ -208,18 +208,19 @@ class Download:
                     if extra and left != 0 and self._report_due():
                         await self._report()
                 except Exception as e:
+                    memory = isinstance(e, MemoryError)  # (read once: the next exception made may retype it, _failed)
                     # The network's failure (a cut, a stall) as the end of the framing was read after all the bytes an
                     # answer announced: they are all here, and no more came. The next turn ends it (in the try).
-                    # (a MemoryError is looked at before classify() makes an exception: see _failed)
-                    if (resp is not None and left == 0 and not at_sink and not isinstance(e, MemoryError)
+                    if (resp is not None and left == 0 and not at_sink and not memory
                             and isinstance(errors.classify(e, self.timeout), errors.NetworkError)):
                         self.length_is_ours = True
                         continue
                     if resp is not None:
                         resp.release()
                         resp = None
-                    if (isinstance(e, MemoryError) and self.chunk_callback is not None and not at_sink
-                            and self.chunk_size > _SMALLEST_CHUNK):
+                    if memory and not at_sink:
+                        if self.chunk_callback is None or self.chunk_size <= _SMALLEST_CHUNK:
+                            return self._failed(e, True)
                         # Stream mode, no room for a chunk's bytes in a heap cut into pieces. Bytes the socket gave
                         # up were never handed out: the next request resumes after the last that was, in chunks
                         # half as big. (A read is not retried in place: the bytes object is made after the read.)
@@ -263,12 +264,13 @@ class Download:
         self.close()  # also on cancellation: the .part stays for a resume
         admission.release_session(self.tunables.session_idle_ms if self.linger else 0, self)
 
-    def _failed(self, e):
+    def _failed(self, e, memory=False):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False).
         # A MemoryError made in a full heap is MicroPython's one emergency exception object, which the next exception
-        # made in a full heap retypes: its type is read once, before anything here can make one.
-        memory = isinstance(e, MemoryError)
+        # made in a full heap retypes: its type is read once, before anything here can make one (memory: the caller
+        # read it, before it made one).
+        memory = memory or isinstance(e, MemoryError)
         if memory or isinstance(e, errors.OutOfMemory):
             # The heap back first, for the words that say why: the buffers go, and what a stale word the failed
             # deep call chain left on the C stack (the collector scans it conservatively) kept of the one too big

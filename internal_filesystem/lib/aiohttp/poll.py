@@ -23,7 +23,7 @@ except ImportError:
 internals = core is not None and hasattr(core, "_io_queue") and hasattr(core, "cur_task")
 _NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it reads
 # (see _mend) Where select.poll keeps an array of fds (the unix port: no select.select), a poller's half-made slot is
-# mended with heap: a reserve, let go for it, made for as many sockets as were ever polled at once and then some.
+# mended with heap: a reserve, let go for it, made for the sockets polled at once when it was made, and then some.
 _mend_needs_heap = not hasattr(select, "select")
 _reserve = None
 _reserve_covers = 0  # sockets polled at once that the reserve has room for
@@ -68,15 +68,20 @@ def _mend(io, sock):
         gc.collect()
         io.poller.register(sock)
     io.poller.unregister(sock)
+    if _mend_needs_heap:  # at once, from what the mend let go: the next wait may run out of heap as well
+        gc.collect()
+        _remake_reserve(len(io.map))
 
 
 def _remake_reserve(polled):
-    # A reserve for the poller's next entry (32 bytes) and its fd array grown (8 bytes a socket, 4 more at a time)
+    # A reserve for the poller's next entry (32 bytes), its fd array grown (8 bytes a socket, 4 more at a time) and
+    # its table grown (16 bytes a slot, up to half as many again): a register() that ran out before its slot was
+    # made must find room for all three in the mend, or it may make the half slot itself
     global _reserve, _reserve_covers
     collecting = gc.isenabled()
     gc.disable()  # (or an allocation that fails collects first: on every wait while the heap is short)
     try:
-        _reserve = bytearray(64 + 8 * (polled + 8))
+        _reserve = bytearray(64 + 32 * (polled + 8))
         _reserve_covers = polled + 4
     except MemoryError:
         pass  # (the next wait tries again)

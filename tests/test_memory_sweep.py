@@ -337,7 +337,6 @@ def test_a_websocket_out_of_memory_at_any_step(mpy, ws_script, how):
     assert v["k"] > SWEPT and v["failed"] > 0, v
 
 
-
 # MicroPython makes an exception it has no heap for in its one emergency object: a MemoryError under way is that
 # object, and the next exception made in a full heap retypes it. Here the body has come whole when the download runs
 # out of heap, and then an exception is made in the full heap: OutOfMemory itself, by classify(), with room for its

@@ -625,7 +625,7 @@ class Download:
             await _call(self.progress_callback, 100)
         if self.file is not None:
             part = self.outfile + ".part"
-            record = part + ".state"  # (made first: once OUTFILE is in place, nothing may fail for want of heap)
+            record = part + ".state"  # (made first: once OUTFILE is in place, no want of heap fails it here)
             try:
                 self.file.close()
                 self.file = None

@@ -867,3 +867,19 @@ run(main())
 """, URL=fault.url("/bytes/2000000?rate=200000"), URL2=fault.url("/bytes/100000"), OUT="out.bin").value
     assert v["left"] == [[0, 0, 0, 0]] * 6, v
     assert v["ok"] is True and v["sha"] == sha256_of(100000), v
+
+
+def test_a_segment_fails_as_the_run_loop_asks_it_to(mpy):
+    # Download.run hands _failed whether the exception was a MemoryError, read before anything could retype it: a
+    # segment's own _failed takes that too (it raised a TypeError of its own instead), and says out of memory
+    v = mpy.run("""
+from mpos.net import errors, segments
+got = []
+for memory in (True, False):
+    try:
+        segments._Segment._failed(None, ValueError('under way'), memory)
+    except Exception as e:
+        got.append(type(e).__name__)
+result(got=got)
+""").value
+    assert v == {"got": ["OutOfMemory", "ValueError"]}, v

@@ -16,7 +16,7 @@ from time import ticks_diff, ticks_ms
 
 from . import admission, partfile
 from .download import CONNECTING, DOWNLOADING, Download, http_error, parse_content_range, with_user_agent
-from .errors import DownloadError, HTTPError
+from .errors import DownloadError, HTTPError, OutOfMemory
 
 min_segment = 16384  # bytes: a smaller piece is not worth a request (and a TLS handshake) of its own
 save_ms = 1000  # record rewrites while data comes in, at most this often (flash wear vs. bytes fetched again)
@@ -73,8 +73,8 @@ class _Segment(Download):
     def _exit(self, admitted):
         pass
 
-    def _failed(self, e):
-        raise e
+    def _failed(self, e, memory=False):
+        raise OutOfMemory("out of memory") if memory else e  # (memory: e may have been retyped since, Download._failed)
 
     def _open_file(self):
         pass  # the shared .part is open already

@@ -26,7 +26,7 @@ _NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it 
 # mended with heap: a reserve, let go for it, made for the sockets polled at once when it was made, and then some.
 _mend_needs_heap = not hasattr(select, "select")
 _reserve = None
-_reserve_covers = 0  # sockets polled at once that the reserve has room for
+_reserve_covers = 0 if _mend_needs_heap else 1 << 30  # sockets polled at once it has room for (any: none is needed)
 
 
 def current_task():
@@ -51,7 +51,7 @@ def register(sock, write):
         if io.map.get(id(sock)) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
             _mend(io, sock)
         raise e
-    if _mend_needs_heap and len(io.map) > _reserve_covers:
+    if len(io.map) > _reserve_covers:
         _remake_reserve(len(io.map))
 
 

@@ -278,13 +278,17 @@ LONG_HEADS = ["/json/3?pad=97&padlen=300", "/json/3?pad=97&padlen=330"]
 # the whole heap but this many KB in one piece once the library is imported: from what docs/performance.md says a
 # 32 KB head needs to what a 200 KB heap has
 FREE_KB = range(64, 113, 8)
+# (with DownloadManager imported, a 200 KB heap has about 75 KB left in one piece, 72 KB once the checkout's path
+# is 31 characters long, and with aiohttp alone under 112 KB once the test's temporary path is long: sys.path and
+# the file names are on the heap. FREE is what the download has, so the heap only gives the filling room.)
+SMALL_HEAP_SIZE = "256k"
 
 
 def test_a_head_under_the_cap_is_read_in_a_small_heap(mpy, fault):
     wrong = []
     for free in FREE_KB:
         for path in LONG_HEADS:  # one process each: a head read before would still hold its share
-            r = mpy.run(HEAD, URL=fault.url(""), PATHS=[path, "/json/3"], FREE=free * 1024, heapsize="200k",
+            r = mpy.run(HEAD, URL=fault.url(""), PATHS=[path, "/json/3"], FREE=free * 1024, heapsize=SMALL_HEAP_SIZE,
                         compiled=True)
             for got in r.results:
                 if got.get("n") not in (2, 99):
@@ -308,9 +312,6 @@ async def main():
     result(got=got)
 run(main())
 """
-# (with DownloadManager imported, a 200 KB heap has about 75 KB left in one piece, 72 KB once the checkout's path
-# is 31 characters long: sys.path and the modules' file names are on the heap. FREE is what matters, so room.)
-SMALL_HEAP_SIZE = "256k"
 
 
 def test_a_download_with_a_long_head_in_a_small_heap_never_runs_out_of_memory(mpy, fault):

@@ -883,3 +883,55 @@ for memory in (True, False):
 result(got=got)
 """).value
     assert v == {"got": ["OutOfMemory", "ValueError"]}, v
+
+
+# The probe's answer runs out of heap, and letting it go makes an exception in the full heap (a close_notify written
+# to a dead peer, caught inside): MicroPython's one emergency MemoryError is retyped by it. The probe read it after
+# `async with` had let the answer go, took it for the network's failure and formatted it, which raised a TypeError.
+PROBE_OUT_OF_HEAP = PRE + """
+import micropython
+from aiohttp.response import ClientResponse
+
+def out_of_heap(header):
+    # what a full heap raises: the emergency MemoryError
+    micropython.heap_lock()
+    try:
+        bytearray(1)
+    except MemoryError as e:
+        error = e
+    micropython.heap_unlock()
+    raise error
+
+real_release = ClientResponse.release
+def release_meeting_an_error(self):
+    micropython.heap_lock()
+    OSError()  # (made in the emergency object: the MemoryError under way is an OSError from now on)
+    micropython.heap_unlock()
+    return real_release(self)
+
+segments.parse_content_range = out_of_heap
+ClientResponse.release = release_meeting_an_error
+
+async def main():
+    DownloadManager.max_connections = 4
+    try:
+        await DownloadManager.download_url(URL, outfile=OUT, segments=4, raise_errors=True)
+        r = None
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    result(r=r, st=state(OUT), part=size(OUT + '.part'), sent=SENT)
+run(main())
+"""
+
+
+def test_a_probe_out_of_heap_fails_as_out_of_memory_and_keeps_the_partial(mpy, fault):
+    n = 600000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    st = cancelled(mpy, url, 4, 0.6)
+    part = os.path.getsize(str(mpy.tmpdir / "out.bin.part"))
+    run = mpy.run(PROBE_OUT_OF_HEAP, URL=url, OUT="out.bin")
+    v = run.value
+    assert v["r"] == ["OutOfMemory", "memory"], v
+    assert v["st"] == st and v["part"] == part, v
+    assert v["sent"] == [["bytes=0-0", None]], v  # not tried again: another try would meet the same full heap
+    assert run.stderr.count("failed") == 1, run.stderr

@@ -438,6 +438,7 @@ def test_a_memory_error_retyped_by_the_next_exception_still_fails_as_out_of_memo
     r = mpy.run(RETYPED, URL=fault.url("/bytes/%d" % N), N=N, CASE=case)
     read = {"classify": N + 1, "release": -N, "close": N}[case]
     assert r.value == {"what": "raised memory", "read": read}, r.value
+    assert r.stderr.count("failed") == 1, r.stderr
 
 
 # Once OUTFILE is in place the download is done: a heap that runs out after the rename (the name of the .part's

@@ -270,6 +270,8 @@ class Download:
         # A MemoryError made in a full heap is MicroPython's one emergency exception object, which the next exception
         # made in a full heap retypes: its type is read once, before anything here can make one (memory: the caller
         # read it, before it made one).
+        if self.state == _FAILED:  # the run loop's call raised what it said (raise_errors): said once, it goes on
+            raise e
         memory = memory or isinstance(e, MemoryError)
         if memory or isinstance(e, errors.OutOfMemory):
             # The heap back first, for the words that say why: the buffers go, and what a stale word the failed

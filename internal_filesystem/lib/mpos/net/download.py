@@ -267,11 +267,11 @@ class Download:
     def _failed(self, e, memory=False):
         # -> the documented failure value, or raises: a DownloadError with raise_errors, an app callback's exception
         # always (as it raised it), anything else as it is (a defect is never hidden behind None/False).
+        if self.state == _FAILED:  # the run loop's call raised what it said (raise_errors): said once, it goes on
+            raise e
         # A MemoryError made in a full heap is MicroPython's one emergency exception object, which the next exception
         # made in a full heap retypes: its type is read once, before anything here can make one (memory: the caller
         # read it, before it made one).
-        if self.state == _FAILED:  # the run loop's call raised what it said (raise_errors): said once, it goes on
-            raise e
         memory = memory or isinstance(e, MemoryError)
         if memory or isinstance(e, errors.OutOfMemory):
             # The heap back first, for the words that say why: the buffers go, and what a stale word the failed

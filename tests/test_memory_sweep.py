@@ -342,7 +342,9 @@ def test_a_websocket_out_of_memory_at_any_step(mpy, ws_script, how):
 # out of heap, and then an exception is made in the full heap: OutOfMemory itself, by classify(), with room for its
 # instance but not its native part (what "fill" hit now and then in memory mode: the download raised a plain
 # Exception), or an OSError that close() meets and passes over (a file that fails to close) after the result found no
-# heap. It must fail as out of memory all the same.
+# heap. It must fail as out of memory all the same. So must a sink that runs out of heap (memory mode's buffer grown)
+# before the response is let go; and an app's callback that runs out of heap has its MemoryError raised to the app as
+# it raised it.
 RETYPED = """
 import micropython
 from aiohttp.response import ClientResponse, StreamReader
@@ -408,8 +410,20 @@ def release_meeting_an_error(self):
     made_in_a_full_heap(OSError)
     real_release(self)
 
+def store_out_of_heap(self, data, end):
+    raise out_of_heap()
+
+def take_out_of_heap(chunk):
+    raise out_of_heap()
+
+kw = {}
 StreamReader.readinto_nowait = readinto_nowait
-if CASE == 'classify':  # the loop runs out of heap, then classify() makes OutOfMemory
+if CASE in ('store', 'callback'):  # the sink runs out of heap, then letting the response go meets an error
+    Download._store = store_out_of_heap
+    if CASE == 'callback':
+        kw['chunk_callback'] = take_out_of_heap
+    ClientResponse.release = release_meeting_an_error
+elif CASE == 'classify':  # the loop runs out of heap, then classify() makes OutOfMemory
     errors.OutOfMemory = NoRoomForItsNativePart
     StreamReader.at_eof = at_eof
 elif CASE == 'release':  # the loop runs out of heap half way, then letting the response go meets an error
@@ -422,7 +436,7 @@ DownloadManager.session_idle_ms = 0
 
 async def main():
     try:
-        what = await DownloadManager.download_url(URL, raise_errors=True)
+        what = await DownloadManager.download_url(URL, raise_errors=True, **kw)
     except errors.DownloadError as e:
         what = 'raised ' + e.reason
     except BaseException as e:
@@ -433,12 +447,15 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("case", ["classify", "release", "close"])
+@pytest.mark.parametrize("case", ["classify", "release", "close", "store", "callback"])
 def test_a_memory_error_retyped_by_the_next_exception_still_fails_as_out_of_memory(mpy, fault, case):
     r = mpy.run(RETYPED, URL=fault.url("/bytes/%d" % N), N=N, CASE=case)
-    read = {"classify": N + 1, "release": -N, "close": N}[case]
-    assert r.value == {"what": "raised memory", "read": read}, r.value
-    assert r.stderr.count("failed") == 1, r.stderr
+    what = "raised MemoryError " if case == "callback" else "raised memory"  # (the app's own, as it raised it)
+    assert r.value["what"] == what, r.value
+    read = {"classify": N + 1, "release": -N, "close": N}.get(case)  # (the sink's cases: what one read found)
+    assert read is None or r.value["read"] == read, r.value
+    assert r.stderr.count("stopped by its callback" if case == "callback" else "failed") == 1, r.stderr
+    assert fault.requests == 1, fault.requests  # (another try would meet the same full heap)
 
 
 # Once OUTFILE is in place the download is done: a heap that runs out after the rename (the name of the .part's

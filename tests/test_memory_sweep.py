@@ -508,6 +508,9 @@ async def raise_out_of_heap(*args):
 def read_out_of_heap(self, n=-1):
     raise out_of_heap()
 
+def no_heap_for_its_coroutine(self):
+    raise out_of_heap()
+
 real_read = ClientResponse.read
 
 def redirect_read_out_of_heap(self, n=-1):
@@ -528,6 +531,8 @@ elif CASE == 'ws_answer':  # the handshake's answer is read out of heap
     websocket._answer = raise_out_of_heap
 elif CASE == 'ws_request':  # the handshake's request is sent out of heap
     Connection.send = raise_out_of_heap
+elif CASE == 'ws_close':  # no heap for close()'s coroutine as `async with` ends
+    websocket.ClientWebSocketResponse.close = no_heap_for_its_coroutine
 
 async def attempt(session):
     if CASE == 'context':
@@ -547,6 +552,9 @@ async def attempt(session):
     elif CASE == 'ws_context':  # the websocket goes as the app's MemoryError leaves `async with`
         async with session.ws_connect(URL) as ws:
             raise out_of_heap()
+    elif CASE == 'ws_close':
+        async with session.ws_connect(URL) as ws:
+            pass
     elif CASE.startswith('ws_'):
         await session.ws_connect(URL)
     else:
@@ -568,7 +576,7 @@ run(main())
 
 
 @pytest.mark.parametrize("case", ["head", "lookup", "context", "response", "session", "redirect", "raise_for_status",
-                                  "ws_context", "ws_answer", "ws_request"])
+                                  "ws_context", "ws_close", "ws_answer", "ws_request"])
 def test_a_memory_error_retyped_by_the_client_s_cleanup_reaches_the_app_as_one(mpy, fault, ws_aiohttp, case):
     url = ws_aiohttp.url("/echo") if case.startswith("ws_") else fault.url("/bytes/%d" % N)
     if case == "redirect":  # (with a body to read: one that came whole with its head has let its connection go)

@@ -736,8 +736,9 @@ class _WSContext(_RequestContext):
         if exc_type is None or not (issubclass(exc_type, asyncio.CancelledError) or issubclass(exc_type, MemoryError)):
             try:
                 return self._resp.close()
-            except MemoryError:
+            except MemoryError as e:
                 self._resp._going_away()
+                raise_if_retyped(True, e)  # (_going_away may make an exception)
                 raise
         self._resp._going_away()
         raise_if_retyped(exc_type is MemoryError, exc)  # (_going_away may make an exception)

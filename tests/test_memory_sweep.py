@@ -10,7 +10,7 @@ import pytest
 
 from test_cancel_sweep import ATTEMPTS, SWEPT, WS_ATTEMPT
 from test_reliability import OLD, OLD_SHA
-from tools.testservers import HOST, payload, sha256_of
+from tools.testservers import HOST, ScriptServer, payload, sha256_of
 from tools.wsservers import frame
 
 N = 4000  # bytes of each resource, sent in pieces of 1, 2, 3, 5 ... (trickle=1): 20 to 70 turns
@@ -342,9 +342,13 @@ def test_a_websocket_out_of_memory_at_any_step(mpy, ws_script, how):
 # out of heap, and then an exception is made in the full heap: OutOfMemory itself, by classify(), with room for its
 # instance but not its native part (what "fill" hit now and then in memory mode: the download raised a plain
 # Exception), or an OSError that close() meets and passes over (a file that fails to close) after the result found no
-# heap. It must fail as out of memory all the same.
+# heap. It must fail as out of memory all the same. So must a sink that runs out of heap (memory mode's buffer grown)
+# before the response is let go, and a head read out of heap before the client closes its connection; and an app's
+# callback that runs out of heap has its MemoryError raised to the app as it raised it.
 RETYPED = """
 import micropython
+from aiohttp import response
+from aiohttp.connection import Connection
 from aiohttp.response import ClientResponse, StreamReader
 from mpos import DownloadManager
 from mpos.net import errors
@@ -408,8 +412,32 @@ def release_meeting_an_error(self):
     made_in_a_full_heap(OSError)
     real_release(self)
 
+def store_out_of_heap(self, data, end):
+    raise out_of_heap()
+
+def take_out_of_heap(chunk):
+    raise out_of_heap()
+
+async def read_head_out_of_heap(conn):
+    raise out_of_heap()
+
+real_connection_close = Connection.close
+
+def connection_close_meeting_an_error(self):
+    made_in_a_full_heap(OSError)
+    real_connection_close(self)
+
+kw = {}
 StreamReader.readinto_nowait = readinto_nowait
-if CASE == 'classify':  # the loop runs out of heap, then classify() makes OutOfMemory
+if CASE in ('store', 'callback'):  # the sink runs out of heap, then letting the response go meets an error
+    Download._store = store_out_of_heap
+    if CASE == 'callback':
+        kw['chunk_callback'] = take_out_of_heap
+    ClientResponse.release = release_meeting_an_error
+elif CASE == 'head':  # the head is read out of heap, then closing its connection meets an error
+    response.read_head = read_head_out_of_heap
+    Connection.close = connection_close_meeting_an_error
+elif CASE == 'classify':  # the loop runs out of heap, then classify() makes OutOfMemory
     errors.OutOfMemory = NoRoomForItsNativePart
     StreamReader.at_eof = at_eof
 elif CASE == 'release':  # the loop runs out of heap half way, then letting the response go meets an error
@@ -422,7 +450,7 @@ DownloadManager.session_idle_ms = 0
 
 async def main():
     try:
-        what = await DownloadManager.download_url(URL, raise_errors=True)
+        what = await DownloadManager.download_url(URL, raise_errors=True, **kw)
     except errors.DownloadError as e:
         what = 'raised ' + e.reason
     except BaseException as e:
@@ -433,12 +461,130 @@ run(main())
 """
 
 
-@pytest.mark.parametrize("case", ["classify", "release", "close"])
+@pytest.mark.parametrize("case", ["classify", "release", "close", "store", "callback", "head"])
 def test_a_memory_error_retyped_by_the_next_exception_still_fails_as_out_of_memory(mpy, fault, case):
     r = mpy.run(RETYPED, URL=fault.url("/bytes/%d" % N), N=N, CASE=case)
-    read = {"classify": N + 1, "release": -N, "close": N}[case]
-    assert r.value == {"what": "raised memory", "read": read}, r.value
-    assert r.stderr.count("failed") == 1, r.stderr
+    what = "raised MemoryError " if case == "callback" else "raised memory"  # (the app's own, as it raised it)
+    assert r.value["what"] == what, r.value
+    read = {"classify": N + 1, "release": -N, "close": N}.get(case)  # (the sink's cases: what one read found)
+    assert read is None or r.value["read"] == read, r.value
+    assert r.stderr.count("stopped by its callback" if case == "callback" else "failed") == 1, r.stderr
+    assert fault.requests == 1, fault.requests  # (another try would meet the same full heap)
+
+
+# The client's own cleanups: a MemoryError raised in a full heap, then the client lets the connection go (an exception
+# made in the still-full heap there retypes it) before the app sees it. The app must see a MemoryError, as it was.
+CLIENT_RETYPED = """
+import micropython, asyncio, aiohttp
+from aiohttp import client, response, websocket
+from aiohttp.connection import Connection
+from aiohttp.response import ClientResponse
+
+def out_of_heap():
+    # -> the emergency MemoryError, as an allocation in a full heap raises it
+    micropython.heap_lock()
+    try:
+        bytearray(1)
+    except MemoryError as e:
+        return e
+    finally:
+        micropython.heap_unlock()
+
+def made_in_a_full_heap(kind):
+    # (made in the emergency object: a MemoryError under way is of this kind from now on)
+    micropython.heap_lock()
+    kind()
+    micropython.heap_unlock()
+
+real_close = Connection.close
+
+def close_meeting_an_error(self):
+    made_in_a_full_heap(OSError)
+    real_close(self)
+
+async def raise_out_of_heap(*args):
+    raise out_of_heap()
+
+def read_out_of_heap(self, n=-1):
+    raise out_of_heap()
+
+def no_heap_for_its_coroutine(self):
+    raise out_of_heap()
+
+real_read = ClientResponse.read
+
+def redirect_read_out_of_heap(self, n=-1):
+    if self.status == 302:
+        raise out_of_heap()
+    return real_read(self, n)
+
+Connection.close = close_meeting_an_error
+if CASE == 'head':  # the head is read out of heap
+    response.read_head = raise_out_of_heap
+elif CASE == 'lookup':  # the host name is looked up out of heap
+    client.resolve = raise_out_of_heap
+elif CASE in ('context', 'response'):  # the body is read out of heap inside `async with`
+    ClientResponse.read = read_out_of_heap
+elif CASE == 'redirect':  # a redirect's body is read out of heap
+    ClientResponse.read = redirect_read_out_of_heap
+elif CASE == 'ws_answer':  # the handshake's answer is read out of heap
+    websocket._answer = raise_out_of_heap
+elif CASE == 'ws_request':  # the handshake's request is sent out of heap
+    Connection.send = raise_out_of_heap
+elif CASE == 'ws_close':  # no heap for close()'s coroutine as `async with` ends
+    websocket.ClientWebSocketResponse.close = no_heap_for_its_coroutine
+
+async def attempt(session):
+    if CASE == 'context':
+        async with session.get(URL) as resp:
+            await resp.read()
+    elif CASE == 'response':
+        resp = await session.get(URL)
+        async with resp:
+            await resp.read()
+    elif CASE == 'session':  # its pooled connection goes as the app's MemoryError leaves `async with`
+        async with aiohttp.ClientSession() as own:
+            async with own.get(URL) as resp:
+                await resp.read()
+            raise out_of_heap()
+    elif CASE == 'raise_for_status':
+        await session.get(URL, raise_for_status=raise_out_of_heap)
+    elif CASE == 'ws_context':  # the websocket goes as the app's MemoryError leaves `async with`
+        async with session.ws_connect(URL) as ws:
+            raise out_of_heap()
+    elif CASE == 'ws_close':
+        async with session.ws_connect(URL) as ws:
+            pass
+    elif CASE.startswith('ws_'):
+        await session.ws_connect(URL)
+    else:
+        await session.get(URL)
+
+async def main():
+    base = fd_count()
+    session = aiohttp.ClientSession()
+    try:
+        await attempt(session)
+        what = 'nothing raised'
+    except BaseException as e:
+        what = type(e).__name__
+    await session.close()
+    result(what=what, fds=fd_count() - base)
+
+run(main())
+"""
+
+
+@pytest.mark.parametrize("case", ["head", "lookup", "context", "response", "session", "redirect", "raise_for_status",
+                                  "ws_context", "ws_close", "ws_answer", "ws_request"])
+def test_a_memory_error_retyped_by_the_client_s_cleanup_reaches_the_app_as_one(mpy, fault, ws_aiohttp, case):
+    url = ws_aiohttp.url("/echo") if case.startswith("ws_") else fault.url("/bytes/%d" % N)
+    if case == "redirect":  # (with a body to read: one that came whole with its head has let its connection go)
+        with ScriptServer({"/": [b"HTTP/1.1 302 Found\r\nLocation: /\r\nContent-Length: 3\r\n\r\nabc"]}) as srv:
+            r = mpy.run(CLIENT_RETYPED, URL=srv.url("/"), CASE=case)
+    else:
+        r = mpy.run(CLIENT_RETYPED, URL=url, CASE=case)
+    assert r.value == {"what": "MemoryError", "fds": 0}, r.value
 
 
 # Once OUTFILE is in place the download is done: a heap that runs out after the rename (the name of the .part's

@@ -935,3 +935,84 @@ def test_a_probe_out_of_heap_fails_as_out_of_memory_and_keeps_the_partial(mpy, f
     assert v["st"] == st and v["part"] == part, v
     assert v["sent"] == [["bytes=0-0", None]], v  # not tried again: another try would meet the same full heap
     assert run.stderr.count("failed") == 1, run.stderr
+
+
+# A segment that runs out of heap (or the download, making its second worker) fails the download as OutOfMemory,
+# whatever the cleanup before the failure is read makes: the other segments are cancelled, and the CancelledError thrown
+# into one, made in the still-full heap with room for its instance but not its native part, retypes MicroPython's one
+# emergency MemoryError into a BaseException (which passed every `except Exception` up to the app).
+SEGMENT_OUT_OF_HEAP = PRE + """
+import micropython
+
+def out_of_heap():
+    # -> the emergency MemoryError, as an allocation in a full heap raises it
+    micropython.heap_lock()
+    try:
+        bytearray(1)
+    except MemoryError as e:
+        return e
+    finally:
+        micropython.heap_unlock()
+
+def made_in_a_full_heap(kind):
+    # (made in the emergency object: a MemoryError under way is of this kind from now on)
+    micropython.heap_lock()
+    kind()
+    micropython.heap_unlock()
+
+made = [0]
+real_init = segments._Segment.__init__
+real_exit = segments._Segment._exit
+real_worker = segments.Segmented._worker
+real_stop = segments.Segmented._stop
+
+def second_segment_out_of_heap(self, *args):
+    made[0] += 1
+    if made[0] == 2:  # (the first runs: its request is on its way)
+        raise out_of_heap()
+    real_init(self, *args)
+
+def exit_meeting_a_cancel(self, admitted):
+    made_in_a_full_heap(BaseException)  # (the native part of the CancelledError thrown into the segment)
+    real_exit(self, admitted)
+
+def second_worker_out_of_heap(self, sess, own_slot):
+    made[0] += 1
+    if made[0] == 2:  # (no heap for its coroutine; the first has not run yet)
+        raise out_of_heap()
+    return real_worker(self, sess, own_slot)
+
+def stop_meeting_a_cancel(self, tasks, succeeded):
+    made_in_a_full_heap(BaseException)  # (the native part of the CancelledError thrown into the worker it awaits)
+    return real_stop(self, tasks, succeeded)
+
+if CASE == 'segment':
+    segments._Segment.__init__ = second_segment_out_of_heap
+    segments._Segment._exit = exit_meeting_a_cancel
+else:
+    segments.Segmented._worker = second_worker_out_of_heap
+    segments.Segmented._stop = stop_meeting_a_cancel
+with open(OUT, 'wb') as f:
+    f.write(b'old')
+
+async def main():
+    DownloadManager.max_connections = 2
+    base = fd_count()
+    try:
+        await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
+        r = None
+    except BaseException as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    await DownloadManager.close_session()
+    with open(OUT, 'rb') as f:
+        old = f.read()
+    result(r=r, old=old.decode(), made=made[0], leaks=leaks(base))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("case", ["segment", "worker"])
+def test_a_segment_out_of_heap_fails_as_out_of_memory_whatever_the_cancels_make(mpy, fault, case):
+    v = mpy.run(SEGMENT_OUT_OF_HEAP, URL=fault.url("/bytes/600000?rate=200000"), OUT="out.bin", CASE=case).value
+    leaks = dict(NO_LEAKS, segments=2 if case == "worker" else 0)  # (workers_left: the two meant, neither ran)
+    assert v == {"r": ["OutOfMemory", "memory"], "old": "old", "made": 2, "leaks": leaks}, v

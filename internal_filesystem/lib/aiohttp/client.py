@@ -107,7 +107,9 @@ class _RequestContext:
 
     def __aexit__(self, exc_type, exc, tb):
         # (no coroutine to make: in a heap that just ran out, the connection goes back all the same)
-        return self._resp.release()
+        done = self._resp.release()
+        errors.raise_if_retyped(exc_type is MemoryError, exc)
+        return done
 
 
 class ClientSession:
@@ -156,6 +158,7 @@ class ClientSession:
     def __aexit__(self, exc_type, exc, tb):
         # close(), with no coroutine to make: in a heap that just ran out, the connections go all the same
         self.shutdown()
+        errors.raise_if_retyped(exc_type is MemoryError, exc)
         return asyncio.sleep(0)
 
     async def close(self):
@@ -284,7 +287,9 @@ class ClientSession:
                     await self._make_room(e, until, "cannot connect to %s:%d" % (key[1], key[2]))
                     continue  # (a connection to the same host may have come back to the pool meanwhile)
                 except BaseException as e:
+                    memory = isinstance(e, MemoryError)  # (read before _done_with: see errors.raise_if_retyped)
                     self._done_with(conn, False)
+                    errors.raise_if_retyped(memory, e)
                     if self._freed_memory(e):  # (a MemoryError: OSErrors went to _make_room)
                         continue
                     raise
@@ -409,8 +414,12 @@ class ClientSession:
                 if length and length <= _REDIRECT_BODY_MAX:
                     resp._conn.within_one_read(end)
                     await resp.read()  # so the connection can serve the next hop
-            finally:
-                resp.release()  # also when that read fails or times out: the caller never sees this response
+            except BaseException as e:  # (that read failed or timed out: the caller never sees this response)
+                memory = isinstance(e, MemoryError)  # (read before the release: see errors.raise_if_retyped)
+                resp.release()
+                errors.raise_if_retyped(memory, e)
+                raise
+            resp.release()
             from .location import redirect
 
             new = redirect(resp, url, fields, self._allow_downgrade)
@@ -467,11 +476,13 @@ class ClientSession:
                     resp._reusable = False
                 return resp
             except BaseException as e:
+                memory = isinstance(e, MemoryError)  # (read before _done_with: see errors.raise_if_retyped)
                 # A pooled connection the server closed meanwhile: send once more on a fresh one, but only if not a
                 # byte of the answer had arrived and the request may be sent twice (a POST may have been acted on)
                 again = (reused and conn.pos == conn.filled and not resp.status and method in _IDEMPOTENT
                          and (not hasattr(data, "rewind") or data.rewind()))
                 self._done_with(conn, False)
+                errors.raise_if_retyped(memory, e)
                 if connecting and not reused and self._freed_memory(e):  # (the TLS handshake runs in the first send)
                     continue
                 if not reused and (isinstance(e, OSError) or errors.kind_of(e, "ClientConnectionError")):
@@ -491,8 +502,10 @@ async def _check(resp, raise_for_status):
     if callable(raise_for_status):
         try:
             await raise_for_status(resp)
-        except BaseException:
+        except BaseException as e:
+            memory = isinstance(e, MemoryError)  # (read before the release: see errors.raise_if_retyped)
             resp.release()
+            errors.raise_if_retyped(memory, e)
             raise
     else:
         resp.raise_for_status()  # (released when it raises: the caller never gets it)

@@ -27,6 +27,13 @@ def kind_of(e, name):
     return _made is not None and isinstance(e, _made[name])
 
 
+def raise_if_retyped(memory, e):
+    # memory: e was a MemoryError when caught, read before a cleanup. Made in a full heap, e is MicroPython's one
+    # emergency exception object, which an exception the cleanup made in that heap retypes: raised as one again.
+    if memory and not isinstance(e, MemoryError):
+        raise MemoryError
+
+
 def _make():
     # Once only: a second set would not catch the first's exceptions
     global _made

@@ -1016,7 +1016,9 @@ class ClientResponse(StreamReader):
         return self
 
     def __aexit__(self, exc_type, exc, tb):
-        return self.release()  # (no coroutine to make: see _RequestContext's)
+        done = self.release()  # (no coroutine to make: see _RequestContext's)
+        errors.raise_if_retyped(exc_type is MemoryError, exc)
+        return done
 
     def __repr__(self):
         return "<ClientResponse(%s) [%d %s]>" % (self.url, self.status, self.reason)

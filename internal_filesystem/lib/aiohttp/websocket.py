@@ -27,7 +27,8 @@ from . import poll
 from .client import _RequestContext, _connect_end, check_headers, ms
 from .connection import Connection, resolve
 from .errors import (ClientConnectionError, ClientConnectorError, ClientError, ClientResponseError,
-                     ConnectionTimeoutError, ServerDisconnectedError, ServerTimeoutError, SocketTimeoutError)
+                     ConnectionTimeoutError, ServerDisconnectedError, ServerTimeoutError, SocketTimeoutError,
+                     raise_if_retyped)
 from .response import read_head
 from .url import host_port, split_url
 
@@ -735,10 +736,12 @@ class _WSContext(_RequestContext):
         if exc_type is None or not (issubclass(exc_type, asyncio.CancelledError) or issubclass(exc_type, MemoryError)):
             try:
                 return self._resp.close()
-            except MemoryError:
+            except MemoryError as e:
                 self._resp._going_away()
+                raise_if_retyped(True, e)  # (_going_away may make an exception)
                 raise
         self._resp._going_away()
+        raise_if_retyped(exc_type is MemoryError, exc)  # (_going_away may make an exception)
         return ()
 
 
@@ -810,7 +813,9 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
                     await _within(conn.send(head), t.connect or t.total, "connecting", ConnectionTimeoutError)
                     break
                 except BaseException as e:
+                    memory = isinstance(e, MemoryError)  # (read before the close: see raise_if_retyped)
                     conn.close()
+                    raise_if_retyped(memory, e)
                     if session._freed_memory(e):
                         continue
                     if opened or not isinstance(e, OSError):
@@ -838,8 +843,10 @@ async def _connect(session, url, *, method="GET", protocols=(), timeout=None, re
         if not session._websockets:
             session._websockets = []
         session._websockets.append(ws)
-    except BaseException:  # (a full heap too, until the session knows the websocket: nothing else would close it)
+    except BaseException as e:  # (a full heap too, until the session knows the websocket: nothing else would close it)
+        memory = isinstance(e, MemoryError)  # (read before _done_with: see raise_if_retyped)
         session._done_with(conn, False)
+        raise_if_retyped(memory, e)
         raise
     if heartbeat:
         ws._heard = ticks_ms()

@@ -218,6 +218,8 @@ class Download:
                     if resp is not None:
                         resp.release()
                         resp = None
+                    if memory and not isinstance(e, MemoryError):  # the release made an exception, which retyped it
+                        e = MemoryError()  # (as it was, for what reads it below: a sink's, or an app callback's own)
                     if memory and not at_sink:
                         if self.chunk_callback is None or self.chunk_size <= _SMALLEST_CHUNK:
                             return self._failed(e, True)

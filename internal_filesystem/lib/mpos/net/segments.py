@@ -131,7 +131,7 @@ class Segmented(Download):
     # The download as the caller and downloads() see it: its connection slot, callbacks, sha256 and the .part.
     segmented = True  # run calls _segments first, once admitted
     file_position = -1  # where the shared .part's handle stands; -1: unknown
-    failure = None  # what ended a segment: the download's failure (a _GoPlain: go plain)
+    failure = None  # what ended a segment: the download's failure (a _GoPlain: go plain; the class MemoryError)
 
     def __init__(self, url, outfile, chunk_callback, total_size, headers, options):
         Download.__init__(self, url, outfile, chunk_callback, total_size, headers, options)
@@ -301,6 +301,8 @@ class Segmented(Download):
                 await self.wake.wait()
                 self.wake.clear()
             succeeded = self.failure is None
+        except MemoryError:
+            self.failure = MemoryError  # (typed before the cancels below, which may retype it: see _worker)
         finally:
             for task in tasks:
                 if task is not None:  # (None: not made, the heap ran out first)
@@ -375,8 +377,8 @@ class Segmented(Download):
                 self.extra_slots -= 1
                 admission.leave(self.tunables.max_connections)  # this connection is done: its slot goes on
         except Exception as e:
-            if self.failure is None:
-                self.failure = e
+            if self.failure is None:  # (a MemoryError as its type: the cancels to come may retype it, Download._failed)
+                self.failure = MemoryError if isinstance(e, MemoryError) else e
         finally:
             self.workers_left -= 1
             self.wake.set()

@@ -1016,3 +1016,137 @@ def test_a_segment_out_of_heap_fails_as_out_of_memory_whatever_the_cancels_make(
     v = mpy.run(SEGMENT_OUT_OF_HEAP, URL=fault.url("/bytes/600000?rate=200000"), OUT="out.bin", CASE=case).value
     leaks = dict(NO_LEAKS, segments=2 if case == "worker" else 0)  # (workers_left: the two meant, neither ran)
     assert v == {"r": ["OutOfMemory", "memory"], "old": "old", "made": 2, "leaks": leaks}, v
+
+
+# A worker whose failure cannot even be stored (the store runs out of heap inside its except) ends with that
+# MemoryError. Its range stays listed: another worker takes it, and with none left the download fails. Before, the
+# range was taken off the list first and lost: the download called the file whole and renamed a .part with a hole
+# in it over OUTFILE.
+FAILURE_NOT_STORED = PRE + """
+made = [0]
+real_init = segments._Segment.__init__
+
+def segments_after_the_first_fail(self, *args):
+    made[0] += 1
+    if made[0] >= 2:
+        raise RuntimeError("made to fail")
+    real_init(self, *args)
+
+class StoreOutOfHeap:
+    # the class default `failure` of the one download, whose store raises as a store in a full heap does (ONCE: the
+    # first store only)
+    stores = 0
+    value = None
+    def __get__(self, download, kind):
+        return self.value
+    def __set__(self, download, value):
+        self.stores += 1
+        if self.stores == 1 or not ONCE:
+            raise MemoryError
+        self.value = value
+
+segments._Segment.__init__ = segments_after_the_first_fail
+segments.Segmented.failure = StoreOutOfHeap()
+with open(OUT, 'wb') as f:
+    f.write(b'old')
+
+async def main():
+    DownloadManager.max_connections = 2
+    base = fd_count()
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
+    except BaseException as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    await DownloadManager.close_session()
+    result(r=r, sha=sha256_file(OUT), leaks=leaks(base))
+run(main())
+"""
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_worker_that_cannot_store_its_failure_leaves_its_range_listed(mpy, fault, once):
+    v = mpy.run(FAILURE_NOT_STORED, URL=fault.url("/bytes/600000?rate=400000"), OUT="out.bin", ONCE=once).value
+    assert v["leaks"] == NO_LEAKS, v
+    # Once: the failure the first worker then meets taking that range is stored, and fails the download; always:
+    # every worker ends that way, the range still listed
+    assert v["r"] == (["RuntimeError", None] if once else ["OutOfMemory", "memory"]), v
+    assert v["sha"] == hashlib.sha256(b"old").hexdigest(), v
+
+
+# A segment made but not yet listed in flight when the heap runs out (the list grows): the record saved for the
+# resume must still list its range, or the next call trusts it and calls a file with a hole in it whole. (A resume
+# of four recorded ranges over two connections: a worker makes its second segment once its first is done.)
+NOT_LISTED = PRE + """
+made = [0]
+
+class InFlight:
+    # the download's list of segments in flight, whose second append runs out of heap as a list that grows does
+    def __init__(self):
+        self.segments = []
+    def append(self, segment):
+        made[0] += 1
+        if made[0] == 3:  # (the first two ran)
+            raise MemoryError
+        self.segments.append(segment)
+    def remove(self, segment):
+        self.segments.remove(segment)
+    def __iter__(self):
+        return iter(self.segments)
+    def __len__(self):
+        return len(self.segments)
+
+real_init = segments.Segmented.__init__
+def with_in_flight(self, *args):
+    real_init(self, *args)
+    self.in_flight = InFlight()
+segments.Segmented.__init__ = with_in_flight
+
+async def main():
+    DownloadManager.max_connections = 2
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    result(r=r, st=state(OUT), part=size(OUT + '.part'))
+run(main())
+"""
+
+
+def test_a_range_whose_segment_is_not_listed_yet_stays_in_the_record(mpy, fault):
+    n = 600000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    st = cancelled(mpy, url, 4, 0.6)
+    v = mpy.run(NOT_LISTED, URL=url, OUT="out.bin").value
+    assert v["r"] == ["OutOfMemory", "memory"] and len(v["st"]["todo"]) >= 2, v
+    resumed(mpy, fault, url, 2, n, v["st"])
+
+
+# The record of a segmented .part read out of heap is no reason to think it lost: truncating the .part then threw
+# away what it held (the next try, in a heap as full, would fail as well, and start from nothing).
+RECORD_OUT_OF_HEAP = PRE + """
+from mpos.net import partfile
+
+def read_record_out_of_heap(part):
+    raise MemoryError
+
+partfile.read_record = read_record_out_of_heap
+
+async def main():
+    DownloadManager.max_connections = 4
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=4, raise_errors=True)
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    result(r=r, st=state(OUT), part=size(OUT + '.part'))
+run(main())
+"""
+
+
+def test_a_record_read_out_of_heap_keeps_the_segmented_partial(mpy, fault):
+    n = 600000
+    url = fault.url("/bytes/%d?rate=200000" % n)
+    st = cancelled(mpy, url, 4, 0.6)
+    part = os.path.getsize(str(mpy.tmpdir / "out.bin.part"))
+    v = mpy.run(RECORD_OUT_OF_HEAP, URL=url, OUT="out.bin").value
+    assert v == {"r": ["OutOfMemory", "memory"], "st": st, "part": part}, v
+    resumed(mpy, fault, url, 4, n, st)

@@ -220,6 +220,8 @@ class Segmented(Download):
                 top = first - 1
             n = partfile.size_of(part)
             return missing if n >= 0 and n > top else None
+        except MemoryError:
+            raise  # (no heap to read the record is no reason to truncate what it vouches for)
         except Exception:  # missing, unreadable or corrupt: start afresh
             return None
 
@@ -300,6 +302,8 @@ class Segmented(Download):
             while self.workers_left and self.failure is None:
                 await self.wake.wait()
                 self.wake.clear()
+            if self.failure is None and (self.unassigned or self.in_flight):
+                self.failure = MemoryError  # a worker ended with its range undone and no failure: its store ran out
             succeeded = self.failure is None
         except MemoryError:
             self.failure = MemoryError  # (typed before the cancels below, which may retype it: see _worker)
@@ -356,9 +360,11 @@ class Segmented(Download):
         # One connection: takes ranges until none are left
         try:
             while self.failure is None and self.unassigned:
-                first, last = self.unassigned.pop(0)
+                # A range is in one list or the other at every step a full heap may fail: the record lists both
+                first, last = self.unassigned[0]
                 segment = _Segment(self, first, last, sess)
                 self.in_flight.append(segment)
+                self.unassigned.pop(0)
                 try:
                     await segment.run()
                 except HTTPError as e:
@@ -366,13 +372,13 @@ class Segmented(Download):
                         raise _GoPlain()
                     raise
                 self._check_same_resource(segment)
-                self.in_flight.remove(segment)
-                self.finished_bytes += segment.delivered
                 position = segment.writer.position
                 if position <= last:  # a 206 shorter than asked: the rest is another range (nothing at all: odd)
                     if position == first:
                         raise _GoPlain()
                     self.unassigned.insert(0, [position, last])
+                self.finished_bytes += segment.delivered
+                self.in_flight.remove(segment)
             if own_slot:
                 self.extra_slots -= 1
                 admission.leave(self.tunables.max_connections)  # this connection is done: its slot goes on

@@ -1150,3 +1150,13 @@ def test_a_record_read_out_of_heap_keeps_the_segmented_partial(mpy, fault):
     v = mpy.run(RECORD_OUT_OF_HEAP, URL=url, OUT="out.bin").value
     assert v == {"r": ["OutOfMemory", "memory"], "st": st, "part": part}, v
     resumed(mpy, fault, url, 4, n, st)
+
+
+def test_a_record_too_long_to_be_ours_is_no_record(mpy, fault):
+    # A runaway or corrupt .part.state longer than any record this library writes is not read at all: in a heap that
+    # cannot hold it, reading it ran out of memory, and every later call failed the same way with the record left
+    (mpy.tmpdir / "out.bin.part").write_bytes(bytes(100000))
+    (mpy.tmpdir / "out.bin.part.state").write_text('{"url": "%s"}' % ("a" * 400000))
+    v = mpy.run(ONE, URL=fault.url("/bytes/100000"), OUT="out.bin", MAXC=2, MIN=None, TUNE={},
+                KW={"segments": 2, "tries": 1}, heapsize="256k").value
+    done_cleanly(v, 100000)

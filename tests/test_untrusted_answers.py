@@ -508,6 +508,28 @@ def test_a_coded_partial_answer_is_asked_again_whole(mpy, fault, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_coded_206_to_a_request_for_everything_is_not_asked_again(mpy, fault, mode):
+    # every request, Range or none, gets a 206 of the gzip bytes: one to a request without a Range is judged as any
+    # 206 is (its length counts coded bytes: a failed try), not asked for again without a Range (it came again, at
+    # once and with no try spent, until the deadline ended it: 1700 requests in 2 s)
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&unasked=0-"), mode, old=OLD, tries=1, deadline=5,
+           tune={"max_reconnects": 0})
+    failed(v, mode)
+    assert v["sent"] == [[None, None]], v
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_callers_range_asked_again_whole_is_cut_from_an_identity_answer(mpy, fault, mode):
+    # the Range gets a coded 206, the request without one an identity 200 (two backends behind one name): the range
+    # is cut from the 200 (it was handed on whole, past the range, once the coded 206 had been seen)
+    want = payload(20000)[1000:2000]
+    v = dl(mpy, fault.url("/bytes/20000?gzip=ranges"), mode, headers={"Range": "bytes=1000-1999"}, tries=1,
+           tune={"max_reconnects": 0})
+    assert v["ret"] in ("bytes", True) and v["sha"] == sha256(want).hexdigest(), v
+    assert v["sent"] == [["bytes=1000-1999", None], [None, None]], v
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_range_whose_framing_is_cut_after_its_last_byte_is_complete(mpy, fault, mode):
     # every byte the 206 announced came, then the chunked body's end did not: nothing more came either, so the
     # range is whole (a resume would ask for bytes past its end)

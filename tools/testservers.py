@@ -29,6 +29,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | weak=1 | the ETag is weak, W/"N-S" (apache's for a file changed within the last second; Express's always); weak=first: only for the key's first request (apache's a second later) | weak=first&key=a |
 | novalidator=1 | neither ETag nor Last-Modified (a generated page): a resume can send no If-Range | novalidator=1 |
 | gzip=1, deflate=1 | Content-Encoding gzip / deflate (zlib; deflate=raw: a bare deflate stream, as IIS sent it); a Range then counts coded bytes | gzip=1 |
+| gzip=ranges | gzip only for a request with a Range, identity without (two backends behind one name) | gzip=ranges |
 | gztrunc=1 | gzip-coded, but the gzip stream stops halfway (the framing is complete) | gztrunc=1 |
 | ce=V | Content-Encoding: V, its codings applied in order; names we can't code (br, ...) flip every bit | ce=identity, gzip |
 | bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
@@ -561,7 +562,7 @@ class FaultServer(_LoopThread):
                 headers = headers[:1]
         headers += _padding(q("pad", 0, int), q("padlen", 300, int))
         # Content coding first: a Range then addresses the encoded bytes, as in HTTP.
-        if q("gzip") == "1" or q("gztrunc") == "1":
+        if q("gzip") == "1" or q("gztrunc") == "1" or q("gzip") == "ranges" and req.headers.get("range"):
             body = gzip.compress(body, mtime=0)
             if q("gztrunc") == "1":
                 body = body[:len(body) // 2]  # a gzip stream that never ends

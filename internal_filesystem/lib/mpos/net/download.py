@@ -55,7 +55,8 @@ class Download:
     delivered = 0  # bytes this download handed on, each counted once it reached its sink
     resource_size = None  # the whole resource's size, once an answer told it
     validator = None  # ETag or Last-Modified: for If-Range on a resume (unless weak), and to tell a changed resource
-    content_coded = False  # an answer came gzip/deflate-coded: a retry starts over, asking for no range (_request)
+    content_coded = False  # an answer came gzip/deflate-coded: a retry starts over (see _request)
+    no_range = False  # a coded 206 came: its ranges count coded bytes, so requests ask for the whole resource
     unwanted = 0  # bytes of this answer before the wanted range, read and dropped (a 200 answer to a range request)
     length_is_ours = False  # this answer ends at its length (our range's end, 0 after a 416, its framing cut after it)
     deliver_until = None  # a coded answer to a range request: read to its end (its checksum), hand on up to here
@@ -338,7 +339,7 @@ class Download:
             self._restart()
         pos = self.range_start + self.kept + self.delivered
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)  # let go once it is sent
-        if (pos or self.range_end is not None) and not self.content_coded:
+        if (pos or self.range_end is not None) and not self.no_range:
             headers["Range"] = "bytes=%d-%s" % (pos, "" if self.range_end is None else self.range_end)
             if self.validator and (self.kept or self.delivered) and not self.validator.startswith("W/"):
                 headers["If-Range"] = self.validator  # (a weak ETag matches no If-Range, RFC 9110 13.1.5)
@@ -364,9 +365,10 @@ class Download:
         if status == 206:
             from aiohttp.response import content_codings
 
-            if content_codings(headers):  # its range counts coded bytes, where no decoder can start: ask for the whole
+            # A coded answer to our Range counts coded bytes, where no decoder can start: the whole, once, instead
+            if (pos or self.range_end is not None) and not self.no_range and content_codings(headers):
                 self._restart()
-                self.content_coded = True
+                self.no_range = True
                 return _ASK_AGAIN
             length = self._partial(headers, pos)
         elif 200 <= status < 300:

@@ -4,6 +4,9 @@
 # If-Range with the validator, so a resource that changed starts over.
 # Plain file operations: what fails raises the OSError the filesystem gave.
 import os
+from micropython import const
+
+_RECORD_MOST = const(16384)  # bytes: ours name a few dozen ranges at most, each under 30 bytes
 
 
 def size_of(path):
@@ -83,8 +86,11 @@ def url_key(url):
 def read_record(part):
     # -> the record of `part`: {} when there is none, None when it can't be read (then nothing is vouched for)
     path = part + ".state"
-    if size_of(path) < 0:
+    n = size_of(path)
+    if n < 0:
         return {}
+    if n > _RECORD_MOST:
+        return None  # not one of ours, and no heap need hold it to tell
     try:
         import json
 

@@ -885,8 +885,8 @@ result(got=got)
     assert v == {"got": ["OutOfMemory", "ValueError"]}, v
 
 
-# The probe's answer runs out of heap, and letting it go makes an exception in the full heap (a close_notify written
-# to a dead peer, caught inside): MicroPython's one emergency MemoryError is retyped by it. The probe read it after
+# The probe's answer runs out of heap, and letting it go makes an exception in the full heap (made and caught inside;
+# the hook makes one): MicroPython's one emergency MemoryError is retyped by it. The probe read it after
 # `async with` had let the answer go and took it for the network's failure: a NetworkError after three probes.
 PROBE_OUT_OF_HEAP = PRE + """
 import micropython

@@ -354,22 +354,6 @@ from mpos import DownloadManager
 from mpos.net import errors
 from mpos.net.download import Download
 
-def out_of_heap():
-    # -> the emergency MemoryError, as an allocation in a full heap raises it
-    micropython.heap_lock()
-    try:
-        bytearray(1)
-    except MemoryError as e:
-        return e
-    finally:
-        micropython.heap_unlock()
-
-def made_in_a_full_heap(kind):
-    # (made in the emergency object: a MemoryError under way is of this kind from now on)
-    micropython.heap_lock()
-    kind()
-    micropython.heap_unlock()
-
 class NoRoomForItsNativePart(errors.OutOfMemory):
     def __init__(self, msg):
         made_in_a_full_heap(Exception)
@@ -479,22 +463,6 @@ import micropython, asyncio, aiohttp
 from aiohttp import client, response, websocket
 from aiohttp.connection import Connection
 from aiohttp.response import ClientResponse
-
-def out_of_heap():
-    # -> the emergency MemoryError, as an allocation in a full heap raises it
-    micropython.heap_lock()
-    try:
-        bytearray(1)
-    except MemoryError as e:
-        return e
-    finally:
-        micropython.heap_unlock()
-
-def made_in_a_full_heap(kind):
-    # (made in the emergency object: a MemoryError under way is of this kind from now on)
-    micropython.heap_lock()
-    kind()
-    micropython.heap_unlock()
 
 real_close = Connection.close
 

@@ -889,27 +889,17 @@ result(got=got)
 # the hook makes one): MicroPython's one emergency MemoryError is retyped by it. The probe read it after
 # `async with` had let the answer go and took it for the network's failure: a NetworkError after three probes.
 PROBE_OUT_OF_HEAP = PRE + """
-import micropython
 from aiohttp.response import ClientResponse
 
-def out_of_heap(header):
-    # what a full heap raises: the emergency MemoryError
-    micropython.heap_lock()
-    try:
-        bytearray(1)
-    except MemoryError as e:
-        error = e
-    micropython.heap_unlock()
-    raise error
+def parse_out_of_heap(header):
+    raise out_of_heap()
 
 real_release = ClientResponse.release
 def release_meeting_an_error(self):
-    micropython.heap_lock()
-    OSError()  # (made in the emergency object: the MemoryError under way is an OSError from now on)
-    micropython.heap_unlock()
+    made_in_a_full_heap(OSError)
     return real_release(self)
 
-segments.parse_content_range = out_of_heap
+segments.parse_content_range = parse_out_of_heap
 ClientResponse.release = release_meeting_an_error
 
 async def main():
@@ -937,29 +927,31 @@ def test_a_probe_out_of_heap_fails_as_out_of_memory_and_keeps_the_partial(mpy, f
     assert run.stderr.count("failed") == 1, run.stderr
 
 
+# One segmented download of URL on 2 connections over an OUT that holds b'old', raising its failure -> its result
+# (or its failure's name and reason), the file's sha256, the hooks' count `made` and what it left behind
+OVER_OLD = """
+with open(OUT, 'wb') as f:
+    f.write(b'old')
+
+async def main():
+    DownloadManager.max_connections = 2
+    base = fd_count()
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
+    except BaseException as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    await DownloadManager.close_session()
+    result(r=r, sha=sha256_file(OUT), made=made[0], leaks=leaks(base))
+run(main())
+"""
+OLD_SHA = hashlib.sha256(b"old").hexdigest()
+
+
 # A segment that runs out of heap (or the download, making its second worker) fails the download as OutOfMemory,
 # whatever the cleanup before the failure is read makes: the other segments are cancelled, and the CancelledError thrown
 # into one, made in the still-full heap with room for its instance but not its native part, retypes MicroPython's one
 # emergency MemoryError into a BaseException (which passed every `except Exception` up to the app).
 SEGMENT_OUT_OF_HEAP = PRE + """
-import micropython
-
-def out_of_heap():
-    # -> the emergency MemoryError, as an allocation in a full heap raises it
-    micropython.heap_lock()
-    try:
-        bytearray(1)
-    except MemoryError as e:
-        return e
-    finally:
-        micropython.heap_unlock()
-
-def made_in_a_full_heap(kind):
-    # (made in the emergency object: a MemoryError under way is of this kind from now on)
-    micropython.heap_lock()
-    kind()
-    micropython.heap_unlock()
-
 made = [0]
 real_init = segments._Segment.__init__
 real_exit = segments._Segment._exit
@@ -992,30 +984,28 @@ if CASE == 'segment':
 else:
     segments.Segmented._worker = second_worker_out_of_heap
     segments.Segmented._stop = stop_meeting_a_cancel
-with open(OUT, 'wb') as f:
-    f.write(b'old')
-
-async def main():
-    DownloadManager.max_connections = 2
-    base = fd_count()
-    try:
-        await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
-        r = None
-    except BaseException as e:
-        r = [type(e).__name__, getattr(e, 'reason', None)]
-    await DownloadManager.close_session()
-    with open(OUT, 'rb') as f:
-        old = f.read()
-    result(r=r, old=old.decode(), made=made[0], leaks=leaks(base))
-run(main())
-"""
+""" + OVER_OLD
 
 
 @pytest.mark.parametrize("case", ["segment", "worker"])
 def test_a_segment_out_of_heap_fails_as_out_of_memory_whatever_the_cancels_make(mpy, fault, case):
     v = mpy.run(SEGMENT_OUT_OF_HEAP, URL=fault.url("/bytes/600000?rate=200000"), OUT="out.bin", CASE=case).value
     leaks = dict(NO_LEAKS, segments=2 if case == "worker" else 0)  # (workers_left: the two meant, neither ran)
-    assert v == {"r": ["OutOfMemory", "memory"], "old": "old", "made": 2, "leaks": leaks}, v
+    assert v == {"r": ["OutOfMemory", "memory"], "sha": OLD_SHA, "made": 2, "leaks": leaks}, v
+
+
+# One segmented download of URL into OUT over SEG connections, raising its failure -> its name and reason, and the
+# record and .part it leaves
+RAISING = """
+async def main():
+    DownloadManager.max_connections = SEG
+    try:
+        r = await DownloadManager.download_url(URL, outfile=OUT, segments=SEG, raise_errors=True)
+    except Exception as e:
+        r = [type(e).__name__, getattr(e, 'reason', None)]
+    result(r=r, st=state(OUT), part=size(OUT + '.part'))
+run(main())
+"""
 
 
 # A worker whose failure cannot even be stored (the store runs out of heap inside its except) ends with that
@@ -1047,20 +1037,7 @@ class StoreOutOfHeap:
 
 segments._Segment.__init__ = segments_after_the_first_fail
 segments.Segmented.failure = StoreOutOfHeap()
-with open(OUT, 'wb') as f:
-    f.write(b'old')
-
-async def main():
-    DownloadManager.max_connections = 2
-    base = fd_count()
-    try:
-        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
-    except BaseException as e:
-        r = [type(e).__name__, getattr(e, 'reason', None)]
-    await DownloadManager.close_session()
-    result(r=r, sha=sha256_file(OUT), leaks=leaks(base))
-run(main())
-"""
+""" + OVER_OLD
 
 
 @pytest.mark.parametrize("once", [True, False])
@@ -1070,7 +1047,7 @@ def test_a_worker_that_cannot_store_its_failure_leaves_its_range_listed(mpy, fau
     # Once: the failure the first worker then meets taking that range is stored, and fails the download; always:
     # every worker ends that way, the range still listed
     assert v["r"] == (["RuntimeError", None] if once else ["OutOfMemory", "memory"]), v
-    assert v["sha"] == hashlib.sha256(b"old").hexdigest(), v
+    assert v["sha"] == OLD_SHA, v
 
 
 # A segment made but not yet listed in flight when the heap runs out (the list grows): the record saved for the
@@ -1100,23 +1077,14 @@ def with_in_flight(self, *args):
     real_init(self, *args)
     self.in_flight = InFlight()
 segments.Segmented.__init__ = with_in_flight
-
-async def main():
-    DownloadManager.max_connections = 2
-    try:
-        r = await DownloadManager.download_url(URL, outfile=OUT, segments=2, raise_errors=True)
-    except Exception as e:
-        r = [type(e).__name__, getattr(e, 'reason', None)]
-    result(r=r, st=state(OUT), part=size(OUT + '.part'))
-run(main())
-"""
+""" + RAISING
 
 
 def test_a_range_whose_segment_is_not_listed_yet_stays_in_the_record(mpy, fault):
     n = 600000
     url = fault.url("/bytes/%d?rate=200000" % n)
     st = cancelled(mpy, url, 4, 0.6)
-    v = mpy.run(NOT_LISTED, URL=url, OUT="out.bin").value
+    v = mpy.run(NOT_LISTED, URL=url, OUT="out.bin", SEG=2).value
     assert v["r"] == ["OutOfMemory", "memory"] and len(v["st"]["todo"]) >= 2, v
     resumed(mpy, fault, url, 2, n, v["st"])
 
@@ -1130,16 +1098,7 @@ def read_record_out_of_heap(part):
     raise MemoryError
 
 partfile.read_record = read_record_out_of_heap
-
-async def main():
-    DownloadManager.max_connections = 4
-    try:
-        r = await DownloadManager.download_url(URL, outfile=OUT, segments=4, raise_errors=True)
-    except Exception as e:
-        r = [type(e).__name__, getattr(e, 'reason', None)]
-    result(r=r, st=state(OUT), part=size(OUT + '.part'))
-run(main())
-"""
+""" + RAISING
 
 
 def test_a_record_read_out_of_heap_keeps_the_segmented_partial(mpy, fault):
@@ -1147,7 +1106,7 @@ def test_a_record_read_out_of_heap_keeps_the_segmented_partial(mpy, fault):
     url = fault.url("/bytes/%d?rate=200000" % n)
     st = cancelled(mpy, url, 4, 0.6)
     part = os.path.getsize(str(mpy.tmpdir / "out.bin.part"))
-    v = mpy.run(RECORD_OUT_OF_HEAP, URL=url, OUT="out.bin").value
+    v = mpy.run(RECORD_OUT_OF_HEAP, URL=url, OUT="out.bin", SEG=4).value
     assert v == {"r": ["OutOfMemory", "memory"], "st": st, "part": part}, v
     resumed(mpy, fault, url, 4, n, st)
 

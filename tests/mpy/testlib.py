@@ -34,6 +34,29 @@ def sha256_file(path):
     return binascii.hexlify(h.digest()).decode()
 
 
+def out_of_heap():
+    # -> MicroPython's one emergency MemoryError, as an allocation in a full heap raises it
+    import micropython
+
+    micropython.heap_lock()
+    try:
+        bytearray(1)
+    except MemoryError as e:
+        return e
+    finally:
+        micropython.heap_unlock()
+
+
+def made_in_a_full_heap(kind):
+    # An exception of this kind made in a full heap, and dropped: made in the emergency object, so a MemoryError
+    # under way is of this kind from now on (what a cleanup that makes and catches an exception does to it)
+    import micropython
+
+    micropython.heap_lock()
+    kind()
+    micropython.heap_unlock()
+
+
 def exists(path):
     import os
 

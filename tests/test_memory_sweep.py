@@ -453,7 +453,9 @@ def test_a_memory_error_retyped_by_the_next_exception_still_fails_as_out_of_memo
     read = {"classify": N + 1, "release": -N, "close": N}.get(case)  # (the sink's cases: what one read found)
     assert read is None or r.value["read"] == read, r.value
     assert r.stderr.count("stopped by its callback" if case == "callback" else "failed") == 1, r.stderr
-    assert fault.requests == 1, fault.requests  # (another try would meet the same full heap)
+    # not tried again: another try would meet the same full heap (0: the head read out of heap closed the connection
+    # before the server, on a loaded machine, had read the request)
+    assert fault.requests <= 1 and (case == "head" or fault.requests == 1), fault.requests
 
 
 # The client's own cleanups: a MemoryError raised in a full heap, then the client lets the connection go (an exception

@@ -508,6 +508,25 @@ def test_a_coded_partial_answer_is_asked_again_whole(mpy, fault, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_416_to_a_range_that_invited_a_coding_is_asked_again_whole(mpy, fault, mode):
+    # with the caller's Accept-Encoding: gzip, a server that codes ranges counts them in coded bytes: a range past the
+    # 2 KB of gzip but inside the 20000 decoded bytes got a 416, and failed, where one inside the gzip got a coded 206,
+    # was asked again whole and succeeded. The 416 is asked again whole too; a range past the decoded end still fails.
+    from tools.testservers import text_payload
+
+    want = text_payload(20000)[10000:11000]
+    asked = {"Range": "bytes=10000-10999", "Accept-Encoding": "gzip"}
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&text=1"), mode, old=OLD, headers=asked, tries=1,
+           tune={"max_reconnects": 0})
+    assert v["ret"] in ("bytes", True) and v["sha"] == sha256(want).hexdigest(), v
+    assert v["sent"] == [["bytes=10000-10999", None], [None, None]], v
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&text=1"), mode, old=OLD, headers=dict(asked, Range="bytes=30000-"),
+           tries=1, raise_errors=True, tune={"max_reconnects": 0})
+    assert v["err"][:3] == ["HTTPError", "http", 416], v
+    assert v["sent"] == [["bytes=30000-", None], [None, None]], v
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_coded_206_to_a_request_for_everything_is_not_asked_again(mpy, fault, mode):
     # every request, Range or none, gets a 206 of the gzip bytes: one to a request without a Range is judged as any
     # 206 is (its length counts coded bytes: a failed try), not asked for again without a Range (it came again, at

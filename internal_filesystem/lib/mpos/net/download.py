@@ -404,6 +404,9 @@ class Download:
             else:
                 self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
                 return _ASK_AGAIN
+        elif status == 416 and pos and not self.no_range and _invites_coding(self.headers):
+            self.no_range = True  # a coded range counts coded bytes: past them may still be inside the decoded whole
+            return _ASK_AGAIN
         else:
             raise http_error(resp)
         if self.validator is None:
@@ -818,6 +821,14 @@ def _opaque(validator):
     # An ETag without its weak mark, for the weak comparison of RFC 9110 8.8.3.2: apache sends W/"tag" for a file
     # changed within the last second, and "tag" once a second has passed
     return validator[2:] if validator.startswith("W/") else validator
+
+
+def _invites_coding(headers):
+    # whether the caller's headers ask for a content coding (then a server may count a Range in coded bytes)
+    for name, value in headers.items():
+        if name.lower() == "accept-encoding" and any(c in value.lower() for c in ("gzip", "deflate", "*")):
+            return True
+    return False
 
 
 def http_error(resp):

@@ -126,6 +126,27 @@ def test_the_resume_recipe_never_continues_a_part_made_from_another_url(mpy, fau
     assert v["pos"] == 30000 and v["r"] is True and v["sha"] == sha256_of(100000, seed=2), v
 
 
+RANGE_THEN_RECIPE = PRE + """
+async def main():
+    DownloadManager.max_reconnects = 0
+    first = await DownloadManager.download_url(URL, outfile=OUT, headers={"Range": RANGE}, tries=1)
+    pos = DownloadManager.get_resume_position(OUT)
+    DownloadManager.max_reconnects = 10
+    r = await DownloadManager.download_url(URL, outfile=OUT, headers={"Range": "bytes=%d-" % pos} if pos else None)
+    result(first=first, pos=pos, r=r, sha=sha256_file(OUT), n=size(OUT), sent=SENT)
+run(main())
+"""
+
+
+@pytest.mark.parametrize("asked", ["bytes=10000-", "bytes=10000-19999"])
+def test_the_resume_recipe_never_continues_a_part_of_a_callers_range(mpy, fault, asked):
+    # A file-mode download of a caller's range, cut after 5000 bytes, leaves a .part of bytes 10000-14999 whose record
+    # named this URL: the resume recipe continued it from byte 5000, and a file of the wrong 30000 bytes was a success
+    v = mpy.run(RANGE_THEN_RECIPE, URL=fault.url("/bytes/30000?drop=5000&key=p"), OUT="out.bin", RANGE=asked).value
+    assert v["first"] is False and v["r"] is True, v
+    assert (v["sha"], v["n"]) == (sha256_of(30000), 30000), v
+
+
 KILLME = """
 from mpos import DownloadManager
 DownloadManager.download_url(URL, outfile='out.bin')

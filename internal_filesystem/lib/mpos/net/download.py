@@ -711,8 +711,8 @@ class Download:
         # Whether a .part with this record may be continued: not a segmented one (it has holes), not another URL's.
         # What it knows of the resource goes into If-Range and the checks of every answer.
         key = partfile.url_key(self.url)
-        if record is None or "todo" in record or record.get("url", key) != key:
-            return False
+        if record is None or "todo" in record or record.get("url", key) != key or record.get("from"):
+            return False  # (from: a caller's range, no prefix of the resource)
         if record.get("v") is not None:
             self.validator = record["v"]
         if record.get("size") is not None:
@@ -724,6 +724,8 @@ class Download:
         # File mode, once its resource is known: the record beside the .part, before a byte goes into it
         if not self.recorded:
             record = {"url": partfile.url_key(self.url), "v": self.validator, "size": self.resource_size}
+            if self.range_start:  # the .part holds the caller's range from there: no resume may take it for a prefix
+                record["from"] = self.range_start
             try:
                 partfile.write_record(self.outfile + ".part", record)
             except OSError as e:

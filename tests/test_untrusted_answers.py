@@ -126,6 +126,27 @@ def test_the_resume_recipe_never_continues_a_part_made_from_another_url(mpy, fau
     assert v["pos"] == 30000 and v["r"] is True and v["sha"] == sha256_of(100000, seed=2), v
 
 
+RANGE_THEN_RECIPE = PRE + """
+async def main():
+    DownloadManager.max_reconnects = 0
+    first = await DownloadManager.download_url(URL, outfile=OUT, headers={"Range": RANGE}, tries=1)
+    pos = DownloadManager.get_resume_position(OUT)
+    DownloadManager.max_reconnects = 10
+    r = await DownloadManager.download_url(URL, outfile=OUT, headers={"Range": "bytes=%d-" % pos} if pos else None)
+    result(first=first, pos=pos, r=r, sha=sha256_file(OUT), n=size(OUT), sent=SENT)
+run(main())
+"""
+
+
+@pytest.mark.parametrize("asked", ["bytes=10000-", "bytes=10000-19999"])
+def test_the_resume_recipe_never_continues_a_part_of_a_callers_range(mpy, fault, asked):
+    # A file-mode download of a caller's range, cut after 5000 bytes, leaves a .part of bytes 10000-14999 whose record
+    # named this URL: the resume recipe continued it from byte 5000, and a file of the wrong 30000 bytes was a success
+    v = mpy.run(RANGE_THEN_RECIPE, URL=fault.url("/bytes/30000?drop=5000&key=p"), OUT="out.bin", RANGE=asked).value
+    assert v["first"] is False and v["r"] is True, v
+    assert (v["sha"], v["n"]) == (sha256_of(30000), 30000), v
+
+
 KILLME = """
 from mpos import DownloadManager
 DownloadManager.download_url(URL, outfile='out.bin')
@@ -505,6 +526,25 @@ def test_a_coded_partial_answer_is_asked_again_whole(mpy, fault, mode):
                tune={"max_reconnects": 0})
         assert v["ret"] in ("bytes", True) and v["sha"] == sha256(want[1000:2000]).hexdigest(), v
         assert v["sent"] == [["bytes=1000-1999", None], [None, None]], v
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_416_to_a_range_that_invited_a_coding_is_asked_again_whole(mpy, fault, mode):
+    # with the caller's Accept-Encoding: gzip, a server that codes ranges counts them in coded bytes: a range past the
+    # 2 KB of gzip but inside the 20000 decoded bytes got a 416, and failed, where one inside the gzip got a coded 206,
+    # was asked again whole and succeeded. The 416 is asked again whole too; a range past the decoded end still fails.
+    from tools.testservers import text_payload
+
+    want = text_payload(20000)[10000:11000]
+    asked = {"Range": "bytes=10000-10999", "Accept-Encoding": "gzip"}
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&text=1"), mode, old=OLD, headers=asked, tries=1,
+           tune={"max_reconnects": 0})
+    assert v["ret"] in ("bytes", True) and v["sha"] == sha256(want).hexdigest(), v
+    assert v["sent"] == [["bytes=10000-10999", None], [None, None]], v
+    v = dl(mpy, fault.url("/bytes/20000?gzip=1&text=1"), mode, old=OLD, headers=dict(asked, Range="bytes=30000-"),
+           tries=1, raise_errors=True, tune={"max_reconnects": 0})
+    assert v["err"][:3] == ["HTTPError", "http", 416], v
+    assert v["sent"] == [["bytes=30000-", None], [None, None]], v
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -31,13 +31,18 @@ def redact(text):
     out = []
     start = text.find("://")
     while start >= 0:
+        scheme = start
+        while scheme and text[scheme - 1].isalpha():
+            scheme -= 1
+        # a URL in quotes (an error's repr of it) ends at its quote, any other at a blank: ' is a byte URLs may hold
+        ends = " \t" + (text[scheme - 1] if scheme and text[scheme - 1] in "'\"" else "")
         host_start = host_end = start + 3
         while host_end < len(text) and text[host_end] not in "/?# \t'\"":
             if text[host_end] == "@":
                 host_start = host_end + 1
             host_end += 1
         url_end = host_end
-        while url_end < len(text) and text[url_end] not in " \t'\"":
+        while url_end < len(text) and text[url_end] not in ends:
             url_end += 1
         out.append(text[: start + 3] + text[host_start:host_end] + ("/…" if url_end > host_end else ""))
         text = text[url_end:]

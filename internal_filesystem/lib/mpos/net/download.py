@@ -404,6 +404,9 @@ class Download:
             else:
                 self._restart()  # what we hold is not confirmed (apache's 416 names no size): the resource comes whole
                 return _ASK_AGAIN
+        elif status == 416 and pos and not self.no_range and _invites_coding(self.headers):
+            self.no_range = True  # a coded range counts coded bytes: past them may still be inside the decoded whole
+            return _ASK_AGAIN
         else:
             raise http_error(resp)
         if self.validator is None:
@@ -708,8 +711,8 @@ class Download:
         # Whether a .part with this record may be continued: not a segmented one (it has holes), not another URL's.
         # What it knows of the resource goes into If-Range and the checks of every answer.
         key = partfile.url_key(self.url)
-        if record is None or "todo" in record or record.get("url", key) != key:
-            return False
+        if record is None or "todo" in record or record.get("url", key) != key or record.get("from"):
+            return False  # (from: a caller's range, no prefix of the resource)
         if record.get("v") is not None:
             self.validator = record["v"]
         if record.get("size") is not None:
@@ -721,6 +724,8 @@ class Download:
         # File mode, once its resource is known: the record beside the .part, before a byte goes into it
         if not self.recorded:
             record = {"url": partfile.url_key(self.url), "v": self.validator, "size": self.resource_size}
+            if self.range_start:  # the .part holds the caller's range from there: no resume may take it for a prefix
+                record["from"] = self.range_start
             try:
                 partfile.write_record(self.outfile + ".part", record)
             except OSError as e:
@@ -818,6 +823,14 @@ def _opaque(validator):
     # An ETag without its weak mark, for the weak comparison of RFC 9110 8.8.3.2: apache sends W/"tag" for a file
     # changed within the last second, and "tag" once a second has passed
     return validator[2:] if validator.startswith("W/") else validator
+
+
+def _invites_coding(headers):
+    # whether the caller's headers ask for a content coding (then a server may count a Range in coded bytes)
+    for name, value in headers.items():
+        if name.lower() == "accept-encoding" and any(c in value.lower() for c in ("gzip", "deflate", "*")):
+            return True
+    return False
 
 
 def http_error(resp):

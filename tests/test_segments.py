@@ -241,6 +241,35 @@ run(main())
     assert v["state"] is None and not v["part"]
 
 
+def test_the_plain_stream_after_a_probe_records_the_version_it_got_not_the_probes(mpy, fault):
+    # The probe sees version A ("20000-0"); 20000 bytes are too small to split, so one plain GET follows, which gets
+    # version B (seed 5), cut after 5000 bytes. The record beside the .part must name B. It named the probe's A: a
+    # resume recipe against a server still serving A (two backends behind one name) then sent If-Range A, got a 206
+    # of A's bytes and appended them to B's 5000, a file of neither versions, returned as success.
+    v = mpy.run(PRE + """
+_get2 = aiohttp.ClientSession.get
+def switch(self, url, **kw):
+    if (kw.get('headers') or {}).get('Range') != 'bytes=0-0':
+        url = URL2
+    return _get2(self, url, **kw)
+async def main():
+    DownloadManager.max_connections = 4
+    DownloadManager.max_reconnects = 0
+    aiohttp.ClientSession.get = switch
+    r1 = await DownloadManager.download_url(URL, outfile=OUT, segments=4)
+    st = state(OUT)
+    aiohttp.ClientSession.get = _get2
+    pos = DownloadManager.get_resume_position(OUT)
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, headers={'Range': 'bytes=%d-' % pos})
+    result(r1=r1, st=st, pos=pos, r2=r2, sha=sha256_file(OUT), sent=SENT)
+run(main())
+""", URL=fault.url("/bytes/20000"), URL2=fault.url("/bytes/20000?seed=5&truncate=5000"), OUT="out.bin").value
+    assert v["r1"] is False and v["pos"] == 5000, v
+    assert v["st"]["v"] == '"20000-5"' and v["st"]["size"] == 20000, v  # B's, as its bytes in the .part
+    assert v["sent"][-1] == ["bytes=5000-", '"20000-5"'], v
+    assert v["r2"] is True and v["sha"] == sha256_of(20000), v  # A whole: its server said B is not what it has
+
+
 # --- state files ------------------------------------------------------------------------------------------------
 
 

@@ -274,8 +274,9 @@ class Segmented(Download):
         limit = self.tunables.max_connections
         connections = 1 + min(self.segment_count - 1, admission.free(limit))
         plan = _split([[0, size - 1]] if fresh else missing, connections)
-        if fresh and len(plan) < 2:
-            return False  # too small to split, or no connection free: one plain stream is cheaper
+        if fresh and len(plan) < 2:  # too small to split, or no connection free: one plain stream is cheaper
+            self.resource_size = self.validator = None  # its record names what its answer says, not the probe
+            return False
         try:
             if fresh:
                 partfile.remove(part + ".state")  # before the truncation: it must never vouch for the new file

@@ -270,6 +270,38 @@ run(main())
     assert v["r2"] is True and v["sha"] == sha256_of(20000), v  # A whole: its server said B is not what it has
 
 
+def test_a_failed_segment_with_another_versions_bytes_leaves_them_out_of_the_record(mpy, fault):
+    # The probe and the first segment see version A; the second segment's server ignores If-Range (stripped here)
+    # and sends 20000 bytes of B (seed 5, same size) in its 206, then closes. max_reconnects=0: the download fails
+    # there. The record written as it stopped vouched for those bytes under A's validator: the resume against A
+    # kept them, and returned a file of both versions as success.
+    v = mpy.run(PRE + """
+_get2 = aiohttp.ClientSession.get
+def switch(self, url, **kw):
+    h = dict(kw.get('headers') or {})
+    if not h.get('Range', 'bytes=0-').startswith('bytes=0-'):
+        url = URL2
+        h.pop('If-Range', None)
+        kw['headers'] = h
+    return _get2(self, url, **kw)
+async def main():
+    DownloadManager.max_connections = 4
+    DownloadManager.max_reconnects = 0
+    aiohttp.ClientSession.get = switch
+    r1 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    st = state(OUT)
+    with open(OUT + '.part', 'rb') as f:
+        part = f.read()
+    aiohttp.ClientSession.get = _get2
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    result(r1=r1, st=st, part=sha256(part), r2=r2, sha=sha256_file(OUT))
+run(main())
+""", URL=fault.url("/bytes/400000"), URL2=fault.url("/bytes/400000?seed=5&truncate=20000"), OUT="out.bin").value
+    assert v["r1"] is False and v["st"]["v"] == '"400000-0"', v
+    assert [200000, 399999] in v["st"]["todo"], v  # none of B's bytes at 200000.. is vouched for
+    assert v["r2"] is True and v["sha"] == sha256_of(400000), v
+
+
 # --- state files ------------------------------------------------------------------------------------------------
 
 

@@ -343,8 +343,10 @@ class Segmented(Download):
         self.delivered = self.finished_bytes + sum(s.delivered for s in self.in_flight)
         if not succeeded and not isinstance(self.failure, _GoPlain) and self.kept + self.delivered:
             try:
+                for segment in self.in_flight:  # bytes of another version are no progress: the last record stays
+                    self._check_same_resource(segment)
                 self._save_record()
-            except DownloadError:
+            except (DownloadError, _GoPlain):
                 pass  # the failure (or cancellation) under way is the one to report
 
     def _after_failure(self):

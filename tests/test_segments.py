@@ -441,6 +441,35 @@ run(main())
         assert if_range == '"%d-0"' % n
 
 
+def test_a_cancel_once_every_range_is_in_leaves_a_part_the_resume_finishes(mpy, fault):
+    # Cancelled after the last segment ended, before the download woke to finish: the record saved as it stopped
+    # lists no range missing. The resume then had no segment to run and took -1 extra slots, and its slot count
+    # never got back to 0: the interpreter spun for ever. It finishes, fetching only the probe's byte.
+    n = 300000
+    v = mpy.run(PRE + """
+async def main():
+    DownloadManager.max_connections = 4
+    base = fd_count()
+    t = asyncio.create_task(DownloadManager.download_url(URL, outfile=OUT, segments=2))
+    while not (MASTERS and getattr(MASTERS[0], 'workers_left', 1) == 0):
+        await asyncio.sleep_ms(0)
+    t.cancel()
+    try:
+        r1 = await t
+    except asyncio.CancelledError:
+        r1 = 'cancelled'
+    st = state(OUT)
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    await DownloadManager.close_session()
+    result(r1=r1, st=st, r2=r2, sha=sha256_file(OUT), leaks=leaks(base), part=exists(OUT + '.part'))
+run(main())
+""", timeout=20, URL=fault.url("/bytes/%d" % n), OUT="out.bin").value
+    assert v["r1"] == "cancelled" and v["st"]["todo"] == [], v
+    assert v["r2"] is True and v["sha"] == sha256_of(n) and not v["part"], v
+    assert v["leaks"] == NO_LEAKS, v
+    assert fault.served == n + 2, fault.served  # the file once, and each call's probe byte
+
+
 KILLME = """
 from mpos import DownloadManager
 from mpos.net import segments

@@ -288,7 +288,8 @@ class Segmented(Download):
             self._save_record()  # (get_resume_position's), whatever ends this download before its first save
         workers = min(connections, len(plan))
         tasks = [None] * workers  # each task in its place as it is made, where _stop finds it whatever fails next
-        self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
+        # all free: nothing was awaited since the count (no worker at all: a record that lists no range missing)
+        self.extra_slots = admission.take_free(max(workers - 1, 0), limit)
         succeeded = False
         try:  # (from the slots on: a full heap may fail any line, and the finally gives them back)
             self.kept = size - sum(last - first + 1 for first, last in plan)

@@ -241,6 +241,67 @@ run(main())
     assert v["state"] is None and not v["part"]
 
 
+def test_the_plain_stream_after_a_probe_records_the_version_it_got_not_the_probes(mpy, fault):
+    # The probe sees version A ("20000-0"); 20000 bytes are too small to split, so one plain GET follows, which gets
+    # version B (seed 5), cut after 5000 bytes. The record beside the .part must name B. It named the probe's A: a
+    # resume recipe against a server still serving A (two backends behind one name) then sent If-Range A, got a 206
+    # of A's bytes and appended them to B's 5000, a file of neither versions, returned as success.
+    v = mpy.run(PRE + """
+_get2 = aiohttp.ClientSession.get
+def switch(self, url, **kw):
+    if (kw.get('headers') or {}).get('Range') != 'bytes=0-0':
+        url = URL2
+    return _get2(self, url, **kw)
+async def main():
+    DownloadManager.max_connections = 4
+    DownloadManager.max_reconnects = 0
+    aiohttp.ClientSession.get = switch
+    r1 = await DownloadManager.download_url(URL, outfile=OUT, segments=4)
+    st = state(OUT)
+    aiohttp.ClientSession.get = _get2
+    pos = DownloadManager.get_resume_position(OUT)
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, headers={'Range': 'bytes=%d-' % pos})
+    result(r1=r1, st=st, pos=pos, r2=r2, sha=sha256_file(OUT), sent=SENT)
+run(main())
+""", URL=fault.url("/bytes/20000"), URL2=fault.url("/bytes/20000?seed=5&truncate=5000"), OUT="out.bin").value
+    assert v["r1"] is False and v["pos"] == 5000, v
+    assert v["st"]["v"] == '"20000-5"' and v["st"]["size"] == 20000, v  # B's, as its bytes in the .part
+    assert v["sent"][-1] == ["bytes=5000-", '"20000-5"'], v
+    assert v["r2"] is True and v["sha"] == sha256_of(20000), v  # A whole: its server said B is not what it has
+
+
+def test_a_failed_segment_with_another_versions_bytes_leaves_them_out_of_the_record(mpy, fault):
+    # The probe and the first segment see version A; the second segment's server ignores If-Range (stripped here)
+    # and sends 20000 bytes of B (seed 5, same size) in its 206, then closes. max_reconnects=0: the download fails
+    # there. The record written as it stopped vouched for those bytes under A's validator: the resume against A
+    # kept them, and returned a file of both versions as success.
+    v = mpy.run(PRE + """
+_get2 = aiohttp.ClientSession.get
+def switch(self, url, **kw):
+    h = dict(kw.get('headers') or {})
+    if not h.get('Range', 'bytes=0-').startswith('bytes=0-'):
+        url = URL2
+        h.pop('If-Range', None)
+        kw['headers'] = h
+    return _get2(self, url, **kw)
+async def main():
+    DownloadManager.max_connections = 4
+    DownloadManager.max_reconnects = 0
+    aiohttp.ClientSession.get = switch
+    r1 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    st = state(OUT)
+    with open(OUT + '.part', 'rb') as f:
+        part = f.read()
+    aiohttp.ClientSession.get = _get2
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    result(r1=r1, st=st, part=sha256(part), r2=r2, sha=sha256_file(OUT))
+run(main())
+""", URL=fault.url("/bytes/400000"), URL2=fault.url("/bytes/400000?seed=5&truncate=20000"), OUT="out.bin").value
+    assert v["r1"] is False and v["st"]["v"] == '"400000-0"', v
+    assert [200000, 399999] in v["st"]["todo"], v  # none of B's bytes at 200000.. is vouched for
+    assert v["r2"] is True and v["sha"] == sha256_of(400000), v
+
+
 # --- state files ------------------------------------------------------------------------------------------------
 
 
@@ -378,6 +439,35 @@ run(main())
         a, _, b = rng[6:].partition("-")
         assert any(x <= int(a) <= int(b) <= y for x, y in st["todo"]), (rng, st)
         assert if_range == '"%d-0"' % n
+
+
+def test_a_cancel_once_every_range_is_in_leaves_a_part_the_resume_finishes(mpy, fault):
+    # Cancelled after the last segment ended, before the download woke to finish: the record saved as it stopped
+    # lists no range missing. The resume then had no segment to run and took -1 extra slots, and its slot count
+    # never got back to 0: the interpreter spun for ever. It finishes, fetching only the probe's byte.
+    n = 300000
+    v = mpy.run(PRE + """
+async def main():
+    DownloadManager.max_connections = 4
+    base = fd_count()
+    t = asyncio.create_task(DownloadManager.download_url(URL, outfile=OUT, segments=2))
+    while not (MASTERS and getattr(MASTERS[0], 'workers_left', 1) == 0):
+        await asyncio.sleep_ms(0)
+    t.cancel()
+    try:
+        r1 = await t
+    except asyncio.CancelledError:
+        r1 = 'cancelled'
+    st = state(OUT)
+    r2 = await DownloadManager.download_url(URL, outfile=OUT, segments=2)
+    await DownloadManager.close_session()
+    result(r1=r1, st=st, r2=r2, sha=sha256_file(OUT), leaks=leaks(base), part=exists(OUT + '.part'))
+run(main())
+""", timeout=20, URL=fault.url("/bytes/%d" % n), OUT="out.bin").value
+    assert v["r1"] == "cancelled" and v["st"]["todo"] == [], v
+    assert v["r2"] is True and v["sha"] == sha256_of(n) and not v["part"], v
+    assert v["leaks"] == NO_LEAKS, v
+    assert fault.served == n + 2, fault.served  # the file once, and each call's probe byte
 
 
 KILLME = """

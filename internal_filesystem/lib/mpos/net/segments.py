@@ -274,8 +274,9 @@ class Segmented(Download):
         limit = self.tunables.max_connections
         connections = 1 + min(self.segment_count - 1, admission.free(limit))
         plan = _split([[0, size - 1]] if fresh else missing, connections)
-        if fresh and len(plan) < 2:
-            return False  # too small to split, or no connection free: one plain stream is cheaper
+        if fresh and len(plan) < 2:  # too small to split, or no connection free: one plain stream is cheaper
+            self.resource_size = self.validator = None  # its record names what its answer says, not the probe
+            return False
         try:
             if fresh:
                 partfile.remove(part + ".state")  # before the truncation: it must never vouch for the new file
@@ -287,7 +288,8 @@ class Segmented(Download):
             self._save_record()  # (get_resume_position's), whatever ends this download before its first save
         workers = min(connections, len(plan))
         tasks = [None] * workers  # each task in its place as it is made, where _stop finds it whatever fails next
-        self.extra_slots = admission.take_free(workers - 1, limit)  # all free: nothing was awaited since the count
+        # all free: nothing was awaited since the count (no worker at all: a record that lists no range missing)
+        self.extra_slots = admission.take_free(max(workers - 1, 0), limit)
         succeeded = False
         try:  # (from the slots on: a full heap may fail any line, and the finally gives them back)
             self.kept = size - sum(last - first + 1 for first, last in plan)
@@ -342,8 +344,10 @@ class Segmented(Download):
         self.delivered = self.finished_bytes + sum(s.delivered for s in self.in_flight)
         if not succeeded and not isinstance(self.failure, _GoPlain) and self.kept + self.delivered:
             try:
+                for segment in self.in_flight:  # bytes of another version are no progress: the last record stays
+                    self._check_same_resource(segment)
                 self._save_record()
-            except DownloadError:
+            except (DownloadError, _GoPlain):
                 pass  # the failure (or cancellation) under way is the one to report
 
     def _after_failure(self):

@@ -171,6 +171,7 @@ def on_loopback(host, port, *args, lookup=connection._getaddrinfo):
 
 
 connection._getaddrinfo = on_loopback
+aiohttp.ClientError  # (the error classes: 7 KB made once, when the first is raised; made before any use is measured)
 DownloadManager.retry_base_ms = 1  # the waits between tries are not these tests' subject
 DownloadManager.retry_max_ms = 2
 DownloadManager.session_idle_ms = 60000  # the session stays between uses unless a use closes it

@@ -248,9 +248,9 @@ def wait_once(sock, free_blocks):
 mended = [0]  # calls of poll._mend: register() ran out of heap after asyncio's entry was made
 mend = getattr(poll, '_mend', None)
 
-def counted_mend(io, sock):
+def counted_mend(io, sock, key):
     mended[0] += 1
-    mend(io, sock)
+    mend(io, sock, key)
 
 if mend is not None:
     poll._mend = counted_mend

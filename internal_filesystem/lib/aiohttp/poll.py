@@ -42,26 +42,27 @@ def current_task():
 def register(sock, write):
     # (internals) the running task waits in the poller for sock, once it yields None
     io = core._io_queue
+    key = id(sock)  # (first: where an address is no small int, as on 32-bit unix, id() allocates; below it must not)
     try:
         if write:
             io.queue_write(sock)
         else:
             io.queue_read(sock)
     except MemoryError as e:
-        if io.map.get(id(sock)) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
-            _mend(io, sock)
+        if io.map.get(key) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
+            _mend(io, sock, key)
         raise e
     if len(io.map) > _reserve_covers:
         _remake_reserve(len(io.map))
 
 
-def _mend(io, sock):
+def _mend(io, sock, key):
     # asyncio's IOQueue puts sock in its map, then in its select.poll: a MemoryError halfway through poll.register()
     # leaves the poller a slot with no object, which its next poll() dereferences and crashes the interpreter
     # (extmod/modselect.c: "This case is not handled"). unregister() takes the slot away, except where the poller
     # keeps an array of fds: there it dereferences the slot too, and a second register() must fill it first.
     global _reserve, _reserve_covers
-    del io.map[id(sock)]
+    del io.map[key]
     if _mend_needs_heap:
         _reserve = None
         _reserve_covers = 0

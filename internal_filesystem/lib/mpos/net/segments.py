@@ -180,24 +180,20 @@ class Segmented(Download):
         timeout = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)
         async with sess.get(self.url, headers=headers, timeout=timeout,
                             ssl=admission.tls_context(self.tunables.ca)) as resp:
-            try:
-                if resp.status >= 400:  # a failure, not an answer about ranges
-                    raise http_error(resp)
-                got = parse_content_range(resp.headers.get("Content-Range"))
-                if resp.status != 206 or got is None or got[0] or got[1] or not got[2]:
-                    return None  # (more than byte 0: the server ignores where a range ends; its body is not read)
-                from aiohttp.response import content_codings
+            if resp.status >= 400:  # a failure, not an answer about ranges
+                raise http_error(resp)
+            got = parse_content_range(resp.headers.get("Content-Range"))
+            if resp.status != 206 or got is None or got[0] or got[1] or not got[2]:
+                return None  # (more than byte 0: the server ignores where a range ends, and the body is not read)
+            from aiohttp.response import content_codings
 
-                if content_codings(resp.headers):
-                    return None  # ranges of coded bytes do not make the file
-                validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")  # as run's If-Range
-                if validator and validator.startswith("W/"):
-                    return None  # a weak ETag: If-Range must then answer 200, every segment would start over
-                await resp.read()  # the one byte, so the connection can serve a segment
-                return got[2], validator
-            except MemoryError:
-                pass  # (typed here: letting the answer go may make an exception, which retypes it, Download._failed)
-        raise OutOfMemory("out of memory")
+            if content_codings(resp.headers):
+                return None  # ranges of coded bytes do not make the file
+            validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")  # as run's If-Range
+            if validator and validator.startswith("W/"):
+                return None  # a weak ETag: If-Range must then answer 200, every segment would start over
+            await resp.read()  # the one byte, so the connection can serve a segment
+            return got[2], validator
 
     def _recorded_missing(self, part):
         # The missing ranges an earlier try recorded, if it was about this very resource; else None

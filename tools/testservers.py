@@ -35,6 +35,7 @@ the table says otherwise; several combine, e.g. /bytes/100000?drop=30000&key=a&n
 | bomb=MB | a gzip body that inflates to MB megabytes of zeros (about 1 KB per MB on the wire) | bomb=200 |
 | norange=1 | Range is ignored: always 200 and the whole resource | norange=1 |
 | rangemax=K | a 206 carries at most K bytes of the range asked (its Content-Range says so: a short 206) | rangemax=20000 |
+| nototal=1 | a 206 of more than one byte names no size (`bytes A-B/*`); a probe's `bytes=0-0` still learns it | rangemax=30000&nototal=1 |
 | ifrange=ignore | Range served whatever If-Range says (h2o, twisted): a 206 with the current validator | ifrange=ignore |
 | bare416=1 | a 416 without Content-Range (as apache 2.4 sends it) | bare416=1 |
 | newer=N | from the key's N-th request on, the next version: other bytes (seed+1), ETag, Last-Modified | key=a&newer=2 |
@@ -595,7 +596,8 @@ class FaultServer(_LoopThread):
                     a, b = span
                     if "rangemax" in req.query:  # rangemax=K: 206 parts of at most K bytes (a server may send less)
                         b = min(b, a + q("rangemax", conv=int) - 1)
-                    headers.append(("Content-Range", q("crange", "bytes %d-%d/%d" % (a, b, len(body)))))
+                    total = "*" if q("nototal") == "1" and b > a else len(body)
+                    headers.append(("Content-Range", q("crange", "bytes %d-%d/%s" % (a, b, total))))
                     body, status = body[a:b + 1], 206
 
         # Framing: chunked, close-delimited, or Content-Length (the default).

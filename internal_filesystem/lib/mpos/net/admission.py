@@ -319,9 +319,9 @@ def free(limit):
 
 
 def take_free(wanted, limit):
-    # Up to `wanted` of the free slots -> how many were taken; each goes back with leave()
+    # Up to `wanted` of the free slots -> how many were taken (none for a count below one); each goes back with leave()
     global _in_use
-    taken = min(wanted, free(limit))
+    taken = max(0, min(wanted, free(limit)))
     _in_use += taken
     return taken
 

@@ -285,7 +285,7 @@ class Segmented(Download):
         workers = min(connections, len(plan))
         tasks = [None] * workers  # each task in its place as it is made, where _stop finds it whatever fails next
         # all free: nothing was awaited since the count (no worker at all: a record that lists no range missing)
-        self.extra_slots = admission.take_free(max(workers - 1, 0), limit)
+        self.extra_slots = admission.take_free(workers - 1, limit)
         succeeded = False
         try:  # (from the slots on: a full heap may fail any line, and the finally gives them back)
             self.kept = size - sum(last - first + 1 for first, last in plan)

@@ -213,6 +213,9 @@ def test_a_tls_request_out_of_memory_at_any_step(mpy, fault_tls, certs, how):
 # (32 bytes each, on 64-bit), with PARKED other sockets waiting: with a few, poll.register() runs out of heap
 # halfway, and the slot it leaves used to crash the interpreter at the loop's next poll (a segfault, seen in the
 # websocket sweep below, "fill", one run in twenty). With many parked, mending it takes more heap (the fd array).
+# A mend in a heap that stays full cannot make its reserve again: the next new socket's wait then does not begin
+# (built 32-bit, where id() allocates, such a second mend left the poller a socket asyncio no longer knew: a
+# KeyError out of the event loop). Once the heap has room, a wait makes the reserve and begins.
 WAIT_IN_A_FULL_HEAP = """
 import asyncio, socket
 from asyncio import core
@@ -230,20 +233,28 @@ def wait(sock):
     poll.register(sock, False)
     yield
 
+unmendable = []  # waits that began with no reserve to mend the next one's poller slot
+
 def wait_once(sock, free_blocks):
-    # -> whether sock's wait began (and ended: sock is readable)
+    # -> whether sock's wait began (and ended: sock is readable); free_blocks None: in a heap with room
     blocks = [(i, i) for i in range(8)]  # (a 2-tuple: one block)
-    keep = fill(squeeze([None] * 1024))
-    for i in range(free_blocks):
+    keep = None if free_blocks is None else fill(squeeze([None] * 1024))
+    for i in range(free_blocks or 0):
         blocks[i] = None
     try:
         poll.register(sock, False)
+        if poll._reserve is None and poll._mend_needs_heap:
+            unmendable.append(free_blocks)
     except MemoryError:
         return False
     finally:
         keep = blocks = None
     yield
     return True
+
+def asking(sock):
+    sock.write(b'GET /bytes/10 HTTP/1.0\\r\\n\\r\\n')  # (never read: the socket stays readable)
+    return sock
 
 mended = [0]  # calls of poll._mend: register() ran out of heap after asyncio's entry was made
 mend = getattr(poll, '_mend', None)
@@ -259,18 +270,22 @@ async def main():
     parked = [connected() for _ in range(PARKED)]
     waiting = [asyncio.create_task(wait(other)) for other in parked]
     await asyncio.sleep(0)
-    sock = connected()
-    sock.write(b'GET /bytes/10 HTTP/1.0\\r\\n\\r\\n')  # (never read: the socket stays readable)
+    sock = asking(connected())
     began = []
     for free_blocks in range(8):
         began.append(await wait_once(sock, free_blocks))
         await asyncio.sleep(0)  # the loop polls
+    others = [asking(connected()) for _ in range(3)]  # new to the poller, each in a heap full again
+    for other in others:
+        began.append(await wait_once(other, 0))
+        await asyncio.sleep(0)
+    began.append(await wait_once(sock, None))
     for task in waiting:
         task.cancel()
     await asyncio.sleep(0)
-    for other in parked + [sock]:
+    for other in parked + others + [sock]:
         other.close()
-    result(began=began, mended=mended[0], polled=len(core._io_queue.map))
+    result(began=began, mended=mended[0], polled=len(core._io_queue.map), unmendable=unmendable)
 
 run(main())
 """
@@ -281,7 +296,7 @@ def test_a_wait_that_finds_no_heap_for_the_poller_leaves_the_event_loop_whole(mp
     r = mpy.run(WAIT_IN_A_FULL_HEAP, HOST=HOST, PORT=fault.port, PARKED=parked, heapsize="256k")
     v = r.value
     assert v["began"][0] is False and v["began"][-1] is True and v["polled"] == 0, v
-    assert v["mended"] > 0, v  # (the case that crashed)
+    assert v["mended"] > 0 and v["unmendable"] == [], v  # (the case that crashed)
 
 
 # The same for the poller of the TCP socket under a TLS one (aiohttp/wire.py), which a wait asks whether it is ready.

@@ -13,6 +13,7 @@
 import asyncio
 import gc
 import select
+import sys
 
 try:
     from asyncio import core
@@ -22,9 +23,10 @@ except ImportError:
 
 internals = core is not None and hasattr(core, "_io_queue") and hasattr(core, "cur_task")
 _NOTHING = bytearray(0)  # a read of nothing: what a Stream waits for before it reads
-# (see _mend) Where select.poll keeps an array of fds (the unix port: no select.select), a poller's half-made slot is
+# (see _mend) Where select.poll keeps an array of fds (the unix port: no select.select), or where an address is no
+# small int (32-bit unix, an ESP32-P4: then id() and the poller's own lookups allocate), a poller's half-made slot is
 # mended with heap: a reserve, let go for it, made for the sockets polled at once when it was made, and then some.
-_mend_needs_heap = not hasattr(select, "select")
+_mend_needs_heap = not hasattr(select, "select") or id(_NOTHING) > sys.maxsize >> 1  # (past the small ints)
 _reserve = None
 _reserve_covers = 0 if _mend_needs_heap else 1 << 30  # sockets polled at once it has room for (any: none is needed)
 
@@ -43,6 +45,10 @@ def register(sock, write):
     # (internals) the running task waits in the poller for sock, once it yields None
     io = core._io_queue
     key = id(sock)  # (first: where an address is no small int, as on 32-bit unix, id() allocates; below it must not)
+    if not _reserve_covers and key not in io.map:  # a new entry begins only with a reserve to mend it (see _mend)
+        _remake_reserve(len(io.map) + 1, True)
+        if _reserve is None:
+            raise MemoryError
     try:
         if write:
             io.queue_write(sock)
@@ -74,13 +80,14 @@ def _mend(io, sock, key):
         _remake_reserve(len(io.map))
 
 
-def _remake_reserve(polled):
+def _remake_reserve(polled, may_collect=False):
     # A reserve for the poller's next entry (32 bytes), its fd array grown (8 bytes a socket, 4 more at a time) and
     # its table grown (16 bytes a slot, up to half as many again): a register() that ran out before its slot was
     # made must find room for all three in the mend, or it may make the half slot itself
     global _reserve, _reserve_covers
-    collecting = gc.isenabled()
-    gc.disable()  # (or an allocation that fails collects first: on every wait while the heap is short)
+    collecting = not may_collect and gc.isenabled()
+    if collecting:
+        gc.disable()  # (or an allocation that fails collects first: on every wait while the heap is short)
     try:
         _reserve = bytearray(64 + 32 * (polled + 8))
         _reserve_covers = polled + 4

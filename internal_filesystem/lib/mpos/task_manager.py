@@ -7,6 +7,7 @@ from ._log import warning
 
 _IDLE_MS = const(10)  # the event loop wakes at least this often while the OS runs (the UI's pace)
 _LONGEST_TIMEOUT_S = const(1 << 18)  # about 3 days: asyncio's timers reach 2**29 ms ahead on a 32-bit port
+_STOP_GRACE_MS = const(100)  # what threads waited for, cancelled as the loop stops, may take this long to end
 
 
 class TaskManager:
@@ -15,7 +16,7 @@ class TaskManager:
     disabled = False
     _idler = None  # the task start() runs the event loop for
     _loop_thread = None  # the thread in start(), whose event loop runs every task, while it is there
-    _handed = []  # [coroutine, lock, result, exception] other threads handed over (see run_from_thread)
+    _handed = []  # [coroutine, lock, result, exception, task] other threads handed over (see run_from_thread)
     _serving = []  # those the loop runs now, their threads waiting (touched by the loop's thread only)
     _handing = None  # the _thread lock that guards _handed and _loop_thread
 
@@ -37,10 +38,11 @@ class TaskManager:
     def run_from_thread(cls, coro):
         """Run coro on the event loop that start() runs in another thread and wait for it there: -> its result, or
         raises its exception. Only asyncio's own thread may touch its queue: the loop starts coro within _IDLE_MS.
-        A RuntimeError if no start() runs in another thread (coro is closed, never run)."""
+        A RuntimeError if no start() runs in another thread (coro is closed, never run), or once stop() ended the
+        loop: coro, if it had started, was cancelled and ended first (within _STOP_GRACE_MS)."""
         import _thread
 
-        handed = [coro, _thread.allocate_lock(), None, None]
+        handed = [coro, _thread.allocate_lock(), None, None, None]
         handed[1].acquire()  # released by the loop once coro ended
         running = False
         if cls._handing is not None:  # (made by the first start())
@@ -58,11 +60,21 @@ class TaskManager:
 
     @classmethod
     def _start_handed(cls):
-        with cls._handing:
-            handed, cls._handed = cls._handed, []
-        for one in handed:
-            asyncio.create_task(cls._serve(one))
-            cls._serving.append(one)
+        # Each is taken from _handed only once its task is made: in a full heap it stays there for the next turn,
+        # and the loop (start()'s, the OS's) goes on
+        while cls._handed:
+            one = cls._handed[0]  # (only this thread takes from _handed; others append)
+            try:
+                cls._serving.append(one)
+                try:
+                    one[4] = asyncio.create_task(cls._serve(one))
+                except MemoryError:
+                    cls._serving.remove(one)
+                    raise
+            except MemoryError:
+                return
+            with cls._handing:
+                cls._handed.pop(0)
 
     @classmethod
     async def _serve(cls, handed):
@@ -77,11 +89,12 @@ class TaskManager:
 
     @classmethod
     def _answer(cls, handed, error=None):
-        # The waiting thread goes on, once (handed[0] None: answered), raising error if one is given
+        # The waiting thread goes on, once (handed[0] None: answered), raising error if one is given (or the one
+        # _end_serving set first: the cancel it made is not what the thread is told)
         if handed[0] is None:
             return
         handed[0] = None
-        if error is not None:
+        if error is not None and handed[3] is None:
             handed[3] = error
         if handed in cls._serving:
             cls._serving.remove(handed)
@@ -106,7 +119,35 @@ class TaskManager:
                             "KeyboardInterrupt in the event loop; the other tasks go on (stop() ends it)")
         finally:
             cls._idler = None
-            cls._note_loop_thread(False)
+            try:
+                cls._end_serving()
+            finally:  # (a heap too full for that still answers every thread, and none hands over any more)
+                cls._note_loop_thread(False)
+
+    @classmethod
+    def _end_serving(cls):
+        # What threads wait for and the loop was running is cancelled and, within _STOP_GRACE_MS, ends before they
+        # hear of it: a download's .part closed, its slot and place in downloads() given back. Nothing of it runs on
+        # behind their back in a later start() (nor holds the outfile that a thread's new try would write).
+        tasks = [one[4] for one in cls._serving]
+        if not tasks:
+            return
+        for one in cls._serving:
+            one[3] = RuntimeError("the event loop stopped while it ran this")
+        for task in tasks:
+            task.cancel()
+
+        async def ended():
+            from time import ticks_diff, ticks_ms
+
+            since = ticks_ms()
+            while not all(task.done() for task in tasks) and ticks_diff(ticks_ms(), since) < _STOP_GRACE_MS:
+                await asyncio.sleep_ms(1)
+
+        try:
+            asyncio.run(ended())
+        except Exception as e:  # (the threads are answered all the same)
+            warning("TaskManager", "ending what threads waited for failed: %r" % (e,))
 
     @classmethod
     def _note_loop_thread(cls, running):

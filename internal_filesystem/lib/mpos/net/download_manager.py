@@ -22,6 +22,14 @@ from .._loading import one_at_a_time
 from .._log import redact, warning
 from . import admission, errors, partfile
 
+try:
+    import _thread
+
+    _running_lock = _thread.allocate_lock()  # held by the thread whose synchronous call runs asyncio's loop
+except ImportError:  # a port without threads: one call at a time runs the loop
+    _thread = None
+_running_thread = None  # the _thread ident of that thread, while its call runs the loop (see _run_here)
+
 
 async def close_session():
     """Close the shared session and every connection now. Rarely needed: sessions close when idle."""
@@ -107,15 +115,42 @@ def _sync_or_async(coro):
 
         if loop != _thread.get_ident():
             return task_manager.TaskManager.run_from_thread(coro)
-    return coro if _loop_runs_on() else asyncio.run(coro)
+    return _run_here(coro)
+
+
+def _run_here(coro):
+    # -> coro, for the loop that runs in this thread to await; or its result, asyncio's loop run here to completion.
+    # asyncio's loop state is one per process: a thread's synchronous call waits while another thread's runs it
+    # (two threads running one queue would run each other's tasks), then runs its own.
+    global _running_thread
+    from asyncio import core
+
+    if _thread is None:
+        return coro if core.cur_task is not None else asyncio.run(coro)
+    me = _thread.get_ident()
+    if _running_thread == me:  # a callback of this thread's synchronous call, inside the loop it runs
+        return coro
+    with _running_lock:
+        if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
+            return coro
+        _running_thread = me
+        try:
+            return asyncio.run(coro)
+        finally:
+            core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
+            _running_thread = None
 
 
 def _loop_runs_on():
     # False when called from synchronous code: no event loop will be left to close an idle session, so the last
-    # user closes it at once (and TaskManager, whose task would close it later, is not loaded for that)
+    # user closes it at once (and TaskManager, whose task would close it later, is not loaded for that). Another
+    # thread's synchronous call is waited for: its loop ends with it.
     from asyncio import core
 
-    return core.cur_task is not None
+    if _thread is None or _running_thread == _thread.get_ident():
+        return core.cur_task is not None
+    with _running_lock:
+        return core.cur_task is not None
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,

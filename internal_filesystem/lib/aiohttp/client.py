@@ -204,7 +204,8 @@ class ClientSession:
         found = None
         for conn, since in self._idle:
             mine = found is None and conn.key == key
-            if ticks_diff(now, since) > self._keepalive_ms or (mine and _closed_by_server(conn)):
+            # (an idle time that reads negative is over half the clock's period: 6.2 days on a 32-bit port)
+            if not 0 <= ticks_diff(now, since) <= self._keepalive_ms or (mine and _closed_by_server(conn)):
                 conn.close()
             elif mine:
                 found = conn

@@ -368,3 +368,42 @@ run(main())
 """, URL=fault.base, FIRST=first).value
     assert v == {"got": [sha256_of(3000), sha256_of(4000), True, False], "fds": 0, "tasks": 0}, v
     assert (fault.connections, fault.requests) == ((1, 2) if first == "download" else (2, 2))
+
+
+# --- a quiet session's idle connections -----------------------------------------------------------------------------
+
+def test_a_quiet_session_closes_its_idle_connections_once_their_keep_alive_ran_out(mpy, fault, fault_tls):
+    # An app's session that goes quiet (a screen left open for hours) held its idle connections until its next
+    # request: a socket each, of an ESP32's ten or so, and over TLS mbedTLS's 20-40 KB of buffers. Its watchdog now
+    # closes them once their keep-alive ran out, as aiohttp's connector does, then ends; a request meanwhile is
+    # timed as before.
+    v = mpy.run("""
+import asyncio, aiohttp
+
+async def main():
+    base = fd_count()
+    session = aiohttp.ClientSession(keepalive_timeout=0.5)
+    for url in URLS:
+        async with session.get(url) as resp:
+            await resp.read()
+    held = [len(session._idle), fd_count() - base]
+    try:
+        async with session.get(STALLED, timeout=aiohttp.ClientTimeout(sock_read=0.2)) as resp:
+            await resp.read()
+        timed = "not timed out"
+    except aiohttp.ClientError as e:
+        timed = type(e).__name__
+    for _ in range(300):  # (a hang guard: they go half a second on, at the watchdog's next tick)
+        if not session._idle and session._watchdog_task is None:
+            break
+        await asyncio.sleep_ms(10)
+    quiet = [len(session._idle), fd_count() - base, session._watchdog_task is None]
+    async with session.get(URLS[0]) as resp:  # (the session serves on)
+        sha = sha256(await resp.read())
+    await session.close()
+    result(held=held, timed=timed, quiet=quiet, sha=sha, fds=fd_count() - base)
+
+run(main())
+""", URLS=[fault.url("/bytes/300"), fault_tls.url("/bytes/300")], STALLED=fault.url("/bytes/3000?stall=100")).value
+    assert v == {"held": [2, 2], "timed": "SocketTimeoutError", "quiet": [0, 0, True], "sha": sha256_of(300),
+                 "fds": 0}, v

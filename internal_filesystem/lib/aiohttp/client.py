@@ -204,7 +204,8 @@ class ClientSession:
         found = None
         for conn, since in self._idle:
             mine = found is None and conn.key == key
-            if ticks_diff(now, since) > self._keepalive_ms or (mine and _closed_by_server(conn)):
+            # (an idle time that reads negative is over half the clock's period: 6.2 days on a 32-bit port)
+            if not 0 <= ticks_diff(now, since) <= self._keepalive_ms or (mine and _closed_by_server(conn)):
                 conn.close()
             elif mine:
                 found = conn
@@ -240,10 +241,12 @@ class ClientSession:
             self._connector.released()
 
     async def _watchdog(self):
-        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. It ends
-        # by itself at a tick that finds no request, so requests one after another share it and none is cancelled.
+        # One task per session enforces every timeout: far cheaper than asyncio.wait_for around each read. While
+        # the session is quiet it closes the idle connections whose keep-alive ran out (a socket and, over TLS,
+        # mbedTLS's buffers each, held for as long as no request came to look). It ends by itself at a tick that
+        # finds no request and no idle connection, so requests one after another share it and none is cancelled.
         try:
-            while self._busy:
+            while self._busy or self._idle:
                 await asyncio.sleep_ms(_TICK_MS)
                 now = ticks_ms()
                 for conn in self._busy:
@@ -251,6 +254,9 @@ class ClientSession:
                     if task is not None and conn.wait_until is not None and ticks_diff(now, conn.wait_until) >= 0:
                         conn.wait_until = conn.deadline = conn.waiter = None
                         conn.timed_out = poll.interrupt(task, errors.SocketTimeoutError("timed out", ETIMEDOUT))
+                idle = self._idle
+                if idle and not 0 <= ticks_diff(now, idle[0][1]) <= self._keepalive_ms:  # (the oldest goes first)
+                    self._take_idle(None)  # (a key no connection has: it only closes those past their keep-alive)
         finally:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None

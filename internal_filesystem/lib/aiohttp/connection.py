@@ -88,8 +88,9 @@ class _Lookup:
 
 
 def _cached(host, port):
+    # An age that reads negative is over half the clock's period (6.2 days on a 32-bit port): long expired
     hit = _dns.get((host, port))
-    if hit is not None and ticks_diff(ticks_ms(), hit[1]) < _DNS_TTL_MS:
+    if hit is not None and 0 <= ticks_diff(ticks_ms(), hit[1]) < _DNS_TTL_MS:
         return hit[0]
     return None
 

@@ -185,6 +185,10 @@ class Forgetful(_ThreadServer):
                 path = head.split(b" ")[1].decode()
                 with self.lock:
                     self.requests.append((self.incarnation, number, path))
+                if self.open[number] == "abandon":  # read and counted, never answered
+                    while not self.closed:
+                        threading.Event().wait(0.05)
+                    return
                 if self._met_fate(conn, number):  # (a request that came as its fate was decided: unanswered)
                     return
                 if path.startswith("/restart/") or path == "/abandon":
@@ -201,12 +205,12 @@ class Forgetful(_ThreadServer):
             conn.close()
 
     def _met_fate(self, conn, number):
-        # -> whether the connection's fate came: it then ends as that fate says, once this returns
+        # -> whether the connection's fate came: it then ends as that fate says, once this returns. An abandoned
+        # one is still read, so that a request sent on it is counted whenever it comes (a slow client's too)
         fate = self.open[number]
         if fate == "abandon":
-            while not self.closed:
-                threading.Event().wait(0.05)
-        elif fate == "reset":
+            return self.closed
+        if fate == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
         return fate is not None
 

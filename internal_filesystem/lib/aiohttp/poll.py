@@ -44,8 +44,7 @@ def current_task():
 def register(sock, write):
     # (internals) the running task waits in the poller for sock, once it yields None
     io = core._io_queue
-    key = id(sock)  # (first: where an address is no small int, as on 32-bit unix, id() allocates; below it must not)
-    if not _reserve_covers and key not in io.map:  # a new entry begins only with a reserve to mend it (see _mend)
+    if not _reserve_covers and _key_of(io, sock) is None:  # a new entry begins only with a reserve to mend it
         _remake_reserve(len(io.map) + 1, True)
         if _reserve is None:
             raise MemoryError
@@ -55,11 +54,21 @@ def register(sock, write):
         else:
             io.queue_read(sock)
     except MemoryError as e:
-        if io.map.get(key) is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
+        key = _key_of(io, sock)
+        if key is not None:  # (only a new entry can run out of heap: a second waiter allocates none)
             _mend(io, sock, key)
         raise e
     if len(io.map) > _reserve_covers:
         _remake_reserve(len(io.map))
+
+
+def _key_of(io, sock):
+    # -> the key of sock's entry in asyncio's IOQueue, or None: its own key object, found without id() (which
+    # allocates where an address is no small int: in a full heap, and 32 bytes of garbage a wait on 32-bit unix)
+    for key in io.map:  # (a dict's iteration allocates nothing)
+        if io.map[key][2] is sock:
+            return key
+    return None
 
 
 def _mend(io, sock, key):

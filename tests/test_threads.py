@@ -5,6 +5,8 @@ checked byte for byte (sha256), every thread gets its own; waits are bounded onl
 """
 import json
 
+import pytest
+
 from tools.testservers import sha256_of
 
 HEAD = """
@@ -109,10 +111,15 @@ result(bad=BAD, shared_is_one_of_them=shared in [s for row in SHAS for s in row]
     assert v == {"bad": [], "shared_is_one_of_them": True, "listed": [], "session": False, "fds": 0}, v
 
 
-def test_a_synchronous_download_an_interrupt_ended_leaves_the_next_call_synchronous(mpy, fault):
+@pytest.mark.parametrize("port", ["threads", "no_threads"])
+def test_a_synchronous_download_an_interrupt_ended_leaves_the_next_call_synchronous(mpy, fault, port):
     # Ctrl-C at the REPL while a download runs: the KeyboardInterrupt leaves asyncio's loop with its task still named
-    # as running. The next call at the REPL runs its download and returns its bytes, not a coroutine.
-    r = mpy.run(HEAD + """
+    # as running. The next call at the REPL runs its download and returns its bytes, not a coroutine; on a port
+    # without _thread (no lock to take turns with) as well.
+    r = mpy.run(HEAD + ("""
+import mpos.net.download_manager
+mpos.net.download_manager._thread = None  # (as its import finds on a port without threads)
+""" if port == "no_threads" else "") + """
 def interrupt(percent):
     raise KeyboardInterrupt
 try:
@@ -125,6 +132,48 @@ result(out=OUT, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
 """, URL=fault.url("/bytes/30000"), ECHO=fault.url("/echo"))
     v = r.value
     assert v == {"out": {"interrupted": True, "next": sha256_of(30000), "post": True}, "listed": [], "fds": 0}, v
+
+
+def test_start_while_a_threads_synchronous_download_runs_the_loop_waits_for_it_to_end(mpy, fault):
+    # No loop ran when the thread's call came: its call runs asyncio's loop. TaskManager.start() comes meanwhile (an
+    # OS that boots while an app's thread downloads): it begins its loop only once that call ended (two threads
+    # running asyncio's one queue crashed the interpreter, or failed the download with a KeyError out of the poller).
+    # A download named in the thread's callback meanwhile is its loop's coroutine (not handed to start(), which waits
+    # for that very loop); the thread's next call is handed to start()'s loop.
+    r = mpy.run(HEAD + """
+def progress(percent):
+    if "started" in OUT:
+        return
+    OUT["started"] = True
+    wait_until(lambda: TaskManager.loop_thread() is not None)  # start() came
+    time.sleep_ms(50)  # (and went on, to its loop or to its wait)
+    nested = DownloadManager.download_url(B)
+    OUT["nested"] = type(nested).__name__
+    nested.close()
+
+def worker():
+    try:
+        OUT["first"] = shown(DownloadManager.download_url(A, progress_callback=progress))
+        OUT["loop_when_done"] = TaskManager.loop_thread() is not None
+        OUT["second"] = shown(DownloadManager.download_url(B))
+    except BaseException as e:
+        OUT["error"] = repr(e)
+
+async def stop_when_served():
+    while "second" not in OUT and "error" not in OUT:
+        await asyncio.sleep_ms(5)
+    TaskManager.stop()
+
+TaskManager.start_new_thread(worker)
+wait_until(lambda: "started" in OUT)
+TaskManager.create_task(stop_when_served())
+TaskManager.start()
+asyncio.run(DownloadManager.close_session())
+result(out=OUT, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
+""", A=fault.url("/bytes/200000?trickle=1"), B=fault.url("/bytes/30000?seed=1"))
+    v = r.value
+    assert v == {"out": {"started": True, "nested": "generator", "first": sha256_of(200000), "loop_when_done": True,
+                         "second": sha256_of(30000, 1)}, "listed": [], "fds": 0}, v
 
 
 def test_stop_while_a_thread_waits_ends_its_download_before_the_thread_hears_of_it(mpy, fault):

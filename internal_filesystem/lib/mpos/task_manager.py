@@ -111,6 +111,7 @@ class TaskManager:
         cls.keep_running = True
         cls._note_loop_thread(True)
         try:
+            cls._after_synchronous_calls()
             while cls.keep_running:
                 try:
                     asyncio.run(cls._idle())
@@ -123,6 +124,17 @@ class TaskManager:
                 cls._end_serving()
             finally:  # (a heap too full for that still answers every thread, and none hands over any more)
                 cls._note_loop_thread(False)
+
+    @classmethod
+    def _after_synchronous_calls(cls):
+        # A thread's synchronous download that runs asyncio's loop (no start() ran when it came) ends before this
+        # loop begins: two threads running asyncio's one queue crash the interpreter. The calls that come once
+        # start() named its thread are handed to its loop (see download_manager._sync_or_async).
+        calls = sys.modules.get("mpos.net.download_manager")
+        lock = getattr(calls, "_running_lock", None)  # (None: not loaded, half made by a full heap, or no threads)
+        if lock is not None and getattr(calls, "_running_thread", None) != cls._loop_thread:  # (not this thread's)
+            with lock:
+                pass
 
     @classmethod
     def _end_serving(cls):

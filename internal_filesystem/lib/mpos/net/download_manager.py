@@ -28,7 +28,7 @@ try:
     _running_lock = _thread.allocate_lock()  # held by the thread whose synchronous call runs asyncio's loop
 except ImportError:  # a port without threads: one call at a time runs the loop
     _thread = None
-_running_thread = None  # the _thread ident of that thread, while its call runs the loop (see _run_here)
+_running_thread = None  # the _thread ident of that thread, while its call runs the loop (see _sync_or_async)
 
 
 async def close_session():
@@ -103,42 +103,38 @@ def _sync_or_async(coro):
     # From synchronous code or the REPL (no event loop running) the download runs to completion and the result is
     # returned; under a running loop the coroutine is returned for the caller to await. From a thread beside
     # TaskManager's loop, that loop runs it while the thread waits for its result (asyncio is the loop thread's).
-    task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
-    loop = None
-    if task_manager is not None:
-        try:
-            loop = task_manager.TaskManager.loop_thread()
-        except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
-            pass
-    if loop is not None:
-        import _thread  # (start() runs: the port has threads)
-
-        if loop != _thread.get_ident():
-            return task_manager.TaskManager.run_from_thread(coro)
-    return _run_here(coro)
-
-
-def _run_here(coro):
-    # -> coro, for the loop that runs in this thread to await; or its result, asyncio's loop run here to completion.
-    # asyncio's loop state is one per process: a thread's synchronous call waits while another thread's runs it
-    # (two threads running one queue would run each other's tasks), then runs its own.
+    # asyncio's loop state is one per process: a thread's synchronous call waits while another thread's runs it (two
+    # threads running one queue would run each other's tasks), then runs its own; TaskManager.start() waits for it
+    # too, having named its thread first, so a call that gets the lock after that is handed to start()'s loop.
     global _running_thread
     from asyncio import core
 
-    if _thread is None:
-        return coro if core.cur_task is not None else asyncio.run(coro)
-    me = _thread.get_ident()
-    if _running_thread == me:  # a callback of this thread's synchronous call, inside the loop it runs
-        return coro
-    with _running_lock:
-        if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
+    me = None if _thread is None else _thread.get_ident()
+    if me is not None:
+        if _running_thread == me:  # a callback inside the loop this thread's synchronous call runs
             return coro
-        _running_thread = me
-        try:
-            return asyncio.run(coro)
-        finally:
-            core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
-            _running_thread = None
+        _running_lock.acquire()
+    try:
+        task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
+        loop = None
+        if task_manager is not None:
+            try:
+                loop = task_manager.TaskManager.loop_thread()  # (named by start() before it waits for this lock)
+            except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
+                pass
+        if loop is None or loop == me:
+            if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
+                return coro
+            _running_thread = me
+            try:
+                return asyncio.run(coro)
+            finally:
+                core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
+                _running_thread = None
+    finally:
+        if me is not None:
+            _running_lock.release()
+    return task_manager.TaskManager.run_from_thread(coro)  # (outside the lock: start() may be waiting for it)
 
 
 def _loop_runs_on():

@@ -63,36 +63,52 @@ result(out=OUT, listed=DownloadManager.downloads(), session=DownloadManager.is_s
     assert (v["listed"], v["session"], v["fds"]) == ([], False, 0), v
 
 
-def test_threads_and_the_main_thread_download_and_post_synchronously_at_once(mpy, fault):
-    # Four threads and the main one, no loop: memory, file (each its own and one shared outfile), stream, a 404,
-    # raise_errors, a cut answer resumed, a post. Each call gets exactly its own answer; nothing is left behind.
-    r = mpy.run(HEAD + """
+# What a thread checks in each round: its own bytes in memory, file (a cut resumed) and stream mode, its own 404 and
+# raised HTTPError, its own post
+EACH_ROUND = """
 import json
 BAD = []
 def check(ok, what):
     if not ok:
         BAD.append(what)
 
+def own_downloads(n, k, key):
+    size, seed = SIZES[n][k]
+    url = BASE + "/bytes/%d?seed=%d" % (size, seed)
+    check(shown(DownloadManager.download_url(url)) == SHAS[n][k], ("memory", n, k))
+    ok = DownloadManager.download_url(url + "&drop=7000&key=%s%d_%d" % (key, n, k), outfile="own%d.bin" % n)
+    check(ok is True and sha256_file("own%d.bin" % n) == SHAS[n][k], ("file", n, k, ok))
+    chunks = []
+    ok = DownloadManager.download_url(url + "&trickle=1", chunk_callback=chunks.append)
+    check(ok is True and sha256(b"".join(chunks)) == SHAS[n][k], ("stream", n, k, ok))
+    return url
+
+def own_failures(n, k):
+    check(DownloadManager.download_url(BASE + "/status/404?n=%d" % n) is None, ("404", n, k))
+    try:
+        DownloadManager.download_url(BASE + "/status/40%d" % n, raise_errors=True)
+        check(False, ("no raise", n, k))
+    except DownloadManager.HTTPError as e:
+        check(e.status == 400 + n, ("status", n, k, e.status))
+
+def own_post(n, k):
+    answer = DownloadManager.post_url(BASE + "/echo", data=b"p" * (100 * n + k))
+    check(answer is not None and json.loads(answer)["body_len"] == 100 * n + k, ("post", n, k))
+"""
+
+
+def test_threads_and_the_main_thread_download_and_post_synchronously_at_once(mpy, fault):
+    # Four threads and the main one, no loop: memory, file (each its own and one shared outfile), stream, a 404,
+    # raise_errors, a cut answer resumed, a post. Each call gets exactly its own answer; nothing is left behind.
+    r = mpy.run(HEAD + EACH_ROUND + """
+
 def job(n):
     try:
         for k in range(ROUNDS):
-            size, seed = SIZES[n][k]
-            url = BASE + "/bytes/%d?seed=%d" % (size, seed)
-            check(shown(DownloadManager.download_url(url)) == SHAS[n][k], ("memory", n, k))
-            ok = DownloadManager.download_url(url + "&drop=7000&key=c%d_%d" % (n, k), outfile="own%d.bin" % n)
-            check(ok is True and sha256_file("own%d.bin" % n) == SHAS[n][k], ("file", n, k, ok))
-            chunks = []
-            ok = DownloadManager.download_url(url + "&trickle=1", chunk_callback=chunks.append)
-            check(ok is True and sha256(b"".join(chunks)) == SHAS[n][k], ("stream", n, k, ok))
+            url = own_downloads(n, k, "c")
             check(DownloadManager.download_url(url, outfile="shared.bin") is True, ("shared", n, k))
-            check(DownloadManager.download_url(BASE + "/status/404?n=%d" % n) is None, ("404", n, k))
-            try:
-                DownloadManager.download_url(BASE + "/status/40%d" % n, raise_errors=True)
-                check(False, ("no raise", n, k))
-            except DownloadManager.HTTPError as e:
-                check(e.status == 400 + n, ("status", n, k, e.status))
-            answer = DownloadManager.post_url(BASE + "/echo", data=b"p" * (100 * n + k))
-            check(answer is not None and json.loads(answer)["body_len"] == 100 * n + k, ("post", n, k))
+            own_failures(n, k)
+            own_post(n, k)
     except BaseException as e:
         BAD.append(("raised", n, repr(e)))
     OUT[n] = True
@@ -300,37 +316,20 @@ def test_threads_beside_a_busy_loop_each_get_their_own_result_and_leave_nothing(
     # failures both ways, a callback that raises, a wait_for that times out) while the loop runs downloads and
     # a websocket echo of its own. Every answer is the thread's own, exact; at the end nothing is listed, no task
     # is left but the idle session's closer, and once the session closes every descriptor is back.
-    r = mpy.run(HEAD + """
-import json
-BAD = []
+    r = mpy.run(HEAD + EACH_ROUND + """
 done = []
-def check(ok, what):
-    if not ok:
-        BAD.append(what)
 
 def job(n):
     try:
         wait_for_the_loop()
         for k in range(ROUNDS):
-            size, seed = SIZES[n][k]
-            url = BASE + "/bytes/%d?seed=%d" % (size, seed)
-            check(shown(DownloadManager.download_url(url)) == SHAS[n][k], ("memory", n, k))
-            ok = DownloadManager.download_url(url + "&drop=7000&key=t%d_%d" % (n, k), outfile="own%d.bin" % n)
-            check(ok is True and sha256_file("own%d.bin" % n) == SHAS[n][k], ("file", n, k, ok))
-            chunks = []
-            ok = DownloadManager.download_url(url + "&trickle=1", chunk_callback=chunks.append)
-            check(ok is True and sha256(b"".join(chunks)) == SHAS[n][k], ("stream", n, k, ok))
+            url = own_downloads(n, k, "t")
             try:
                 ok = DownloadManager.download_url(url, outfile="shared.bin", raise_errors=True)
             except DownloadManager.LocalFileError:
                 ok = "another writes it"
             check(ok in (True, "another writes it"), ("shared", n, k, ok))
-            check(DownloadManager.download_url(BASE + "/status/404?n=%d" % n) is None, ("404", n, k))
-            try:
-                DownloadManager.download_url(BASE + "/status/40%d" % n, raise_errors=True)
-                check(False, ("no raise", n, k))
-            except DownloadManager.HTTPError as e:
-                check(e.status == 400 + n, ("status", n, k, e.status))
+            own_failures(n, k)
             cut = DownloadManager.download_url(url + "&truncate=5000&norange=1&times=9&key=x%d_%d" % (n, k), tries=1)
             check(cut is None, ("cut", n, k))
             def refuse(percent, n=n, k=k):
@@ -349,8 +348,7 @@ def job(n):
             except asyncio.TimeoutError:
                 pass
             check(sha256_file("own%d.bin" % n) == SHAS[n][k], ("kept", n, k))  # a failed try left the good file
-            answer = DownloadManager.post_url(BASE + "/echo", data=b"p" * (100 * n + k))
-            check(answer is not None and json.loads(answer)["body_len"] == 100 * n + k, ("post", n, k))
+            own_post(n, k)
     except BaseException as e:
         BAD.append(("raised", n, repr(e)))
     done.append(n)

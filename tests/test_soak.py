@@ -380,7 +380,8 @@ run(main())
 @pytest.mark.parametrize("name", list(DOWNLOADS))
 def test_downloads_keep_no_heap(mpy, fault, name):
     code, default, *noisy = DOWNLOADS[name]
-    run = mpy.run(SOAK_HEAP + code + USES, NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port, REFUSED=refused_url(), timeout=TIME_LIMIT)
+    run = mpy.run(SOAK_HEAP + code + USES, NAME=name, ROUNDS=rounds(default), URL=fault.base, PORT=fault.port,
+                  REFUSED=refused_url(), timeout=TIME_LIMIT)
     assert growth_of(run)[name] <= (noisy or [SLACK])[0], run.results
     assert run.value == {"fds": 0, "tasks": 0, "listed": 0, "names": run.value["names"]}, run.value
     assert run.value["names"] <= DNS_KEPT, run.value  # the names looked up: a cache of a bounded size
@@ -553,8 +554,8 @@ async def use(i):
 @pytest.mark.parametrize("name", list(TLS))
 def test_tls_keeps_no_heap(mpy, fault_tls, ws_aiohttp_tls, certs, name):
     code, default, *noisy = TLS[name]
-    run = mpy.run(SOAK_HEAP + code + USES, NAME=name, ROUNDS=rounds(default), TLS_URL=fault_tls.base, WSS=ws_aiohttp_tls.base, CA=certs.ca_der_path,
-                  OTHER_CA=certs.other_ca_der_path, timeout=TIME_LIMIT)
+    run = mpy.run(SOAK_HEAP + code + USES, NAME=name, ROUNDS=rounds(default), TLS_URL=fault_tls.base,
+                  WSS=ws_aiohttp_tls.base, CA=certs.ca_der_path, OTHER_CA=certs.other_ca_der_path, timeout=TIME_LIMIT)
     assert growth_of(run)[name] <= (noisy or [SLACK])[0], run.results
     assert run.value == {"fds": 0, "tasks": 0, "listed": 0, "names": run.value["names"]}, run.value
 

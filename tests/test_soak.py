@@ -398,12 +398,14 @@ async def use(i):
         async with own.get(URL + "/bytes/100") as resp:
             await resp.read()
 """, 50),
+    # 100 uses: a pool and DNS cache turning over every use move the least by up to 896 bytes over 50 (CI, frozen),
+    # at most 608 over 100 (20 runs); a leak of 16 bytes a use is 1600
     "a long-lived session's requests to many hosts": ("""
 async def use(i):
     async with session.get("http://h%d.test:%d/json/5?chunked=1" % (i, PORT)) as resp:
         await resp.json()
     assert len(session._idle) <= 4  # its pool_size: the oldest idle connection goes first
-""", 50),
+""", 100),
     "answers looked at and let go unread": ("""
 async def use(i):
     async with session.get(URL + "/bytes/3000") as resp:  # (an app that wanted only the status)

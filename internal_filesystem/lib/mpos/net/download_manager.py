@@ -127,7 +127,7 @@ def _sync_or_async(coro):
                 return coro
             _running_thread = me
             try:
-                return asyncio.run(coro)
+                return _run(coro)
             finally:
                 core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
                 _running_thread = None
@@ -135,6 +135,74 @@ def _sync_or_async(coro):
         if me is not None:
             _running_lock.release()
     return task_manager.TaskManager.run_from_thread(coro)  # (outside the lock: start() may be waiting for it)
+
+
+def _run(coro):
+    # asyncio.run(coro) for a synchronous call; then the tasks it cancelled (a session's watchdog) end too: none is
+    # left in asyncio's queue, holding what it held, until some later loop.
+    # An interrupt that is no Exception (Ctrl-C's KeyboardInterrupt, an app's SystemExit) leaves asyncio's loop at
+    # once, from wherever it came. Unless it came through coro, coro is left suspended, holding its socket, slot,
+    # listing and .part, and no loop would run it again: it is cancelled, and the loop runs its cleanup to the end
+    # before the interrupt goes on to the caller.
+    from asyncio import core
+
+    steps = []  # "began", then "ended" once coro ended (an interrupt that came through it ran its cleanup)
+    task = asyncio.create_task(_noting_steps(coro, steps))
+    loop = asyncio.get_event_loop()
+    interrupts = []  # those that left the loop: the first goes on to the caller
+    try:
+        try:
+            return loop.run_until_complete(task)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                raise
+            interrupts.append(e)
+        core.cur_task = None  # (a task the interrupt left named as running can't be cancelled)
+        if len(steps) == 1:  # coro is suspended
+            task.cancel()
+            while len(steps) == 1 and not _ran(loop, task, interrupts):
+                pass
+        elif not steps:  # nothing of coro ran: a task still queued ends without running it (a dead one: no-op)
+            task.cancel()
+            coro.close()
+    finally:
+        core.cur_task = None
+        while not _ran(loop, asyncio.create_task(_pause()), interrupts):  # (what the call cancelled is due first)
+            pass
+        if interrupts:
+            raise interrupts[0]
+
+
+def _ran(loop, task, interrupts):
+    # -> True once the loop ran task to its end, False when an interrupt came first (noted; the call's third one is
+    # raised at once: a cleanup that can't end must not leave Ctrl-C without effect)
+    from asyncio import core
+
+    try:
+        loop.run_until_complete(task)
+    except Exception:  # (what a cleanup raised, its cancellation: the interrupt is what the caller gets)
+        pass
+    except asyncio.CancelledError:
+        pass
+    except BaseException as e:
+        interrupts.append(e)
+        if len(interrupts) > 2:
+            raise
+        core.cur_task = None
+        return False
+    return True
+
+
+async def _pause():
+    await asyncio.sleep_ms(1)
+
+
+async def _noting_steps(coro, steps):
+    steps.append("began")
+    try:
+        return await coro
+    finally:
+        steps.append("ended")
 
 
 def _loop_runs_on():

@@ -69,6 +69,22 @@ result(same=TaskManager is task_manager.TaskManager is mpos.TaskManager, net=net
                      "has": False}
 
 
+def test_the_code_that_runs_a_synchronous_call_loads_with_the_first_one(mpy, fault):
+    # An app under the OS's event loop awaits its downloads: the loop-running code of a call from the REPL is not
+    # on its heap
+    r = mpy.run("""
+import asyncio, sys
+from mpos import DownloadManager
+
+async def app():
+    return await DownloadManager.download_url(URL)
+
+result(awaited=len(asyncio.run(app())), loaded="mpos.net.synchronous" in sys.modules)
+result(called=len(DownloadManager.download_url(URL)), loaded="mpos.net.synchronous" in sys.modules)
+""", URL=fault.url("/bytes/3000"))
+    assert r.results == [{"awaited": 3000, "loaded": False}, {"called": 3000, "loaded": True}]
+
+
 def test_a_download_that_ends_without_heap_for_task_manager_closes_its_session(mpy, fault):
     # Under a running loop the idle session is closed later by a TaskManager task; TaskManager loads then. Here its
     # module cannot load (a full heap): the download still ends as it did, and the session is closed at once.

@@ -257,6 +257,13 @@ class ClientSession:
                 idle = self._idle
                 if idle and not 0 <= ticks_diff(now, idle[0][1]) <= self._keepalive_ms:  # (the oldest goes first)
                     self._take_idle(None)  # (a key no connection has: it only closes those past their keep-alive)
+        except BaseException as e:
+            # An interrupt (Ctrl-C) that lands here ends this task, not the waits it times: a new watchdog takes them
+            # on (else a read from a stalled server would wait for ever)
+            if (self._watchdog_task is poll.current_task() and not isinstance(e, asyncio.CancelledError)
+                    and (self._busy or self._idle)):
+                self._watchdog_task = asyncio.create_task(self._watchdog())
+            raise
         finally:
             if self._watchdog_task is poll.current_task():
                 self._watchdog_task = None

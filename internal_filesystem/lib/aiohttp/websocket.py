@@ -222,6 +222,28 @@ def _woken(e, by=_wake):
     return not poll.internals or len(e.args) > 1 and e.args[1] is by
 
 
+async def _bounded(aw, timeout_ms):
+    # asyncio.wait_for_ms(aw, timeout_ms), which runs aw in a task of its own: an interrupt (Ctrl-C) that lands in it
+    # would end that task for good, and wait_for then waits for it for ever (past its time too). It is raised here.
+    caught = []
+    got = await asyncio.wait_for_ms(_catching(aw, caught), timeout_ms)
+    if caught:
+        raise caught[0]
+    return got
+
+
+async def _catching(aw, caught):
+    # aw's result; an interrupt goes into caught, and this task ends as any other
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as e:
+        caught.append(e)
+
+
 async def _alarm(task, end):
     # receive()'s timeout, at the ticks_ms end: it stops the reading task only where that waits, so a message read as
     # the time runs out is returned (asyncio.wait_for drops a result that comes then)
@@ -327,6 +349,11 @@ class ClientWebSocketResponse:
             e = ClientConnectionResetError("websocket: %s" % e, e.errno)  # (what a reader woken by _drop returns)
             self._drop(e)
             raise e
+        except Exception:
+            raise
+        except BaseException:  # an interrupt (Ctrl-C) or a close of this coroutine: the frame may be cut, as above
+            self._drop()
+            raise
         finally:
             if self._writing is poll.current_task():
                 self._writing = None
@@ -420,6 +447,13 @@ class ClientWebSocketResponse:
                 e = ClientConnectionError("websocket: %s" % e, e.errno)
             self._drop(e)
             return WSMessage(WSMsgType.ERROR, e, None)
+        except Exception:
+            raise
+        except BaseException:
+            # An interrupt (Ctrl-C) or a close of this coroutine, which may have come between a socket read and its
+            # bookkeeping: where the next frame starts is lost, and the connection goes
+            self._drop()
+            raise
         if self._reading is me:
             self._reading = None
         return msg
@@ -584,7 +618,7 @@ class ClientWebSocketResponse:
             if self._state < _CLOSING:
                 self._state = _CLOSING
                 self._stop_beat()
-                await asyncio.wait_for_ms(self._close_unheard(e.code), ms(self._close_timeout))
+                await _bounded(self._close_unheard(e.code), ms(self._close_timeout))
         except Exception:
             pass  # the connection goes anyway
         finally:
@@ -618,13 +652,13 @@ class ClientWebSocketResponse:
         try:
             # bounded too: from a server that stopped reading, the socket may never take our Close
             ours = self._send(_OP_CLOSE, struct.pack(">H", code) + message)
-            await asyncio.wait_for_ms(ours, ms(self._close_timeout))
+            await _bounded(ours, ms(self._close_timeout))
             reader = self._reading
             if reader is not None:
                 self._reading = None
                 _wake(reader)
             if st == _OPEN:
-                await asyncio.wait_for_ms(self._drain(), ms(self._close_timeout))
+                await _bounded(self._drain(), ms(self._close_timeout))
         except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
             if isinstance(e, OSError):  # (as receive() gives it)
                 e = ClientConnectionError("websocket: %s" % e, e.errno)
@@ -707,7 +741,7 @@ class ClientWebSocketResponse:
                     await asyncio.sleep_ms(interval_ms - quiet)
                     continue
                 sent = ticks_ms()
-                await asyncio.wait_for_ms(self._send(_OP_PING, b""), interval_ms // 2)
+                await _bounded(self._send(_OP_PING, b""), interval_ms // 2)
                 await asyncio.sleep_ms(max(0, interval_ms // 2 - ticks_diff(ticks_ms(), sent)))
                 if ticks_diff(self._heard, sent) < 0:
                     raise asyncio.TimeoutError
@@ -718,6 +752,10 @@ class ClientWebSocketResponse:
                 e = ServerTimeoutError("No PONG received after %s seconds" % (interval_ms / 2000), errno.ETIMEDOUT)
             self._beat = None
             self._drop(e)
+        except BaseException:  # an interrupt (Ctrl-C) that lands here ends this task, not the heartbeat: a new one
+            if self._beat is poll.current_task() and self._state < _CLOSING:
+                self._beat = asyncio.create_task(self._heartbeat(interval_ms))
+            raise
 
 
 def _control_payload(message):
@@ -729,13 +767,14 @@ def _control_payload(message):
 
 
 class _WSContext(_RequestContext):
-    # `async with session.ws_connect(url) as ws:` closes ws at the end; cancelled, it goes at once (no waiting for
-    # the server's Close). `await session.ws_connect(url)` gives ws itself.
+    # `async with session.ws_connect(url) as ws:` closes ws at the end, after an error of the block's too; cancelled
+    # or interrupted (Ctrl-C, SystemExit, a closed coroutine's GeneratorExit), it goes at once (no waiting for the
+    # server's Close). `await session.ws_connect(url)` gives ws itself.
     def __aexit__(self, exc_type, exc, tb):
         # (no coroutine of its own, nor close()'s when the heap ran out: the websocket goes all the same)
-        if exc_type is None or not (issubclass(exc_type, asyncio.CancelledError) or issubclass(exc_type, MemoryError)):
+        if exc_type is None or issubclass(exc_type, Exception) and not issubclass(exc_type, MemoryError):
             try:
-                return self._resp.close()
+                return _closed(self._resp)  # (not close()'s True: a true __aexit__ swallows what the block raised)
             except MemoryError as e:
                 self._resp._going_away()
                 raise_if_retyped(True, e)  # (_going_away may make an exception)
@@ -743,6 +782,10 @@ class _WSContext(_RequestContext):
         self._resp._going_away()
         raise_if_retyped(exc_type is MemoryError, exc)  # (_going_away may make an exception)
         return ()
+
+
+async def _closed(ws):
+    await ws.close()
 
 
 def ws_connect(session, url, **kw):
@@ -754,7 +797,7 @@ async def _within(aw, seconds, what, timeout_error):
     if not seconds:
         return await aw
     try:
-        return await asyncio.wait_for_ms(aw, ms(seconds))
+        return await _bounded(aw, ms(seconds))
     except asyncio.TimeoutError:
         raise timeout_error("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
 

@@ -23,7 +23,10 @@ class TaskManager:
     @classmethod
     async def _idle(cls):
         # Keeps the event loop running until stop(), or until a newer one replaces it (see start())
-        me = cls._idler = asyncio.current_task()
+        me = asyncio.current_task()
+        before, cls._idler = cls._idler, me
+        if before is not None:  # the one a KeyboardInterrupt left asleep in the queue ends now, not in 10 ms
+            before.cancel()
         while cls.keep_running and cls._idler is me:
             if cls._handed:
                 cls._start_handed()

@@ -123,20 +123,36 @@ async def _close_when_idle(idle):
     from .. import TaskManager
 
     until = None  # the _close_at it slept until
-    while True:
+    try:
+        while True:
+            with _lock:
+                if _session is not idle:  # closed by close_session(), which also took _closer
+                    return
+                if _users and until is not None:  # woke in use: the last user makes the next closer (release_session)
+                    _closer = None
+                    return
+                if _close_at == until:
+                    _session = None
+                    _closer = None
+                    break
+                until = _close_at
+                wait = ticks_diff(until, ticks_ms())
+            await TaskManager.sleep_ms(wait if wait > 0 else 0)
+    except BaseException:
+        # An interrupt (Ctrl-C) that ends this task early: named in _closer, it would keep any other closer from
+        # being made, and the session with its connections would stay for ever. It closes now, unless in use (its
+        # last user makes a closer). (A cancel took _closer first.)
+        import asyncio
+
         with _lock:
-            if _session is not idle:  # closed by close_session(), which also took _closer
-                return
-            if _users and until is not None:  # woke in use: the last user makes the next closer (release_session)
-                _closer = None
-                return
-            if _close_at == until:
-                _session = None
-                _closer = None
-                break
-            until = _close_at
-            wait = ticks_diff(until, ticks_ms())
-        await TaskManager.sleep_ms(wait if wait > 0 else 0)
+            if _closer is not asyncio.current_task():
+                raise
+            _closer = None
+            if _users:
+                raise
+            _session = None
+        idle.shutdown()
+        raise
     idle.shutdown()
 
 

@@ -127,7 +127,11 @@ def _sync_or_async(coro):
                 return coro
             _running_thread = me
             try:
-                return asyncio.run(coro)
+                try:
+                    run = _module("synchronous").run  # asyncio.run, and the cleanup after an interrupt
+                except (MemoryError, OSError):  # no heap or descriptor to load it: the call runs without that
+                    run = asyncio.run
+                return run(coro)
             finally:
                 core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
                 _running_thread = None

@@ -286,7 +286,7 @@ class Segmented(Download):
         tasks = [None] * workers  # each task in its place as it is made, where _stop finds it whatever fails next
         # all free: nothing was awaited since the count (no worker at all: a record that lists no range missing)
         self.extra_slots = admission.take_free(workers - 1, limit)
-        succeeded = False
+        succeeded = closing = False  # closing: this coroutine is being closed (GeneratorExit), its cleanup can't await
         try:  # (from the slots on: a full heap may fail any line, and the finally gives them back)
             self.kept = size - sum(last - first + 1 for first, last in plan)
             self.delivered = self.finished_bytes = 0
@@ -305,12 +305,18 @@ class Segmented(Download):
             succeeded = self.failure is None
         except MemoryError:
             self.failure = MemoryError  # (typed before the cancels below, which may retype it: see _worker)
+        except GeneratorExit:
+            closing = True
+            raise
         finally:
             for task in tasks:
                 if task is not None:  # (None: not made, the heap ran out first)
                     task.cancel()
             try:
-                await self._stop(tasks, succeeded)
+                if closing:  # the segments end in the loop's next turns, on their own: their progress is noted now
+                    self._note_progress(succeeded)
+                else:
+                    await self._stop(tasks, succeeded)
             finally:  # the slots, even when a full heap could not make _stop's coroutine: they are counted, not made
                 while self.extra_slots:
                     self.extra_slots -= 1
@@ -331,12 +337,21 @@ class Segmented(Download):
     async def _stop(self, tasks, succeeded):
         # On failure or cancellation too, once the segments are cancelled: each ended (closing its connection), the
         # progress recorded. A task cancelled before it ran skips its own cleanup, hence all of it here.
-        for task in tasks:
-            if task is not None:
-                try:
-                    await task
-                except BaseException:
-                    pass
+        try:
+            for task in tasks:
+                if task is not None:
+                    try:
+                        await task
+                    except GeneratorExit:  # (closed meanwhile: no more awaits, see _run_segments)
+                        raise
+                    except BaseException:
+                        pass
+        finally:
+            self._note_progress(succeeded)
+
+    def _note_progress(self, succeeded):
+        # What the segments delivered; after a failure, in the record for a resume (their writers' positions count
+        # only bytes written: true whether or not their tasks ended yet)
         self.delivered = self.finished_bytes + sum(s.delivered for s in self.in_flight)
         if not succeeded and not isinstance(self.failure, _GoPlain) and self.kept + self.delivered:
             try:
@@ -382,7 +397,10 @@ class Segmented(Download):
             if own_slot:
                 self.extra_slots -= 1
                 admission.leave(self.tunables.max_connections)  # this connection is done: its slot goes on
-        except Exception as e:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # an interrupt too (Ctrl-C, an app callback's SystemExit): raised in the caller's
+            # task, never out of this one, which would then never be done (_stop awaits it) and hold its connection
             if self.failure is None:  # (a MemoryError as its type: the cancels to come may retype it, Download._failed)
                 self.failure = MemoryError if isinstance(e, MemoryError) else e
         finally:

@@ -682,3 +682,169 @@ except KeyboardInterrupt:
 result(**out)
 """, URL=srv.url("/talk"))
     assert r.value == {"send": [True, 1006], "receive": [True, 257], "close": True}, r.value
+
+
+# Ctrl-C that lands in a timer as it wakes, the moment its time ran out: the timeout holds all the same. TIMERS
+# records the tasks made, by their coroutine's name; interrupt_as_it_wakes(name) lands one in that task.
+TIMERS = """
+import asyncio
+from mpos import TaskManager
+
+made = []
+_create_task = asyncio.create_task
+
+def create_task(coro):
+    task = _create_task(coro)
+    made.append((repr(coro), task))
+    return task
+
+asyncio.create_task = create_task
+
+def interrupt_as_it_wakes(name):
+    for what, task in made:
+        if ("'%s'" % name) in what and not task.done():
+            task.data = KeyboardInterrupt('in ' + name)  # (it sleeps: the interrupt is raised in it as it wakes)
+            return True
+    return False
+
+out = {}
+
+def app_ends(coro):
+    async def app():
+        try:
+            out['got'] = await coro
+        except BaseException as e:
+            out['got'] = type(e).__name__
+        TaskManager.stop()
+    TaskManager.create_task(app())
+    TaskManager.start()
+"""
+
+
+def test_an_interrupt_in_task_managers_wait_for_alarm_keeps_the_timeout(mpy):
+    # It used to end the alarm unheard: wait_for waited the whole 2 s and returned as if in time
+    r = mpy.run(TIMERS + """
+async def slow():
+    await asyncio.sleep_ms(2000)
+
+async def waited():
+    wait = TaskManager.wait_for(slow(), 0.1)
+    async def interrupt():
+        await asyncio.sleep_ms(20)
+        out['found'] = interrupt_as_it_wakes('alarm')
+    asyncio.create_task(interrupt())
+    return await wait
+
+app_ends(waited())
+result(**out)
+""")
+    assert r.value == {"found": True, "got": "TimeoutError"}, r.value
+
+
+def test_an_interrupt_in_a_websocket_receives_alarm_keeps_the_timeout(mpy, ws_script):
+    # The server says nothing: receive(timeout=0.1) ends with its timeout (it used to wait for ever)
+    srv = ws_script({"/talk": [5]})
+    r = mpy.run(TIMERS + """
+async def received():
+    session = ws_session()
+    ws = await session.ws_connect(URL)
+    async def interrupt():
+        await asyncio.sleep_ms(20)
+        out['found'] = interrupt_as_it_wakes('_alarm')
+    asyncio.create_task(interrupt())
+    try:
+        return await ws.receive(timeout=0.1)
+    finally:
+        await session.close()
+
+app_ends(received())
+result(**out)
+""", URL=srv.url("/talk"))
+    assert r.value == {"found": True, "got": "TimeoutError"}, r.value
+
+
+def test_an_interrupt_in_the_deadline_of_a_wait_for_a_slot_keeps_the_deadline(mpy, fault):
+    # max_connections=1: the second download waits for the first one's slot past its deadline (it used to wait
+    # until the slot came, and then ran)
+    r = mpy.run(TIMERS + """
+from mpos import DownloadManager
+DownloadManager.max_connections = 1
+
+async def second():
+    first = asyncio.create_task(DownloadManager.download_url(SLOW))
+    await asyncio.sleep_ms(10)
+    async def interrupt():
+        await asyncio.sleep_ms(20)
+        out['found'] = interrupt_as_it_wakes('expire')
+    asyncio.create_task(interrupt())
+    try:
+        return await DownloadManager.download_url(URL, deadline=0.1, raise_errors=True)
+    finally:
+        out['first_ended_before'] = first.done()
+        out['first'] = len(await first)
+
+app_ends(second())
+result(**out)
+""", SLOW=fault.url("/bytes/1000?delay=0.6"), URL=fault.url("/bytes/1000"))
+    assert r.value == {"found": True, "got": "DownloadTimeout", "first_ended_before": False, "first": 1000}, r.value
+
+
+def test_an_interrupt_in_a_wait_for_a_free_connection_reaches_the_request(mpy, fault):
+    # TCPConnector(limit=1): the second request waits for the first one's connection, in a task of
+    # asyncio.wait_for's. Ctrl-C lands in that task as the connection comes back: the second request ends with it,
+    # and nothing is left (it used to end that task for good, and the request waited for ever)
+    r = mpy.run(TIMERS + """
+import aiohttp
+from interrupts import install, INJECTOR
+
+inj = install()
+
+async def second():
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+    base = fd_count()
+    async def first():
+        async with session.get(URL) as resp:
+            await asyncio.sleep_ms(50)
+            return len(await resp.read())
+    one = asyncio.create_task(first())
+    await asyncio.sleep_ms(10)
+    INJECTOR.exempt = [one, asyncio.current_task(), session._watchdog_task, TaskManager._idler]
+    inj.arm(1, ('task',))
+    try:
+        async with session.get(URL, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return len(await resp.read())
+    finally:
+        out['landed'] = INJECTOR.landed
+        inj.arm(None)
+        out['first'] = await one
+        await session.close()
+        out['fds'] = fd_count() - base
+
+app_ends(second())
+result(**out)
+""", URL=fault.url("/bytes/1000"), timeout=20)
+    assert r.value == {"landed": "task", "got": "KeyboardInterrupt", "first": 1000, "fds": 0}, r.value
+
+
+def test_an_interrupt_in_a_bounded_wait_is_raised_over_the_cancel_that_woke_it(mpy):
+    # The heartbeat's ping: Ctrl-C in its write drops the connection, and the drop wakes the heartbeat with a
+    # cancel; the interrupt is what the heartbeat gets (it was lost, taken for the drop's cancel)
+    r = mpy.run("""
+import asyncio
+from aiohttp import poll
+
+async def main():
+    me = asyncio.current_task()
+    async def write():
+        await asyncio.sleep_ms(10)
+        me.cancel()  # (as a drop wakes the task waiting)
+        raise KeyboardInterrupt('in the write')
+    try:
+        await poll.bounded(write(), 1000)
+        return 'returned'
+    except BaseException as e:
+        return type(e).__name__
+
+result(got=asyncio.run(main()))
+""")
+    assert r.value == {"got": "KeyboardInterrupt"}, r.value

@@ -324,7 +324,7 @@ class ClientSession:
             if self._room is None:
                 self._room = asyncio.Event()
             try:
-                await asyncio.wait_for_ms(self._room.wait(), left)
+                await poll.bounded(self._room.wait(), left)
             except asyncio.TimeoutError:
                 pass
             else:

@@ -103,6 +103,7 @@ class TCPConnector:
         while self._full(key):
             import asyncio
             from time import ticks_diff, ticks_ms
+            from . import poll
 
             if self._room is None:
                 self._room = asyncio.Event()
@@ -110,7 +111,7 @@ class TCPConnector:
                 await self._room.wait()
                 continue
             try:
-                await asyncio.wait_for_ms(self._room.wait(), max(ticks_diff(until, ticks_ms()), 0))
+                await poll.bounded(self._room.wait(), max(ticks_diff(until, ticks_ms()), 0))
             except asyncio.TimeoutError:
                 from errno import ETIMEDOUT
                 from . import errors

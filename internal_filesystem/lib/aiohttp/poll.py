@@ -152,6 +152,30 @@ def interrupt(task, error):
     return False
 
 
+async def bounded(aw, timeout_ms):
+    # asyncio.wait_for_ms(aw, timeout_ms), which runs aw in a task of its own: an interrupt (Ctrl-C) that lands in it
+    # would end that task for good, and wait_for then waits for it for ever (past its time too). It is raised here,
+    # over whatever else ended the wait (the cancel of a task woken as the interrupt dropped its connection).
+    caught = []
+    try:
+        return await asyncio.wait_for_ms(_catching(aw, caught), timeout_ms)
+    finally:
+        if caught:
+            raise caught[0]
+
+
+async def _catching(aw, caught):
+    # aw's result; an interrupt goes into caught, and this task ends as any other
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as e:
+        caught.append(e)
+
+
 def finished_task(owner):
     # (internals) a Task that is done: awaiting it raises what its .data holds, from C; None where Task is not native
     if not internals or _NativeTask is None:

@@ -222,32 +222,16 @@ def _woken(e, by=_wake):
     return not poll.internals or len(e.args) > 1 and e.args[1] is by
 
 
-async def _bounded(aw, timeout_ms):
-    # asyncio.wait_for_ms(aw, timeout_ms), which runs aw in a task of its own: an interrupt (Ctrl-C) that lands in it
-    # would end that task for good, and wait_for then waits for it for ever (past its time too). It is raised here.
-    caught = []
-    got = await asyncio.wait_for_ms(_catching(aw, caught), timeout_ms)
-    if caught:
-        raise caught[0]
-    return got
-
-
-async def _catching(aw, caught):
-    # aw's result; an interrupt goes into caught, and this task ends as any other
-    try:
-        return await aw
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        raise
-    except BaseException as e:
-        caught.append(e)
-
-
 async def _alarm(task, end):
     # receive()'s timeout, at the ticks_ms end: it stops the reading task only where that waits, so a message read as
     # the time runs out is returned (asyncio.wait_for drops a result that comes then)
-    await asyncio.sleep_ms(ticks_diff(end, ticks_ms()))
+    try:
+        await asyncio.sleep_ms(ticks_diff(end, ticks_ms()))
+    except asyncio.CancelledError:
+        raise  # (receive() ended first)
+    except BaseException:  # an interrupt (Ctrl-C) as the time ran out: the timeout holds all the same
+        poll.interrupt(task, asyncio.CancelledError(None, _alarm))
+        raise
     poll.interrupt(task, asyncio.CancelledError(None, _alarm))
 
 
@@ -395,7 +379,7 @@ class ClientWebSocketResponse:
         try:
             return await self._receive()
         except asyncio.CancelledError as e:
-            if alarm.done() and _woken(e, _alarm):
+            if _woken(e, _alarm) and (poll.internals or alarm.done()):  # (not done: an interrupt as it rang)
                 raise asyncio.TimeoutError
             raise
         finally:
@@ -618,7 +602,7 @@ class ClientWebSocketResponse:
             if self._state < _CLOSING:
                 self._state = _CLOSING
                 self._stop_beat()
-                await _bounded(self._close_unheard(e.code), ms(self._close_timeout))
+                await poll.bounded(self._close_unheard(e.code), ms(self._close_timeout))
         except Exception:
             pass  # the connection goes anyway
         finally:
@@ -652,13 +636,13 @@ class ClientWebSocketResponse:
         try:
             # bounded too: from a server that stopped reading, the socket may never take our Close
             ours = self._send(_OP_CLOSE, struct.pack(">H", code) + message)
-            await _bounded(ours, ms(self._close_timeout))
+            await poll.bounded(ours, ms(self._close_timeout))
             reader = self._reading
             if reader is not None:
                 self._reading = None
                 _wake(reader)
             if st == _OPEN:
-                await _bounded(self._drain(), ms(self._close_timeout))
+                await poll.bounded(self._drain(), ms(self._close_timeout))
         except Exception as e:  # (a timeout, the connection gone, a bad frame in what was left)
             if isinstance(e, OSError):  # (as receive() gives it)
                 e = ClientConnectionError("websocket: %s" % e, e.errno)
@@ -741,7 +725,7 @@ class ClientWebSocketResponse:
                     await asyncio.sleep_ms(interval_ms - quiet)
                     continue
                 sent = ticks_ms()
-                await _bounded(self._send(_OP_PING, b""), interval_ms // 2)
+                await poll.bounded(self._send(_OP_PING, b""), interval_ms // 2)
                 await asyncio.sleep_ms(max(0, interval_ms // 2 - ticks_diff(ticks_ms(), sent)))
                 if ticks_diff(self._heard, sent) < 0:
                     raise asyncio.TimeoutError
@@ -797,7 +781,7 @@ async def _within(aw, seconds, what, timeout_error):
     if not seconds:
         return await aw
     try:
-        return await _bounded(aw, ms(seconds))
+        return await poll.bounded(aw, ms(seconds))
     except asyncio.TimeoutError:
         raise timeout_error("websocket handshake: %s took over %s s" % (what, seconds), errno.ETIMEDOUT)
 

@@ -276,11 +276,19 @@ class TaskManager:
 
         async def alarm():
             nonlocal fired
-            await asyncio.sleep(timeout)
+            interrupted = None
+            try:
+                await asyncio.sleep(timeout)
+            except asyncio.CancelledError:
+                return  # (the wait ended first)
+            except BaseException as e:  # an interrupt (Ctrl-C) as the time ran out: the timeout holds all the same
+                interrupted = e
             # (a Task passed in may have finished while the runner has not yet taken its result)
             if not done.is_set() and not (isinstance(awaitable, asyncio.Task) and awaitable.done()):
                 fired = True
                 runner.cancel()
+            if interrupted is not None:
+                raise interrupted
 
         a = asyncio.create_task(alarm())
         try:

@@ -274,11 +274,13 @@ async def admit(priority, limit, end, sess):
         async def expire(entry, end, expired):  # (only names of its own: none of admit's becomes a cell)
             from asyncio import sleep_ms
 
-            await sleep_ms(ticks_diff(end, ticks_ms()))
-            if entry in _waiting:
-                _waiting.remove(entry)
-                expired.append(entry)
-                entry[1].set()
+            try:
+                await sleep_ms(ticks_diff(end, ticks_ms()))
+            finally:  # (an interrupt, Ctrl-C, as the time ran out too: the deadline holds; a cancel comes after admit)
+                if entry in _waiting:
+                    _waiting.remove(entry)
+                    expired.append(entry)
+                    entry[1].set()
 
         timer = asyncio.create_task(expire(entry, end, expired))
     try:

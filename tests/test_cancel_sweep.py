@@ -91,8 +91,7 @@ async def main():
             again += 1
         elif how != 'cancelled':
             wrong.append('%s %r' % (how, what))
-        if fd_count() != base:
-            wrong.append('%d fds left' % (fd_count() - base))
+        wrong += fds_left(base)
         wrong += loop_is_idle() + admission_is_free()
         # (asyncio.wait_for may time out a download that finished in the same turn: docs/decisions.md, Timeouts)
         if MODE == 'file' and sha256_file(OUT) not in ((OLD_SHA, SHA) if WAIT_FOR is asyncio.wait_for else (OLD_SHA,)):
@@ -109,8 +108,7 @@ async def main():
             data = r is True and sha256_file(OUT) == SHA and b'x'
         if not data or (MODE != 'file' and sha256(data) != SHA):
             wrong.append('the next download failed: %r' % (r if r is not True else data))
-        if fd_count() != base:
-            wrong.append('%d fds left after the next download' % (fd_count() - base))
+        wrong += fds_left(base, ' after the next download')
         if wrong:
             result(k=k, how=how, wrong=wrong, part=part)
             return
@@ -248,8 +246,7 @@ async def main():
         await settle()
         wrong = [] if all(r is True or r is False for r in got) else ['returned %r' % got]
         wrong += loop_is_idle() + admission_is_free() + left_right(names)
-        if fd_count() != base:
-            wrong.append('%d fds left' % (fd_count() - base))
+        wrong += fds_left(base)
         if wrong:
             result(k=k, wrong=wrong)
             return
@@ -353,17 +350,18 @@ def test_a_tls_request_cancelled_at_any_step(mpy, fault_tls, certs):
     assert v["cancelled"] > SWEPT, v
 
 
-WS_ATTEMPT = """
-MESSAGE = pattern(600000)  # made once: 600 KB made afresh per attempt (1.2 MB at its peak) cut a 2 MB heap into holes
-
+WS_ROUND_TRIP = """
 async def attempt(session):
-    # a handshake, a message each way, a close
+    # a handshake, MESSAGE each way, a close
     async with session.ws_connect(URL) as ws:
         await ws.send_bytes(MESSAGE)
         got = await ws.receive_bytes()
         await ws.close()
     return sha256(got)
 """
+WS_ATTEMPT = """
+MESSAGE = pattern(600000)  # made once: 600 KB made afresh per attempt (1.2 MB at its peak) cut a 2 MB heap into holes
+""" + WS_ROUND_TRIP
 
 
 def test_a_websocket_cancelled_at_any_step(mpy, ws_script):

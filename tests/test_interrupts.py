@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from test_cancel_sweep import WS_ROUND_TRIP
 from test_reliability import OLD, OLD_SHA
 from tools.testservers import sha256_of
 from tools.wsservers import frame
@@ -72,8 +73,7 @@ while True:
         break
     landed[where] = landed.get(where, 0) + 1
     wrong = []
-    if fd_count() != base:
-        wrong.append('%d fds left' % (fd_count() - base))
+    wrong += fds_left(base)
     wrong += loop_is_idle() + admission_is_free()
     if DownloadManager.downloads() or DownloadManager.is_session_active():
         wrong.append('still listed, or the session open')
@@ -84,8 +84,7 @@ while True:
     got, r = call({}, {'Range': 'bytes=%d-' % n} if n else None)
     if not exact(got, r):
         wrong.append('the next call got %r' % (r if r is None or r is True or r is False else len(r)))
-    if fd_count() != base:
-        wrong.append('%d fds left after the next call' % (fd_count() - base))
+    wrong += fds_left(base, ' after the next call')
     if wrong:
         result(k=k, landed=where, wrong=wrong)
         break
@@ -217,8 +216,7 @@ while True:
         break
     landed[where] = landed.get(where, 0) + 1
     wrong = left_in_loop() + admission_is_free()
-    if fd_count() != base:
-        wrong.append('%d fds left' % (fd_count() - base))
+    wrong += fds_left(base)
     for name in NAMES:
         r = ended.get(name)
         if r is True:
@@ -233,8 +231,7 @@ while True:
         r = DownloadManager.download_url(URL, outfile=name, headers={'Range': 'bytes=%d-' % n} if n else None)
         if r is not True or sha256_file(name) != SHA:
             wrong.append('%s resumed %r' % (name, r))
-    if fd_count() != base:
-        wrong.append('%d fds left after the resumes' % (fd_count() - base))
+    wrong += fds_left(base, ' after the resumes')
     if wrong:
         result(k=k, landed=where, wrong=wrong, ended=ended)
         break
@@ -386,8 +383,7 @@ async def main():
             result(k=k)
             return
         wrong = [] if got == 'closed' else ['closing it raised %r' % (got,)]
-        if fd_count() != base:
-            wrong.append('%d fds left' % (fd_count() - base))
+        wrong += fds_left(base)
         wrong += loop_is_idle(SESSION and SESSION._watchdog_task) + admission_is_free()
         if MODE == 'file' and sha256_file(OUT) != OLD_SHA:
             wrong.append('OUTFILE changed')
@@ -403,8 +399,7 @@ async def main():
             ok = r is not None and r is not False
         if not ok:
             wrong.append('the next call failed')
-        if fd_count() != base:
-            wrong.append('%d fds left after the next call' % (fd_count() - base))
+        wrong += fds_left(base, ' after the next call')
         if wrong:
             result(k=k, wrong=wrong)
             return
@@ -509,14 +504,7 @@ async def pause(ms):
     await asyncio.sleep_ms(ms)
 
 MESSAGE = pattern(20000)
-
-async def attempt(session):
-    async with session.ws_connect(URL) as ws:
-        await ws.send_bytes(MESSAGE)
-        got = await ws.receive_bytes()
-        await ws.close()
-    return sha256(got)
-
+""" + WS_ROUND_TRIP + """
 base = fd_count()
 session = ws_session(CA)
 k = 1 - STRIDE

@@ -88,8 +88,7 @@ async def main():
         await settle()
         if how == 'returned' and what is None or what is False:
             failed += 1
-        if fd_count() != base:
-            wrong.append('%d fds left' % (fd_count() - base))
+        wrong += fds_left(base)
         wrong += loop_is_idle() + admission_is_free()
         # the next download, with the whole heap, gets the exact bytes (from the .part left, in file mode)
         n = DownloadManager.get_resume_position(OUT) if MODE == 'file' and exists(OUT + '.part') else 0
@@ -99,8 +98,7 @@ async def main():
             wrong.append('the next download failed')
         else:
             wrong += judge('returned', again, got)
-        if fd_count() != base:
-            wrong.append('%d fds left after the next download' % (fd_count() - base))
+        wrong += fds_left(base, ' after the next download')
         if wrong:
             result(k=k, how=how, what=repr(what)[:80], wrong=wrong)
             return

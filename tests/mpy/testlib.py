@@ -83,6 +83,12 @@ def fd_count():
     return len(os.listdir("/proc/self/fd"))
 
 
+def fds_left(base, when=""):
+    # [] or ["N fds left<when>"]: what is still open of the descriptors opened since fd_count() was base
+    left = fd_count() - base
+    return ["%d fds left%s" % (left, when)] if left else []
+
+
 def leave_free(n):
     # Fill the heap but for n bytes in one piece: a test then sees what a device with n bytes free would,
     # whatever the imports before it cost and however many holes they left. The n bytes are taken first (first

@@ -836,3 +836,26 @@ async def main():
 result(got=asyncio.run(main()))
 """)
     assert r.value == {"got": "KeyboardInterrupt"}, r.value
+
+
+def test_a_synchronous_call_with_no_heap_left_to_pause_the_loop_returns_its_result(mpy, fault):
+    # The pause that lets what a synchronous call cancelled end is best effort: with no heap for its task, the
+    # download's result stands (a MemoryError replaced it)
+    r = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+
+_create_task = asyncio.create_task
+
+def create_task(coro):
+    if "'_pause'" in repr(coro):
+        coro.close()
+        raise MemoryError('no heap for the pause')
+    return _create_task(coro)
+
+asyncio.create_task = create_task
+base = fd_count()
+got = DownloadManager.download_url(URL)
+result(got=sha256(got), missing=DownloadManager.download_url(MISSING), fds=fd_count() - base)
+""", URL=fault.url("/bytes/3000"), MISSING=fault.url("/status/404"))
+    assert r.value == {"got": sha256_of(3000), "missing": None, "fds": 0}, r.value

@@ -115,13 +115,7 @@ def _sync_or_async(coro):
             return coro
         _running_lock.acquire()
     try:
-        task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
-        loop = None
-        if task_manager is not None:
-            try:
-                loop = task_manager.TaskManager.loop_thread()  # (named by start() before it waits for this lock)
-            except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
-                pass
+        loop = _loop_thread()
         if loop is None or loop == me:
             if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
                 return coro
@@ -138,7 +132,33 @@ def _sync_or_async(coro):
     finally:
         if me is not None:
             _running_lock.release()
-    return task_manager.TaskManager.run_from_thread(coro)  # (outside the lock: start() may be waiting for it)
+    return sys.modules["mpos.task_manager"].TaskManager.run_from_thread(coro)  # (outside the lock: start() may wait)
+
+
+def _loop_thread():
+    # -> the thread whose TaskManager.start() runs the loop (named before start() waits for _running_lock), or None
+    task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
+    if task_manager is not None:
+        try:
+            return task_manager.TaskManager.loop_thread()
+        except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
+            pass
+    return None
+
+
+def _runs_here():
+    # -> whether _sync_or_async would run the call's coroutine on a loop of its own, in this thread (synchronous
+    # code, no TaskManager loop in another thread): asked where no coroutine may be made
+    from asyncio import core
+
+    if _thread is None:
+        return core.cur_task is None
+    me = _thread.get_ident()
+    if _running_thread == me:
+        return False
+    with _running_lock:
+        loop = _loop_thread()
+        return core.cur_task is None and (loop is None or loop == me)
 
 
 def _loop_runs_on():
@@ -174,11 +194,18 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
         # descriptor that can't be had to read their files (run from files, EMFILE: descriptors come back)
         failure = (errors.OutOfMemory("out of memory") if isinstance(e, MemoryError)
                    else errors.NetworkError("cannot load the client: %s" % (e,)))
-        return _sync_or_async(_cannot_start(url, outfile is None and chunk_callback is None, options, failure))
+        memory_mode = outfile is None and chunk_callback is None
+        if _runs_here():  # (no coroutine, nor a loop, made for it: the heap may hold neither)
+            return _cannot_start(url, memory_mode, options, failure)
+        return _sync_or_async(_reporting(url, memory_mode, options, failure))
     return _sync_or_async(download)
 
 
-async def _cannot_start(url, memory_mode, options, failure):
+async def _reporting(url, memory_mode, options, failure):
+    return _cannot_start(url, memory_mode, options, failure)
+
+
+def _cannot_start(url, memory_mode, options, failure):
     # -> the documented failure value (or failure, a DownloadError raised with raise_errors) of a download that
     # could not start
     try:

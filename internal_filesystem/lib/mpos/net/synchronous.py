@@ -33,10 +33,20 @@ def run(coro):
             coro.close()
     finally:
         core.cur_task = None
-        while not _ran(loop, asyncio.create_task(_pause()), interrupts):  # (what the call cancelled is due first)
-            pass
+        _let_cancelled_end(loop, interrupts)
         if interrupts:
             raise interrupts[0]
+
+
+def _let_cancelled_end(loop, interrupts):
+    # What the call cancelled (a session's watchdog) is due before a pause of the loop's: it ends in that pause
+    while True:
+        try:
+            pause = asyncio.create_task(_pause())
+        except MemoryError:  # (no heap for the pause: it ends in some later loop; the call's result stands)
+            return
+        if _ran(loop, pause, interrupts):
+            return
 
 
 def _ran(loop, task, interrupts):

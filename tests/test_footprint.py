@@ -369,6 +369,39 @@ result(outcomes=outcomes, ok=ok, sha=sha256_file(OUT))
     assert r.stderr.count("failed (memory): out of memory") == 2, r.stderr  # each logged once, heap or none
 
 
+def test_a_module_whose_load_ran_out_of_heap_loads_later(mpy):
+    # MicroPython names a module in sys.modules before it makes it: a MemoryError in between left the name with no
+    # module, the next import returned nothing, and the getattr on it segfaulted (at 700-960 bytes free a first
+    # download did so, frozen). aiohttp's loads forget such names (aiohttp/loading.py).
+    r = mpy.run("""
+import gc, sys
+import aiohttp
+
+for i in range(12):  # room in sys.modules' table: naming the module needs no heap, making it does
+    sys.modules["pad%d" % i] = None
+for i in range(12):
+    del sys.modules["pad%d" % i]
+
+def load(leave):
+    gc.collect()
+    ballast = leave_free(leave)
+    try:
+        aiohttp.BasicAuth
+        return "loaded"
+    except MemoryError:
+        return "MemoryError"
+
+tries = []
+leave = 16
+while not tries or tries[-1] != "loaded":  # (from source, compiling the module needs some KB more)
+    tries.append(load(leave))
+    leave += 16 if leave < 1600 else 512
+result(tries=len(tries), failed=tries.count("MemoryError"), encoded=aiohttp.BasicAuth("a", "b").encode())
+""", heapsize="256k")
+    assert r.value["failed"] > 10 and r.value["tries"] == r.value["failed"] + 1, r.value
+    assert r.value["encoded"] == "Basic YTpi", r.value
+
+
 def test_a_first_download_with_no_file_descriptor_to_load_the_client_fails_as_documented(mpy, fault):
     # Run from files (the desktop simulator), the first download reads the client's modules: with every descriptor
     # taken that is an OSError (EMFILE), which ends the download as documented (None, or a NetworkError with

@@ -415,7 +415,7 @@ def test_a_coroutine_closed_at_any_step(mpy, fault, case):
     # a failed segment (the key's second request, after the probe: a 404) wakes the download while the other
     # segments run: its cleanup awaited them, which a closed coroutine can't (RuntimeError, then a crash)
     path = "/bytes/%d?trickle=1%s" % (N, "&fail=404&key=KEY&skip=1" if case == "a segment failed" else "")
-    url = fault.url("/echo" if mode == "post" else path)
+    url = fault.url("/echo?trickle=1" if mode == "post" else path)  # (trickled: an answer at once ended it in a step)
     nxt = fault.url("/echo" if mode == "post" else "/bytes/%d" % N)
     v = mpy.run(CLOSE, URL=url, NEXT=nxt, SHA=sha256_of(N), MODE=mode, KW=kw, OLD=OLD, OLD_SHA=OLD_SHA, CA=None,
                 timeout=TIMEOUT).value

@@ -17,13 +17,41 @@ def one_at_a_time(load, *args):
     global _owner
     me = _thread.get_ident() if _thread else None
     if me is None or _owner == me:
-        return load(*args)
+        return _loading(load, args)
     with _lock:
         _owner = me
         try:
-            return load(*args)
+            return _loading(load, args)
         finally:
             _owner = None
+
+
+def _loading(load, args):
+    try:
+        return load(*args)
+    except MemoryError:
+        _forget_unmade()
+        raise
+
+
+def _forget_unmade():
+    # MicroPython's mp_obj_new_module names a module in sys.modules before it makes it: a MemoryError in between
+    # leaves the name with no module (NULL), which the next import of it returns, and a getattr on that segfaults.
+    # .get() reads such a value as None, pop() takes it out (del raises KeyError); a name set to None goes too.
+    import sys
+
+    modules = sys.modules
+    try:
+        again = True
+        while again:  # (one pop per pass: a dict changed while iterated)
+            again = False
+            for name in modules:
+                if modules.get(name) is None:
+                    modules.pop(name, None)
+                    again = True
+                    break
+    except MemoryError:  # (not even an iterator's room: the MemoryError under way is what the caller gets)
+        pass
 
 
 def load_name(package, module, name):

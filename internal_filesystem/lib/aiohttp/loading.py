@@ -27,6 +27,7 @@ def one_at_a_time(load, *args):
 
 
 def _loading(load, args):
+    # -> load(*args); after a MemoryError, no module it left unmade is named in sys.modules
     try:
         return load(*args)
     except MemoryError:

@@ -148,7 +148,8 @@ def _loop_thread():
 
 def _runs_here():
     # -> whether _sync_or_async would run the call's coroutine on a loop of its own, in this thread (synchronous
-    # code, no TaskManager loop in another thread): asked where no coroutine may be made
+    # code, no TaskManager loop in another thread), a loop that ends with the call (TaskManager, whose task would
+    # close an idle session later, is not loaded for it). Another thread's synchronous call is waited for.
     from asyncio import core
 
     if _thread is None:
@@ -159,18 +160,6 @@ def _runs_here():
     with _running_lock:
         loop = _loop_thread()
         return core.cur_task is None and (loop is None or loop == me)
-
-
-def _loop_runs_on():
-    # False when called from synchronous code: no event loop will be left to close an idle session, so the last
-    # user closes it at once (and TaskManager, whose task would close it later, is not loaded for that). Another
-    # thread's synchronous call is waited for: its loop ends with it.
-    from asyncio import core
-
-    if _thread is None or _running_thread == _thread.get_ident():
-        return core.cur_task is not None
-    with _running_lock:
-        return core.cur_task is not None
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,
@@ -186,7 +175,7 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
         _check(url, outfile, total_size, progress_callback, chunk_callback, headers, options)
         kind = _download_class((options.get("segments") or 1) > 1)
         download = kind(url, outfile, chunk_callback, total_size, headers, options)
-        if not _loop_runs_on():
+        if _runs_here():  # no loop is left to close an idle session: the last user closes it at once
             download.linger = False
         download = download.run()  # now its coroutine (made here: its frame is the largest; no new local, design.md)
     except (MemoryError, OSError) as e:
@@ -263,7 +252,7 @@ def post_url(url, data=None, headers=None, redact_url=False):
     """POST data (bytes, str or dict as form fields) and return the response body, or None on failure.
     redact_url=True: logs show only scheme://host/… (the path and query may carry keys)."""
     _check(url, None, None, None, None, headers, {})
-    idle_ms = DownloadManager.session_idle_ms if _loop_runs_on() else 0
+    idle_ms = 0 if _runs_here() else DownloadManager.session_idle_ms
     return _sync_or_async(_post(url, data, headers, redact_url, idle_ms))
 
 

@@ -12,9 +12,10 @@ __version__ = "1.0.0"
 
 # Each public name loads with its module on first use, as extmod/asyncio/__init__.py loads its parts: `import aiohttp`
 # costs a module object, and the heap for the client is taken when an app first names it (docs/performance.md).
-# A line per module: its name, then the names it holds, each followed by a space. One str: a tuple of them, run from
-# an .mpy file or ROMFS, would be built in the heap when this module loads, with an object for each name (frozen,
-# neither takes heap).
+# A line per module: its name, then the names it holds, each followed by a space; none for a module that only the
+# package's own functions load, as `from . import wire` (through here: see loading.py's _forget_unmade). One str: a
+# tuple of them, run from an .mpy file or ROMFS, would be built in the heap when this module loads, with an object for
+# each name (frozen, neither takes heap).
 _WHERE = (
     "\nclient ClientSession ClientTimeout DEFAULT_TIMEOUT check_headers "
     "\nconnection tls_context "
@@ -29,6 +30,7 @@ _WHERE = (
     "\npoll "
     "\nwebsocket WSMsgType WSMessage WSCloseCode WSServerHandshakeError WSMessageTypeError ClientWebSocketResponse "
     "ClientWSTimeout WebSocketError ClientConnectionResetError "
+    "\nform \nupload \nchunkext \ncompression \nstreams \ncharset \nutf8 \nwire \nclient_exceptions "
 )
 
 
@@ -36,7 +38,7 @@ def __getattr__(name):
     if name == "__all__":  # `from aiohttp import *`: every public name, each loaded on the way
         return [public for line in _WHERE.split("\n") for public in line.split()[1:]]
     if "\n%s " % name in _WHERE:  # a module: `from . import poll` asks the package before it imports the module
-        return __import__(name, globals(), None, True, 1)
+        return _one_at_a_time(__import__, name, globals(), None, True, 1)
     i = _WHERE.find(" %s " % name)  # (found in place, not split: garbage made here would lie below the module loaded)
     if i < 0:
         raise AttributeError(name)

@@ -374,9 +374,9 @@ class ClientSession:
 
     def ws_connect(self, url, **kw):
         # a websocket on a connection of its own (aiohttp/websocket.py, loaded on the first call)
-        from .websocket import ws_connect
+        from . import websocket
 
-        return ws_connect(self, url, **kw)
+        return websocket.ws_connect(self, url, **kw)
 
     async def _request(self, method, url, headers=None, data=None, json=None, params=None, ssl=None,
                        timeout=None, allow_redirects=True, max_redirects=None, raise_for_status=None, auth=None):
@@ -385,16 +385,16 @@ class ClientSession:
         if not isinstance(url, str):
             split_url(url)  # InvalidURL, naming the type
         if self._base_url:
-            from .location import is_absolute, join_url
+            from . import location
 
-            if not is_absolute(url):
-                url = join_url(self._base_url, url)
+            if not location.is_absolute(url):
+                url = location.join_url(self._base_url, url)
         if "#" in url:
             url = url.split("#", 1)[0]  # never sent, and not part of resp.url (as in aiohttp)
         if params:
-            from .form import form_encode
+            from . import form
 
-            url += ("&" if "?" in url else "?") + form_encode(params)
+            url += ("&" if "?" in url else "?") + form.form_encode(params)
         split_url(url)
         if not isinstance(method, str) or not method.isalpha():
             raise ValueError("invalid HTTP method %r" % (method,))
@@ -433,9 +433,9 @@ class ClientSession:
                 errors.raise_if_retyped(memory, e)
                 raise
             resp.release()
-            from .location import redirect
+            from . import location
 
-            new = redirect(resp, url, fields, self._allow_downgrade)
+            new = location.redirect(resp, url, fields, self._allow_downgrade)
             resp._body = resp._read = None  # (history tells status, url and headers: its bodies would be heap)
             history.append(resp)
             if resp.status == 303 and method != "HEAD" or resp.status in (301, 302) and method == "POST":
@@ -534,9 +534,9 @@ def _body(data, json, fields):
         data = codec.dumps(json)
         content_type = "application/json"
     elif isinstance(data, dict):
-        from .form import form_encode
+        from . import form
 
-        data = form_encode(data)
+        data = form.form_encode(data)
         content_type = "application/x-www-form-urlencoded"
     elif isinstance(data, str):
         content_type = "text/plain; charset=utf-8"
@@ -545,9 +545,9 @@ def _body(data, json, fields):
     elif data is None:
         return None
     else:  # a file or an async iterable, streamed (aiohttp/upload.py)
-        from .upload import upload
+        from . import upload
 
-        stream = upload(data)
+        stream = upload.upload(data)
         if stream is None:
             raise TypeError("data must be bytes, str, a dict of form fields, a file opened 'rb' or an async "
                             "iterable, not %s" % type(data).__name__)

@@ -225,9 +225,9 @@ class Connection:
                 raise
         if scheme == "https":
             self.tcp = sock
-            from .wire import Wire  # (loaded by the first https connection: plain HTTP never needs it)
+            from . import wire  # (loaded by the first https connection: plain HTTP never needs it)
 
-            self.wire = Wire(sock)
+            self.wire = wire.Wire(sock)
             self.sock = ctx.wrap_socket(self.wire, server_hostname=host, do_handshake_on_connect=False)
             self.sock.setblocking(False)
 

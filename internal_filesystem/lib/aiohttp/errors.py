@@ -38,8 +38,8 @@ def _make():
     # Once only: a second set would not catch the first's exceptions
     global _made
     if _made is None:  # (another thread may have made them meanwhile)
-        from .client_exceptions import classes  # (loaded only now: see its header)
+        from . import client_exceptions  # (loaded only now: see its header)
 
-        _made = classes()
+        _made = client_exceptions.classes()
     return _made
 

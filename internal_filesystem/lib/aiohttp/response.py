@@ -297,9 +297,9 @@ def _chunk_size_line(line):
     if not 0 < i <= 16:
         return -1
     if i < end:  # an extension, or what is not one: chunkext.py judges it, loaded when the first one comes
-        from .chunkext import extensions_ok
+        from . import chunkext
 
-        if not extensions_ok(line[i:end]):
+        if not chunkext.extensions_ok(line[i:end]):
             return -1
     return int(line[:i], 16)
 
@@ -837,9 +837,9 @@ class ClientResponse(StreamReader):
         if self._session._auto_decompress and not bodyless:
             coding = _coding(headers, status)  # one it can't undo is refused, even on an empty body
             if coding is not None and not self._eof:
-                from .compression import Inflate
+                from . import compression
 
-                self._decoder = Inflate(self, coding)
+                self._decoder = compression.Inflate(self, coding)
         if self._eof:
             self._let_go(True)
 
@@ -848,9 +848,9 @@ class ClientResponse(StreamReader):
         # properties are. (A property would make every attribute store on a response, several per chunk read, look
         # through its classes first.)
         if name == "content":  # (aiohttp/streams.py, loaded on first use; kept, so asked for once)
-            from .streams import Content
+            from . import streams
 
-            content = self.content = Content(self)
+            content = self.content = streams.Content(self)
             return content
         if name == "real_url":  # (the fragment is never sent, so the URL asked for is the one answered)
             return self.url
@@ -967,8 +967,8 @@ class ClientResponse(StreamReader):
         # given to decode() is ignored), and takes overlong forms, surrogates and code points past U+10FFFF too: any
         # other charset, and a body with a byte such a sequence starts with, go to charset.py.
         server_charset = None if encoding else self.charset
-        charset = encoding or server_charset
-        if not charset or charset.lower() in ("utf-8", "utf8"):
+        named = encoding or server_charset
+        if not named or named.lower() in ("utf-8", "utf8"):
             for lead in b"\xc0\xc1\xe0\xed\xf0\xf4\xf5\xf6\xf7":  # (utf8.lax's; one bytes: a tuple is heap in ROMFS)
                 if bytes((lead,)) in body:  # (bytes in bytes: a search in C; an int is compared with each byte in turn)
                     break
@@ -977,9 +977,9 @@ class ClientResponse(StreamReader):
                     return body.decode()
                 except UnicodeError:
                     pass
-        from .charset import decode
+        from . import charset
 
-        return await decode(body, encoding, server_charset, errors)  # (it lets the loop turn as it goes)
+        return await charset.decode(body, encoding, server_charset, errors)  # (it lets the loop turn as it goes)
 
     async def json(self, *, encoding=None, loads=None, content_type="application/json"):
         # aiohttp's, but JSON under another Content-Type (text/plain from a raw file host) decodes, as it did with

@@ -188,9 +188,9 @@ def _text(data):
     except UnicodeError:
         s = None
     if s is not None and len(s) != len(data):
-        from .utf8 import lax
+        from . import utf8
 
-        if lax(s.encode()):
+        if utf8.lax(s.encode()):
             s = None
     if s is None:
         raise WebSocketError(WSCloseCode.INVALID_TEXT, "text is not valid UTF-8")

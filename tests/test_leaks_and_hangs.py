@@ -121,6 +121,35 @@ run(main())
     assert v["got"] == [[False, ok], [True, "tls"], [True, ok], [True, "tls"], [True, ok]], v
 
 
+def test_a_new_ca_file_at_the_same_path_applies_to_the_next_download(mpy, fault_tls, certs):
+    # DownloadManager.ca names a file; the app (or an update) writes another CA there and sets nothing: the next
+    # download verifies against the file as it is now, not as it was when the first one read it. (A file is told
+    # changed by its size and time: PEM and DER in turn, as these writes come within one second.)
+    v = mpy.run(PRE + """
+def install(source):
+    with open(source, "rb") as f:
+        ca = f.read()
+    with open(PATH, "wb") as f:
+        f.write(ca)
+
+async def main():
+    DownloadManager.ca = PATH
+    got = []
+    for source in SOURCES:
+        install(source)
+        try:
+            got.append(sha256(await DownloadManager.download_url(URL, raise_errors=True)))
+        except DownloadManager.DownloadError as e:
+            got.append(describe(e)[1])
+    await DownloadManager.close_session()
+    result(got=got)
+run(main())
+""", URL=fault_tls.url("/bytes/1000"), PATH=str(mpy.tmpdir / "ca.pem"),
+                SOURCES=[certs.other_ca_pem_path, certs.ca_der_path, certs.other_ca_pem_path, certs.ca_der_path]).value
+    ok = sha256_of(1000)
+    assert v["got"] == ["tls", ok, "tls", ok], v
+
+
 @pytest.mark.parametrize("ca", ["/no/such/ca.der", b"not a certificate", "-----BEGIN CERTIFICATE-----\nxyz\n"])
 def test_a_ca_that_cannot_be_loaded_fails_as_tls_at_once(mpy, fault_tls, ca):
     # A missing file or bytes that are no certificate: no try can mend it, so none is made (no request is sent)

@@ -33,7 +33,7 @@ _session = None
 _users = 0  # downloads and posts holding the session
 _closer = None  # the task that closes the idle session at _close_at (see _close_when_idle)
 _close_at = 0  # ticks_ms when the idle session closes, unless a user comes first
-_tls = None  # (the `ca` it was made for, its SSLContext): see tls_context
+_tls = None  # (the `ca` it was made for, its SSLContext, the CA file's _file_stamp): see tls_context
 _buffers = {}  # thread id -> (read buffer, its memoryview), shared by that thread's downloads (see read_buffer)
 _listed = []  # downloads queued or in flight, in arrival order
 _waiting = []  # (priority, Event set when its slot is granted) of each download waiting, in the order of service
@@ -209,22 +209,38 @@ async def rest(seconds):
 
 def tls_context(ca):
     # The TLS context for a request: None (the session's own, unverified, as on MicroPythonOS today, whose devices
-    # carry no CA bundle) while ca is None, else one that verifies against ca, made once per value. The session
-    # pools connections per context, so one made under another ca never serves this request.
+    # carry no CA bundle) while ca is None, else one that verifies against ca, made once per value and again when
+    # the file it names changes. The session pools connections per context, so one made under another ca never
+    # serves this request.
     global _tls
     if ca is None:
         return None
     made = _tls
-    if made is None or made[0] is not ca:
+    stamp = _file_stamp(ca)
+    if made is None or made[0] is not ca or made[2] != stamp:
         import aiohttp
 
         try:
-            made = _tls = (ca, aiohttp.tls_context(ca))
+            made = _tls = (ca, aiohttp.tls_context(ca), stamp)
         except (OSError, ValueError) as e:  # no such file, or no certificate in it: no try can mend that
             from . import errors
 
             raise errors.TLSError("DownloadManager.ca can't be loaded: %r" % (e,))
     return made[1]
+
+
+def _file_stamp(ca):
+    # -> (size, time) of the CA file ca names, None for a CA given as a certificate (or no file there). A file
+    # rewritten with the same size within the same second passes for the one before.
+    if isinstance(ca, str) and "-----BEGIN" not in ca:  # (a path: aiohttp.tls_context's own test)
+        import os
+
+        try:
+            stat = os.stat(ca)
+        except OSError:
+            return None
+        return stat[6], stat[8]
+    return None
 
 
 def read_buffer(size):

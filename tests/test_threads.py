@@ -388,3 +388,53 @@ result(bad=BAD, listed=listed, tasks_left=len(left), fds=fd_count() - FD0)
         LOOP_SHAS=[sha256_of(30000, 900 + k) for k in range(3)], timeout=180)
     v = r.value
     assert v == {"bad": [], "listed": [], "tasks_left": 1, "fds": 0}, v
+
+
+def test_aiohttps_getattr_answers_while_a_load_in_another_thread_remakes_its_globals_table(mpy):
+    # A first use stores what it loaded in aiohttp's globals, and MicroPython's import adds each submodule there, while
+    # other threads' names go through aiohttp's __getattr__. A dict that grows full is made anew, key by key: on a
+    # port without a global interpreter lock (unix) a thread reading it meanwhile misses keys it holds. Here the keys
+    # the load adds hold it half made (their __hash__, which the remaking calls, waits for a call of __getattr__ in
+    # another thread): that call answers all the same (a thread's download in
+    # test_threads_and_the_main_thread_download_and_post_synchronously_at_once failed with "NameError: name '_WHERE'
+    # isn't defined" once in about 15 runs).
+    r = mpy.run(HEAD + """
+import aiohttp
+from aiohttp.loading import one_at_a_time
+answer = aiohttp.__getattr__  # what MicroPython calls for a name not in aiohttp's globals
+CALLS = [0]
+BAD = []
+
+class Key:
+    def __hash__(self):  # (called again for each key each time the table is made anew)
+        called = CALLS[0]
+        wait_until(lambda: CALLS[0] >= called + 2)  # (a whole call of __getattr__ meanwhile)
+        return id(self) >> 3
+
+def call_it():
+    while "grown" not in OUT:
+        for name in ("NoSuchName", "__all__"):
+            try:
+                answer(name)
+            except AttributeError:
+                pass
+            except Exception as e:
+                if len(BAD) < 3:
+                    BAD.append(repr(e))
+        CALLS[0] += 1
+    OUT["stopped"] = True
+
+def grow(package_globals):  # as a load does, many times: the table is made anew at each size it outgrows
+    keys = [Key() for _ in range(40)]
+    for key in keys:
+        package_globals[key] = None
+    for key in keys:
+        del package_globals[key]
+
+_thread.start_new_thread(call_it, ())
+one_at_a_time(grow, aiohttp.__dict__)
+OUT["grown"] = True
+wait_until(lambda: "stopped" in OUT)
+result(bad=BAD, all=answer("__all__") == aiohttp.__all__)
+""")
+    assert r.value == {"bad": [], "all": True}, r.value

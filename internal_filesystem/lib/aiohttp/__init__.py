@@ -34,13 +34,15 @@ _WHERE = (
 )
 
 
-def __getattr__(name):
+# What it uses comes as defaults, not from these globals: a load in another thread grows them (the name it stores, the
+# submodule MicroPython's import adds), and on a port without a GIL (unix) a read meanwhile misses names they hold.
+def __getattr__(name, where=_WHERE, load_name=_load_name, one_at_a_time=_one_at_a_time):
     if name == "__all__":  # `from aiohttp import *`: every public name, each loaded on the way
-        return [public for line in _WHERE.split("\n") for public in line.split()[1:]]
-    if "\n%s " % name in _WHERE:  # a module: `from . import poll` asks the package before it imports the module
-        return _one_at_a_time(__import__, name, globals(), None, True, 1)
-    i = _WHERE.find(" %s " % name)  # (found in place, not split: garbage made here would lie below the module loaded)
+        return [public for line in where.split("\n") for public in line.split()[1:]]
+    if "\n%s " % name in where:  # a module: `from . import poll` asks the package before it imports the module
+        return one_at_a_time(__import__, name, globals(), None, True, 1)
+    i = where.find(" %s " % name)  # (found in place, not split: garbage made here would lie below the module loaded)
     if i < 0:
         raise AttributeError(name)
-    line = _WHERE.rfind("\n", 0, i) + 1
-    return _one_at_a_time(_load_name, globals(), _WHERE[line : _WHERE.find(" ", line)], name)
+    line = where.rfind("\n", 0, i) + 1
+    return one_at_a_time(load_name, globals(), where[line : where.find(" ", line)], name)

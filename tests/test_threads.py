@@ -68,9 +68,12 @@ result(out=OUT, listed=DownloadManager.downloads(), session=DownloadManager.is_s
 EACH_ROUND = """
 import json
 BAD = []
+BAD_LOCK = _thread.allocate_lock()  # (the unix port's threads run without a GIL: a list two threads grow at once
+                                    # may lose an entry, and a lost failure would pass)
 def check(ok, what):
     if not ok:
-        BAD.append(what)
+        with BAD_LOCK:
+            BAD.append(what)
 
 def own_downloads(n, k, key):
     size, seed = SIZES[n][k]
@@ -110,7 +113,7 @@ def job(n):
             own_failures(n, k)
             own_post(n, k)
     except BaseException as e:
-        BAD.append(("raised", n, repr(e)))
+        check(False, ("raised", n, repr(e)))
     OUT[n] = True
 
 for n in range(1, THREADS):
@@ -350,7 +353,7 @@ def job(n):
             check(sha256_file("own%d.bin" % n) == SHAS[n][k], ("kept", n, k))  # a failed try left the good file
             own_post(n, k)
     except BaseException as e:
-        BAD.append(("raised", n, repr(e)))
+        check(False, ("raised", n, repr(e)))
     done.append(n)
 
 async def loop_downloads():

@@ -386,9 +386,9 @@ import asyncio, gc, sys  # (asyncio is the app's, loaded before: a MemoryError i
 import aiohttp
 
 for i in range(12):  # room in sys.modules' table: naming the module needs no heap, making it does
-    sys.modules["pad" + str(i)] = None
+    sys.modules["pad%d" % i] = None
 for i in range(12):
-    del sys.modules["pad" + str(i)]
+    del sys.modules["pad%d" % i]
 
 def load(leave):
     gc.collect()
@@ -404,7 +404,7 @@ def unmade():
 tries = []
 left_unmade = []
 leave = 16
-while not tries or not tries[-1]:  # (from source, compiling the module needs some KB more)
+while not tries or not tries[-1]:
     tries.append(load(leave) is not None)
     heap_in_use()  # overwrites the dead stack, where a word left by the failed try would keep its ballast alive
     left_unmade += unmade()

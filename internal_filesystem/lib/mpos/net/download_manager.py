@@ -17,7 +17,6 @@
 import asyncio
 import gc
 import sys
-from micropython import const
 
 from .._loading import one_at_a_time
 from .._log import redact, warning
@@ -30,11 +29,6 @@ try:
 except ImportError:  # a port without threads: one call at a time runs the loop
     _thread = None
 _running_thread = None  # the _thread ident of that thread, while its call runs the loop (see _sync_or_async)
-
-# Where a call's coroutine runs (_where)
-_AWAITED = const(0)  # under a running loop: returned, for the caller to await
-_RUN_HERE = const(1)  # synchronous code: on asyncio's loop, run by this call in this thread, ended with it
-_HANDED_OVER = const(2)  # a thread beside TaskManager's loop: run by that loop while this thread waits
 
 
 async def close_session():
@@ -121,10 +115,10 @@ def _sync_or_async(coro):
             return coro
         _running_lock.acquire()
     try:
-        where = _where(me)
-        if where == _AWAITED:
-            return coro
-        if where == _RUN_HERE:
+        loop = _loop_thread()
+        if loop is None or loop == me:
+            if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
+                return coro
             _running_thread = me
             try:
                 try:
@@ -141,33 +135,31 @@ def _sync_or_async(coro):
     return sys.modules["mpos.task_manager"].TaskManager.run_from_thread(coro)  # (outside the lock: start() may wait)
 
 
-def _where(me):
-    # -> _AWAITED, _RUN_HERE or _HANDED_OVER for a call from thread me (None: a port without threads), which holds
-    # _running_lock (a call from inside the loop a synchronous call of me's runs is _AWAITED, told before the lock)
-    from asyncio import core
-
+def _loop_thread():
+    # -> the thread whose TaskManager.start() runs the loop (named before start() waits for _running_lock), or None
     task_manager = sys.modules.get("mpos.task_manager")  # (not loaded: no start() runs)
     if task_manager is not None:
-        try:  # the thread whose start() runs the loop, named before start() waits for _running_lock
-            loop = task_manager.TaskManager.loop_thread()
+        try:
+            return task_manager.TaskManager.loop_thread()
         except (AttributeError, MemoryError):  # a module its import left half made (a full heap): it runs no loop
-            loop = None
-        if loop is not None and loop != me:
-            return _HANDED_OVER
-    # (this thread's loop, or an app's asyncio.run in another thread: one can't tell them apart)
-    return _AWAITED if core.cur_task is not None else _RUN_HERE
+            pass
+    return None
 
 
 def _runs_here():
-    # -> whether _sync_or_async would run the call's coroutine on a loop that ends with the call (TaskManager, whose
-    # task would close an idle session later, is not loaded for it). Another thread's synchronous call is waited for.
+    # -> whether _sync_or_async would run the call's coroutine on a loop of its own, in this thread (synchronous
+    # code, no TaskManager loop in another thread), a loop that ends with the call (TaskManager, whose task would
+    # close an idle session later, is not loaded for it). Another thread's synchronous call is waited for.
+    from asyncio import core
+
     if _thread is None:
-        return _where(None) == _RUN_HERE
+        return core.cur_task is None
     me = _thread.get_ident()
     if _running_thread == me:
         return False
     with _running_lock:
-        return _where(me) == _RUN_HERE
+        loop = _loop_thread()
+        return core.cur_task is None and (loop is None or loop == me)
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,

@@ -143,8 +143,8 @@ def test_soak_plan_is_reproducible():
 # MicroPythonOS runs for days: the App Store fetches hundreds of icons, the OS updater checks every few hours, apps
 # reconnect their websockets after every Wi-Fi drop. Each kind of use below runs `rounds` times to warm up (pools,
 # queues and buffers at their size), then three times `rounds` times, measured: what `rounds` uses keep must stay
-# within SLACK bytes in all, not per use (see uses()). SOAK_ROUNDS=1000 runs each that often (minutes), where a leak of one byte
-# per use shows.
+# within SLACK bytes in all, not per use (see uses()). SOAK_ROUNDS=1000 runs each that often (minutes), where a leak
+# of one byte per use shows.
 
 SOAK_ROUNDS = int(os.environ.get("SOAK_ROUNDS", "0"))
 TIME_LIMIT = 300 + SOAK_ROUNDS  # seconds a snippet may run: a use that waits for a read timeout takes about 0.2 s

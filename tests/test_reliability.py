@@ -963,6 +963,91 @@ def test_a_chopped_heap_with_no_room_for_a_whole_chunk_still_downloads(mpy, faul
     assert 0 < v["longest"] <= 1024, v
 
 
+# Synchronous calls (no loop runs: a script) made with ever less of the heap free, 0 to 2 KB in one piece: the
+# download, or the loop that would run it, finds no room. A call that did not say True has nothing of it run later,
+# in the loop of the next call (one with room, as an app's next one).
+CALLS_IN_A_FULL_HEAP = """
+from mpos import DownloadManager
+DownloadManager.download_url(URL, outfile="warm")  # what the first call loads, loaded
+base = fd_count()
+outfiles = ["out%d" % i for i in range(STEPS)]  # (made first: the loop below makes nothing of its own)
+said = [None] * STEPS
+for i in range(STEPS):
+    ballast = leave_free(i * 8)
+    try:
+        said[i] = DownloadManager.download_url(URL, outfile=outfiles[i])
+    except MemoryError as e:  # (the call itself may find no heap for its frame: nothing of it is made then)
+        said[i] = "MemoryError"
+    ballast = None
+    DownloadManager.download_url(URL, outfile="warm")
+result(said=said, fds=fds_left(base), later=[name for name in outfiles if exists(name)], warm=sha256_file("warm"))
+"""
+
+
+def test_a_call_in_a_full_heap_that_fails_has_nothing_of_it_run_later(mpy, fault):
+    v = mpy.run(CALLS_IN_A_FULL_HEAP, heapsize="256k", URL=fault.url("/bytes/20000"), STEPS=256).value
+    assert True not in v["said"], v  # no room for a download in any of them
+    assert v["later"] == [] and v["fds"] == [] and v["warm"] == sha256_of(20000), v
+
+
+# A synchronous call whose loop finds no heap to begin (asyncio's run_until_complete allocates before it runs the
+# first task; so may what comes before it: FAILS names the call made to fail here, once) says so as documented, and
+# its task never runs in a later loop.
+NO_HEAP_FOR_THE_LOOP = """
+import asyncio
+from mpos import DownloadManager
+base = fd_count()
+owner = asyncio.Loop if FAILS == "run_until_complete" else asyncio
+real = getattr(owner, FAILS)
+failing = [True]
+def failing_once(*args):
+    if failing[0]:
+        failing[0] = False
+        raise MemoryError("memory allocation failed, allocating 32 bytes")
+    return real(*args)
+setattr(owner, FAILS, failing_once)
+try:
+    if CALL == "post":
+        said = DownloadManager.post_url(URL, data=b"sent")
+    else:
+        said = DownloadManager.download_url(URL, outfile="first" if CALL == "file" else None,
+                                            raise_errors=CALL == "raise")
+except Exception as e:
+    said = [type(e).__name__, e.reason]
+after = DownloadManager.download_url(URL, outfile="after")
+result(said=repr(said), after=after, first=exists("first") or exists("first.part"), fds=fds_left(base))
+"""
+
+
+@pytest.mark.parametrize("call, said", [("file", "False"), ("memory", "None"), ("post", "None"),
+                                        ("raise", "['OutOfMemory', 'memory']")])
+@pytest.mark.parametrize("fails", ["get_event_loop", "run_until_complete"])
+def test_a_call_whose_loop_finds_no_heap_to_begin_fails_as_documented(mpy, fault, call, said, fails):
+    url = fault.url("/bytes/20000?key=" + call)
+    v = mpy.run(NO_HEAP_FOR_THE_LOOP, URL=url, CALL=call, FAILS=fails).value
+    assert v == {"said": said, "after": True, "first": False, "fds": []}, v
+    assert [request.method for request in fault.log] == ["GET"], fault.log  # the call after it: the failed one never ran
+
+
+def test_a_post_with_no_heap_for_the_session_returns_none(mpy, fault):
+    v = mpy.run("""
+from mpos import DownloadManager
+from mpos.net import admission
+made = admission.acquire_session
+def no_heap(*args):
+    raise MemoryError("memory allocation failed, allocating 32 bytes")
+async def main():
+    admission.acquire_session = no_heap
+    said = await DownloadManager.post_url(URL, data=b"sent")
+    admission.acquire_session = made
+    again = await DownloadManager.post_url(URL, data=b"sent")
+    await DownloadManager.close_session()
+    result(said=said, again=again is not None)
+run(main())
+""", URL=fault.url("/echo")).value
+    assert v == {"said": None, "again": True}, v
+
+
 @pytest.mark.parametrize("framing", ["", "&chunked=1"])
 def test_memory_mode_larger_than_heap_returns_none(mpy, fault, framing):
     v = mpy.run("""

@@ -123,8 +123,8 @@ def _sync_or_async(coro):
             try:
                 try:
                     run = _module("synchronous").run  # asyncio.run, and the cleanup after an interrupt
-                except (MemoryError, OSError):  # no heap or descriptor to load it: the call runs without that
-                    run = asyncio.run
+                except OSError:  # no descriptor to read it (run from files): the call runs without that
+                    run = asyncio.run  # (no heap for it: the MemoryError goes on, as none for the loop would)
                 return run(coro)
             finally:
                 core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
@@ -181,13 +181,15 @@ def download_url(url, outfile=None, total_size=None, progress_callback=None, chu
     except (MemoryError, OSError) as e:
         # The first download loads the client and download.py: a full heap fails it as any other, and so does a
         # descriptor that can't be had to read their files (run from files, EMFILE: descriptors come back)
-        failure = (errors.OutOfMemory("out of memory") if isinstance(e, MemoryError)
-                   else errors.NetworkError("cannot load the client: %s" % (e,)))
+        failure = None if isinstance(e, MemoryError) else errors.NetworkError("cannot load the client: %s" % (e,))
         memory_mode = outfile is None and chunk_callback is None
         if _runs_here():  # (no coroutine, nor a loop, made for it: the heap may hold neither)
             return _cannot_start(url, memory_mode, options, failure)
         return _sync_or_async(_reporting(url, memory_mode, options, failure))
-    return _sync_or_async(download)
+    try:
+        return _sync_or_async(download)
+    except MemoryError:  # no heap for the loop (or the thread's handover) to begin it, or to say why it ended
+        return _cannot_start(url, outfile is None and chunk_callback is None, options, None)
 
 
 async def _reporting(url, memory_mode, options, failure):
@@ -196,16 +198,17 @@ async def _reporting(url, memory_mode, options, failure):
 
 def _cannot_start(url, memory_mode, options, failure):
     # -> the documented failure value (or failure, a DownloadError raised with raise_errors) of a download that
-    # could not start
+    # could not start; failure None: the heap ran out, OutOfMemory if there is room to make it, else MemoryError
     try:
+        failure = failure or errors.OutOfMemory("out of memory")
         line = "download of %s failed (%s): %s" % (url, failure.reason, failure)
         line = redact(line) if options.get("redact_url") else line
     except MemoryError:  # no room even for the line: the reason goes out without the URL
-        line = ("a download failed (memory): out of memory" if isinstance(failure, errors.OutOfMemory)
+        line = ("a download failed (memory): out of memory" if failure is None or failure.reason == "memory"
                 else "a download failed (no heap left to say more)")
     warning("DownloadManager", line)
     if options.get("raise_errors"):
-        raise failure
+        raise failure or MemoryError
     return None if memory_mode else False
 
 
@@ -229,7 +232,11 @@ def _module(name):
 
 async def _post(url, data, headers, redact_url, idle_ms):
     shown = redact(url) if redact_url else url
-    sess = admission.acquire_session()
+    try:
+        sess = admission.acquire_session()
+    except MemoryError:  # no heap for the session: nothing is taken
+        warning("DownloadManager", "a post failed: out of memory")
+        return None
     if sess is None:
         warning("DownloadManager", "aiohttp is not available, cannot post to %s" % shown)
         return None
@@ -251,9 +258,15 @@ async def _post(url, data, headers, redact_url, idle_ms):
 def post_url(url, data=None, headers=None, redact_url=False):
     """POST data (bytes, str or dict as form fields) and return the response body, or None on failure.
     redact_url=True: logs show only scheme://host/… (the path and query may carry keys)."""
-    _check(url, None, None, None, None, headers, {})
-    idle_ms = 0 if _runs_here() else DownloadManager.session_idle_ms
-    return _sync_or_async(_post(url, data, headers, redact_url, idle_ms))
+    try:
+        _check(url, None, None, None, None, headers, {})
+        idle_ms = 0 if _runs_here() else DownloadManager.session_idle_ms
+        return _sync_or_async(_post(url, data, headers, redact_url, idle_ms))
+    except MemoryError:  # (as download_url's) synchronous code gets the failure; a loop's task, the MemoryError
+        if not _runs_here():
+            raise
+        warning("DownloadManager", "a post failed: out of memory")
+    return None
 
 
 class DownloadManager:

@@ -13,16 +13,16 @@ def run(coro):
     # asyncio.run(coro); then the tasks it cancelled (a session's watchdog) end too: none is left in asyncio's queue,
     # holding what it held, until some later loop
     steps = []  # "began", then "ended" once coro ended (an interrupt that came through it ran its cleanup)
-    task = asyncio.create_task(_noting_steps(coro, steps))
     loop = asyncio.get_event_loop()
-    interrupts = []  # those that left the loop: the first goes on to the caller
+    interrupts = []  # what left the loop (Ctrl-C, or an error around coro): the first goes on to the caller
+    task = asyncio.create_task(_noting_steps(coro, steps))  # last: from here on a full heap can't leave it queued
     try:
         try:
             return loop.run_until_complete(task)
         except BaseException as e:
-            if isinstance(e, Exception):
+            if isinstance(e, Exception) and len(steps) == 2:  # coro's own: it ended
                 raise
-            interrupts.append(e)
+            interrupts.append(e)  # (a full heap before coro began, or while it waits: it is ended as for Ctrl-C)
         core.cur_task = None  # (a task the interrupt left named as running can't be cancelled)
         if len(steps) == 1:  # coro is suspended
             task.cancel()

@@ -199,6 +199,27 @@ result(out=OUT, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
                          "at_the_repl": callbacks}, "listed": [], "fds": 0}, v
 
 
+def test_a_callback_scheduled_while_a_download_holds_the_admission_lock_reads_the_session_state(mpy, fault):
+    # A status bar's LVGL timer asks is_session_active() while the thread's download is inside admission's lock
+    # (taking the session): the callback runs on that thread, so it must not wait for the lock; it used to hang
+    r = mpy.run(HEAD + """
+import micropython
+from mpos.net import admission
+said = []
+def status_timer(_):
+    said.append(type(DownloadManager.is_session_active()).__name__)  # (True or False: which bytecode it came after)
+real_shared_session = admission._shared_session
+def shared_session():  # called under the lock: a timer fires now, its callback runs at the next check of the VM
+    micropython.schedule(status_timer, None)
+    return real_shared_session()
+admission._shared_session = shared_session
+OUT["got"] = shown(DownloadManager.download_url(URL))
+result(out=OUT, said=said, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
+""", URL=fault.url("/bytes/1000"), timeout=20)
+    v = r.value
+    assert v == {"out": {"got": sha256_of(1000)}, "said": ["bool"], "listed": [], "fds": 0}, v
+
+
 def test_start_while_a_threads_synchronous_download_runs_the_loop_waits_for_it_to_end(mpy, fault):
     # No loop ran when the thread's call came: its call runs asyncio's loop. TaskManager.start() comes meanwhile (an
     # OS that boots while an app's thread downloads): it begins its loop only once that call ended (two threads

@@ -147,6 +147,47 @@ run(main())
     assert r.value["held"] < 2000, r.value  # 20 screens of 2 KB each would be 40 KB
 
 
+def test_a_timer_that_creates_a_task_while_create_task_forgets_finished_ones_breaks_neither(mpy):
+    # Screens backed out of at once leave their cancelled tasks listed until the next create_task() forgets them. An
+    # LVGL timer (micropython.schedule runs it between the thread's bytecodes; the App Store's detail screen starts
+    # its icon download from one) calls create_task() while that forgetting goes on: the list shrinks under it. Both
+    # calls make their task; the app's used to raise IndexError.
+    r = mpy.run("""
+import asyncio, micropython
+from mpos import TaskManager
+
+async def fetch():
+    await asyncio.sleep_ms(5)
+    return "fetched"
+
+timer_made = []
+def timer(_):
+    timer_made.append(TaskManager.create_task(fetch()))
+
+fired = []
+class FinishedAsTheTimerFires:  # stands for a finished task in the list, looked at as the timer fires
+    def done(self):
+        if not fired:
+            fired.append(micropython.schedule(timer, None))
+        return True
+
+async def main():
+    for _ in range(3):  # onCreate, then onDestroy at once
+        TaskManager.create_task(fetch()).cancel()
+    await asyncio.sleep_ms(0)  # (the cancels are thrown in: done, still listed)
+    TaskManager.task_list.append(FinishedAsTheTimerFires())
+    try:
+        app = await TaskManager.create_task(fetch())
+    except Exception as e:
+        app = repr(e)
+    timer_task = await timer_made[0]
+    result(app=app, timer=timer_task, timers=len(timer_made), listed=len(TaskManager.list_tasks()))
+
+run(main())
+""", timeout=20)
+    assert r.value == {"app": "fetched", "timer": "fetched", "timers": 1, "listed": 0}, r.value
+
+
 SUPERVISED = COUNTER + """
 starts = []  # when each run of the supervised coroutine began
 first = None

@@ -153,6 +153,73 @@ result(out=OUT, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
     assert v == {"out": {"interrupted": True, "next": sha256_of(30000), "post": True}, "listed": [], "fds": 0}, v
 
 
+def test_a_callback_scheduled_while_this_thread_holds_the_turn_lock_does_not_wait_for_itself(mpy, fault):
+    # An LVGL event or timer callback (micropython.schedule runs it between the thread's bytecodes) starts a download
+    # while the thread is inside download_url, holding the lock synchronous calls take turns with: under the OS's
+    # loop (an app's task downloading) and at the REPL (a synchronous call, before its loop runs). The callback gets
+    # the coroutine to run as a task; it used to wait for the lock its own thread held, for ever.
+    r = mpy.run(HEAD + """
+import micropython
+from mpos.net import download_manager
+scheduled = []  # the callbacks' coroutines
+def button_pressed(_):
+    scheduled.append(DownloadManager.download_url(B))
+    scheduled.append(answered(DownloadManager.post_url(ECHO, data=b"installed")))
+async def answered(post):
+    return await post is not None
+real_loop_thread = TaskManager.loop_thread
+def loop_thread():  # asked under the lock: a timer fires now, its callback runs at the next check of the VM
+    if download_manager._running_lock.locked():
+        micropython.schedule(button_pressed, None)
+    return real_loop_thread()
+TaskManager.loop_thread = loop_thread
+
+async def app():
+    OUT["app"] = shown(await DownloadManager.download_url(A))
+    OUT["under_the_loop"] = await the_callbacks_tasks()
+    TaskManager.stop()
+
+async def the_callbacks_tasks():
+    got = []
+    while scheduled:
+        got.append(shown(await TaskManager.create_task(scheduled.pop(0))))
+    return got
+
+TaskManager.create_task(app())
+TaskManager.start()
+OUT["repl"] = shown(DownloadManager.download_url(A))
+TaskManager.loop_thread = real_loop_thread
+OUT["at_the_repl"] = asyncio.run(the_callbacks_tasks())
+asyncio.run(DownloadManager.close_session())
+result(out=OUT, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
+""", A=fault.url("/bytes/30000"), B=fault.url("/bytes/20000?seed=1"), ECHO=fault.url("/echo"), timeout=20)
+    v = r.value
+    callbacks = [sha256_of(20000, 1), True] * 2  # (the lock is taken twice per call: to tell where it runs, to run)
+    assert v == {"out": {"app": sha256_of(30000), "under_the_loop": callbacks, "repl": sha256_of(30000),
+                         "at_the_repl": callbacks}, "listed": [], "fds": 0}, v
+
+
+def test_a_callback_scheduled_while_a_download_holds_the_admission_lock_reads_the_session_state(mpy, fault):
+    # A status bar's LVGL timer asks is_session_active() while the thread's download is inside admission's lock
+    # (taking the session): the callback runs on that thread, so it must not wait for the lock; it used to hang
+    r = mpy.run(HEAD + """
+import micropython
+from mpos.net import admission
+said = []
+def status_timer(_):
+    said.append(type(DownloadManager.is_session_active()).__name__)  # (True or False: which bytecode it came after)
+real_shared_session = admission._shared_session
+def shared_session():  # called under the lock: a timer fires now, its callback runs at the next check of the VM
+    micropython.schedule(status_timer, None)
+    return real_shared_session()
+admission._shared_session = shared_session
+OUT["got"] = shown(DownloadManager.download_url(URL))
+result(out=OUT, said=said, listed=DownloadManager.downloads(), fds=fd_count() - FD0)
+""", URL=fault.url("/bytes/1000"), timeout=20)
+    v = r.value
+    assert v == {"out": {"got": sha256_of(1000)}, "said": ["bool"], "listed": [], "fds": 0}, v
+
+
 def test_start_while_a_threads_synchronous_download_runs_the_loop_waits_for_it_to_end(mpy, fault):
     # No loop ran when the thread's call came: its call runs asyncio's loop. TaskManager.start() comes meanwhile (an
     # OS that boots while an app's thread downloads): it begins its loop only once that call ended (two threads

@@ -208,13 +208,22 @@ class TaskManager:
     @classmethod
     def _forget_finished(cls):
         # A task cancelled before it first ran never runs _tracked's cleanup (the cancellation is thrown in before
-        # its first line): it, and all its coroutine holds (an app's screen), goes from the list here instead
+        # its first line): it, and all its coroutine holds (an app's screen), goes from the list here instead. A
+        # callback micropython.schedule runs between these bytecodes (an LVGL timer's create_task) may forget some
+        # first: the list can shrink under the index, so each task goes by itself, not by its place.
         tasks = cls.task_list
         i = len(tasks)
         while i:
             i -= 1
-            if tasks[i].done():
-                tasks.pop(i)
+            try:
+                task = tasks[i]
+            except IndexError:  # (shrunk meanwhile)
+                continue
+            if task.done():
+                try:
+                    tasks.remove(task)
+                except ValueError:  # (the callback took it first)
+                    pass
 
     @classmethod
     def create_task(cls, coro):

@@ -168,8 +168,8 @@ def _cancel(task):
 
 def is_session_active():
     """True while the shared session exists (during downloads and its short idle window)."""
-    with _lock:
-        return _session is not None
+    # One read, without _lock: a callback micropython.schedule runs while its thread holds it must not wait for it
+    return _session is not None
 
 
 def close_session_now():

@@ -25,10 +25,10 @@ from . import admission, errors, partfile
 try:
     import _thread
 
-    _running_lock = _thread.allocate_lock()  # held by the thread whose synchronous call runs asyncio's loop
+    _running_lock = _thread.allocate_lock()  # held while a synchronous call runs asyncio's loop (a moment by any call)
 except ImportError:  # a port without threads: one call at a time runs the loop
     _thread = None
-_running_thread = None  # the _thread ident of that thread, while its call runs the loop (see _sync_or_async)
+_running_thread = None  # the _thread ident of the thread that holds _running_lock, while it holds it
 
 
 async def close_session():
@@ -111,15 +111,15 @@ def _sync_or_async(coro):
 
     me = None if _thread is None else _thread.get_ident()
     if me is not None:
-        if _running_thread == me:  # a callback inside the loop this thread's synchronous call runs
+        if _running_thread == me:  # a callback in this thread's loop, or one scheduled while it holds the lock
             return coro
         _running_lock.acquire()
+        _running_thread = me  # (no bytecode between them lets a scheduled callback run)
     try:
         loop = _loop_thread()
         if loop is None or loop == me:
             if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
                 return coro
-            _running_thread = me
             try:
                 try:
                     run = _module("synchronous").run  # asyncio.run, and the cleanup after an interrupt
@@ -128,9 +128,9 @@ def _sync_or_async(coro):
                 return run(coro)
             finally:
                 core.cur_task = None  # an interrupt that left the loop left its task named there: no loop runs now
-                _running_thread = None
     finally:
         if me is not None:
+            _running_thread = None
             _running_lock.release()
     return sys.modules["mpos.task_manager"].TaskManager.run_from_thread(coro)  # (outside the lock: start() may wait)
 
@@ -152,14 +152,20 @@ def _runs_here():
     # close an idle session later, is not loaded for it). Another thread's synchronous call is waited for.
     from asyncio import core
 
+    global _running_thread
     if _thread is None:
         return core.cur_task is None
     me = _thread.get_ident()
-    if _running_thread == me:
+    if _running_thread == me:  # (as in _sync_or_async: its coroutine is returned)
         return False
-    with _running_lock:
+    _running_lock.acquire()
+    _running_thread = me  # a callback micropython.schedule runs before the release must not wait for this thread
+    try:
         loop = _loop_thread()
         return core.cur_task is None and (loop is None or loop == me)
+    finally:
+        _running_thread = None
+        _running_lock.release()
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,

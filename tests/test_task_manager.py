@@ -5,6 +5,7 @@ supervised tasks restarted after a crash but never after a cancellation; list_ta
 good_stack_size(), start_new_thread(). create_task's bookkeeping and wait_for's guarantee are covered in
 test_download_contract.py. Delays are tens of milliseconds: the tests measure order and spacing, not seconds.
 """
+from tools.testservers import sha256_of
 
 # A task the tests run next to the others: it counts its turns.
 COUNTER = """
@@ -145,6 +146,60 @@ run(main())
 """)
     assert r.value["listed"] == 0, r.value
     assert r.value["held"] < 2000, r.value  # 20 screens of 2 KB each would be 40 KB
+
+
+def test_a_timer_that_creates_a_task_while_a_download_drops_the_idle_closer_breaks_neither(mpy, fault):
+    # The idle session's closer, cancelled before it first ran (an app cancelling what it listed), stays listed until
+    # the next create_task() forgets it. The next download drops it at its end; an LVGL timer's create_task
+    # (micropython.schedule runs it between the thread's bytecodes) forgets it at that moment. The download used to
+    # raise ValueError from its cleanup.
+    r = mpy.run("""
+import asyncio, micropython
+from mpos import DownloadManager, TaskManager
+
+async def fetch():
+    await asyncio.sleep_ms(5)
+    return "fetched"
+
+timer_made = []
+def timer(_):
+    timer_made.append(TaskManager.create_task(fetch()))
+
+class TimerFiresAsTheClosersPlaceIsSought(list):
+    def fire(self):
+        if not timer_made:
+            micropython.schedule(timer, None)  # (runs before the next bytecode)
+
+    def __contains__(self, task):
+        self.fire()
+        for listed in self:
+            if listed is task:
+                return True
+        return False
+
+    def remove(self, task):
+        self.fire()
+        super().remove(task)
+
+async def main():
+    first = await DownloadManager.download_url(URL)
+    for task in TaskManager.list_tasks():  # the idle session's closer, made as the download ended
+        task.cancel()
+    await asyncio.sleep_ms(0)  # (the cancel is thrown in: done, still listed)
+    TaskManager.task_list = TimerFiresAsTheClosersPlaceIsSought(TaskManager.task_list)
+    DownloadManager.session_idle_ms = 0
+    try:
+        second = await DownloadManager.download_url(URL)
+        second = sha256(second)
+    except Exception as e:
+        second = repr(e)
+    timer_task = await timer_made[0] if timer_made else None
+    result(first=sha256(first), second=second, timer=timer_task, session=DownloadManager.is_session_active())
+
+run(main())
+""", URL=fault.url("/bytes/3000"), timeout=20)
+    assert r.value == {"first": sha256_of(3000), "second": sha256_of(3000), "timer": "fetched", "session": False}, \
+        r.value
 
 
 def test_a_timer_that_creates_a_task_while_create_task_forgets_finished_ones_breaks_neither(mpy):

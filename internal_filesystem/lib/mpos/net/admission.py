@@ -162,8 +162,10 @@ def _cancel(task):
     # session its frame holds), not at the next create_task
     from .. import TaskManager
 
-    if task in TaskManager.task_list:
+    try:
         TaskManager.task_list.remove(task)
+    except ValueError:  # not listed (it ended), or forgotten meanwhile by a create_task a scheduled callback made
+        pass
 
 
 def is_session_active():

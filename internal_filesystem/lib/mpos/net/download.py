@@ -826,11 +826,12 @@ def _opaque(validator):
 
 
 def _invites_coding(headers):
-    # whether the caller's headers ask for a content coding (then a server may count a Range in coded bytes)
+    # whether the caller's headers let a server code its answer (then it may count a Range in coded bytes): without an
+    # Accept-Encoding any coding is acceptable (RFC 9110 section 12.5.3), as apache's AddEncoding takes it
     for name, value in headers.items():
-        if name.lower() == "accept-encoding" and any(c in value.lower() for c in ("gzip", "deflate", "*")):
-            return True
-    return False
+        if name.lower() == "accept-encoding":
+            return any(c in value.lower() for c in ("gzip", "deflate", "*"))
+    return True
 
 
 def http_error(resp):

@@ -124,6 +124,7 @@ async def main():
     looking = resolver.busy  # lookups still under way when the requests failed
     while resolver.busy:  # the lookups' threads finish meanwhile
         await asyncio.sleep_ms(20)
+    resolver.delay_ms = 100  # (c.test's lookup took the 1 s of the timeout below: a race the 32-bit build lost)
     shas = []
     for name in ("c.test", "a.test"):  # c.test needs a free worker thread; a.test comes from the cache
         shas.append(await get(URL.replace("HOST", name), timeout=aiohttp.ClientTimeout(connect=1)))

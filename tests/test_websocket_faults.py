@@ -121,6 +121,35 @@ def test_a_message_the_heap_cannot_hold_is_refused_with_1009(mpy, ws_script):
     assert srv.client_close_codes() == [1009]
 
 
+@pytest.mark.parametrize("op", [1, 2])
+def test_a_message_whose_buffer_fits_but_not_its_copy_is_refused_with_1009(mpy, ws_script, op):
+    # Found against a real server (websockets, a 1 MB message in a 2 MB heap): the message buffer was made, then the
+    # bytes or str made from it ran out of heap, and receive() raised the bare MemoryError, the 1 MB buffer kept
+    srv = ws_script({"/echo": ["echo"]})
+    r = mpy.run("""
+import asyncio, gc
+
+async def main():
+    async with ws_session() as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        gc.collect()
+        n = gc.mem_free() * 3 // 5 & ~1  # room for the buffer, none left for a copy of it
+        data = b"\\xc3\\xa9" * (n // 2)  # (UTF-8 text too: each character two bytes)
+        await ws.send_frame(data, OP)
+        data = None
+        gc.collect()
+        msg = await ws.receive(timeout=10)
+        room = bytearray(n)  # the buffer went with the connection
+        result(type=msg.type, code=getattr(msg.data, "code", None), close_code=ws.close_code, closed=ws.closed,
+               after=(await ws.receive()).type, fds=fd_count() - fds, reason=str(msg.data))
+run(main())
+""", heapsize="1M", URL=srv.url("/echo"), OP=op)
+    assert "no room" in r.value.pop("reason")
+    assert r.value == {"type": 258, "code": 1009, "close_code": 1009, "closed": True, "after": 257, "fds": 0}
+    assert srv.client_close_codes() == [1009]
+
+
 def test_max_msg_size_counts_the_whole_fragmented_message(mpy, ws_script):
     srv = ws_script({"/parts": [frame(2, bytes(600), fin=False) + frame(0, bytes(600))]})
     r = mpy.run("""

@@ -553,10 +553,15 @@ class ClientWebSocketResponse:
         self._buf = new
 
     def _message(self, op, data):
-        if op == _OP_BINARY:
-            return WSMessage(WSMsgType.BINARY, bytes(data))
-        text = _text(data)
-        return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
+        # The message's str or bytes, made from its buffer: no room for that copy is a message too big, as no room
+        # for the buffer is (_room)
+        try:
+            if op == _OP_BINARY:
+                return WSMessage(WSMsgType.BINARY, bytes(data))
+            text = _text(data)
+            return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
+        except MemoryError:
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "no room for a message of %d bytes" % len(data))
 
     def _ended(self):
         # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5) and, as in

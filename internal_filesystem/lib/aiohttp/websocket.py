@@ -244,6 +244,7 @@ class ClientWebSocketResponse:
     _state = _OPEN
     _reading = None  # the task parked reading this socket (receive(), or close() waiting for the server's Close)
     _writing = None  # the task writing a frame (it holds _lock)
+    _unsendable = False  # a send failed while a receive() waited: it reads on, and nothing more is sent
     _beat = None  # the heartbeat task
     _heard = 0  # ticks_ms of the last frame header or payload bytes read (kept for the heartbeat only)
     _buf = None  # the message buffer, for messages the read-ahead can't hold whole
@@ -309,7 +310,7 @@ class ClientWebSocketResponse:
             await conn.take_turn()  # (before the lock: a cancel here costs no frame)
         await self._lock.acquire()
         try:
-            if conn.sock is None or self._state >= _CLOSING and op != _OP_CLOSE:
+            if conn.sock is None or self._unsendable or self._state >= _CLOSING and op != _OP_CLOSE:
                 raise ClientConnectionResetError("Cannot write to closing transport")
             self._writing = poll.current_task()
             mv = memoryview(data)
@@ -331,7 +332,12 @@ class ClientWebSocketResponse:
             raise
         except OSError as e:
             e = ClientConnectionResetError("websocket: %s" % e, e.errno)  # (what a reader woken by _drop returns)
-            self._drop(e)
+            if self._reading is None or self._state != _OPEN:
+                self._drop(e)
+            else:  # the waiting reader reads on to what the server sent before it reset (its Close) and to the end
+                self._unsendable = True
+                if self._exc is None:
+                    self._exc = e
             raise e
         except Exception:
             raise
@@ -350,7 +356,9 @@ class ClientWebSocketResponse:
         try:
             await self._send(op, payload)
         except ClientConnectionResetError:
-            if self._state != _CLOSING:  # (else: a close() started meanwhile; its Close goes out instead)
+            # Not for the caller: a close() started meanwhile (its Close goes out instead), the server's Close is
+            # answered or not (the connection went meanwhile), or a send failed and nothing more can go
+            if self._state != _CLOSING and op != _OP_CLOSE and not self._unsendable:
                 raise
         except asyncio.CancelledError:  # from outside: _receive re-raises it, as it finds itself still the reader
             if op == _OP_CLOSE:
@@ -553,10 +561,15 @@ class ClientWebSocketResponse:
         self._buf = new
 
     def _message(self, op, data):
-        if op == _OP_BINARY:
-            return WSMessage(WSMsgType.BINARY, bytes(data))
-        text = _text(data)
-        return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
+        # The message's str or bytes, made from its buffer: no room for that copy is a message too big, as no room
+        # for the buffer is (_room)
+        try:
+            if op == _OP_BINARY:
+                return WSMessage(WSMsgType.BINARY, bytes(data))
+            text = _text(data)
+            return WSMessage(WSMsgType.TEXT, text if self._decode else bytes(data))
+        except MemoryError:
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, "no room for a message of %d bytes" % len(data))
 
     def _ended(self):
         # The server closed TCP without a Close frame: CLOSED with code 1006 (RFC 6455 section 7.1.5) and, as in

@@ -1026,7 +1026,7 @@ def test_a_call_whose_loop_finds_no_heap_to_begin_fails_as_documented(mpy, fault
     url = fault.url("/bytes/20000?key=" + call)
     v = mpy.run(NO_HEAP_FOR_THE_LOOP, URL=url, CALL=call, FAILS=fails).value
     assert v == {"said": said, "after": True, "first": False, "fds": []}, v
-    assert [request.method for request in fault.log] == ["GET"], fault.log  # the call after it: the failed one never ran
+    assert [request.method for request in fault.log] == ["GET"], fault.log  # the call after: the failed one never ran
 
 
 def test_a_post_with_no_heap_for_the_session_returns_none(mpy, fault):

@@ -148,12 +148,8 @@ run(main())
     assert r.value["held"] < 2000, r.value  # 20 screens of 2 KB each would be 40 KB
 
 
-def test_a_timer_that_creates_a_task_while_a_download_drops_the_idle_closer_breaks_neither(mpy, fault):
-    # The idle session's closer, cancelled before it first ran (an app cancelling what it listed), stays listed until
-    # the next create_task() forgets it. The next download drops it at its end; an LVGL timer's create_task
-    # (micropython.schedule runs it between the thread's bytecodes) forgets it at that moment. The download used to
-    # raise ValueError from its cleanup.
-    r = mpy.run("""
+# An LVGL timer's callback, which starts a task: micropython.schedule(timer, None) runs it before the next bytecode
+TIMER = """
 import asyncio, micropython
 from mpos import DownloadManager, TaskManager
 
@@ -164,7 +160,15 @@ async def fetch():
 timer_made = []
 def timer(_):
     timer_made.append(TaskManager.create_task(fetch()))
+"""
 
+
+def test_a_timer_that_creates_a_task_while_a_download_drops_the_idle_closer_breaks_neither(mpy, fault):
+    # The idle session's closer, cancelled before it first ran (an app cancelling what it listed), stays listed until
+    # the next create_task() forgets it. The next download drops it at its end; an LVGL timer's create_task
+    # (micropython.schedule runs it between the thread's bytecodes) forgets it at that moment. The download used to
+    # raise ValueError from its cleanup.
+    r = mpy.run(TIMER + """
 class TimerFiresAsTheClosersPlaceIsSought(list):
     def fire(self):
         if not timer_made:
@@ -207,18 +211,7 @@ def test_a_timer_that_creates_a_task_while_create_task_forgets_finished_ones_bre
     # LVGL timer (micropython.schedule runs it between the thread's bytecodes; the App Store's detail screen starts
     # its icon download from one) calls create_task() while that forgetting goes on: the list shrinks under it. Both
     # calls make their task; the app's used to raise IndexError.
-    r = mpy.run("""
-import asyncio, micropython
-from mpos import TaskManager
-
-async def fetch():
-    await asyncio.sleep_ms(5)
-    return "fetched"
-
-timer_made = []
-def timer(_):
-    timer_made.append(TaskManager.create_task(fetch()))
-
+    r = mpy.run(TIMER + """
 fired = []
 class FinishedAsTheTimerFires:  # stands for a finished task in the list, looked at as the timer fires
     def done(self):

@@ -106,6 +106,7 @@ def _sync_or_async(coro):
     # asyncio's loop state is one per process: a thread's synchronous call waits while another thread's runs it (two
     # threads running one queue would run each other's tasks), then runs its own; TaskManager.start() waits for it
     # too, having named its thread first, so a call that gets the lock after that is handed to start()'s loop.
+    # coro None asks only whether a coroutine would run here, on a loop of its own (see _runs_here).
     global _running_thread
     from asyncio import core
 
@@ -120,6 +121,8 @@ def _sync_or_async(coro):
         if loop is None or loop == me:
             if core.cur_task is not None:  # (this thread's loop, or an app's asyncio.run in another: one can't tell)
                 return coro
+            if coro is None:
+                return True
             try:
                 try:
                     run = _module("synchronous").run  # asyncio.run, and the cleanup after an interrupt
@@ -132,6 +135,8 @@ def _sync_or_async(coro):
         if me is not None:
             _running_thread = None
             _running_lock.release()
+    if coro is None:
+        return False
     return sys.modules["mpos.task_manager"].TaskManager.run_from_thread(coro)  # (outside the lock: start() may wait)
 
 
@@ -150,22 +155,7 @@ def _runs_here():
     # -> whether _sync_or_async would run the call's coroutine on a loop of its own, in this thread (synchronous
     # code, no TaskManager loop in another thread), a loop that ends with the call (TaskManager, whose task would
     # close an idle session later, is not loaded for it). Another thread's synchronous call is waited for.
-    from asyncio import core
-
-    global _running_thread
-    if _thread is None:
-        return core.cur_task is None
-    me = _thread.get_ident()
-    if _running_thread == me:  # (as in _sync_or_async: its coroutine is returned)
-        return False
-    _running_lock.acquire()
-    _running_thread = me  # a callback micropython.schedule runs before the release must not wait for this thread
-    try:
-        loop = _loop_thread()
-        return core.cur_task is None and (loop is None or loop == me)
-    finally:
-        _running_thread = None
-        _running_lock.release()
+    return bool(_sync_or_async(None))
 
 
 def download_url(url, outfile=None, total_size=None, progress_callback=None, chunk_callback=None, headers=None,

@@ -1306,6 +1306,31 @@ run(main())
     assert got["values"] and 100 not in got["values"] and got["values"] == sorted(set(got["values"]))
 
 
+def test_retries_wait_unless_retry_base_ms_is_0_then_they_go_at_once(mpy, fault):
+    # The spec's "Retry Logic": 3 tries, "Exponential backoff: No (immediate retry)". By default each retry waits,
+    # longer each time (docs/decisions.md, Retries); retry_base_ms = 0 gives the documented immediate retry.
+    r = mpy.run("""
+from mpos import DownloadManager, TaskManager
+waits = []
+real_sleep = TaskManager.sleep
+def noted_sleep(s):
+    waits.append(s)
+    return real_sleep(s)
+TaskManager.sleep = noted_sleep
+async def main():
+    for base in (250, 0):
+        DownloadManager.retry_base_ms = base
+        del waits[:]
+        data = await DownloadManager.download_url(URL + "&key=%d" % base)
+        result(base=base, sha=sha256(data), waits=list(waits))
+run(main())
+""", URL=fault.url("/bytes/1000?fail=503&times=2"))
+    waited, at_once = r.results
+    assert waited["sha"] == at_once["sha"] == sha256_of(1000) and fault.requests == 6
+    assert len(waited["waits"]) == 2 and all(w > 0 for w in waited["waits"]), waited
+    assert at_once["waits"] == [0, 0], at_once
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 6. TaskManager
 

@@ -286,6 +286,23 @@ run(main())
         {"sent": [["content-type", "application/json"]]}]
 
 
+def test_a_session_made_with_an_http_version_as_micropythonos_aiohttp_took_it(mpy, fault):
+    # MicroPythonOS's bundled aiohttp (micropython-lib's) exported HttpVersion10 and HttpVersion11 and took
+    # ClientSession(version=...), as CPython's does; its examples pass version=aiohttp.HttpVersion11. Requests go out
+    # as HTTP/1.1 whichever is named: every server answers it.
+    r = mpy.run("""
+import aiohttp
+async def main():
+    for version in (aiohttp.HttpVersion11, aiohttp.HttpVersion10):
+        async with aiohttp.ClientSession(headers={"Accept-Encoding": "gzip,deflate"}, version=version) as session:
+            async with session.get(URL) as response:
+                result(status=response.status, type=response.headers["Content-Type"], n=len(await response.json()))
+run(main())
+""", URL=fault.url("/json/5?gzip=1"))
+    assert r.results == [{"status": 200, "type": "application/json", "n": 5}] * 2
+    assert [request.headers.get("accept-encoding") for request in fault.log] == ["gzip,deflate"] * 2
+
+
 # ---------------------------------------------------------------- malformed and oversized response heads
 
 # Bodies that are not valid in the charset they are labelled with (None: no charset), each decoded with every error

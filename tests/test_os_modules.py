@@ -1,5 +1,5 @@
-"""MicroPythonOS's own modules on this library: the OS updater, the App Store and the app installer call
-DownloadManager here exactly as they do upstream (tests/mpy/os_callers.py restates each call with its keywords,
+"""MicroPythonOS's own modules on this library: the OS updater, the App Store, the app installer and the weather app
+call DownloadManager here exactly as they do upstream (tests/mpy/os_callers.py restates each call with its keywords,
 callback shapes and error handling), on MicroPython against the fault server. Each test checks what reaches the
 flash blocks or the installed files, byte for byte, and what the OS code sees.
 """
@@ -303,6 +303,83 @@ def test_a_failed_report_is_logged_without_its_path(mpy, fault, server):
             assert secret not in line, line
 
 
+PROJECT = {"version": {"revision": 7, "app_metadata": {"version": "1.2.0", "author": "Ann", "executable": "x"},
+                       "files": [{"ext": ".png", "url": "icon.png"},
+                                 {"ext": ".MPK", "url": None, "size_of_content": 0}]}}
+
+
+def test_an_app_is_installed_from_its_project_details(mpy, fault):
+    # AppDetail on BadgeHub: the project's details give the .mpk's URL and size, the installer's progress follows that
+    # size; details that can't be had (a 404, an answer that is no JSON) are {}
+    package = mpk()
+    fault.files["hello.mpk"] = package
+    project = json.loads(json.dumps(PROJECT))
+    project["version"]["files"][1].update(url=fault.url("/file/hello.mpk"), size_of_content=len(package))
+    fault.files["details.json"] = json.dumps(project).encode()
+    fault.files["broken.json"] = b'{"version": {"revision": 7, "app_meta'
+    v = mpy.run("""
+from os_callers import *
+async def main():
+    details = await fetch_project_details(URL)
+    percents = []
+    async def progress(percent):
+        percents.append(percent)
+    installed_ok = await download_and_install_package(details["download_url"], APP, details["download_url_size"],
+                                                      progress)
+    result(details=details, ok=installed_ok, files=installed("apps/" + APP), percents=percents,
+           missing=await fetch_project_details(MISSING), broken=await fetch_project_details(BROKEN))
+run(main())
+""", URL=fault.url("/file/details.json?chunked=1&chunks=5"), MISSING=fault.url("/status/404"),
+                BROKEN=fault.url("/file/broken.json"), APP=APP).value
+    assert v["details"] == {"version": "1.2.0", "publisher": "Ann", "revision": 7,
+                            "download_url": fault.url("/file/hello.mpk"), "download_url_size": len(package)}
+    assert v["ok"] is True and v["files"] == {name: sha(data) for name, data in APP_FILES.items()}
+    assert v["percents"][-1] == 100 and all(a < b for a, b in zip(v["percents"], v["percents"][1:]))
+    assert (v["missing"], v["broken"]) == ({}, {})
+
+
+APP_INDEX = [{"slug": "com.example.hello", "name": "Hello", "version": "1.10.0"},
+             {"slug": "com.example.clock", "name": "Clock", "version": "0.3.1"},
+             {"slug": "com.example.other", "name": "Not installed", "version": "9.0"}]
+
+
+@pytest.mark.parametrize("answer,raise_errors,verdict", [
+    ("the index", False, ["updates_available", ["com.example.hello"]]),
+    ("no JSON", False, ["error", []]),
+    ("404", False, ["error", []]), ("404", True, ["error", []]),
+    ("refused", False, ["error", []]),          # None: no exception to ask is_network_error() about
+    ("refused", True, ["waiting_wifi", []]),
+])
+def test_what_the_app_update_check_makes_of_the_index_and_of_failures(mpy, fault, answer, raise_errors, verdict):
+    # AppUpdateManager.check_for_updates, the App Store's background service
+    fault.files["index.json"] = json.dumps(APP_INDEX).encode()
+    fault.files["page.html"] = b"<html>maintenance</html>"
+    url = {"the index": fault.url("/file/index.json"), "no JSON": fault.url("/file/page.html"),
+           "404": fault.url("/status/404"), "refused": refused_url()}[answer]
+    v = mpy.run("""
+from os_callers import *
+async def main():
+    result(verdict=await check_app_updates(URL, {"com.example.hello": "1.9.2", "com.example.clock": "0.3.1"},
+                                           **OPTIONS))
+run(main())
+""", URL=url, OPTIONS={"raise_errors": True} if raise_errors else {}).value
+    assert v["verdict"] == verdict
+
+
+def test_the_weather_app_gets_its_forecast_with_the_query_as_written(mpy, fault):
+    forecast = {"current": {"temperature_2m": 7.5}, "hourly": {"time": ["2026-12-07T%02d:00" % h for h in range(8)]}}
+    fault.files["forecast"] = json.dumps(forecast).encode()
+    v = mpy.run("""
+from os_callers import *
+async def main():
+    result(shown=await fetch_weather(URL, 50.08, 14.42), failed=await fetch_weather(DOWN, 50.08, 14.42),
+           query=forecast_query(50.08, 14.42))
+run(main())
+""", URL=fault.url("/file/forecast"), DOWN=fault.url("/status/503")).value
+    assert v == {"shown": "7.5 C, 8 hours ahead", "failed": "Download error", "query": v["query"]}
+    assert fault.log[0].target == "/file/forecast" + v["query"] and "," in v["query"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The app installer (app_manager.download_and_install_package): the .mpk unpacked while it downloads
 
@@ -376,6 +453,51 @@ def test_a_failed_install_leaves_no_app_behind(mpy, fault, package, query, error
     v = mpy.run(INSTALL, URL=fault.url("/file/hello.mpk" + query), APP=APP, SIZE=len(data)).value
     assert v["outcome"] == error if query else v["outcome"].startswith(error), v
     assert v["files"] is None and v["fds"] == 0
+    assert len(fault.log) == (2 if query else 1)  # the app's own error is never retried
+
+
+def test_the_app_stores_update_all_installs_without_a_size_or_progress_callback(mpy, fault):
+    # AppStore._run_update_all: download_and_install_package(url, fullname), the .mpk's size unknown to it
+    package = mpk()
+    fault.files["hello.mpk"] = package
+    v = mpy.run("""
+from os_callers import *
+from testlib import fd_count
+async def main():
+    fds = fd_count()
+    ok = await download_and_install_package(URL, APP)
+    await DownloadManager.close_session()
+    result(ok=ok, files=installed("apps/" + APP), fds=fd_count() - fds)
+run(main())
+""", URL=fault.url("/file/hello.mpk?chunked=1"), APP=APP).value
+    assert v == {"ok": True, "files": {name: sha(data) for name, data in APP_FILES.items()}, "fds": 0}
+
+
+@pytest.mark.parametrize("failure,label", [
+    ("no room for a member", "Not enough space"),
+    # the documented False: the App Store's Wi-Fi hint needs an exception (raise_errors=True, docs/decisions.md)
+    ("a drop it can't resume", "Download failed: Download failed for com.exampl"),
+])
+def test_what_the_app_details_screen_says_when_an_install_fails(mpy, fault, failure, label):
+    package = mpk()
+    fault.files["hello.mpk"] = package
+    query = "?drop=20000&norange=1" if failure == "a drop it can't resume" else ""
+    v = mpy.run("""
+from os_callers import *
+from testlib import exists
+import gc
+async def main():
+    try:
+        await download_and_install_package(URL, APP, SIZE, free_bytes=FREE)
+        said = "installed"
+    except RuntimeError as e:
+        said = install_label(e)
+    gc.collect()
+    result(said=said, left=exists("apps/" + APP), listed=DownloadManager.downloads())
+run(main())
+""", URL=fault.url("/file/hello.mpk" + query), APP=APP, SIZE=len(package),
+                FREE=10_000 if failure == "no room for a member" else None).value
+    assert v == {"said": label, "left": False, "listed": []}
     assert len(fault.log) == (2 if query else 1)  # the app's own error is never retried
 
 

@@ -2,7 +2,10 @@
 Lightning wallet) and its multi-websocket tests. The snippets are ours; the calls are the ones that code makes:
 ClientSession(headers=...), ws_connect(url, ssl=<an ssl.SSLContext with CERT_NONE>), `if not ws`, `async for`,
 msg.type against WSMsgType and the raw opcodes, ws.ws.closed, ws.pong(), ws.exception(), send_str/send_bytes,
-close() from another task, session.__aexit__(None, None, None), and a reconnect loop with backoff."""
+close() from another task, session.__aexit__(None, None, None), and a reconnect loop with backoff; and
+WebSocketApp's own shape: a session per connection left unclosed, len(msg.data) of every message, send() as a task."""
+import pytest
+
 from tools.wsservers import frame
 
 # A relay client shaped like uaiowebsocket.WebSocketApp: one session per connection, messages to callbacks, and
@@ -38,16 +41,17 @@ class Relay:
             self.opened += 1
             await ws.send_str('["REQ","feed",{}]')
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    self.messages.append(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    self.messages.append("%d bytes" % len(msg.data))
-                elif msg.type == WSMsgType.ERROR or ws.ws.closed:
-                    raise RelayClosed("websocket error or closed")
-                elif msg.type == 10:  # a pong (only seen with autoping off)
-                    pass
-                elif msg.type == 9:
+                self.keep(ws, msg)
+                if msg.type == 9:  # a ping (only seen with autoping off; a pong, 10, is let be)
                     await ws.pong(msg.data)
+
+    def keep(self, ws, msg):
+        if msg.type == WSMsgType.TEXT:
+            self.messages.append(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            self.messages.append("%d bytes" % len(msg.data))
+        elif msg.type == WSMsgType.ERROR or ws.ws.closed:
+            raise RelayClosed("websocket error or closed")
 
     async def run_forever(self):
         wait = MIN_WAIT
@@ -74,11 +78,13 @@ class Relay:
 def start(url):
     relay = Relay(url)
     return relay, asyncio.create_task(relay.run_forever())
-
+"""
+UNTIL = """
 async def until(done):
     while not done():
         await asyncio.sleep_ms(10)
 """
+RELAY += UNTIL
 
 
 def test_a_relay_that_ends_each_connection_is_reconnected_at_the_shortest_wait(mpy, ws_script):
@@ -195,3 +201,76 @@ def test_websockets_from_one_session_on_a_thread_some_of_them_bad(mpy, ws_aiohtt
         # the first message back, then what came back of each answer: the chain grows one " / answer" a turn
         assert said[:2] == ["hello from %d, message 1" % i, "hello from %d, message 1 / answer" % i], said
     assert [1, "ClientConnectorError"] in log and [3, "WSServerHandshakeError"] in log
+
+
+# uaiowebsocket.WebSocketApp as it is, beside the relay above: a new session for each connection and only the last
+# one closed (by close(), from a task of its own); every message logged before it is looked at, its len(msg.data)
+# and str(msg.data)[:180] made whatever its type; send() a plain method that schedules the write as a task.
+APP = RELAY + """
+class App(Relay):
+    def __init__(self, url):
+        super().__init__(url)
+        self.logged = []
+
+    def send(self, text):
+        asyncio.create_task(self.ws.send_str(text))
+
+    async def close(self):
+        self.running = False
+        asyncio.create_task(self._close())
+
+    async def _close(self):
+        if self.ws and not self.ws.ws.closed:
+            await self.ws.close()
+        if self.session:
+            await self.session.__aexit__(None, None, None)
+
+    async def _connect_and_run(self):
+        self.session = aiohttp.ClientSession(headers={"User-Agent": "relay-app"})
+        async with self.session.ws_connect(self.url, ssl=None) as ws:
+            if not ws:
+                return
+            self.ws = ws
+            self.opened += 1
+            self.send('["REQ","feed",{}]')
+            async for msg in ws:
+                self.logged.append("type=%s, length: %d and data=%s" % (msg.type, len(msg.data), str(msg.data)[:180]))
+                if not self.running:
+                    break
+                self.keep(ws, msg)
+
+    async def run_forever(self):
+        while self.running:
+            try:
+                await self._connect_and_run()
+            except Exception as e:
+                self.errors.append(type(e).__name__)
+            if self.running:
+                await asyncio.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("link", ["ends each connection", "drops each connection"])
+def test_a_relay_app_with_a_session_per_connection_reconnects_and_holds_no_socket(mpy, ws_script, link):
+    # On a drop, the ERROR message's data is the exception, as in CPython's aiohttp: the app's log line raises
+    # TypeError on its len() (MicroPythonOS's own client raised the socket's error out of `async for` instead);
+    # either way the app's except reports it and connects again
+    end = ["fin"] if link == "ends each connection" else [0.05, "drop"]
+    srv = ws_script({"/relay": ["read", frame(1, b'["EVENT",1]'), frame(2, b"\x01\x02")] + end})
+    r = mpy.run(APP + """
+async def main():
+    fds = fd_count()
+    app = App(URL)
+    task = asyncio.create_task(app.run_forever())
+    await until(lambda: app.opened >= 4)  # (three connections over, each with what it got)
+    await app.close()
+    await task
+    await until(lambda: app.session.closed)  # (close() left it to a task)
+    result(messages=app.messages[:4], logged=app.logged[:2], errors=app.errors[:2], fds=fd_count() - fds)
+run(main())
+""", timeout=30, URL=srv.url("/relay"))
+    assert r.value["messages"] == ['["EVENT",1]', "2 bytes"] * 2
+    assert r.value["logged"] == ['type=1, length: 11 and data=["EVENT",1]', "type=2, length: 2 and data=b'\\x01\\x02'"]
+    assert r.value["errors"] == ([] if link == "ends each connection" else ["TypeError"] * 2)
+    assert r.value["fds"] == 0
+    assert [p for _, op, p in srv.frames if op == 1][:4] == [b'["REQ","feed",{}]'] * 4

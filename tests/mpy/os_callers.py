@@ -205,6 +205,76 @@ async def report_rating(api, fullname, revision, mac, device_id, rating):
         pass
 
 
+async def fetch_project_details(url):
+    """appstore_core.fetch_badgehub_project_details: a BadgeHub project's JSON boiled down to what AppDetail shows
+    and installs from ({} when the download raised or its answer is no JSON): version, publisher, revision and the
+    .mpk's URL and size (the installer's download_url_size)."""
+    try:
+        body = await DownloadManager.download_url(url)
+    except Exception:
+        return {}
+    try:
+        project = json.loads(body)
+    except Exception:
+        return {}
+    version = project.get("version") or {}
+    meta = version.get("app_metadata") or {}
+    details = {"version": meta.get("version"), "publisher": meta.get("author"), "revision": version.get("revision")}
+    for entry in version.get("files") or ():
+        if str(entry.get("ext", "")).lower() in (".mpk", ".zip"):
+            details["download_url"], details["download_url_size"] = entry.get("url"), entry.get("size_of_content")
+            break
+    return details
+
+
+async def check_app_updates(url, installed_versions, **options):
+    """appstore_core.AppUpdateManager.check_for_updates on BadgeHub's index -> (state, the slugs with a newer
+    version than installed_versions says): "updates_available", "no_updates", "error", or "waiting_wifi" when the
+    download raised a network error. options: as UpdateDownloader's."""
+    try:
+        body = await DownloadManager.download_url(url, **options)
+    except Exception as e:
+        return ("waiting_wifi" if DownloadManager.is_network_error(e) else "error"), []
+    try:
+        index = json.loads(body)  # (None, the documented failure, is no JSON either)
+    except Exception:
+        return "error", []
+    def numbers(version):
+        return [int(part) for part in version.split(".")]
+
+    newer = [entry["slug"] for entry in index if entry.get("slug") in installed_versions
+             and numbers(entry.get("version", "0")) > numbers(installed_versions[entry["slug"]])]
+    return ("updates_available" if newer else "no_updates"), newer
+
+
+def install_label(error):
+    """AppDetail.download_and_install: what the install button's label says after the installer raised error."""
+    if DownloadManager.is_network_error(error):
+        return "Network error - check WiFi"
+    if "Not enough free space" in str(error):
+        return "Not enough space"
+    return "Download failed: " + str(error)[:30]
+
+
+# --- apps/cz.ucw.pavel.weather/main.py -----------------------------------------------------------------------------
+
+
+def forecast_query(latitude, longitude):
+    # open-meteo's query as the app writes it: commas and all, not percent-encoded
+    return ("?latitude={}&longitude={}&current=temperature_2m,weather_code,wind_speed_10m"
+            "&hourly=temperature_2m,precipitation&forecast_days=10&timezone=auto").format(latitude, longitude)
+
+
+async def fetch_weather(endpoint, latitude, longitude):
+    """The weather app's fetch: open-meteo's forecast (endpoint: its /v1/forecast) in memory mode, the JSON parsed;
+    the summary it shows ("Download error" for the documented None)."""
+    data = await DownloadManager.download_url(endpoint + forecast_query(latitude, longitude))
+    if not data:
+        return "Download error"
+    forecast = json.loads(data)
+    return "%s C, %d hours ahead" % (forecast["current"]["temperature_2m"], len(forecast["hourly"]["time"]))
+
+
 # --- lib/mpos/content/app_manager.py and streaming_unzip.py -------------------------------------------------------
 
 _LOCAL_HEADER = "<IHHHHHIIIHH"  # signature, version, flags, method, time, date, crc32, packed size, size, name, extra
@@ -220,9 +290,10 @@ class StreamingUnzip:
     is the app's one top-level folder) unpacked as its bytes arrive, stored members written as they come, deflated
     ones inflated once complete, each checked against its CRC-32. The central directory at the end is ignored."""
 
-    def __init__(self, dest, top):
+    def __init__(self, dest, top, free_bytes=None):
         self.dest = dest
         self.top = top
+        self.free_bytes = free_bytes  # app_manager's free_space_limit: a member larger than this raises
         self.buf = b""
         self.started = False  # the top-level folder was seen
         self.ended = False  # past the last member
@@ -243,7 +314,7 @@ class StreamingUnzip:
     def _local_header(self):
         if len(self.buf) < _LOCAL_HEADER_SIZE:
             return False
-        signature, _, flags, method, _, _, crc, packed, _, name_len, extra_len = struct.unpack(
+        signature, _, flags, method, _, _, crc, packed, size, name_len, extra_len = struct.unpack(
             _LOCAL_HEADER, self.buf[:_LOCAL_HEADER_SIZE])
         if signature != _LOCAL_SIGNATURE:
             if not self.started:
@@ -270,6 +341,9 @@ class StreamingUnzip:
         if name.endswith("/"):
             _make_dirs(path)
             return True
+        if self.free_bytes is not None and size > self.free_bytes:
+            raise RuntimeError("Not enough free space (%d KB available, %d KB needed)" % (
+                self.free_bytes // 1024, size // 1024))
         _make_dirs(path[: path.rfind("/")])
         self.out = [open(path, "wb"), packed, method, crc, 0, b""]
         if not packed:
@@ -334,12 +408,13 @@ def remove_tree(path):
     os.rmdir(path)
 
 
-async def download_and_install_package(download_url, fullname, download_url_size=None, progress_callback=None):
+async def download_and_install_package(download_url, fullname, download_url_size=None, progress_callback=None,
+                                       free_bytes=None):
     """AppManager.download_and_install_package: the .mpk unpacked into apps/<fullname> while it downloads, no
-    temporary file; True, or RuntimeError with the folder removed."""
+    temporary file; True, or RuntimeError with the folder removed. free_bytes: what the flash has room for."""
     dest = "apps/" + fullname
     remove_tree(dest)
-    extractor = StreamingUnzip(dest, fullname)
+    extractor = StreamingUnzip(dest, fullname, free_bytes)
 
     async def _chunk_callback(chunk):
         extractor.feed(chunk)

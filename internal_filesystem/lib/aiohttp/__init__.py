@@ -19,7 +19,7 @@ __version__ = "1.0.0"
 _WHERE = (
     "\nclient ClientSession ClientTimeout DEFAULT_TIMEOUT check_headers "
     "\nconnection tls_context "
-    "\nhelpers BasicAuth TCPConnector "
+    "\nhelpers BasicAuth TCPConnector HttpVersion10 HttpVersion11 "
     "\nerrors ClientError ClientConnectionError ClientConnectorCertificateError ClientConnectorDNSError "
     "ClientConnectorError ClientOSError ClientPayloadError ClientResponseError ClientSSLError ConnectionTimeoutError "
     "ContentTypeError InvalidURL InvalidUrlClientError InvalidUrlRedirectClientError NonHttpUrlClientError "

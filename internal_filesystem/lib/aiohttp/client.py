@@ -129,7 +129,8 @@ class ClientSession:
 
     def __init__(self, base_url=None, headers=None, timeout=None, ssl=None, max_redirects=10,
                  allow_downgrade=False, pool_size=4, keepalive_timeout=15, auto_decompress=True,
-                 raise_for_status=False, connector=None, auth=None, connector_owner=True):
+                 raise_for_status=False, connector=None, auth=None, connector_owner=True, version=None):
+        # (version=: aiohttp.HttpVersion10 or 11, taken as aiohttp takes it; every request goes out as HTTP/1.1)
         if connector is not None:  # an aiohttp.TCPConnector: its settings, its limits, closed with this session
             ssl, pool_size, keepalive_timeout = connector.settings(ssl, pool_size, keepalive_timeout)
         if base_url is not None and not split_url(base_url)[3].split("?", 1)[0].endswith("/"):

@@ -1,7 +1,11 @@
-# What an app hands a ClientSession beside URLs: BasicAuth, the credentials of auth=, and TCPConnector, the
-# connection settings of connector=. Loaded when an app first names one.
+# What an app hands a ClientSession beside URLs: BasicAuth, the credentials of auth=, TCPConnector, the connection
+# settings of connector=, and the HTTP versions of version=. Loaded when an app first names one.
 
 import binascii
+
+# ClientSession(version=)'s values, as MicroPythonOS's earlier aiohttp named them (requests are HTTP/1.1 either way)
+HttpVersion10 = "HTTP/1.0"
+HttpVersion11 = "HTTP/1.1"
 
 
 class BasicAuth:

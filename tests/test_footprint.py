@@ -213,11 +213,11 @@ FULL_HEAP_AT_READ = MADE + """
 from aiohttp import connection
 real_recv = connection.Connection.recv
 reads = []
-def recv_in_a_full_heap(self, view):
+def recv_in_a_full_heap(self, view, once=False):
     reads.append(True)
     if len(reads) == FAILING_READ:
         raise MemoryError("memory allocation failed, allocating 168 bytes")
-    return (yield from real_recv(self, view))
+    return (yield from real_recv(self, view, once))
 connection.Connection.recv = recv_in_a_full_heap
 """
 

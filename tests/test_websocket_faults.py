@@ -480,6 +480,69 @@ def test_a_servers_close_before_it_resets_a_send_reaches_the_waiting_reader(mpy,
                        "closed": True, "after": 257, "fds": 0}
 
 
+CLOSE_BEHIND_A_RESET = """
+import asyncio, time
+
+async def main():
+    async with ws_session(CA) as session:
+        ws = await session.ws_connect(URL)
+        reader = asyncio.create_task(ws.receive())
+        await asyncio.sleep_ms(100)  # (it waits; the server's Close comes 0.2 s after the handshake, its reset behind)
+        time.sleep_ms(400)  # the loop stands still: when the reader reads, the Close and the reset are both here
+        msg = await reader
+        result(type=msg.type, data=msg.data, extra=msg.extra, close_code=ws.close_code)
+run(main())
+"""
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_servers_close_with_a_reset_right_behind_is_read(mpy, ws_script, certs, scheme):
+    # The frame's header came in the same read of the socket as the reset, which threw it away (py/stream.c
+    # mp_stream_rw: readinto's second read met the reset): the reader got an ERROR with ECONNRESET, not the Close
+    srv = ws_script({"/bye": [0.2, close_frame(1001, b"going away"), "drop"]},
+                    certs=certs if scheme == "wss" else None)
+    r = mpy.run(CLOSE_BEHIND_A_RESET, URL=srv.url("/bye"), CA=certs.ca_der_path if scheme == "wss" else None)
+    assert r.results == [{"type": 8, "data": 1001, "extra": "going away", "close_code": 1001}]
+
+
+LOST_IN_A_FULL_HEAP = """
+import asyncio
+
+class HeapRanOutAfterTheRead:
+    # the socket as a read finds it when the heap runs out after the bytes were read: they went with the error
+    def __init__(self, sock):
+        self.sock = sock
+
+    def recv(self, n):
+        self.sock.recv(n)
+        raise MemoryError
+
+    def close(self):
+        self.sock.close()
+
+async def main():
+    async with ws_session(None) as session:
+        fds = fd_count()
+        ws = await session.ws_connect(URL)
+        await asyncio.sleep_ms(400)  # both messages are here (they come 0.2 s after the handshake)
+        ws._conn.sock = HeapRanOutAfterTheRead(ws._conn.sock)
+        error = await error_of(ws.receive())
+        result(error=error[0], closed=ws.closed, close_code=ws.close_code)
+        msg = await ws.receive(timeout=2)
+        result(next=msg.type, fds=fd_count() - fds)
+run(main())
+"""
+
+
+def test_a_read_that_runs_out_of_heap_ends_the_websocket_not_its_framing(mpy, ws_script):
+    # One read of the socket makes a bytes object (Connection._read_once); when that runs out of heap after the read,
+    # what it read is lost. The connection goes with the MemoryError: a receive() after it reading on would take the
+    # middle of a message for a frame's header and hand out bytes the server never sent as one.
+    srv = ws_script({"/two": [0.2, frame(0x1, b"first message") + frame(0x1, b"second message"), 5]})
+    r = mpy.run(LOST_IN_A_FULL_HEAP, URL=srv.url("/two"))
+    assert r.results == [{"error": "MemoryError", "closed": True, "close_code": 1006}, {"next": 257, "fds": 0}]
+
+
 def test_a_reset_while_close_waits_for_the_servers_close_leaves_a_client_error(mpy, ws_script):
     # Found by the fuzzer (seed cl2 case 180): close() read on for the server's Close, met the reset, and kept the
     # socket's bare OSError for exception(), where a receive() that meets it gives a ClientConnectionError

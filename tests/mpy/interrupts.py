@@ -108,6 +108,12 @@ class Sock(io.IOBase):
         INJECTOR.point("sock>")
         return got
 
+    def recv(self, n):
+        INJECTOR.point("sock<")
+        got = self.s.recv(n)
+        INJECTOR.point("sock>")
+        return got
+
     def read(self, n=-1):
         INJECTOR.point("sock<")
         got = self.s.read(n)

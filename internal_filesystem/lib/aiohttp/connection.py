@@ -3,7 +3,7 @@
 
 import socket
 import sys
-from errno import EINPROGRESS, ETIMEDOUT
+from errno import EAGAIN, EINPROGRESS, ETIMEDOUT
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
@@ -296,20 +296,42 @@ class Connection:
         if self.deadline is not None and ticks_diff(ticks_ms(), self.deadline) >= 0:
             raise errors.ServerTimeoutError("request took longer than its total timeout", ETIMEDOUT)
 
-    def recv(self, view):
-        # async: at most len(view) bytes from the socket; 0 when the peer closed
+    def recv(self, view, once=False):
+        # async: at most len(view) bytes from the socket; 0 when the peer closed. once: in one read (_read_once), for
+        # bytes that may be the last before a reset: a short answer, a websocket Close
         if self.streak >= FAIR_SHARE:
             yield from self.take_turn()
         while True:
             sock = self.sock
             if sock is None:
                 raise errors.ServerDisconnectedError("connection closed")
-            n = sock.readinto(view)
+            n = self._read_once(sock, view) if once else sock.readinto(view)
             if n is not None:
                 self.streak += n
                 return n
             yield from self.wait()
             self.streak = 0  # others ran while this task waited
+
+    def _read_once(self, sock, view):
+        # -> the bytes one read of sock put into view, None if none had come. readinto reads again while view has
+        # room, and a reset it meets then throws away what it had read (py/stream.c, mp_stream_rw): an answer a
+        # server sends right before it resets (SO_LINGER 0, or a close with bytes of ours unread) would be lost
+        n = _len(view)
+        if n > _READ_AHEAD:  # (its bytes are made anew: a read-ahead grown for a long line would want as much again)
+            n = _READ_AHEAD
+        try:
+            data = sock.recv(n)
+        except OSError as e:
+            if e.errno == EAGAIN:  # (a plain socket's "nothing yet"; a TLS socket's is None)
+                return None
+            raise
+        except MemoryError:  # the bytes it read, if it had, went with it: nothing more is read from this connection
+            self.close()
+            raise
+        if data is None:
+            return None
+        view[: _len(data)] = data
+        return _len(data)
 
     def send(self, data):
         # async: all of data (this also completes a pending connect or TLS handshake)
@@ -364,7 +386,9 @@ class Connection:
             bigger = bytearray(2 * filled)
             bigger[:filled] = buf
             self.buf = buf = bigger
-        n = yield from self.recv(memoryview(buf)[filled:])
+        # Nothing pending: the start of a head, a line or a frame, read in one read of the socket (_read_once); a long
+        # head's later reads go in place (a bytes object per read would leave the heap in pieces around its fields)
+        n = yield from self.recv(memoryview(buf)[filled:], not filled)
         self.filled += n
         return n
 
@@ -377,7 +401,7 @@ class Connection:
             if self.buf is None:
                 self.buf = bytearray(_READ_AHEAD)
             self.pos = 0
-            self.filled = self.sock.readinto(self.buf) or 0
+            self.filled = self._read_once(self.sock, self.buf) or 0
         except Exception:  # (reset, with nothing queued before it; a TLS socket past its error)
             return False
         return self.filled > 0

@@ -439,6 +439,10 @@ class ClientWebSocketResponse:
                 e = ClientConnectionError("websocket: %s" % e, e.errno)
             self._drop(e)
             return WSMessage(WSMsgType.ERROR, e, None)
+        except MemoryError:
+            if self._conn.sock is None:  # a read that ran out of heap closed it (Connection._read_once): bytes are lost
+                self._drop()
+            raise
         except Exception:
             raise
         except BaseException:

@@ -100,14 +100,17 @@ async def main():
     updater = UpdateDownloader(flash, raise_errors=True)
     paused = await updater.download_and_install(URL)
     error = type(updater.caught).__name__
-    resumed = await updater.download_and_install(URL)
-    result(**flash_report(flash, paused=paused, error=error, resumed=resumed))
+    screen = UpdateScreen()
+    resumed = await updater.download_and_install(URL, progress_callback=screen.progress)
+    result(**flash_report(flash, paused=paused, error=error, resumed=resumed, percents=screen.percents))
 run(main())
 """, URL=fault.url("/bytes/%d?truncate=60000&key=update%s" % (FIRMWARE, "&norange=1" * (server == "ignores Range"))))
     v = v.value
     written = 60000 // BLOCK * BLOCK
     assert v["paused"] == {"success": False, "bytes_written": written, "error": None, "paused": True}
     assert v["error"] == "NetworkError" and v["resumed"]["success"] is True, v
+    # the bar goes on from where it stood (the bytes of its Range's start are done), not from 1 %
+    assert v["percents"][0] == written * 100 // FIRMWARE and v["percents"][-1] == 100, v["percents"]
     assert (v["written"], v["holes"]) == (flashed(FIRMWARE), [])
     assert ranges(fault) == [None, "bytes=%d-" % written]
 

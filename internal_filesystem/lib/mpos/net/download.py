@@ -588,18 +588,27 @@ class Download:
 
     def _percent_now(self):
         # 100 is said once, at the very end; an unknown or wrong size never overshoots
-        return min((self.kept + self.delivered) * 100 // max(self.expected_size() or _ASSUMED_SIZE, 1), 99)
+        return min(self.done() * 100 // max(self.expected_size() or _ASSUMED_SIZE, 1), 99)
+
+    def done(self):
+        # -> the bytes done, as the percentages and downloads() count them. An open range (bytes=N-) is a resume the
+        # caller keeps, as the OS updater does: its N bytes count as done, so the bar goes on from where it stood.
+        if self.range_end is None and not self.total_size:
+            return self.range_start + self.kept + self.delivered
+        return self.kept + self.delivered
 
     def expected_size(self):
-        # -> the bytes kept + delivered count once the download is complete, None while unknown: total_size as the
-        # caller gave it, else the caller's range of the resource (its end cut at the resource's), else the resource.
-        # (A resume of a .part counts from byte 0: kept holds the bytes before range_start, which is 0 then.)
+        # -> what done() reaches once the download is complete, None while unknown: total_size as the caller gave it,
+        # else the caller's closed range of the resource (its end cut at the resource's), else the resource. (A
+        # resume of a .part counts from byte 0: kept holds the bytes before range_start, which is 0 then.)
         if self.total_size:
             return self.total_size
         end = self.resource_size
-        if self.range_end is not None and (end is None or end > self.range_end):
+        if self.range_end is None:
+            return end
+        if end is None or end > self.range_end:
             end = self.range_end + 1
-        return None if end is None else max(end - self.range_start, 0)
+        return max(end - self.range_start, 0)
 
     async def _report(self):
         if self.progress_callback is not None:

@@ -39,14 +39,14 @@ async def close_session():
 
 def downloads():
     """Downloads queued or in flight: [{url, state, done, total, speed}] (url redacted if asked). total: the bytes
-    done reaches at the end (of a caller's Range, the range's), None while unknown."""
+    done reaches at the end (of a caller's closed Range, the range's), None while unknown."""
     listed = admission.listed()
     if not listed:
         return []
     states = "queued connecting downloading done failed".split()  # (download.py's states, in their order)
     return [
         {"url": redact(d.url) if d.redact_url else d.url, "state": states[d.state],
-         "done": d.kept + d.delivered, "total": d.expected_size(), "speed": d.speed}
+         "done": d.done(), "total": d.expected_size(), "speed": d.speed}
         for d in listed
     ]
 

@@ -1029,6 +1029,29 @@ def test_a_call_whose_loop_finds_no_heap_to_begin_fails_as_documented(mpy, fault
     assert [request.method for request in fault.log] == ["GET"], fault.log  # the call after: the failed one never ran
 
 
+def test_a_ctrl_c_in_the_cleanup_after_a_loop_with_no_heap_reaches_the_caller(mpy, fault):
+    # The loop found no heap to begin the call (a MemoryError: the documented failure follows) and Ctrl-C came while
+    # the loop ran the cleanup after it: the caller gets the KeyboardInterrupt (it got None, the Ctrl-C dropped)
+    v = mpy.run("""
+import asyncio
+from mpos import DownloadManager
+real = asyncio.Loop.run_until_complete
+faults = [MemoryError("memory allocation failed, allocating 32 bytes"), KeyboardInterrupt()]
+def failing(*args):
+    if faults:
+        raise faults.pop(0)
+    return real(*args)
+asyncio.Loop.run_until_complete = failing
+try:
+    said = repr(DownloadManager.download_url(URL))
+except KeyboardInterrupt:
+    said = "KeyboardInterrupt"
+asyncio.Loop.run_until_complete = real
+result(said=said, after=sha256(DownloadManager.download_url(URL)))
+""", URL=fault.url("/bytes/2000")).value
+    assert v == {"said": "KeyboardInterrupt", "after": sha256_of(2000)}, v
+
+
 def test_a_post_with_no_heap_for_the_session_returns_none(mpy, fault):
     v = mpy.run("""
 from mpos import DownloadManager

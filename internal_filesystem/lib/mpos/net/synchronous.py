@@ -14,7 +14,8 @@ def run(coro):
     # holding what it held, until some later loop
     steps = []  # "began", then "ended" once coro ended (an interrupt that came through it ran its cleanup)
     loop = asyncio.get_event_loop()
-    interrupts = []  # what left the loop (Ctrl-C, or an error around coro): the first goes on to the caller
+    interrupts = []  # what left the loop (Ctrl-C, or an error around coro): the first Ctrl-C, else the first error,
+    # goes on to the caller
     task = asyncio.create_task(_noting_steps(coro, steps))  # last: from here on a full heap can't leave it queued
     try:
         try:
@@ -34,6 +35,9 @@ def run(coro):
     finally:
         core.cur_task = None
         _let_cancelled_end(loop, interrupts)
+        for e in interrupts:  # a Ctrl-C in the cleanup after a full heap's error is the caller's, not that error
+            if not isinstance(e, Exception):
+                raise e
         if interrupts:
             raise interrupts[0]
 

@@ -21,7 +21,8 @@ from tools.testservers import payload, text_payload
 
 SEED = os.environ.get("FUZZ_SEED")
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))
-SEEDS = [SEED] if SEED else ["seq%d" % i for i in range(12)]  # FUZZ_SEED=random: fresh ones for FUZZ_SECONDS
+FIXED = ["seq%d" % i for i in range(12)]
+SEEDS = [SEED] if SEED else FIXED  # FUZZ_SEED=random: fresh ones for FUZZ_SECONDS
 RERUN = ".venv/bin/python -m pytest -q tests/test_api_sequences.py"
 HANG_S = 40  # a sequence that has not ended by then hangs
 
@@ -39,11 +40,12 @@ def resources(rnd):
     # three resources of the sequence: (name of its truth file, path on the server, size, payload seed or "text")
     made = []
     for n in rnd.sample(SIZES, 3):
+        tls = "tls:" if rnd.random() < 0.25 else ""  # (served by the TLS server: see make_plan)
         if rnd.random() < 0.2:  # compressible, for gzip
-            made.append(("t%d.res" % n, "/bytes/%d?text=1" % n, n, "text"))
+            made.append(("t%d.res" % n, tls + "/bytes/%d?text=1" % n, n, "text"))
         else:
             s = rnd.randrange(3)
-            made.append(("r%d_%d.res" % (n, s), "/bytes/%d?seed=%d" % (n, s), n, s))
+            made.append(("r%d_%d.res" % (n, s), tls + "/bytes/%d?seed=%d" % (n, s), n, s))
     return made
 
 
@@ -79,10 +81,11 @@ def download_step(rnd, i, seq, res):
     mode = rnd.choice(["file", "file", "memory", "stream"])
     key = "%s_%d" % (seq, i)
     query, recoverable = fault(rnd, key, n, text)
-    sep = "&" if "?" in path else "?"
-    url = path + (sep + query if query else "")
+    tls = path[:4] if path.startswith("tls:") else ""
+    url = path[len(tls):] + ("&" + query if query else "")
     if rnd.random() < 0.1:
         url = "/chain/2" + url
+    url = tls + url
     step = {"op": "dl", "id": i, "res": name, "url": url, "mode": mode, "kw": {}, "spawn": rnd.random() < 0.6}
     kw = step["kw"]
     must_fail = None if recoverable else "fault " + query
@@ -159,7 +162,7 @@ def download_step(rnd, i, seq, res):
     return step
 
 
-def make_plan(seed, server, ws):
+def make_plan(seed, server, ws, tls_server=None):
     rnd = random.Random(seed)
     res = resources(rnd)
     plan = {"seed": seed, "hang_s": HANG_S, "idle_ms": rnd.choice([0, 5, 50, 200]),
@@ -196,23 +199,28 @@ def make_plan(seed, server, ws):
             elif r < 0.93:
                 resource = rnd.choice(res)
                 steps.append({"op": "http", "url": resource[1], "sha": sha(resource)})
-            elif r < 0.95 and ws:
-                steps.append({"op": "ws", "url": ws, "n": i})
+            elif r < 0.95:
+                steps.append({"op": rnd.choice(["ws", "wsheld", "wsheld"]), "url": ws, "n": i})
+            elif r < 0.97:
+                steps.append({"op": "resume", "outfile": rnd.choice(OUTFILES)})
             else:
                 steps.append({"op": "sleep", "turns": rnd.randrange(30), "ms": rnd.choice([0, 0, 5, 30])})
         plan["actors"].append(steps)
-    for steps in plan["actors"]:  # the server's address last: a plan reads the same whatever port it got
+    def address(path):
+        return tls_server + path[4:] if path.startswith("tls:") else server + path
+
+    for steps in plan["actors"]:  # the servers' addresses last: a plan reads the same whatever ports they got
         for step in steps:
-            if "url" in step and step["op"] != "ws":
-                step["url"] = server + step["url"]
+            if "url" in step and step["op"] not in ("ws", "wsheld"):
+                step["url"] = address(step["url"])
             if step.get("nested"):
-                step["nested"][0] = server + step["nested"][0]
+                step["nested"][0] = address(step["nested"][0])
     return plan, res
 
 
-def run_sequence(mpy, fault, ws, tmp_path, seed):
+def run_sequence(mpy, fault, fault_tls, ws, tmp_path, seed):
     """-> [] or the problems of the sequence of this seed, with its step log"""
-    plan, res = make_plan(seed, fault.url(""), ws)
+    plan, res = make_plan(seed, fault.url(""), ws, fault_tls.url(""))
     for resource in res:
         (tmp_path / resource[0]).write_bytes(body(resource))
     r = mpy.run(SNIPPET, PLAN=plan, timeout=HANG_S + 20, heapsize="8M")
@@ -234,10 +242,10 @@ def run_sequence(mpy, fault, ws, tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_random_api_sequences_keep_every_invariant(mpy, fault, ws_aiohttp, tmp_path, seed):
+def test_random_api_sequences_keep_every_invariant(mpy, fault, fault_tls, ws_aiohttp, tmp_path, seed):
     ws = ws_aiohttp.url("/echo")
     if seed != "random":
-        defects = run_sequence(mpy, fault, ws, tmp_path, seed)
+        defects = run_sequence(mpy, fault, fault_tls, ws, tmp_path, seed)
         assert not defects, defects[0]
         return
     defects = []
@@ -245,17 +253,18 @@ def test_random_api_sequences_keep_every_invariant(mpy, fault, ws_aiohttp, tmp_p
     ran = 0
     while time.monotonic() < end and len(defects) < 5:
         fault.reset()
-        defects += run_sequence(mpy, fault, ws, tmp_path, "%08x" % random.getrandbits(32))
+        fault_tls.reset()
+        defects += run_sequence(mpy, fault, fault_tls, ws, tmp_path, "%08x" % random.getrandbits(32))
         ran += 1
     assert not defects, "%d of %d sequences went wrong:\n\n%s" % (len(defects), ran, "\n\n".join(defects))
 
 
 def test_the_fixed_seeds_take_every_kind_of_step():
-    steps = [step for seed in SEEDS if seed != "random"
-             for steps in make_plan(seed, "http://h", "ws://h")[0]["actors"] for step in steps]
+    steps = [step for seed in FIXED for steps in make_plan(seed, "http://h", "ws://h", "https://h")[0]["actors"] for step in steps]
     kinds = {step["op"] for step in steps} | {step["mode"] for step in steps if step["op"] == "dl"}
-    assert kinds >= {"dl", "cancel", "close", "post", "list", "active", "tune", "tm", "http", "ws", "sleep", "file",
-                     "memory", "stream"}, kinds
+    assert kinds >= {"dl", "cancel", "close", "post", "list", "active", "tune", "tm", "http", "ws", "wsheld", "resume",
+                     "sleep", "file", "memory", "stream"}, kinds
+    assert any(step["url"].startswith("https:") for step in steps if step["op"] == "dl")
     downloads = [step for step in steps if step["op"] == "dl"]
     for what in ("segments", "sha256", "max_size", "raise_errors", "tries", "timeout", "priority", "total_size"):
         assert any(what in step["kw"] for step in downloads), what

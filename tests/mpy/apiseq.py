@@ -26,7 +26,7 @@ class Sequence:
         self.flight = {}  # step id -> (task, step): downloads in flight
         self.cancelled = set()  # ids of the steps a canceller cancelled
         self.closed_during = set()  # ids of the steps in flight while close_session() ran
-        self.shared = set()  # ids of the file steps that started while another wrote the same outfile
+        self.shared = set()  # ids of the file steps in flight at once with another of the same outfile
         self.segmented_files = set()
         self.failures = 0  # failed calls: each may log one line
         self.stops = 0  # calls cancelled or timed out: a failure may have come in the same turn, and logged
@@ -50,6 +50,19 @@ class Sequence:
 
     async def actor(self, name, steps):
         mine = []
+        held = [None, None]  # a websocket this actor keeps open across its steps, and its session
+        try:
+            await self.steps(name, steps, mine, held)
+        finally:
+            if held[1] is not None:
+                await held[1].close()
+        for task in mine:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def steps(self, name, steps, mine, held):
         for step in steps:
             op = step["op"]
             try:
@@ -89,6 +102,12 @@ class Sequence:
                     await self.http(step)
                 elif op == "ws":
                     await self.websocket(step)
+                elif op == "wsheld":
+                    await self.held_websocket(step, held)
+                elif op == "resume":
+                    n = DownloadManager.get_resume_position(step["outfile"])
+                    if not isinstance(n, int) or n < 0:
+                        self.wrong("get_resume_position returned %r" % (n,))
                 elif op == "sleep":
                     if step.get("ms"):
                         await asyncio.sleep_ms(step["ms"])
@@ -99,11 +118,6 @@ class Sequence:
                 raise
             except Exception as e:
                 self.wrong("%s: step %r raised %s: %s" % (name, step, type(e).__name__, e))
-        for task in mine:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
 
     def arguments(self, step, chunks, progress):
         kw = dict(step.get("kw") or {})
@@ -179,7 +193,8 @@ class Sequence:
             began = self.starts[out] = self.starts.get(out, 0) + 1
             for j, (task, other) in self.flight.items():
                 if j != i and other.get("outfile") and not task.done() and _same_file(out, other["outfile"]):
-                    self.shared.add(i)
+                    self.shared.add(i)  # either may claim the file first (wait_for's task starts a turn later)
+                    self.shared.add(j)
             if step["kw"].get("segments"):
                 self.segmented_files.add(out)
         chunks = []
@@ -267,7 +282,7 @@ class Sequence:
                     self.wrong("%s: succeeded with the wrong bytes (%s)" % (said, have))
                 if step.get("must_fail"):
                     self.wrong("%s: succeeded but must fail (%s)" % (said, step["must_fail"]))
-                if mode == "file" and not self.shared_since(step):
+                if mode == "file" and not self.shared_since(step) and step["outfile"] in self.plan["outfiles"]:
                     for left in (".part", ".part.state"):
                         if exists(step["outfile"] + left):
                             self.wrong("%s: succeeded and left its %s" % (said, left))
@@ -301,6 +316,8 @@ class Sequence:
                 self.wrong("%s: progress not ints 0..100: %r" % (said, progress))
             elif any(a >= b for a, b in zip(progress, progress[1:])):
                 self.wrong("%s: progress not strictly increasing: %r" % (said, progress))
+        if mode == "file" and step["outfile"] not in self.plan["outfiles"]:
+            return  # (another outfile's .part: its file is that one's, judged at the end)
         if mode == "file" and not (outcome == "returned" and got is True) and not self.shared_since(step):
             if size(step["outfile"] + ".part") == 0:
                 self.wrong("%s: failed and left an empty .part" % said)
@@ -411,6 +428,18 @@ class Sequence:
                 if msg.data != "hello %d" % step["n"]:
                     self.wrong("websocket echo: %r" % (msg.data,))
 
+    async def held_websocket(self, step, held):
+        # opened on the first step, then one message echoed per step, while downloads come and go around it
+        import aiohttp
+
+        if held[0] is None:
+            held[1] = aiohttp.ClientSession()
+            held[0] = await held[1].ws_connect(step["url"])
+        await held[0].send_str("held %d" % step["n"])
+        msg = await held[0].receive(timeout=5)
+        if msg.data != "held %d" % step["n"]:
+            self.wrong("held websocket echo: %r (close code %r)" % (msg.data, held[0].close_code))
+
     # -- the end ---------------------------------------------------------------------------------------------------
 
     def check_files(self):
@@ -454,6 +483,10 @@ class Sequence:
             self.wrong("admission's lock is held")
         if getattr(download_manager._running_lock, "locked", lambda: False)():
             self.wrong("download_manager's running lock is held")
+        from aiohttp import loading
+
+        if getattr(getattr(loading, "_lock", None), "locked", lambda: False)():
+            self.wrong("aiohttp's loading lock is held")
         if fd_count() != base:
             self.wrong("%d fds left" % (fd_count() - base))
         self.check_files()

@@ -177,6 +177,14 @@ class Sequence:
         self.calls[url] = self.calls.get(url, 0) + 1
 
     def cancel_soon(self, i):
+        # a segment's callback runs in a task of its own and may cancel the download's task at once; the others, a turn
+        # later (a task can't cancel itself)
+        entry = self.flight.get(i)
+        if entry is not None and entry[0] is not asyncio.current_task() and not entry[0].done():
+            self.cancelled.add(i)
+            entry[0].cancel()
+            return
+
         async def later():
             entry = self.flight.get(i)
             if entry is not None and not entry[0].done():

@@ -1425,6 +1425,46 @@ run(main())
     assert v["outer"] == ["cancelled", 1, "cancelled", 1], v
 
 
+def test_a_cancelled_wait_for_raises_once_its_download_has_ended(mpy, fault):
+    # Found by tests/test_api_sequences.py: the task awaiting the documentation's pattern,
+    # TaskManager.wait_for(download_url(...)), is cancelled (a screen closed), and its own cleanup looks at the
+    # download or starts it again. wait_for passed the cancel on to the download's task and raised at once: the
+    # download had not run its cleanup yet, so it was still listed and still held its OUTFILE, and the new download
+    # failed "another download writes it". Awaited without wait_for, the download has ended when the CancelledError
+    # comes; now with wait_for too, as CPython's wait_for waits for its awaitable (bpo-32751).
+    r = mpy.run("""
+import asyncio
+from mpos import TaskManager, DownloadManager
+seen = {}
+
+async def screen():
+    try:
+        await TaskManager.wait_for(DownloadManager.download_url(SLOW, outfile="x.bin"), 10)
+    except asyncio.CancelledError:  # the screen's cleanup, in its cancelled task
+        seen["listed"] = len(DownloadManager.downloads())
+        with open("x.bin", "rb") as f:
+            seen["old"] = f.read() == b"old"
+        seen["again"] = await DownloadManager.download_url(URL, outfile="x.bin")
+        raise
+
+async def main():
+    with open("x.bin", "wb") as f:
+        f.write(b"old")
+    task = asyncio.create_task(screen())
+    while not DownloadManager.downloads() or DownloadManager.downloads()[0]["done"] == 0:
+        await asyncio.sleep_ms(5)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    result(sha=sha256_file("x.bin"), **seen)
+run(main())
+""", SLOW=fault.url("/bytes/50000?rate=20000"), URL=fault.url("/bytes/5000"))
+    assert r.value == {"listed": 0, "old": True, "again": True, "sha": sha256_of(5000)}, r.value
+    assert r.stderr == ""
+
+
 def test_a_timed_out_download_leaves_no_session_behind(mpy, fault):
     r = mpy.run("""
 import asyncio

@@ -267,7 +267,7 @@ class TaskManager:
     async def wait_for(awaitable, timeout):
         # asyncio.wait_for, except that what finished is never reported as timed out: the awaitable runs in a task
         # of its own that the alarm cancels only while it is not done, and a cancellation that reaches this task
-        # comes from outside (never turned into TimeoutError) and is passed on to the awaitable.
+        # comes from outside (never turned into TimeoutError) and is passed on to the awaitable, whose end it awaits.
         if timeout is None or timeout >= _LONGEST_TIMEOUT_S:  # (a longer one could not be timed: none)
             return await awaitable
         done = asyncio.Event()
@@ -302,9 +302,13 @@ class TaskManager:
         a = asyncio.create_task(alarm())
         try:
             await done.wait()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
             runner.cancel()
-            raise
+            try:  # the awaitable's cleanup ends before the cancel goes on (a download's OUTFILE is free again)
+                await runner
+            except BaseException:  # (its CancelledError; a second cancel of this task stops the wait)
+                pass
+            raise e
         finally:
             a.cancel()
         if out[1] is None:

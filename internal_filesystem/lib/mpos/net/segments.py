@@ -172,9 +172,13 @@ class Segmented(Download):
     async def _probe_once(self, sess):
         import aiohttp
 
+        self.state = CONNECTING
+        if sess.closed:  # close_session() ended the wait before this try: the download fails, as run's requests do
+            from .errors import NetworkError
+
+            raise NetworkError("the session was closed (close_session) during the download", retry=False)
         headers = with_user_agent(dict(self.headers), self.tunables.user_agent)
         headers["Range"] = "bytes=0-0"
-        self.state = CONNECTING
         end = self.deadline_ticks
         total = None if end is None else max(ticks_diff(end, ticks_ms()), 1) / 1000  # (what deadline= leaves)
         timeout = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_read=self.timeout)

@@ -18,6 +18,8 @@ except ImportError:
     _thread = None
 
 _READ_AHEAD = const(512)  # the read-ahead's first size; it doubles for a longer line
+_ONE_READ = const(256)  # at most this in a read that makes its bytes (_read_once): its buffer and its bytes must find
+# room in a chopped heap, where a run of 512 bytes may be the read-ahead's alone
 LINE_MAX = const(8192)  # a head line or chunk-size line longer than this is refused
 FAIR_SHARE = const(65536)  # bytes read without a wait, after which the reader lets other tasks run anyway
 _len = len  # see docs/design.md: builtins are looked up per call
@@ -317,8 +319,8 @@ class Connection:
         # room, and a reset it meets then throws away what it had read (py/stream.c, mp_stream_rw): an answer a
         # server sends right before it resets (SO_LINGER 0, or a close with bytes of ours unread) would be lost
         n = _len(view)
-        if n > _READ_AHEAD:  # (its bytes are made anew: a read-ahead grown for a long line would want as much again)
-            n = _READ_AHEAD
+        if n > _ONE_READ:
+            n = _ONE_READ
         try:
             data = sock.recv(n)
         except OSError as e:

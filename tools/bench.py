@@ -93,7 +93,8 @@ HEAPS_KB = (16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76, 80, 
 
 def measure_smallest_heap(work, url, size, frozen=None, frozen_m32=None):
     """-> {"ram": smallest heap in KB that downloads `size` bytes to a file with the .mpy files loaded into RAM,
-    "romfs": the same with their bytecode run in place from a ROMFS image (the image's own bytes not counted),
+    "romfs": the same with their bytecode run in place from a ROMFS image (the image's own bytes, and the allocation
+    tables' share of them, not counted: mpy.romfs_heapsize),
     "code_ram": heap the library takes when loaded from .mpy files, once a download ran, "code_romfs": the same run
     from the ROMFS image}, and with a `frozen` interpreter (one with the library frozen in, from make frozen)
     "frozen", "code_frozen" (at import) and "used_frozen" (once a download ran), with nothing but its frozen
@@ -117,35 +118,41 @@ def measure_smallest_heap(work, url, size, frozen=None, frozen_m32=None):
         assert r["file"].startswith(where), r
         return r["code"], r["used"]
 
-    def downloads_in(kb, snippet, extra, where, how):
+    def downloads_in(kb, snippet, heapsize_of, where, how):
         mpy.no_download_at(out)
         # bare: the test helpers would take heap of their own (~3 KB, compiled from source)
-        proc, res = mpy.run(snippet, work, lib=lib, heapsize=str(kb * 1024 + extra), timeout=120, bare=True,
+        proc, res = mpy.run(snippet, work, lib=lib, heapsize=str(heapsize_of(kb)), timeout=120, bare=True,
                             URL=url, OUT=str(out), **how)
         if proc.returncode == 0 and res and res[-1]["ok"] is True and out.exists():
             assert res[-1]["file"].startswith(where), res  # the library came from where it should
             return hashlib.sha256(out.read_bytes()).hexdigest() == want
         return False
 
-    def smallest(snippet, extra, where, **how):
+    def smallest(snippet, heapsize_of, where, **how):
         # the first of HEAPS_KB that is enough, then in 1 KB steps up from the one before it
         below = None
         for kb in HEAPS_KB:
-            if downloads_in(kb, snippet, extra, where, how):
+            if downloads_in(kb, snippet, heapsize_of, where, how):
                 finer = range(below + 1, kb) if below is not None else ()
-                return next((fine for fine in finer if downloads_in(fine, snippet, extra, where, how)), kb)
+                return next((fine for fine in finer if downloads_in(fine, snippet, heapsize_of, where, how)), kb)
             below = kb
         return None
 
     small_url = url.rsplit("/", 1)[0] + "/1000"  # (url ends in /bytes/<size>)
-    figures = {"ram": smallest(SMALL_HEAP, 0, str(lib)), "code_ram": code_ram(str(lib))[1],
-               "romfs": smallest(mpy.ROMFS_PRELUDE + SMALL_HEAP, image.stat().st_size, "/rom/", IMAGE=str(image)),
+    def kb_heap(kb):
+        return kb * 1024
+
+    def kb_heap_beside_image(kb):  # (the image is read into the heap: the program gets a kb-KB heap's pool besides)
+        return mpy.romfs_heapsize(kb * 1024, image.stat().st_size)
+
+    figures = {"ram": smallest(SMALL_HEAP, kb_heap, str(lib)), "code_ram": code_ram(str(lib))[1],
+               "romfs": smallest(mpy.ROMFS_PRELUDE + SMALL_HEAP, kb_heap_beside_image, "/rom/", IMAGE=str(image)),
                "code_romfs": code_ram("/rom/", mpy.ROMFS_PRELUDE, IMAGE=str(image))[1]}
     for binary, name in ((frozen, "frozen"), (frozen_m32, "frozen_m32")):
         if binary:
             # frozen modules are named without a folder: mpos/net/download_manager.py, aiohttp/__init__.py
             only_frozen = {"binary": binary, "path": ".frozen:%s" % mpy.TESTLIB}
-            figures[name] = smallest(SMALL_HEAP, 0, "mpos/", **only_frozen)
+            figures[name] = smallest(SMALL_HEAP, kb_heap, "mpos/", **only_frozen)
             figures["code_" + name], figures["used_" + name] = code_ram("aiohttp/", **only_frozen)
     return figures
 

@@ -22,6 +22,7 @@ _DRY = const(-1)  # a connection's streak once a straight() reader's last read f
 _UNTIL_CLOSE = const(0x3FFFFFFF)  # _remaining of a body the end of the connection frames
 _CRLF_DUE = const(-1)  # _remaining: the CRLF after a chunk's data comes next
 _TRAILERS_DUE = const(-2)  # _remaining: the last chunk was read, its trailers come next
+_LAST_CHUNK = const(7)  # "\r\n0\r\n\r\n": the last chunk's line after a chunk's CRLF, and the empty trailers
 _DECODABLE = ("gzip", "x-gzip", "deflate")  # the Content-Encodings compression.Inflate undoes
 # Content-Encodings that code nothing: identity, and what servers send meaning it (curl reads "none" so; a charset is
 # what s3cmd and others set on S3 objects). DownloadManager takes a length and ranges of such a body as they are.
@@ -677,7 +678,7 @@ class StreamReader:
 
     def _size_line_in_place(self):
         # The next chunk's size, parsed in place from a "[CRLF]hex[;ext]CRLF" line already in the read-ahead (or
-        # brought by one non-blocking read), so chunked bodies allocate nothing per chunk either; 0 when it is not
+        # brought by reads that never wait), so chunked bodies allocate nothing per chunk either; 0 when it is not
         # all here, is the last chunk or looks unusual in any way (_next_chunk then reads it the slow way). No try
         # (docs/design.md: frames): a reset raises the socket's OSError, which readinto reports.
         conn = self._conn
@@ -686,7 +687,19 @@ class StreamReader:
             return 0
         if conn.pos == conn.filled and conn.sock is not None:
             conn.pos = conn.filled = 0
-            conn.filled = conn.sock.readinto(buf) or 0
+            # First no more than a whole last chunk, "[CRLF]0CRLFCRLF": a read for more would read again, and a reset
+            # right behind the body would take the line with it (Connection._read_once). A longer line is no last one.
+            last = _LAST_CHUNK if self._remaining == _CRLF_DUE else _LAST_CHUNK - 2
+            filled = conn.sock.readinto(buf, last) or 0
+            if filled == last and buf[last - 5] != 48 and buf.find(b"\n", last - 4, last) < 0:
+                if last == _LAST_CHUNK and buf[last - 1] == 13:  # "\r\nhhhh\r" (a 4 KB chunk or more): its "\n", read
+                    if conn.sock.readinto(buf, 1):  # in place of the CRLF's CR and moved behind, leaves no view
+                        buf[last] = buf[0]
+                        filled += 1
+                    buf[0] = 13
+                else:
+                    filled += conn.sock.readinto(memoryview(buf)[last:]) or 0
+            conn.filled = filled
         i = conn.pos
         if self._remaining == _CRLF_DUE:
             if conn.filled - i < 2 or buf[i] != 13 or buf[i + 1] != 10:

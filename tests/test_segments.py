@@ -603,22 +603,36 @@ run(main())
 """
 
 
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_segment_refused_by_a_connection_limit_leaves_its_range_to_the_others(mpy, fault, status):
+    # nginx's limit_conn answers a client's third connection with 503 (or 429): segments=4 against it failed where
+    # one stream worked. skip=2: the probe and one segment are served; the other segment gets the status three times
+    # (the engine's budget, with backoff) while the first still streams. Its range goes to the segment still running,
+    # and the download completes.
+    n = 400000
+    v = one(mpy, fault.url("/bytes/%d?rate=400000&key=c%d&skip=2&times=3&fail=%d" % (n, status, status)), segments=2,
+            tune={"retry_base_ms": 5, "retry_max_ms": 20})
+    done_cleanly(v, n)
+    assert fault.requests == 6, v["sent"]  # the probe, 2 segments, 2 retries of the refused one, its range again
+    assert ranges(v["sent"])[-1] == (200000, 399999), v["sent"]  # taken whole by the other connection
+
+
 @pytest.mark.parametrize("raise_errors", [False, True])
 def test_segment_failing_for_good_fails_the_download_then_resumes(mpy, fault, raise_errors):
-    # skip=2: the probe and one segment are served; the other segment gets 503 three times (the engine's budget,
+    # skip=2: the probe and one segment are served; the other segment gets 404 three times (the engine's budget,
     # with backoff) while the healthy one is still streaming at 50 kB/s. The download fails, outfile keeps its old
     # content, .part + state keep what arrived; the next call (the key's faults are used up) fetches the rest.
     n = 400000
-    url = fault.url("/bytes/%d?rate=50000&key=f&skip=2&times=3&fail=503" % n)
+    url = fault.url("/bytes/%d?rate=50000&key=f&skip=2&times=3&fail=404" % n)
     kw = {"raise_errors": True} if raise_errors else {}
     v = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=True, KW=kw).value
     if raise_errors:
-        assert v["r"] == "raised" and v["err"] == ["HTTPError", "http", 503], v
+        assert v["r"] == "raised" and v["err"] == ["HTTPError", "http", 404], v
     else:
         assert v["r"] is False and v["err"] is None, v
     assert v["old_kept"] and v["part"] > 0 and v["ms"] < 3000, v
     assert v["leaks"] == NO_LEAKS, v
-    assert fault.requests == 5, fault.requests  # probe, 2 segments, 2 retries of the failing one
+    assert fault.requests <= 5, fault.requests  # probe, 2 segments, at most 2 retries of the failing one
     left = missing(v["st"])
     assert left < n, v["st"]  # the healthy segment's progress was recorded when the download stopped
     fault.reset()
@@ -626,6 +640,21 @@ def test_segment_failing_for_good_fails_the_download_then_resumes(mpy, fault, ra
     v2 = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=False, KW={}).value
     assert v2["r"] is True and v2["sha"] == sha256_of(n) and v2["st"] is None and v2["part"] == -1, v2
     assert fault.served == left + 1, (fault.served, left)
+
+
+def test_segments_all_refused_fail_the_download_then_resume(mpy, fault):
+    # skip=1: every segment's request is refused (503, a server that takes no more connections for now); the one
+    # still running when the others gave up fails the download, as a plain one would fail. No byte came: no .part
+    # stays; the next call (the key's faults are used up) fetches it all.
+    n = 400000
+    url = fault.url("/bytes/%d?key=a&skip=1&times=99&fail=503" % n)
+    v = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=True, KW={"raise_errors": True}).value
+    assert v["r"] == "raised" and v["err"] == ["HTTPError", "http", 503], v
+    assert v["old_kept"] and v["st"] is None and v["part"] == -1 and v["leaks"] == NO_LEAKS, v  # (no byte came)
+    fault.reset()
+    fault._keys["a"] = 200  # the faults are used up
+    v2 = mpy.run(FAIL_THEN_RESUME, URL=url, OUT="out.bin", FIRST=False, KW={}).value
+    assert v2["r"] is True and v2["sha"] == sha256_of(n) and v2["st"] is None and v2["part"] == -1, v2
 
 
 @pytest.mark.parametrize("total", ["named", "unknown"])

@@ -384,20 +384,27 @@ class Segmented(Download):
                 segment = _Segment(self, first, last, sess)
                 self.in_flight.append(segment)
                 self.unassigned.pop(0)
+                refused = False
                 try:
                     await segment.run()
                 except HTTPError as e:
                     if e.status == 416:  # the resource shrank since the probe
                         raise _GoPlain()
-                    raise
+                    # A 503 or 429 to one connection of several, after its tries: a server that caps the connections
+                    # per client (nginx's limit_conn). The others take its range; the last connection's is a failure.
+                    if e.status not in (429, 503) or self.workers_left < 2:
+                        raise
+                    refused = True
                 self._check_same_resource(segment)
                 position = segment.writer.position
                 if position <= last:  # a 206 shorter than asked: the rest is another range (nothing at all: odd)
-                    if position == first:
+                    if position == first and not refused:
                         raise _GoPlain()
                     self.unassigned.insert(0, [position, last])
                 self.finished_bytes += segment.delivered
                 self.in_flight.remove(segment)
+                if refused:
+                    break
             if own_slot:
                 self.extra_slots -= 1
                 admission.leave(self.tunables.max_connections)  # this connection is done: its slot goes on

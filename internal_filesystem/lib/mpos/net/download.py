@@ -803,7 +803,20 @@ class Download:
         elif type(memory) is not list:
             memory[end - _len(data) : end] = data  # (past its end only if more came than announced: it grows)
             return
-        _fill_pieces(memory, data, end - _len(data))
+        self._store_in_pieces(data, end - _len(data))
+
+    def _store_in_pieces(self, data, start):
+        # Pieces of _PIECE bytes, filled in turn (the last up to start): one object per 4 KB, whatever the reads
+        pieces = self.memory
+        n = _len(data)
+        done = 0
+        while done < n:
+            offset = (start + done) % _PIECE
+            if not offset:
+                pieces.append(bytearray(_PIECE))
+            k = min(n - done, _PIECE - offset)
+            pieces[-1][offset : offset + k] = data if k == n else memoryview(data)[done : done + k]
+            done += k
 
     def close(self):
         if self.memory is not None:  # (an attribute set anew would take heap)
@@ -823,20 +836,6 @@ class Download:
                 pass
             except OSError:  # (nor when the flash can't tell; a tuple of both would need heap)
                 pass
-
-
-def _fill_pieces(pieces, data, start):
-    # Memory mode's pieces of _PIECE bytes, filled in turn (the last one up to start): one object per 4 KB, whatever
-    # the reads. (Not a method: one more would grow Download's table from 73 slots to 83.)
-    n = _len(data)
-    done = 0
-    while done < n:
-        offset = (start + done) % _PIECE
-        if not offset:
-            pieces.append(bytearray(_PIECE))
-        k = min(n - done, _PIECE - offset)
-        pieces[-1][offset : offset + k] = data if k == n else memoryview(data)[done : done + k]
-        done += k
 
 
 async def _call(callback, arg):

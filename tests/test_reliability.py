@@ -1156,41 +1156,6 @@ run(main())
     assert v["got"] == sha256_of(70000), v
 
 
-UNKNOWN_LENGTH_IN = """
-from mpos import DownloadManager
-async def main():
-    await DownloadManager.download_url(WARM)  # the imports and the session, before the heap is cut
-    keep = leave_free(FREE)
-    try:
-        data = await DownloadManager.download_url(URL, raise_errors=True)
-        got = sha256(data)
-    except Exception as e:
-        got = described(e)
-    data = keep = None
-    await DownloadManager.close_session()
-    result(got=got)
-run(main())
-"""
-
-
-def test_a_body_of_unknown_length_takes_about_twice_its_size_in_memory_mode(mpy, fault):
-    # Memory mode kept a chunked body in one buffer that doubled: the old buffer and the new one, then the new one
-    # and the bytes made from it, up to three times the body, twice of it in one free run. Now it keeps 4 KB pieces,
-    # joined at the end. 140000 bytes in 1000-byte chunks: it needed 557 KB free (4x), now 330 KB (2.4x).
-    v = mpy.run(UNKNOWN_LENGTH_IN, WARM=fault.url("/bytes/100?chunked=1"), URL=fault.url("/bytes/140000?chunked=1"),
-                FREE=400000).value
-    assert v["got"] == sha256_of(140000), v
-
-
-@pytest.mark.parametrize("query, chunk_size", [("key=pieces", 1024), ("key=pieces&norange=1", 1024),
-                                               ("key=pieces&chunks=9000", 10000)])
-def test_a_body_of_unknown_length_cut_short_is_whole_in_memory_mode(mpy, fault, query, chunk_size):
-    # Its pieces go on from the cut when the server honours Range (a 206, chunked again), and start over when not;
-    # a read longer than a piece fills the rest of one and goes on in the next
-    v = dl(mpy, fault.url("/bytes/140000?chunked=1&drop=50000&" + query), "memory", chunk_size=chunk_size)
-    ok(v, 140000)
-
-
 # --- concurrency ----------------------------------------------------------------------------------------------
 
 CONCURRENT = PRE + """

@@ -17,7 +17,7 @@ _READ_TIMEOUT = const(10)  # seconds without a byte before an attempt counts as 
 _ASSUMED_SIZE = const(102400)  # the progress denominator when no size is known (the spec's 100 KB)
 _SPEED_MS = const(1000)  # speed_callback is called about this often
 _SMALLEST_CHUNK = const(128)  # stream mode halves its chunks in a fragmented heap down to this (fitting_bytearray's)
-_PIECE = const(4096)  # memory mode keeps a body of unknown length in pieces of this size
+_FIRST_ROOM = const(4096)  # memory mode's first buffer for a body of unknown length (it doubles from there)
 _MOST_DOUBLINGS = const(16)  # the retry wait doubles this often at most (then retry_max_ms caps it anyway)
 _ASK_ABOVE = const(16384)  # a buffer up to this size is made without asking gc.mem_free(), which scans the heap
 _ENOSPC = const(28)  # no space left on the device (MicroPython's errno module has no name for it)
@@ -459,7 +459,7 @@ class Download:
         # (None: unknown). File and memory mode read into the thread's shared buffer, memory mode into its result's
         # buffer too, made now (not in _accept, while a head of up to 32 KB was still held); stream mode reads none
         # (the bytes object the socket makes is the chunk), only the largest size such an object fits in the heap.
-        if left is not None and self.mode() == "memory" and type(self.memory) is not list:  # (pieces stay pieces)
+        if left is not None and self.mode() == "memory":
             body = self.delivered + left - self.unwanted
             self._memory_room(body, self.delivered, body)
         if self.chunk_callback is not None:
@@ -641,10 +641,6 @@ class Download:
             memory, self.memory = self.memory, None
             if memory is None:
                 result = b""
-            elif type(memory) is list:
-                if self.delivered % _PIECE:  # (the last piece is filled that far)
-                    memory[-1] = memory[-1][: self.delivered % _PIECE]
-                result = b"".join(memory)
             else:
                 result = bytes(memory) if len(memory) == self.delivered else bytes(memoryview(memory)[: self.delivered])
             memory = None
@@ -757,8 +753,6 @@ class Download:
                 self.file = open(self.outfile + ".part", "wb")
             except OSError as e:  # the flash's, not a failed try of the network's
                 raise self._file_error("cannot write %s.part" % self.outfile, e)
-        if self.memory is not None:  # (memory mode's pieces would go on after the old bytes)
-            self.memory = None
         if self.recorded:
             self.recorded = False
         if self.validator is not None:
@@ -794,29 +788,15 @@ class Download:
             self.memory = grown
 
     def _store(self, data, end):
-        # Memory mode: data becomes bytes [end - len(data), end) of the result, in the buffer made for the length the
-        # server announced, else (a chunked or close-delimited body) in pieces joined at the end: about twice the
-        # body at the peak, and no free run longer than it, where one buffer that doubled took up to three times
-        memory = self.memory
-        if memory is None:
-            memory = self.memory = []
-        elif type(memory) is not list:
-            memory[end - _len(data) : end] = data  # (past its end only if more came than announced: it grows)
-            return
-        self._store_in_pieces(data, end - _len(data))
-
-    def _store_in_pieces(self, data, start):
-        # Pieces of _PIECE bytes, filled in turn (the last up to start): one object per 4 KB, whatever the reads
-        pieces = self.memory
-        n = _len(data)
-        done = 0
-        while done < n:
-            offset = (start + done) % _PIECE
-            if not offset:
-                pieces.append(bytearray(_PIECE))
-            k = min(n - done, _PIECE - offset)
-            pieces[-1][offset : offset + k] = data if k == n else memoryview(data)[done : done + k]
-            done += k
+        # Memory mode: data becomes bytes [end - len(data), end) of the result; the buffer is made on the first chunk
+        # when the length is unknown (a chunked or close-delimited body) and doubles as needed
+        have = 0 if self.memory is None else len(self.memory)
+        if have < end:
+            room = max(2 * have, end, _FIRST_ROOM)
+            if self.max_size is not None and room > self.max_size:  # (end never passes it: _screen fails that first)
+                room = max(self.max_size, end)  # (room past max_size would be for bytes that fail the download)
+            self._memory_room(room, end - len(data), end)
+        self.memory[end - len(data) : end] = data
 
     def close(self):
         if self.memory is not None:  # (an attribute set anew would take heap)

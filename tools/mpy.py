@@ -95,21 +95,18 @@ def romfs_heapsize(n, image_size, binary=None):
     """The heapsize that leaves a program, once ROMFS_PRELUDE read an image of image_size bytes into it, the pool of
     an n-byte heap. py/gc.c (gc_setup_area) takes the allocation tables out of the heap itself, 1/86 of it on the
     64-bit unix port: n + image_size left the program some 1.2 KB less than n for a 90 KB image."""
-    def measured(heapsize):
-        # -> (the heap's pool, what one bytearray of image_size takes of it: its bytes and its object, in blocks)
-        probe = ("import gc; gc.collect(); a = gc.mem_alloc(); b = bytearray(%d); "
-                 "print(gc.mem_free() + gc.mem_alloc(), gc.mem_alloc() - a)" % image_size)
-        out = subprocess.run([binary or micropython(), "-X", "heapsize=%d" % heapsize, "-c", probe],
-                             capture_output=True, text=True, check=True).stdout.split()
-        return int(out[0]), int(out[1])
+    def numbers(heapsize, code):
+        # -> the ints a snippet prints, run in a heap of heapsize bytes
+        return [int(word) for word in subprocess.run([binary or micropython(), "-X", "heapsize=%d" % heapsize, "-c",
+                                                      code], capture_output=True, text=True, check=True).stdout.split()]
 
-    wanted = subprocess.run([binary or micropython(), "-X", "heapsize=%d" % n, "-c",
-                             "import gc; print(gc.mem_free() + gc.mem_alloc())"],
-                            capture_output=True, text=True, check=True).stdout
+    pool = "import gc; gc.collect(); a = gc.mem_alloc(); b = bytearray(%d); print(gc.mem_free() + gc.mem_alloc(), "
+    pool += "gc.mem_alloc() - a)"  # the heap's pool, and what a bytearray of that size takes of it (bytes, object)
+    wanted = numbers(n, pool % 0)[0]
     heapsize = n + image_size
     while True:
-        pool, image = measured(heapsize)
-        short = int(wanted) + image - pool
+        have, image = numbers(heapsize, pool % image_size)
+        short = wanted + image - have
         if short <= 0:
             return heapsize
         heapsize += short + short // 64 + 1
